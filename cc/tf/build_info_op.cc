@@ -1,0 +1,74 @@
+// Fusedopt>BuildInfo: how this library was built, as JSON.
+#include <string>
+
+#include "cc/cpu/kernels.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#if defined(FUSEDOPT_WITH_CUDA)
+#include "cc/cuda/launchers.h"
+#endif
+
+#ifndef FUSEDOPT_VERSION
+#error "FUSEDOPT_VERSION must be defined by the build"
+#endif
+
+namespace fusedopt {
+namespace tf {
+namespace {
+
+std::string Quote(const std::string& s) { return "\"" + s + "\""; }
+
+std::string JsonList(const std::vector<std::string>& items) {
+  std::string out = "[";
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + Quote(items[i]);
+  return out + "]";
+}
+
+std::vector<std::string> Split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char ch : s) {
+    if (ch == sep) {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += ch;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+std::string BuildInfoJson() {
+  std::string j = "{";
+  j += "\"fusedopt_version\": " + Quote(FUSEDOPT_VERSION);
+  j += ", \"tensorflow_built_against\": " + Quote(FUSEDOPT_TF_VERSION);
+  j += ", \"compiler\": " + Quote(FUSEDOPT_COMPILER);
+  j += ", \"cpu_simd_compiled\": " + JsonList(cpu::CompiledIsas());
+  j += ", \"cpu_simd_selected\": " + Quote(cpu::SelectedKernels().isa);
+#if defined(FUSEDOPT_WITH_CUDA)
+  j += ", \"cuda\": true";
+  j += ", \"cuda_version\": " + Quote(FUSEDOPT_CUDA_VERSION);
+  j += ", \"cuda_architectures\": " + JsonList(Split(FUSEDOPT_CUDA_ARCHS, ';'));
+  j += ", \"cuda_runtime_version\": " + std::to_string(fusedopt_cuda_runtime_version());
+  j += ", \"cuda_driver_version\": " + std::to_string(fusedopt_cuda_driver_version());
+#else
+  j += ", \"cuda\": false, \"cuda_version\": null, \"cuda_architectures\": []";
+#endif
+  return j + "}";
+}
+
+class BuildInfoOp : public tensorflow::OpKernel {
+ public:
+  using OpKernel::OpKernel;
+  void Compute(tensorflow::OpKernelContext* ctx) override {
+    tensorflow::Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, tensorflow::TensorShape({}), &out));
+    out->scalar<tensorflow::tstring>()() = BuildInfoJson();
+  }
+};
+
+REGISTER_KERNEL_BUILDER(Name("Fusedopt>BuildInfo").Device(tensorflow::DEVICE_CPU), BuildInfoOp);
+
+}  // namespace
+}  // namespace tf
+}  // namespace fusedopt

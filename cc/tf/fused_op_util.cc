@@ -1,0 +1,59 @@
+#include "absl/strings/str_cat.h"
+#include "cc/tf/fused_op_util.h"
+
+#include "tensorflow/core/framework/device_base.h"
+#include "tensorflow/core/util/work_sharder.h"
+#if defined(FUSEDOPT_WITH_CUDA)
+#include "cc/cuda/launchers.h"
+#include "xla/stream_executor/stream.h"
+#endif
+
+namespace fusedopt {
+namespace tf {
+
+void RunChunks(tensorflow::OpKernelContext* ctx, const std::vector<cpu::Chunk>& chunks,
+               int bytes_per_element, const std::function<void(const cpu::Chunk&)>& work) {
+  const int64_t n = static_cast<int64_t>(chunks.size());
+  if (n == 0) return;
+  auto range = [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) work(chunks[c]);
+  };
+  if (n == 1) {
+    range(0, 1);
+    return;
+  }
+  // Cost of one chunk in the pool's units (roughly cycles): a streaming update
+  // moves about a byte per cycle per core.
+  const int64_t cost = cpu::kChunkElements * bytes_per_element;
+  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+  tensorflow::Shard(threads->num_threads, threads->workers, n, cost, range);
+}
+
+#if defined(FUSEDOPT_WITH_CUDA)
+void* GpuStream(tensorflow::OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+
+absl::Status CheckGpuUsable() {
+  const int code = fusedopt_cuda_check_usable();
+  if (code == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "fusedopt's CUDA kernels cannot run here: ", fusedopt_cuda_error_string(code),
+      " (fusedopt was built with CUDA runtime ", fusedopt_cuda_runtime_version(),
+      "; the installed driver supports CUDA ", fusedopt_cuda_driver_version(),
+      "). Update the NVIDIA driver, or install a CPU-only build of fusedopt."));
+}
+
+absl::Status CudaStatus(int code, const char* what) {
+  if (code == 0) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("fusedopt: CUDA launch of ", what,
+                                      " failed: ", fusedopt_cuda_error_string(code)));
+}
+
+absl::Status GpuCopy(tensorflow::OpKernelContext* ctx, void* dst, const void* src, int64_t bytes) {
+  return CudaStatus(fusedopt_cuda_copy(dst, src, bytes, GpuStream(ctx)), "copy-on-write");
+}
+#endif
+
+}  // namespace tf
+}  // namespace fusedopt

@@ -1,0 +1,157 @@
+// Note [variable semantics]: the fused ops keep TensorFlow's own rules for
+// resource variables, with two deliberate strengthenings.
+//  * Every variable of a call is locked exclusively (TF's training ops take a
+//    shared lock unless use_locking=True), in address order, so two fused
+//    calls over overlapping variable sets cannot deadlock.
+//  * All validation happens after locking and before the first write: a bad
+//    input fails the call with every variable unchanged.
+// Copy-on-write is TF's: if a variable's buffer is referenced by anyone else
+// (a tensor some op read earlier and still holds) or the variable is in
+// copy-on-read mode, the update goes to a fresh copy and the old buffer stays
+// as the reader saw it. The copy is written here rather than through
+// PrepareToUpdateVariable, whose GPU instantiation needs a symbol that only
+// libtensorflow_cc exports.
+#include "absl/strings/str_cat.h"
+#include "cc/tf/variable_access.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "tensorflow/core/framework/resource_mgr.h"
+#include "tensorflow/core/framework/tensor_shape.h"
+#include "tensorflow/core/framework/types.h"
+
+namespace fusedopt {
+namespace tf {
+
+using tensorflow::DataType;
+using tensorflow::DataTypeString;
+using tensorflow::OpKernelContext;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::Var;
+namespace errors = tensorflow::errors;
+
+absl::Status CpuCopy(OpKernelContext*, void* dst, const void* src, int64_t bytes) {
+  if (bytes > 0) std::memcpy(dst, src, static_cast<size_t>(bytes));
+  return absl::OkStatus();
+}
+
+VariableSet::~VariableSet() {
+  for (auto it = locked_.rbegin(); it != locked_.rend(); ++it) (*it)->unlock();
+}
+
+absl::Status VariableSet::Lookup(const std::string& input_name, int* first) {
+  int start = 0, stop = 0;
+  TF_RETURN_IF_ERROR(ctx_->op_kernel().InputRange(input_name, &start, &stop));
+  *first = size();
+  for (int i = start; i < stop; ++i) {
+    const tensorflow::ResourceHandle& handle = tensorflow::HandleFromInput(ctx_, i);
+    const std::string label =
+        input_name + "[" + std::to_string(i - start) + "] ('" + handle.name() + "')";
+    tensorflow::core::RefCountPtr<Var> var;
+    absl::Status s = tensorflow::LookupResource(ctx_, handle, &var);
+    if (!s.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(label, " could not be found: ", s.message(),
+                                     " (was it initialized, or deleted?)"));
+    }
+    for (int j = 0; j < size(); ++j) {
+      if (vars_[j].get() == var.get()) {
+        return absl::InvalidArgumentError(absl::StrCat(label, " and ", labels_[j],
+                                       " are the same variable; each variable may appear "
+                                       "only once in a call"));
+      }
+    }
+    vars_.push_back(std::move(var));
+    labels_.push_back(label);
+  }
+  return absl::OkStatus();
+}
+
+void VariableSet::Lock() {
+  std::vector<tensorflow::mutex*> mus;
+  mus.reserve(vars_.size());
+  for (auto& v : vars_) mus.push_back(v->mu());
+  std::sort(mus.begin(), mus.end());
+  for (tensorflow::mutex* mu : mus) {
+    mu->lock();
+    locked_.push_back(mu);
+  }
+}
+
+absl::Status VariableSet::ValidateDtype(int i, DataType dtype) const {
+  const Tensor& t = *vars_[i]->tensor();
+  if (!vars_[i]->is_initialized || !t.IsInitialized()) {
+    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " is not initialized"));
+  }
+  if (t.dtype() != dtype) {
+    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " has dtype ", DataTypeString(t.dtype()),
+                                   ", but the call's gradients are ", DataTypeString(dtype)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VariableSet::ValidateShape(int i, const TensorShape& shape,
+                                        const std::string& what) const {
+  const TensorShape& have = vars_[i]->tensor()->shape();
+  if (have != shape) {
+    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " has shape ", have.DebugString(), " but ", what,
+                                   " has shape ", shape.DebugString()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status VariableSet::PrepareForWrite(DeviceCopyFn copy) {
+  for (auto& var : vars_) {
+    Tensor* t = var->tensor();
+    if (!var->copy_on_read_mode.load() && t->RefCountIsOne()) continue;
+    Tensor fresh;
+    tensorflow::AllocatorAttributes attr;
+    attr.set_gpu_compatible(true);
+    attr.set_nic_compatible(true);
+    TF_RETURN_IF_ERROR(ctx_->allocate_temp(t->dtype(), t->shape(), &fresh, attr));
+    TF_RETURN_IF_ERROR(copy(ctx_, const_cast<char*>(fresh.tensor_data().data()),
+                            t->tensor_data().data(),
+                            static_cast<int64_t>(t->tensor_data().size())));
+    *t = fresh;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadScalar(OpKernelContext* ctx, const std::string& name, double* out) {
+  const Tensor* t = nullptr;
+  TF_RETURN_IF_ERROR(ctx->input(name, &t));
+  if (!tensorflow::TensorShapeUtils::IsScalar(t->shape())) {
+    return absl::InvalidArgumentError(absl::StrCat("hyperparameter '", name, "' must be a scalar, got shape ",
+                                   t->shape().DebugString()));
+  }
+  switch (t->dtype()) {
+    case tensorflow::DT_FLOAT:
+      *out = t->scalar<float>()();
+      return absl::OkStatus();
+    case tensorflow::DT_DOUBLE:
+      *out = t->scalar<double>()();
+      return absl::OkStatus();
+    default:
+      return absl::InvalidArgumentError(absl::StrCat("hyperparameter '", name, "' must be float32 or float64, got ",
+                                     DataTypeString(t->dtype())));
+  }
+}
+
+int DTypeIndex(DataType dtype) {
+  switch (dtype) {
+    case tensorflow::DT_HALF:
+      return 0;
+    case tensorflow::DT_BFLOAT16:
+      return 1;
+    case tensorflow::DT_FLOAT:
+      return 2;
+    case tensorflow::DT_DOUBLE:
+      return 3;
+    default:
+      return -1;
+  }
+}
+
+}  // namespace tf
+}  // namespace fusedopt

@@ -1,0 +1,74 @@
+// Resource-variable access for the fused ops: lookup, duplicate detection,
+// locking in address order, validation and copy-on-write, all before anything
+// is written. See Note [variable semantics] in variable_access.cc.
+#ifndef FUSEDOPT_CC_TF_VARIABLE_ACCESS_H_
+#define FUSEDOPT_CC_TF_VARIABLE_ACCESS_H_
+
+#include <string>
+#include <vector>
+
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/resource_var.h"
+
+namespace fusedopt {
+namespace tf {
+
+// Copies `bytes` bytes between two buffers of the op's device.
+using DeviceCopyFn = absl::Status (*)(tensorflow::OpKernelContext* ctx, void* dst,
+                                      const void* src, int64_t bytes);
+
+absl::Status CpuCopy(tensorflow::OpKernelContext* ctx, void* dst, const void* src, int64_t bytes);
+
+// The resource variables of one op call, from one or more list inputs.
+// Usage: Lookup(), then Lock() (exclusive, address order; released by the
+// destructor), then Validate*(), then PrepareForWrite(), then write through
+// tensor(i).
+class VariableSet {
+ public:
+  explicit VariableSet(tensorflow::OpKernelContext* ctx) : ctx_(ctx) {}
+  ~VariableSet();
+  VariableSet(const VariableSet&) = delete;
+  VariableSet& operator=(const VariableSet&) = delete;
+
+  // Looks up the variables of list input `input_name`; returns the index of
+  // its first variable within this set. Rejects a variable seen before in
+  // this set (under any input) with InvalidArgument naming both positions.
+  absl::Status Lookup(const std::string& input_name, int* first);
+
+  // Takes every variable's mutex, exclusively, in address order.
+  void Lock();
+
+  // Checks that variable i is initialized and has dtype `dtype`.
+  absl::Status ValidateDtype(int i, tensorflow::DataType dtype) const;
+  // Checks that variable i has shape `shape`; `what` names where the
+  // expected shape comes from (e.g. "grads[3]").
+  absl::Status ValidateShape(int i, const tensorflow::TensorShape& shape,
+                             const std::string& what) const;
+
+  // Copy-on-write: gives every variable whose buffer is shared (or that is
+  // in copy-on-read mode) a private copy, so no reader sees it change.
+  absl::Status PrepareForWrite(DeviceCopyFn copy);
+
+  int size() const { return static_cast<int>(vars_.size()); }
+  tensorflow::Tensor* tensor(int i) { return vars_[i]->tensor(); }
+  const tensorflow::Tensor& tensor(int i) const { return *vars_[i]->tensor(); }
+  const std::string& label(int i) const { return labels_[i]; }
+
+ private:
+  tensorflow::OpKernelContext* ctx_;
+  std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> vars_;
+  std::vector<std::string> labels_;
+  std::vector<tensorflow::mutex*> locked_;
+};
+
+// Reads a scalar float/double hyperparameter input into a double; rejects a
+// non-scalar with InvalidArgument naming the input.
+absl::Status ReadScalar(tensorflow::OpKernelContext* ctx, const std::string& name, double* out);
+
+// The fusedopt::DType index of a TensorFlow dtype, or -1.
+int DTypeIndex(tensorflow::DataType dtype);
+
+}  // namespace tf
+}  // namespace fusedopt
+
+#endif  // FUSEDOPT_CC_TF_VARIABLE_ACCESS_H_
