@@ -1,5 +1,6 @@
 // Op registrations: signatures, shape functions and the documented formula of
 // every fused op. Kernels live beside this file, one file per algorithm.
+#include "absl/strings/str_cat.h"
 #include "tensorflow/core/framework/common_shape_fns.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -18,7 +19,11 @@ absl::Status ScalarInputs(InferenceContext* c, std::initializer_list<const char*
     std::vector<ShapeHandle> shapes;
     TF_RETURN_IF_ERROR(c->input(name, &shapes));
     ShapeHandle unused;
-    TF_RETURN_IF_ERROR(c->WithRank(shapes[0], 0, &unused));
+    if (!c->WithRank(shapes[0], 0, &unused).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("hyperparameter '", name,
+                                                     "' must be a scalar, got shape ",
+                                                     c->DebugString(shapes[0])));
+    }
   }
   return absl::OkStatus();
 }

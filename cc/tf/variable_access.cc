@@ -85,8 +85,9 @@ absl::Status VariableSet::ValidateDtype(int i, DataType dtype) const {
     return absl::InvalidArgumentError(absl::StrCat(labels_[i], " is not initialized"));
   }
   if (t.dtype() != dtype) {
-    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " has dtype ", DataTypeString(t.dtype()),
-                                   ", but the call's gradients are ", DataTypeString(dtype)));
+    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " has dtype ", DTypeName(t.dtype()),
+                                                   ", but the call's gradients are ",
+                                                   DTypeName(dtype)));
   }
   return absl::OkStatus();
 }
@@ -134,7 +135,20 @@ absl::Status ReadScalar(OpKernelContext* ctx, const std::string& name, double* o
       return absl::OkStatus();
     default:
       return absl::InvalidArgumentError(absl::StrCat("hyperparameter '", name, "' must be float32 or float64, got ",
-                                     DataTypeString(t->dtype())));
+                                                     DTypeName(t->dtype())));
+  }
+}
+
+std::string DTypeName(DataType dtype) {
+  switch (dtype) {
+    case tensorflow::DT_HALF:
+      return "float16";
+    case tensorflow::DT_FLOAT:
+      return "float32";
+    case tensorflow::DT_DOUBLE:
+      return "float64";
+    default:
+      return DataTypeString(dtype);
   }
 }
 

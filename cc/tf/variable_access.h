@@ -65,6 +65,9 @@ class VariableSet {
 // non-scalar with InvalidArgument naming the input.
 absl::Status ReadScalar(tensorflow::OpKernelContext* ctx, const std::string& name, double* out);
 
+// The dtype's name as NumPy and tf.as_dtype spell it (float32, not "float").
+std::string DTypeName(tensorflow::DataType dtype);
+
 // The fusedopt::DType index of a TensorFlow dtype, or -1.
 int DTypeIndex(tensorflow::DataType dtype);
 

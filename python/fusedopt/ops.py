@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from fusedopt import _loader
@@ -46,6 +47,10 @@ def _scalar_dtype(grads: Sequence[tf.Tensor]) -> tf.DType:
 
 
 def _scalar(x: TensorLike, dtype: tf.DType) -> tf.Tensor:
+    # Python numbers go straight to `dtype` (tf.cast would round them through
+    # float32 first); tensors and variables are cast.
+    if isinstance(x, (int, float, np.floating, np.integer)):
+        return tf.constant(x, dtype)
     return tf.cast(x, dtype)
 
 
@@ -109,3 +114,8 @@ def apply_sgd(
         nesterov=bool(nesterov),
         name=name,
     )
+
+
+# Importing fusedopt.ops loads the library: a missing or mismatched build fails
+# here, with the loader's explanation, rather than at the first training step.
+_loader.load()

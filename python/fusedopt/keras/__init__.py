@@ -9,10 +9,6 @@ config, slot variables and checkpoints. See Note [fused Keras step] in
 ``fusedopt/keras/_base.py`` for when the fused kernels run.
 """
 
-from fusedopt import _loader
 from fusedopt.keras._sgd import SGD
 
 __all__ = ["SGD"]
-
-# Fail at import, with the loader's explanation, rather than at the first step.
-_loader.load()
