@@ -50,6 +50,18 @@ def _warn_xla_once() -> None:
         )
 
 
+def keras_scalar(x: Any) -> tf.Tensor:
+    """A Python hyperparameter as Keras' update_step sees it.
+
+    Keras writes ``ops.cast(self.momentum, variable.dtype)``, which converts a
+    Python float to float32 before casting, so even float64 variables see
+    float32-rounded hyperparameters. The fused ops get the same value.
+    """
+    if isinstance(x, (int, float)):
+        return tf.constant(x, tf.float32)
+    return x
+
+
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class."""
 
