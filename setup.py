@@ -3,7 +3,8 @@
 Environment knobs (all optional):
   FUSEDOPT_CUDA=AUTO|ON|OFF        build the CUDA kernels (AUTO: when nvcc is found)
   FUSEDOPT_CUDA_ARCHITECTURES=...  CMAKE_CUDA_ARCHITECTURES list (see CMakeLists.txt)
-  CUDACXX=/path/to/nvcc            the CUDA compiler to use
+  CUDACXX=/path/to/nvcc            the CUDA compiler (else nvcc on PATH, else the
+                                   nvidia-cuda-nvcc pip package; see CMakeLists.txt)
   FUSEDOPT_BUILD_JOBS=N            parallel compile jobs
   FUSEDOPT_CMAKE_ARGS="..."        extra CMake arguments
 """
@@ -15,7 +16,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -30,20 +30,6 @@ except ImportError:  # setuptools < 70
 ROOT = Path(__file__).resolve().parent
 
 
-def _pip_nvcc() -> str | None:
-    """nvcc from the `nvidia-cuda-nvcc` pip package, if installed."""
-    try:
-        import nvidia.cuda_nvcc  # type: ignore
-
-        for base in nvidia.cuda_nvcc.__path__:
-            candidate = Path(base) / "bin" / "nvcc"
-            if candidate.is_file():
-                return str(candidate)
-    except ImportError:
-        pass
-    return None
-
-
 class CMakeBuild(build_ext):
     """Runs CMake and places _fusedopt_ops.so (and its build record) in the package."""
 
@@ -52,10 +38,6 @@ class CMakeBuild(build_ext):
         build_dir = ROOT / "build" / "wheel"
         build_dir.mkdir(parents=True, exist_ok=True)
         env = os.environ.copy()
-        if not env.get("CUDACXX") and shutil.which("nvcc") is None:
-            nvcc = _pip_nvcc()
-            if nvcc:
-                env["CUDACXX"] = nvcc
         args = [
             f"-DPython3_EXECUTABLE={sys.executable}",
             f"-DFUSEDOPT_OUTPUT_DIR={out_dir}",
