@@ -18,7 +18,10 @@ import fusedopt
 from fusedopt import _loader
 
 REPO = Path(__file__).resolve().parent.parent
-OP_NAMES = ["Fusedopt>ApplySGD"]
+OP_NAMES = [
+    f"Fusedopt>Apply{n}"
+    for n in ["SGD", "Adam", "Nadam", "Adamax", "Rmsprop", "Adagrad", "Adadelta", "Ftrl", "Lion", "Lamb"]
+]
 
 
 def run_python(code: str, env_extra: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
@@ -107,21 +110,52 @@ def test_missing_build_record_raises_import_error(tmp_path):
 
 
 SIMD_PROBE = """
-import numpy as np, tensorflow as tf, fusedopt, fusedopt.ops as fops, ml_dtypes, sys
-out = {}
+import numpy as np, tensorflow as tf, fusedopt, fusedopt.ops as fops, ml_dtypes, hashlib
 rng = np.random.default_rng(1)
+digest = hashlib.sha256()
+n = 70001
 for dt in ["float16", "bfloat16", "float32", "float64"]:
     npdt = ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt)
-    for variant in ["plain", "momentum", "nesterov"]:
-        v = tf.Variable(rng.standard_normal(70001).astype(npdt))
-        m = tf.Variable(rng.standard_normal(70001).astype(npdt))
-        g = tf.constant(rng.standard_normal(70001).astype(npdt))
-        for _ in range(3):
-            fops.apply_sgd([v], [g], 0.037, momenta=None if variant == "plain" else [m],
-                           momentum=0.9, nesterov=variant == "nesterov", weight_decay=0.01)
-        out[dt + variant] = (v.numpy().view(np.uint8).tobytes() + m.numpy().view(np.uint8).tobytes()).hex()
+    new = lambda pos=False: tf.Variable((np.abs(rng.standard_normal(n)) + 0.1 if pos else rng.standard_normal(n)).astype(npdt))
+    g = tf.constant(rng.standard_normal(n).astype(npdt))
+    for name in ["sgd", "nesterov", "adam", "amsgrad", "nadam", "adamax", "rmsprop", "adagrad", "adadelta", "ftrl", "lion", "lamb"]:
+        v = new()
+        slots = {}
+        for step in (1, 2, 3):
+            if name in ("sgd", "nesterov"):
+                slots = slots or {"momenta": [new()]}
+                fops.apply_sgd([v], [g], 0.037, momentum=0.9, nesterov=name == "nesterov", weight_decay=0.01, **slots)
+            elif name in ("adam", "amsgrad"):
+                slots = slots or {"m": [new()], "v": [new(True)], **({"vhat": [new(True)]} if name == "amsgrad" else {})}
+                fops.apply_adam([v], [g], 0.01, step=step, weight_decay=0.01, **slots)
+            elif name == "nadam":
+                slots = slots or {"m": [new()], "v": [new(True)]}
+                fops.apply_nadam([v], [g], 0.01, step=step, u_product=0.5 ** step, **slots)
+            elif name == "adamax":
+                slots = slots or {"m": [new()], "u": [new(True)]}
+                fops.apply_adamax([v], [g], 0.01, step=step, **slots)
+            elif name == "rmsprop":
+                slots = slots or {"velocity": [new(True)], "momenta": [new()], "average_gradient": [new()]}
+                fops.apply_rmsprop([v], [g], 0.01, momentum=0.5, epsilon=1.0, **slots)
+            elif name == "adagrad":
+                slots = slots or {"accumulator": [new(True)]}
+                fops.apply_adagrad([v], [g], 0.01, **slots)
+            elif name == "adadelta":
+                slots = slots or {"accumulated_grad": [new(True)], "accumulated_delta_var": [new(True)]}
+                fops.apply_adadelta([v], [g], 0.5, **slots)
+            elif name == "ftrl":
+                slots = slots or {"accumulator": [new(True)], "linear": [new()]}
+                fops.apply_ftrl([v], [g], 0.01, l1=0.01, l2=0.01, l2_shrinkage=0.01, **slots)
+            elif name == "lion":
+                slots = slots or {"m": [new()]}
+                fops.apply_lion([v], [g], 0.01, weight_decay=0.01, **slots)
+            elif name == "lamb":
+                slots = slots or {"m": [new()], "v": [new(True)]}
+                fops.apply_lamb([v], [g], 0.01, step=step, weight_decay=0.01, **slots)
+        for x in [v] + [s for ss in slots.values() for s in ss]:
+            digest.update(x.numpy().view(np.uint8).tobytes())
 print(fusedopt.build_info()["cpu_simd_selected"])
-import hashlib; print(hashlib.sha256(repr(sorted(out.items())).encode()).hexdigest())
+print(digest.hexdigest())
 """
 
 

@@ -19,14 +19,32 @@
 namespace fusedopt {
 namespace cpu {
 
-// var/mom/grad point at the first element of the whole tensor; the loop
-// touches [begin, end). mom is unused (may be null) for SgdVariant::kPlain.
-using SgdSpanFn = void (*)(const SgdScalars& s, void* var, void* mom, const void* grad,
-                           int64_t begin, int64_t end);
+// One elementwise rule over [begin, end) of one tensor. var, slots[k] and
+// grad point at element 0 of their tensors; slots holds Rule::Slots(variant)
+// pointers in the rule's slot order.
+using ElementwiseFn = void (*)(const Coeffs& c, void* var, void* const* slots, const void* grad,
+                               int64_t begin, int64_t end);
+
+// LAMB pass 1 over [begin, end): updates m, v (slots[0], slots[1]) and adds
+// sum(decayed var^2) and sum(u^2) of the range to *w_sq and *u_sq, in a fixed
+// order (the same bits on every ISA).
+using LambPass1Fn = void (*)(const Coeffs& c, const void* var, void* const* slots,
+                             const void* grad, int64_t begin, int64_t end, double* w_sq,
+                             double* u_sq);
+// LAMB pass 2 over [begin, end): var = decayed var - ratio_lr * u(m, v).
+using LambPass2Fn = void (*)(const Coeffs& c, double ratio_lr, void* var, void* const* slots,
+                             int64_t begin, int64_t end);
+
+// Bandwidth probe for benchmarks: a[i] = b[i] + s * c[i] (float32).
+using TriadFn = void (*)(float* a, const float* b, const float* c, float s, int64_t begin,
+                         int64_t end);
 
 struct KernelTable {
   const char* isa;  // "baseline", "avx2", "avx512"
-  SgdSpanFn sgd[kNumDTypes][kNumSgdVariants][2];
+  ElementwiseFn elementwise[kNumAlgos][kNumDTypes][kMaxVariants][2];
+  LambPass1Fn lamb_pass1[kNumDTypes][2];
+  LambPass2Fn lamb_pass2[kNumDTypes][2];
+  TriadFn triad;
 };
 
 // The table for the running CPU (or the one named by the FUSEDOPT_CPU_ISA

@@ -22,49 +22,154 @@ namespace cpu {
 namespace FUSEDOPT_ISA {
 namespace {
 
-template <typename T, SgdVariant V, Decay D>
-void SgdSpan(const SgdScalars& s, void* var_p, void* mom_p, const void* grad_p, int64_t begin,
-             int64_t end) {
+template <typename M>
+struct LocalCoeffs {
+  M c[kMaxCoeffs];
+  explicit LocalCoeffs(const Coeffs& h) {
+    for (int k = 0; k < kMaxCoeffs; ++k) c[k] = static_cast<M>(h.c[k]);
+  }
+};
+
+template <typename T>
+T* SlotPtr(void* const* slots, int k, int count) {
+  return k < count ? static_cast<T*>(slots[k]) : nullptr;
+}
+
+// One pass: each element of var, every slot and grad is read once and
+// written once (grad only read).
+template <typename Rule, typename T, int V, bool D>
+void Elementwise(const Coeffs& hc, void* var_p, void* const* slots, const void* grad_p,
+                 int64_t begin, int64_t end) {
   using M = opmath_t<T>;
-  const SgdCoeffs<M> c = SgdCoeffs<M>::From(s);
+  constexpr int K = Rule::Slots(V);
+  const LocalCoeffs<M> lc(hc);
+  const M* c = lc.c;
   T* __restrict var = static_cast<T*>(var_p);
   const T* __restrict grad = static_cast<const T*>(grad_p);
-  if constexpr (V == SgdVariant::kPlain) {
-    M unused = M(0);
-    for (int64_t i = begin; i < end; ++i) {
-      M v = Load(var[i]);
-      SgdRule<V, D>::Apply(c, v, unused, Load(grad[i]));
-      var[i] = Store<T>(v);
-    }
-  } else {
-    T* __restrict mom = static_cast<T*>(mom_p);
-    for (int64_t i = begin; i < end; ++i) {
-      M v = Load(var[i]);
-      M m = Load(mom[i]);
-      SgdRule<V, D>::Apply(c, v, m, Load(grad[i]));
-      var[i] = Store<T>(v);
-      mom[i] = Store<T>(m);
-    }
+  T* __restrict s0 = SlotPtr<T>(slots, 0, K);
+  T* __restrict s1 = SlotPtr<T>(slots, 1, K);
+  T* __restrict s2 = SlotPtr<T>(slots, 2, K);
+  for (int64_t i = begin; i < end; ++i) {
+    M v = Load(var[i]);
+    if constexpr (D) v = v - v * c[kDecay];
+    M s[kMaxSlots] = {M(0), M(0), M(0)};
+    if constexpr (K > 0) s[0] = Load(s0[i]);
+    if constexpr (K > 1) s[1] = Load(s1[i]);
+    if constexpr (K > 2) s[2] = Load(s2[i]);
+    Rule::template Apply<V>(c, v, s, Load(grad[i]));
+    var[i] = Store<T>(v);
+    if constexpr (K > 0) s0[i] = Store<T>(s[0]);
+    if constexpr (K > 1) s1[i] = Store<T>(s[1]);
+    if constexpr (K > 2) s2[i] = Store<T>(s[2]);
   }
 }
 
+// Note [deterministic sums]: reductions use kLanes partial sums, element i
+// going to lane i % kLanes of its chunk, added up in lane order. The order is
+// fixed by the code, not by the vector width, so every ISA gives the same
+// bits, and chunk sums are combined in chunk order by the caller.
+constexpr int kLanes = 8;
+
+template <typename T, bool D>
+void LambPass1(const Coeffs& hc, const void* var_p, void* const* slots, const void* grad_p,
+               int64_t begin, int64_t end, double* w_sq, double* u_sq) {
+  using M = opmath_t<T>;
+  const LocalCoeffs<M> lc(hc);
+  const M* c = lc.c;
+  const T* __restrict var = static_cast<const T*>(var_p);
+  const T* __restrict grad = static_cast<const T*>(grad_p);
+  T* __restrict m = static_cast<T*>(slots[0]);
+  T* __restrict v = static_cast<T*>(slots[1]);
+  double wl[kLanes] = {0}, ul[kLanes] = {0};
+  auto one = [&](int64_t i, int lane) {
+    M x = Load(var[i]);
+    if constexpr (D) x = x - x * c[kDecay];
+    M s[2] = {Load(m[i]), Load(v[i])};
+    const M u = LambRule::Moments(c, s, Load(grad[i]));
+    m[i] = Store<T>(s[0]);
+    v[i] = Store<T>(s[1]);
+    wl[lane] += static_cast<double>(x) * static_cast<double>(x);
+    ul[lane] += static_cast<double>(u) * static_cast<double>(u);
+  };
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) one(i + l, l);
+  }
+  for (int l = 0; i < end; ++i, ++l) one(i, l);
+  double w = 0, u = 0;
+  for (int l = 0; l < kLanes; ++l) {
+    w += wl[l];
+    u += ul[l];
+  }
+  *w_sq += w;
+  *u_sq += u;
+}
+
+template <typename T, bool D>
+void LambPass2(const Coeffs& hc, double ratio_lr, void* var_p, void* const* slots, int64_t begin,
+               int64_t end) {
+  using M = opmath_t<T>;
+  const LocalCoeffs<M> lc(hc);
+  const M* c = lc.c;
+  const M r = static_cast<M>(ratio_lr);
+  T* __restrict var = static_cast<T*>(var_p);
+  const T* __restrict m = static_cast<const T*>(slots[0]);
+  const T* __restrict v = static_cast<const T*>(slots[1]);
+  for (int64_t i = begin; i < end; ++i) {
+    M x = Load(var[i]);
+    if constexpr (D) x = x - x * c[kDecay];
+    var[i] = Store<T>(x - r * LambRule::Update(c, Load(m[i]), Load(v[i])));
+  }
+}
+
+void Triad(float* __restrict a, const float* __restrict b, const float* __restrict c, float s,
+           int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) a[i] = b[i] + s * c[i];
+}
+
+template <typename Rule, typename T, int V>
+void FillVariants(ElementwiseFn (&row)[kMaxVariants][2]) {
+  if constexpr (V < Rule::kNumVariants) {
+    row[V][0] = &Elementwise<Rule, T, V, false>;
+    row[V][1] = &Elementwise<Rule, T, V, true>;
+    FillVariants<Rule, T, V + 1>(row);
+  }
+}
+
+template <typename Rule>
+void FillAlgo(KernelTable& t, Algo algo) {
+  auto& rows = t.elementwise[static_cast<int>(algo)];
+  FillVariants<Rule, Half, 0>(rows[static_cast<int>(DType::kFloat16)]);
+  FillVariants<Rule, BFloat16, 0>(rows[static_cast<int>(DType::kBFloat16)]);
+  FillVariants<Rule, float, 0>(rows[static_cast<int>(DType::kFloat32)]);
+  FillVariants<Rule, double, 0>(rows[static_cast<int>(DType::kFloat64)]);
+}
+
 template <typename T>
-void FillSgd(SgdSpanFn (&row)[kNumSgdVariants][2]) {
-  row[0][0] = &SgdSpan<T, SgdVariant::kPlain, Decay::kOff>;
-  row[0][1] = &SgdSpan<T, SgdVariant::kPlain, Decay::kOn>;
-  row[1][0] = &SgdSpan<T, SgdVariant::kMomentum, Decay::kOff>;
-  row[1][1] = &SgdSpan<T, SgdVariant::kMomentum, Decay::kOn>;
-  row[2][0] = &SgdSpan<T, SgdVariant::kNesterov, Decay::kOff>;
-  row[2][1] = &SgdSpan<T, SgdVariant::kNesterov, Decay::kOn>;
+void FillLamb(KernelTable& t, DType d) {
+  t.lamb_pass1[static_cast<int>(d)][0] = &LambPass1<T, false>;
+  t.lamb_pass1[static_cast<int>(d)][1] = &LambPass1<T, true>;
+  t.lamb_pass2[static_cast<int>(d)][0] = &LambPass2<T, false>;
+  t.lamb_pass2[static_cast<int>(d)][1] = &LambPass2<T, true>;
 }
 
 KernelTable MakeTable() {
   KernelTable t{};
   t.isa = FUSEDOPT_STR(FUSEDOPT_ISA);
-  FillSgd<Half>(t.sgd[static_cast<int>(DType::kFloat16)]);
-  FillSgd<BFloat16>(t.sgd[static_cast<int>(DType::kBFloat16)]);
-  FillSgd<float>(t.sgd[static_cast<int>(DType::kFloat32)]);
-  FillSgd<double>(t.sgd[static_cast<int>(DType::kFloat64)]);
+  FillAlgo<SgdRule>(t, Algo::kSgd);
+  FillAlgo<AdamRule>(t, Algo::kAdam);
+  FillAlgo<NadamRule>(t, Algo::kNadam);
+  FillAlgo<AdamaxRule>(t, Algo::kAdamax);
+  FillAlgo<RmspropRule>(t, Algo::kRmsprop);
+  FillAlgo<AdagradRule>(t, Algo::kAdagrad);
+  FillAlgo<AdadeltaRule>(t, Algo::kAdadelta);
+  FillAlgo<FtrlRule>(t, Algo::kFtrl);
+  FillAlgo<LionRule>(t, Algo::kLion);
+  FillLamb<Half>(t, DType::kFloat16);
+  FillLamb<BFloat16>(t, DType::kBFloat16);
+  FillLamb<float>(t, DType::kFloat32);
+  FillLamb<double>(t, DType::kFloat64);
+  t.triad = &Triad;
   return t;
 }
 

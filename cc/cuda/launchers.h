@@ -30,12 +30,21 @@ int fusedopt_cuda_check_usable(void);
 // dst <- src, `bytes` bytes, device to device, asynchronously on `stream`.
 int fusedopt_cuda_copy(void* dst, const void* src, int64_t bytes, void* stream);
 
-// SGD over n elements. dtype: 0 float16, 1 bfloat16, 2 float32, 3 float64
-// (fusedopt::DType). variant: 0 plain, 1 momentum, 2 nesterov. decay: 0 off,
-// 1 on; decay_lr = weight_decay * lr. mom may be null for the plain variant.
-int fusedopt_cuda_sgd(int dtype, int variant, int decay, double lr, double momentum,
-                      double decay_lr, void* var, void* mom, const void* grad, int64_t n,
-                      void* stream);
+// One elementwise update rule over n elements of one tensor.
+// algo: fusedopt::Algo; dtype: fusedopt::DType (0 float16, 1 bfloat16,
+// 2 float32, 3 float64); variant: the rule's variant index; decay: 0 or 1;
+// coeffs: kMaxCoeffs (12) doubles from cc/rules/coefficients.h (copied before
+// return); slots: the rule's slot pointers in its slot order.
+int fusedopt_cuda_elementwise(int algo, int dtype, int variant, int decay, const double* coeffs,
+                              void* var, void* const* slots, const void* grad, int64_t n,
+                              void* stream);
+
+// LAMB over one tensor (slots = {m, v}), two passes with a deterministic norm
+// reduction. scratch: device memory of fusedopt_cuda_lamb_scratch_bytes(n)
+// bytes, owned by the caller until the stream has run the launch.
+int64_t fusedopt_cuda_lamb_scratch_bytes(int64_t n);
+int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, void* var, void* const* slots,
+                       const void* grad, int64_t n, void* scratch, void* stream);
 
 #ifdef __cplusplus
 }  // extern "C"

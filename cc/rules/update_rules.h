@@ -1,69 +1,334 @@
 // The math of every update rule, written once.
 //
 // Each rule is a struct with a per-element function working on registers in
-// opmath. The CPU loops (cc/cpu), the CUDA kernels (cc/cuda) and, later, the
-// multi-tensor and sparse paths all call these functions; variants are
-// template parameters, never runtime branches in the hot loop.
+// opmath. The CPU loops (cc/cpu) and the CUDA kernels (cc/cuda) call these
+// functions; variants are template parameters, never runtime branches in the
+// hot loop.
 //
 // Semantics follow Keras 3 (keras.optimizers.*) in algebraic form, so that
-// float32 results agree with Keras to rounding. Decoupled weight decay is
-// Keras': `var -= var * (weight_decay * lr)`, applied before the update, in
-// the same pass over memory.
+// float32 results agree with Keras to rounding. Keras' decoupled weight decay,
+// `var -= var * (weight_decay * lr)`, is applied before every rule, in the same
+// pass over memory, by the loops (coefficient kDecay below).
+//
+// Note [coefficients]: a call's scalars (learning rate, betas, bias
+// corrections, ...) are computed once per call on the host, in double
+// (cc/rules/coefficients.h), into a fixed array `Coeffs::c`; the loops convert
+// them to opmath once and pass them to Apply. Index 0 is always the decay
+// factor weight_decay * lr.
 #ifndef FUSEDOPT_CC_RULES_UPDATE_RULES_H_
 #define FUSEDOPT_CC_RULES_UPDATE_RULES_H_
+
+#include <cmath>
 
 #include "cc/rules/numeric.h"
 
 namespace fusedopt {
 
-// Whether decoupled weight decay is applied. A compile-time choice, so that a
-// zero decay costs nothing and cannot turn an infinite weight into NaN.
-enum class Decay : int { kOff = 0, kOn = 1 };
+// Algorithms with an elementwise rule, in the order of the dispatch tables.
+// (AdamW is Adam with weight decay; LAMB has its own two-pass loops.)
+enum class Algo : int {
+  kSgd = 0,
+  kAdam,
+  kNadam,
+  kAdamax,
+  kRmsprop,
+  kAdagrad,
+  kAdadelta,
+  kFtrl,
+  kLion,
+};
+constexpr int kNumAlgos = 9;
+constexpr int kMaxVariants = 4;
+constexpr int kMaxSlots = 3;
+constexpr int kMaxCoeffs = 12;
+constexpr int kDecay = 0;  // Coeffs::c[0]: weight_decay * lr
 
-// ---------------------------------------------------------------------------
-// SGD (keras.optimizers.SGD)
-//
-//   plain:     var = var - lr * g
-//   momentum:  m = momentum * m - lr * g;  var = var + m
-//   nesterov:  m = momentum * m - lr * g;  var = var + momentum * m - lr * g
-//
-// Bytes per element (T = element size): plain 3T (read var, grad; write var),
-// momentum and nesterov 5T (read var, m, grad; write var, m).
-enum class SgdVariant : int { kPlain = 0, kMomentum = 1, kNesterov = 2 };
-constexpr int kNumSgdVariants = 3;
-
-// Host-side scalars of one SGD call, in double. `decay` is weight_decay * lr.
-struct SgdScalars {
-  double lr;
-  double momentum;
-  double decay;
+struct Coeffs {
+  double c[kMaxCoeffs];
 };
 
 template <typename M>
-struct SgdCoeffs {
-  M lr;
-  M momentum;
-  M decay;
-  FUSEDOPT_HD static SgdCoeffs From(const SgdScalars& s) {
-    return {static_cast<M>(s.lr), static_cast<M>(s.momentum), static_cast<M>(s.decay)};
+struct OpCoeffs {
+  M c[kMaxCoeffs];
+  FUSEDOPT_HD static OpCoeffs From(const Coeffs& h) {
+    OpCoeffs o;
+    for (int k = 0; k < kMaxCoeffs; ++k) o.c[k] = static_cast<M>(h.c[k]);
+    return o;
   }
 };
 
-template <SgdVariant V, Decay D>
+template <typename M>
+FUSEDOPT_HD M Sqrt(M x) {
+  return std::sqrt(x);
+}
+template <typename M>
+FUSEDOPT_HD M Abs(M x) {
+  return x < M(0) ? -x : x;
+}
+template <typename M>
+FUSEDOPT_HD M Max(M a, M b) {
+  // NaN-propagating like TF's maximum: a NaN in either operand wins.
+  return (a != a) ? a : ((b != b) ? b : (a > b ? a : b));
+}
+
+// ---------------------------------------------------------------------------
+// SGD (keras.optimizers.SGD). Variants: 0 plain, 1 momentum, 2 nesterov.
+// Slots: [momentum] for variants 1, 2.
+//   plain:     var -= lr * g
+//   momentum:  m = momentum * m - lr * g;  var += m
+//   nesterov:  m = momentum * m - lr * g;  var += momentum * m - lr * g
+// Bytes/element (T = element size): plain 3T, momentum 5T.
 struct SgdRule {
-  template <typename M>
-  FUSEDOPT_HD static void Apply(const SgdCoeffs<M>& c, M& var, M& m, M g) {
-    if constexpr (D == Decay::kOn) var = var - var * c.decay;
-    if constexpr (V == SgdVariant::kPlain) {
-      var = var - g * c.lr;
+  enum : int { kLr = 1, kMomentum = 2 };
+  static constexpr int kNumVariants = 3;
+  FUSEDOPT_HD static constexpr int Slots(int v) { return v == 0 ? 0 : 1; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    if constexpr (V == 0) {
+      var = var - g * c[kLr];
     } else {
-      m = m * c.momentum - g * c.lr;
-      if constexpr (V == SgdVariant::kNesterov) {
-        var = var + (m * c.momentum - g * c.lr);
+      s[0] = s[0] * c[kMomentum] - g * c[kLr];
+      if constexpr (V == 2) {
+        var = var + (s[0] * c[kMomentum] - g * c[kLr]);
       } else {
-        var = var + m;
+        var = var + s[0];
       }
     }
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Adam / AdamW (keras.optimizers.Adam, AdamW). Variants: 0 adam, 1 amsgrad.
+// Slots: [m, v] (+ [v_hat] for amsgrad).
+//   alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)     (host, double)
+//   m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
+//   amsgrad: v_hat = max(v_hat, v), and v_hat replaces v below
+//   var -= m * alpha / (sqrt(v) + epsilon)
+// Bytes/element: 7T (amsgrad 9T).
+struct AdamRule {
+  enum : int { kOneMinusB1 = 1, kOneMinusB2 = 2, kAlpha = 3, kEps = 4 };
+  static constexpr int kNumVariants = 2;
+  FUSEDOPT_HD static constexpr int Slots(int v) { return v == 0 ? 2 : 3; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+    s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+    M denom_v = s[1];
+    if constexpr (V == 1) {
+      s[2] = Max(s[2], s[1]);
+      denom_v = s[2];
+    }
+    var = var - (s[0] * c[kAlpha]) / (Sqrt(denom_v) + c[kEps]);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Nadam (keras.optimizers.Nadam). Slots: [m, v].
+//   u_t = beta_1 * (1 - 0.5 * 0.96^t); u_t1 = beta_1 * (1 - 0.5 * 0.96^(t+1))
+//   u_prod (the optimizer's running product, this step included),
+//   u_prod1 = u_prod * u_t1                                        (host, double)
+//   m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
+//   m_hat = u_t1 * m / (1 - u_prod1) + (1 - u_t) * g / (1 - u_prod)
+//   v_hat = v / (1 - beta_2^t)
+//   var -= m_hat * lr / (sqrt(v_hat) + epsilon)
+// Bytes/element: 7T.
+struct NadamRule {
+  enum : int {
+    kOneMinusB1 = 1,
+    kOneMinusB2 = 2,
+    kUt1 = 3,
+    kOneMinusUProd1 = 4,
+    kOneMinusUt = 5,
+    kOneMinusUProd = 6,
+    kOneMinusB2Pow = 7,
+    kLr = 8,
+    kEps = 9,
+  };
+  static constexpr int kNumVariants = 1;
+  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+    s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+    const M m_hat = (c[kUt1] * s[0]) / c[kOneMinusUProd1] + (c[kOneMinusUt] * g) / c[kOneMinusUProd];
+    const M v_hat = s[1] / c[kOneMinusB2Pow];
+    var = var - (m_hat * c[kLr]) / (Sqrt(v_hat) + c[kEps]);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Adamax (keras.optimizers.Adamax). Slots: [m, u].
+//   m += (g - m) * (1 - beta_1);  u = max(beta_2 * u, |g|)
+//   var -= lr * m / ((1 - beta_1^t) * (u + epsilon))
+// Bytes/element: 7T.
+struct AdamaxRule {
+  enum : int { kOneMinusB1 = 1, kB2 = 2, kLr = 3, kOneMinusB1Pow = 4, kEps = 5 };
+  static constexpr int kNumVariants = 1;
+  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+    s[1] = Max(c[kB2] * s[1], Abs(g));
+    var = var - (c[kLr] * s[0]) / (c[kOneMinusB1Pow] * (s[1] + c[kEps]));
+  }
+};
+
+// ---------------------------------------------------------------------------
+// RMSprop (keras.optimizers.RMSprop). Variant bits: 1 momentum, 2 centered.
+// Slots, in Keras' order: [velocity] (+ [momentum]) (+ [average_gradient]).
+//   velocity = rho * velocity + (1 - rho) * g^2
+//   centered: avg = rho * avg + (1 - rho) * g;  denom = velocity - avg^2 + eps
+//   else:     denom = velocity + eps
+//   inc = lr * g / sqrt(denom)
+//   momentum: mom = momentum * mom + inc;  var -= mom
+//   else:     var -= inc
+// Bytes/element: 5T, +2T each for momentum and centered.
+struct RmspropRule {
+  enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4, kMomentum = 5 };
+  static constexpr int kNumVariants = 4;
+  FUSEDOPT_HD static constexpr int Slots(int v) { return 1 + (v & 1) + ((v >> 1) & 1); }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    constexpr bool kMom = (V & 1) != 0;
+    constexpr bool kCentered = (V & 2) != 0;
+    constexpr int kAvg = kMom ? 2 : 1;
+    s[0] = c[kRho] * s[0] + c[kOneMinusRho] * (g * g);
+    M denom;
+    if constexpr (kCentered) {
+      s[kAvg] = c[kRho] * s[kAvg] + c[kOneMinusRho] * g;
+      denom = s[0] - s[kAvg] * s[kAvg] + c[kEps];
+    } else {
+      denom = s[0] + c[kEps];
+    }
+    const M inc = (c[kLr] * g) / Sqrt(denom);
+    if constexpr (kMom) {
+      s[1] = c[kMomentum] * s[1] + inc;
+      var = var - s[1];
+    } else {
+      var = var - inc;
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Adagrad (keras.optimizers.Adagrad). Slots: [accumulator].
+//   acc += g^2;  var -= lr * g / sqrt(acc + epsilon)
+// Bytes/element: 5T.
+struct AdagradRule {
+  enum : int { kLr = 1, kEps = 2 };
+  static constexpr int kNumVariants = 1;
+  FUSEDOPT_HD static constexpr int Slots(int) { return 1; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    s[0] = s[0] + g * g;
+    var = var - (c[kLr] * g) / Sqrt(s[0] + c[kEps]);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Adadelta (keras.optimizers.Adadelta). Slots: [accumulated_grad,
+// accumulated_delta_var].
+//   ag = rho * ag + (1 - rho) * g^2
+//   delta = -(sqrt(adv + eps) * g) / sqrt(ag + eps)
+//   adv = rho * adv + (1 - rho) * delta^2
+//   var += lr * delta
+// Bytes/element: 7T.
+struct AdadeltaRule {
+  enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4 };
+  static constexpr int kNumVariants = 1;
+  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    s[0] = c[kRho] * s[0] + c[kOneMinusRho] * (g * g);
+    const M delta = -((Sqrt(s[1] + c[kEps]) * g) / Sqrt(s[0] + c[kEps]));
+    s[1] = c[kRho] * s[1] + c[kOneMinusRho] * (delta * delta);
+    var = var + c[kLr] * delta;
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Ftrl (keras.optimizers.Ftrl). Variants: 0 any learning_rate_power (pow),
+// 1 learning_rate_power == -0.5 (sqrt). Slots: [accumulator, linear].
+//   p = -learning_rate_power;  l2 = l2_regularization + beta / (2 lr)  (host)
+//   g_s = g + 2 * l2_shrinkage * var
+//   new_acc = acc + g^2
+//   linear += g_s - (new_acc^p - acc^p) / lr * var
+//   quadratic = new_acc^p / lr + 2 * l2
+//   var = (clip(linear, -l1, l1) - linear) / quadratic;  acc = new_acc
+// Bytes/element: 7T.
+struct FtrlRule {
+  enum : int { kLr = 1, kPower = 2, kTwoL2Shrinkage = 3, kTwoL2 = 4, kL1 = 5 };
+  static constexpr int kNumVariants = 2;
+  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  template <int V, typename M>
+  FUSEDOPT_HD static M Pow(M x, M p) {
+    if constexpr (V == 1) {
+      return Sqrt(x);
+    } else {
+      return std::pow(x, p);
+    }
+  }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    const M g_s = g + c[kTwoL2Shrinkage] * var;
+    const M new_acc = s[0] + g * g;
+    const M new_pow = Pow<V>(new_acc, c[kPower]);
+    s[1] = s[1] + (g_s - ((new_pow - Pow<V>(s[0], c[kPower])) / c[kLr]) * var);
+    const M quadratic = new_pow / c[kLr] + c[kTwoL2];
+    const M l1 = c[kL1];
+    const M clipped = s[1] < -l1 ? -l1 : (s[1] > l1 ? l1 : s[1]);
+    var = (clipped - s[1]) / quadratic;
+    s[0] = new_acc;
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Lion (keras.optimizers.Lion). Slots: [m].
+//   var -= lr * sign(m * beta_1 + g * (1 - beta_1))
+//   m = m * beta_2 + g * (1 - beta_2)
+// Bytes/element: 5T.
+struct LionRule {
+  enum : int { kLr = 1, kB1 = 2, kOneMinusB1 = 3, kB2 = 4, kOneMinusB2 = 5 };
+  static constexpr int kNumVariants = 1;
+  FUSEDOPT_HD static constexpr int Slots(int) { return 1; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    const M u = s[0] * c[kB1] + g * c[kOneMinusB1];
+    const M sign = u > M(0) ? M(1) : (u < M(0) ? M(-1) : u);  // sign(NaN) = NaN
+    var = var - c[kLr] * sign;
+    s[0] = s[0] * c[kB2] + g * c[kOneMinusB2];
+  }
+};
+
+// ---------------------------------------------------------------------------
+// LAMB (keras.optimizers.Lamb). Slots: [m, v]. Two passes (the trust ratio
+// needs two norms over the whole tensor before any element can be written):
+//   pass 1, per element: decay var (not stored yet);
+//     m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
+//     u = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + eps)
+//     accumulate sum(var^2) and sum(u^2); store m, v
+//   per tensor: ratio = |var| / |u| if both > 0, else 1
+//   pass 2, per element: recompute var (decayed) and u from m, v;
+//     var -= ratio * lr * u
+// Bytes/element: 6T + 4T = 10T.
+struct LambRule {
+  enum : int { kOneMinusB1 = 1, kOneMinusB2 = 2, kOneMinusB1Pow = 3, kOneMinusB2Pow = 4,
+               kEps = 5, kLr = 6 };
+  template <typename M>
+  FUSEDOPT_HD static M Update(const M* c, M m, M v) {
+    return (m / c[kOneMinusB1Pow]) / (Sqrt(v / c[kOneMinusB2Pow]) + c[kEps]);
+  }
+  // Pass 1 for one element: updates the slots, returns u; var is the decayed value.
+  template <typename M>
+  FUSEDOPT_HD static M Moments(const M* c, M* s, M g) {
+    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+    s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+    return Update(c, s[0], s[1]);
+  }
+  // ratio = w_norm / u_norm when both are positive, else 1 (computed in double).
+  FUSEDOPT_HD static double TrustRatio(double w_sq, double u_sq) {
+    const double w = std::sqrt(w_sq), u = std::sqrt(u_sq);
+    return (w > 0 && u > 0) ? w / u : 1.0;
   }
 };
 

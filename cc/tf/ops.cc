@@ -52,36 +52,371 @@ REGISTER_OP("Fusedopt>ApplySGD")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
     .Attr("nesterov: bool = false")
-    .SetShapeFn([](InferenceContext* c) {
-      return ScalarInputs(c, {"lr", "momentum", "weight_decay"});
-    })
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "momentum", "weight_decay"}); })
     .Doc(R"doc(
-Stochastic gradient descent with optional momentum, Nesterov momentum and
-decoupled weight decay, over N variables in one call (keras.optimizers.SGD).
+Stochastic gradient descent with optional (Nesterov) momentum (keras.optimizers.SGD).
 
-For every element, in one pass over memory, computed in float32 for 16-bit
-variables and in the variable's type otherwise:
+  M == 0 (plain):   var = var - lr * g
+  M == N:           m = momentum * m - lr * g
+                    var = var + m                        (nesterov=false)
+                    var = var + momentum * m - lr * g    (nesterov=true)
 
-  if weight_decay != 0:  var = var - var * (weight_decay * lr)
-  M == 0 (plain):        var = var - lr * g
-  M == N (momentum):     m = momentum * m - lr * g
-                         var = var + m                         (nesterov=false)
-                         var = var + momentum * m - lr * g     (nesterov=true)
+Bytes per element (T = element size): 3T plain, 5T with momentum.
 
-Bytes per element, T the element size: 3T plain, 5T with momentum.
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
 
-vars: the N variables, each of dtype T.
-momenta: either none (M = 0, plain SGD) or one momentum slot per variable
-  (M = N), of the variable's shape and dtype.
-grads: the N gradients, each of its variable's shape.
-lr: the learning rate, a scalar.
-momentum: the momentum coefficient, a scalar (ignored when M = 0).
-weight_decay: the decoupled weight decay coefficient, a scalar; 0 disables it.
-nesterov: whether to use Nesterov momentum (requires M = N).
+REGISTER_OP("Fusedopt>ApplyAdam")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("vhat: K * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("step: int64")
+    .Attr("N: int >= 1")
+    .Attr("K: int >= 0")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"}); })
+    .Doc(R"doc(
+Adam, AMSGrad and (with weight_decay) AdamW (keras.optimizers.Adam, AdamW).
 
-Raises InvalidArgument, before any variable is written, if a variable is
-uninitialized or listed twice, a dtype or shape does not match, M is neither 0
-nor N, or a hyperparameter is not a scalar.
+  alpha = lr * sqrt(1 - beta_2^step) / (1 - beta_1^step)    (once per call, double)
+  m = m + (g - m) * (1 - beta_1)
+  v = v + (g^2 - v) * (1 - beta_2)
+  K == N (amsgrad): vhat = max(vhat, v); use vhat for v below
+  var = var - m * alpha / (sqrt(v) + epsilon)
+
+epsilon is Keras' (added to sqrt(v)), step counts from 1.
+Bytes per element: 7T (amsgrad 9T).
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyNadam")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("u_product: Tscalar")
+    .Input("step: int64")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step"}); })
+    .Doc(R"doc(
+Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
+
+  u_t = beta_1 * (1 - 0.5 * 0.96^step);  u_t1 = beta_1 * (1 - 0.5 * 0.96^(step+1))
+  u_product: the optimizer's running product of u_t including this step
+  m = m + (g - m) * (1 - beta_1);  v = v + (g^2 - v) * (1 - beta_2)
+  m_hat = u_t1 * m / (1 - u_product * u_t1) + (1 - u_t) * g / (1 - u_product)
+  v_hat = v / (1 - beta_2^step)
+  var = var - m_hat * lr / (sqrt(v_hat) + epsilon)
+
+Bytes per element: 7T.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyAdamax")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("u: N * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("step: int64")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"}); })
+    .Doc(R"doc(
+Adamax (keras.optimizers.Adamax).
+
+  m = m + (g - m) * (1 - beta_1)
+  u = max(beta_2 * u, |g|)
+  var = var - lr * m / ((1 - beta_1^step) * (u + epsilon))
+
+Bytes per element: 7T.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyRmsprop")
+    .Input("vars: N * resource")
+    .Input("velocity: N * resource")
+    .Input("momenta: M * resource")
+    .Input("average_gradient: C * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("rho: Tscalar")
+    .Input("momentum: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Attr("N: int >= 1")
+    .Attr("M: int >= 0")
+    .Attr("C: int >= 0")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "rho", "momentum", "epsilon", "weight_decay"}); })
+    .Doc(R"doc(
+RMSprop, with optional momentum (M == N) and centering (C == N)
+(keras.optimizers.RMSprop).
+
+  velocity = rho * velocity + (1 - rho) * g^2
+  centered: average_gradient = rho * average_gradient + (1 - rho) * g
+            denom = velocity - average_gradient^2 + epsilon
+  else:     denom = velocity + epsilon
+  increment = lr * g / sqrt(denom)
+  momentum: m = momentum * m + increment;  var = var - m
+  else:     var = var - increment
+
+Bytes per element: 5T, plus 2T each for momentum and centering.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyAdagrad")
+    .Input("vars: N * resource")
+    .Input("accumulator: N * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "epsilon", "weight_decay"}); })
+    .Doc(R"doc(
+Adagrad (keras.optimizers.Adagrad; the accumulator starts at
+initial_accumulator_value, set by the caller).
+
+  accumulator = accumulator + g^2
+  var = var - lr * g / sqrt(accumulator + epsilon)
+
+Bytes per element: 5T.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyAdadelta")
+    .Input("vars: N * resource")
+    .Input("accumulated_grad: N * resource")
+    .Input("accumulated_delta_var: N * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("rho: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "rho", "epsilon", "weight_decay"}); })
+    .Doc(R"doc(
+Adadelta (keras.optimizers.Adadelta).
+
+  accumulated_grad = rho * accumulated_grad + (1 - rho) * g^2
+  delta = -sqrt(accumulated_delta_var + epsilon) * g / sqrt(accumulated_grad + epsilon)
+  accumulated_delta_var = rho * accumulated_delta_var + (1 - rho) * delta^2
+  var = var + lr * delta
+
+Bytes per element: 7T.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyFtrl")
+    .Input("vars: N * resource")
+    .Input("accumulator: N * resource")
+    .Input("linear: N * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("learning_rate_power: Tscalar")
+    .Input("l1: Tscalar")
+    .Input("l2: Tscalar")
+    .Input("l2_shrinkage: Tscalar")
+    .Input("beta: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay"}); })
+    .Doc(R"doc(
+FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
+
+  p = -learning_rate_power;  l2' = l2 + beta / (2 * lr)
+  g_s = g + 2 * l2_shrinkage * var
+  new_acc = accumulator + g^2
+  linear = linear + g_s - (new_acc^p - accumulator^p) / lr * var
+  quadratic = new_acc^p / lr + 2 * l2'
+  var = (clip(linear, -l1, l1) - linear) / quadratic
+  accumulator = new_acc
+
+learning_rate_power = -0.5 uses sqrt; other powers use pow. Requires lr > 0
+and learning_rate_power <= 0.
+Bytes per element: 7T.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyLion")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "weight_decay"}); })
+    .Doc(R"doc(
+Lion (keras.optimizers.Lion).
+
+  var = var - lr * sign(m * beta_1 + g * (1 - beta_1))
+  m = m * beta_2 + g * (1 - beta_2)
+
+Bytes per element: 5T.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>ApplyLamb")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("grads: N * T")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("step: int64")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"}); })
+    .Doc(R"doc(
+LAMB (keras.optimizers.Lamb), with a per-variable trust ratio.
+
+  m = m + (g - m) * (1 - beta_1);  v = v + (g^2 - v) * (1 - beta_2)
+  u = (m / (1 - beta_1^step)) / (sqrt(v / (1 - beta_2^step)) + epsilon)
+  ratio = ||var|| / ||u|| if both norms > 0, else 1   (per variable)
+  var = var - ratio * lr * u
+
+Two passes, because no element of a variable can be written before the norms
+over all of it are known: pass 1 reads var, m, v, g and writes m, v while
+summing var^2 and u^2 (deterministic fixed-order sums in double); pass 2 reads
+var, m, v and writes var. Bytes per element: 6T + 4T = 10T.
+
+Every op of this family updates N variables in one call, in one pass over
+memory (LAMB: two), computing in float32 for 16-bit variables and in the
+variable's type otherwise, storing rounded to nearest even. Keras' decoupled
+weight decay, var -= var * weight_decay * lr, is applied first, in the same
+pass (weight_decay = 0 disables it). Slots have their variable's shape and
+dtype. All inputs are validated before anything is written: on bad input
+(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
+non-scalar hyperparameter) the op raises InvalidArgument and no variable
+changes.
+)doc");
+
+REGISTER_OP("Fusedopt>StreamTriad")
+    .Input("a: resource")
+    .Input("b: float")
+    .Input("c: float")
+    .Input("s: float")
+    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"s"}); })
+    .Doc(R"doc(
+Memory-bandwidth probe for benchmarks: a = b + s * c over float32 tensors, run
+on the same thread pool and chunking as the fused ops (12 bytes per element:
+two reads, one write).
 )doc");
 
 }  // namespace tf

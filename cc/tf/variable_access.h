@@ -53,6 +53,7 @@ class VariableSet {
   tensorflow::Tensor* tensor(int i) { return vars_[i]->tensor(); }
   const tensorflow::Tensor& tensor(int i) const { return *vars_[i]->tensor(); }
   const std::string& label(int i) const { return labels_[i]; }
+  void* data(int i) { return const_cast<char*>(vars_[i]->tensor()->tensor_data().data()); }
 
  private:
   tensorflow::OpKernelContext* ctx_;

@@ -19,7 +19,10 @@ import tensorflow as tf
 
 from fusedopt import _loader
 
-__all__ = ["apply_sgd"]
+__all__ = [
+    "apply_sgd", "apply_adam", "apply_nadam", "apply_adamax", "apply_rmsprop", "apply_adagrad",
+    "apply_adadelta", "apply_ftrl", "apply_lion", "apply_lamb", "stream_triad",
+]
 
 VariableLike = Any  # tf.Variable, keras.Variable, or a resource tensor
 TensorLike = Any
@@ -64,6 +67,33 @@ def _check_lengths(n: int, **lists: Sequence[Any] | None) -> None:
             raise _invalid(f"{name} has {len(items)} entries but there are {n} variables")
 
 
+def _apply(
+    op_name: str,
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    slots: dict[str, Sequence[VariableLike] | None],
+    scalars: dict[str, TensorLike],
+    step: TensorLike | None = None,
+    name: str | None = None,
+    **attrs: Any,
+) -> tf.Operation | None:
+    """Validates list lengths, converts inputs and calls one fused op."""
+    if len(variables) == 0:
+        raise _invalid(f"{op_name} needs at least one variable")
+    _check_lengths(len(variables), gradients=gradients, **slots)
+    grads = [tf.convert_to_tensor(g) for g in gradients]
+    sdt = _scalar_dtype(grads)
+    kwargs: dict[str, Any] = {"vars": _handles(variables, "variables"), "grads": grads}
+    for slot_name, slot_vars in slots.items():
+        kwargs[slot_name] = _handles(slot_vars or [], slot_name)
+    for scalar_name, value in scalars.items():
+        kwargs[scalar_name] = _scalar(value, sdt)
+    if step is not None:
+        kwargs["step"] = tf.cast(step, tf.int64)
+    kwargs.update(attrs)
+    return getattr(_loader.load(), op_name)(name=name, **kwargs)
+
+
 def apply_sgd(
     variables: Sequence[VariableLike],
     gradients: Sequence[TensorLike],
@@ -75,7 +105,7 @@ def apply_sgd(
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
 ) -> tf.Operation | None:
-    """SGD (optionally with momentum or Nesterov momentum) over many variables.
+    """SGD (keras.optimizers.SGD), optionally with (Nesterov) momentum.
 
     Per element, with ``lr = learning_rate``::
 
@@ -97,22 +127,261 @@ def apply_sgd(
     Returns:
         The op in graph mode, None in eager mode.
     """
-    if len(variables) == 0:
-        raise _invalid("apply_sgd needs at least one variable")
-    _check_lengths(len(variables), gradients=gradients, momenta=momenta)
     if nesterov and momenta is None:
         raise _invalid("nesterov=True needs momenta (one momentum slot per variable)")
-    grads = [tf.convert_to_tensor(g) for g in gradients]
-    sdt = _scalar_dtype(grads)
-    return _loader.load().fusedopt_apply_sgd(
-        vars=_handles(variables, "variables"),
-        momenta=_handles(momenta or [], "momenta"),
-        grads=grads,
-        lr=_scalar(learning_rate, sdt),
-        momentum=_scalar(momentum, sdt),
-        weight_decay=_scalar(weight_decay, sdt),
-        nesterov=bool(nesterov),
+    return _apply(
+        "fusedopt_apply_sgd", variables, gradients, {"momenta": momenta},
+        {"lr": learning_rate, "momentum": momentum, "weight_decay": weight_decay},
+        name=name, nesterov=bool(nesterov),
+    )
+
+
+def apply_adam(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    m: Sequence[VariableLike],
+    v: Sequence[VariableLike],
+    step: TensorLike,
+    vhat: Sequence[VariableLike] | None = None,
+    beta_1: TensorLike = 0.9,
+    beta_2: TensorLike = 0.999,
+    epsilon: TensorLike = 1e-7,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """Adam / AMSGrad / AdamW (keras.optimizers.Adam, AdamW) in one pass.
+
+    ``step`` counts from 1 (Keras' ``iterations + 1``). Per element::
+
+        var -= var * weight_decay * lr
+        m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
+        vhat = max(vhat, v)                      # AMSGrad, when vhat is given
+        var -= m * lr * sqrt(1 - beta_2^step) / (1 - beta_1^step) / (sqrt(v or vhat) + epsilon)
+    """
+    return _apply(
+        "fusedopt_apply_adam", variables, gradients, {"m": m, "v": v, "vhat": vhat},
+        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
+         "weight_decay": weight_decay},
+        step=step, name=name,
+    )
+
+
+def apply_nadam(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    m: Sequence[VariableLike],
+    v: Sequence[VariableLike],
+    step: TensorLike,
+    u_product: TensorLike,
+    beta_1: TensorLike = 0.9,
+    beta_2: TensorLike = 0.999,
+    epsilon: TensorLike = 1e-7,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """Nadam as Keras computes it (keras.optimizers.Nadam).
+
+    ``u_product`` is the running product of ``u_t = beta_1 * (1 - 0.5 * 0.96^t)``
+    over steps 1..step (Keras' ``_u_product`` after its update for this step).
+    """
+    return _apply(
+        "fusedopt_apply_nadam", variables, gradients, {"m": m, "v": v},
+        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
+         "weight_decay": weight_decay, "u_product": u_product},
+        step=step, name=name,
+    )
+
+
+def apply_adamax(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    m: Sequence[VariableLike],
+    u: Sequence[VariableLike],
+    step: TensorLike,
+    beta_1: TensorLike = 0.9,
+    beta_2: TensorLike = 0.999,
+    epsilon: TensorLike = 1e-7,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """Adamax (keras.optimizers.Adamax)::
+
+        m += (g - m) * (1 - beta_1);  u = max(beta_2 * u, |g|)
+        var -= lr * m / ((1 - beta_1^step) * (u + epsilon))
+    """
+    return _apply(
+        "fusedopt_apply_adamax", variables, gradients, {"m": m, "u": u},
+        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
+         "weight_decay": weight_decay},
+        step=step, name=name,
+    )
+
+
+def apply_rmsprop(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    velocity: Sequence[VariableLike],
+    momenta: Sequence[VariableLike] | None = None,
+    average_gradient: Sequence[VariableLike] | None = None,
+    rho: TensorLike = 0.9,
+    momentum: TensorLike = 0.0,
+    epsilon: TensorLike = 1e-7,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """RMSprop (keras.optimizers.RMSprop); momentum when ``momenta`` is given,
+    centered when ``average_gradient`` is given::
+
+        velocity = rho * velocity + (1 - rho) * g^2
+        avg = rho * avg + (1 - rho) * g                 # centered
+        inc = lr * g / sqrt(velocity [- avg^2] + epsilon)
+        m = momentum * m + inc; var -= m                 # or var -= inc
+    """
+    return _apply(
+        "fusedopt_apply_rmsprop", variables, gradients,
+        {"velocity": velocity, "momenta": momenta, "average_gradient": average_gradient},
+        {"lr": learning_rate, "rho": rho, "momentum": momentum, "epsilon": epsilon,
+         "weight_decay": weight_decay},
         name=name,
+    )
+
+
+def apply_adagrad(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    accumulator: Sequence[VariableLike],
+    epsilon: TensorLike = 1e-7,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """Adagrad (keras.optimizers.Adagrad)::
+
+        acc += g^2;  var -= lr * g / sqrt(acc + epsilon)
+    """
+    return _apply(
+        "fusedopt_apply_adagrad", variables, gradients, {"accumulator": accumulator},
+        {"lr": learning_rate, "epsilon": epsilon, "weight_decay": weight_decay},
+        name=name,
+    )
+
+
+def apply_adadelta(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    accumulated_grad: Sequence[VariableLike],
+    accumulated_delta_var: Sequence[VariableLike],
+    rho: TensorLike = 0.95,
+    epsilon: TensorLike = 1e-7,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """Adadelta (keras.optimizers.Adadelta)::
+
+        ag = rho * ag + (1 - rho) * g^2
+        delta = -sqrt(adv + eps) * g / sqrt(ag + eps)
+        adv = rho * adv + (1 - rho) * delta^2;  var += lr * delta
+    """
+    return _apply(
+        "fusedopt_apply_adadelta", variables, gradients,
+        {"accumulated_grad": accumulated_grad, "accumulated_delta_var": accumulated_delta_var},
+        {"lr": learning_rate, "rho": rho, "epsilon": epsilon, "weight_decay": weight_decay},
+        name=name,
+    )
+
+
+def apply_ftrl(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    accumulator: Sequence[VariableLike],
+    linear: Sequence[VariableLike],
+    learning_rate_power: TensorLike = -0.5,
+    l1: TensorLike = 0.0,
+    l2: TensorLike = 0.0,
+    l2_shrinkage: TensorLike = 0.0,
+    beta: TensorLike = 0.0,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """FTRL-proximal as Keras computes it (keras.optimizers.Ftrl); see the op doc."""
+    return _apply(
+        "fusedopt_apply_ftrl", variables, gradients, {"accumulator": accumulator, "linear": linear},
+        {"lr": learning_rate, "learning_rate_power": learning_rate_power, "l1": l1, "l2": l2,
+         "l2_shrinkage": l2_shrinkage, "beta": beta, "weight_decay": weight_decay},
+        name=name,
+    )
+
+
+def apply_lion(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    m: Sequence[VariableLike],
+    beta_1: TensorLike = 0.9,
+    beta_2: TensorLike = 0.99,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """Lion (keras.optimizers.Lion)::
+
+        var -= lr * sign(m * beta_1 + g * (1 - beta_1));  m = m * beta_2 + g * (1 - beta_2)
+    """
+    return _apply(
+        "fusedopt_apply_lion", variables, gradients, {"m": m},
+        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "weight_decay": weight_decay},
+        name=name,
+    )
+
+
+def apply_lamb(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    m: Sequence[VariableLike],
+    v: Sequence[VariableLike],
+    step: TensorLike,
+    beta_1: TensorLike = 0.9,
+    beta_2: TensorLike = 0.999,
+    epsilon: TensorLike = 1e-7,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+) -> tf.Operation | None:
+    """LAMB (keras.optimizers.Lamb), per-variable trust ratio, two passes::
+
+        m, v as Adam;  u = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
+        var -= (|var| / |u| if both > 0 else 1) * lr * u
+    """
+    return _apply(
+        "fusedopt_apply_lamb", variables, gradients, {"m": m, "v": v},
+        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
+         "weight_decay": weight_decay},
+        step=step, name=name,
+    )
+
+
+def stream_triad(a: VariableLike, b: TensorLike, c: TensorLike, s: TensorLike) -> tf.Operation | None:
+    """Bandwidth probe: ``a = b + s * c`` (float32), on the fused ops' thread pool.
+
+    Moves 12 bytes per element; benchmarks use it as the memory-bandwidth roofline.
+    """
+    return _loader.load().fusedopt_stream_triad(
+        a=_handle(a, "a"), b=tf.convert_to_tensor(b, tf.float32),
+        c=tf.convert_to_tensor(c, tf.float32), s=tf.constant(s, tf.float32) if isinstance(s, (int, float)) else tf.cast(s, tf.float32),
     )
 
 

@@ -1,0 +1,136 @@
+// The generic elementwise CUDA kernel: one grid-stride loop calling a rule
+// from cc/rules. Included by one .cu file per algorithm (so nvcc compiles
+// them in parallel); no TensorFlow header.
+#ifndef FUSEDOPT_CC_CUDA_ELEMENTWISE_CUH_
+#define FUSEDOPT_CC_CUDA_ELEMENTWISE_CUH_
+
+#include <cuda_runtime.h>
+
+#include "cc/rules/update_rules.h"
+
+namespace fusedopt {
+namespace cuda {
+
+constexpr int kThreads = 256;
+
+inline int GridFor(int64_t n) {
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  // Enough blocks to fill any current GPU several times over; the grid-stride
+  // loop covers the rest, so int64 sizes never overflow the grid.
+  const int64_t kMaxBlocks = 65536;
+  return static_cast<int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
+struct SlotPtrs {
+  void* p[kMaxSlots];
+};
+
+template <typename Rule, typename T, int V, bool D>
+__global__ void ElementwiseKernel(OpCoeffs<opmath_t<T>> oc, T* __restrict__ var, SlotPtrs slots,
+                                  const T* __restrict__ grad, int64_t n) {
+  using M = opmath_t<T>;
+  constexpr int K = Rule::Slots(V);
+  T* __restrict__ s0 = static_cast<T*>(slots.p[0]);
+  T* __restrict__ s1 = static_cast<T*>(slots.p[1]);
+  T* __restrict__ s2 = static_cast<T*>(slots.p[2]);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    M v = Load(var[i]);
+    if constexpr (D) v = v - v * oc.c[kDecay];
+    M s[kMaxSlots] = {M(0), M(0), M(0)};
+    if constexpr (K > 0) s[0] = Load(s0[i]);
+    if constexpr (K > 1) s[1] = Load(s1[i]);
+    if constexpr (K > 2) s[2] = Load(s2[i]);
+    Rule::template Apply<V>(oc.c, v, s, Load(grad[i]));
+    var[i] = Store<T>(v);
+    if constexpr (K > 0) s0[i] = Store<T>(s[0]);
+    if constexpr (K > 1) s1[i] = Store<T>(s[1]);
+    if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+  }
+}
+
+template <typename Rule, typename T, int V>
+int LaunchVariant(bool decay, const Coeffs& c, void* var, void* const* slots, const void* grad,
+                  int64_t n, cudaStream_t stream) {
+  SlotPtrs sp{};
+  for (int k = 0; k < Rule::Slots(V); ++k) sp.p[k] = slots[k];
+  const auto oc = OpCoeffs<opmath_t<T>>::From(c);
+  if (decay) {
+    ElementwiseKernel<Rule, T, V, true><<<GridFor(n), kThreads, 0, stream>>>(
+        oc, static_cast<T*>(var), sp, static_cast<const T*>(grad), n);
+  } else {
+    ElementwiseKernel<Rule, T, V, false><<<GridFor(n), kThreads, 0, stream>>>(
+        oc, static_cast<T*>(var), sp, static_cast<const T*>(grad), n);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename Rule, typename T>
+int LaunchDtype(int variant, bool decay, const Coeffs& c, void* var, void* const* slots,
+                const void* grad, int64_t n, cudaStream_t stream) {
+  switch (variant) {
+    case 0:
+      return LaunchVariant<Rule, T, 0>(decay, c, var, slots, grad, n, stream);
+    case 1:
+      if constexpr (Rule::kNumVariants > 1) {
+        return LaunchVariant<Rule, T, 1>(decay, c, var, slots, grad, n, stream);
+      }
+      break;
+    case 2:
+      if constexpr (Rule::kNumVariants > 2) {
+        return LaunchVariant<Rule, T, 2>(decay, c, var, slots, grad, n, stream);
+      }
+      break;
+    case 3:
+      if constexpr (Rule::kNumVariants > 3) {
+        return LaunchVariant<Rule, T, 3>(decay, c, var, slots, grad, n, stream);
+      }
+      break;
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+// Launches Rule on one tensor: dtype is a fusedopt::DType index.
+template <typename Rule>
+int LaunchRule(int dtype, int variant, bool decay, const Coeffs& c, void* var, void* const* slots,
+               const void* grad, int64_t n, cudaStream_t stream) {
+  if (n == 0) return 0;
+  switch (static_cast<DType>(dtype)) {
+    case DType::kFloat16:
+      return LaunchDtype<Rule, Half>(variant, decay, c, var, slots, grad, n, stream);
+    case DType::kBFloat16:
+      return LaunchDtype<Rule, BFloat16>(variant, decay, c, var, slots, grad, n, stream);
+    case DType::kFloat32:
+      return LaunchDtype<Rule, float>(variant, decay, c, var, slots, grad, n, stream);
+    case DType::kFloat64:
+      return LaunchDtype<Rule, double>(variant, decay, c, var, slots, grad, n, stream);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+// One per algorithm, each defined in its own .cu file.
+#define FUSEDOPT_DECLARE_LAUNCH(NAME)                                                         \
+  int Launch##NAME(int dtype, int variant, bool decay, const Coeffs& c, void* var,            \
+                   void* const* slots, const void* grad, int64_t n, cudaStream_t stream);
+FUSEDOPT_DECLARE_LAUNCH(Sgd)
+FUSEDOPT_DECLARE_LAUNCH(Adam)
+FUSEDOPT_DECLARE_LAUNCH(Nadam)
+FUSEDOPT_DECLARE_LAUNCH(Adamax)
+FUSEDOPT_DECLARE_LAUNCH(Rmsprop)
+FUSEDOPT_DECLARE_LAUNCH(Adagrad)
+FUSEDOPT_DECLARE_LAUNCH(Adadelta)
+FUSEDOPT_DECLARE_LAUNCH(Ftrl)
+FUSEDOPT_DECLARE_LAUNCH(Lion)
+#undef FUSEDOPT_DECLARE_LAUNCH
+
+#define FUSEDOPT_DEFINE_LAUNCH(NAME, RULE)                                                     \
+  int Launch##NAME(int dtype, int variant, bool decay, const Coeffs& c, void* var,             \
+                   void* const* slots, const void* grad, int64_t n, cudaStream_t stream) {     \
+    return LaunchRule<RULE>(dtype, variant, decay, c, var, slots, grad, n, stream);            \
+  }
+
+}  // namespace cuda
+}  // namespace fusedopt
+
+#endif  // FUSEDOPT_CC_CUDA_ELEMENTWISE_CUH_

@@ -1,0 +1,139 @@
+// LAMB on the GPU: pass 1 (moments + per-block partial norms), a one-block
+// finalize (fixed-order sum, trust ratio), pass 2 (apply). Deterministic: the
+// grid size depends only on n, each thread sums its grid-stride elements in
+// order, blocks reduce in a fixed tree, and the finalize sums blocks in order.
+#include <cuda_runtime.h>
+
+#include "cc/cuda/elementwise.cuh"
+#include "cc/cuda/launchers.h"
+
+namespace fusedopt {
+namespace cuda {
+namespace {
+
+constexpr int kLambMaxBlocks = 1024;
+
+int LambBlocks(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(b < kLambMaxBlocks ? (b > 0 ? b : 1) : kLambMaxBlocks);
+}
+
+__device__ void BlockSum2(double* sw, double* su, double w, double u) {
+  sw[threadIdx.x] = w;
+  su[threadIdx.x] = u;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      sw[threadIdx.x] += sw[threadIdx.x + stride];
+      su[threadIdx.x] += su[threadIdx.x + stride];
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T, bool D>
+__global__ void LambPass1(OpCoeffs<opmath_t<T>> oc, const T* __restrict__ var, T* __restrict__ m,
+                          T* __restrict__ v, const T* __restrict__ grad, int64_t n,
+                          double* partials) {
+  using M = opmath_t<T>;
+  __shared__ double sw[kThreads];
+  __shared__ double su[kThreads];
+  double w = 0, u = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    M x = Load(var[i]);
+    if constexpr (D) x = x - x * oc.c[kDecay];
+    M s[2] = {Load(m[i]), Load(v[i])};
+    const M upd = LambRule::Moments(oc.c, s, Load(grad[i]));
+    m[i] = Store<T>(s[0]);
+    v[i] = Store<T>(s[1]);
+    w += static_cast<double>(x) * static_cast<double>(x);
+    u += static_cast<double>(upd) * static_cast<double>(upd);
+  }
+  BlockSum2(sw, su, w, u);
+  if (threadIdx.x == 0) {
+    partials[2 * blockIdx.x] = sw[0];
+    partials[2 * blockIdx.x + 1] = su[0];
+  }
+}
+
+__global__ void LambFinalize(const double* partials, int blocks, double lr, double* ratio_lr) {
+  if (threadIdx.x == 0 && blockIdx.x == 0) {
+    double w = 0, u = 0;
+    for (int b = 0; b < blocks; ++b) {
+      w += partials[2 * b];
+      u += partials[2 * b + 1];
+    }
+    *ratio_lr = LambRule::TrustRatio(w, u) * lr;
+  }
+}
+
+template <typename T, bool D>
+__global__ void LambPass2(OpCoeffs<opmath_t<T>> oc, const double* ratio_lr, T* __restrict__ var,
+                          const T* __restrict__ m, const T* __restrict__ v, int64_t n) {
+  using M = opmath_t<T>;
+  const M r = static_cast<M>(*ratio_lr);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    M x = Load(var[i]);
+    if constexpr (D) x = x - x * oc.c[kDecay];
+    var[i] = Store<T>(x - r * LambRule::Update(oc.c, Load(m[i]), Load(v[i])));
+  }
+}
+
+template <typename T, bool D>
+int Lamb(const Coeffs& c, void* var, void* const* slots, const void* grad, int64_t n,
+         void* scratch, cudaStream_t stream) {
+  const auto oc = OpCoeffs<opmath_t<T>>::From(c);
+  const int blocks = LambBlocks(n);
+  double* partials = static_cast<double*>(scratch);
+  double* ratio = partials + 2 * kLambMaxBlocks;
+  LambPass1<T, D><<<blocks, kThreads, 0, stream>>>(oc, static_cast<const T*>(var),
+                                                  static_cast<T*>(slots[0]),
+                                                  static_cast<T*>(slots[1]),
+                                                  static_cast<const T*>(grad), n, partials);
+  LambFinalize<<<1, 1, 0, stream>>>(partials, blocks, c.c[LambRule::kLr], ratio);
+  LambPass2<T, D><<<GridFor(n), kThreads, 0, stream>>>(oc, ratio, static_cast<T*>(var),
+                                                      static_cast<const T*>(slots[0]),
+                                                      static_cast<const T*>(slots[1]), n);
+  return static_cast<int>(cudaGetLastError());
+}
+
+template <typename T>
+int LambDtype(bool decay, const Coeffs& c, void* var, void* const* slots, const void* grad,
+              int64_t n, void* scratch, cudaStream_t stream) {
+  return decay ? Lamb<T, true>(c, var, slots, grad, n, scratch, stream)
+               : Lamb<T, false>(c, var, slots, grad, n, scratch, stream);
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fusedopt
+
+extern "C" int64_t fusedopt_cuda_lamb_scratch_bytes(int64_t) {
+  return static_cast<int64_t>(sizeof(double)) * (2 * fusedopt::cuda::kLambMaxBlocks + 1);
+}
+
+extern "C" int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, void* var,
+                                  void* const* slots, const void* grad, int64_t n, void* scratch,
+                                  void* stream) {
+  using namespace fusedopt;
+  if (n == 0) return 0;
+  Coeffs c;
+  for (int k = 0; k < kMaxCoeffs; ++k) c.c[k] = coeffs[k];
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const bool d = decay != 0;
+  switch (static_cast<DType>(dtype)) {
+    case DType::kFloat16:
+      return cuda::LambDtype<Half>(d, c, var, slots, grad, n, scratch, s);
+    case DType::kBFloat16:
+      return cuda::LambDtype<BFloat16>(d, c, var, slots, grad, n, scratch, s);
+    case DType::kFloat32:
+      return cuda::LambDtype<float>(d, c, var, slots, grad, n, scratch, s);
+    case DType::kFloat64:
+      return cuda::LambDtype<double>(d, c, var, slots, grad, n, scratch, s);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}

@@ -1,0 +1,463 @@
+// Kernels of the fused apply ops (CPU, and GPU when built with CUDA).
+//
+// One generic kernel, FusedApplyOp, does what every op shares (Note
+// [variable semantics]): look up variables and slots, lock, validate, copy on
+// write, then run the rule over a flat chunk list (CPU) or launch it per
+// tensor (GPU). Each algorithm contributes a Spec: its slot and scalar input
+// names, and a Plan() that turns the scalars and attrs into the variant and
+// the per-call coefficients (Note [coefficients]).
+#define EIGEN_USE_THREADS
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cc/cpu/chunking.h"
+#include "cc/cpu/kernels.h"
+#include "cc/rules/coefficients.h"
+#include "cc/rules/update_rules.h"
+#include "cc/tf/fused_op_util.h"
+#include "cc/tf/variable_access.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/register_types.h"
+#if defined(FUSEDOPT_WITH_CUDA)
+#include "cc/cuda/launchers.h"
+#endif
+
+namespace fusedopt {
+namespace tf {
+namespace {
+
+using tensorflow::OpInputList;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+
+absl::Status Invalid(const std::string& msg) { return absl::InvalidArgumentError(msg); }
+
+// What Plan() sees: scalar hyperparameters by position in Spec::kScalars, the
+// step (when the op has one), and which optional slot lists were given.
+struct PlanInput {
+  std::vector<double> scalars;
+  int64_t step = 0;
+  std::vector<bool> slot_given;
+};
+
+struct Plan {
+  int variant = 0;
+  Coeffs coeffs{};
+};
+
+absl::Status ReadStep(OpKernelContext* ctx, int64_t* step) {
+  const tensorflow::Tensor* t = nullptr;
+  TF_RETURN_IF_ERROR(ctx->input("step", &t));
+  if (!tensorflow::TensorShapeUtils::IsScalar(t->shape())) {
+    return Invalid(absl::StrCat("'step' must be a scalar, got shape ", t->shape().DebugString()));
+  }
+  *step = t->scalar<int64_t>()();
+  if (*step < 1) return Invalid(absl::StrCat("'step' must be >= 1, got ", *step));
+  return absl::OkStatus();
+}
+
+// ---- Specs -------------------------------------------------------------------
+
+struct SlotSpec {
+  const char* input;
+  bool optional;
+};
+
+struct SgdSpec {
+  static constexpr Algo kAlgo = Algo::kSgd;
+  static constexpr std::array<SlotSpec, 1> kSlots{{{"momenta", true}}};
+  static constexpr std::array<const char*, 3> kScalars{"lr", "momentum", "weight_decay"};
+  static constexpr bool kHasStep = false;
+  bool nesterov = false;
+  explicit SgdSpec(OpKernelConstruction* c) { OP_REQUIRES_OK(c, c->GetAttr("nesterov", &nesterov)); }
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    if (nesterov && !in.slot_given[0]) {
+      return Invalid("nesterov=True needs momentum slots (momenta is empty)");
+    }
+    p->variant = !in.slot_given[0] ? 0 : (nesterov ? 2 : 1);
+    p->coeffs = coeffs::Sgd(s[0], s[1], s[2]);
+    return absl::OkStatus();
+  }
+};
+
+struct AdamSpec {
+  static constexpr Algo kAlgo = Algo::kAdam;
+  static constexpr std::array<SlotSpec, 3> kSlots{{{"m", false}, {"v", false}, {"vhat", true}}};
+  static constexpr std::array<const char*, 5> kScalars{"lr", "beta_1", "beta_2", "epsilon",
+                                                       "weight_decay"};
+  static constexpr bool kHasStep = true;
+  explicit AdamSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->variant = in.slot_given[2] ? 1 : 0;
+    p->coeffs = coeffs::Adam(s[0], s[1], s[2], s[3], s[4], in.step);
+    return absl::OkStatus();
+  }
+};
+
+struct NadamSpec {
+  static constexpr Algo kAlgo = Algo::kNadam;
+  static constexpr std::array<SlotSpec, 2> kSlots{{{"m", false}, {"v", false}}};
+  static constexpr std::array<const char*, 6> kScalars{"lr", "beta_1", "beta_2", "epsilon",
+                                                       "weight_decay", "u_product"};
+  static constexpr bool kHasStep = true;
+  explicit NadamSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->coeffs = coeffs::Nadam(s[0], s[1], s[2], s[3], s[4], s[5], in.step);
+    return absl::OkStatus();
+  }
+};
+
+struct AdamaxSpec {
+  static constexpr Algo kAlgo = Algo::kAdamax;
+  static constexpr std::array<SlotSpec, 2> kSlots{{{"m", false}, {"u", false}}};
+  static constexpr std::array<const char*, 5> kScalars{"lr", "beta_1", "beta_2", "epsilon",
+                                                       "weight_decay"};
+  static constexpr bool kHasStep = true;
+  explicit AdamaxSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->coeffs = coeffs::Adamax(s[0], s[1], s[2], s[3], s[4], in.step);
+    return absl::OkStatus();
+  }
+};
+
+struct RmspropSpec {
+  static constexpr Algo kAlgo = Algo::kRmsprop;
+  static constexpr std::array<SlotSpec, 3> kSlots{
+      {{"velocity", false}, {"momenta", true}, {"average_gradient", true}}};
+  static constexpr std::array<const char*, 5> kScalars{"lr", "rho", "momentum", "epsilon",
+                                                       "weight_decay"};
+  static constexpr bool kHasStep = false;
+  explicit RmspropSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
+    p->coeffs = coeffs::Rmsprop(s[0], s[1], s[2], s[3], s[4]);
+    return absl::OkStatus();
+  }
+};
+
+struct AdagradSpec {
+  static constexpr Algo kAlgo = Algo::kAdagrad;
+  static constexpr std::array<SlotSpec, 1> kSlots{{{"accumulator", false}}};
+  static constexpr std::array<const char*, 3> kScalars{"lr", "epsilon", "weight_decay"};
+  static constexpr bool kHasStep = false;
+  explicit AdagradSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->coeffs = coeffs::Adagrad(s[0], s[1], s[2]);
+    return absl::OkStatus();
+  }
+};
+
+struct AdadeltaSpec {
+  static constexpr Algo kAlgo = Algo::kAdadelta;
+  static constexpr std::array<SlotSpec, 2> kSlots{
+      {{"accumulated_grad", false}, {"accumulated_delta_var", false}}};
+  static constexpr std::array<const char*, 4> kScalars{"lr", "rho", "epsilon", "weight_decay"};
+  static constexpr bool kHasStep = false;
+  explicit AdadeltaSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->coeffs = coeffs::Adadelta(s[0], s[1], s[2], s[3]);
+    return absl::OkStatus();
+  }
+};
+
+struct FtrlSpec {
+  static constexpr Algo kAlgo = Algo::kFtrl;
+  static constexpr std::array<SlotSpec, 2> kSlots{{{"accumulator", false}, {"linear", false}}};
+  static constexpr std::array<const char*, 7> kScalars{
+      "lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay"};
+  static constexpr bool kHasStep = false;
+  explicit FtrlSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    if (s[0] <= 0) return Invalid(absl::StrCat("Ftrl needs lr > 0, got ", s[0]));
+    if (s[1] > 0) {
+      return Invalid(absl::StrCat("learning_rate_power must be <= 0, got ", s[1]));
+    }
+    p->variant = s[1] == -0.5 ? 1 : 0;
+    p->coeffs = coeffs::Ftrl(s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+    return absl::OkStatus();
+  }
+};
+
+struct LionSpec {
+  static constexpr Algo kAlgo = Algo::kLion;
+  static constexpr std::array<SlotSpec, 1> kSlots{{{"m", false}}};
+  static constexpr std::array<const char*, 4> kScalars{"lr", "beta_1", "beta_2", "weight_decay"};
+  static constexpr bool kHasStep = false;
+  explicit LionSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->coeffs = coeffs::Lion(s[0], s[1], s[2], s[3]);
+    return absl::OkStatus();
+  }
+};
+
+// LAMB: the same plumbing, a two-pass run (see LambRule).
+struct LambSpec {
+  static constexpr Algo kAlgo = Algo::kAdam;  // unused: RunLamb below
+  static constexpr std::array<SlotSpec, 2> kSlots{{{"m", false}, {"v", false}}};
+  static constexpr std::array<const char*, 5> kScalars{"lr", "beta_1", "beta_2", "epsilon",
+                                                       "weight_decay"};
+  static constexpr bool kHasStep = true;
+  explicit LambSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    p->coeffs = coeffs::Lamb(s[0], s[1], s[2], s[3], s[4], in.step);
+    return absl::OkStatus();
+  }
+};
+
+// ---- Running a rule over validated operands ---------------------------------
+
+// The variables and slots of one call, after validation, as raw pointers.
+struct Operands {
+  int n = 0;
+  int num_slots = 0;                       // slot lists given, in rule order
+  std::vector<void*> vars;                 // [n]
+  std::vector<std::array<void*, kMaxSlots>> slots;  // [n][num_slots]
+  std::vector<const void*> grads;          // [n]
+  std::vector<int64_t> sizes;              // [n]
+};
+
+template <Backend B, typename T>
+absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo, const Plan& plan,
+                            bool decay, int dt) {
+  if constexpr (B == Backend::kCpu) {
+    const cpu::ElementwiseFn fn =
+        cpu::SelectedKernels().elementwise[static_cast<int>(algo)][dt][plan.variant][decay];
+    const std::vector<cpu::Chunk> chunks = cpu::PlanChunks(ops.sizes);
+    const int bytes = static_cast<int>(sizeof(T)) * (3 + 2 * ops.num_slots);
+    RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
+      fn(plan.coeffs, ops.vars[c.tensor], ops.slots[c.tensor].data(), ops.grads[c.tensor], c.begin,
+         c.end);
+    });
+    return absl::OkStatus();
+  } else {
+#if defined(FUSEDOPT_WITH_CUDA)
+    void* stream = GpuStream(ctx);
+    for (int i = 0; i < ops.n; ++i) {
+      TF_RETURN_IF_ERROR(CudaStatus(
+          fusedopt_cuda_elementwise(static_cast<int>(algo), dt, plan.variant, decay ? 1 : 0,
+                                    plan.coeffs.c, ops.vars[i], ops.slots[i].data(), ops.grads[i],
+                                    ops.sizes[i], stream),
+          "elementwise update"));
+    }
+    return absl::OkStatus();
+#else
+    return absl::InternalError("fusedopt was built without CUDA");
+#endif
+  }
+}
+
+template <Backend B, typename T>
+absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Coeffs& coeffs, bool decay,
+                     int dt) {
+  const double lr = coeffs.c[LambRule::kLr];
+  if constexpr (B == Backend::kCpu) {
+    const cpu::KernelTable& k = cpu::SelectedKernels();
+    const std::vector<cpu::Chunk> chunks = cpu::PlanChunks(ops.sizes);
+    // Pass 1: per-chunk partial sums, combined per tensor in chunk order
+    // (Note [deterministic sums]).
+    std::vector<double> w_sq(chunks.size(), 0.0), u_sq(chunks.size(), 0.0);
+    const int bytes = static_cast<int>(sizeof(T)) * 6;
+    RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
+      const size_t idx = &c - chunks.data();
+      k.lamb_pass1[dt][decay](coeffs, ops.vars[c.tensor], ops.slots[c.tensor].data(),
+                              ops.grads[c.tensor], c.begin, c.end, &w_sq[idx], &u_sq[idx]);
+    });
+    std::vector<double> w(ops.n, 0.0), u(ops.n, 0.0);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      w[chunks[i].tensor] += w_sq[i];
+      u[chunks[i].tensor] += u_sq[i];
+    }
+    std::vector<double> ratio_lr(ops.n);
+    for (int i = 0; i < ops.n; ++i) ratio_lr[i] = LambRule::TrustRatio(w[i], u[i]) * lr;
+    RunChunks(ctx, chunks, static_cast<int>(sizeof(T)) * 4, [&](const cpu::Chunk& c) {
+      k.lamb_pass2[dt][decay](coeffs, ratio_lr[c.tensor], ops.vars[c.tensor],
+                              ops.slots[c.tensor].data(), c.begin, c.end);
+    });
+    return absl::OkStatus();
+  } else {
+#if defined(FUSEDOPT_WITH_CUDA)
+    void* stream = GpuStream(ctx);
+    for (int i = 0; i < ops.n; ++i) {
+      const int64_t scratch_bytes = fusedopt_cuda_lamb_scratch_bytes(ops.sizes[i]);
+      tensorflow::Tensor scratch;
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8,
+                                            tensorflow::TensorShape({scratch_bytes}), &scratch));
+      TF_RETURN_IF_ERROR(CudaStatus(
+          fusedopt_cuda_lamb(dt, decay ? 1 : 0, coeffs.c, ops.vars[i], ops.slots[i].data(),
+                             ops.grads[i], ops.sizes[i],
+                             const_cast<char*>(scratch.tensor_data().data()), stream),
+          "LAMB update"));
+    }
+    return absl::OkStatus();
+#else
+    return absl::InternalError("fusedopt was built without CUDA");
+#endif
+  }
+}
+
+// ---- The generic kernel ------------------------------------------------------
+
+template <Backend B, typename T, typename Spec>
+class FusedApplyOp : public OpKernel {
+ public:
+  explicit FusedApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {}
+
+  void Compute(OpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompute(ctx)); }
+
+ private:
+  absl::Status DoCompute(OpKernelContext* ctx) {
+    const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::value;
+    OpInputList grads;
+    TF_RETURN_IF_ERROR(ctx->input_list("grads", &grads));
+    const int n = grads.size();
+
+    PlanInput in;
+    in.scalars.resize(Spec::kScalars.size());
+    for (size_t k = 0; k < Spec::kScalars.size(); ++k) {
+      TF_RETURN_IF_ERROR(ReadScalar(ctx, Spec::kScalars[k], &in.scalars[k]));
+    }
+    if constexpr (Spec::kHasStep) TF_RETURN_IF_ERROR(ReadStep(ctx, &in.step));
+
+    VariableSet vars(ctx);
+    int var0 = 0;
+    TF_RETURN_IF_ERROR(vars.Lookup("vars", &var0));
+    std::vector<int> slot_first;  // first index in `vars` of each given slot list
+    for (const SlotSpec& slot : Spec::kSlots) {
+      int first = 0;
+      TF_RETURN_IF_ERROR(vars.Lookup(slot.input, &first));
+      const int count = vars.size() - first;
+      if (count == 0 && slot.optional) {
+        in.slot_given.push_back(false);
+        continue;
+      }
+      if (count != n) {
+        return Invalid(absl::StrCat(slot.input, " has ", count, " entries but there are ", n,
+                                    " variables", slot.optional ? " (give none or one each)" : ""));
+      }
+      in.slot_given.push_back(true);
+      slot_first.push_back(first);
+    }
+    Plan plan;
+    TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
+
+    vars.Lock();
+    for (int i = 0; i < n; ++i) {
+      const std::string gname = absl::StrCat("grads[", i, "]");
+      TF_RETURN_IF_ERROR(vars.ValidateDtype(var0 + i, dtype));
+      TF_RETURN_IF_ERROR(vars.ValidateShape(var0 + i, grads[i].shape(), gname));
+      for (int first : slot_first) {
+        TF_RETURN_IF_ERROR(vars.ValidateDtype(first + i, dtype));
+        TF_RETURN_IF_ERROR(vars.ValidateShape(first + i, grads[i].shape(), gname));
+      }
+    }
+    if constexpr (B == Backend::kCpu) {
+      TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
+    } else {
+#if defined(FUSEDOPT_WITH_CUDA)
+      TF_RETURN_IF_ERROR(CheckGpuUsable());
+      TF_RETURN_IF_ERROR(vars.PrepareForWrite(&GpuCopy));
+#endif
+    }
+
+    Operands ops;
+    ops.n = n;
+    ops.num_slots = static_cast<int>(slot_first.size());
+    for (int i = 0; i < n; ++i) {
+      ops.vars.push_back(vars.data(var0 + i));
+      std::array<void*, kMaxSlots> s{};
+      for (int k = 0; k < ops.num_slots; ++k) s[k] = vars.data(slot_first[k] + i);
+      ops.slots.push_back(s);
+      ops.grads.push_back(grads[i].tensor_data().data());
+      ops.sizes.push_back(grads[i].NumElements());
+    }
+    const bool decay = plan.coeffs.c[kDecay] != 0.0;
+    const int dt = DTypeIndex(dtype);
+    if constexpr (std::is_same_v<Spec, LambSpec>) {
+      return RunLamb<B, T>(ctx, ops, plan.coeffs, decay, dt);
+    } else {
+      return RunElementwise<B, T>(ctx, ops, Spec::kAlgo, plan, decay, dt);
+    }
+  }
+
+  Spec spec_;
+};
+
+// ---- Registration --------------------------------------------------------------
+
+#define FUSEDOPT_REGISTER_CPU(OP, SPEC, T)                                               \
+  REGISTER_KERNEL_BUILDER(                                                              \
+      Name("Fusedopt>" OP).Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
+      FusedApplyOp<Backend::kCpu, T, SPEC>);
+
+#define FUSEDOPT_REGISTER_ALL_CPU(OP, SPEC)          \
+  FUSEDOPT_REGISTER_CPU(OP, SPEC, Eigen::half)       \
+  FUSEDOPT_REGISTER_CPU(OP, SPEC, Eigen::bfloat16)   \
+  FUSEDOPT_REGISTER_CPU(OP, SPEC, float)             \
+  FUSEDOPT_REGISTER_CPU(OP, SPEC, double)
+
+FUSEDOPT_REGISTER_ALL_CPU("ApplySGD", SgdSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyAdam", AdamSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyNadam", NadamSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyAdamax", AdamaxSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyRmsprop", RmspropSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyAdagrad", AdagradSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyAdadelta", AdadeltaSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyFtrl", FtrlSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyLion", LionSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyLamb", LambSpec)
+
+#if defined(FUSEDOPT_WITH_CUDA)
+// Note [GPU hyperparameters]: for now the scalar hyperparameters (and the
+// step) are host-memory inputs, turned into coefficients on the host and
+// passed to the launchers by value.
+#define FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, T)                                          \
+  REGISTER_KERNEL_BUILDER(                                                               \
+      Name("Fusedopt>" OP).Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T") HOST,  \
+      FusedApplyOp<Backend::kGpu, T, SPEC>);
+#define FUSEDOPT_REGISTER_ALL_GPU(OP, SPEC, HOST)         \
+  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, Eigen::half)      \
+  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, Eigen::bfloat16)  \
+  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, float)            \
+  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, double)
+
+#define H(x) .HostMemory(x)
+FUSEDOPT_REGISTER_ALL_GPU("ApplySGD", SgdSpec, H("lr") H("momentum") H("weight_decay"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyAdam", AdamSpec,
+                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyNadam", NadamSpec,
+                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay")
+                              H("u_product") H("step"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyAdamax", AdamaxSpec,
+                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyRmsprop", RmspropSpec,
+                          H("lr") H("rho") H("momentum") H("epsilon") H("weight_decay"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyAdagrad", AdagradSpec, H("lr") H("epsilon") H("weight_decay"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyAdadelta", AdadeltaSpec,
+                          H("lr") H("rho") H("epsilon") H("weight_decay"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyFtrl", FtrlSpec,
+                          H("lr") H("learning_rate_power") H("l1") H("l2") H("l2_shrinkage")
+                              H("beta") H("weight_decay"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyLion", LionSpec,
+                          H("lr") H("beta_1") H("beta_2") H("weight_decay"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyLamb", LambSpec,
+                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+#undef H
+#endif
+
+}  // namespace
+}  // namespace tf
+}  // namespace fusedopt

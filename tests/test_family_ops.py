@@ -1,0 +1,377 @@
+"""Every fused rule against its float64 reference, tf.raw_ops where TF has the
+same rule, and bad input (InvalidArgumentError, nothing written)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fusedopt.ops as fops
+import reference as ref
+from conftest import DTYPES, SHAPES, assert_close, np_dtype, random_array, rounded, tf_dtype
+
+STEPS = 10
+
+
+def pos(rng, shape, dtype, base=0.1):
+    """Positive slot values (accumulators, second moments)."""
+    return rounded(base + np.abs(rng.standard_normal(shape)), dtype)
+
+
+def small(rng, shape, dtype):
+    return random_array(rng, shape, dtype, 0.1)
+
+
+@dataclass
+class Case:
+    name: str
+    op: Callable
+    slots: dict  # op keyword -> initializer(rng, shape, dtype)
+    hp: dict  # hyperparameters (op keywords), Python floats
+    ref: Callable  # (var, grad, lr, slots: dict, step, hp) -> (var, slots)
+    step: bool = False
+    extra: dict = field(default_factory=dict)  # per-step extra op inputs: name -> fn(step, hp)
+    # Condition factor on the dtype tolerance, for rules whose math loses
+    # digits in any finite precision (stated per case).
+    cond: float = 1.0
+
+
+def _adam_ref(var, g, lr, s, t, hp):
+    var, m, v, vhat = ref.adam_step(var, g, lr, s["m"], s["v"], t, vhat=s.get("vhat"), **hp)
+    out = {"m": m, "v": v}
+    if vhat is not None:
+        out["vhat"] = vhat
+    return var, out
+
+
+def _u_product(t, hp):
+    p = 1.0
+    for k in range(1, t + 1):
+        p *= ref.nadam_u(k, hp["beta_1"])
+    return p
+
+
+def _nadam_ref(var, g, lr, s, t, hp):
+    var, m, v = ref.nadam_step(var, g, lr, s["m"], s["v"], t, _u_product(t, hp), **hp)
+    return var, {"m": m, "v": v}
+
+
+def _rms_ref(var, g, lr, s, t, hp):
+    var, vel, mom, avg = ref.rmsprop_step(
+        var, g, lr, s["velocity"], mom=s.get("momenta"), avg=s.get("average_gradient"), **hp
+    )
+    out = {"velocity": vel}
+    if mom is not None:
+        out["momenta"] = mom
+    if avg is not None:
+        out["average_gradient"] = avg
+    return var, out
+
+
+def _lion_ref(var, g, lr, s, t, hp, dtype="float64"):
+    # Note: sign() is discontinuous at 0, so the reference evaluates its
+    # argument in the kernel's opmath (float32 below float64), with the
+    # kernel's operation order; everything else is float64.
+    mdt = np.float64 if dtype == "float64" else np.float32
+    b1 = mdt(hp["beta_1"])
+    u = s["m"].astype(mdt) * b1 + g.astype(mdt) * mdt(1.0 - hp["beta_1"])
+    var = var - var * hp.get("weight_decay", 0.0) * lr if hp.get("weight_decay") else var
+    var = var - lr * np.sign(u).astype(np.float64)
+    m = s["m"] * hp["beta_2"] + g * (1 - hp["beta_2"])
+    return var, {"m": m}
+
+
+CASES = [
+    Case("adam", fops.apply_adam, {"m": small, "v": pos}, dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7),
+         _adam_ref, step=True),
+    Case("adamw", fops.apply_adam, {"m": small, "v": pos},
+         dict(beta_1=0.85, beta_2=0.99, epsilon=1e-6, weight_decay=0.004), _adam_ref, step=True),
+    Case("amsgrad", fops.apply_adam, {"m": small, "v": pos, "vhat": pos},
+         dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7), _adam_ref, step=True),
+    Case("nadam", fops.apply_nadam, {"m": small, "v": pos},
+         dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7), _nadam_ref, step=True,
+         extra={"u_product": _u_product}),
+    Case("adamax", fops.apply_adamax, {"m": small, "u": pos},
+         dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7),
+         lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"m": r[1], "u": r[2]}))(
+             ref.adamax_step(var, g, lr, s["m"], s["u"], t, **hp)), step=True),
+    Case("rmsprop", fops.apply_rmsprop, {"velocity": pos}, dict(rho=0.9, epsilon=1e-7), _rms_ref),
+    Case("rmsprop_momentum", fops.apply_rmsprop, {"velocity": pos, "momenta": small},
+         dict(rho=0.8, momentum=0.9, epsilon=1e-7), _rms_ref),
+    Case("rmsprop_centered", fops.apply_rmsprop,
+         {"velocity": lambda r, s, d: pos(r, s, d, 1.0), "average_gradient": small},
+         dict(rho=0.9, epsilon=1e-7), _rms_ref),
+    Case("rmsprop_centered_momentum", fops.apply_rmsprop,
+         {"velocity": lambda r, s, d: pos(r, s, d, 1.0), "momenta": small, "average_gradient": small},
+         dict(rho=0.9, momentum=0.5, epsilon=1e-7), _rms_ref),
+    Case("adagrad", fops.apply_adagrad, {"accumulator": pos}, dict(epsilon=1e-7),
+         lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"accumulator": r[1]}))(
+             ref.adagrad_step(var, g, lr, s["accumulator"], **hp))),
+    Case("adadelta", fops.apply_adadelta,
+         {"accumulated_grad": pos, "accumulated_delta_var": pos}, dict(rho=0.95, epsilon=1e-7),
+         lambda var, g, lr, s, t, hp: (lambda r: (
+             r[0], {"accumulated_grad": r[1], "accumulated_delta_var": r[2]}))(
+             ref.adadelta_step(var, g, lr, s["accumulated_grad"], s["accumulated_delta_var"], **hp))),
+    Case("ftrl", fops.apply_ftrl, {"accumulator": pos, "linear": random_array},
+         dict(learning_rate_power=-0.5, l1=0.01, l2=0.02, l2_shrinkage=0.03, beta=0.1),
+         lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"accumulator": r[1], "linear": r[2]}))(
+             ref.ftrl_step(var, g, lr, s["accumulator"], s["linear"], **hp)),
+         # new_acc^p - acc^p cancels (g^2 << acc), then is divided by lr: a
+         # float32 kernel (Keras' and TF's alike) keeps ~5 digits of it.
+         cond=30.0),
+    Case("ftrl_power", fops.apply_ftrl, {"accumulator": pos, "linear": random_array},
+         dict(learning_rate_power=-0.7, l1=0.05, l2=0.0),
+         lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"accumulator": r[1], "linear": r[2]}))(
+             ref.ftrl_step(var, g, lr, s["accumulator"], s["linear"], **hp)),
+         cond=30.0),
+    Case("lion", fops.apply_lion, {"m": small}, dict(beta_1=0.9, beta_2=0.99), _lion_ref),
+    Case("lamb", fops.apply_lamb, {"m": small, "v": pos},
+         dict(beta_1=0.9, beta_2=0.999, epsilon=1e-6),
+         lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"m": r[1], "v": r[2]}))(
+             ref.lamb_step(var, g, lr, s["m"], s["v"], t, **hp)), step=True),
+]
+CASE_IDS = [c.name for c in CASES]
+
+
+def _hp_as_kernel_sees(hp: dict, dtype: str) -> dict:
+    """Python floats reach the op as float32 scalars unless the variables are float64."""
+    cast = float if dtype == "float64" else (lambda x: float(np.float32(x)))
+    return {k: cast(v) for k, v in hp.items()}
+
+
+def run_case(case: Case, dtype: str, shapes, rng, weight_decay: float, use_function: bool,
+             steps: int = STEPS):
+    """Runs the fused op and the reference side by side; returns both final states."""
+    tdt, npdt = tf_dtype(dtype), np_dtype(dtype)
+    hp = dict(case.hp)
+    if weight_decay:
+        hp["weight_decay"] = weight_decay
+    init = [random_array(rng, s, dtype) for s in shapes]
+    slot_init = {k: [f(rng, s, dtype) for s in shapes] for k, f in case.slots.items()}
+    grads = [[random_array(rng, s, dtype) for s in shapes] for _ in range(steps)]
+    lr_dtype = np.float64 if dtype == "float64" else np.float32
+    lrs = [float(lr_dtype(0.01 / (1 + 0.2 * k))) for k in range(steps)]
+
+    variables = [tf.Variable(x.astype(npdt), dtype=tdt) for x in init]
+    slot_vars = {k: [tf.Variable(x.astype(npdt), dtype=tdt) for x in xs] for k, xs in slot_init.items()}
+
+    def step_fn(gs, lr, t, extra):
+        kwargs = dict(hp, **slot_vars, **extra)
+        if case.step:
+            kwargs["step"] = t
+        case.op(variables, gs, lr, **kwargs)
+
+    if use_function:
+        step_fn = tf.function(step_fn)
+    sdt = tf.float64 if dtype == "float64" else tf.float32
+    for k in range(steps):
+        t = k + 1
+        extra = {name: tf.constant(f(t, hp), sdt) for name, f in case.extra.items()}
+        step_fn([tf.constant(g.astype(npdt), tdt) for g in grads[k]], tf.constant(lrs[k], sdt),
+                tf.constant(t, tf.int64), extra)
+
+    khp = _hp_as_kernel_sees(hp, dtype)
+    expected = []
+    for i in range(len(shapes)):
+        v = init[i]
+        s = {name: xs[i] for name, xs in slot_init.items()}
+        for k in range(steps):
+            if case.ref is _lion_ref:
+                v, s = _lion_ref(v, grads[k][i], lrs[k], s, k + 1, khp, dtype)
+            else:
+                v, s = case.ref(v, grads[k][i], lrs[k], s, k + 1, khp)
+            v = rounded(v, dtype)
+            s = {name: rounded(x, dtype) for name, x in s.items()}
+        expected.append((v, s))
+    return variables, slot_vars, expected
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01], ids=["nodecay", "decay"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_matches_reference(rng, case, dtype, weight_decay):
+    variables, slot_vars, expected = run_case(case, dtype, SHAPES, rng, weight_decay, False)
+    for i, shape in enumerate(SHAPES):
+        v, s = expected[i]
+        assert_close(variables[i].numpy().astype(np.float64), v, dtype, f"var {shape}", case.cond)
+        for name, x in s.items():
+            assert_close(slot_vars[name][i].numpy().astype(np.float64), x, dtype, f"{name} {shape}",
+                         case.cond)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_in_tf_function_matches_reference(rng, case):
+    shapes = [(3, 5, 7), (1,), ()]
+    variables, slot_vars, expected = run_case(case, "float32", shapes, rng, 0.01, True)
+    for i, shape in enumerate(shapes):
+        v, s = expected[i]
+        assert_close(variables[i].numpy(), v, "float32", f"var {shape}", case.cond)
+        for name, x in s.items():
+            assert_close(slot_vars[name][i].numpy(), x, "float32", f"{name} {shape}", case.cond)
+
+
+# --- the same rule in tf.raw_ops -------------------------------------------------
+
+
+def _vars(x, n, dtype):
+    return [tf.Variable(x.astype(dtype)) for _ in range(n)]
+
+
+RAW_CASES = ["adam", "amsgrad", "rmsprop", "rmsprop_centered", "adagrad", "adadelta", "adamax", "ftrl"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", RAW_CASES)
+def test_matches_raw_ops(rng, name, dtype):
+    shape = (4097,)
+    c = lambda x: tf.constant(x, dtype)  # noqa: E731
+    var0 = random_array(rng, shape, dtype)
+    a, b = tf.Variable(var0.astype(dtype)), tf.Variable(var0.astype(dtype))
+    p1, p2 = pos(rng, shape, dtype), pos(rng, shape, dtype)
+    sa = [tf.Variable(p1.astype(dtype)), tf.Variable(p2.astype(dtype)), tf.Variable(p2.astype(dtype))]
+    sb = [tf.Variable(p1.astype(dtype)), tf.Variable(p2.astype(dtype)), tf.Variable(p2.astype(dtype))]
+    lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
+    for t in range(1, 13):
+        g = c(random_array(rng, shape, dtype))
+        if name in ("adam", "amsgrad"):
+            fops.apply_adam([a], [g], lr, m=[sa[0]], v=[sa[1]], vhat=[sa[2]] if name == "amsgrad" else None,
+                            step=t, beta_1=b1, beta_2=b2, epsilon=eps)
+            args = dict(var=b.handle, m=sb[0].handle, v=sb[1].handle, beta1_power=c(b1**t),
+                        beta2_power=c(b2**t), lr=c(lr), beta1=c(b1), beta2=c(b2), epsilon=c(eps), grad=g)
+            if name == "amsgrad":
+                tf.raw_ops.ResourceApplyAdamWithAmsgrad(vhat=sb[2].handle, **args)
+            else:
+                tf.raw_ops.ResourceApplyAdam(**args)
+        elif name == "rmsprop":
+            fops.apply_rmsprop([a], [g], lr, velocity=[sa[0]], momenta=[sa[1]], rho=0.9, momentum=0.8,
+                               epsilon=eps)
+            tf.raw_ops.ResourceApplyRMSProp(var=b.handle, ms=sb[0].handle, mom=sb[1].handle, lr=c(lr),
+                                            rho=c(0.9), momentum=c(0.8), epsilon=c(eps), grad=g)
+        elif name == "rmsprop_centered":
+            fops.apply_rmsprop([a], [g], lr, velocity=[sa[0]], momenta=[sa[1]], average_gradient=[sa[2]],
+                               rho=0.9, momentum=0.8, epsilon=eps)
+            tf.raw_ops.ResourceApplyCenteredRMSProp(var=b.handle, mg=sb[2].handle, ms=sb[0].handle,
+                                                    mom=sb[1].handle, lr=c(lr), rho=c(0.9),
+                                                    momentum=c(0.8), epsilon=c(eps), grad=g)
+        elif name == "adagrad":
+            # TF's AdagradV2 adds epsilon outside the sqrt, Keras inside: equal at epsilon = 0.
+            fops.apply_adagrad([a], [g], lr, accumulator=[sa[0]], epsilon=0.0)
+            tf.raw_ops.ResourceApplyAdagradV2(var=b.handle, accum=sb[0].handle, lr=c(lr), epsilon=c(0.0),
+                                              grad=g)
+        elif name == "adadelta":
+            fops.apply_adadelta([a], [g], 1.0, accumulated_grad=[sa[0]], accumulated_delta_var=[sa[1]],
+                                rho=0.95, epsilon=eps)
+            tf.raw_ops.ResourceApplyAdadelta(var=b.handle, accum=sb[0].handle, accum_update=sb[1].handle,
+                                             lr=c(1.0), rho=c(0.95), epsilon=c(eps), grad=g)
+        elif name == "adamax":
+            fops.apply_adamax([a], [g], lr, m=[sa[0]], u=[sa[1]], step=t, beta_1=b1, beta_2=b2,
+                              epsilon=eps)
+            tf.raw_ops.ResourceApplyAdaMax(var=b.handle, m=sb[0].handle, v=sb[1].handle,
+                                           beta1_power=c(b1**t), lr=c(lr), beta1=c(b1), beta2=c(b2),
+                                           epsilon=c(eps), grad=g)
+        elif name == "ftrl":
+            fops.apply_ftrl([a], [g], lr, accumulator=[sa[0]], linear=[sa[1]], learning_rate_power=-0.5,
+                            l1=0.01, l2=0.02, l2_shrinkage=0.03)
+            tf.raw_ops.ResourceApplyFtrlV2(var=b.handle, accum=sb[0].handle, linear=sb[1].handle, grad=g,
+                                           lr=c(lr), l1=c(0.01), l2=c(0.02), l2_shrinkage=c(0.03),
+                                           lr_power=c(-0.5))
+    tol = "float32" if dtype == "float32" else "float64"
+    rtol = {"float32": 1e-5, "float64": 1e-12}[tol]  # different (equivalent) operation orders
+    for x, y in [(a, b)] + list(zip(sa, sb)):
+        np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=rtol, atol=rtol)
+
+
+# --- bad input ---------------------------------------------------------------------
+
+
+def _good_call(case: Case):
+    """Two variables with slots, and a function calling the op with overrides."""
+    shapes = [(5,), (3,)]
+    rng = np.random.default_rng(0)
+    variables = [tf.Variable(pos(rng, s, "float32").astype(np.float32)) for s in shapes]
+    slots = {k: [tf.Variable(pos(rng, s, "float32").astype(np.float32)) for s in shapes]
+             for k in case.slots}
+    grads = [tf.ones(s) for s in shapes]
+
+    def call(variables=variables, grads=grads, lr=0.1, **over):
+        kwargs = dict(case.hp, **slots)
+        if case.step:
+            kwargs["step"] = 1
+        for name, f in case.extra.items():
+            kwargs[name] = f(1, case.hp)
+        kwargs.update(over)
+        case.op(variables, grads, lr, **kwargs)
+
+    return variables, slots, grads, call
+
+
+BAD = ["grad shape", "slot shape", "dtype", "uninitialized", "non-scalar lr", "list length",
+       "slot list length", "same variable twice", "variable as its own slot"]
+
+
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_bad_input_raises_and_writes_nothing(case, bad):
+    variables, slots, grads, call = _good_call(case)
+    first = next(iter(slots))
+    watched = variables + [v for vs in slots.values() for v in vs]
+    before = [w.numpy().copy() for w in watched]
+    if bad == "grad shape":
+        run, match = lambda: call(grads=[grads[0], tf.ones(4)]), r"vars\[1\].*shape \[3\].*grads\[1\]"
+    elif bad == "slot shape":
+        bad_slots = [slots[first][0], tf.Variable(tf.ones(4))]
+        run, match = lambda: call(**{first: bad_slots}), rf"{first}\[1\].*shape \[4\]"
+    elif bad == "dtype":
+        run = lambda: call(variables=[variables[0], tf.Variable(np.ones(3))])  # noqa: E731
+        match = r"vars\[1\].*float64.*float32"
+    elif bad == "uninitialized":
+        h = tf.raw_ops.VarHandleOp(dtype=tf.float32, shape=[3], shared_name=f"never_{case.name}")
+        run, match = lambda: call(variables=[variables[0], h]), r"vars\[1\].*(not initialized|could not be found)"
+    elif bad == "non-scalar lr":
+        run, match = lambda: call(lr=tf.constant([0.1, 0.2])), r"lr.*scalar"
+    elif bad == "list length":
+        run, match = lambda: call(grads=grads[:1]), r"gradients has 1 entries but there are 2 variables"
+    elif bad == "slot list length":
+        run, match = lambda: call(**{first: slots[first][:1]}), rf"{first} has 1 entries"
+    elif bad == "same variable twice":
+        run = lambda: call(variables=[variables[0], variables[0]], grads=[grads[0], grads[0]])  # noqa: E731
+        match = r"vars\[1\].*vars\[0\].*same variable"
+    elif bad == "variable as its own slot":
+        run = lambda: call(**{first: [slots[first][0], variables[1]]})  # noqa: E731
+        match = rf"{first}\[1\].*vars\[1\].*same variable"
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError), match=match):
+        run()
+    for w, b in zip(watched, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+
+
+def test_step_must_be_positive():
+    case = CASES[0]
+    variables, slots, grads, call = _good_call(case)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'step' must be >= 1"):
+        call(step=0)
+
+
+def test_ftrl_rejects_positive_learning_rate_power():
+    case = next(c for c in CASES if c.name == "ftrl")
+    variables, slots, grads, call = _good_call(case)
+    before = variables[0].numpy().copy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="learning_rate_power must be <= 0"):
+        call(learning_rate_power=0.5)
+    np.testing.assert_array_equal(variables[0].numpy(), before)
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_copy_on_write_keeps_readers_values(case):
+    variables, slots, grads, call = _good_call(case)
+    readers = [tf.raw_ops.ReadVariableOp(resource=v.handle, dtype=tf.float32)
+               for v in variables + [x for xs in slots.values() for x in xs]]
+    snapshot = [r.numpy().copy() for r in readers]
+    call()
+    for r, s in zip(readers, snapshot):
+        np.testing.assert_array_equal(r.numpy(), s)
+    assert not np.array_equal(variables[0].numpy(), snapshot[0])  # the update did happen
