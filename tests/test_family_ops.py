@@ -73,16 +73,19 @@ def _rms_ref(var, g, lr, s, t, hp):
 
 
 def _lion_ref(var, g, lr, s, t, hp, dtype="float64"):
-    # Note: sign() is discontinuous at 0, so the reference evaluates its
-    # argument in the kernel's opmath (float32 below float64), with the
-    # kernel's operation order; everything else is float64.
+    # Note: sign() is discontinuous at 0, so a 1-ulp difference in m (float64
+    # rounded once vs float32 rounded twice) can flip an update by 2 * lr. The
+    # Lion reference therefore evaluates Keras' formula in the kernel's opmath
+    # (float32 below float64) with the kernel's operation order.
     mdt = np.float64 if dtype == "float64" else np.float32
-    b1 = mdt(hp["beta_1"])
-    u = s["m"].astype(mdt) * b1 + g.astype(mdt) * mdt(1.0 - hp["beta_1"])
-    var = var - var * hp.get("weight_decay", 0.0) * lr if hp.get("weight_decay") else var
-    var = var - lr * np.sign(u).astype(np.float64)
-    m = s["m"] * hp["beta_2"] + g * (1 - hp["beta_2"])
-    return var, {"m": m}
+    b1, b2, lr_m = mdt(hp["beta_1"]), mdt(hp["beta_2"]), mdt(lr)
+    v, m, gm = var.astype(mdt), s["m"].astype(mdt), g.astype(mdt)
+    if hp.get("weight_decay"):
+        v = v - v * mdt(hp["weight_decay"] * lr)
+    u = m * b1 + gm * mdt(1.0 - hp["beta_1"])
+    v = v - lr_m * np.sign(u)
+    m = m * b2 + gm * mdt(1.0 - hp["beta_2"])
+    return v.astype(np.float64), {"m": m.astype(np.float64)}
 
 
 CASES = [
