@@ -234,9 +234,12 @@ def test_matches_raw_ops(rng, name, dtype):
     c = lambda x: tf.constant(x, dtype)  # noqa: E731
     var0 = random_array(rng, shape, dtype)
     a, b = tf.Variable(var0.astype(dtype)), tf.Variable(var0.astype(dtype))
-    p1, p2 = pos(rng, shape, dtype), pos(rng, shape, dtype)
-    sa = [tf.Variable(p1.astype(dtype)), tf.Variable(p2.astype(dtype)), tf.Variable(p2.astype(dtype))]
-    sb = [tf.Variable(p1.astype(dtype)), tf.Variable(p2.astype(dtype)), tf.Variable(p2.astype(dtype))]
+    # Slot 0 (second moments) well above slot 2's square (centered RMSprop's
+    # average gradient), so velocity - avg^2 stays positive and well conditioned.
+    inits = [pos(rng, shape, dtype, 2.0), pos(rng, shape, dtype),
+             small(rng, shape, dtype) if name == "rmsprop_centered" else pos(rng, shape, dtype)]
+    sa = [tf.Variable(x.astype(dtype)) for x in inits]
+    sb = [tf.Variable(x.astype(dtype)) for x in inits]
     lr, b1, b2, eps = 0.01, 0.9, 0.999, 1e-7
     for t in range(1, 13):
         g = c(random_array(rng, shape, dtype))
@@ -285,6 +288,7 @@ def test_matches_raw_ops(rng, name, dtype):
     tol = "float32" if dtype == "float32" else "float64"
     rtol = {"float32": 1e-5, "float64": 1e-12}[tol]  # different (equivalent) operation orders
     for x, y in [(a, b)] + list(zip(sa, sb)):
+        assert np.isfinite(x.numpy()).all()
         np.testing.assert_allclose(x.numpy(), y.numpy(), rtol=rtol, atol=rtol)
 
 

@@ -35,9 +35,8 @@ using LambPass1Fn = void (*)(const Coeffs& c, const void* var, void* const* slot
 using LambPass2Fn = void (*)(const Coeffs& c, double ratio_lr, void* var, void* const* slots,
                              int64_t begin, int64_t end);
 
-// Bandwidth probe for benchmarks: a[i] = b[i] + s * c[i] (float32).
-using TriadFn = void (*)(float* a, const float* b, const float* c, float s, int64_t begin,
-                         int64_t end);
+// Bandwidth probe for benchmarks: a[i] = a[i] * s + b[i] (float32, in place).
+using TriadFn = void (*)(float* a, const float* b, float s, int64_t begin, int64_t end);
 
 struct KernelTable {
   const char* isa;  // "baseline", "avx2", "avx512"

@@ -122,9 +122,8 @@ void LambPass2(const Coeffs& hc, double ratio_lr, void* var_p, void* const* slot
   }
 }
 
-void Triad(float* __restrict a, const float* __restrict b, const float* __restrict c, float s,
-           int64_t begin, int64_t end) {
-  for (int64_t i = begin; i < end; ++i) a[i] = b[i] + s * c[i];
+void Triad(float* __restrict a, const float* __restrict b, float s, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) a[i] = a[i] * s + b[i];
 }
 
 template <typename Rule, typename T, int V>

@@ -410,13 +410,13 @@ changes.
 REGISTER_OP("Fusedopt>StreamTriad")
     .Input("a: resource")
     .Input("b: float")
-    .Input("c: float")
     .Input("s: float")
     .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"s"}); })
     .Doc(R"doc(
-Memory-bandwidth probe for benchmarks: a = b + s * c over float32 tensors, run
-on the same thread pool and chunking as the fused ops (12 bytes per element:
-two reads, one write).
+Memory-bandwidth probe for benchmarks: a = a * s + b in place over float32
+(12 bytes per element: two reads, one in-place write, the access pattern of the
+optimizer updates, which write only buffers they have just read), run on the
+same thread pool and chunking as the fused ops.
 )doc");
 
 }  // namespace tf

@@ -374,14 +374,14 @@ def apply_lamb(
     )
 
 
-def stream_triad(a: VariableLike, b: TensorLike, c: TensorLike, s: TensorLike) -> tf.Operation | None:
-    """Bandwidth probe: ``a = b + s * c`` (float32), on the fused ops' thread pool.
+def stream_triad(a: VariableLike, b: TensorLike, s: TensorLike) -> tf.Operation | None:
+    """Bandwidth probe: ``a = a * s + b`` in place (float32), on the fused ops' thread pool.
 
-    Moves 12 bytes per element; benchmarks use it as the memory-bandwidth roofline.
+    Moves 12 bytes per element with the optimizers' access pattern (in-place
+    writes); benchmarks use it as the memory-bandwidth roofline.
     """
     return _loader.load().fusedopt_stream_triad(
-        a=_handle(a, "a"), b=tf.convert_to_tensor(b, tf.float32),
-        c=tf.convert_to_tensor(c, tf.float32), s=tf.constant(s, tf.float32) if isinstance(s, (int, float)) else tf.cast(s, tf.float32),
+        a=_handle(a, "a"), b=tf.convert_to_tensor(b, tf.float32), s=_scalar(s, tf.float32)
     )
 
 
