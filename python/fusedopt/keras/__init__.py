@@ -9,6 +9,73 @@ config, slot variables and checkpoints. See Note [fused Keras step] in
 ``fusedopt/keras/_base.py`` for when the fused kernels run.
 """
 
+from fusedopt.keras._family import (
+    Adadelta,
+    Adagrad,
+    Adam,
+    Adamax,
+    AdamW,
+    Ftrl,
+    Lamb,
+    Lion,
+    Nadam,
+    RMSprop,
+)
 from fusedopt.keras._sgd import SGD
 
-__all__ = ["SGD"]
+__all__ = [
+    "SGD", "Adam", "AdamW", "Nadam", "Adamax", "RMSprop", "Adagrad", "Adadelta", "Ftrl", "Lion",
+    "Lamb",
+]
+
+import keras as _keras
+
+_FUSED_BY_BUILTIN = {
+    _keras.optimizers.SGD: SGD,
+    _keras.optimizers.Adam: Adam,
+    _keras.optimizers.AdamW: AdamW,
+    _keras.optimizers.Nadam: Nadam,
+    _keras.optimizers.Adamax: Adamax,
+    _keras.optimizers.RMSprop: RMSprop,
+    _keras.optimizers.Adagrad: Adagrad,
+    _keras.optimizers.Adadelta: Adadelta,
+    _keras.optimizers.Ftrl: Ftrl,
+    _keras.optimizers.Lion: Lion,
+    _keras.optimizers.Lamb: Lamb,
+}
+
+
+def from_keras(optimizer: _keras.optimizers.Optimizer) -> _keras.optimizers.Optimizer:
+    """The fused equivalent of a built-in Keras optimizer instance.
+
+    Same config; if ``optimizer`` is already built, the result is built on the
+    same variables and takes over its state (iterations, learning rate, every
+    slot), so training continues with the same numbers.
+
+    Raises:
+        ValueError: for an optimizer class fusedopt has no fused version of
+            (the message lists the supported ones).
+    """
+    if type(optimizer) in _FUSED_BY_BUILTIN.values():
+        return optimizer
+    cls = _FUSED_BY_BUILTIN.get(type(optimizer))
+    if cls is None:
+        supported = ", ".join(f"keras.optimizers.{c.__name__}" for c in _FUSED_BY_BUILTIN)
+        raise ValueError(
+            f"fusedopt has no fused version of {type(optimizer).__module__}."
+            f"{type(optimizer).__name__}; supported: {supported}"
+        )
+    fused = cls.from_config(optimizer.get_config())
+    if optimizer.built:
+        fused.build(optimizer._trainable_variables)
+        if len(fused.variables) != len(optimizer.variables):
+            raise ValueError(
+                f"cannot transfer the state of {type(optimizer).__name__}: it has "
+                f"{len(optimizer.variables)} variables, the fused one {len(fused.variables)}"
+            )
+        for dst, src in zip(fused.variables, optimizer.variables):
+            dst.assign(src)
+    return fused
+
+
+__all__.append("from_keras")

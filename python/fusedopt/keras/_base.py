@@ -75,6 +75,9 @@ class FusedOptimizerMixin:
         """Applies the update to one group (same device and dtype) in one op."""
         raise NotImplementedError
 
+    def _fused_prepare_step(self) -> None:
+        """Per-step optimizer state updated before the variable updates (Nadam)."""
+
     def _fused_enabled(self) -> bool:
         if in_xla_context():
             _warn_xla_once()
@@ -89,6 +92,7 @@ class FusedOptimizerMixin:
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_enabled():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        self._fused_prepare_step()
         trainable_variables = [
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
         ]

@@ -1,0 +1,187 @@
+"""Drop-in Keras 3 optimizers on the fused kernels (Note [fused Keras step]).
+
+Each class subclasses the built-in of the same name and only says how one
+group of variables (same device, dtype and weight-decay use) maps onto its
+fused op: which slot lists, which hyperparameters.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from fusedopt import ops
+from fusedopt.keras._base import FusedOptimizerMixin, keras_scalar
+
+
+def _slots(opt, slot_list, variables):
+    return [slot_list[opt._get_variable_index(v)] for v in variables]
+
+
+def _step(opt):
+    return opt.iterations + 1
+
+
+def _register(cls):
+    """Registers for Keras serialization and appends the built-in's docs."""
+    builtin = next(b for b in cls.__mro__[1:] if b.__module__.startswith("keras"))
+    cls.__doc__ = (cls.__doc__ or "") + "\n" + (builtin.__doc__ or "")
+    return keras.saving.register_keras_serializable(package="fusedopt")(cls)
+
+
+def _fused_doc(name: str, op: str) -> str:
+    return (
+        f"Drop-in for ``keras.optimizers.{name}`` running fused kernels.\n\n"
+        f"Same constructor, defaults, ``get_config()``, slot variables and numbers as the\n"
+        f"built-in; each step makes one ``{op}`` call per (device, dtype) group of\n"
+        f"variables, with weight decay fused in.\n"
+    )
+
+
+class _AdamLike:
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        vhat = _slots(self, self._velocity_hats, variables) if self.amsgrad else None
+        return ops.apply_adam(
+            variables, grads, learning_rate,
+            m=_slots(self, self._momentums, variables),
+            v=_slots(self, self._velocities, variables),
+            vhat=vhat, step=_step(self),
+            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
+            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class Adam(_AdamLike, FusedOptimizerMixin, keras.optimizers.Adam):
+    __doc__ = _fused_doc("Adam", "Fusedopt>ApplyAdam")
+
+
+@_register
+class AdamW(_AdamLike, FusedOptimizerMixin, keras.optimizers.AdamW):
+    __doc__ = _fused_doc("AdamW", "Fusedopt>ApplyAdam")
+
+
+@_register
+class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
+    __doc__ = _fused_doc("Nadam", "Fusedopt>ApplyNadam")
+
+    def _fused_prepare_step(self):
+        # Keras' Nadam._backend_update_step does this before the per-variable
+        # updates; the fused path replaces that method, so it is done here.
+        dtype = self._u_product.dtype
+        self.assign(
+            self._u_product,
+            self._u_product
+            * self.beta_1
+            * (1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(self.iterations + 1, dtype))),
+        )
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        return ops.apply_nadam(
+            variables, grads, learning_rate,
+            m=_slots(self, self._momentums, variables),
+            v=_slots(self, self._velocities, variables),
+            step=_step(self), u_product=self._u_product.value,
+            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
+            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class Adamax(FusedOptimizerMixin, keras.optimizers.Adamax):
+    __doc__ = _fused_doc("Adamax", "Fusedopt>ApplyAdamax")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        return ops.apply_adamax(
+            variables, grads, learning_rate,
+            m=_slots(self, self._m, variables), u=_slots(self, self._u, variables),
+            step=_step(self),
+            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
+            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
+    __doc__ = _fused_doc("RMSprop", "Fusedopt>ApplyRmsprop")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        momenta = _slots(self, self._momentums, variables) if self.momentum > 0 else None
+        average = _slots(self, self._average_gradients, variables) if self.centered else None
+        return ops.apply_rmsprop(
+            variables, grads, learning_rate,
+            velocity=_slots(self, self._velocities, variables),
+            momenta=momenta, average_gradient=average,
+            rho=keras_scalar(self.rho), momentum=keras_scalar(self.momentum),
+            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class Adagrad(FusedOptimizerMixin, keras.optimizers.Adagrad):
+    __doc__ = _fused_doc("Adagrad", "Fusedopt>ApplyAdagrad")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        return ops.apply_adagrad(
+            variables, grads, learning_rate,
+            accumulator=_slots(self, self._accumulators, variables),
+            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class Adadelta(FusedOptimizerMixin, keras.optimizers.Adadelta):
+    __doc__ = _fused_doc("Adadelta", "Fusedopt>ApplyAdadelta")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        return ops.apply_adadelta(
+            variables, grads, learning_rate,
+            accumulated_grad=_slots(self, self._accumulated_grads, variables),
+            accumulated_delta_var=_slots(self, self._accumulated_delta_vars, variables),
+            rho=keras_scalar(self.rho), epsilon=keras_scalar(self.epsilon),
+            weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
+    __doc__ = _fused_doc("Ftrl", "Fusedopt>ApplyFtrl")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        return ops.apply_ftrl(
+            variables, grads, learning_rate,
+            accumulator=_slots(self, self._accumulators, variables),
+            linear=_slots(self, self._linears, variables),
+            learning_rate_power=keras_scalar(self.learning_rate_power),
+            l1=keras_scalar(self.l1_regularization_strength),
+            l2=keras_scalar(self.l2_regularization_strength),
+            l2_shrinkage=keras_scalar(self.l2_shrinkage_regularization_strength),
+            beta=keras_scalar(self.beta), weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class Lion(FusedOptimizerMixin, keras.optimizers.Lion):
+    __doc__ = _fused_doc("Lion", "Fusedopt>ApplyLion")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        return ops.apply_lion(
+            variables, grads, learning_rate, m=_slots(self, self._momentums, variables),
+            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
+            weight_decay=keras_scalar(weight_decay),
+        )
+
+
+@_register
+class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
+    __doc__ = _fused_doc("Lamb", "Fusedopt>ApplyLamb")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+        return ops.apply_lamb(
+            variables, grads, learning_rate,
+            m=_slots(self, self._momentums, variables),
+            v=_slots(self, self._velocities, variables),
+            step=_step(self),
+            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
+            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+        )
+

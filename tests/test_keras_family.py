@@ -1,0 +1,216 @@
+"""fusedopt.keras.* against keras.optimizers.* of the same name."""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fusedopt.keras as fk
+from conftest import assert_close, random_array
+
+# (class name, config) pairs; every class at its defaults plus its options.
+CONFIGS = [
+    ("Adam", {}),
+    ("Adam", dict(learning_rate=0.01, amsgrad=True, weight_decay=0.01)),
+    ("Adam", dict(learning_rate=0.01, beta_1=0.8, beta_2=0.99, epsilon=1e-5, global_clipnorm=1.0)),
+    ("AdamW", {}),
+    ("AdamW", dict(learning_rate=0.01, weight_decay=0.05, amsgrad=True, clipnorm=0.5)),
+    ("Nadam", {}),
+    ("Nadam", dict(learning_rate=0.01, weight_decay=0.01, clipvalue=0.2)),
+    ("Adamax", dict(learning_rate=0.01)),
+    ("RMSprop", {}),
+    ("RMSprop", dict(learning_rate=0.01, momentum=0.9)),
+    ("RMSprop", dict(learning_rate=0.01, centered=True, rho=0.8)),
+    ("RMSprop", dict(learning_rate=0.01, centered=True, momentum=0.5, weight_decay=0.01)),
+    ("Adagrad", dict(learning_rate=0.05, initial_accumulator_value=0.2)),
+    ("Adadelta", dict(learning_rate=1.0)),
+    ("Ftrl", dict(learning_rate=0.05)),
+    ("Ftrl", dict(learning_rate=0.05, learning_rate_power=-0.7, l1_regularization_strength=0.01,
+                  l2_regularization_strength=0.02, l2_shrinkage_regularization_strength=0.01,
+                  beta=0.1)),
+    ("Lion", dict(learning_rate=0.001)),
+    ("Lion", dict(learning_rate=0.001, weight_decay=0.1)),
+    ("Lamb", dict(learning_rate=0.01)),
+    ("Lamb", dict(learning_rate=0.01, weight_decay=0.01)),
+    ("SGD", dict(learning_rate=0.05, momentum=0.9, nesterov=True)),
+]
+
+
+def _id(c):
+    name, cfg = c
+    return name + ("(" + ",".join(f"{k}={v}" for k, v in cfg.items()) + ")" if cfg else "")
+
+
+def _config(opt):
+    cfg = opt.get_config()
+    cfg.pop("name")
+    return cfg
+
+
+@pytest.mark.parametrize("name_cfg", CONFIGS, ids=[_id(c) for c in CONFIGS])
+def test_same_config(name_cfg):
+    name, cfg = name_cfg
+    ours, theirs = getattr(fk, name)(**cfg), getattr(keras.optimizers, name)(**cfg)
+    assert isinstance(ours, getattr(keras.optimizers, name))
+    assert _config(ours) == _config(theirs)
+    assert type(getattr(fk, name).from_config(ours.get_config())) is getattr(fk, name)
+
+
+def _train(cls, cfg, init, grads, use_function):
+    opt = cls(**cfg)
+    variables = [keras.Variable(x, name=f"w{i}") for i, x in enumerate(init)]
+    if "weight_decay" in cfg:
+        opt.exclude_from_weight_decay(var_list=[variables[-1]])
+
+    def step(gs):
+        opt.apply(gs, variables)
+
+    if use_function:
+        step = tf.function(step)
+    for gs in grads:
+        step([tf.constant(g) for g in gs])
+    return opt, variables
+
+
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("name_cfg", CONFIGS, ids=[_id(c) for c in CONFIGS])
+def test_same_numbers_and_slots_as_keras(rng, name_cfg, use_function):
+    name, cfg = name_cfg
+    shapes = [(7,), (33, 5), (), (2, 3, 4)]
+    init = [random_array(rng, s, "float32").astype(np.float32) for s in shapes]
+    grads = [[random_array(rng, s, "float32").astype(np.float32) for s in shapes] for _ in range(20)]
+    ours, ov = _train(getattr(fk, name), cfg, init, grads, use_function)
+    theirs, tv = _train(getattr(keras.optimizers, name), cfg, init, grads, use_function)
+    # Ftrl's new_acc^p - acc^p cancels in float32, in Keras as in the kernel.
+    cond = 30.0 if name == "Ftrl" else 3.0
+    for a, b in zip(ov, tv):
+        assert_close(a.numpy(), b.numpy(), "float32", a.name, cond)
+    # Unnamed Keras variables get process-wide unique suffixes (variable_3).
+    names = lambda o: [re.sub(r"variable(_\d+)?$", "variable", v.path.split("/", 1)[1])  # noqa: E731
+                       for v in o.variables]
+    assert names(ours) == names(theirs)
+    for a, b in zip(ours.variables, theirs.variables):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        assert_close(a.numpy(), b.numpy(), "float32", a.path, cond)
+
+
+def _count_ops(opt, variables, grads, op_type):
+    @tf.function
+    def step():
+        opt.apply(grads, variables)
+
+    graph = step.get_concrete_function().graph
+    count = sum(1 for op in graph.get_operations() if op.type == op_type)
+    for fn in graph._functions.values():
+        count += sum(1 for n in fn.definition.node_def if n.op == op_type)
+    return count
+
+
+@pytest.mark.parametrize(
+    "name,op",
+    [("Adam", "Adam"), ("AdamW", "Adam"), ("Nadam", "Nadam"), ("Adamax", "Adamax"),
+     ("RMSprop", "Rmsprop"), ("Adagrad", "Adagrad"), ("Adadelta", "Adadelta"), ("Ftrl", "Ftrl"),
+     ("Lion", "Lion"), ("Lamb", "Lamb")],
+)
+def test_one_fused_call_per_dtype_group(name, op):
+    variables = [keras.Variable(np.ones(s, np.float32)) for s in [(3,), (4, 5), (7,), ()]]
+    variables += [keras.Variable(np.ones(s, np.float64)) for s in [(2,), (6,)]]
+    grads = [tf.ones(v.shape, v.dtype) for v in variables]
+    assert _count_ops(getattr(fk, name)(), variables, grads, f"Fusedopt>Apply{op}") == 2
+
+
+def _model(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="tanh"),
+                             keras.layers.Dense(1)])
+
+
+def _data():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((128, 10)).astype(np.float32)
+    return x, (x @ rng.standard_normal((10, 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("direction", ["keras_to_fused", "fused_to_keras"])
+def test_checkpoint_interchange(tmp_path, direction):
+    """A tf.train.Checkpoint written by one class restores into the other and
+    training continues with the same numbers as never switching."""
+    x, y = _data()
+    first, second = ((keras.optimizers.Adam, fk.Adam) if direction == "keras_to_fused"
+                     else (fk.Adam, keras.optimizers.Adam))
+    model = _model()
+    model.compile(optimizer=first(0.01, amsgrad=True), loss="mse")
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    path = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(tmp_path / "ck"))
+
+    # Continue with the same class (the reference) ...
+    model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    expected = [w.numpy() for w in model.weights]
+    # ... and with the other class restored from the checkpoint.
+    restored = _model(seed=99)
+    restored.compile(optimizer=second(0.01, amsgrad=True), loss="mse")
+    restored.optimizer.build(restored.trainable_variables)
+    tf.train.Checkpoint(model=restored, optimizer=restored.optimizer).read(path).assert_consumed()
+    restored.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    for a, b in zip(restored.weights, expected):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_weights_h5_and_keras_file_round_trip(tmp_path):
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer=fk.Lamb(0.01, weight_decay=0.01), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    assert type(loaded.optimizer) is fk.Lamb
+    for a, b in zip(loaded.optimizer.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Continue training both: same numbers.
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    loaded.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
+    for a, b in zip(model.weights, loaded.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_loss_scale_optimizer_skips_non_finite_steps():
+    variables = [keras.Variable(np.ones(5, np.float32))]
+    opt = keras.optimizers.LossScaleOptimizer(fk.Adam(0.1))
+    opt.apply([tf.constant([1.0, 2.0, np.inf, 4.0, 5.0])], variables)
+    np.testing.assert_array_equal(variables[0].numpy(), np.ones(5))  # skipped
+    opt.apply([tf.ones(5) * opt.scale_loss(1.0)], variables)
+    assert np.all(variables[0].numpy() < 1.0)  # a finite step applies (unscaled)
+
+
+def test_mixed_bfloat16_policy_trains_like_builtin():
+    x, y = _data()
+    results = []
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        for cls in (fk.Adam, keras.optimizers.Adam):
+            model = _model()
+            model.compile(optimizer=cls(0.01), loss="mse")
+            hist = model.fit(x, y, epochs=3, batch_size=32, verbose=0, shuffle=False)
+            results.append(hist.history["loss"])
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-3)
+
+
+def test_from_keras_copies_config_and_state():
+    x, y = _data()
+    model = _model()
+    model.compile(optimizer=keras.optimizers.RMSprop(0.01, momentum=0.9, centered=True), loss="mse")
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0)
+    fused = fk.from_keras(model.optimizer)
+    assert type(fused) is fk.RMSprop
+    assert _config(fused) == _config(model.optimizer)
+    for a, b in zip(fused.variables, model.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert fk.from_keras(fused) is fused
+    with pytest.raises(ValueError, match="supported: keras.optimizers.SGD"):
+        fk.from_keras(keras.optimizers.Adafactor())
