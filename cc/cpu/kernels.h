@@ -21,28 +21,36 @@ namespace cpu {
 
 // One elementwise rule over [begin, end) of one tensor. var, slots[k] and
 // grad point at element 0 of their tensors; slots holds Rule::Slots(variant)
-// pointers in the rule's slot order.
-using ElementwiseFn = void (*)(const Coeffs& c, void* var, void* const* slots, const void* grad,
-                               int64_t begin, int64_t end);
+// pointers in the rule's slot order. gx is used by the table entries with the
+// transform flag set (Note [gradient transform]).
+using ElementwiseFn = void (*)(const Coeffs& c, const GradXform& gx, void* var, void* const* slots,
+                               const void* grad, int64_t begin, int64_t end);
 
 // LAMB pass 1 over [begin, end): updates m, v (slots[0], slots[1]) and adds
 // sum(decayed var^2) and sum(u^2) of the range to *w_sq and *u_sq, in a fixed
 // order (the same bits on every ISA).
-using LambPass1Fn = void (*)(const Coeffs& c, const void* var, void* const* slots,
-                             const void* grad, int64_t begin, int64_t end, double* w_sq,
-                             double* u_sq);
+using LambPass1Fn = void (*)(const Coeffs& c, const GradXform& gx, const void* var,
+                             void* const* slots, const void* grad, int64_t begin, int64_t end,
+                             double* w_sq, double* u_sq);
 // LAMB pass 2 over [begin, end): var = decayed var - ratio_lr * u(m, v).
 using LambPass2Fn = void (*)(const Coeffs& c, double ratio_lr, void* var, void* const* slots,
                              int64_t begin, int64_t end);
+
+// Gradient statistics over [begin, end): adds sum(g^2) (double, fixed-order
+// lanes) to *sum_sq and sets *nonfinite if any element is inf or NaN.
+using GradStatsFn = void (*)(const void* grad, int64_t begin, int64_t end, double* sum_sq,
+                             bool* nonfinite);
 
 // Bandwidth probe for benchmarks: a[i] = a[i] * s + b[i] (float32, in place).
 using TriadFn = void (*)(float* a, const float* b, float s, int64_t begin, int64_t end);
 
 struct KernelTable {
   const char* isa;  // "baseline", "avx2", "avx512"
-  ElementwiseFn elementwise[kNumAlgos][kNumDTypes][kMaxVariants][2];
-  LambPass1Fn lamb_pass1[kNumDTypes][2];
+  // [algo][dtype][variant][decay][gradient transform]
+  ElementwiseFn elementwise[kNumAlgos][kNumDTypes][kMaxVariants][2][2];
+  LambPass1Fn lamb_pass1[kNumDTypes][2][2];  // [dtype][decay][transform]
   LambPass2Fn lamb_pass2[kNumDTypes][2];
+  GradStatsFn grad_stats[kNumDTypes];
   TriadFn triad;
 };
 

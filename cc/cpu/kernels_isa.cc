@@ -37,13 +37,15 @@ T* SlotPtr(void* const* slots, int k, int count) {
 
 // One pass: each element of var, every slot and grad is read once and
 // written once (grad only read).
-template <typename Rule, typename T, int V, bool D>
-void Elementwise(const Coeffs& hc, void* var_p, void* const* slots, const void* grad_p,
-                 int64_t begin, int64_t end) {
+template <typename Rule, typename T, int V, bool D, bool X>
+void Elementwise(const Coeffs& hc, const GradXform& gx, void* var_p, void* const* slots,
+                 const void* grad_p, int64_t begin, int64_t end) {
   using M = opmath_t<T>;
   constexpr int K = Rule::Slots(V);
   const LocalCoeffs<M> lc(hc);
   const M* c = lc.c;
+  const M gscale = static_cast<M>(gx.scale);
+  const M gclip = static_cast<M>(gx.clip_value);
   T* __restrict var = static_cast<T*>(var_p);
   const T* __restrict grad = static_cast<const T*>(grad_p);
   T* __restrict s0 = SlotPtr<T>(slots, 0, K);
@@ -56,7 +58,9 @@ void Elementwise(const Coeffs& hc, void* var_p, void* const* slots, const void* 
     if constexpr (K > 0) s[0] = Load(s0[i]);
     if constexpr (K > 1) s[1] = Load(s1[i]);
     if constexpr (K > 2) s[2] = Load(s2[i]);
-    Rule::template Apply<V>(c, v, s, Load(grad[i]));
+    M g = Load(grad[i]);
+    if constexpr (X) g = TransformGrad(g, gscale, gclip);
+    Rule::template Apply<V>(c, v, s, g);
     var[i] = Store<T>(v);
     if constexpr (K > 0) s0[i] = Store<T>(s[0]);
     if constexpr (K > 1) s1[i] = Store<T>(s[1]);
@@ -70,12 +74,14 @@ void Elementwise(const Coeffs& hc, void* var_p, void* const* slots, const void* 
 // bits, and chunk sums are combined in chunk order by the caller.
 constexpr int kLanes = 8;
 
-template <typename T, bool D>
-void LambPass1(const Coeffs& hc, const void* var_p, void* const* slots, const void* grad_p,
-               int64_t begin, int64_t end, double* w_sq, double* u_sq) {
+template <typename T, bool D, bool X>
+void LambPass1(const Coeffs& hc, const GradXform& gx, const void* var_p, void* const* slots,
+               const void* grad_p, int64_t begin, int64_t end, double* w_sq, double* u_sq) {
   using M = opmath_t<T>;
   const LocalCoeffs<M> lc(hc);
   const M* c = lc.c;
+  const M gscale = static_cast<M>(gx.scale);
+  const M gclip = static_cast<M>(gx.clip_value);
   const T* __restrict var = static_cast<const T*>(var_p);
   const T* __restrict grad = static_cast<const T*>(grad_p);
   T* __restrict m = static_cast<T*>(slots[0]);
@@ -85,7 +91,9 @@ void LambPass1(const Coeffs& hc, const void* var_p, void* const* slots, const vo
     M x = Load(var[i]);
     if constexpr (D) x = x - x * c[kDecay];
     M s[2] = {Load(m[i]), Load(v[i])};
-    const M u = LambRule::Moments(c, s, Load(grad[i]));
+    M g = Load(grad[i]);
+    if constexpr (X) g = TransformGrad(g, gscale, gclip);
+    const M u = LambRule::Moments(c, s, g);
     m[i] = Store<T>(s[0]);
     v[i] = Store<T>(s[1]);
     wl[lane] += static_cast<double>(x) * static_cast<double>(x);
@@ -122,15 +130,39 @@ void LambPass2(const Coeffs& hc, double ratio_lr, void* var_p, void* const* slot
   }
 }
 
+template <typename T>
+void GradStats(const void* grad_p, int64_t begin, int64_t end, double* sum_sq, bool* nonfinite) {
+  using M = opmath_t<T>;
+  const T* __restrict grad = static_cast<const T*>(grad_p);
+  double lanes[kLanes] = {0};
+  int bad = 0;
+  auto one = [&](int64_t i, int lane) {
+    const M g = Load(grad[i]);
+    bad |= !(g - g == M(0));  // inf - inf and NaN - NaN are NaN
+    lanes[lane] += static_cast<double>(g) * static_cast<double>(g);
+  };
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) one(i + l, l);
+  }
+  for (int l = 0; i < end; ++i, ++l) one(i, l);
+  double sum = 0;
+  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+  *sum_sq += sum;
+  if (bad) *nonfinite = true;
+}
+
 void Triad(float* __restrict a, const float* __restrict b, float s, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) a[i] = a[i] * s + b[i];
 }
 
 template <typename Rule, typename T, int V>
-void FillVariants(ElementwiseFn (&row)[kMaxVariants][2]) {
+void FillVariants(ElementwiseFn (&row)[kMaxVariants][2][2]) {
   if constexpr (V < Rule::kNumVariants) {
-    row[V][0] = &Elementwise<Rule, T, V, false>;
-    row[V][1] = &Elementwise<Rule, T, V, true>;
+    row[V][0][0] = &Elementwise<Rule, T, V, false, false>;
+    row[V][0][1] = &Elementwise<Rule, T, V, false, true>;
+    row[V][1][0] = &Elementwise<Rule, T, V, true, false>;
+    row[V][1][1] = &Elementwise<Rule, T, V, true, true>;
     FillVariants<Rule, T, V + 1>(row);
   }
 }
@@ -146,8 +178,11 @@ void FillAlgo(KernelTable& t, Algo algo) {
 
 template <typename T>
 void FillLamb(KernelTable& t, DType d) {
-  t.lamb_pass1[static_cast<int>(d)][0] = &LambPass1<T, false>;
-  t.lamb_pass1[static_cast<int>(d)][1] = &LambPass1<T, true>;
+  t.lamb_pass1[static_cast<int>(d)][0][0] = &LambPass1<T, false, false>;
+  t.lamb_pass1[static_cast<int>(d)][0][1] = &LambPass1<T, false, true>;
+  t.lamb_pass1[static_cast<int>(d)][1][0] = &LambPass1<T, true, false>;
+  t.lamb_pass1[static_cast<int>(d)][1][1] = &LambPass1<T, true, true>;
+  t.grad_stats[static_cast<int>(d)] = &GradStats<T>;
   t.lamb_pass2[static_cast<int>(d)][0] = &LambPass2<T, false>;
   t.lamb_pass2[static_cast<int>(d)][1] = &LambPass2<T, true>;
 }

@@ -25,9 +25,10 @@ struct SlotPtrs {
   void* p[kMaxSlots];
 };
 
-template <typename Rule, typename T, int V, bool D>
-__global__ void ElementwiseKernel(OpCoeffs<opmath_t<T>> oc, T* __restrict__ var, SlotPtrs slots,
-                                  const T* __restrict__ grad, int64_t n) {
+template <typename Rule, typename T, int V, bool D, bool X>
+__global__ void ElementwiseKernel(OpCoeffs<opmath_t<T>> oc, opmath_t<T> gscale, opmath_t<T> gclip,
+                                  T* __restrict__ var, SlotPtrs slots, const T* __restrict__ grad,
+                                  int64_t n) {
   using M = opmath_t<T>;
   constexpr int K = Rule::Slots(V);
   T* __restrict__ s0 = static_cast<T*>(slots.p[0]);
@@ -42,7 +43,9 @@ __global__ void ElementwiseKernel(OpCoeffs<opmath_t<T>> oc, T* __restrict__ var,
     if constexpr (K > 0) s[0] = Load(s0[i]);
     if constexpr (K > 1) s[1] = Load(s1[i]);
     if constexpr (K > 2) s[2] = Load(s2[i]);
-    Rule::template Apply<V>(oc.c, v, s, Load(grad[i]));
+    M g = Load(grad[i]);
+    if constexpr (X) g = TransformGrad(g, gscale, gclip);
+    Rule::template Apply<V>(oc.c, v, s, g);
     var[i] = Store<T>(v);
     if constexpr (K > 0) s0[i] = Store<T>(s[0]);
     if constexpr (K > 1) s1[i] = Store<T>(s[1]);
@@ -50,42 +53,54 @@ __global__ void ElementwiseKernel(OpCoeffs<opmath_t<T>> oc, T* __restrict__ var,
   }
 }
 
+// The launch parameters shared by every elementwise launch.
+struct LaunchArgs {
+  bool decay;
+  bool transform;
+  GradXform gx;
+  Coeffs c;
+  void* var;
+  void* const* slots;
+  const void* grad;
+  int64_t n;
+  cudaStream_t stream;
+};
+
+template <typename Rule, typename T, int V, bool D, bool X>
+void LaunchOne(const LaunchArgs& a, const SlotPtrs& sp) {
+  using M = opmath_t<T>;
+  ElementwiseKernel<Rule, T, V, D, X><<<GridFor(a.n), kThreads, 0, a.stream>>>(
+      OpCoeffs<M>::From(a.c), static_cast<M>(a.gx.scale), static_cast<M>(a.gx.clip_value),
+      static_cast<T*>(a.var), sp, static_cast<const T*>(a.grad), a.n);
+}
+
 template <typename Rule, typename T, int V>
-int LaunchVariant(bool decay, const Coeffs& c, void* var, void* const* slots, const void* grad,
-                  int64_t n, cudaStream_t stream) {
+int LaunchVariant(const LaunchArgs& a) {
   SlotPtrs sp{};
-  for (int k = 0; k < Rule::Slots(V); ++k) sp.p[k] = slots[k];
-  const auto oc = OpCoeffs<opmath_t<T>>::From(c);
-  if (decay) {
-    ElementwiseKernel<Rule, T, V, true><<<GridFor(n), kThreads, 0, stream>>>(
-        oc, static_cast<T*>(var), sp, static_cast<const T*>(grad), n);
+  for (int k = 0; k < Rule::Slots(V); ++k) sp.p[k] = a.slots[k];
+  if (a.decay) {
+    a.transform ? LaunchOne<Rule, T, V, true, true>(a, sp)
+                : LaunchOne<Rule, T, V, true, false>(a, sp);
   } else {
-    ElementwiseKernel<Rule, T, V, false><<<GridFor(n), kThreads, 0, stream>>>(
-        oc, static_cast<T*>(var), sp, static_cast<const T*>(grad), n);
+    a.transform ? LaunchOne<Rule, T, V, false, true>(a, sp)
+                : LaunchOne<Rule, T, V, false, false>(a, sp);
   }
   return static_cast<int>(cudaGetLastError());
 }
 
 template <typename Rule, typename T>
-int LaunchDtype(int variant, bool decay, const Coeffs& c, void* var, void* const* slots,
-                const void* grad, int64_t n, cudaStream_t stream) {
+int LaunchDtype(int variant, const LaunchArgs& a) {
   switch (variant) {
     case 0:
-      return LaunchVariant<Rule, T, 0>(decay, c, var, slots, grad, n, stream);
+      return LaunchVariant<Rule, T, 0>(a);
     case 1:
-      if constexpr (Rule::kNumVariants > 1) {
-        return LaunchVariant<Rule, T, 1>(decay, c, var, slots, grad, n, stream);
-      }
+      if constexpr (Rule::kNumVariants > 1) return LaunchVariant<Rule, T, 1>(a);
       break;
     case 2:
-      if constexpr (Rule::kNumVariants > 2) {
-        return LaunchVariant<Rule, T, 2>(decay, c, var, slots, grad, n, stream);
-      }
+      if constexpr (Rule::kNumVariants > 2) return LaunchVariant<Rule, T, 2>(a);
       break;
     case 3:
-      if constexpr (Rule::kNumVariants > 3) {
-        return LaunchVariant<Rule, T, 3>(decay, c, var, slots, grad, n, stream);
-      }
+      if constexpr (Rule::kNumVariants > 3) return LaunchVariant<Rule, T, 3>(a);
       break;
   }
   return static_cast<int>(cudaErrorInvalidValue);
@@ -93,26 +108,23 @@ int LaunchDtype(int variant, bool decay, const Coeffs& c, void* var, void* const
 
 // Launches Rule on one tensor: dtype is a fusedopt::DType index.
 template <typename Rule>
-int LaunchRule(int dtype, int variant, bool decay, const Coeffs& c, void* var, void* const* slots,
-               const void* grad, int64_t n, cudaStream_t stream) {
-  if (n == 0) return 0;
+int LaunchRule(int dtype, int variant, const LaunchArgs& a) {
+  if (a.n == 0) return 0;
   switch (static_cast<DType>(dtype)) {
     case DType::kFloat16:
-      return LaunchDtype<Rule, Half>(variant, decay, c, var, slots, grad, n, stream);
+      return LaunchDtype<Rule, Half>(variant, a);
     case DType::kBFloat16:
-      return LaunchDtype<Rule, BFloat16>(variant, decay, c, var, slots, grad, n, stream);
+      return LaunchDtype<Rule, BFloat16>(variant, a);
     case DType::kFloat32:
-      return LaunchDtype<Rule, float>(variant, decay, c, var, slots, grad, n, stream);
+      return LaunchDtype<Rule, float>(variant, a);
     case DType::kFloat64:
-      return LaunchDtype<Rule, double>(variant, decay, c, var, slots, grad, n, stream);
+      return LaunchDtype<Rule, double>(variant, a);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }
 
 // One per algorithm, each defined in its own .cu file.
-#define FUSEDOPT_DECLARE_LAUNCH(NAME)                                                         \
-  int Launch##NAME(int dtype, int variant, bool decay, const Coeffs& c, void* var,            \
-                   void* const* slots, const void* grad, int64_t n, cudaStream_t stream);
+#define FUSEDOPT_DECLARE_LAUNCH(NAME) int Launch##NAME(int dtype, int variant, const LaunchArgs& a);
 FUSEDOPT_DECLARE_LAUNCH(Sgd)
 FUSEDOPT_DECLARE_LAUNCH(Adam)
 FUSEDOPT_DECLARE_LAUNCH(Nadam)
@@ -124,10 +136,9 @@ FUSEDOPT_DECLARE_LAUNCH(Ftrl)
 FUSEDOPT_DECLARE_LAUNCH(Lion)
 #undef FUSEDOPT_DECLARE_LAUNCH
 
-#define FUSEDOPT_DEFINE_LAUNCH(NAME, RULE)                                                     \
-  int Launch##NAME(int dtype, int variant, bool decay, const Coeffs& c, void* var,             \
-                   void* const* slots, const void* grad, int64_t n, cudaStream_t stream) {     \
-    return LaunchRule<RULE>(dtype, variant, decay, c, var, slots, grad, n, stream);            \
+#define FUSEDOPT_DEFINE_LAUNCH(NAME, RULE)                         \
+  int Launch##NAME(int dtype, int variant, const LaunchArgs& a) {  \
+    return LaunchRule<RULE>(dtype, variant, a);                    \
   }
 
 }  // namespace cuda

@@ -31,10 +31,10 @@ __device__ void BlockSum2(double* sw, double* su, double w, double u) {
   }
 }
 
-template <typename T, bool D>
-__global__ void LambPass1(OpCoeffs<opmath_t<T>> oc, const T* __restrict__ var, T* __restrict__ m,
-                          T* __restrict__ v, const T* __restrict__ grad, int64_t n,
-                          double* partials) {
+template <typename T, bool D, bool X>
+__global__ void LambPass1(OpCoeffs<opmath_t<T>> oc, opmath_t<T> gscale, opmath_t<T> gclip,
+                          const T* __restrict__ var, T* __restrict__ m, T* __restrict__ v,
+                          const T* __restrict__ grad, int64_t n, double* partials) {
   using M = opmath_t<T>;
   __shared__ double sw[kThreads];
   __shared__ double su[kThreads];
@@ -45,7 +45,9 @@ __global__ void LambPass1(OpCoeffs<opmath_t<T>> oc, const T* __restrict__ var, T
     M x = Load(var[i]);
     if constexpr (D) x = x - x * oc.c[kDecay];
     M s[2] = {Load(m[i]), Load(v[i])};
-    const M upd = LambRule::Moments(oc.c, s, Load(grad[i]));
+    M g = Load(grad[i]);
+    if constexpr (X) g = TransformGrad(g, gscale, gclip);
+    const M upd = LambRule::Moments(oc.c, s, g);
     m[i] = Store<T>(s[0]);
     v[i] = Store<T>(s[1]);
     w += static_cast<double>(x) * static_cast<double>(x);
@@ -83,14 +85,17 @@ __global__ void LambPass2(OpCoeffs<opmath_t<T>> oc, const double* ratio_lr, T* _
   }
 }
 
-template <typename T, bool D>
-int Lamb(const Coeffs& c, void* var, void* const* slots, const void* grad, int64_t n,
-         void* scratch, cudaStream_t stream) {
-  const auto oc = OpCoeffs<opmath_t<T>>::From(c);
+template <typename T, bool D, bool X>
+int Lamb(const Coeffs& c, const GradXform& gx, void* var, void* const* slots, const void* grad,
+         int64_t n, void* scratch, cudaStream_t stream) {
+  using M = opmath_t<T>;
+  const auto oc = OpCoeffs<M>::From(c);
   const int blocks = LambBlocks(n);
   double* partials = static_cast<double*>(scratch);
   double* ratio = partials + 2 * kLambMaxBlocks;
-  LambPass1<T, D><<<blocks, kThreads, 0, stream>>>(oc, static_cast<const T*>(var),
+  LambPass1<T, D, X><<<blocks, kThreads, 0, stream>>>(oc, static_cast<M>(gx.scale),
+                                                     static_cast<M>(gx.clip_value),
+                                                     static_cast<const T*>(var),
                                                   static_cast<T*>(slots[0]),
                                                   static_cast<T*>(slots[1]),
                                                   static_cast<const T*>(grad), n, partials);
@@ -102,10 +107,15 @@ int Lamb(const Coeffs& c, void* var, void* const* slots, const void* grad, int64
 }
 
 template <typename T>
-int LambDtype(bool decay, const Coeffs& c, void* var, void* const* slots, const void* grad,
-              int64_t n, void* scratch, cudaStream_t stream) {
-  return decay ? Lamb<T, true>(c, var, slots, grad, n, scratch, stream)
-               : Lamb<T, false>(c, var, slots, grad, n, scratch, stream);
+int LambDtype(bool decay, bool transform, const Coeffs& c, const GradXform& gx, void* var,
+              void* const* slots, const void* grad, int64_t n, void* scratch,
+              cudaStream_t stream) {
+  if (decay) {
+    return transform ? Lamb<T, true, true>(c, gx, var, slots, grad, n, scratch, stream)
+                     : Lamb<T, true, false>(c, gx, var, slots, grad, n, scratch, stream);
+  }
+  return transform ? Lamb<T, false, true>(c, gx, var, slots, grad, n, scratch, stream)
+                   : Lamb<T, false, false>(c, gx, var, slots, grad, n, scratch, stream);
 }
 
 }  // namespace
@@ -116,7 +126,8 @@ extern "C" int64_t fusedopt_cuda_lamb_scratch_bytes(int64_t) {
   return static_cast<int64_t>(sizeof(double)) * (2 * fusedopt::cuda::kLambMaxBlocks + 1);
 }
 
-extern "C" int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, void* var,
+extern "C" int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, int transform,
+                                  double grad_scale, double clip_value, void* var,
                                   void* const* slots, const void* grad, int64_t n, void* scratch,
                                   void* stream) {
   using namespace fusedopt;
@@ -124,16 +135,17 @@ extern "C" int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, vo
   Coeffs c;
   for (int k = 0; k < kMaxCoeffs; ++k) c.c[k] = coeffs[k];
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool d = decay != 0;
+  const bool d = decay != 0, x = transform != 0;
+  const GradXform gx{grad_scale, clip_value};
   switch (static_cast<DType>(dtype)) {
     case DType::kFloat16:
-      return cuda::LambDtype<Half>(d, c, var, slots, grad, n, scratch, s);
+      return cuda::LambDtype<Half>(d, x, c, gx, var, slots, grad, n, scratch, s);
     case DType::kBFloat16:
-      return cuda::LambDtype<BFloat16>(d, c, var, slots, grad, n, scratch, s);
+      return cuda::LambDtype<BFloat16>(d, x, c, gx, var, slots, grad, n, scratch, s);
     case DType::kFloat32:
-      return cuda::LambDtype<float>(d, c, var, slots, grad, n, scratch, s);
+      return cuda::LambDtype<float>(d, x, c, gx, var, slots, grad, n, scratch, s);
     case DType::kFloat64:
-      return cuda::LambDtype<double>(d, c, var, slots, grad, n, scratch, s);
+      return cuda::LambDtype<double>(d, x, c, gx, var, slots, grad, n, scratch, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

@@ -34,16 +34,18 @@ int fusedopt_cuda_copy(void* dst, const void* src, int64_t bytes, void* stream);
 // algo: fusedopt::Algo; dtype: fusedopt::DType (0 float16, 1 bfloat16,
 // 2 float32, 3 float64); variant: the rule's variant index; decay: 0 or 1;
 // coeffs: kMaxCoeffs (12) doubles from cc/rules/coefficients.h (copied before
-// return); slots: the rule's slot pointers in its slot order.
+// return); transform: 1 to apply g = clip(g * grad_scale, +-clip_value) first
+// (fusedopt::GradXform); slots: the rule's slot pointers in its slot order.
 int fusedopt_cuda_elementwise(int algo, int dtype, int variant, int decay, const double* coeffs,
-                              void* var, void* const* slots, const void* grad, int64_t n,
-                              void* stream);
+                              int transform, double grad_scale, double clip_value, void* var,
+                              void* const* slots, const void* grad, int64_t n, void* stream);
 
 // LAMB over one tensor (slots = {m, v}), two passes with a deterministic norm
 // reduction. scratch: device memory of fusedopt_cuda_lamb_scratch_bytes(n)
 // bytes, owned by the caller until the stream has run the launch.
 int64_t fusedopt_cuda_lamb_scratch_bytes(int64_t n);
-int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, void* var, void* const* slots,
+int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, int transform,
+                       double grad_scale, double clip_value, void* var, void* const* slots,
                        const void* grad, int64_t n, void* scratch, void* stream);
 
 #ifdef __cplusplus

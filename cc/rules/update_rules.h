@@ -70,6 +70,26 @@ FUSEDOPT_HD M Max(M a, M b) {
   // NaN-propagating like TF's maximum: a NaN in either operand wins.
   return (a != a) ? a : ((b != b) ? b : (a > b ? a : b));
 }
+template <typename M>
+FUSEDOPT_HD M Min(M a, M b) {
+  return (a != a) ? a : ((b != b) ? b : (a < b ? a : b));
+}
+
+// Note [gradient transform]: a call's gradient pre-processing, fused into the
+// update pass. Per tensor, g_used = clip(g * scale, -clip_value, clip_value),
+// where `scale` folds the loss-scale reciprocal and any norm clipping (computed
+// on the host from the gradient norms, in double) and clip_value is +inf when
+// value clipping is off. The loops apply it only when the call has one
+// (a template flag), so a plain update reads the gradient untouched.
+struct GradXform {
+  double scale;
+  double clip_value;
+};
+
+template <typename M>
+FUSEDOPT_HD M TransformGrad(M g, M scale, M clip_value) {
+  return Min(Max(g * scale, -clip_value), clip_value);
+}
 
 // ---------------------------------------------------------------------------
 // SGD (keras.optimizers.SGD). Variants: 0 plain, 1 momentum, 2 nesterov.

@@ -8,7 +8,9 @@
 // the per-call coefficients (Note [coefficients]).
 #define EIGEN_USE_THREADS
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -218,29 +220,120 @@ struct LambSpec {
   }
 };
 
+// ---- Gradient options (Note [gradient transform]) --------------------------------
+
+// The per-call gradient options every fused op takes.
+struct GradOptions {
+  double grad_scale = 1.0;        // multiplies every gradient (1 / loss_scale)
+  double clip_value = INFINITY;   // clip each element to [-v, v]
+  double clip_norm = INFINITY;    // clip each variable's gradient to this L2 norm
+  double global_clip_norm = INFINITY;  // clip all gradients to this global L2 norm
+  bool skip_nonfinite = false;    // any inf/NaN gradient: write nothing, report it
+
+  bool NeedsStats() const {
+    return std::isfinite(clip_norm) || std::isfinite(global_clip_norm) || skip_nonfinite;
+  }
+  bool Transforms() const {
+    return grad_scale != 1.0 || std::isfinite(clip_value) || std::isfinite(clip_norm) ||
+           std::isfinite(global_clip_norm);
+  }
+};
+
+absl::Status ReadGradOptions(OpKernelContext* ctx, bool skip_nonfinite, GradOptions* o) {
+  TF_RETURN_IF_ERROR(ReadScalar(ctx, "grad_scale", &o->grad_scale));
+  TF_RETURN_IF_ERROR(ReadScalar(ctx, "clip_value", &o->clip_value));
+  TF_RETURN_IF_ERROR(ReadScalar(ctx, "clip_norm", &o->clip_norm));
+  TF_RETURN_IF_ERROR(ReadScalar(ctx, "global_clip_norm", &o->global_clip_norm));
+  o->skip_nonfinite = skip_nonfinite;
+  int active = 0;
+  for (const auto& [name, v] : {std::pair<const char*, double>{"clip_value", o->clip_value},
+                                {"clip_norm", o->clip_norm},
+                                {"global_clip_norm", o->global_clip_norm}}) {
+    if (!(v > 0)) {
+      return Invalid(absl::StrCat("'", name, "' must be > 0 (+inf disables it), got ", v));
+    }
+    active += std::isfinite(v) ? 1 : 0;
+  }
+  if (active > 1) {
+    return Invalid(
+        "at most one of clip_value, clip_norm and global_clip_norm may be set (finite), as in "
+        "Keras");
+  }
+  return absl::OkStatus();
+}
+
+// Per-tensor transforms from the gradient statistics, as Keras computes them:
+// clip_norm: g * c / max(|g|, c); global: g * c * min(1/G, 1/c) + (G - G)
+// (NaN everywhere when G is not finite). Norms are of the scaled gradients.
+std::vector<GradXform> MakeXforms(const GradOptions& o, const std::vector<double>& sum_sq) {
+  const int n = static_cast<int>(sum_sq.size());
+  const double gs = o.grad_scale;
+  std::vector<GradXform> x(n, GradXform{gs, o.clip_value});
+  if (std::isfinite(o.clip_norm)) {
+    for (int i = 0; i < n; ++i) {
+      const double norm = std::fabs(gs) * std::sqrt(sum_sq[i]);
+      const double denom = std::isnan(norm) ? norm : std::max(norm, o.clip_norm);
+      x[i].scale = gs * (o.clip_norm / denom);
+    }
+  } else if (std::isfinite(o.global_clip_norm)) {
+    double total = 0;
+    for (int i = 0; i < n; ++i) total += sum_sq[i];
+    const double g = std::fabs(gs) * std::sqrt(total);
+    const double c = o.global_clip_norm;
+    const double scale = c * std::min(1.0 / g, 1.0 / c) + (g - g);
+    for (int i = 0; i < n; ++i) x[i].scale = gs * scale;
+  }
+  return x;
+}
+
 // ---- Running a rule over validated operands ---------------------------------
 
 // The variables and slots of one call, after validation, as raw pointers.
 struct Operands {
   int n = 0;
-  int num_slots = 0;                       // slot lists given, in rule order
-  std::vector<void*> vars;                 // [n]
+  int num_slots = 0;                                // slot lists given, in rule order
+  std::vector<void*> vars;                          // [n]
   std::vector<std::array<void*, kMaxSlots>> slots;  // [n][num_slots]
-  std::vector<const void*> grads;          // [n]
-  std::vector<int64_t> sizes;              // [n]
+  std::vector<const void*> grads;                   // [n]
+  std::vector<int64_t> sizes;                       // [n]
+  std::vector<GradXform> xforms;                    // [n]
+  bool transform = false;
 };
+
+// Pass 0 (CPU): per-tensor sum of squares and any non-finite element.
+// Per-chunk partials, combined in chunk order (Note [deterministic sums]).
+void GradStatsCpu(OpKernelContext* ctx, const Operands& ops, int dt, int elem_bytes,
+                  std::vector<double>* sum_sq, bool* nonfinite) {
+  const cpu::GradStatsFn fn = cpu::SelectedKernels().grad_stats[dt];
+  const std::vector<cpu::Chunk> chunks = cpu::PlanChunks(ops.sizes);
+  std::vector<double> partial(chunks.size(), 0.0);
+  std::vector<char> bad(chunks.size(), 0);
+  RunChunks(ctx, chunks, elem_bytes, [&](const cpu::Chunk& c) {
+    const size_t idx = &c - chunks.data();
+    bool b = false;
+    fn(ops.grads[c.tensor], c.begin, c.end, &partial[idx], &b);
+    bad[idx] = b;
+  });
+  sum_sq->assign(ops.n, 0.0);
+  *nonfinite = false;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    (*sum_sq)[chunks[i].tensor] += partial[i];
+    *nonfinite |= bad[i] != 0;
+  }
+}
 
 template <Backend B, typename T>
 absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo, const Plan& plan,
                             bool decay, int dt) {
   if constexpr (B == Backend::kCpu) {
-    const cpu::ElementwiseFn fn =
-        cpu::SelectedKernels().elementwise[static_cast<int>(algo)][dt][plan.variant][decay];
+    const cpu::ElementwiseFn fn = cpu::SelectedKernels()
+                                      .elementwise[static_cast<int>(algo)][dt][plan.variant][decay]
+                                                  [ops.transform];
     const std::vector<cpu::Chunk> chunks = cpu::PlanChunks(ops.sizes);
     const int bytes = static_cast<int>(sizeof(T)) * (3 + 2 * ops.num_slots);
     RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
-      fn(plan.coeffs, ops.vars[c.tensor], ops.slots[c.tensor].data(), ops.grads[c.tensor], c.begin,
-         c.end);
+      fn(plan.coeffs, ops.xforms[c.tensor], ops.vars[c.tensor], ops.slots[c.tensor].data(),
+         ops.grads[c.tensor], c.begin, c.end);
     });
     return absl::OkStatus();
   } else {
@@ -249,8 +342,9 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
     for (int i = 0; i < ops.n; ++i) {
       TF_RETURN_IF_ERROR(CudaStatus(
           fusedopt_cuda_elementwise(static_cast<int>(algo), dt, plan.variant, decay ? 1 : 0,
-                                    plan.coeffs.c, ops.vars[i], ops.slots[i].data(), ops.grads[i],
-                                    ops.sizes[i], stream),
+                                    plan.coeffs.c, ops.transform ? 1 : 0, ops.xforms[i].scale,
+                                    ops.xforms[i].clip_value, ops.vars[i], ops.slots[i].data(),
+                                    ops.grads[i], ops.sizes[i], stream),
           "elementwise update"));
     }
     return absl::OkStatus();
@@ -273,8 +367,9 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Coeffs& co
     const int bytes = static_cast<int>(sizeof(T)) * 6;
     RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
       const size_t idx = &c - chunks.data();
-      k.lamb_pass1[dt][decay](coeffs, ops.vars[c.tensor], ops.slots[c.tensor].data(),
-                              ops.grads[c.tensor], c.begin, c.end, &w_sq[idx], &u_sq[idx]);
+      k.lamb_pass1[dt][decay][ops.transform](coeffs, ops.xforms[c.tensor], ops.vars[c.tensor],
+                                             ops.slots[c.tensor].data(), ops.grads[c.tensor],
+                                             c.begin, c.end, &w_sq[idx], &u_sq[idx]);
     });
     std::vector<double> w(ops.n, 0.0), u(ops.n, 0.0);
     for (size_t i = 0; i < chunks.size(); ++i) {
@@ -297,8 +392,9 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Coeffs& co
       TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8,
                                             tensorflow::TensorShape({scratch_bytes}), &scratch));
       TF_RETURN_IF_ERROR(CudaStatus(
-          fusedopt_cuda_lamb(dt, decay ? 1 : 0, coeffs.c, ops.vars[i], ops.slots[i].data(),
-                             ops.grads[i], ops.sizes[i],
+          fusedopt_cuda_lamb(dt, decay ? 1 : 0, coeffs.c, ops.transform ? 1 : 0,
+                             ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
+                             ops.slots[i].data(), ops.grads[i], ops.sizes[i],
                              const_cast<char*>(scratch.tensor_data().data()), stream),
           "LAMB update"));
     }
@@ -314,7 +410,9 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Coeffs& co
 template <Backend B, typename T, typename Spec>
 class FusedApplyOp : public OpKernel {
  public:
-  explicit FusedApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {}
+  explicit FusedApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
+  }
 
   void Compute(OpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompute(ctx)); }
 
@@ -331,6 +429,8 @@ class FusedApplyOp : public OpKernel {
       TF_RETURN_IF_ERROR(ReadScalar(ctx, Spec::kScalars[k], &in.scalars[k]));
     }
     if constexpr (Spec::kHasStep) TF_RETURN_IF_ERROR(ReadStep(ctx, &in.step));
+    GradOptions options;
+    TF_RETURN_IF_ERROR(ReadGradOptions(ctx, skip_nonfinite_, &options));
 
     VariableSet vars(ctx);
     int var0 = 0;
@@ -354,6 +454,10 @@ class FusedApplyOp : public OpKernel {
     Plan plan;
     TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
 
+    tensorflow::Tensor* skipped = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
+    skipped->scalar<bool>()() = false;
+
     vars.Lock();
     for (int i = 0; i < n; ++i) {
       const std::string gname = absl::StrCat("grads[", i, "]");
@@ -364,6 +468,36 @@ class FusedApplyOp : public OpKernel {
         TF_RETURN_IF_ERROR(vars.ValidateShape(first + i, grads[i].shape(), gname));
       }
     }
+
+    Operands ops;
+    ops.n = n;
+    ops.num_slots = static_cast<int>(slot_first.size());
+    for (int i = 0; i < n; ++i) {
+      ops.grads.push_back(grads[i].tensor_data().data());
+      ops.sizes.push_back(grads[i].NumElements());
+    }
+    const int dt = DTypeIndex(dtype);
+
+    // Pass 0, only when an option needs it: norms and the non-finite check,
+    // before anything is written (a skipped step writes nothing at all).
+    std::vector<double> sum_sq(n, 0.0);
+    if (options.NeedsStats()) {
+      if constexpr (B == Backend::kCpu) {
+        bool nonfinite = false;
+        GradStatsCpu(ctx, ops, dt, static_cast<int>(sizeof(T)), &sum_sq, &nonfinite);
+        if (nonfinite && options.skip_nonfinite) {
+          skipped->scalar<bool>()() = true;
+          return absl::OkStatus();
+        }
+      } else {
+        return absl::UnimplementedError(
+            "clip_norm, global_clip_norm and skip_nonfinite are not implemented on GPU yet; "
+            "clip in TensorFlow before the call, or run the update on CPU");
+      }
+    }
+    ops.xforms = MakeXforms(options, sum_sq);
+    ops.transform = options.Transforms();
+
     if constexpr (B == Backend::kCpu) {
       TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
     } else {
@@ -372,20 +506,13 @@ class FusedApplyOp : public OpKernel {
       TF_RETURN_IF_ERROR(vars.PrepareForWrite(&GpuCopy));
 #endif
     }
-
-    Operands ops;
-    ops.n = n;
-    ops.num_slots = static_cast<int>(slot_first.size());
     for (int i = 0; i < n; ++i) {
       ops.vars.push_back(vars.data(var0 + i));
       std::array<void*, kMaxSlots> s{};
       for (int k = 0; k < ops.num_slots; ++k) s[k] = vars.data(slot_first[k] + i);
       ops.slots.push_back(s);
-      ops.grads.push_back(grads[i].tensor_data().data());
-      ops.sizes.push_back(grads[i].NumElements());
     }
     const bool decay = plan.coeffs.c[kDecay] != 0.0;
-    const int dt = DTypeIndex(dtype);
     if constexpr (std::is_same_v<Spec, LambSpec>) {
       return RunLamb<B, T>(ctx, ops, plan.coeffs, decay, dt);
     } else {
@@ -394,6 +521,7 @@ class FusedApplyOp : public OpKernel {
   }
 
   Spec spec_;
+  bool skip_nonfinite_ = false;
 };
 
 // ---- Registration --------------------------------------------------------------
@@ -435,26 +563,28 @@ FUSEDOPT_REGISTER_ALL_CPU("ApplyLamb", LambSpec)
   FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, double)
 
 #define H(x) .HostMemory(x)
-FUSEDOPT_REGISTER_ALL_GPU("ApplySGD", SgdSpec, H("lr") H("momentum") H("weight_decay"))
+#define OPTS H("grad_scale") H("clip_value") H("clip_norm") H("global_clip_norm") H("skipped")
+FUSEDOPT_REGISTER_ALL_GPU("ApplySGD", SgdSpec, OPTS H("lr") H("momentum") H("weight_decay"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyAdam", AdamSpec,
-                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyNadam", NadamSpec,
-                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay")
+                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay")
                               H("u_product") H("step"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyAdamax", AdamaxSpec,
-                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyRmsprop", RmspropSpec,
-                          H("lr") H("rho") H("momentum") H("epsilon") H("weight_decay"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyAdagrad", AdagradSpec, H("lr") H("epsilon") H("weight_decay"))
+                          OPTS H("lr") H("rho") H("momentum") H("epsilon") H("weight_decay"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyAdagrad", AdagradSpec, OPTS H("lr") H("epsilon") H("weight_decay"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyAdadelta", AdadeltaSpec,
-                          H("lr") H("rho") H("epsilon") H("weight_decay"))
+                          OPTS H("lr") H("rho") H("epsilon") H("weight_decay"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyFtrl", FtrlSpec,
-                          H("lr") H("learning_rate_power") H("l1") H("l2") H("l2_shrinkage")
+                          OPTS H("lr") H("learning_rate_power") H("l1") H("l2") H("l2_shrinkage")
                               H("beta") H("weight_decay"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyLion", LionSpec,
-                          H("lr") H("beta_1") H("beta_2") H("weight_decay"))
+                          OPTS H("lr") H("beta_1") H("beta_2") H("weight_decay"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyLamb", LambSpec,
-                          H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+#undef OPTS
 #undef H
 #endif
 

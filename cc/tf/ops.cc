@@ -47,12 +47,22 @@ REGISTER_OP("Fusedopt>ApplySGD")
     .Input("lr: Tscalar")
     .Input("momentum: Tscalar")
     .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("M: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
     .Attr("nesterov: bool = false")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "momentum", "weight_decay"}); })
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "momentum", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 Stochastic gradient descent with optional (Nesterov) momentum (keras.optimizers.SGD).
 
@@ -62,6 +72,16 @@ Stochastic gradient descent with optional (Nesterov) momentum (keras.optimizers.
                     var = var + momentum * m - lr * g    (nesterov=true)
 
 Bytes per element (T = element size): 3T plain, 5T with momentum.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -86,11 +106,21 @@ REGISTER_OP("Fusedopt>ApplyAdam")
     .Input("epsilon: Tscalar")
     .Input("weight_decay: Tscalar")
     .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("K: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 Adam, AMSGrad and (with weight_decay) AdamW (keras.optimizers.Adam, AdamW).
 
@@ -102,6 +132,16 @@ Adam, AMSGrad and (with weight_decay) AdamW (keras.optimizers.Adam, AdamW).
 
 epsilon is Keras' (added to sqrt(v)), step counts from 1.
 Bytes per element: 7T (amsgrad 9T).
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -126,10 +166,20 @@ REGISTER_OP("Fusedopt>ApplyNadam")
     .Input("weight_decay: Tscalar")
     .Input("u_product: Tscalar")
     .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
 
@@ -141,6 +191,16 @@ Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
   var = var - m_hat * lr / (sqrt(v_hat) + epsilon)
 
 Bytes per element: 7T.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -164,10 +224,20 @@ REGISTER_OP("Fusedopt>ApplyAdamax")
     .Input("epsilon: Tscalar")
     .Input("weight_decay: Tscalar")
     .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 Adamax (keras.optimizers.Adamax).
 
@@ -176,6 +246,16 @@ Adamax (keras.optimizers.Adamax).
   var = var - lr * m / ((1 - beta_1^step) * (u + epsilon))
 
 Bytes per element: 7T.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -199,12 +279,22 @@ REGISTER_OP("Fusedopt>ApplyRmsprop")
     .Input("momentum: Tscalar")
     .Input("epsilon: Tscalar")
     .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("M: int >= 0")
     .Attr("C: int >= 0")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "rho", "momentum", "epsilon", "weight_decay"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "rho", "momentum", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 RMSprop, with optional momentum (M == N) and centering (C == N)
 (keras.optimizers.RMSprop).
@@ -218,6 +308,16 @@ RMSprop, with optional momentum (M == N) and centering (C == N)
   else:     var = var - increment
 
 Bytes per element: 5T, plus 2T each for momentum and centering.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -237,10 +337,20 @@ REGISTER_OP("Fusedopt>ApplyAdagrad")
     .Input("lr: Tscalar")
     .Input("epsilon: Tscalar")
     .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "epsilon", "weight_decay"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 Adagrad (keras.optimizers.Adagrad; the accumulator starts at
 initial_accumulator_value, set by the caller).
@@ -249,6 +359,16 @@ initial_accumulator_value, set by the caller).
   var = var - lr * g / sqrt(accumulator + epsilon)
 
 Bytes per element: 5T.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -270,10 +390,20 @@ REGISTER_OP("Fusedopt>ApplyAdadelta")
     .Input("rho: Tscalar")
     .Input("epsilon: Tscalar")
     .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "rho", "epsilon", "weight_decay"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "rho", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 Adadelta (keras.optimizers.Adadelta).
 
@@ -283,6 +413,16 @@ Adadelta (keras.optimizers.Adadelta).
   var = var + lr * delta
 
 Bytes per element: 7T.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -307,10 +447,20 @@ REGISTER_OP("Fusedopt>ApplyFtrl")
     .Input("l2_shrinkage: Tscalar")
     .Input("beta: Tscalar")
     .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
 
@@ -325,6 +475,16 @@ FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
 learning_rate_power = -0.5 uses sqrt; other powers use pow. Requires lr > 0
 and learning_rate_power <= 0.
 Bytes per element: 7T.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -345,10 +505,20 @@ REGISTER_OP("Fusedopt>ApplyLion")
     .Input("beta_1: Tscalar")
     .Input("beta_2: Tscalar")
     .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "weight_decay"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 Lion (keras.optimizers.Lion).
 
@@ -356,6 +526,16 @@ Lion (keras.optimizers.Lion).
   m = m * beta_2 + g * (1 - beta_2)
 
 Bytes per element: 5T.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
@@ -379,10 +559,20 @@ REGISTER_OP("Fusedopt>ApplyLamb")
     .Input("epsilon: Tscalar")
     .Input("weight_decay: Tscalar")
     .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
     .Attr("N: int >= 1")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
-    .SetShapeFn([](InferenceContext* c) { return ScalarInputs(c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"}); })
+    .Attr("skip_nonfinite: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
     .Doc(R"doc(
 LAMB (keras.optimizers.Lamb), with a per-variable trust ratio.
 
@@ -395,6 +585,16 @@ Two passes, because no element of a variable can be written before the norms
 over all of it are known: pass 1 reads var, m, v, g and writes m, v while
 summing var^2 and u^2 (deterministic fixed-order sums in double); pass 2 reads
 var, m, v and writes var. Bytes per element: 6T + 4T = 10T.
+
+Gradient options, fused into the same pass (Keras' order: unscale, clip,
+then decay and update): every gradient is multiplied by grad_scale (1 / loss
+scale); then at most one clipping applies: clip_value clips elements to
+[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
+at most clip_norm; global_clip_norm scales all N gradients by
+clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
++inf disables a clipping. The norms take one extra read of the gradients, a
+deterministic fixed-order reduction. With skip_nonfinite, a call in which any
+gradient element is inf or NaN writes nothing and returns skipped = true.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the

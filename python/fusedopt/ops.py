@@ -8,6 +8,9 @@ scalar tensors (a learning-rate schedule never retraces).
 Every op validates all of its inputs before writing anything: on bad input it
 raises ``tf.errors.InvalidArgumentError`` naming the input, and no variable
 changes.
+
+Every ``apply_*`` function also takes the gradient options below as keyword
+arguments (``**options``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,33 @@ def _check_lengths(n: int, **lists: Sequence[Any] | None) -> None:
             raise _invalid(f"{name} has {len(items)} entries but there are {n} variables")
 
 
+_INF = float("inf")
+
+__doc__ += """
+    Gradient options (every ``apply_*`` op; fused into the update pass, in Keras'
+    order: unscale, clip, then decay and update):
+
+    - ``grad_scale``: multiplies every gradient (``1 / loss_scale``); default 1.
+    - ``clipvalue``: clip every element to ``[-clipvalue, clipvalue]``.
+    - ``clipnorm``: scale each variable's gradient to L2 norm at most ``clipnorm``.
+    - ``global_clipnorm``: scale all gradients of the call by
+      ``clip / max(global_norm, clip)`` (NaN if the norm is not finite, as Keras).
+      At most one of the three clippings; None disables it.
+    - ``skip_nonfinite``: if any gradient element is inf or NaN, write nothing.
+
+    Returns the op's ``skipped`` output: a scalar bool tensor, True when
+    ``skip_nonfinite`` found a non-finite gradient and nothing was written.
+"""  # noqa: A001
+
+
+def _clip_input(value: TensorLike | None, name: str, dtype: tf.DType) -> tf.Tensor:
+    if value is None:
+        return tf.constant(_INF, dtype)
+    if isinstance(value, (int, float)) and not value > 0:
+        raise _invalid(f"{name} must be > 0 (or None to disable it), got {value}")
+    return _scalar(value, dtype)
+
+
 def _apply(
     op_name: str,
     variables: Sequence[VariableLike],
@@ -75,12 +105,22 @@ def _apply(
     scalars: dict[str, TensorLike],
     step: TensorLike | None = None,
     name: str | None = None,
+    *,
+    grad_scale: TensorLike = 1.0,
+    clipvalue: TensorLike | None = None,
+    clipnorm: TensorLike | None = None,
+    global_clipnorm: TensorLike | None = None,
+    skip_nonfinite: bool = False,
     **attrs: Any,
-) -> tf.Operation | None:
+) -> tf.Tensor:
     """Validates list lengths, converts inputs and calls one fused op."""
     if len(variables) == 0:
         raise _invalid(f"{op_name} needs at least one variable")
     _check_lengths(len(variables), gradients=gradients, **slots)
+    given = [n for n, v in [("clipvalue", clipvalue), ("clipnorm", clipnorm),
+                            ("global_clipnorm", global_clipnorm)] if v is not None]
+    if len(given) > 1:
+        raise _invalid(f"at most one of clipvalue, clipnorm and global_clipnorm; got {given}")
     grads = [tf.convert_to_tensor(g) for g in gradients]
     sdt = _scalar_dtype(grads)
     kwargs: dict[str, Any] = {"vars": _handles(variables, "variables"), "grads": grads}
@@ -90,6 +130,11 @@ def _apply(
         kwargs[scalar_name] = _scalar(value, sdt)
     if step is not None:
         kwargs["step"] = tf.cast(step, tf.int64)
+    kwargs["grad_scale"] = _scalar(grad_scale, sdt)
+    kwargs["clip_value"] = _clip_input(clipvalue, "clipvalue", sdt)
+    kwargs["clip_norm"] = _clip_input(clipnorm, "clipnorm", sdt)
+    kwargs["global_clip_norm"] = _clip_input(global_clipnorm, "global_clipnorm", sdt)
+    kwargs["skip_nonfinite"] = bool(skip_nonfinite)
     kwargs.update(attrs)
     return getattr(_loader.load(), op_name)(name=name, **kwargs)
 
@@ -104,7 +149,8 @@ def apply_sgd(
     nesterov: bool = False,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """SGD (keras.optimizers.SGD), optionally with (Nesterov) momentum.
 
     Per element, with ``lr = learning_rate``::
@@ -125,14 +171,14 @@ def apply_sgd(
         name: optional op name.
 
     Returns:
-        The op in graph mode, None in eager mode.
+        The ``skipped`` flag (see the gradient options in the module doc).
     """
     if nesterov and momenta is None:
         raise _invalid("nesterov=True needs momenta (one momentum slot per variable)")
     return _apply(
         "fusedopt_apply_sgd", variables, gradients, {"momenta": momenta},
         {"lr": learning_rate, "momentum": momentum, "weight_decay": weight_decay},
-        name=name, nesterov=bool(nesterov),
+        name=name, **options, nesterov=bool(nesterov),
     )
 
 
@@ -150,7 +196,8 @@ def apply_adam(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """Adam / AMSGrad / AdamW (keras.optimizers.Adam, AdamW) in one pass.
 
     ``step`` counts from 1 (Keras' ``iterations + 1``). Per element::
@@ -164,7 +211,7 @@ def apply_adam(
         "fusedopt_apply_adam", variables, gradients, {"m": m, "v": v, "vhat": vhat},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay},
-        step=step, name=name,
+        step=step, name=name, **options,
     )
 
 
@@ -182,7 +229,8 @@ def apply_nadam(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """Nadam as Keras computes it (keras.optimizers.Nadam).
 
     ``u_product`` is the running product of ``u_t = beta_1 * (1 - 0.5 * 0.96^t)``
@@ -192,7 +240,7 @@ def apply_nadam(
         "fusedopt_apply_nadam", variables, gradients, {"m": m, "v": v},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay, "u_product": u_product},
-        step=step, name=name,
+        step=step, name=name, **options,
     )
 
 
@@ -209,7 +257,8 @@ def apply_adamax(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """Adamax (keras.optimizers.Adamax)::
 
         m += (g - m) * (1 - beta_1);  u = max(beta_2 * u, |g|)
@@ -219,7 +268,7 @@ def apply_adamax(
         "fusedopt_apply_adamax", variables, gradients, {"m": m, "u": u},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay},
-        step=step, name=name,
+        step=step, name=name, **options,
     )
 
 
@@ -236,7 +285,8 @@ def apply_rmsprop(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """RMSprop (keras.optimizers.RMSprop); momentum when ``momenta`` is given,
     centered when ``average_gradient`` is given::
 
@@ -250,7 +300,7 @@ def apply_rmsprop(
         {"velocity": velocity, "momenta": momenta, "average_gradient": average_gradient},
         {"lr": learning_rate, "rho": rho, "momentum": momentum, "epsilon": epsilon,
          "weight_decay": weight_decay},
-        name=name,
+        name=name, **options,
     )
 
 
@@ -263,7 +313,8 @@ def apply_adagrad(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """Adagrad (keras.optimizers.Adagrad)::
 
         acc += g^2;  var -= lr * g / sqrt(acc + epsilon)
@@ -271,7 +322,7 @@ def apply_adagrad(
     return _apply(
         "fusedopt_apply_adagrad", variables, gradients, {"accumulator": accumulator},
         {"lr": learning_rate, "epsilon": epsilon, "weight_decay": weight_decay},
-        name=name,
+        name=name, **options,
     )
 
 
@@ -286,7 +337,8 @@ def apply_adadelta(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """Adadelta (keras.optimizers.Adadelta)::
 
         ag = rho * ag + (1 - rho) * g^2
@@ -297,7 +349,7 @@ def apply_adadelta(
         "fusedopt_apply_adadelta", variables, gradients,
         {"accumulated_grad": accumulated_grad, "accumulated_delta_var": accumulated_delta_var},
         {"lr": learning_rate, "rho": rho, "epsilon": epsilon, "weight_decay": weight_decay},
-        name=name,
+        name=name, **options,
     )
 
 
@@ -315,13 +367,14 @@ def apply_ftrl(
     beta: TensorLike = 0.0,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """FTRL-proximal as Keras computes it (keras.optimizers.Ftrl); see the op doc."""
     return _apply(
         "fusedopt_apply_ftrl", variables, gradients, {"accumulator": accumulator, "linear": linear},
         {"lr": learning_rate, "learning_rate_power": learning_rate_power, "l1": l1, "l2": l2,
          "l2_shrinkage": l2_shrinkage, "beta": beta, "weight_decay": weight_decay},
-        name=name,
+        name=name, **options,
     )
 
 
@@ -335,7 +388,8 @@ def apply_lion(
     beta_2: TensorLike = 0.99,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """Lion (keras.optimizers.Lion)::
 
         var -= lr * sign(m * beta_1 + g * (1 - beta_1));  m = m * beta_2 + g * (1 - beta_2)
@@ -343,7 +397,7 @@ def apply_lion(
     return _apply(
         "fusedopt_apply_lion", variables, gradients, {"m": m},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "weight_decay": weight_decay},
-        name=name,
+        name=name, **options,
     )
 
 
@@ -360,7 +414,8 @@ def apply_lamb(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     name: str | None = None,
-) -> tf.Operation | None:
+    **options: Any,
+) -> tf.Tensor:
     """LAMB (keras.optimizers.Lamb), per-variable trust ratio, two passes::
 
         m, v as Adam;  u = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
@@ -370,7 +425,7 @@ def apply_lamb(
         "fusedopt_apply_lamb", variables, gradients, {"m": m, "v": v},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay},
-        step=step, name=name,
+        step=step, name=name, **options,
     )
 
 

@@ -88,11 +88,12 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
   };
   const int dt = static_cast<int>(DType::kFloat32);
   for (const RuleCase& rc : cases) {
-    const cpu::ElementwiseFn fn = k.elementwise[static_cast<int>(rc.algo)][dt][rc.variant][1];
+    const cpu::ElementwiseFn fn = k.elementwise[static_cast<int>(rc.algo)][dt][rc.variant][1][1];
+    const GradXform gx{0.5, 1.5};
     // Reference: indices [0, n) on the real buffers.
     std::vector<float> rv = var0, r0 = s0, r1 = s1, r2 = s2;
     void* rslots[3] = {r0.data(), r1.data(), r2.data()};
-    fn(rc.c, rv.data(), rslots, grad.data(), 0, n);
+    fn(rc.c, gx, rv.data(), rslots, grad.data(), 0, n);
     for (int64_t offset : {(int64_t{1} << 31) + 7, (int64_t{1} << 32) + 3, int64_t{5} << 32}) {
       std::vector<float> v = var0, a = s0, b = s1, c = s2;
       // Base pointers shifted back by `offset`: element `offset + i` of the
@@ -101,18 +102,31 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
         return reinterpret_cast<float*>(reinterpret_cast<uintptr_t>(p) - offset * sizeof(float));
       };
       void* slots[3] = {shift(a.data()), shift(b.data()), shift(c.data())};
-      fn(rc.c, shift(v.data()), slots, shift(grad.data()), offset, offset + n);
+      fn(rc.c, gx, shift(v.data()), slots, shift(grad.data()), offset, offset + n);
       Check(SameBits(v, rv) && SameBits(a, r0) && SameBits(b, r1) && SameBits(c, r2),
             std::string(k.isa) + ": algo " + std::to_string(static_cast<int>(rc.algo)) +
                 " at offset " + std::to_string(offset));
     }
+  }
+  // Gradient statistics.
+  {
+    double ref_sum = 0, sum = 0;
+    bool ref_bad = false, bad = false;
+    k.grad_stats[dt](grad.data(), 0, n, &ref_sum, &ref_bad);
+    const int64_t offset = (int64_t{3} << 31) + 1;
+    const float* shifted =
+        reinterpret_cast<const float*>(reinterpret_cast<uintptr_t>(grad.data()) - offset * 4);
+    k.grad_stats[dt](shifted, offset, offset + n, &sum, &bad);
+    Check(sum == ref_sum && bad == ref_bad && !bad && sum > 0,
+          std::string(k.isa) + ": gradient statistics at offset beyond 2^32");
   }
   // LAMB's two passes.
   const Coeffs lc = coeffs::Lamb(1e-3, 0.9, 0.999, 1e-6, 0.01, 3);
   std::vector<float> rv = var0, rm = s0, rs = s1;
   void* rslots[2] = {rm.data(), rs.data()};
   double rw = 0, ru = 0;
-  k.lamb_pass1[dt][1](lc, rv.data(), rslots, grad.data(), 0, n, &rw, &ru);
+  const GradXform gx{0.5, 1.5};
+  k.lamb_pass1[dt][1][1](lc, gx, rv.data(), rslots, grad.data(), 0, n, &rw, &ru);
   k.lamb_pass2[dt][1](lc, 0.5, rv.data(), rslots, 0, n);
   const int64_t offset = (int64_t{1} << 32) + 9;
   std::vector<float> v = var0, m = s0, s = s1;
@@ -121,7 +135,8 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
   };
   void* slots[2] = {shift(m.data()), shift(s.data())};
   double w = 0, u = 0;
-  k.lamb_pass1[dt][1](lc, shift(v.data()), slots, shift(grad.data()), offset, offset + n, &w, &u);
+  k.lamb_pass1[dt][1][1](lc, gx, shift(v.data()), slots, shift(grad.data()), offset, offset + n, &w,
+                         &u);
   k.lamb_pass2[dt][1](lc, 0.5, shift(v.data()), slots, offset, offset + n);
   Check(SameBits(v, rv) && SameBits(m, rm) && SameBits(s, rs) && w == rw && u == ru,
         std::string(k.isa) + ": LAMB at offset beyond 2^32");

@@ -10,8 +10,12 @@ two hooks of the TensorFlow backend:
   group, inside ``distribution.extended.update`` so that under a
   ``tf.distribute`` strategy each replica device gets one call on its own
   components;
-* ``_apply_weight_decay`` does nothing, because the decay is fused into the
-  same pass.
+* ``_apply_weight_decay`` and ``_clip_gradients`` do nothing, because the
+  decay and the clipping are fused into the same pass. Clipping therefore
+  happens after the cross-replica gradient sum (Keras clips each replica's
+  partial gradient before it). Global-norm clipping is fused when one op call
+  sees every gradient (a single group, no sparse gradients); otherwise Keras'
+  own global clipping runs first, over all gradients.
 
 Where the fused kernels cannot run, the built-in code path runs instead, with
 the same numbers: inside XLA compilation (a custom op has no XLA kernel; a
@@ -71,8 +75,12 @@ class FusedOptimizerMixin:
         grads: Sequence[tf.Tensor],
         learning_rate: tf.Tensor,
         weight_decay: float,
+        **options: Any,
     ) -> Any:
-        """Applies the update to one group (same device and dtype) in one op."""
+        """Applies the update to one group (same device and dtype) in one op.
+
+        ``options`` are fusedopt.ops gradient options (clipping) for the op.
+        """
         raise NotImplementedError
 
     def _fused_prepare_step(self) -> None:
@@ -89,6 +97,47 @@ class FusedOptimizerMixin:
             return  # fused into the update op (Note [fused Keras step])
         super()._apply_weight_decay(variables)
 
+    def _clip_gradients(self, grads):  # noqa: D401 - Keras hook
+        if self._fused_enabled():
+            return grads  # fused into the update op (Note [fused Keras step])
+        return super()._clip_gradients(grads)
+
+    def _clip_options(self) -> dict[str, float]:
+        """Keras' clipping setting, in its priority order, as op options."""
+        if self.clipnorm and self.clipnorm > 0:
+            return {"clipnorm": keras_scalar(self.clipnorm)}
+        if self.global_clipnorm and self.global_clipnorm > 0:
+            return {"global_clipnorm": keras_scalar(self.global_clipnorm)}
+        if self.clipvalue and self.clipvalue > 0:
+            return {"clipvalue": keras_scalar(self.clipvalue)}
+        return {}
+
+    def _group_key(self, var) -> tuple[str, tf.DType, bool]:
+        decays = self.weight_decay is not None and self._use_weight_decay(var)
+        return (var.device, var.dtype.base_dtype, decays)
+
+    def _fused_clip_plan(self, grads_and_vars):
+        """Decides where each clipping runs; returns (grads_and_vars, op options).
+
+        Runs in replica context, after the gradients are summed across replicas.
+        """
+        options = self._clip_options()
+        if not options:
+            return grads_and_vars, {}
+        sparse = [isinstance(g, tf.IndexedSlices) for g, _ in grads_and_vars]
+        groups = {self._group_key(v) for (g, v), s in zip(grads_and_vars, sparse) if not s}
+        if "global_clipnorm" in options and (any(sparse) or len(groups) > 1):
+            # No single op call sees every gradient: Keras' own global clipping.
+            grads = super()._clip_gradients([g for g, _ in grads_and_vars])
+            return list(zip(grads, [v for _, v in grads_and_vars])), {}
+        if any(sparse):
+            # Sparse gradients take Keras' update path: clip them as Keras does.
+            grads_and_vars = [
+                (super(FusedOptimizerMixin, self)._clip_gradients([g])[0] if s else g, v)
+                for (g, v), s in zip(grads_and_vars, sparse)
+            ]
+        return grads_and_vars, options
+
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_enabled():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
@@ -97,22 +146,22 @@ class FusedOptimizerMixin:
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
         ]
         grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
+        grads_and_vars, clip = self._fused_clip_plan(grads_and_vars)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_distributed_update,
             self._distribution_strategy,
             grads_and_vars,
             learning_rate,
+            clip,
         )
 
-    def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate):
+    def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate, clip):
         groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
             if isinstance(grad, tf.IndexedSlices):
                 self._builtin_update_one(distribution, grad, var, learning_rate)
                 continue
-            decays = self.weight_decay is not None and self._use_weight_decay(var)
-            key = (var.device, var.dtype.base_dtype, decays)
-            groups.setdefault(key, []).append((grad, var))
+            groups.setdefault(self._group_key(var), []).append((grad, var))
 
         for (_, dtype, decays), items in groups.items():
             variables = [v for _, v in items]
@@ -121,7 +170,7 @@ class FusedOptimizerMixin:
             def apply_group(_first, group_grads, variables=variables, dtype=dtype, wd=weight_decay):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [tf.cast(g, dtype) for g in group_grads]
-                return self._fused_apply(variables, group_grads, learning_rate, wd)
+                return self._fused_apply(variables, group_grads, learning_rate, wd, **clip)
 
             distribution.extended.update(
                 variables[0], apply_group, args=([g for g, _ in items],), group=False

@@ -38,7 +38,7 @@ def _fused_doc(name: str, op: str) -> str:
 
 
 class _AdamLike:
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         vhat = _slots(self, self._velocity_hats, variables) if self.amsgrad else None
         return ops.apply_adam(
             variables, grads, learning_rate,
@@ -47,6 +47,7 @@ class _AdamLike:
             vhat=vhat, step=_step(self),
             beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
             epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -75,7 +76,7 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
             * (1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(self.iterations + 1, dtype))),
         )
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_nadam(
             variables, grads, learning_rate,
             m=_slots(self, self._momentums, variables),
@@ -83,6 +84,7 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
             step=_step(self), u_product=self._u_product.value,
             beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
             epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -90,13 +92,14 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
 class Adamax(FusedOptimizerMixin, keras.optimizers.Adamax):
     __doc__ = _fused_doc("Adamax", "Fusedopt>ApplyAdamax")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_adamax(
             variables, grads, learning_rate,
             m=_slots(self, self._m, variables), u=_slots(self, self._u, variables),
             step=_step(self),
             beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
             epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -104,7 +107,7 @@ class Adamax(FusedOptimizerMixin, keras.optimizers.Adamax):
 class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
     __doc__ = _fused_doc("RMSprop", "Fusedopt>ApplyRmsprop")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         momenta = _slots(self, self._momentums, variables) if self.momentum > 0 else None
         average = _slots(self, self._average_gradients, variables) if self.centered else None
         return ops.apply_rmsprop(
@@ -113,6 +116,7 @@ class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
             momenta=momenta, average_gradient=average,
             rho=keras_scalar(self.rho), momentum=keras_scalar(self.momentum),
             epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -120,11 +124,12 @@ class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
 class Adagrad(FusedOptimizerMixin, keras.optimizers.Adagrad):
     __doc__ = _fused_doc("Adagrad", "Fusedopt>ApplyAdagrad")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_adagrad(
             variables, grads, learning_rate,
             accumulator=_slots(self, self._accumulators, variables),
             epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -132,13 +137,14 @@ class Adagrad(FusedOptimizerMixin, keras.optimizers.Adagrad):
 class Adadelta(FusedOptimizerMixin, keras.optimizers.Adadelta):
     __doc__ = _fused_doc("Adadelta", "Fusedopt>ApplyAdadelta")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_adadelta(
             variables, grads, learning_rate,
             accumulated_grad=_slots(self, self._accumulated_grads, variables),
             accumulated_delta_var=_slots(self, self._accumulated_delta_vars, variables),
             rho=keras_scalar(self.rho), epsilon=keras_scalar(self.epsilon),
             weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -146,7 +152,7 @@ class Adadelta(FusedOptimizerMixin, keras.optimizers.Adadelta):
 class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
     __doc__ = _fused_doc("Ftrl", "Fusedopt>ApplyFtrl")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_ftrl(
             variables, grads, learning_rate,
             accumulator=_slots(self, self._accumulators, variables),
@@ -156,6 +162,7 @@ class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
             l2=keras_scalar(self.l2_regularization_strength),
             l2_shrinkage=keras_scalar(self.l2_shrinkage_regularization_strength),
             beta=keras_scalar(self.beta), weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -163,11 +170,12 @@ class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
 class Lion(FusedOptimizerMixin, keras.optimizers.Lion):
     __doc__ = _fused_doc("Lion", "Fusedopt>ApplyLion")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_lion(
             variables, grads, learning_rate, m=_slots(self, self._momentums, variables),
             beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
             weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
@@ -175,7 +183,7 @@ class Lion(FusedOptimizerMixin, keras.optimizers.Lion):
 class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
     __doc__ = _fused_doc("Lamb", "Fusedopt>ApplyLamb")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_lamb(
             variables, grads, learning_rate,
             m=_slots(self, self._momentums, variables),
@@ -183,5 +191,6 @@ class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
             step=_step(self),
             beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
             epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 

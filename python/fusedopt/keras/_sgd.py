@@ -16,7 +16,7 @@ class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
     (device, dtype) group of variables, with weight decay fused in.
     """
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay):
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         momenta = None
         if self.momentum != 0:
             momenta = [self.momentums[self._get_variable_index(v)] for v in variables]
@@ -28,6 +28,7 @@ class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
             momentum=keras_scalar(self.momentum),
             nesterov=bool(self.nesterov) and momenta is not None,
             weight_decay=keras_scalar(weight_decay),
+            **options,
         )
 
 
