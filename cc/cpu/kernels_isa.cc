@@ -130,25 +130,34 @@ void LambPass2(const Coeffs& hc, double ratio_lr, void* var_p, void* const* slot
   }
 }
 
+// Sum of squares in kLanes fixed lanes (Note [deterministic sums]), written
+// as whole blocks so the compiler maps the lanes onto vector registers.
+// Non-finite detection: for 16- and 32-bit gradients a square of a finite
+// value cannot overflow a double (nor can a chunk's sum), so the sum is
+// non-finite exactly when some element is; float64 gradients are checked
+// element by element.
 template <typename T>
 void GradStats(const void* grad_p, int64_t begin, int64_t end, double* sum_sq, bool* nonfinite) {
-  using M = opmath_t<T>;
   const T* __restrict grad = static_cast<const T*>(grad_p);
   double lanes[kLanes] = {0};
-  int bad = 0;
-  auto one = [&](int64_t i, int lane) {
-    const M g = Load(grad[i]);
-    bad |= !(g - g == M(0));  // inf - inf and NaN - NaN are NaN
-    lanes[lane] += static_cast<double>(g) * static_cast<double>(g);
-  };
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) one(i + l, l);
+    for (int l = 0; l < kLanes; ++l) {
+      const double g = static_cast<double>(Load(grad[i + l]));
+      lanes[l] += g * g;
+    }
   }
-  for (int l = 0; i < end; ++i, ++l) one(i, l);
+  for (int l = 0; i < end; ++i, ++l) {
+    const double g = static_cast<double>(Load(grad[i]));
+    lanes[l] += g * g;
+  }
   double sum = 0;
   for (int l = 0; l < kLanes; ++l) sum += lanes[l];
   *sum_sq += sum;
+  bool bad = !(sum - sum == 0.0);
+  if constexpr (sizeof(T) == 8) {
+    for (int64_t k = begin; k < end && !bad; ++k) bad = !(grad[k] - grad[k] == 0.0);
+  }
   if (bad) *nonfinite = true;
 }
 

@@ -1,6 +1,8 @@
 #include "absl/strings/str_cat.h"
 #include "cc/tf/fused_op_util.h"
 
+#include <algorithm>
+
 #include "tensorflow/core/framework/device_base.h"
 #include "tensorflow/core/util/work_sharder.h"
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -22,9 +24,11 @@ void RunChunks(tensorflow::OpKernelContext* ctx, const std::vector<cpu::Chunk>& 
     range(0, 1);
     return;
   }
-  // Cost of one chunk in the pool's units (roughly cycles): a streaming update
-  // moves about a byte per cycle per core.
-  const int64_t cost = cpu::kChunkElements * bytes_per_element;
+  // Cost of an average chunk in the pool's units (roughly cycles): a
+  // streaming update moves about a byte per cycle per core.
+  int64_t elements = 0;
+  for (const cpu::Chunk& c : chunks) elements += c.end - c.begin;
+  const int64_t cost = std::max<int64_t>(1, elements / n) * bytes_per_element;
   const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
   tensorflow::Shard(threads->num_threads, threads->workers, n, cost, range);
 }

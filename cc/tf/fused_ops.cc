@@ -458,7 +458,7 @@ class FusedApplyOp : public OpKernel {
     TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
     skipped->scalar<bool>()() = false;
 
-    vars.Lock();
+    TF_RETURN_IF_ERROR(vars.CheckDistinctAndLock());
     for (int i = 0; i < n; ++i) {
       const std::string gname = absl::StrCat("grads[", i, "]");
       TF_RETURN_IF_ERROR(vars.ValidateDtype(var0 + i, dtype));

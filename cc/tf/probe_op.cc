@@ -21,7 +21,7 @@ class StreamTriadOp : public tensorflow::OpKernel {
     VariableSet vars(ctx);
     int first = 0;
     OP_REQUIRES_OK(ctx, vars.Lookup("a", &first));
-    vars.Lock();
+    OP_REQUIRES_OK(ctx, vars.CheckDistinctAndLock());
     OP_REQUIRES_OK(ctx, vars.ValidateDtype(first, tensorflow::DT_FLOAT));
     OP_REQUIRES_OK(ctx, vars.ValidateShape(first, b.shape(), "b"));
     OP_REQUIRES_OK(ctx, vars.PrepareForWrite(&CpuCopy));

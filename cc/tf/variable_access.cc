@@ -16,6 +16,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
 
 #include "tensorflow/core/framework/resource_mgr.h"
 #include "tensorflow/core/framework/tensor_shape.h"
@@ -41,51 +44,62 @@ VariableSet::~VariableSet() {
   for (auto it = locked_.rbegin(); it != locked_.rend(); ++it) (*it)->unlock();
 }
 
-absl::Status VariableSet::Lookup(const std::string& input_name, int* first) {
+std::string VariableSet::label(int i) const {
+  const Origin& o = origins_[i];
+  return absl::StrCat(o.input, "[", o.index, "] ('",
+                      tensorflow::HandleFromInput(ctx_, o.input_pos).name(), "')");
+}
+
+absl::Status VariableSet::Lookup(const char* input_name, int* first) {
   int start = 0, stop = 0;
   TF_RETURN_IF_ERROR(ctx_->op_kernel().InputRange(input_name, &start, &stop));
   *first = size();
+  vars_.reserve(vars_.size() + (stop - start));
   for (int i = start; i < stop; ++i) {
     const tensorflow::ResourceHandle& handle = tensorflow::HandleFromInput(ctx_, i);
-    const std::string label =
-        input_name + "[" + std::to_string(i - start) + "] ('" + handle.name() + "')";
     tensorflow::core::RefCountPtr<Var> var;
     absl::Status s = tensorflow::LookupResource(ctx_, handle, &var);
+    origins_.push_back(Origin{input_name, i - start, i});
     if (!s.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(label, " could not be found: ", s.message(),
-                                     " (was it initialized, or deleted?)"));
-    }
-    for (int j = 0; j < size(); ++j) {
-      if (vars_[j].get() == var.get()) {
-        return absl::InvalidArgumentError(absl::StrCat(label, " and ", labels_[j],
-                                       " are the same variable; each variable may appear "
-                                       "only once in a call"));
-      }
+      return absl::InvalidArgumentError(absl::StrCat(label(size()), " could not be found: ",
+                                                     s.message(),
+                                                     " (was it initialized, or deleted?)"));
     }
     vars_.push_back(std::move(var));
-    labels_.push_back(label);
   }
   return absl::OkStatus();
 }
 
-void VariableSet::Lock() {
-  std::vector<tensorflow::mutex*> mus;
-  mus.reserve(vars_.size());
-  for (auto& v : vars_) mus.push_back(v->mu());
-  std::sort(mus.begin(), mus.end());
-  for (tensorflow::mutex* mu : mus) {
-    mu->lock();
-    locked_.push_back(mu);
+absl::Status VariableSet::CheckDistinctAndLock() {
+  // Sorting by address finds duplicates in O(n log n) and is the lock order.
+  std::vector<std::pair<Var*, int>> order;
+  order.reserve(vars_.size());
+  for (int i = 0; i < size(); ++i) order.emplace_back(vars_[i].get(), i);
+  std::sort(order.begin(), order.end());
+  for (size_t k = 1; k < order.size(); ++k) {
+    if (order[k].first == order[k - 1].first) {
+      const int a = std::max(order[k].second, order[k - 1].second);
+      const int b = std::min(order[k].second, order[k - 1].second);
+      return absl::InvalidArgumentError(absl::StrCat(
+          label(a), " and ", label(b),
+          " are the same variable; each variable may appear only once in a call"));
+    }
   }
+  locked_.reserve(order.size());
+  for (const auto& [var, index] : order) {
+    var->mu()->lock();
+    locked_.push_back(var->mu());
+  }
+  return absl::OkStatus();
 }
 
 absl::Status VariableSet::ValidateDtype(int i, DataType dtype) const {
   const Tensor& t = *vars_[i]->tensor();
   if (!vars_[i]->is_initialized || !t.IsInitialized()) {
-    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " is not initialized"));
+    return absl::InvalidArgumentError(absl::StrCat(label(i), " is not initialized"));
   }
   if (t.dtype() != dtype) {
-    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " has dtype ", DTypeName(t.dtype()),
+    return absl::InvalidArgumentError(absl::StrCat(label(i), " has dtype ", DTypeName(t.dtype()),
                                                    ", but the call's gradients are ",
                                                    DTypeName(dtype)));
   }
@@ -96,7 +110,7 @@ absl::Status VariableSet::ValidateShape(int i, const TensorShape& shape,
                                         const std::string& what) const {
   const TensorShape& have = vars_[i]->tensor()->shape();
   if (have != shape) {
-    return absl::InvalidArgumentError(absl::StrCat(labels_[i], " has shape ", have.DebugString(), " but ", what,
+    return absl::InvalidArgumentError(absl::StrCat(label(i), " has shape ", have.DebugString(), " but ", what,
                                    " has shape ", shape.DebugString()));
   }
   return absl::OkStatus();

@@ -31,12 +31,13 @@ class VariableSet {
   VariableSet& operator=(const VariableSet&) = delete;
 
   // Looks up the variables of list input `input_name`; returns the index of
-  // its first variable within this set. Rejects a variable seen before in
-  // this set (under any input) with InvalidArgument naming both positions.
-  absl::Status Lookup(const std::string& input_name, int* first);
+  // its first variable within this set.
+  absl::Status Lookup(const char* input_name, int* first);
 
-  // Takes every variable's mutex, exclusively, in address order.
-  void Lock();
+  // Rejects a variable that appears twice in the set (under any input) with
+  // InvalidArgument naming both positions, then takes every variable's mutex,
+  // exclusively, in address order. Nothing is locked when it fails.
+  absl::Status CheckDistinctAndLock();
 
   // Checks that variable i is initialized and has dtype `dtype`.
   absl::Status ValidateDtype(int i, tensorflow::DataType dtype) const;
@@ -52,13 +53,19 @@ class VariableSet {
   int size() const { return static_cast<int>(vars_.size()); }
   tensorflow::Tensor* tensor(int i) { return vars_[i]->tensor(); }
   const tensorflow::Tensor& tensor(int i) const { return *vars_[i]->tensor(); }
-  const std::string& label(int i) const { return labels_[i]; }
+  // "vars[3] ('dense/kernel')": built on demand, for error messages.
+  std::string label(int i) const;
   void* data(int i) { return const_cast<char*>(vars_[i]->tensor()->tensor_data().data()); }
 
  private:
   tensorflow::OpKernelContext* ctx_;
+  struct Origin {
+    const char* input;
+    int index;
+    int input_pos;  // position among the op's inputs, for the handle's name
+  };
   std::vector<tensorflow::core::RefCountPtr<tensorflow::Var>> vars_;
-  std::vector<std::string> labels_;
+  std::vector<Origin> origins_;
   std::vector<tensorflow::mutex*> locked_;
 };
 
