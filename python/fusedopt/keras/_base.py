@@ -66,6 +66,10 @@ def keras_scalar(x: Any) -> tf.Tensor:
     return x
 
 
+def _colocated(var):
+    return tf_ops.colocate_with(var)
+
+
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class."""
 
@@ -145,7 +149,11 @@ class FusedOptimizerMixin:
         trainable_variables = [
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
         ]
-        grads_and_vars = self._all_reduce_sum_gradients(list(zip(grads, trainable_variables)))
+        grads_and_vars = list(zip(grads, trainable_variables))
+        if tf.distribute.has_strategy():
+            # (Without a strategy the sum over one replica is an Identity per
+            # gradient: skipped, the same values for less work.)
+            grads_and_vars = self._all_reduce_sum_gradients(grads_and_vars)
         grads_and_vars, clip = self._fused_clip_plan(grads_and_vars)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_distributed_update,
@@ -172,9 +180,16 @@ class FusedOptimizerMixin:
                 group_grads = [tf.cast(g, dtype) for g in group_grads]
                 return self._fused_apply(variables, group_grads, learning_rate, wd, **clip)
 
-            distribution.extended.update(
-                variables[0], apply_group, args=([g for g, _ in items],), group=False
-            )
+            group_grads = [g for g, _ in items]
+            if not tf.distribute.has_strategy():
+                # No strategy: call directly. (The default strategy's update
+                # would add an Identity op per gradient: ~1 us each per step.)
+                with _colocated(variables[0]):
+                    apply_group(variables[0], group_grads)
+            else:
+                distribution.extended.update(
+                    variables[0], apply_group, args=(group_grads,), group=False
+                )
 
     def _builtin_update_one(self, distribution, grad, var, learning_rate):
         """Keras' own decay and update for one variable (sparse gradients)."""
