@@ -107,13 +107,17 @@ class FusedOptimizerMixin:
         return super()._clip_gradients(grads)
 
     def _clip_options(self) -> dict[str, float]:
-        """Keras' clipping setting, in its priority order, as op options."""
+        """Keras' clipping setting, in its priority order, as op options.
+
+        Python numbers: they cross merge_call unchanged, and become tensors
+        (keras_scalar) in each replica's update.
+        """
         if self.clipnorm and self.clipnorm > 0:
-            return {"clipnorm": keras_scalar(self.clipnorm)}
+            return {"clipnorm": self.clipnorm}
         if self.global_clipnorm and self.global_clipnorm > 0:
-            return {"global_clipnorm": keras_scalar(self.global_clipnorm)}
+            return {"global_clipnorm": self.global_clipnorm}
         if self.clipvalue and self.clipvalue > 0:
-            return {"clipvalue": keras_scalar(self.clipvalue)}
+            return {"clipvalue": self.clipvalue}
         return {}
 
     def _group_key(self, var) -> tuple[str, tf.DType, bool]:
@@ -178,7 +182,8 @@ class FusedOptimizerMixin:
             def apply_group(_first, group_grads, variables=variables, dtype=dtype, wd=weight_decay):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [tf.cast(g, dtype) for g in group_grads]
-                return self._fused_apply(variables, group_grads, learning_rate, wd, **clip)
+                options = {k: keras_scalar(v) for k, v in clip.items()}
+                return self._fused_apply(variables, group_grads, learning_rate, wd, **options)
 
             group_grads = [g for g, _ in items]
             if not tf.distribute.has_strategy():
