@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 import fusedopt  # noqa: E402
 import fusedopt.keras  # noqa: E402
 
-STEPS_PER_CALL = 5
+STEPS_PER_CALL = 20
 
 
 def contender(cls, shapes, rng, jit):

@@ -40,7 +40,7 @@ def resnet50_shapes() -> list[tuple[int, ...]]:
     return [tuple(v.shape) for v in model.trainable_variables]
 
 
-STEPS_PER_CALL = 10
+STEPS_PER_CALL = 20
 
 
 def make_suite(shapes, rng):
