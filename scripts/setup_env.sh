@@ -32,7 +32,7 @@ say "installing TensorFlow 2.21 and the build and test tools into .venv (first r
 "$VPY" -m pip install -q \
   "tensorflow>=2.21,<2.22" "tf-keras>=2.21,<2.22" numpy \
   "setuptools>=64" wheel "cmake>=3.24" ninja \
-  pytest scikit-learn 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  pytest scikit-learn rich matplotlib 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 say "building the fusedopt wheel (CMake; CUDA kernels too when nvcc is found)"
 PATH="$VENV/bin:$PATH" PYTHON="$VPY" ./build_pip_pkg.sh "$ROOT/dist" >/dev/null \

@@ -1,0 +1,136 @@
+"""Float64 NumPy references of the update rules, written from the Keras 3 docs
+and source semantics (keras.optimizers.*), independent of the kernels.
+
+Each reference takes and returns float64 arrays; the tests round the stored
+state to the variable's dtype after every step, as the kernels' storage does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sgd_step(var, grad, lr, *, m=None, momentum=0.0, nesterov=False, weight_decay=0.0):
+    """keras.optimizers.SGD, with Keras' decoupled weight decay applied first.
+
+    Returns (var, m); m is None for plain SGD.
+    """
+    var = np.asarray(var, np.float64)
+    grad = np.asarray(grad, np.float64)
+    if weight_decay:
+        var = var - var * weight_decay * lr
+    if m is None:
+        return var - lr * grad, None
+    m = momentum * np.asarray(m, np.float64) - lr * grad
+    if nesterov:
+        return var + momentum * m - lr * grad, m
+    return var + m, m
+
+
+def _decay(var, lr, weight_decay):
+    return var - var * weight_decay * lr if weight_decay else var
+
+
+def adam_step(var, grad, lr, m, v, step, *, vhat=None, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+              weight_decay=0.0):
+    """keras.optimizers.Adam / AdamW (amsgrad when vhat is given). Returns var, m, v, vhat."""
+    var = _decay(var, lr, weight_decay)
+    alpha = lr * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+    m = m + (grad - m) * (1 - beta_1)
+    v = v + (grad * grad - v) * (1 - beta_2)
+    denom_v = v
+    if vhat is not None:
+        vhat = np.maximum(vhat, v)
+        denom_v = vhat
+    return var - m * alpha / (np.sqrt(denom_v) + epsilon), m, v, vhat
+
+
+def nadam_u(step, beta_1=0.9):
+    return beta_1 * (1.0 - 0.5 * 0.96**step)
+
+
+def nadam_step(var, grad, lr, m, v, step, u_product, *, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+               weight_decay=0.0):
+    """keras.optimizers.Nadam; u_product includes this step's u_t."""
+    var = _decay(var, lr, weight_decay)
+    u_t = nadam_u(step, beta_1)
+    u_t1 = nadam_u(step + 1, beta_1)
+    u_product1 = u_product * u_t1
+    m = m + (grad - m) * (1 - beta_1)
+    v = v + (grad * grad - v) * (1 - beta_2)
+    m_hat = u_t1 * m / (1 - u_product1) + (1 - u_t) * grad / (1 - u_product)
+    v_hat = v / (1 - beta_2**step)
+    return var - m_hat * lr / (np.sqrt(v_hat) + epsilon), m, v
+
+
+def adamax_step(var, grad, lr, m, u, step, *, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                weight_decay=0.0):
+    var = _decay(var, lr, weight_decay)
+    m = m + (grad - m) * (1 - beta_1)
+    u = np.maximum(beta_2 * u, np.abs(grad))
+    return var - lr * m / ((1 - beta_1**step) * (u + epsilon)), m, u
+
+
+def rmsprop_step(var, grad, lr, velocity, *, mom=None, avg=None, rho=0.9, momentum=0.0,
+                 epsilon=1e-7, weight_decay=0.0):
+    """keras.optimizers.RMSprop. Returns var, velocity, mom, avg."""
+    var = _decay(var, lr, weight_decay)
+    velocity = rho * velocity + (1 - rho) * grad * grad
+    if avg is not None:
+        avg = rho * avg + (1 - rho) * grad
+        denom = velocity - avg * avg + epsilon
+    else:
+        denom = velocity + epsilon
+    inc = lr * grad / np.sqrt(denom)
+    if mom is not None:
+        mom = momentum * mom + inc
+        return var - mom, velocity, mom, avg
+    return var - inc, velocity, mom, avg
+
+
+def adagrad_step(var, grad, lr, acc, *, epsilon=1e-7, weight_decay=0.0):
+    var = _decay(var, lr, weight_decay)
+    acc = acc + grad * grad
+    return var - lr * grad / np.sqrt(acc + epsilon), acc
+
+
+def adadelta_step(var, grad, lr, ag, adv, *, rho=0.95, epsilon=1e-7, weight_decay=0.0):
+    var = _decay(var, lr, weight_decay)
+    ag = rho * ag + (1 - rho) * grad * grad
+    delta = -np.sqrt(adv + epsilon) * grad / np.sqrt(ag + epsilon)
+    adv = rho * adv + (1 - rho) * delta * delta
+    return var + lr * delta, ag, adv
+
+
+def ftrl_step(var, grad, lr, acc, linear, *, learning_rate_power=-0.5, l1=0.0, l2=0.0,
+              l2_shrinkage=0.0, beta=0.0, weight_decay=0.0):
+    """keras.optimizers.Ftrl."""
+    var = _decay(var, lr, weight_decay)
+    p = -learning_rate_power
+    l2_reg = l2 + beta / (2.0 * lr)
+    g_s = grad + 2 * l2_shrinkage * var
+    new_acc = acc + grad * grad
+    linear = linear + g_s - (new_acc**p - acc**p) / lr * var
+    quadratic = new_acc**p / lr + 2 * l2_reg
+    var = (np.clip(linear, -l1, l1) - linear) / quadratic
+    return var, new_acc, linear
+
+
+def lion_step(var, grad, lr, m, *, beta_1=0.9, beta_2=0.99, weight_decay=0.0):
+    var = _decay(var, lr, weight_decay)
+    var = var - lr * np.sign(m * beta_1 + grad * (1 - beta_1))
+    m = m * beta_2 + grad * (1 - beta_2)
+    return var, m
+
+
+def lamb_step(var, grad, lr, m, v, step, *, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+              weight_decay=0.0):
+    """keras.optimizers.Lamb: per-tensor trust ratio."""
+    var = _decay(var, lr, weight_decay)
+    m = m + (grad - m) * (1 - beta_1)
+    v = v + (grad * grad - v) * (1 - beta_2)
+    u = (m / (1 - beta_1**step)) / (np.sqrt(v / (1 - beta_2**step)) + epsilon)
+    w_norm = np.sqrt(np.sum(var * var))
+    u_norm = np.sqrt(np.sum(u * u))
+    ratio = w_norm / u_norm if (w_norm > 0 and u_norm > 0) else 1.0
+    return var - ratio * lr * u, m, v

@@ -1,0 +1,393 @@
+"""Runs the fusedopt-bench suites (see fusedopt.bench.cli for the method)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import ml_dtypes  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import Progress  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+import fusedopt.ops as fops  # noqa: E402
+from fusedopt.bench.algorithms import ALGORITHMS, Algorithm  # noqa: E402
+from fusedopt.bench.cli import Row, machine_info  # noqa: E402
+
+# A wide table even when stdout is a pipe or a file (CI logs, tests).
+console = Console(width=None if os.isatty(1) else 150)
+tf.get_logger().setLevel("ERROR")
+
+# ---- shapes of the model suite ----------------------------------------------------
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    return [tuple(v.shape) for v in keras.applications.ResNet50(weights=None).trainable_variables]
+
+
+def bert_base_shapes() -> list[tuple[int, ...]]:
+    h, f = 768, 3072
+    shapes: list[tuple[int, ...]] = [(30522, h), (512, h), (2, h), (h,), (h,)]
+    for _ in range(12):
+        shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (h, f), (f,), (f, h), (h,), (h,), (h,)]
+    return shapes + [(h, h), (h,)]
+
+
+def recommender_shapes() -> list[tuple[int, ...]]:
+    return [(1_000_000, 64), (200_000, 32), (50_000, 16), (112, 512), (512,), (512, 256), (256,),
+            (256, 1), (1,)]
+
+
+MODELS = {
+    "resnet50": ("ResNet-50", resnet50_shapes),
+    "bert-base": ("BERT-base", bert_base_shapes),
+    "recommender": ("recommender", recommender_shapes),
+}
+
+# ---- contenders ----------------------------------------------------------------------
+
+ONE = tf.constant(1)
+
+
+def _np_dtype(name: str):
+    return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+
+
+class Case:
+    """One algorithm, dtype and list of shapes; builds every contender."""
+
+    def __init__(self, algo: Algorithm, dtype: str, shapes, rng, xla: bool, inject_wrong: bool):
+        self.algo, self.dtype, self.shapes = algo, dtype, [tuple(s) for s in shapes]
+        self.elements = int(sum(int(np.prod(s)) for s in self.shapes))
+        self.init = [rng.standard_normal(s).astype(_np_dtype(dtype)) for s in self.shapes]
+        self.grads_np = [rng.standard_normal(s).astype(_np_dtype(dtype)) for s in self.shapes]
+        self.grads = [tf.constant(g) for g in self.grads_np]
+        self.itemsize = np.dtype(_np_dtype(dtype)).itemsize
+        self.bytes = algo.bytes_per_element * self.itemsize // 4 * self.elements
+        # Steps per tf.function call: enough that one call moves >= ~2 GB, so
+        # Python's per-call cost (~1.5 us per captured tensor) stays small.
+        # A tensor argument, so the step count never retraces the functions.
+        self.k = tf.constant(int(max(1, min(50, 2e9 // max(self.bytes, 1)))))
+        self.contenders: dict[str, dict[str, Any]] = {}
+        self._add_keras("fusedopt", algo.fused_cls, jit=False)
+        self._add_per_variable()
+        if algo.raw is not None and dtype in ("float32", "float64", "float16"):
+            self._add_raw()
+        self._add_keras("keras", algo.keras_cls, jit=False)
+        if xla:
+            self._add_keras("keras+XLA", algo.keras_cls, jit=True)
+        if inject_wrong:
+            self._add_wrong()
+        self._add_roofline()
+
+    def _variables(self):
+        return [keras.Variable(x, dtype=self.dtype) for x in self.init]
+
+    def _slot_lists(self, opt, variables):
+        return [[getattr(opt, attr)[opt._get_variable_index(v)] for v in variables]
+                for attr in self.algo.slots]
+
+    def _add_keras(self, name, cls, jit):
+        variables = self._variables()
+        opt = cls(**self.algo.config)
+        opt.build(variables)
+        grads, k = self.grads, self.k
+
+        @tf.function(jit_compile=jit)
+        def run(steps):
+            for _ in tf.range(steps):
+                opt.apply(grads, variables)
+
+        self.contenders[name] = dict(run=lambda: run(k), step=lambda: run(ONE), vars=variables,
+                                     slots=self._slot_lists(opt, variables), opt=opt)
+
+    def _add_per_variable(self):
+        variables = self._variables()
+        opt = self.algo.fused_cls(**self.algo.config)
+        opt.build(variables)
+        grads, k = self.grads, self.k
+        tvars = [v.value for v in variables]
+
+        @tf.function
+        def run(steps):
+            for _ in tf.range(steps):
+                for v, g in zip(tvars, grads):
+                    opt._fused_apply([v], [g], opt.learning_rate, 0.0)
+
+        self.contenders["fusedopt per-variable"] = dict(
+            run=lambda: run(k), step=lambda: run(ONE), vars=variables,
+            slots=self._slot_lists(opt, variables), opt=opt)
+
+    def _add_raw(self):
+        variables = self._variables()
+        holder = self.algo.keras_cls(**self.algo.config)  # creates Keras-initialized slots
+        holder.build(variables)
+        slots = self._slot_lists(holder, variables)
+        grads, k, raw = self.grads, self.k, self.algo.raw
+        lr = float(self.algo.config["learning_rate"])
+        dt = tf.as_dtype(self.dtype)
+
+        @tf.function
+        def run(steps):
+            for _ in tf.range(steps):
+                for i, (v, g) in enumerate(zip(variables, grads)):
+                    raw(v.value, [s[i].value for s in slots], g, tf.constant(lr, dt),
+                        tf.constant(1, tf.int64))
+
+        self.contenders["tf.raw_ops loop"] = dict(run=lambda: run(k), step=lambda: run(ONE),
+                                                  vars=variables, slots=slots, opt=holder)
+
+    def _add_wrong(self):
+        """A deliberately wrong contender (tests inject it to prove --check works)."""
+        variables = self._variables()
+        opt = self.algo.fused_cls(**self.algo.config)
+        opt.build(variables)
+        grads, k = [g * 1.5 for g in self.grads], self.k
+
+        @tf.function
+        def run(steps):
+            for _ in tf.range(steps):
+                opt.apply(grads, variables)
+
+        self.contenders["injected-wrong"] = dict(run=lambda: run(k), step=lambda: run(ONE),
+                                                 vars=variables,
+                                                 slots=self._slot_lists(opt, variables), opt=opt)
+
+    def _add_roofline(self):
+        n = max(1, self.bytes // 12)
+        a = tf.Variable(np.ones(n, np.float32))
+        b = tf.constant(np.ones(n, np.float32))
+        k = self.k
+
+        @tf.function
+        def run(steps):
+            for _ in tf.range(steps):
+                fops.stream_triad(a, b, 0.5)
+
+        self.contenders["roofline"] = dict(run=lambda: run(k), step=None)
+
+    # -- check -------------------------------------------------------------------
+
+    def check(self, name: str) -> str:
+        c = self.contenders[name]
+        if c.get("step") is None:
+            return "n/a"
+        before_vars = [v.numpy().astype(np.float64) for v in c["vars"]]
+        before_slots = [[s.numpy().astype(np.float64) for s in lst] for lst in c["slots"]]
+        c["step"]()
+        tol = {"float64": 1e-9, "float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}[self.dtype]
+        lr = float(np.float32(self.algo.config["learning_rate"]))
+        worst = 0.0
+        bad = total = 0
+        for i, g in enumerate(self.grads_np):
+            slots = {attr: before_slots[k][i] for k, attr in enumerate(self.algo.slots)}
+            want_var, want_slots = self.algo.reference(before_vars[i], g.astype(np.float64), slots,
+                                                       lr, 1)
+            pairs = [(c["vars"][i], want_var)] + [
+                (c["slots"][k][i], want_slots[attr]) for k, attr in enumerate(self.algo.slots)]
+            for got_v, want in pairs:
+                got = got_v.numpy().astype(np.float64)
+                scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
+                err = np.abs(got - want) > tol * (np.abs(want) + scale)
+                bad += int(err.sum())
+                total += want.size
+                if want.size:
+                    worst = max(worst, float(np.max(np.abs(got - want) / (np.abs(want) + scale))))
+        # sign() in Lion can flip on exact-tie elements at float32 rounding: allow a
+        # vanishing fraction of mismatches, never a systematic error.
+        if bad > max(0, total * 1e-5):
+            return f"WRONG: {bad} of {total} values off (max rel err {worst:.1e})"
+        return "ok"
+
+
+def time_contenders(case: Case, names: list[str], repeats: int, warmup: int) -> dict[str, list]:
+    for _ in range(warmup):
+        for n in names:
+            case.contenders[n]["run"]()
+    times = {n: [] for n in names}
+    for _ in range(repeats):
+        for n in names:
+            t0 = time.perf_counter()
+            case.contenders[n]["run"]()
+            times[n].append((time.perf_counter() - t0) / int(case.k) * 1e3)
+    return times
+
+
+def run_case(suite: str, label: str, case: Case, args, rows: list[Row]) -> None:
+    status = {}
+    for name in case.contenders:
+        status[name] = case.check(name) if args.check else "skipped"
+    timed = [n for n in case.contenders if not status[n].startswith("WRONG")]
+    times = time_contenders(case, timed, args.repeats, args.warmup)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    roof_ms = med["roofline"] * (case.bytes / 12) / max(1, case.bytes // 12) if "roofline" in med else None
+    for name in case.contenders:
+        row = Row(suite=suite, case=label, algorithm=case.algo.name, dtype=case.dtype,
+                  tensors=len(case.shapes), elements=case.elements, contender=name,
+                  check=status[name])
+        if name in med:
+            row.ms, row.ms_min, row.ms_max = med[name], min(times[name]), max(times[name])
+            row.gb_per_s = case.bytes / (row.ms * 1e-3) / 1e9
+            if roof_ms:
+                row.pct_roofline = roof_ms / row.ms * 100
+            if "tf.raw_ops loop" in med and name != "roofline":
+                row.speedup_vs_raw = med["tf.raw_ops loop"] / row.ms
+            if "keras" in med and name != "roofline":
+                row.speedup_vs_keras = med["keras"] / row.ms
+        rows.append(row)
+
+
+def run_fit(args, rows: list[Row]) -> None:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = (x / 16.0).astype(np.float32), y.astype(np.int64)
+    epochs = 2 if args.quick else 5
+    results = {}
+    for name, cls in [("fusedopt", ALGORITHMS["adam"].fused_cls),
+                      ("keras", ALGORITHMS["adam"].keras_cls)]:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
+                                  keras.layers.Dense(512, activation="relu"),
+                                  keras.layers.Dense(10)])
+        model.compile(optimizer=cls(1e-3), jit_compile=False,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)  # warm-up/trace
+        t0 = time.perf_counter()
+        hist = model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False)
+        steps = epochs * int(np.ceil(len(x) / 64))
+        results[name] = ((time.perf_counter() - t0) / steps * 1e3, hist.history["loss"])
+    # The check for this suite compares the two training curves (after the
+    # run): Adam's float32 rounding differences grow over hundreds of steps,
+    # so the curves agree to ~1e-3 relative; a wrong update is far off.
+    same = np.allclose(results["fusedopt"][1], results["keras"][1], rtol=1e-2)
+    for name, (ms, losses) in results.items():
+        rows.append(Row(suite="fit", case="MLP 64-512-512-10 on digits, batch 64", algorithm="adam",
+                        dtype="float32", tensors=6, elements=299_018, contender=name,
+                        check="ok" if same else "WRONG: loss curves differ",
+                        ms=ms if same else None,
+                        speedup_vs_keras=results["keras"][0] / ms if same else None,
+                        extra=dict(losses=[float(v) for v in losses])))
+
+
+def print_table(rows: list[Row], suite: str) -> None:
+    table = Table(title=f"suite: {suite}", show_lines=False)
+    for col in ["case", "contender", "check", "ms/step", "min-max", "GB/s", "% roof", "vs raw",
+                "vs keras"]:
+        table.add_column(col, justify="left" if col in ("case", "contender", "check") else "right")
+    last = None
+    for r in rows:
+        if r.suite != suite:
+            continue
+        case = f"{r.case} {r.algorithm} {r.dtype}" if r.case != last else ""
+        last = r.case
+        f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        table.add_row(case, r.contender, r.check, f(r.ms, ".3f"),
+                      "-" if r.ms_min is None else f"{r.ms_min:.3f}-{r.ms_max:.3f}",
+                      f(r.gb_per_s, ".1f"), f(r.pct_roofline, ".0f"),
+                      f(r.speedup_vs_raw, ".2f"), f(r.speedup_vs_keras, ".2f"))
+    console.print(table)
+
+
+def plot(rows: list[Row], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"sizes": dict(marker="o", linestyle="-"), "many": dict(marker="s", linestyle="--")}
+    for suite, style in styles.items():
+        for algo in sorted({r.algorithm for r in rows if r.suite == suite}):
+            pts_rows = [r for r in rows if r.suite == suite and r.algorithm == algo
+                        and r.dtype == "float32" and r.contender == "fusedopt" and r.ms is not None]
+            if not pts_rows:
+                continue
+            what = "1 variable" if suite == "sizes" else "many variables"
+            for key, label, color in [("speedup_vs_raw", "vs tf.raw_ops", "C0"),
+                                      ("speedup_vs_keras", "vs Keras", "C1")]:
+                pts = sorted((r.elements, getattr(r, key)) for r in pts_rows if getattr(r, key))
+                if pts:
+                    ax1.plot(*zip(*pts), color=color, label=f"{algo} {label} ({what})", **style)
+            pts = sorted((r.elements, r.pct_roofline) for r in pts_rows if r.pct_roofline)
+            if pts:
+                ax2.plot(*zip(*pts), color="C2", label=f"{algo} ({what})", **style)
+    ax1.set_xscale("log")
+    ax1.set_xlabel("elements updated per step (float32)")
+    ax1.set_ylabel("fusedopt speedup (x)")
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.legend(fontsize=8)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("elements updated per step (float32)")
+    ax2.set_ylabel("fusedopt, % of bandwidth roofline")
+    ax2.axhline(100.0, color="grey", lw=0.8)
+    ax2.legend(fontsize=8)
+    fig.suptitle("fusedopt-bench (sizes and many suites)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    rng = np.random.default_rng(0)
+    info = machine_info()
+    console.print(f"fusedopt-bench: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; "
+                  f"TensorFlow {info['tensorflow']}; fusedopt {info['fusedopt']['fusedopt_version']} "
+                  f"(CPU kernels {info['fusedopt']['cpu_simd_selected']}); "
+                  f"GPUs: {', '.join(info['gpus']) or 'none visible (CPU columns only)'}")
+    plans: list[tuple[str, str, Callable[[], list]]] = []
+    for suite in args.suite:
+        if suite == "sizes":
+            for n in args.sizes:
+                plans.append((suite, f"1 x {n:,}", lambda n=n: [(n,)]))
+        elif suite == "many":
+            for count, size in args.many:
+                plans.append((suite, f"{count} x {size:,}", lambda c=count, s=size: [(s,)] * c))
+        elif suite == "models":
+            plans += [(suite, MODELS[m][0], MODELS[m][1]) for m in args.models]
+    rows: list[Row] = []
+    todo = [(s, label, shapes, a, d) for s, label, shapes in plans for a in args.algorithms
+            for d in args.dtypes]
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(todo) + ("fit" in args.suite))
+        for suite, label, shapes, a, d in todo:
+            progress.update(task, description=f"{suite}: {label} {a} {d}")
+            case = Case(ALGORITHMS[a], d, shapes(), rng, args.xla, args.inject_wrong)
+            run_case(suite, label, case, args, rows)
+            del case
+            progress.advance(task)
+        if "fit" in args.suite:
+            progress.update(task, description="fit: model.fit on digits")
+            run_fit(args, rows)
+            progress.advance(task)
+    for suite in args.suite:
+        if suite == "sparse":
+            console.print("suite sparse: not available yet — fused sparse (IndexedSlices) kernels "
+                          "are still to come; nothing was measured.")
+            continue
+        print_table(rows, suite)
+    wrong = [r for r in rows if r.check.startswith("WRONG")]
+    for r in wrong:
+        console.print(f"[red]WRONG[/red] {r.suite} {r.case} {r.algorithm} {r.dtype} "
+                      f"{r.contender}: {r.check} (not timed)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(dict(schema="fusedopt-bench/1", machine=info,
+                           args={k: v for k, v in vars(args).items()},
+                           method=__import__("fusedopt.bench.cli").bench.cli.__doc__,
+                           rows=[asdict(r) for r in rows]), fh, indent=1, default=str)
+        console.print(f"wrote {args.json}")
+    if args.plot:
+        plot(rows, args.plot)
+        console.print(f"wrote {args.plot}")
+    return 1 if any(r.contender.startswith("fusedopt") for r in wrong) else 0

@@ -1,0 +1,119 @@
+"""fusedopt-bench: every suite in a tiny configuration, output checked; --check
+catches an injected wrong contender; bad input exits 2 without a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROW_KEYS = {"suite", "case", "algorithm", "dtype", "tensors", "elements", "contender", "check",
+            "ms", "ms_min", "ms_max", "gb_per_s", "pct_roofline", "speedup_vs_raw",
+            "speedup_vs_keras", "extra"}
+
+
+def bench(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+    out = tmp_path / "out.json"
+    png = tmp_path / "out.png"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run(
+        [sys.executable, "-m", "fusedopt.bench", "--json", str(out), "--plot", str(png), *args],
+        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
+    )
+    data = json.loads(out.read_text()) if out.exists() and out.stat().st_size else None
+    return r, data
+
+
+def check_schema(data: dict) -> None:
+    assert data["schema"] == "fusedopt-bench/1"
+    m = data["machine"]
+    for key in ("cpu", "cores", "memory_gib", "tensorflow", "fusedopt", "date"):
+        assert key in m, key
+    assert m["fusedopt"]["tensorflow_built_against"]
+    assert "float64 reference" in data["method"]
+    for row in data["rows"]:
+        assert set(row) == ROW_KEYS
+
+
+def test_sizes_suite_table_json_and_plot(tmp_path):
+    r, data = bench(tmp_path, "--suite", "sizes", "--sizes", "1000,20000", "--algorithms",
+                    "adam,rmsprop", "--repeats", "2", "--warmup", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_schema(data)
+    assert "suite: sizes" in r.stdout and "tf.raw_ops loop" in r.stdout
+    rows = data["rows"]
+    contenders = {x["contender"] for x in rows}
+    assert {"fusedopt", "fusedopt per-variable", "tf.raw_ops loop", "keras", "keras+XLA",
+            "roofline"} <= contenders
+    assert all(x["check"] in ("ok", "n/a") for x in rows), [x["check"] for x in rows]
+    fused = [x for x in rows if x["contender"] == "fusedopt"]
+    assert len(fused) == 4 and all(x["ms"] > 0 and x["gb_per_s"] > 0 for x in fused)
+    assert all(x["speedup_vs_raw"] and x["speedup_vs_keras"] for x in fused)
+    png = (tmp_path / "out.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_many_suite_and_other_dtypes(tmp_path):
+    r, data = bench(tmp_path, "--suite", "many", "--many", "30x500", "--algorithms", "lamb,sgd",
+                    "--dtypes", "float32,bfloat16", "--repeats", "1", "--warmup", "0", "--no-xla")
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_schema(data)
+    cases = {(x["algorithm"], x["dtype"]) for x in data["rows"]}
+    assert cases == {("lamb", "float32"), ("lamb", "bfloat16"), ("sgd", "float32"),
+                     ("sgd", "bfloat16")}
+    assert all(x["tensors"] == 30 for x in data["rows"])
+    assert all(not x["check"].startswith("WRONG") for x in data["rows"])
+
+
+def test_models_suite(tmp_path):
+    r, data = bench(tmp_path, "--suite", "models", "--models", "resnet50", "--repeats", "1",
+                    "--warmup", "0", "--no-xla")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [x for x in data["rows"] if x["contender"] == "fusedopt"]
+    assert rows[0]["case"] == "ResNet-50" and rows[0]["tensors"] == 214
+    assert 25_000_000 < rows[0]["elements"] < 26_000_000
+    assert rows[0]["check"] == "ok"
+
+
+def test_fit_and_sparse_suites(tmp_path):
+    r, data = bench(tmp_path, "--suite", "fit", "--suite", "sparse", "--quick")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = data["rows"]
+    assert {x["contender"] for x in rows} == {"fusedopt", "keras"}
+    assert all(x["check"] == "ok" and x["ms"] > 0 for x in rows)
+    assert "suite sparse: not available yet" in r.stdout
+
+
+def test_check_reports_an_injected_wrong_contender_and_does_not_time_it(tmp_path):
+    r, data = bench(tmp_path, "--suite", "sizes", "--sizes", "5000", "--repeats", "1",
+                    "--warmup", "0", "--no-xla", "--inject-wrong")
+    assert r.returncode == 0, r.stderr[-3000:]
+    wrong = [x for x in data["rows"] if x["contender"] == "injected-wrong"]
+    assert len(wrong) == 1 and wrong[0]["check"].startswith("WRONG")
+    assert wrong[0]["ms"] is None
+    assert "WRONG" in r.stdout
+    assert all(x["check"] in ("ok", "n/a") for x in data["rows"] if x["contender"] != "injected-wrong")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--suite", "nope"], "unknown suite 'nope'"),
+        (["--algorithms", "adamz"], "unknown algorithm 'adamz'"),
+        (["--dtypes", "int8"], "unknown dtype 'int8'"),
+        (["--models", "gpt5"], "unknown model 'gpt5'"),
+        (["--many", "ten-by-five"], "--many takes COUNTxSIZE"),
+        (["--json", "/nonexistent-dir/x.json"], "cannot write --json output"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    r = subprocess.run([sys.executable, "-m", "fusedopt.bench", "--plot", "", *args],
+                       capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
