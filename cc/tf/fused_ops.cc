@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,20 @@ absl::Status ReadStep(OpKernelContext* ctx, int64_t* step) {
   if (*step < 1) return Invalid(absl::StrCat("'step' must be >= 1, got ", *step));
   return absl::OkStatus();
 }
+
+// The fusedopt storage type of a TensorFlow element type (same bits).
+template <typename T>
+struct StorageOf {
+  using type = T;
+};
+template <>
+struct StorageOf<Eigen::half> {
+  using type = Half;
+};
+template <>
+struct StorageOf<Eigen::bfloat16> {
+  using type = BFloat16;
+};
 
 // ---- Specs -------------------------------------------------------------------
 
@@ -405,6 +420,37 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Coeffs& co
   }
 }
 
+// Reads a call's scalars, step and options, and looks up its variables and
+// slot lists (checking the list lengths); shared by the dense and sparse ops.
+template <typename Spec>
+absl::Status ReadCall(OpKernelContext* ctx, const Spec& spec, bool skip_nonfinite, int n,
+                      PlanInput* in, GradOptions* options, VariableSet* vars, int* var0,
+                      std::vector<int>* slot_first) {
+  in->scalars.resize(Spec::kScalars.size());
+  for (size_t k = 0; k < Spec::kScalars.size(); ++k) {
+    TF_RETURN_IF_ERROR(ReadScalar(ctx, Spec::kScalars[k], &in->scalars[k]));
+  }
+  if constexpr (Spec::kHasStep) TF_RETURN_IF_ERROR(ReadStep(ctx, &in->step));
+  TF_RETURN_IF_ERROR(ReadGradOptions(ctx, skip_nonfinite, options));
+  TF_RETURN_IF_ERROR(vars->Lookup("vars", var0));
+  for (const SlotSpec& slot : Spec::kSlots) {
+    int first = 0;
+    TF_RETURN_IF_ERROR(vars->Lookup(slot.input, &first));
+    const int count = vars->size() - first;
+    if (count == 0 && slot.optional) {
+      in->slot_given.push_back(false);
+      continue;
+    }
+    if (count != n) {
+      return Invalid(absl::StrCat(slot.input, " has ", count, " entries but there are ", n,
+                                  " variables", slot.optional ? " (give none or one each)" : ""));
+    }
+    in->slot_given.push_back(true);
+    slot_first->push_back(first);
+  }
+  return absl::OkStatus();
+}
+
 // ---- The generic kernel ------------------------------------------------------
 
 template <Backend B, typename T, typename Spec>
@@ -424,33 +470,12 @@ class FusedApplyOp : public OpKernel {
     const int n = grads.size();
 
     PlanInput in;
-    in.scalars.resize(Spec::kScalars.size());
-    for (size_t k = 0; k < Spec::kScalars.size(); ++k) {
-      TF_RETURN_IF_ERROR(ReadScalar(ctx, Spec::kScalars[k], &in.scalars[k]));
-    }
-    if constexpr (Spec::kHasStep) TF_RETURN_IF_ERROR(ReadStep(ctx, &in.step));
     GradOptions options;
-    TF_RETURN_IF_ERROR(ReadGradOptions(ctx, skip_nonfinite_, &options));
-
     VariableSet vars(ctx);
     int var0 = 0;
-    TF_RETURN_IF_ERROR(vars.Lookup("vars", &var0));
     std::vector<int> slot_first;  // first index in `vars` of each given slot list
-    for (const SlotSpec& slot : Spec::kSlots) {
-      int first = 0;
-      TF_RETURN_IF_ERROR(vars.Lookup(slot.input, &first));
-      const int count = vars.size() - first;
-      if (count == 0 && slot.optional) {
-        in.slot_given.push_back(false);
-        continue;
-      }
-      if (count != n) {
-        return Invalid(absl::StrCat(slot.input, " has ", count, " entries but there are ", n,
-                                    " variables", slot.optional ? " (give none or one each)" : ""));
-      }
-      in.slot_given.push_back(true);
-      slot_first.push_back(first);
-    }
+    TF_RETURN_IF_ERROR(ReadCall<Spec>(ctx, spec_, skip_nonfinite_, n, &in, &options, &vars, &var0,
+                                      &slot_first));
     Plan plan;
     TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
 
@@ -524,6 +549,284 @@ class FusedApplyOp : public OpKernel {
   bool skip_nonfinite_ = false;
 };
 
+// ---- Sparse (IndexedSlices) updates ----------------------------------------------
+//
+// Note [sparse updates]: gradient rows arrive as (values [K, ...], indices [K])
+// for a variable of rank >= 1. Before anything is written, every index is
+// checked against the variable's row count (the first bad one is named), and
+// duplicates are summed, deterministically, into a compact buffer of the
+// unique rows in row order (each row's duplicates added in position order).
+// Then:
+//  * exact: every row of the variable is updated, rows without a gradient with
+//    a zero gradient (so their slots decay as in Keras' densified update), in
+//    one pass; no dense gradient is materialized (runs of gradient-less rows
+//    read one shared zero buffer);
+//  * lazy: only the unique rows are updated (TF Addons' LazyAdam semantics),
+//    weight decay included; cost proportional to the rows touched.
+// The gradient options act on the summed rows (norms equal the densified
+// gradient's). LAMB has only the exact form: its trust ratio needs the whole
+// variable.
+
+// One contiguous run of elements: var and slots from `offset`, gradient from
+// `grad`, `length` elements.
+struct Item {
+  int tensor;
+  int64_t offset;
+  const void* grad;
+  int64_t length;
+};
+
+template <typename T, typename Index>
+absl::Status DedupRows(OpKernelContext* ctx, int i, const tensorflow::Tensor& values,
+                       const tensorflow::Tensor& indices, int64_t rows, int64_t row_size,
+                       const std::string& var_label, std::vector<int64_t>* unique_rows,
+                       tensorflow::Tensor* compact) {
+  using M = opmath_t<typename StorageOf<T>::type>;
+  using S = typename StorageOf<T>::type;
+  const auto idx = indices.flat<Index>();
+  const int64_t k = idx.size();
+  for (int64_t p = 0; p < k; ++p) {
+    const int64_t r = static_cast<int64_t>(idx(p));
+    if (r < 0 || r >= rows) {
+      return Invalid(absl::StrCat("grad_indices[", i, "] has index ", r, " at position ", p,
+                                  ", outside [0, ", rows, ") for ", var_label,
+                                  "; nothing was updated"));
+    }
+  }
+  std::vector<int64_t> order(k);
+  for (int64_t p = 0; p < k; ++p) order[p] = p;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return idx(a) < idx(b); });
+  unique_rows->clear();
+  for (int64_t q = 0; q < k; ++q) {
+    const int64_t r = static_cast<int64_t>(idx(order[q]));
+    if (unique_rows->empty() || unique_rows->back() != r) unique_rows->push_back(r);
+  }
+  const int64_t u = static_cast<int64_t>(unique_rows->size());
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DataTypeToEnum<T>::value,
+                                        tensorflow::TensorShape({u * row_size}), compact));
+  const S* src = reinterpret_cast<const S*>(values.tensor_data().data());
+  S* dst = reinterpret_cast<S*>(const_cast<char*>(compact->tensor_data().data()));
+  std::vector<M> acc(row_size);
+  int64_t q = 0;
+  for (int64_t j = 0; j < u; ++j) {
+    std::fill(acc.begin(), acc.end(), M(0));
+    for (; q < k && static_cast<int64_t>(idx(order[q])) == (*unique_rows)[j]; ++q) {
+      const S* row = src + order[q] * row_size;
+      for (int64_t e = 0; e < row_size; ++e) acc[e] += Load(row[e]);
+    }
+    for (int64_t e = 0; e < row_size; ++e) dst[j * row_size + e] = Store<S>(acc[e]);
+  }
+  return absl::OkStatus();
+}
+
+// Splits the work of tensor i into items of at most kChunkElements elements.
+void PlanItems(int i, bool exact, int64_t rows, int64_t row_size,
+               const std::vector<int64_t>& unique_rows, const char* compact, const char* zeros,
+               int64_t zero_elements, int elem_bytes, std::vector<Item>* items) {
+  if (row_size == 0) return;
+  const int64_t max_len = std::max<int64_t>(cpu::kChunkElements, row_size);
+  auto emit = [&](int64_t offset, const char* grad, int64_t length, bool zero) {
+    // Zero-gradient runs restart at the buffer's start; gradient runs advance.
+    for (int64_t done = 0; done < length;) {
+      const int64_t limit = zero ? zero_elements : max_len;
+      const int64_t len = std::min(length - done, limit);
+      items->push_back(Item{i, offset + done, zero ? zeros : grad + done * elem_bytes, len});
+      done += len;
+    }
+  };
+  const int64_t u = static_cast<int64_t>(unique_rows.size());
+  int64_t j = 0, row = 0;
+  while (j < u) {
+    const int64_t start = unique_rows[j];
+    if (exact && row < start) emit(row * row_size, nullptr, (start - row) * row_size, true);
+    int64_t end = j + 1;
+    while (end < u && unique_rows[end] == unique_rows[end - 1] + 1) ++end;
+    emit(start * row_size, compact + j * row_size * elem_bytes, (end - j) * row_size, false);
+    row = unique_rows[end - 1] + 1;
+    j = end;
+  }
+  if (exact && row < rows) emit(row * row_size, nullptr, (rows - row) * row_size, true);
+}
+
+template <typename T, typename Spec, typename Index>
+class SparseApplyOp : public OpKernel {
+ public:
+  explicit SparseApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
+    std::string mode;
+    OP_REQUIRES_OK(c, c->GetAttr("mode", &mode));
+    exact_ = mode == "exact";
+    constexpr bool kIsLamb = std::is_same_v<Spec, LambSpec>;
+    OP_REQUIRES(c, exact_ || !kIsLamb,
+                Invalid("LAMB has no lazy sparse mode (its trust ratio needs the whole "
+                        "variable); use mode='exact'"));
+  }
+
+  void Compute(OpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompute(ctx)); }
+
+ private:
+  absl::Status DoCompute(OpKernelContext* ctx) {
+    using S = typename StorageOf<T>::type;
+    const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::value;
+    OpInputList values, indices;
+    TF_RETURN_IF_ERROR(ctx->input_list("grad_values", &values));
+    TF_RETURN_IF_ERROR(ctx->input_list("grad_indices", &indices));
+    const int n = values.size();
+
+    PlanInput in;
+    GradOptions options;
+    VariableSet vars(ctx);
+    int var0 = 0;
+    std::vector<int> slot_first;
+    TF_RETURN_IF_ERROR(ReadCall<Spec>(ctx, spec_, skip_nonfinite_, n, &in, &options, &vars, &var0,
+                                      &slot_first));
+    Plan plan;
+    TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
+    tensorflow::Tensor* skipped = nullptr;
+    TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
+    skipped->scalar<bool>()() = false;
+
+    TF_RETURN_IF_ERROR(vars.CheckDistinctAndLock());
+    std::vector<int64_t> rows(n), row_size(n);
+    for (int i = 0; i < n; ++i) {
+      TF_RETURN_IF_ERROR(vars.ValidateDtype(var0 + i, dtype));
+      const tensorflow::TensorShape& shape = vars.tensor(var0 + i)->shape();
+      if (shape.dims() < 1) {
+        return Invalid(absl::StrCat(vars.label(var0 + i),
+                                    " is a scalar; sparse updates need rank >= 1"));
+      }
+      const tensorflow::Tensor& iv = indices[i];
+      if (iv.dims() != 1) {
+        return Invalid(absl::StrCat("grad_indices[", i, "] must be a vector, got shape ",
+                                    iv.shape().DebugString()));
+      }
+      tensorflow::TensorShape want = shape;
+      want.set_dim(0, iv.dim_size(0));
+      if (values[i].shape() != want) {
+        return Invalid(absl::StrCat("grad_values[", i, "] has shape ",
+                                    values[i].shape().DebugString(), " but ", vars.label(var0 + i),
+                                    " of shape ", shape.DebugString(), " with ", iv.dim_size(0),
+                                    " indices needs ", want.DebugString()));
+      }
+      for (int first : slot_first) {
+        TF_RETURN_IF_ERROR(vars.ValidateDtype(first + i, dtype));
+        TF_RETURN_IF_ERROR(vars.ValidateShape(first + i, shape, vars.label(var0 + i)));
+      }
+      rows[i] = shape.dim_size(0);
+      row_size[i] = rows[i] == 0 ? 0 : shape.num_elements() / rows[i];
+    }
+
+    // Index validation and duplicate summing: still nothing written.
+    std::vector<std::vector<int64_t>> unique(n);
+    std::vector<tensorflow::Tensor> compact(n);
+    Operands ops;
+    ops.n = n;
+    ops.num_slots = static_cast<int>(slot_first.size());
+    int64_t max_row = 0;
+    for (int i = 0; i < n; ++i) {
+      TF_RETURN_IF_ERROR(DedupRows<T, Index>(ctx, i, values[i], indices[i], rows[i], row_size[i],
+                                             vars.label(var0 + i), &unique[i], &compact[i]));
+      ops.grads.push_back(compact[i].tensor_data().data());
+      ops.sizes.push_back(compact[i].NumElements());
+      max_row = std::max(max_row, row_size[i]);
+    }
+    const int dt = DTypeIndex(dtype);
+    std::vector<double> sum_sq(n, 0.0);
+    if (options.NeedsStats()) {
+      bool nonfinite = false;
+      GradStatsCpu(ctx, ops, dt, static_cast<int>(sizeof(S)), &sum_sq, &nonfinite);
+      if (nonfinite && options.skip_nonfinite) {
+        skipped->scalar<bool>()() = true;
+        return absl::OkStatus();
+      }
+    }
+    ops.xforms = MakeXforms(options, sum_sq);
+    ops.transform = options.Transforms();
+    TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
+
+    // A shared zero gradient for exact mode's gradient-less rows.
+    tensorflow::Tensor zeros;
+    const int64_t zero_elements = std::max<int64_t>(cpu::kChunkElements, max_row);
+    if (exact_) {
+      TF_RETURN_IF_ERROR(ctx->allocate_temp(dtype, tensorflow::TensorShape({zero_elements}),
+                                            &zeros));
+      std::memset(const_cast<char*>(zeros.tensor_data().data()), 0, zeros.tensor_data().size());
+    }
+    std::vector<Item> items;
+    for (int i = 0; i < n; ++i) {
+      PlanItems(i, exact_, rows[i], row_size[i], unique[i], compact[i].tensor_data().data(),
+                exact_ ? zeros.tensor_data().data() : nullptr, zero_elements,
+                static_cast<int>(sizeof(S)), &items);
+    }
+    std::vector<char*> var_base(n);
+    std::vector<std::array<char*, kMaxSlots>> slot_base(n);
+    for (int i = 0; i < n; ++i) {
+      var_base[i] = static_cast<char*>(vars.data(var0 + i));
+      for (int k = 0; k < ops.num_slots; ++k) {
+        slot_base[i][k] = static_cast<char*>(vars.data(slot_first[k] + i));
+      }
+    }
+    // RunChunks over items: chunk.tensor is the item's index.
+    std::vector<cpu::Chunk> chunks;
+    chunks.reserve(items.size());
+    for (size_t k = 0; k < items.size(); ++k) {
+      chunks.push_back(cpu::Chunk{static_cast<int32_t>(k), 0, items[k].length});
+    }
+    auto pointers = [&](const Item& it, void** var, std::array<void*, kMaxSlots>* slots) {
+      const int64_t off = it.offset * static_cast<int64_t>(sizeof(S));
+      *var = var_base[it.tensor] + off;
+      for (int k = 0; k < ops.num_slots; ++k) (*slots)[k] = slot_base[it.tensor][k] + off;
+    };
+    const bool decay = plan.coeffs.c[kDecay] != 0.0;
+    const cpu::KernelTable& table = cpu::SelectedKernels();
+    const int bytes = static_cast<int>(sizeof(S)) * (3 + 2 * ops.num_slots);
+    if constexpr (std::is_same_v<Spec, LambSpec>) {
+      std::vector<double> w_sq(items.size(), 0.0), u_sq(items.size(), 0.0);
+      RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
+        const Item& it = items[c.tensor];
+        void* var;
+        std::array<void*, kMaxSlots> slots{};
+        pointers(it, &var, &slots);
+        table.lamb_pass1[dt][decay][ops.transform](plan.coeffs, ops.xforms[it.tensor], var,
+                                                   slots.data(), it.grad, 0, it.length,
+                                                   &w_sq[c.tensor], &u_sq[c.tensor]);
+      });
+      std::vector<double> w(n, 0.0), u(n, 0.0), ratio_lr(n);
+      for (size_t k = 0; k < items.size(); ++k) {
+        w[items[k].tensor] += w_sq[k];
+        u[items[k].tensor] += u_sq[k];
+      }
+      for (int i = 0; i < n; ++i) {
+        ratio_lr[i] = LambRule::TrustRatio(w[i], u[i]) * plan.coeffs.c[LambRule::kLr];
+      }
+      RunChunks(ctx, chunks, static_cast<int>(sizeof(S)) * 4, [&](const cpu::Chunk& c) {
+        const Item& it = items[c.tensor];
+        void* var;
+        std::array<void*, kMaxSlots> slots{};
+        pointers(it, &var, &slots);
+        table.lamb_pass2[dt][decay](plan.coeffs, ratio_lr[it.tensor], var, slots.data(), 0,
+                                    it.length);
+      });
+    } else {
+      const cpu::ElementwiseFn fn =
+          table.elementwise[static_cast<int>(Spec::kAlgo)][dt][plan.variant][decay][ops.transform];
+      RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
+        const Item& it = items[c.tensor];
+        void* var;
+        std::array<void*, kMaxSlots> slots{};
+        pointers(it, &var, &slots);
+        fn(plan.coeffs, ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
+      });
+    }
+    return absl::OkStatus();
+  }
+
+  Spec spec_;
+  bool skip_nonfinite_ = false;
+  bool exact_ = true;
+};
+
 // ---- Registration --------------------------------------------------------------
 
 #define FUSEDOPT_REGISTER_CPU(OP, SPEC, T)                                               \
@@ -547,6 +850,33 @@ FUSEDOPT_REGISTER_ALL_CPU("ApplyAdadelta", AdadeltaSpec)
 FUSEDOPT_REGISTER_ALL_CPU("ApplyFtrl", FtrlSpec)
 FUSEDOPT_REGISTER_ALL_CPU("ApplyLion", LionSpec)
 FUSEDOPT_REGISTER_ALL_CPU("ApplyLamb", LambSpec)
+
+#define FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, T, I)                                     \
+  REGISTER_KERNEL_BUILDER(Name("Fusedopt>Sparse" OP)                                    \
+                              .Device(tensorflow::DEVICE_CPU)                           \
+                              .TypeConstraint<T>("T")                                   \
+                              .TypeConstraint<I>("Tindices"),                           \
+                          SparseApplyOp<T, SPEC, I>);
+#define FUSEDOPT_REGISTER_SPARSE_ALL_CPU(OP, SPEC)                   \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::half, int32_t)       \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::bfloat16, int32_t)   \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, float, int32_t)             \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, double, int32_t)            \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::half, int64_t)       \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::bfloat16, int64_t)   \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, float, int64_t)             \
+  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, double, int64_t)
+
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplySGD", SgdSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdam", AdamSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyNadam", NadamSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdamax", AdamaxSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyRmsprop", RmspropSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdagrad", AdagradSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdadelta", AdadeltaSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyFtrl", FtrlSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyLion", LionSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyLamb", LambSpec)
 
 #if defined(FUSEDOPT_WITH_CUDA)
 // Note [GPU hyperparameters]: for now the scalar hyperparameters (and the

@@ -607,6 +607,411 @@ non-scalar hyperparameter) the op raises InvalidArgument and no variable
 changes.
 )doc");
 
+REGISTER_OP("Fusedopt>SparseApplySGD")
+    .Input("vars: N * resource")
+    .Input("momenta: M * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("momentum: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("M: int >= 0")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .Attr("nesterov: bool = false")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "momentum", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplySGD with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyAdam")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("vhat: K * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("K: int >= 0")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyAdam with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyNadam")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("u_product: Tscalar")
+    .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyNadam with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyAdamax")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("u: N * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyAdamax with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyRmsprop")
+    .Input("vars: N * resource")
+    .Input("velocity: N * resource")
+    .Input("momenta: M * resource")
+    .Input("average_gradient: C * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("rho: Tscalar")
+    .Input("momentum: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("M: int >= 0")
+    .Attr("C: int >= 0")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "rho", "momentum", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyRmsprop with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyAdagrad")
+    .Input("vars: N * resource")
+    .Input("accumulator: N * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyAdagrad with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyAdadelta")
+    .Input("vars: N * resource")
+    .Input("accumulated_grad: N * resource")
+    .Input("accumulated_delta_var: N * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("rho: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "rho", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyAdadelta with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyFtrl")
+    .Input("vars: N * resource")
+    .Input("accumulator: N * resource")
+    .Input("linear: N * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("learning_rate_power: Tscalar")
+    .Input("l1: Tscalar")
+    .Input("l2: Tscalar")
+    .Input("l2_shrinkage: Tscalar")
+    .Input("beta: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyFtrl with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyLion")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyLion with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
+REGISTER_OP("Fusedopt>SparseApplyLamb")
+    .Input("vars: N * resource")
+    .Input("m: N * resource")
+    .Input("v: N * resource")
+    .Input("grad_values: N * T")
+    .Input("grad_indices: N * Tindices")
+    .Input("lr: Tscalar")
+    .Input("beta_1: Tscalar")
+    .Input("beta_2: Tscalar")
+    .Input("epsilon: Tscalar")
+    .Input("weight_decay: Tscalar")
+    .Input("step: int64")
+    .Input("grad_scale: Tscalar")
+    .Input("clip_value: Tscalar")
+    .Input("clip_norm: Tscalar")
+    .Input("global_clip_norm: Tscalar")
+    .Output("skipped: bool")
+    .Attr("N: int >= 1")
+    .Attr("T: {half, bfloat16, float, double}")
+    .Attr("Tscalar: {float, double}")
+    .Attr("skip_nonfinite: bool = false")
+    .Attr("Tindices: {int32, int64}")
+    .Attr("mode: {'exact', 'lazy'} = 'exact'")
+    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
+          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
+      c->set_output(0, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Fusedopt>ApplyLamb with IndexedSlices gradients: grad_values[i] holds rows
+grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
+hyperparameters, gradient options and validation as the dense op, plus: every
+index must lie in [0, rows) (the first bad one is named; nothing is written),
+and duplicate indices are summed, deterministically, before the update.
+mode='exact': every row is updated, rows without a gradient with a zero
+gradient — the same result as the dense op on the densified gradient, without
+materializing it. mode='lazy': only the rows present are updated (weight decay
+included), at a cost proportional to them (TF Addons' LazyAdam semantics).
+LAMB supports only 'exact'. CPU only for now.
+)doc");
+
 REGISTER_OP("Fusedopt>StreamTriad")
     .Input("a: resource")
     .Input("b: float")

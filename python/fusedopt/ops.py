@@ -84,6 +84,12 @@ __doc__ += """
       At most one of the three clippings; None disables it.
     - ``skip_nonfinite``: if any gradient element is inf or NaN, write nothing.
 
+    Sparse gradients: pass ``tf.IndexedSlices`` (all of a call's gradients) to
+    run the op's sparse twin (``Fusedopt>SparseApply*``, CPU): indices are
+    validated before anything is written and duplicates summed;
+    ``sparse_mode="exact"`` (default) gives the dense result on the densified
+    gradient, ``"lazy"`` updates only the rows present (LazyAdam semantics).
+
     Returns the op's ``skipped`` output: a scalar bool tensor, True when
     ``skip_nonfinite`` found a non-finite gradient and nothing was written.
 """  # noqa: A001
@@ -111,19 +117,39 @@ def _apply(
     clipnorm: TensorLike | None = None,
     global_clipnorm: TensorLike | None = None,
     skip_nonfinite: bool = False,
+    sparse_mode: str = "exact",
     **attrs: Any,
 ) -> tf.Tensor:
-    """Validates list lengths, converts inputs and calls one fused op."""
+    """Validates list lengths, converts inputs and calls one fused op (its
+    sparse twin when the gradients are tf.IndexedSlices)."""
     if len(variables) == 0:
         raise _invalid(f"{op_name} needs at least one variable")
     _check_lengths(len(variables), gradients=gradients, **slots)
+    sparse = [isinstance(g, tf.IndexedSlices) for g in gradients]
+    if any(sparse) and not all(sparse):
+        raise _invalid(
+            "a call takes either all dense or all tf.IndexedSlices gradients; split the "
+            "variables into two calls"
+        )
+    if sparse_mode not in ("exact", "lazy"):
+        raise _invalid(f"sparse_mode must be 'exact' or 'lazy', got {sparse_mode!r}")
     given = [n for n, v in [("clipvalue", clipvalue), ("clipnorm", clipnorm),
                             ("global_clipnorm", global_clipnorm)] if v is not None]
     if len(given) > 1:
         raise _invalid(f"at most one of clipvalue, clipnorm and global_clipnorm; got {given}")
-    grads = [tf.convert_to_tensor(g) for g in gradients]
-    sdt = _scalar_dtype(grads)
-    kwargs: dict[str, Any] = {"vars": _handles(variables, "variables"), "grads": grads}
+    kwargs: dict[str, Any] = {"vars": _handles(variables, "variables")}
+    if all(sparse):
+        values = [tf.convert_to_tensor(g.values) for g in gradients]
+        indices = [tf.convert_to_tensor(g.indices) for g in gradients]
+        if len({i.dtype for i in indices}) > 1:
+            indices = [tf.cast(i, tf.int64) for i in indices]
+        kwargs.update(grad_values=values, grad_indices=indices, mode=sparse_mode)
+        op_name = "fusedopt_sparse_" + op_name[len("fusedopt_"):]
+        sdt = _scalar_dtype(values)
+    else:
+        grads = [tf.convert_to_tensor(g) for g in gradients]
+        kwargs["grads"] = grads
+        sdt = _scalar_dtype(grads)
     for slot_name, slot_vars in slots.items():
         kwargs[slot_name] = _handles(slot_vars or [], slot_name)
     for scalar_name, value in scalars.items():

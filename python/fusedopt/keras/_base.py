@@ -14,13 +14,16 @@ two hooks of the TensorFlow backend:
   decay and the clipping are fused into the same pass. Clipping therefore
   happens after the cross-replica gradient sum (Keras clips each replica's
   partial gradient before it). Global-norm clipping is fused when one op call
-  sees every gradient (a single group, no sparse gradients); otherwise Keras'
+  sees every gradient (a single group); otherwise Keras'
   own global clipping runs first, over all gradients.
+
+Sparse (IndexedSlices) gradients, e.g. from Embedding layers, go to the sparse
+ops (their own group and call), with ``sparse_mode`` "exact" (default: the
+built-in's numbers) or "lazy" (only the rows present; LazyAdam semantics).
 
 Where the fused kernels cannot run, the built-in code path runs instead, with
 the same numbers: inside XLA compilation (a custom op has no XLA kernel; a
-warning says so once), and for sparse (IndexedSlices) gradients until the
-sparse kernels land.
+warning says so once).
 """
 
 from __future__ import annotations
@@ -66,12 +69,37 @@ def keras_scalar(x: Any) -> tf.Tensor:
     return x
 
 
+def _cast_grad(g, dtype):
+    if isinstance(g, tf.IndexedSlices):
+        return tf.IndexedSlices(tf.cast(g.values, dtype), g.indices, g.dense_shape)
+    return tf.cast(g, dtype)
+
+
 def _colocated(var):
     return tf_ops.colocate_with(var)
 
 
 class FusedOptimizerMixin:
-    """Mixin placed before a built-in ``keras.optimizers.*`` class."""
+    """Mixin placed before a built-in ``keras.optimizers.*`` class.
+
+    Adds one constructor argument, ``sparse_mode`` ("exact" or "lazy"), saved in
+    the config only when it is not the default, so configs equal the built-in's.
+    """
+
+    def __init__(self, *args, sparse_mode: str = "exact", **kwargs):
+        if sparse_mode not in ("exact", "lazy"):
+            raise ValueError(f"sparse_mode must be 'exact' or 'lazy', got {sparse_mode!r}")
+        if sparse_mode == "lazy" and isinstance(self, keras.optimizers.Lamb):
+            raise ValueError("Lamb has no lazy sparse mode: its trust ratio needs the whole "
+                             "variable; use sparse_mode='exact'")
+        super().__init__(*args, **kwargs)
+        self.sparse_mode = sparse_mode
+
+    def get_config(self):
+        config = super().get_config()
+        if self.sparse_mode != "exact":
+            config["sparse_mode"] = self.sparse_mode
+        return config
 
     def _fused_apply(
         self,
@@ -120,9 +148,9 @@ class FusedOptimizerMixin:
             return {"clipvalue": self.clipvalue}
         return {}
 
-    def _group_key(self, var) -> tuple[str, tf.DType, bool]:
+    def _group_key(self, var, grad) -> tuple[str, tf.DType, bool, bool]:
         decays = self.weight_decay is not None and self._use_weight_decay(var)
-        return (var.device, var.dtype.base_dtype, decays)
+        return (var.device, var.dtype.base_dtype, decays, isinstance(grad, tf.IndexedSlices))
 
     def _fused_clip_plan(self, grads_and_vars):
         """Decides where each clipping runs; returns (grads_and_vars, op options).
@@ -132,18 +160,11 @@ class FusedOptimizerMixin:
         options = self._clip_options()
         if not options:
             return grads_and_vars, {}
-        sparse = [isinstance(g, tf.IndexedSlices) for g, _ in grads_and_vars]
-        groups = {self._group_key(v) for (g, v), s in zip(grads_and_vars, sparse) if not s}
-        if "global_clipnorm" in options and (any(sparse) or len(groups) > 1):
+        groups = {self._group_key(v, g) for g, v in grads_and_vars}
+        if "global_clipnorm" in options and len(groups) > 1:
             # No single op call sees every gradient: Keras' own global clipping.
             grads = super()._clip_gradients([g for g, _ in grads_and_vars])
             return list(zip(grads, [v for _, v in grads_and_vars])), {}
-        if any(sparse):
-            # Sparse gradients take Keras' update path: clip them as Keras does.
-            grads_and_vars = [
-                (super(FusedOptimizerMixin, self)._clip_gradients([g])[0] if s else g, v)
-                for (g, v), s in zip(grads_and_vars, sparse)
-            ]
         return grads_and_vars, options
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
@@ -170,19 +191,19 @@ class FusedOptimizerMixin:
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate, clip):
         groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
-            if isinstance(grad, tf.IndexedSlices):
-                self._builtin_update_one(distribution, grad, var, learning_rate)
-                continue
-            groups.setdefault(self._group_key(var), []).append((grad, var))
+            groups.setdefault(self._group_key(var, grad), []).append((grad, var))
 
-        for (_, dtype, decays), items in groups.items():
+        for (_, dtype, decays, sparse), items in groups.items():
             variables = [v for _, v in items]
             weight_decay = self.weight_decay if decays else 0.0
 
-            def apply_group(_first, group_grads, variables=variables, dtype=dtype, wd=weight_decay):
+            def apply_group(_first, group_grads, variables=variables, dtype=dtype, wd=weight_decay,
+                            sparse=sparse):
                 # Inside the update context, v.handle is this replica's component.
-                group_grads = [tf.cast(g, dtype) for g in group_grads]
+                group_grads = [_cast_grad(g, dtype) for g in group_grads]
                 options = {k: keras_scalar(v) for k, v in clip.items()}
+                if sparse:
+                    options["sparse_mode"] = self.sparse_mode
                 return self._fused_apply(variables, group_grads, learning_rate, wd, **options)
 
             group_grads = [g for g, _ in items]
@@ -195,14 +216,3 @@ class FusedOptimizerMixin:
                 distribution.extended.update(
                     variables[0], apply_group, args=(group_grads,), group=False
                 )
-
-    def _builtin_update_one(self, distribution, grad, var, learning_rate):
-        """Keras' own decay and update for one variable (sparse gradients)."""
-
-        def update(v, g, lr):
-            if self.weight_decay is not None and self._use_weight_decay(v):
-                wd = tf.cast(self.weight_decay, v.dtype)
-                v.assign_sub(v * wd * tf.cast(lr, v.dtype))
-            return self.update_step(g, v, lr)
-
-        distribution.extended.update(var, update, args=(grad, learning_rate), group=False)
