@@ -79,13 +79,26 @@ def test_models_suite(tmp_path):
     assert rows[0]["check"] == "ok"
 
 
-def test_fit_and_sparse_suites(tmp_path):
-    r, data = bench(tmp_path, "--suite", "fit", "--suite", "sparse", "--quick")
+def test_fit_suite(tmp_path):
+    r, data = bench(tmp_path, "--suite", "fit", "--quick")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = data["rows"]
     assert {x["contender"] for x in rows} == {"fusedopt", "keras"}
     assert all(x["check"] == "ok" and x["ms"] > 0 for x in rows)
-    assert "suite sparse: not available yet" in r.stdout
+
+
+def test_sparse_suite_checks_each_semantics(tmp_path):
+    r, data = bench(tmp_path, "--suite", "sparse", "--quick", "--repeats", "1", "--warmup", "0",
+                    "--inject-wrong")
+    assert r.returncode == 0, r.stderr[-3000:]
+    by = {x["contender"]: x for x in data["rows"]}
+    assert {"fusedopt exact", "fusedopt lazy", "keras", "keras+XLA", "roofline"} <= set(by)
+    for name in ("fusedopt exact", "fusedopt lazy", "keras"):
+        assert by[name]["check"] == "ok", by[name]
+        assert by[name]["ms"] > 0
+    # The lazy update judged against the exact semantics: caught, not timed.
+    assert by["injected-wrong"]["check"].startswith("WRONG")
+    assert by["injected-wrong"]["ms"] is None
 
 
 def test_check_reports_an_injected_wrong_contender_and_does_not_time_it(tmp_path):

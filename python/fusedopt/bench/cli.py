@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(with and without XLA) and the memory-bandwidth roofline.",
     )
     p.add_argument("--suite", action="append", default=None,
-                   help=f"suite to run, repeatable: {', '.join(SUITES)} (default: sizes, many, "
-                   "models, fit; --quick: sizes, many, fit)")
+                   help=f"suite to run, repeatable: {', '.join(SUITES)} (default: all; --quick: all "
+                   "but models)")
     p.add_argument("--algorithms", default="adam",
                    help="comma-separated algorithms for sizes/many/models (default: adam; "
                    "'all' for every one)")
@@ -95,8 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def validate(args: argparse.Namespace) -> None:
     from fusedopt.bench.algorithms import ALGORITHMS
 
-    suites = args.suite or (["sizes", "many", "fit"] if args.quick else
-                            ["sizes", "many", "models", "fit"])
+    suites = args.suite or (["sizes", "many", "sparse", "fit"] if args.quick else
+                            ["sizes", "many", "models", "sparse", "fit"])
     for s in suites:
         if s not in SUITES:
             raise UsageError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")

@@ -210,7 +210,136 @@ class Case:
         return "ok"
 
 
-def time_contenders(case: Case, names: list[str], repeats: int, warmup: int) -> dict[str, list]:
+class SparseCase:
+    """Adam on one embedding table with an IndexedSlices gradient of `k` rows
+    (with duplicates): fusedopt exact and lazy, Keras' built-in, roofline."""
+
+    def __init__(self, rows: int, dim: int, k: int, rng, xla: bool, inject_wrong: bool):
+        self.algo = ALGORITHMS["adam"]
+        self.dtype, self.shapes = "float32", [(rows, dim)]
+        self.elements = rows * dim
+        self.init = rng.standard_normal((rows, dim)).astype(np.float32)
+        idx = rng.integers(0, rows, size=k)
+        idx[: k // 8] = idx[k // 8: k // 4]  # duplicates
+        self.idx = idx.astype(np.int64)
+        self.vals = rng.standard_normal((k, dim)).astype(np.float32)
+        self.grad = tf.IndexedSlices(tf.constant(self.vals), tf.constant(self.idx),
+                                     tf.constant([rows, dim], tf.int64))
+        self.bytes = 28 * self.elements  # exact mode and the built-in touch the whole table
+        self.lazy_bytes = 28 * len(np.unique(self.idx)) * dim
+        # Non-zero starting moments, the same for every contender, so the
+        # check tells the exact and lazy semantics apart (from zero moments,
+        # rows without a gradient would not move in either).
+        self.m0 = (0.1 * rng.standard_normal((rows, dim))).astype(np.float32)
+        self.v0 = (0.1 + np.abs(rng.standard_normal((rows, dim)))).astype(np.float32)
+        self.k = tf.constant(int(max(1, min(50, 2e9 // self.bytes))))
+        self.contenders: dict[str, dict[str, Any]] = {}
+        for name, cls, cfg, jit in [
+            ("fusedopt exact", fk_adam(), dict(sparse_mode="exact"), False),
+            ("fusedopt lazy", fk_adam(), dict(sparse_mode="lazy"), False),
+            ("keras", keras.optimizers.Adam, {}, False),
+        ] + ([("keras+XLA", keras.optimizers.Adam, {}, True)] if xla else []) + (
+                [("injected-wrong", fk_adam(), dict(sparse_mode="lazy"), False)]
+                if inject_wrong else []):
+            self._add(name, cls, cfg, jit)
+        n = max(1, self.bytes // 12)
+        a, b = tf.Variable(np.ones(n, np.float32)), tf.constant(np.ones(n, np.float32))
+
+        @tf.function
+        def triad(steps):
+            for _ in tf.range(steps):
+                fops.stream_triad(a, b, 0.5)
+
+        self.contenders["roofline"] = dict(run=lambda: triad(self.k), step=None)
+
+    def _add(self, name, cls, cfg, jit):
+        var = keras.Variable(self.init)
+        opt = cls(learning_rate=1e-3, **cfg)
+        opt.build([var])
+        opt._momentums[0].assign(self.m0)
+        opt._velocities[0].assign(self.v0)
+        grad = self.grad
+        if name == "injected-wrong":  # the lazy op applied to the exact mode's question
+            name_check = "exact"
+        else:
+            name_check = {"fusedopt exact": "exact", "fusedopt lazy": "lazy"}.get(name, "keras")
+
+        @tf.function(jit_compile=jit)
+        def run(steps):
+            for _ in tf.range(steps):
+                opt.apply([grad], [var])
+
+        self.contenders[name] = dict(run=lambda: run(self.k), step=lambda: run(ONE), var=var,
+                                     opt=opt, semantics=name_check)
+
+    def check(self, name: str) -> str:
+        c = self.contenders[name]
+        if c.get("step") is None:
+            return "n/a"
+        from fusedopt.bench import reference as ref
+
+        var0 = c["var"].numpy().astype(np.float64)
+        m0 = c["opt"]._momentums[0].numpy().astype(np.float64)
+        v0 = c["opt"]._velocities[0].numpy().astype(np.float64)
+        c["step"]()
+        rows = np.unique(self.idx)
+        summed = np.zeros((len(rows), self.vals.shape[1]))
+        sq = np.zeros_like(summed)
+        pos = np.searchsorted(rows, self.idx)
+        np.add.at(summed, pos, self.vals.astype(np.float64))
+        np.add.at(sq, pos, self.vals.astype(np.float64) ** 2)
+        f = lambda x: float(np.float32(x))  # noqa: E731
+        lr, b1, b2, eps = f(1e-3), f(0.9), f(0.999), f(1e-7)
+        want = var0.copy()
+        if c["semantics"] == "lazy":
+            want[rows], _, _, _ = ref.adam_step(var0[rows], summed, lr, m0[rows], v0[rows], 1,
+                                                beta_1=b1, beta_2=b2, epsilon=eps)
+        else:
+            dense = np.zeros_like(var0)
+            dense[rows] = summed
+            if c["semantics"] == "exact":
+                want, _, _, _ = ref.adam_step(var0, dense, lr, m0, v0, 1, beta_1=b1, beta_2=b2,
+                                              epsilon=eps)
+            else:
+                # Keras' built-in on IndexedSlices: m sees the summed rows, v the
+                # sum of the squared duplicates (it squares before densifying).
+                dense_sq = np.zeros_like(var0)
+                dense_sq[rows] = sq
+                m = m0 + (dense - m0) * (1 - b1)
+                v = v0 + (dense_sq - v0) * (1 - b2)
+                alpha = lr * np.sqrt(1 - b2) / (1 - b1)
+                want = var0 - m * alpha / (np.sqrt(v) + eps)
+        got = c["var"].numpy().astype(np.float64)
+        bad = int(np.sum(np.abs(got - want) > 1e-5 * (np.abs(want) + 1.0)))
+        return "ok" if bad == 0 else f"WRONG: {bad} of {got.size} values off"
+
+
+def fk_adam():
+    return ALGORITHMS["adam"].fused_cls
+
+
+def run_sparse_case(label: str, case: SparseCase, args, rows_out: list[Row]) -> None:
+    status = {n: (case.check(n) if args.check else "skipped") for n in case.contenders}
+    timed = [n for n in case.contenders if not status[n].startswith("WRONG")]
+    times = time_contenders(case, timed, args.repeats, args.warmup)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    for name in case.contenders:
+        row = Row(suite="sparse", case=label, algorithm="adam", dtype="float32", tensors=1,
+                  elements=case.elements, contender=name, check=status[name],
+                  extra=dict(gradient_rows=len(case.idx), unique_rows=int(len(np.unique(case.idx)))))
+        if name in med:
+            row.ms, row.ms_min, row.ms_max = med[name], min(times[name]), max(times[name])
+            moved = case.lazy_bytes if name == "fusedopt lazy" else case.bytes
+            row.gb_per_s = moved / (row.ms * 1e-3) / 1e9
+            if "roofline" in med and name != "roofline":
+                roof_ms = med["roofline"] * moved / case.bytes
+                row.pct_roofline = roof_ms / row.ms * 100
+            if "keras" in med and name != "roofline":
+                row.speedup_vs_keras = med["keras"] / row.ms
+        rows_out.append(row)
+
+
+def time_contenders(case, names: list[str], repeats: int, warmup: int) -> dict[str, list]:
     for _ in range(warmup):
         for n in names:
             case.contenders[n]["run"]()
@@ -355,26 +484,32 @@ def run(args: argparse.Namespace) -> int:
                 plans.append((suite, f"{count} x {size:,}", lambda c=count, s=size: [(s,)] * c))
         elif suite == "models":
             plans += [(suite, MODELS[m][0], MODELS[m][1]) for m in args.models]
+    sparse_cases = []
+    if "sparse" in args.suite:
+        rows_, dim, k = (200_000, 64, 4096) if args.quick else (1_000_000, 64, 4096)
+        sparse_cases.append((f"{rows_:,} x {dim} table, {k} rows", rows_, dim, k))
     rows: list[Row] = []
     todo = [(s, label, shapes, a, d) for s, label, shapes in plans for a in args.algorithms
             for d in args.dtypes]
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(todo) + ("fit" in args.suite))
+        task = progress.add_task("benchmarking",
+                                 total=len(todo) + len(sparse_cases) + ("fit" in args.suite))
         for suite, label, shapes, a, d in todo:
             progress.update(task, description=f"{suite}: {label} {a} {d}")
             case = Case(ALGORITHMS[a], d, shapes(), rng, args.xla, args.inject_wrong)
             run_case(suite, label, case, args, rows)
             del case
             progress.advance(task)
+        for label, r_, d_, k_ in sparse_cases:
+            progress.update(task, description=f"sparse: {label}")
+            run_sparse_case(label, SparseCase(r_, d_, k_, rng, args.xla, args.inject_wrong), args,
+                            rows)
+            progress.advance(task)
         if "fit" in args.suite:
             progress.update(task, description="fit: model.fit on digits")
             run_fit(args, rows)
             progress.advance(task)
     for suite in args.suite:
-        if suite == "sparse":
-            console.print("suite sparse: not available yet — fused sparse (IndexedSlices) kernels "
-                          "are still to come; nothing was measured.")
-            continue
         print_table(rows, suite)
     wrong = [r for r in rows if r.check.startswith("WRONG")]
     for r in wrong:
