@@ -52,19 +52,7 @@ void Elementwise(const Coeffs& hc, const GradXform& gx, void* var_p, void* const
   T* __restrict s1 = SlotPtr<T>(slots, 1, K);
   T* __restrict s2 = SlotPtr<T>(slots, 2, K);
   for (int64_t i = begin; i < end; ++i) {
-    M v = Load(var[i]);
-    if constexpr (D) v = v - v * c[kDecay];
-    M s[kMaxSlots] = {M(0), M(0), M(0)};
-    if constexpr (K > 0) s[0] = Load(s0[i]);
-    if constexpr (K > 1) s[1] = Load(s1[i]);
-    if constexpr (K > 2) s[2] = Load(s2[i]);
-    M g = Load(grad[i]);
-    if constexpr (X) g = TransformGrad(g, gscale, gclip);
-    Rule::template Apply<V>(c, v, s, g);
-    var[i] = Store<T>(v);
-    if constexpr (K > 0) s0[i] = Store<T>(s[0]);
-    if constexpr (K > 1) s1[i] = Store<T>(s[1]);
-    if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+    UpdateElement<Rule, V, D, X>(c, gscale, gclip, var, s0, s1, s2, grad, i);
   }
 }
 

@@ -29,27 +29,13 @@ template <typename Rule, typename T, int V, bool D, bool X>
 __global__ void ElementwiseKernel(OpCoeffs<opmath_t<T>> oc, opmath_t<T> gscale, opmath_t<T> gclip,
                                   T* __restrict__ var, SlotPtrs slots, const T* __restrict__ grad,
                                   int64_t n) {
-  using M = opmath_t<T>;
-  constexpr int K = Rule::Slots(V);
   T* __restrict__ s0 = static_cast<T*>(slots.p[0]);
   T* __restrict__ s1 = static_cast<T*>(slots.p[1]);
   T* __restrict__ s2 = static_cast<T*>(slots.p[2]);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
-    M v = Load(var[i]);
-    if constexpr (D) v = v - v * oc.c[kDecay];
-    M s[kMaxSlots] = {M(0), M(0), M(0)};
-    if constexpr (K > 0) s[0] = Load(s0[i]);
-    if constexpr (K > 1) s[1] = Load(s1[i]);
-    if constexpr (K > 2) s[2] = Load(s2[i]);
-    M g = Load(grad[i]);
-    if constexpr (X) g = TransformGrad(g, gscale, gclip);
-    Rule::template Apply<V>(oc.c, v, s, g);
-    var[i] = Store<T>(v);
-    if constexpr (K > 0) s0[i] = Store<T>(s[0]);
-    if constexpr (K > 1) s1[i] = Store<T>(s[1]);
-    if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+    UpdateElement<Rule, V, D, X>(oc.c, gscale, gclip, var, s0, s1, s2, grad, i);
   }
 }
 

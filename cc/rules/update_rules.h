@@ -91,6 +91,30 @@ FUSEDOPT_HD M TransformGrad(M g, M scale, M clip_value) {
   return Min(Max(g * scale, -clip_value), clip_value);
 }
 
+// One element of an elementwise rule: load, decay, gradient transform, rule,
+// store. The body of both the CPU loops and the CUDA kernel, so the two cannot
+// drift apart. K = Rule::Slots(V) slot pointers are used (the others may be
+// null); callers pass their __restrict / __restrict__ pointers.
+template <typename Rule, int V, bool D, bool X, typename T>
+FUSEDOPT_HD void UpdateElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_t<T> gclip,
+                               T* var, T* s0, T* s1, T* s2, const T* grad, int64_t i) {
+  using M = opmath_t<T>;
+  constexpr int K = Rule::Slots(V);
+  M v = Load(var[i]);
+  if constexpr (D) v = v - v * c[kDecay];
+  M s[kMaxSlots] = {M(0), M(0), M(0)};
+  if constexpr (K > 0) s[0] = Load(s0[i]);
+  if constexpr (K > 1) s[1] = Load(s1[i]);
+  if constexpr (K > 2) s[2] = Load(s2[i]);
+  M g = Load(grad[i]);
+  if constexpr (X) g = TransformGrad(g, gscale, gclip);
+  Rule::template Apply<V>(c, v, s, g);
+  var[i] = Store<T>(v);
+  if constexpr (K > 0) s0[i] = Store<T>(s[0]);
+  if constexpr (K > 1) s1[i] = Store<T>(s[1]);
+  if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+}
+
 // ---------------------------------------------------------------------------
 // SGD (keras.optimizers.SGD). Variants: 0 plain, 1 momentum, 2 nesterov.
 // Slots: [momentum] for variants 1, 2.
