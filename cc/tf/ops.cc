@@ -40,39 +40,30 @@ kernels are compiled in (with the CUDA version and architectures), the CPU SIMD
 variants compiled in and the one selected for this CPU.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplySGD")
-    .Input("vars: N * resource")
-    .Input("momenta: M * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("momentum: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("M: int >= 0")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("nesterov: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "momentum", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Stochastic gradient descent with optional (Nesterov) momentum (keras.optimizers.SGD).
+// Every fused op has the same frame around its own slot lists and scalars:
+//   vars: N * resource, <slots>, <gradients>, <scalars>, <gradient options>
+// with gradients either dense (grads: N * T) or sparse (grad_values: N * T,
+// grad_indices: N * Tindices) and one output, skipped: bool. The frame is
+// written once here; FUSEDOPT_REGISTER_FUSED_OP registers the dense op
+// Fusedopt>Apply<Name> and its sparse twin Fusedopt>SparseApply<Name>.
 
-  M == 0 (plain):   var = var - lr * g
-  M == N:           m = momentum * m - lr * g
-                    var = var + m                        (nesterov=false)
-                    var = var + momentum * m - lr * g    (nesterov=true)
+#define FUSEDOPT_DENSE_GRADS .Input("grads: N * T")
+#define FUSEDOPT_SPARSE_GRADS \
+  .Input("grad_values: N * T").Input("grad_indices: N * Tindices")
+#define FUSEDOPT_OPTION_INPUTS                                                           \
+  .Input("grad_scale: Tscalar")                                                          \
+      .Input("clip_value: Tscalar")                                                      \
+      .Input("clip_norm: Tscalar")                                                       \
+      .Input("global_clip_norm: Tscalar")                                                \
+      .Output("skipped: bool")                                                           \
+      .Attr("N: int >= 1")                                                               \
+      .Attr("T: {half, bfloat16, float, double}")                                        \
+      .Attr("Tscalar: {float, double}")                                                  \
+      .Attr("skip_nonfinite: bool = false")
+#define FUSEDOPT_SPARSE_ATTRS \
+  .Attr("Tindices: {int32, int64}").Attr("mode: {'exact', 'lazy'} = 'exact'")
 
-Bytes per element (T = element size): 3T plain, 5T with momentum.
-
+constexpr char kOptionsDoc[] = R"doc(
 Gradient options, fused into the same pass (Keras' order: unscale, clip,
 then decay and update): every gradient is multiplied by grad_scale (1 / loss
 scale); then at most one clipping applies: clip_value clips elements to
@@ -92,36 +83,79 @@ dtype. All inputs are validated before anything is written: on bad input
 (uninitialized or repeated variable, dtype or shape mismatch, list lengths,
 non-scalar hyperparameter) the op raises InvalidArgument and no variable
 changes.
+)doc";
+
+constexpr char kSparseDoc[] = R"doc(
+Sparse twin of the dense op of the same name (Fusedopt>Apply...): grad_values[i]
+holds rows grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule,
+slots, hyperparameters, gradient options and validation as the dense op, plus:
+every index must lie in [0, rows) (the first bad one is named; nothing is
+written), and duplicate indices are summed, deterministically, before the
+update. With mode='exact' every row is updated, rows without a gradient as if
+their gradient were zero, which is the dense op's result on the densified
+gradient, without materializing it. With mode='lazy' only the rows present are
+updated (weight decay included), at a cost proportional to them (the semantics
+of TF Addons' LazyAdam). LAMB supports only 'exact'. CPU only for now.
+)doc";
+
+// Shape function: the listed inputs are scalars; the output is a scalar.
+#define FUSEDOPT_SHAPE_FN(...)                                                        \
+  [](InferenceContext* c) {                                                          \
+    TF_RETURN_IF_ERROR(ScalarInputs(c, {__VA_ARGS__, "grad_scale", "clip_value",     \
+                                        "clip_norm", "global_clip_norm"}));         \
+    c->set_output(0, c->Scalar());                                                   \
+    return absl::OkStatus();                                                         \
+  }
+
+#define FUSEDOPT_REGISTER_FUSED_OP(NAME, SIGNATURE, SHAPE_FN, DOC)                          \
+  REGISTER_OP("Fusedopt>Apply" NAME)                                                       \
+      .Input("vars: N * resource") SIGNATURE(FUSEDOPT_DENSE_GRADS) FUSEDOPT_OPTION_INPUTS   \
+      .SetShapeFn(SHAPE_FN)                                                                \
+      .Doc(std::string(DOC) + kOptionsDoc);                                                \
+  REGISTER_OP("Fusedopt>SparseApply" NAME)                                                 \
+      .Input("vars: N * resource") SIGNATURE(FUSEDOPT_SPARSE_GRADS) FUSEDOPT_OPTION_INPUTS  \
+      FUSEDOPT_SPARSE_ATTRS                                                                \
+      .SetShapeFn(SHAPE_FN)                                                                \
+      .Doc(kSparseDoc)
+
+// SGD: slots, scalars and attributes.
+#define FUSEDOPT_SGD_SIGNATURE(GRADS) \
+  .Input("momenta: M * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("momentum: Tscalar") \
+  .Input("weight_decay: Tscalar") \
+  .Attr("M: int >= 0") \
+  .Attr("nesterov: bool = false")
+FUSEDOPT_REGISTER_FUSED_OP("SGD", FUSEDOPT_SGD_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "momentum", "weight_decay"),
+                           R"doc(
+Stochastic gradient descent with optional (Nesterov) momentum (keras.optimizers.SGD).
+
+  M == 0 (plain):   var = var - lr * g
+  M == N:           m = momentum * m - lr * g
+                    var = var + m                        (nesterov=false)
+                    var = var + momentum * m - lr * g    (nesterov=true)
+
+Bytes per element (T = element size): 3T plain, 5T with momentum.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyAdam")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("v: N * resource")
-    .Input("vhat: K * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("K: int >= 0")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Adam: slots, scalars and attributes.
+#define FUSEDOPT_ADAM_SIGNATURE(GRADS) \
+  .Input("m: N * resource") \
+  .Input("v: N * resource") \
+  .Input("vhat: K * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("beta_1: Tscalar") \
+  .Input("beta_2: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("weight_decay: Tscalar") \
+  .Input("step: int64") \
+  .Attr("K: int >= 0")
+FUSEDOPT_REGISTER_FUSED_OP("Adam", FUSEDOPT_ADAM_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"),
+                           R"doc(
 Adam, AMSGrad and (with weight_decay) AdamW (keras.optimizers.Adam, AdamW).
 
   alpha = lr * sqrt(1 - beta_2^step) / (1 - beta_1^step)    (once per call, double)
@@ -132,55 +166,23 @@ Adam, AMSGrad and (with weight_decay) AdamW (keras.optimizers.Adam, AdamW).
 
 epsilon is Keras' (added to sqrt(v)), step counts from 1.
 Bytes per element: 7T (amsgrad 9T).
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyNadam")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("v: N * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("u_product: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Nadam: slots, scalars and attributes.
+#define FUSEDOPT_NADAM_SIGNATURE(GRADS) \
+  .Input("m: N * resource") \
+  .Input("v: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("beta_1: Tscalar") \
+  .Input("beta_2: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("weight_decay: Tscalar") \
+  .Input("u_product: Tscalar") \
+  .Input("step: int64")
+FUSEDOPT_REGISTER_FUSED_OP("Nadam", FUSEDOPT_NADAM_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step"),
+                           R"doc(
 Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
 
   u_t = beta_1 * (1 - 0.5 * 0.96^step);  u_t1 = beta_1 * (1 - 0.5 * 0.96^(step+1))
@@ -191,54 +193,22 @@ Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
   var = var - m_hat * lr / (sqrt(v_hat) + epsilon)
 
 Bytes per element: 7T.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyAdamax")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("u: N * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Adamax: slots, scalars and attributes.
+#define FUSEDOPT_ADAMAX_SIGNATURE(GRADS) \
+  .Input("m: N * resource") \
+  .Input("u: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("beta_1: Tscalar") \
+  .Input("beta_2: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("weight_decay: Tscalar") \
+  .Input("step: int64")
+FUSEDOPT_REGISTER_FUSED_OP("Adamax", FUSEDOPT_ADAMAX_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"),
+                           R"doc(
 Adamax (keras.optimizers.Adamax).
 
   m = m + (g - m) * (1 - beta_1)
@@ -246,56 +216,24 @@ Adamax (keras.optimizers.Adamax).
   var = var - lr * m / ((1 - beta_1^step) * (u + epsilon))
 
 Bytes per element: 7T.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyRmsprop")
-    .Input("vars: N * resource")
-    .Input("velocity: N * resource")
-    .Input("momenta: M * resource")
-    .Input("average_gradient: C * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("rho: Tscalar")
-    .Input("momentum: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("M: int >= 0")
-    .Attr("C: int >= 0")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "rho", "momentum", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Rmsprop: slots, scalars and attributes.
+#define FUSEDOPT_RMSPROP_SIGNATURE(GRADS) \
+  .Input("velocity: N * resource") \
+  .Input("momenta: M * resource") \
+  .Input("average_gradient: C * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("rho: Tscalar") \
+  .Input("momentum: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("weight_decay: Tscalar") \
+  .Attr("M: int >= 0") \
+  .Attr("C: int >= 0")
+FUSEDOPT_REGISTER_FUSED_OP("Rmsprop", FUSEDOPT_RMSPROP_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "rho", "momentum", "epsilon", "weight_decay"),
+                           R"doc(
 RMSprop, with optional momentum (M == N) and centering (C == N)
 (keras.optimizers.RMSprop).
 
@@ -308,50 +246,18 @@ RMSprop, with optional momentum (M == N) and centering (C == N)
   else:     var = var - increment
 
 Bytes per element: 5T, plus 2T each for momentum and centering.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyAdagrad")
-    .Input("vars: N * resource")
-    .Input("accumulator: N * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Adagrad: slots, scalars and attributes.
+#define FUSEDOPT_ADAGRAD_SIGNATURE(GRADS) \
+  .Input("accumulator: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("weight_decay: Tscalar")
+FUSEDOPT_REGISTER_FUSED_OP("Adagrad", FUSEDOPT_ADAGRAD_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "epsilon", "weight_decay"),
+                           R"doc(
 Adagrad (keras.optimizers.Adagrad; the accumulator starts at
 initial_accumulator_value, set by the caller).
 
@@ -359,52 +265,20 @@ initial_accumulator_value, set by the caller).
   var = var - lr * g / sqrt(accumulator + epsilon)
 
 Bytes per element: 5T.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyAdadelta")
-    .Input("vars: N * resource")
-    .Input("accumulated_grad: N * resource")
-    .Input("accumulated_delta_var: N * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("rho: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "rho", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Adadelta: slots, scalars and attributes.
+#define FUSEDOPT_ADADELTA_SIGNATURE(GRADS) \
+  .Input("accumulated_grad: N * resource") \
+  .Input("accumulated_delta_var: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("rho: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("weight_decay: Tscalar")
+FUSEDOPT_REGISTER_FUSED_OP("Adadelta", FUSEDOPT_ADADELTA_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "rho", "epsilon", "weight_decay"),
+                           R"doc(
 Adadelta (keras.optimizers.Adadelta).
 
   accumulated_grad = rho * accumulated_grad + (1 - rho) * g^2
@@ -413,55 +287,23 @@ Adadelta (keras.optimizers.Adadelta).
   var = var + lr * delta
 
 Bytes per element: 7T.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyFtrl")
-    .Input("vars: N * resource")
-    .Input("accumulator: N * resource")
-    .Input("linear: N * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("learning_rate_power: Tscalar")
-    .Input("l1: Tscalar")
-    .Input("l2: Tscalar")
-    .Input("l2_shrinkage: Tscalar")
-    .Input("beta: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Ftrl: slots, scalars and attributes.
+#define FUSEDOPT_FTRL_SIGNATURE(GRADS) \
+  .Input("accumulator: N * resource") \
+  .Input("linear: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("learning_rate_power: Tscalar") \
+  .Input("l1: Tscalar") \
+  .Input("l2: Tscalar") \
+  .Input("l2_shrinkage: Tscalar") \
+  .Input("beta: Tscalar") \
+  .Input("weight_decay: Tscalar")
+FUSEDOPT_REGISTER_FUSED_OP("Ftrl", FUSEDOPT_FTRL_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay"),
+                           R"doc(
 FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
 
   p = -learning_rate_power;  l2' = l2 + beta / (2 * lr)
@@ -475,105 +317,41 @@ FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
 learning_rate_power = -0.5 uses sqrt; other powers use pow. Requires lr > 0
 and learning_rate_power <= 0.
 Bytes per element: 7T.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyLion")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Lion: slots, scalars and attributes.
+#define FUSEDOPT_LION_SIGNATURE(GRADS) \
+  .Input("m: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("beta_1: Tscalar") \
+  .Input("beta_2: Tscalar") \
+  .Input("weight_decay: Tscalar")
+FUSEDOPT_REGISTER_FUSED_OP("Lion", FUSEDOPT_LION_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "weight_decay"),
+                           R"doc(
 Lion (keras.optimizers.Lion).
 
   var = var - lr * sign(m * beta_1 + g * (1 - beta_1))
   m = m * beta_2 + g * (1 - beta_2)
 
 Bytes per element: 5T.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
 )doc");
 
-REGISTER_OP("Fusedopt>ApplyLamb")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("v: N * resource")
-    .Input("grads: N * T")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+// Lamb: slots, scalars and attributes.
+#define FUSEDOPT_LAMB_SIGNATURE(GRADS) \
+  .Input("m: N * resource") \
+  .Input("v: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("beta_1: Tscalar") \
+  .Input("beta_2: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("weight_decay: Tscalar") \
+  .Input("step: int64")
+FUSEDOPT_REGISTER_FUSED_OP("Lamb", FUSEDOPT_LAMB_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"),
+                           R"doc(
 LAMB (keras.optimizers.Lamb), with a per-variable trust ratio.
 
   m = m + (g - m) * (1 - beta_1);  v = v + (g^2 - v) * (1 - beta_2)
@@ -585,431 +363,6 @@ Two passes, because no element of a variable can be written before the norms
 over all of it are known: pass 1 reads var, m, v, g and writes m, v while
 summing var^2 and u^2 (deterministic fixed-order sums in double); pass 2 reads
 var, m, v and writes var. Bytes per element: 6T + 4T = 10T.
-
-Gradient options, fused into the same pass (Keras' order: unscale, clip,
-then decay and update): every gradient is multiplied by grad_scale (1 / loss
-scale); then at most one clipping applies: clip_value clips elements to
-[-clip_value, clip_value]; clip_norm scales each variable's gradient to L2 norm
-at most clip_norm; global_clip_norm scales all N gradients by
-clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
-+inf disables a clipping. The norms take one extra read of the gradients, a
-deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
-
-Every op of this family updates N variables in one call, in one pass over
-memory (LAMB: two), computing in float32 for 16-bit variables and in the
-variable's type otherwise, storing rounded to nearest even. Keras' decoupled
-weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
-dtype. All inputs are validated before anything is written: on bad input
-(uninitialized or repeated variable, dtype or shape mismatch, list lengths,
-non-scalar hyperparameter) the op raises InvalidArgument and no variable
-changes.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplySGD")
-    .Input("vars: N * resource")
-    .Input("momenta: M * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("momentum: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("M: int >= 0")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .Attr("nesterov: bool = false")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "momentum", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplySGD with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyAdam")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("v: N * resource")
-    .Input("vhat: K * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("K: int >= 0")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyAdam with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyNadam")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("v: N * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("u_product: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyNadam with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyAdamax")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("u: N * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyAdamax with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyRmsprop")
-    .Input("vars: N * resource")
-    .Input("velocity: N * resource")
-    .Input("momenta: M * resource")
-    .Input("average_gradient: C * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("rho: Tscalar")
-    .Input("momentum: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("M: int >= 0")
-    .Attr("C: int >= 0")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "rho", "momentum", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyRmsprop with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyAdagrad")
-    .Input("vars: N * resource")
-    .Input("accumulator: N * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyAdagrad with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyAdadelta")
-    .Input("vars: N * resource")
-    .Input("accumulated_grad: N * resource")
-    .Input("accumulated_delta_var: N * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("rho: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "rho", "epsilon", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyAdadelta with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyFtrl")
-    .Input("vars: N * resource")
-    .Input("accumulator: N * resource")
-    .Input("linear: N * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("learning_rate_power: Tscalar")
-    .Input("l1: Tscalar")
-    .Input("l2: Tscalar")
-    .Input("l2_shrinkage: Tscalar")
-    .Input("beta: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyFtrl with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyLion")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "weight_decay", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyLion with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
-)doc");
-
-REGISTER_OP("Fusedopt>SparseApplyLamb")
-    .Input("vars: N * resource")
-    .Input("m: N * resource")
-    .Input("v: N * resource")
-    .Input("grad_values: N * T")
-    .Input("grad_indices: N * Tindices")
-    .Input("lr: Tscalar")
-    .Input("beta_1: Tscalar")
-    .Input("beta_2: Tscalar")
-    .Input("epsilon: Tscalar")
-    .Input("weight_decay: Tscalar")
-    .Input("step: int64")
-    .Input("grad_scale: Tscalar")
-    .Input("clip_value: Tscalar")
-    .Input("clip_norm: Tscalar")
-    .Input("global_clip_norm: Tscalar")
-    .Output("skipped: bool")
-    .Attr("N: int >= 1")
-    .Attr("T: {half, bfloat16, float, double}")
-    .Attr("Tscalar: {float, double}")
-    .Attr("skip_nonfinite: bool = false")
-    .Attr("Tindices: {int32, int64}")
-    .Attr("mode: {'exact', 'lazy'} = 'exact'")
-    .SetShapeFn([](InferenceContext* c) { TF_RETURN_IF_ERROR(ScalarInputs(
-          c, {"lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step", "grad_scale", "clip_value", "clip_norm", "global_clip_norm"}));
-      c->set_output(0, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
-Fusedopt>ApplyLamb with IndexedSlices gradients: grad_values[i] holds rows
-grad_indices[i] of the gradient of vars[i] (rank >= 1). Same rule, slots,
-hyperparameters, gradient options and validation as the dense op, plus: every
-index must lie in [0, rows) (the first bad one is named; nothing is written),
-and duplicate indices are summed, deterministically, before the update.
-mode='exact': every row is updated, rows without a gradient with a zero
-gradient — the same result as the dense op on the densified gradient, without
-materializing it. mode='lazy': only the rows present are updated (weight decay
-included), at a cost proportional to them (TF Addons' LazyAdam semantics).
-LAMB supports only 'exact'. CPU only for now.
 )doc");
 
 REGISTER_OP("Fusedopt>StreamTriad")
