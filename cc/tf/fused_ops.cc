@@ -222,7 +222,7 @@ struct LionSpec {
 
 // LAMB: the same plumbing, a two-pass run (see LambRule).
 struct LambSpec {
-  static constexpr Algo kAlgo = Algo::kAdam;  // unused: RunLamb below
+  static constexpr Algo kAlgo = Algo::kAdam;  // unused: LAMB runs its own two passes
   static constexpr std::array<SlotSpec, 2> kSlots{{{"m", false}, {"v", false}}};
   static constexpr std::array<const char*, 5> kScalars{"lr", "beta_1", "beta_2", "epsilon",
                                                        "weight_decay"};
@@ -315,6 +315,108 @@ struct Operands {
   bool transform = false;
 };
 
+// One contiguous run of elements: var and slots from `offset`, gradient from
+// `grad`, `length` elements.
+struct Item {
+  int tensor;
+  int64_t offset;
+  const void* grad;
+  int64_t length;
+};
+
+// The CPU loops' view of a call: per tensor, the base of the variable and of
+// each slot (after copy-on-write), and the element size.
+struct CpuTargets {
+  std::vector<char*> var;
+  std::vector<std::array<char*, kMaxSlots>> slots;
+  int num_slots = 0;
+  int elem_bytes = 0;
+};
+
+// Runs a call's items on the intra-op pool, for the dense and the sparse ops
+// alike: an elementwise rule in one pass, or LAMB's two passes with per-item
+// partial norms combined per tensor in item order (Note [deterministic sums]).
+// `lamb` selects LAMB; otherwise `algo` and `variant` name the rule.
+void RunItemsCpu(OpKernelContext* ctx, const std::vector<Item>& items, const CpuTargets& t,
+                 const Operands& ops, const Plan& plan, bool lamb, Algo algo, bool decay,
+                 int dt) {
+  std::vector<cpu::Chunk> chunks;  // chunk.tensor is the item's index
+  chunks.reserve(items.size());
+  for (size_t k = 0; k < items.size(); ++k) {
+    chunks.push_back(cpu::Chunk{static_cast<int32_t>(k), 0, items[k].length});
+  }
+  auto pointers = [&](const Item& it, void** var, std::array<void*, kMaxSlots>* slots) {
+    const int64_t off = it.offset * t.elem_bytes;
+    *var = t.var[it.tensor] + off;
+    for (int k = 0; k < t.num_slots; ++k) (*slots)[k] = t.slots[it.tensor][k] + off;
+  };
+  const cpu::KernelTable& table = cpu::SelectedKernels();
+  const int bytes = t.elem_bytes * (3 + 2 * t.num_slots);
+  if (!lamb) {
+    const cpu::ElementwiseFn fn =
+        table.elementwise[static_cast<int>(algo)][dt][plan.variant][decay][ops.transform];
+    RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
+      const Item& it = items[c.tensor];
+      void* var;
+      std::array<void*, kMaxSlots> slots{};
+      pointers(it, &var, &slots);
+      fn(plan.coeffs, ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
+    });
+    return;
+  }
+  std::vector<double> w_sq(items.size(), 0.0), u_sq(items.size(), 0.0);
+  RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
+    const Item& it = items[c.tensor];
+    void* var;
+    std::array<void*, kMaxSlots> slots{};
+    pointers(it, &var, &slots);
+    table.lamb_pass1[dt][decay][ops.transform](plan.coeffs, ops.xforms[it.tensor], var,
+                                               slots.data(), it.grad, 0, it.length,
+                                               &w_sq[c.tensor], &u_sq[c.tensor]);
+  });
+  const int n = ops.n;
+  std::vector<double> w(n, 0.0), u(n, 0.0), ratio_lr(n);
+  for (size_t k = 0; k < items.size(); ++k) {
+    w[items[k].tensor] += w_sq[k];
+    u[items[k].tensor] += u_sq[k];
+  }
+  for (int i = 0; i < n; ++i) {
+    ratio_lr[i] = LambRule::TrustRatio(w[i], u[i]) * plan.coeffs.c[LambRule::kLr];
+  }
+  RunChunks(ctx, chunks, t.elem_bytes * 4, [&](const cpu::Chunk& c) {
+    const Item& it = items[c.tensor];
+    void* var;
+    std::array<void*, kMaxSlots> slots{};
+    pointers(it, &var, &slots);
+    table.lamb_pass2[dt][decay](plan.coeffs, ratio_lr[it.tensor], var, slots.data(), 0,
+                                it.length);
+  });
+}
+
+// The dense ops' items: fixed-size chunks (Note [chunks]) of every tensor.
+std::vector<Item> DenseItems(const Operands& ops, int elem_bytes) {
+  std::vector<Item> items;
+  for (const cpu::Chunk& c : cpu::PlanChunks(ops.sizes)) {
+    items.push_back(Item{c.tensor, c.begin,
+                         static_cast<const char*>(ops.grads[c.tensor]) + c.begin * elem_bytes,
+                         c.end - c.begin});
+  }
+  return items;
+}
+
+CpuTargets TargetsOf(const Operands& ops, int elem_bytes) {
+  CpuTargets t;
+  t.num_slots = ops.num_slots;
+  t.elem_bytes = elem_bytes;
+  for (int i = 0; i < ops.n; ++i) {
+    t.var.push_back(static_cast<char*>(ops.vars[i]));
+    std::array<char*, kMaxSlots> s{};
+    for (int k = 0; k < ops.num_slots; ++k) s[k] = static_cast<char*>(ops.slots[i][k]);
+    t.slots.push_back(s);
+  }
+  return t;
+}
+
 // Pass 0 (CPU): per-tensor sum of squares and any non-finite element.
 // Per-chunk partials, combined in chunk order (Note [deterministic sums]).
 void GradStatsCpu(OpKernelContext* ctx, const Operands& ops, int dt, int elem_bytes,
@@ -341,15 +443,8 @@ template <Backend B, typename T>
 absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo, const Plan& plan,
                             bool decay, int dt) {
   if constexpr (B == Backend::kCpu) {
-    const cpu::ElementwiseFn fn = cpu::SelectedKernels()
-                                      .elementwise[static_cast<int>(algo)][dt][plan.variant][decay]
-                                                  [ops.transform];
-    const std::vector<cpu::Chunk> chunks = cpu::PlanChunks(ops.sizes);
-    const int bytes = static_cast<int>(sizeof(T)) * (3 + 2 * ops.num_slots);
-    RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
-      fn(plan.coeffs, ops.xforms[c.tensor], ops.vars[c.tensor], ops.slots[c.tensor].data(),
-         ops.grads[c.tensor], c.begin, c.end);
-    });
+    const int eb = static_cast<int>(sizeof(T));
+    RunItemsCpu(ctx, DenseItems(ops, eb), TargetsOf(ops, eb), ops, plan, false, algo, decay, dt);
     return absl::OkStatus();
   } else {
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -370,33 +465,12 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
 }
 
 template <Backend B, typename T>
-absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Coeffs& coeffs, bool decay,
+absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Plan& plan, bool decay,
                      int dt) {
-  const double lr = coeffs.c[LambRule::kLr];
   if constexpr (B == Backend::kCpu) {
-    const cpu::KernelTable& k = cpu::SelectedKernels();
-    const std::vector<cpu::Chunk> chunks = cpu::PlanChunks(ops.sizes);
-    // Pass 1: per-chunk partial sums, combined per tensor in chunk order
-    // (Note [deterministic sums]).
-    std::vector<double> w_sq(chunks.size(), 0.0), u_sq(chunks.size(), 0.0);
-    const int bytes = static_cast<int>(sizeof(T)) * 6;
-    RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
-      const size_t idx = &c - chunks.data();
-      k.lamb_pass1[dt][decay][ops.transform](coeffs, ops.xforms[c.tensor], ops.vars[c.tensor],
-                                             ops.slots[c.tensor].data(), ops.grads[c.tensor],
-                                             c.begin, c.end, &w_sq[idx], &u_sq[idx]);
-    });
-    std::vector<double> w(ops.n, 0.0), u(ops.n, 0.0);
-    for (size_t i = 0; i < chunks.size(); ++i) {
-      w[chunks[i].tensor] += w_sq[i];
-      u[chunks[i].tensor] += u_sq[i];
-    }
-    std::vector<double> ratio_lr(ops.n);
-    for (int i = 0; i < ops.n; ++i) ratio_lr[i] = LambRule::TrustRatio(w[i], u[i]) * lr;
-    RunChunks(ctx, chunks, static_cast<int>(sizeof(T)) * 4, [&](const cpu::Chunk& c) {
-      k.lamb_pass2[dt][decay](coeffs, ratio_lr[c.tensor], ops.vars[c.tensor],
-                              ops.slots[c.tensor].data(), c.begin, c.end);
-    });
+    const int eb = static_cast<int>(sizeof(T));
+    RunItemsCpu(ctx, DenseItems(ops, eb), TargetsOf(ops, eb), ops, plan, true, Algo::kAdam, decay,
+                dt);
     return absl::OkStatus();
   } else {
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -407,7 +481,7 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Coeffs& co
       TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8,
                                             tensorflow::TensorShape({scratch_bytes}), &scratch));
       TF_RETURN_IF_ERROR(CudaStatus(
-          fusedopt_cuda_lamb(dt, decay ? 1 : 0, coeffs.c, ops.transform ? 1 : 0,
+          fusedopt_cuda_lamb(dt, decay ? 1 : 0, plan.coeffs.c, ops.transform ? 1 : 0,
                              ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
                              ops.slots[i].data(), ops.grads[i], ops.sizes[i],
                              const_cast<char*>(scratch.tensor_data().data()), stream),
@@ -539,7 +613,7 @@ class FusedApplyOp : public OpKernel {
     }
     const bool decay = plan.coeffs.c[kDecay] != 0.0;
     if constexpr (std::is_same_v<Spec, LambSpec>) {
-      return RunLamb<B, T>(ctx, ops, plan.coeffs, decay, dt);
+      return RunLamb<B, T>(ctx, ops, plan, decay, dt);
     } else {
       return RunElementwise<B, T>(ctx, ops, Spec::kAlgo, plan, decay, dt);
     }
@@ -567,14 +641,6 @@ class FusedApplyOp : public OpKernel {
 // gradient's). LAMB has only the exact form: its trust ratio needs the whole
 // variable.
 
-// One contiguous run of elements: var and slots from `offset`, gradient from
-// `grad`, `length` elements.
-struct Item {
-  int tensor;
-  int64_t offset;
-  const void* grad;
-  int64_t length;
-};
 
 template <typename T, typename Index>
 absl::Status DedupRows(OpKernelContext* ctx, int i, const tensorflow::Tensor& values,
@@ -759,66 +825,20 @@ class SparseApplyOp : public OpKernel {
                 exact_ ? zeros.tensor_data().data() : nullptr, zero_elements,
                 static_cast<int>(sizeof(S)), &items);
     }
-    std::vector<char*> var_base(n);
-    std::vector<std::array<char*, kMaxSlots>> slot_base(n);
+    CpuTargets targets;
+    targets.num_slots = ops.num_slots;
+    targets.elem_bytes = static_cast<int>(sizeof(S));
     for (int i = 0; i < n; ++i) {
-      var_base[i] = static_cast<char*>(vars.data(var0 + i));
+      targets.var.push_back(static_cast<char*>(vars.data(var0 + i)));
+      std::array<char*, kMaxSlots> base{};
       for (int k = 0; k < ops.num_slots; ++k) {
-        slot_base[i][k] = static_cast<char*>(vars.data(slot_first[k] + i));
+        base[k] = static_cast<char*>(vars.data(slot_first[k] + i));
       }
+      targets.slots.push_back(base);
     }
-    // RunChunks over items: chunk.tensor is the item's index.
-    std::vector<cpu::Chunk> chunks;
-    chunks.reserve(items.size());
-    for (size_t k = 0; k < items.size(); ++k) {
-      chunks.push_back(cpu::Chunk{static_cast<int32_t>(k), 0, items[k].length});
-    }
-    auto pointers = [&](const Item& it, void** var, std::array<void*, kMaxSlots>* slots) {
-      const int64_t off = it.offset * static_cast<int64_t>(sizeof(S));
-      *var = var_base[it.tensor] + off;
-      for (int k = 0; k < ops.num_slots; ++k) (*slots)[k] = slot_base[it.tensor][k] + off;
-    };
     const bool decay = plan.coeffs.c[kDecay] != 0.0;
-    const cpu::KernelTable& table = cpu::SelectedKernels();
-    const int bytes = static_cast<int>(sizeof(S)) * (3 + 2 * ops.num_slots);
-    if constexpr (std::is_same_v<Spec, LambSpec>) {
-      std::vector<double> w_sq(items.size(), 0.0), u_sq(items.size(), 0.0);
-      RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
-        const Item& it = items[c.tensor];
-        void* var;
-        std::array<void*, kMaxSlots> slots{};
-        pointers(it, &var, &slots);
-        table.lamb_pass1[dt][decay][ops.transform](plan.coeffs, ops.xforms[it.tensor], var,
-                                                   slots.data(), it.grad, 0, it.length,
-                                                   &w_sq[c.tensor], &u_sq[c.tensor]);
-      });
-      std::vector<double> w(n, 0.0), u(n, 0.0), ratio_lr(n);
-      for (size_t k = 0; k < items.size(); ++k) {
-        w[items[k].tensor] += w_sq[k];
-        u[items[k].tensor] += u_sq[k];
-      }
-      for (int i = 0; i < n; ++i) {
-        ratio_lr[i] = LambRule::TrustRatio(w[i], u[i]) * plan.coeffs.c[LambRule::kLr];
-      }
-      RunChunks(ctx, chunks, static_cast<int>(sizeof(S)) * 4, [&](const cpu::Chunk& c) {
-        const Item& it = items[c.tensor];
-        void* var;
-        std::array<void*, kMaxSlots> slots{};
-        pointers(it, &var, &slots);
-        table.lamb_pass2[dt][decay](plan.coeffs, ratio_lr[it.tensor], var, slots.data(), 0,
-                                    it.length);
-      });
-    } else {
-      const cpu::ElementwiseFn fn =
-          table.elementwise[static_cast<int>(Spec::kAlgo)][dt][plan.variant][decay][ops.transform];
-      RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
-        const Item& it = items[c.tensor];
-        void* var;
-        std::array<void*, kMaxSlots> slots{};
-        pointers(it, &var, &slots);
-        fn(plan.coeffs, ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
-      });
-    }
+    RunItemsCpu(ctx, items, targets, ops, plan, std::is_same_v<Spec, LambSpec>, Spec::kAlgo, decay,
+                dt);
     return absl::OkStatus();
   }
 
