@@ -75,10 +75,6 @@ def _cast_grad(g, dtype):
     return tf.cast(g, dtype)
 
 
-def _colocated(var):
-    return tf_ops.colocate_with(var)
-
-
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class.
 
@@ -109,9 +105,11 @@ class FusedOptimizerMixin:
         weight_decay: float,
         **options: Any,
     ) -> Any:
-        """Applies the update to one group (same device and dtype) in one op.
+        """Applies the update to one group (same device, dtype, weight-decay use
+        and sparseness) in one op.
 
-        ``options`` are fusedopt.ops gradient options (clipping) for the op.
+        ``options`` are passed to the fusedopt.ops function: gradient options
+        (clipping) and, for IndexedSlices gradients, ``sparse_mode``.
         """
         raise NotImplementedError
 
@@ -189,7 +187,7 @@ class FusedOptimizerMixin:
         )
 
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate, clip):
-        groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
+        groups: dict[tuple[str, tf.DType, bool, bool], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
             groups.setdefault(self._group_key(var, grad), []).append((grad, var))
 
@@ -210,7 +208,7 @@ class FusedOptimizerMixin:
             if not tf.distribute.has_strategy():
                 # No strategy: call directly. (The default strategy's update
                 # would add an Identity op per gradient: ~1 us each per step.)
-                with _colocated(variables[0]):
+                with tf_ops.colocate_with(variables[0]):
                     apply_group(variables[0], group_grads)
             else:
                 distribution.extended.update(
