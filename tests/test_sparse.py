@@ -70,6 +70,31 @@ def test_exact_equals_dense_update_on_the_densified_gradient(rng, case, index_dt
         assert_close(a_slots[k].numpy(), b_slots[k].numpy(), dtype, k, case.cond)
 
 
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_exact_equals_the_float64_reference_on_the_densified_gradient(rng, case):
+    dtype = "float32"
+    init, slots = _state(case, rng, SHAPE, dtype)
+    var, tslots = _tf_state(init, slots, dtype)
+    hp = dict(case.hp, weight_decay=0.01)
+    khp = _hp_as_kernel_sees(hp, dtype)
+    lr = float(np.float32(0.01))
+    ref_var, ref_slots = init.copy(), {k: v.copy() for k, v in slots.items()}
+    for t in range(1, 5):
+        idx, vals = _slices(rng, SHAPE, dtype, 20)
+        g = tf.IndexedSlices(tf.constant(vals, tf.float32), tf.constant(idx), tf.constant(SHAPE))
+        _call(case, var, tslots, g, lr, t, hp, sparse_mode="exact")
+        dense = rounded(_densify(idx, vals, SHAPE), dtype)
+        if case.ref is _lion_ref:
+            ref_var, ref_slots = _lion_ref(ref_var, dense, lr, ref_slots, t, khp, dtype)
+        else:
+            ref_var, ref_slots = case.ref(ref_var, dense, lr, ref_slots, t, khp)
+        ref_var = rounded(ref_var, dtype)
+        ref_slots = {k: rounded(x, dtype) for k, x in ref_slots.items()}
+    assert_close(var.numpy(), ref_var, dtype, "var", case.cond)
+    for k in slots:
+        assert_close(tslots[k].numpy(), ref_slots[k], dtype, k, case.cond)
+
+
 LAZY_CASES = [c for c in CASES if c.name != "lamb"]
 
 
