@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -26,6 +24,7 @@ import tensorflow as tf  # noqa: E402
 
 import fusedopt  # noqa: E402
 import fusedopt.keras  # noqa: E402
+from fusedopt.bench.multi import measure  # noqa: E402
 
 STEPS_PER_CALL = 20
 
@@ -61,18 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             "keras.optimizers.Adam": contender(keras.optimizers.Adam, shapes, rng, False),
             "keras.optimizers.Adam (XLA)": contender(keras.optimizers.Adam, shapes, rng, True),
         }
-        for _ in range(args.warmup):
-            for f in fns.values():
-                f()
-        times = {k: [] for k in fns}
-        for r in range(args.repeats):
-            for k, f in fns.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
-            print(f"\r{name}: round {r + 1}/{args.repeats}", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        med = {k: statistics.median(v) / STEPS_PER_CALL * 1e3 for k, v in times.items()}
+        med = {k: v * 1e3 for k, v in
+               measure(fns, args.repeats, args.warmup, name, STEPS_PER_CALL).items()}
         base = med["fusedopt.keras.Adam"]
         results[name] = med
         print(f"\n{name}:")

@@ -85,7 +85,9 @@ def make_suite(shapes, rng):
     return dict(fused=fused, fused_global_clipnorm=fused_clip, raw_loop=raw_loop, triad=triad), total
 
 
-def measure(fns: dict, repeats: int, warmup: int, label: str) -> dict[str, float]:
+def measure(fns: dict, repeats: int, warmup: int, label: str,
+            steps_per_call: int = STEPS_PER_CALL) -> dict[str, float]:
+    """Warm-up, then `repeats` interleaved rounds; median seconds per step."""
     for _ in range(warmup):
         for f in fns.values():
             f()
@@ -97,7 +99,7 @@ def measure(fns: dict, repeats: int, warmup: int, label: str) -> dict[str, float
             times[k].append(time.perf_counter() - t0)
         print(f"\r{label}: round {r + 1}/{repeats}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    return {k: statistics.median(v) / STEPS_PER_CALL for k, v in times.items()}
+    return {k: statistics.median(v) / steps_per_call for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
