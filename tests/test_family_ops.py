@@ -51,7 +51,7 @@ def _adam_ref(var, g, lr, s, t, hp):
 def _u_product(t, hp):
     p = 1.0
     for k in range(1, t + 1):
-        p *= ref.nadam_u(k, hp["beta_1"])
+        p *= ref.nadam_u(k, hp["beta_1"], hp.get("schedule_decay", 1.0))
     return p
 
 
@@ -98,6 +98,10 @@ CASES = [
     Case("nadam", fops.apply_nadam, {"m": small, "v": pos},
          dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7), _nadam_ref, step=True,
          extra={"u_product": _u_product}),
+    # tf_keras' legacy Nadam: u_t = beta_1 * (1 - 0.5 * 0.96^(0.004 t)).
+    Case("nadam_schedule_decay", fops.apply_nadam, {"m": small, "v": pos},
+         dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7, schedule_decay=0.004), _nadam_ref,
+         step=True, extra={"u_product": _u_product}),
     Case("adamax", fops.apply_adamax, {"m": small, "u": pos},
          dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7),
          lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"m": r[1], "u": r[2]}))(
@@ -111,6 +115,17 @@ CASES = [
     Case("rmsprop_centered_momentum", fops.apply_rmsprop,
          {"velocity": lambda r, s, d: pos(r, s, d, 1.0), "momenta": small, "average_gradient": small},
          dict(rho=0.9, momentum=0.5, epsilon=1e-7), _rms_ref),
+    # tf_keras' legacy forms, epsilon outside the square root (an epsilon large
+    # enough that the two forms differ far beyond the tolerance).
+    Case("rmsprop_eps_outside", fops.apply_rmsprop, {"velocity": pos},
+         dict(rho=0.9, epsilon=0.05, epsilon_outside_sqrt=True), _rms_ref),
+    Case("rmsprop_centered_eps_outside", fops.apply_rmsprop,
+         {"velocity": lambda r, s, d: pos(r, s, d, 1.0), "average_gradient": small},
+         dict(rho=0.9, epsilon=0.05, epsilon_outside_sqrt=True), _rms_ref),
+    Case("adagrad_eps_outside", fops.apply_adagrad, {"accumulator": pos},
+         dict(epsilon=0.05, epsilon_outside_sqrt=True),
+         lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"accumulator": r[1]}))(
+             ref.adagrad_step(var, g, lr, s["accumulator"], **hp))),
     Case("adagrad", fops.apply_adagrad, {"accumulator": pos}, dict(epsilon=1e-7),
          lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"accumulator": r[1]}))(
              ref.adagrad_step(var, g, lr, s["accumulator"], **hp))),

@@ -36,12 +36,14 @@ inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_de
 }
 
 // u_product: the optimizer's running product of u_t, this step's u_t included.
+// schedule_decay: the exponent's factor, 0.96^(schedule_decay * t); 1 in
+// Keras 3, the optimizer's schedule_decay (0.004) in tf_keras' legacy Nadam.
 inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_decay,
-                    double u_product, int64_t step) {
+                    double u_product, int64_t step, double schedule_decay = 1.0) {
   Coeffs c = Base(lr, weight_decay);
   const double t = static_cast<double>(step);
-  const double u_t = b1 * (1.0 - 0.5 * std::pow(0.96, t));
-  const double u_t1 = b1 * (1.0 - 0.5 * std::pow(0.96, t + 1.0));
+  const double u_t = b1 * (1.0 - 0.5 * std::pow(0.96, schedule_decay * t));
+  const double u_t1 = b1 * (1.0 - 0.5 * std::pow(0.96, schedule_decay * (t + 1.0)));
   c.c[NadamRule::kOneMinusB1] = 1.0 - b1;
   c.c[NadamRule::kOneMinusB2] = 1.0 - b2;
   c.c[NadamRule::kUt1] = u_t1;
@@ -65,20 +67,26 @@ inline Coeffs Adamax(double lr, double b1, double b2, double eps, double weight_
   return c;
 }
 
-inline Coeffs Rmsprop(double lr, double rho, double momentum, double eps, double weight_decay) {
+// epsilon_outside_sqrt: lr * g / (sqrt(denom) + eps), as tf_keras' legacy
+// RMSprop without momentum does; otherwise lr * g / sqrt(denom + eps).
+inline Coeffs Rmsprop(double lr, double rho, double momentum, double eps, double weight_decay,
+                      bool epsilon_outside_sqrt = false) {
   Coeffs c = Base(lr, weight_decay);
   c.c[RmspropRule::kRho] = rho;
   c.c[RmspropRule::kOneMinusRho] = 1.0 - rho;
-  c.c[RmspropRule::kEps] = eps;
+  c.c[epsilon_outside_sqrt ? RmspropRule::kEpsOut : RmspropRule::kEps] = eps;
   c.c[RmspropRule::kLr] = lr;
   c.c[RmspropRule::kMomentum] = momentum;
   return c;
 }
 
-inline Coeffs Adagrad(double lr, double eps, double weight_decay) {
+// epsilon_outside_sqrt: lr * g / (sqrt(acc) + eps), as tf_keras' legacy
+// Adagrad (ResourceApplyAdagradV2) does; otherwise lr * g / sqrt(acc + eps).
+inline Coeffs Adagrad(double lr, double eps, double weight_decay,
+                      bool epsilon_outside_sqrt = false) {
   Coeffs c = Base(lr, weight_decay);
   c.c[AdagradRule::kLr] = lr;
-  c.c[AdagradRule::kEps] = eps;
+  c.c[epsilon_outside_sqrt ? AdagradRule::kEpsOut : AdagradRule::kEps] = eps;
   return c;
 }
 

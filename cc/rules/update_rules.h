@@ -168,7 +168,8 @@ struct AdamRule {
 
 // ---------------------------------------------------------------------------
 // Nadam (keras.optimizers.Nadam). Slots: [m, v].
-//   u_t = beta_1 * (1 - 0.5 * 0.96^t); u_t1 = beta_1 * (1 - 0.5 * 0.96^(t+1))
+//   u_t = beta_1 * (1 - 0.5 * 0.96^(d*t)); u_t1 = beta_1 * (1 - 0.5 * 0.96^(d*(t+1)))
+//   (d = 1 in Keras 3; tf_keras' legacy Nadam uses its schedule_decay, 0.004)
 //   u_prod (the optimizer's running product, this step included),
 //   u_prod1 = u_prod * u_t1                                        (host, double)
 //   m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
@@ -228,7 +229,9 @@ struct AdamaxRule {
 //   else:     var -= inc
 // Bytes/element: 5T, +2T each for momentum and centered.
 struct RmspropRule {
-  enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4, kMomentum = 5 };
+  // kEps is added inside the square root, kEpsOut outside it; the caller sets
+  // one and leaves the other 0 (x + 0 == x, so the other form keeps its bits).
+  enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4, kMomentum = 5, kEpsOut = 6 };
   static constexpr int kNumVariants = 4;
   FUSEDOPT_HD static constexpr int Slots(int v) { return 1 + (v & 1) + ((v >> 1) & 1); }
   template <int V, typename M>
@@ -244,7 +247,7 @@ struct RmspropRule {
     } else {
       denom = s[0] + c[kEps];
     }
-    const M inc = (c[kLr] * g) / Sqrt(denom);
+    const M inc = (c[kLr] * g) / (Sqrt(denom) + c[kEpsOut]);
     if constexpr (kMom) {
       s[1] = c[kMomentum] * s[1] + inc;
       var = var - s[1];
@@ -257,15 +260,17 @@ struct RmspropRule {
 // ---------------------------------------------------------------------------
 // Adagrad (keras.optimizers.Adagrad). Slots: [accumulator].
 //   acc += g^2;  var -= lr * g / sqrt(acc + epsilon)
+// (tf_keras' legacy Adagrad: lr * g / (sqrt(acc) + epsilon), through kEpsOut;
+// the caller sets one of kEps and kEpsOut and leaves the other 0.)
 // Bytes/element: 5T.
 struct AdagradRule {
-  enum : int { kLr = 1, kEps = 2 };
+  enum : int { kLr = 1, kEps = 2, kEpsOut = 3 };
   static constexpr int kNumVariants = 1;
   FUSEDOPT_HD static constexpr int Slots(int) { return 1; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
     s[0] = s[0] + g * g;
-    var = var - (c[kLr] * g) / Sqrt(s[0] + c[kEps]);
+    var = var - (c[kLr] * g) / (Sqrt(s[0] + c[kEps]) + c[kEpsOut]);
   }
 };
 

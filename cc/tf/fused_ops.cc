@@ -123,10 +123,13 @@ struct NadamSpec {
   static constexpr std::array<const char*, 6> kScalars{"lr", "beta_1", "beta_2", "epsilon",
                                                        "weight_decay", "u_product"};
   static constexpr bool kHasStep = true;
-  explicit NadamSpec(OpKernelConstruction*) {}
+  float schedule_decay = 1.0f;
+  explicit NadamSpec(OpKernelConstruction* c) {
+    OP_REQUIRES_OK(c, c->GetAttr("schedule_decay", &schedule_decay));
+  }
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Nadam(s[0], s[1], s[2], s[3], s[4], s[5], in.step);
+    p->coeffs = coeffs::Nadam(s[0], s[1], s[2], s[3], s[4], s[5], in.step, schedule_decay);
     return absl::OkStatus();
   }
 };
@@ -152,11 +155,14 @@ struct RmspropSpec {
   static constexpr std::array<const char*, 5> kScalars{"lr", "rho", "momentum", "epsilon",
                                                        "weight_decay"};
   static constexpr bool kHasStep = false;
-  explicit RmspropSpec(OpKernelConstruction*) {}
+  bool epsilon_outside_sqrt = false;
+  explicit RmspropSpec(OpKernelConstruction* c) {
+    OP_REQUIRES_OK(c, c->GetAttr("epsilon_outside_sqrt", &epsilon_outside_sqrt));
+  }
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
     p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
-    p->coeffs = coeffs::Rmsprop(s[0], s[1], s[2], s[3], s[4]);
+    p->coeffs = coeffs::Rmsprop(s[0], s[1], s[2], s[3], s[4], epsilon_outside_sqrt);
     return absl::OkStatus();
   }
 };
@@ -166,10 +172,13 @@ struct AdagradSpec {
   static constexpr std::array<SlotSpec, 1> kSlots{{{"accumulator", false}}};
   static constexpr std::array<const char*, 3> kScalars{"lr", "epsilon", "weight_decay"};
   static constexpr bool kHasStep = false;
-  explicit AdagradSpec(OpKernelConstruction*) {}
+  bool epsilon_outside_sqrt = false;
+  explicit AdagradSpec(OpKernelConstruction* c) {
+    OP_REQUIRES_OK(c, c->GetAttr("epsilon_outside_sqrt", &epsilon_outside_sqrt));
+  }
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Adagrad(s[0], s[1], s[2]);
+    p->coeffs = coeffs::Adagrad(s[0], s[1], s[2], epsilon_outside_sqrt);
     return absl::OkStatus();
   }
 };

@@ -179,13 +179,16 @@ Bytes per element: 7T (amsgrad 9T).
   .Input("epsilon: Tscalar") \
   .Input("weight_decay: Tscalar") \
   .Input("u_product: Tscalar") \
-  .Input("step: int64")
+  .Input("step: int64") \
+  .Attr("schedule_decay: float = 1.0")
 FUSEDOPT_REGISTER_FUSED_OP("Nadam", FUSEDOPT_NADAM_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step"),
                            R"doc(
 Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
 
-  u_t = beta_1 * (1 - 0.5 * 0.96^step);  u_t1 = beta_1 * (1 - 0.5 * 0.96^(step+1))
+  u_t = beta_1 * (1 - 0.5 * 0.96^(d * step))
+  u_t1 = beta_1 * (1 - 0.5 * 0.96^(d * (step + 1)))
+  d is the attr schedule_decay: 1 as in Keras 3, 0.004 for tf_keras' legacy Nadam
   u_product: the optimizer's running product of u_t including this step
   m = m + (g - m) * (1 - beta_1);  v = v + (g^2 - v) * (1 - beta_2)
   m_hat = u_t1 * m / (1 - u_product * u_t1) + (1 - u_t) * g / (1 - u_product)
@@ -230,7 +233,8 @@ Bytes per element: 7T.
   .Input("epsilon: Tscalar") \
   .Input("weight_decay: Tscalar") \
   .Attr("M: int >= 0") \
-  .Attr("C: int >= 0")
+  .Attr("C: int >= 0") \
+  .Attr("epsilon_outside_sqrt: bool = false")
 FUSEDOPT_REGISTER_FUSED_OP("Rmsprop", FUSEDOPT_RMSPROP_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "rho", "momentum", "epsilon", "weight_decay"),
                            R"doc(
@@ -242,6 +246,9 @@ RMSprop, with optional momentum (M == N) and centering (C == N)
             denom = velocity - average_gradient^2 + epsilon
   else:     denom = velocity + epsilon
   increment = lr * g / sqrt(denom)
+    (epsilon_outside_sqrt: denom without epsilon, and
+     increment = lr * g / (sqrt(denom) + epsilon), as tf_keras' legacy RMSprop
+     without momentum)
   momentum: m = momentum * m + increment;  var = var - m
   else:     var = var - increment
 
@@ -254,7 +261,8 @@ Bytes per element: 5T, plus 2T each for momentum and centering.
   GRADS \
   .Input("lr: Tscalar") \
   .Input("epsilon: Tscalar") \
-  .Input("weight_decay: Tscalar")
+  .Input("weight_decay: Tscalar") \
+  .Attr("epsilon_outside_sqrt: bool = false")
 FUSEDOPT_REGISTER_FUSED_OP("Adagrad", FUSEDOPT_ADAGRAD_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "epsilon", "weight_decay"),
                            R"doc(
@@ -263,6 +271,8 @@ initial_accumulator_value, set by the caller).
 
   accumulator = accumulator + g^2
   var = var - lr * g / sqrt(accumulator + epsilon)
+  (epsilon_outside_sqrt: var = var - lr * g / (sqrt(accumulator) + epsilon), as
+   tf_keras' legacy Adagrad)
 
 Bytes per element: 5T.
 )doc");

@@ -254,19 +254,22 @@ def apply_nadam(
     beta_2: TensorLike = 0.999,
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
+    schedule_decay: float = 1.0,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
     """Nadam as Keras computes it (keras.optimizers.Nadam).
 
-    ``u_product`` is the running product of ``u_t = beta_1 * (1 - 0.5 * 0.96^t)``
-    over steps 1..step (Keras' ``_u_product`` after its update for this step).
+    ``u_product`` is the running product of
+    ``u_t = beta_1 * (1 - 0.5 * 0.96^(schedule_decay * t))`` over steps 1..step
+    (Keras' ``_u_product`` after its update for this step). ``schedule_decay``
+    is 1 in Keras 3; tf_keras' legacy Nadam uses its ``schedule_decay`` (0.004).
     """
     return _apply(
         "fusedopt_apply_nadam", variables, gradients, {"m": m, "v": v},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay, "u_product": u_product},
-        step=step, name=name, **options,
+        step=step, name=name, **options, schedule_decay=float(schedule_decay),
     )
 
 
@@ -310,6 +313,7 @@ def apply_rmsprop(
     momentum: TensorLike = 0.0,
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
+    epsilon_outside_sqrt: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
@@ -320,13 +324,16 @@ def apply_rmsprop(
         avg = rho * avg + (1 - rho) * g                 # centered
         inc = lr * g / sqrt(velocity [- avg^2] + epsilon)
         m = momentum * m + inc; var -= m                 # or var -= inc
+
+    ``epsilon_outside_sqrt=True`` gives ``inc = lr * g / (sqrt(velocity [- avg^2])
+    + epsilon)``, tf_keras' legacy RMSprop without momentum.
     """
     return _apply(
         "fusedopt_apply_rmsprop", variables, gradients,
         {"velocity": velocity, "momenta": momenta, "average_gradient": average_gradient},
         {"lr": learning_rate, "rho": rho, "momentum": momentum, "epsilon": epsilon,
          "weight_decay": weight_decay},
-        name=name, **options,
+        name=name, **options, epsilon_outside_sqrt=bool(epsilon_outside_sqrt),
     )
 
 
@@ -338,17 +345,21 @@ def apply_adagrad(
     accumulator: Sequence[VariableLike],
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
+    epsilon_outside_sqrt: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
     """Adagrad (keras.optimizers.Adagrad)::
 
         acc += g^2;  var -= lr * g / sqrt(acc + epsilon)
+
+    ``epsilon_outside_sqrt=True`` gives ``var -= lr * g / (sqrt(acc) + epsilon)``,
+    tf_keras' legacy Adagrad.
     """
     return _apply(
         "fusedopt_apply_adagrad", variables, gradients, {"accumulator": accumulator},
         {"lr": learning_rate, "epsilon": epsilon, "weight_decay": weight_decay},
-        name=name, **options,
+        name=name, **options, epsilon_outside_sqrt=bool(epsilon_outside_sqrt),
     )
 
 

@@ -45,16 +45,17 @@ def adam_step(var, grad, lr, m, v, step, *, vhat=None, beta_1=0.9, beta_2=0.999,
     return var - m * alpha / (np.sqrt(denom_v) + epsilon), m, v, vhat
 
 
-def nadam_u(step, beta_1=0.9):
-    return beta_1 * (1.0 - 0.5 * 0.96**step)
+def nadam_u(step, beta_1=0.9, schedule_decay=1.0):
+    """u_t; schedule_decay 1 is Keras 3, 0.004 tf_keras' legacy Nadam."""
+    return beta_1 * (1.0 - 0.5 * 0.96 ** (schedule_decay * step))
 
 
 def nadam_step(var, grad, lr, m, v, step, u_product, *, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
-               weight_decay=0.0):
+               weight_decay=0.0, schedule_decay=1.0):
     """keras.optimizers.Nadam; u_product includes this step's u_t."""
     var = _decay(var, lr, weight_decay)
-    u_t = nadam_u(step, beta_1)
-    u_t1 = nadam_u(step + 1, beta_1)
+    u_t = nadam_u(step, beta_1, schedule_decay)
+    u_t1 = nadam_u(step + 1, beta_1, schedule_decay)
     u_product1 = u_product * u_t1
     m = m + (grad - m) * (1 - beta_1)
     v = v + (grad * grad - v) * (1 - beta_2)
@@ -72,25 +73,34 @@ def adamax_step(var, grad, lr, m, u, step, *, beta_1=0.9, beta_2=0.999, epsilon=
 
 
 def rmsprop_step(var, grad, lr, velocity, *, mom=None, avg=None, rho=0.9, momentum=0.0,
-                 epsilon=1e-7, weight_decay=0.0):
-    """keras.optimizers.RMSprop. Returns var, velocity, mom, avg."""
+                 epsilon=1e-7, weight_decay=0.0, epsilon_outside_sqrt=False):
+    """keras.optimizers.RMSprop. Returns var, velocity, mom, avg.
+
+    epsilon_outside_sqrt: lr * g / (sqrt(denom) + epsilon), tf_keras' legacy
+    RMSprop without momentum.
+    """
+    eps_in, eps_out = (0.0, epsilon) if epsilon_outside_sqrt else (epsilon, 0.0)
     var = _decay(var, lr, weight_decay)
     velocity = rho * velocity + (1 - rho) * grad * grad
     if avg is not None:
         avg = rho * avg + (1 - rho) * grad
-        denom = velocity - avg * avg + epsilon
+        denom = velocity - avg * avg + eps_in
     else:
-        denom = velocity + epsilon
-    inc = lr * grad / np.sqrt(denom)
+        denom = velocity + eps_in
+    inc = lr * grad / (np.sqrt(denom) + eps_out)
     if mom is not None:
         mom = momentum * mom + inc
         return var - mom, velocity, mom, avg
     return var - inc, velocity, mom, avg
 
 
-def adagrad_step(var, grad, lr, acc, *, epsilon=1e-7, weight_decay=0.0):
+def adagrad_step(var, grad, lr, acc, *, epsilon=1e-7, weight_decay=0.0,
+                 epsilon_outside_sqrt=False):
+    """keras.optimizers.Adagrad; epsilon_outside_sqrt: tf_keras' legacy Adagrad."""
     var = _decay(var, lr, weight_decay)
     acc = acc + grad * grad
+    if epsilon_outside_sqrt:
+        return var - lr * grad / (np.sqrt(acc) + epsilon), acc
     return var - lr * grad / np.sqrt(acc + epsilon), acc
 
 
