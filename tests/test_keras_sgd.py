@@ -186,7 +186,7 @@ def test_fit_on_digits_matches_builtin():
 
 def test_jit_compile_falls_back_with_a_warning_and_same_numbers():
     cfg = dict(learning_rate=0.1, momentum=0.9)
-    fusedopt.keras._base._xla_warned = False
+    fusedopt._tf_context._xla_warned = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         _, fused_hist = _fit(fusedopt.keras.SGD(**cfg), jit_compile=True, epochs=2)

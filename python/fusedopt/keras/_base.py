@@ -28,33 +28,22 @@ warning says so once).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import keras
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
-from tensorflow.python.ops import control_flow_util
 
-_xla_warned = False
+from fusedopt import _tf_context as _ctx
 
 
 def in_xla_context() -> bool:
     """True while tracing a function for XLA compilation."""
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+    return _ctx.in_xla_context()
 
 
 def _warn_xla_once() -> None:
-    global _xla_warned
-    if not _xla_warned:
-        _xla_warned = True
-        warnings.warn(
-            "fusedopt: running inside XLA compilation (jit_compile=True), where custom ops "
-            "cannot run; using Keras' built-in update ops instead (same results, no fused "
-            "kernels). Compile with jit_compile=False to use the fused kernels.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    _ctx.warn_xla_once("Keras' built-in update ops")
 
 
 def keras_scalar(x: Any) -> tf.Tensor:
@@ -168,6 +157,7 @@ class FusedOptimizerMixin:
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_enabled():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        _ctx.check_strategy()
         self._fused_prepare_step()
         trainable_variables = [
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables

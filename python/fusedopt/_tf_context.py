@@ -1,0 +1,69 @@
+"""What the Keras 3 and the tf_keras optimizers both ask of the TF context:
+are we inside XLA compilation, and is the distribution strategy one the fused
+kernels support."""
+
+from __future__ import annotations
+
+import warnings
+
+import tensorflow as tf
+from tensorflow.python.framework import ops as tf_ops
+from tensorflow.python.ops import control_flow_util
+
+_xla_warned = False
+
+
+def in_xla_context() -> bool:
+    """True while tracing a function for XLA compilation."""
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+
+
+def warn_xla_once(what: str) -> None:
+    """Says once per process that XLA bypasses the fused kernels."""
+    global _xla_warned
+    if not _xla_warned:
+        _xla_warned = True
+        warnings.warn(
+            "fusedopt: running inside XLA compilation (jit_compile=True), where custom ops "
+            f"cannot run; using {what} instead (same results, no fused kernels). Compile with "
+            "jit_compile=False to use the fused kernels.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _supported_strategies() -> tuple[type, ...]:
+    return (
+        tf.distribute.MirroredStrategy,
+        tf.distribute.MultiWorkerMirroredStrategy,
+        tf.distribute.OneDeviceStrategy,
+    )
+
+
+SUPPORTED_STRATEGIES_TEXT = (
+    "no strategy, OneDeviceStrategy, MirroredStrategy and MultiWorkerMirroredStrategy"
+)
+
+
+def check_strategy(strategy: tf.distribute.Strategy | None = None) -> None:
+    """Raises NotImplementedError for a strategy the fused ops do not support.
+
+    ParameterServerStrategy and CentralStorageStrategy update variables on
+    other processes or devices than the fused op calls are placed for (the
+    parameter servers would also need the op library loaded), and TPUStrategy
+    runs on TPUs, where custom ops cannot run: rather than risk wrong numbers,
+    they are refused with this error.
+    """
+    if strategy is None:
+        if not tf.distribute.has_strategy():
+            return
+        strategy = tf.distribute.get_strategy()
+    if isinstance(strategy, _supported_strategies()):
+        return
+    if type(strategy).__name__ == "_DefaultDistributionStrategy":
+        return
+    raise NotImplementedError(
+        f"fusedopt optimizers do not support {type(strategy).__name__}: they run with "
+        f"{SUPPORTED_STRATEGIES_TEXT}. Use the built-in Keras optimizer under this strategy "
+        "(see the README, 'Distributed training')."
+    )

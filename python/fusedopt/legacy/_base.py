@@ -1,0 +1,213 @@
+"""What every fused tf_keras (OptimizerV2) optimizer shares.
+
+Note [fused legacy step]: a fused legacy optimizer subclasses the tf_keras
+built-in of the same name (where one exists), so construction, hyperparameters,
+``get_config()``, slot names, ``_prepare_local``'s coefficients and checkpoints
+are tf_keras' own. It changes three hooks:
+
+* ``_prepare_local`` adds what the fused op needs beyond the built-in's
+  coefficients (the step), once per (device, dtype), as tf_keras intends;
+* ``_resource_apply_dense`` and ``_resource_apply_sparse_duplicate_indices``
+  call the fused op for one variable (the per-variable path, used with
+  ``multi_tensor=False`` and by code that calls these hooks directly);
+* ``_distributed_apply`` (called by ``apply_gradients`` after tf_keras has
+  aggregated the gradients across replicas and clipped them) groups the
+  variables by (device, dtype, dense or sparse) and makes one fused op call
+  per group inside ``distribution.extended.update``: under a
+  ``tf.distribute`` strategy, one call per group on each replica device.
+
+tf_keras clips gradients after the cross-replica sum already, so clipping
+stays tf_keras' own. Sparse gradients go to the sparse ops in the mode that
+gives the built-in's numbers (``lazy`` where the built-in touches only the
+listed rows, ``exact`` where it decays every row); Nadam's built-in sparse
+update is neither (it decays every slot row but moves only the listed
+variable rows), so it keeps tf_keras' own ops unless ``sparse_mode`` is given.
+Inside XLA compilation the built-in ops run (a warning says so once).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import tensorflow as tf
+from tf_keras.src import backend
+from tf_keras.src.optimizers.legacy import optimizer_v2
+from tf_keras.src.utils import tf_utils
+
+from fusedopt import _tf_context as _ctx
+
+_SPARSE_MODES = (None, "exact", "lazy")
+
+
+class FusedLegacyMixin:
+    """Mixin placed before an OptimizerV2 class.
+
+    Adds two constructor arguments, saved in the config only when not default
+    (so configs equal the built-in's):
+
+    * ``sparse_mode``: None (default) updates IndexedSlices gradients with the
+      built-in's semantics; "exact" gives the densified-gradient result,
+      "lazy" touches only the listed rows.
+    * ``multi_tensor``: True (default) makes one fused call per (device,
+      dtype) group; False one per variable, through the standard hooks.
+    """
+
+    # What sparse_mode=None means for this class: "exact", "lazy", or None for
+    # "the built-in's own ops".
+    _builtin_sparse_mode: str | None = "exact"
+
+    def __init__(self, *args: Any, sparse_mode: str | None = None, multi_tensor: bool = True,
+                 **kwargs: Any):
+        if sparse_mode not in _SPARSE_MODES:
+            raise ValueError(f"sparse_mode must be None, 'exact' or 'lazy', got {sparse_mode!r}")
+        super().__init__(*args, **kwargs)
+        self.sparse_mode = sparse_mode
+        self.multi_tensor = bool(multi_tensor)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        if self.sparse_mode is not None:
+            config["sparse_mode"] = self.sparse_mode
+        if not self.multi_tensor:
+            config["multi_tensor"] = False
+        return config
+
+    # ---- what each class provides ------------------------------------------
+
+    def _fused_update(self, variables: Sequence[tf.Variable], grads: Sequence[Any],
+                      coefficients: dict[str, Any], **options: Any) -> Any:
+        """One fused op call for variables of one device and dtype.
+
+        ``coefficients`` is this (device, dtype)'s apply_state entry; ``options``
+        holds ``sparse_mode`` for IndexedSlices gradients.
+        """
+        raise NotImplementedError
+
+    def _effective_sparse_mode(self) -> str | None:
+        return self.sparse_mode if self.sparse_mode is not None else self._builtin_sparse_mode
+
+    def _unfused_dense(self, grad, var, apply_state):
+        """The update without fused kernels (inside XLA): the built-in's."""
+        return super()._resource_apply_dense(grad, var, apply_state=apply_state)
+
+    def _unfused_sparse(self, grad, var, indices, apply_state):
+        summed, unique = optimizer_v2._deduplicate_indexed_slices(values=grad, indices=indices)
+        return super()._resource_apply_sparse(summed, var, unique, apply_state=apply_state)
+
+    # ---- OptimizerV2 hooks ---------------------------------------------------
+
+    def _prepare_local(self, var_device, var_dtype, apply_state):
+        super()._prepare_local(var_device, var_dtype, apply_state)
+        apply_state[(var_device, var_dtype)]["fused_step"] = self.iterations + 1
+
+    def _coefficients(self, var_device, var_dtype, apply_state) -> dict[str, Any]:
+        return (apply_state or {}).get((var_device, var_dtype)) or self._fallback_apply_state(
+            var_device, var_dtype
+        )
+
+    def _resource_apply_dense(self, grad, var, apply_state=None):
+        if _ctx.in_xla_context():
+            _ctx.warn_xla_once("tf_keras' built-in update ops")
+            return self._unfused_dense(grad, var, apply_state)
+        c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
+        return self._fused_update([var], [grad], c)
+
+    def _resource_apply_sparse_duplicate_indices(self, grad, var, indices, **kwargs):
+        apply_state = kwargs.get("apply_state")
+        mode = self._effective_sparse_mode()
+        if mode is None or _ctx.in_xla_context():
+            if mode is not None:
+                _ctx.warn_xla_once("tf_keras' built-in update ops")
+            return self._unfused_sparse(grad, var, indices, apply_state)
+        c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
+        # The fused sparse ops sum duplicate indices themselves (deterministically).
+        return self._fused_update([var], [tf.IndexedSlices(grad, indices)], c, sparse_mode=mode)
+
+    def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
+        _ctx.check_strategy(distribution)
+        if not self.multi_tensor or _ctx.in_xla_context():
+            return super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
+
+        mode = self._effective_sparse_mode()
+        groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
+        per_variable: list[tuple[Any, Any]] = []
+        for grad, var in grads_and_vars:
+            if isinstance(var, tf.Tensor):
+                raise NotImplementedError(
+                    f"Updating a `Tensor` is not implemented. Received: var={var}."
+                )
+            sparse = isinstance(grad, tf.IndexedSlices)
+            if sparse and var.constraint is not None:
+                raise RuntimeError(
+                    "Cannot use a constraint function on a sparse variable. Received: "
+                    f"grad={grad}, var.constraint={var.constraint}."
+                )
+            if sparse and mode is None:
+                per_variable.append((grad, var))
+            else:
+                groups.setdefault((var.device, var.dtype.base_dtype, sparse), []).append(
+                    (grad, var)
+                )
+
+        update_ops: list[Any] = []
+
+        def collect(result):
+            if tf.distribute.in_cross_replica_context():
+                update_ops.extend(result)
+            else:
+                update_ops.append(result)
+
+        with optimizer_v2.name_scope_only_in_function_or_graph(name or self._name):
+            for (_, dtype, sparse), items in groups.items():
+                variables = [v for _, v in items]
+                group_grads = [g for g, _ in items]
+
+                def apply_group(first, grads, variables=variables, dtype=dtype, sparse=sparse):
+                    # Inside the update context each variable (and slot) resolves
+                    # to this replica's component; `first` is variables[0]'s.
+                    c = self._coefficients(first.device, dtype, apply_state)
+                    options = {"sparse_mode": mode} if sparse else {}
+                    op = self._fused_update(variables, list(grads), c, **options)
+                    constrained = [v for v in variables if v.constraint is not None]
+                    if not constrained:
+                        return op
+                    with tf.control_dependencies([op]):
+                        return tf.group([v.assign(v.constraint(v)) for v in constrained])
+
+                with distribution.extended.colocate_vars_with(variables[0]):
+                    collect(distribution.extended.update(
+                        variables[0], apply_group, args=(group_grads,), group=False
+                    ))
+
+            for grad, var in per_variable:
+
+                def apply_one(v, g):
+                    return self._resource_apply_sparse_duplicate_indices(
+                        g.values, v, g.indices, apply_state=apply_state
+                    )
+
+                with distribution.extended.colocate_vars_with(var):
+                    collect(distribution.extended.update(var, apply_one, args=(grad,),
+                                                         group=False))
+
+            any_symbolic = any(
+                isinstance(i, tf.Operation) or tf_utils.is_symbolic_tensor(i)
+                for i in update_ops
+            )
+            if not tf.executing_eagerly() or any_symbolic:
+                with backend._current_graph(update_ops).as_default():
+                    with tf.control_dependencies([tf.group(update_ops)]):
+                        return self.iterations.assign_add(1, read_value=False)
+            return self.iterations.assign_add(1)
+
+
+def slots(opt: Any, variables: Sequence[Any], name: str) -> list[Any]:
+    """The slot ``name`` of each variable."""
+    return [opt.get_slot(v, name) for v in variables]
+
+
+def densify(grad: tf.Tensor, var: Any, indices: tf.Tensor) -> tf.Tensor:
+    """The dense gradient of IndexedSlices (duplicates summed)."""
+    return tf.tensor_scatter_nd_add(
+        tf.zeros(tf.shape(var), grad.dtype), tf.expand_dims(indices, -1), grad
+    )

@@ -1,0 +1,356 @@
+"""The fused tf_keras optimizers (Note [fused legacy step] in _base).
+
+Each class that has a tf_keras legacy built-in subclasses it and only maps the
+built-in's ``_prepare_local`` coefficients and slots onto its fused op. AdamW,
+Lion and Lamb have none: they are OptimizerV2 classes written here, with
+Keras 3's update rules (and a TensorFlow-ops form of the same rule for XLA).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tensorflow as tf
+import tf_keras
+from tf_keras.src import backend_config
+from tf_keras.src.optimizers.legacy import (
+    adadelta,
+    adagrad,
+    adam,
+    adamax,
+    ftrl,
+    gradient_descent,
+    nadam,
+    optimizer_v2,
+    rmsprop,
+)
+
+from fusedopt import ops
+from fusedopt.legacy._base import FusedLegacyMixin, densify, slots
+
+
+def _register(cls):
+    """Registers with tf_keras' serialization (package "fusedopt"), so that
+    ``tf_keras.models.load_model`` needs no ``custom_objects``."""
+    return tf_keras.saving.register_keras_serializable(package="fusedopt")(cls)
+
+
+def _doc(name: str, op: str, builtin: str | None) -> str:
+    base = (f"Drop-in for ``tf_keras.optimizers.legacy.{name}`` running fused kernels.\n\n"
+            f"Same constructor, ``get_config()``, slot names and numbers as the built-in;\n"
+            if builtin else
+            f"{name} for tf_keras (OptimizerV2) on fused kernels, with Keras 3's\n"
+            f"``keras.optimizers.{name}`` update rule.\n\n")
+    return base + (
+        f"each step makes one ``{op}`` call per (device, dtype) group of variables.\n\n"
+        "Extra arguments (kept out of the config when default): ``sparse_mode`` (None: the\n"
+        "built-in's sparse semantics; \"exact\" or \"lazy\") and ``multi_tensor`` (False:\n"
+        "one fused call per variable).\n"
+    )
+
+
+@_register
+class SGD(FusedLegacyMixin, gradient_descent.SGD):
+    __doc__ = _doc("SGD", "Fusedopt>ApplySGD", "SGD")
+    _builtin_sparse_mode = "lazy"  # ResourceSparseApplyKerasMomentum / ScatterAdd
+
+    def _fused_update(self, variables, grads, c, **options):
+        momenta = slots(self, variables, "momentum") if self._momentum else None
+        return ops.apply_sgd(
+            variables, grads, c["lr_t"], momenta=momenta,
+            momentum=c["momentum"] if self._momentum else 0.0,
+            nesterov=bool(self.nesterov and self._momentum), **options,
+        )
+
+
+@_register
+class Adam(FusedLegacyMixin, adam.Adam):
+    __doc__ = _doc("Adam", "Fusedopt>ApplyAdam", "Adam")
+    _builtin_sparse_mode = "exact"  # decays every m, v row and moves every var row
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_adam(
+            variables, grads, c["lr_t"],
+            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
+            vhat=slots(self, variables, "vhat") if self.amsgrad else None,
+            step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
+            epsilon=c["epsilon"], **options,
+        )
+
+
+@_register
+class Nadam(FusedLegacyMixin, nadam.Nadam):
+    __doc__ = _doc("Nadam", "Fusedopt>ApplyNadam", "Nadam")
+    # The built-in's sparse update decays all slot rows but moves only the
+    # listed var rows, which neither fused mode does: its own ops by default.
+    _builtin_sparse_mode = None
+
+    def _prepare_local(self, var_device, var_dtype, apply_state):
+        super()._prepare_local(var_device, var_dtype, apply_state)
+        c = apply_state[(var_device, var_dtype)]
+        # The built-in's m_schedule_new, the same expression (so the same bits).
+        c["fused_u_product"] = tf.cast(self._m_cache_read, var_dtype) * c["m_t"]
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_nadam(
+            variables, grads, c["lr_t"],
+            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
+            step=c["fused_step"], u_product=c["fused_u_product"],
+            beta_1=c["beta_1_t"], beta_2=c["beta_2_t"], epsilon=c["epsilon"],
+            schedule_decay=self._initial_decay, **options,
+        )
+
+
+@_register
+class Adamax(FusedLegacyMixin, adamax.Adamax):
+    __doc__ = _doc("Adamax", "Fusedopt>ApplyAdamax", "Adamax")
+    _builtin_sparse_mode = "lazy"
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_adamax(
+            variables, grads, c["lr_t"],
+            m=slots(self, variables, "m"), u=slots(self, variables, "v"),
+            step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
+            epsilon=c["epsilon"], **options,
+        )
+
+
+@_register
+class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
+    __doc__ = _doc("RMSprop", "Fusedopt>ApplyRmsprop", "RMSprop")
+
+    def _effective_sparse_mode(self):
+        if self.sparse_mode is not None:
+            return self.sparse_mode
+        # With momentum the built-in uses ResourceSparseApply(Centered)RMSProp
+        # (listed rows only); without, it decays every rms row.
+        return "lazy" if self._momentum else "exact"
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_rmsprop(
+            variables, grads, c["lr_t"],
+            velocity=slots(self, variables, "rms"),
+            momenta=slots(self, variables, "momentum") if self._momentum else None,
+            average_gradient=slots(self, variables, "mg") if self.centered else None,
+            rho=c["rho"], momentum=c["momentum"] if self._momentum else 0.0,
+            epsilon=c["epsilon"],
+            # The built-in adds epsilon inside the square root with momentum
+            # (the raw RMSProp ops) and outside it without.
+            epsilon_outside_sqrt=not self._momentum, **options,
+        )
+
+
+@_register
+class Adagrad(FusedLegacyMixin, adagrad.Adagrad):
+    __doc__ = _doc("Adagrad", "Fusedopt>ApplyAdagrad", "Adagrad")
+    _builtin_sparse_mode = "lazy"
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_adagrad(
+            variables, grads, c["lr_t"], accumulator=slots(self, variables, "accumulator"),
+            epsilon=c["epsilon"], epsilon_outside_sqrt=True, **options,
+        )
+
+
+@_register
+class Adadelta(FusedLegacyMixin, adadelta.Adadelta):
+    __doc__ = _doc("Adadelta", "Fusedopt>ApplyAdadelta", "Adadelta")
+    _builtin_sparse_mode = "lazy"
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_adadelta(
+            variables, grads, c["lr_t"],
+            accumulated_grad=slots(self, variables, "accum_grad"),
+            accumulated_delta_var=slots(self, variables, "accum_var"),
+            rho=c["rho"], epsilon=c["epsilon"], **options,
+        )
+
+
+@_register
+class Ftrl(FusedLegacyMixin, ftrl.Ftrl):
+    __doc__ = _doc("Ftrl", "Fusedopt>ApplyFtrl", "Ftrl")
+    _builtin_sparse_mode = "lazy"
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_ftrl(
+            variables, grads, c["lr_t"],
+            accumulator=slots(self, variables, "accumulator"),
+            linear=slots(self, variables, "linear"),
+            learning_rate_power=c["learning_rate_power"],
+            l1=c["l1_regularization_strength"], l2=c["l2_regularization_strength"],
+            l2_shrinkage=c["l2_shrinkage_regularization_strength"], beta=c["beta"],
+            **options,
+        )
+
+
+# ---- Optimizers without a tf_keras built-in ---------------------------------
+
+
+class _NewOptimizer(FusedLegacyMixin, optimizer_v2.OptimizerV2):
+    """Shared by AdamW, Lion and Lamb: hyperparameters and the unfused form."""
+
+    _HAS_AGGREGATE_GRAD = True
+    _builtin_sparse_mode = "exact"
+    _hypers: tuple[str, ...] = ()
+
+    def _prepare_local(self, var_device, var_dtype, apply_state):
+        super()._prepare_local(var_device, var_dtype, apply_state)
+        c = apply_state[(var_device, var_dtype)]
+        for h in self._hypers:
+            c[h] = tf.identity(self._get_hyper(h, var_dtype))
+        if hasattr(self, "epsilon"):
+            c["epsilon"] = tf.convert_to_tensor(self.epsilon, var_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["learning_rate"] = self._serialize_hyperparameter("learning_rate")
+        config["decay"] = self._initial_decay
+        for h in self._hypers:
+            config[h] = self._serialize_hyperparameter(h)
+        return config
+
+    def _unfused_sparse(self, grad, var, indices, apply_state):
+        return self._unfused_dense(densify(grad, var, indices), var, apply_state)
+
+    def _unfused_dense(self, grad, var, apply_state):
+        c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
+        return self._tf_update(grad, var, c)
+
+
+@_register
+class AdamW(_NewOptimizer):
+    __doc__ = _doc("AdamW", "Fusedopt>ApplyAdam", None)
+    _hypers = ("weight_decay", "beta_1", "beta_2")
+
+    def __init__(self, learning_rate: Any = 0.001, weight_decay: Any = 0.004,
+                 beta_1: Any = 0.9, beta_2: Any = 0.999, epsilon: float = 1e-7,
+                 amsgrad: bool = False, name: str = "AdamW", **kwargs: Any):
+        super().__init__(name, **kwargs)
+        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
+        self._set_hyper("decay", self._initial_decay)
+        self._set_hyper("weight_decay", weight_decay)
+        self._set_hyper("beta_1", beta_1)
+        self._set_hyper("beta_2", beta_2)
+        self.epsilon = epsilon or backend_config.epsilon()
+        self.amsgrad = amsgrad
+
+    def _create_slots(self, var_list):
+        for var in var_list:
+            self.add_slot(var, "m")
+        for var in var_list:
+            self.add_slot(var, "v")
+        if self.amsgrad:
+            for var in var_list:
+                self.add_slot(var, "vhat")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(epsilon=self.epsilon, amsgrad=self.amsgrad)
+        return config
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_adam(
+            variables, grads, c["lr_t"],
+            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
+            vhat=slots(self, variables, "vhat") if self.amsgrad else None,
+            step=c["fused_step"], beta_1=c["beta_1"], beta_2=c["beta_2"],
+            epsilon=c["epsilon"], weight_decay=c["weight_decay"], **options,
+        )
+
+    def _tf_update(self, grad, var, c):
+        lr, b1, b2 = c["lr_t"], c["beta_1"], c["beta_2"]
+        t = tf.cast(c["fused_step"], var.dtype)
+        m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
+        var.assign_sub(var * c["weight_decay"] * lr)
+        m.assign_add((grad - m) * (1 - b1))
+        v.assign_add((grad * grad - v) * (1 - b2))
+        alpha = lr * tf.sqrt(1 - tf.pow(b2, t)) / (1 - tf.pow(b1, t))
+        denom = v
+        if self.amsgrad:
+            vhat = self.get_slot(var, "vhat")
+            denom = vhat.assign(tf.maximum(vhat, v))
+        return var.assign_sub(m * alpha / (tf.sqrt(denom) + c["epsilon"]))
+
+
+@_register
+class Lion(_NewOptimizer):
+    __doc__ = _doc("Lion", "Fusedopt>ApplyLion", None)
+    _hypers = ("weight_decay", "beta_1", "beta_2")
+
+    def __init__(self, learning_rate: Any = 0.001, beta_1: Any = 0.9, beta_2: Any = 0.99,
+                 weight_decay: Any = 0.0, name: str = "Lion", **kwargs: Any):
+        super().__init__(name, **kwargs)
+        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
+        self._set_hyper("decay", self._initial_decay)
+        self._set_hyper("weight_decay", weight_decay)
+        self._set_hyper("beta_1", beta_1)
+        self._set_hyper("beta_2", beta_2)
+
+    def _create_slots(self, var_list):
+        for var in var_list:
+            self.add_slot(var, "m")
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_lion(
+            variables, grads, c["lr_t"], m=slots(self, variables, "m"),
+            beta_1=c["beta_1"], beta_2=c["beta_2"], weight_decay=c["weight_decay"], **options,
+        )
+
+    def _tf_update(self, grad, var, c):
+        lr, b1, b2 = c["lr_t"], c["beta_1"], c["beta_2"]
+        m = self.get_slot(var, "m")
+        var.assign_sub(var * c["weight_decay"] * lr)
+        var.assign_sub(lr * tf.sign(m * b1 + grad * (1 - b1)))
+        return m.assign(m * b2 + grad * (1 - b2))
+
+
+@_register
+class Lamb(_NewOptimizer):
+    __doc__ = _doc("Lamb", "Fusedopt>ApplyLamb", None)
+    _hypers = ("weight_decay", "beta_1", "beta_2")
+
+    def __init__(self, learning_rate: Any = 0.001, beta_1: Any = 0.9, beta_2: Any = 0.999,
+                 epsilon: float = 1e-7, weight_decay: Any = 0.0, name: str = "Lamb",
+                 **kwargs: Any):
+        if kwargs.get("sparse_mode") == "lazy":
+            raise ValueError("Lamb has no lazy sparse mode: its trust ratio needs the whole "
+                             "variable; use sparse_mode='exact'")
+        super().__init__(name, **kwargs)
+        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
+        self._set_hyper("decay", self._initial_decay)
+        self._set_hyper("weight_decay", weight_decay)
+        self._set_hyper("beta_1", beta_1)
+        self._set_hyper("beta_2", beta_2)
+        self.epsilon = epsilon or backend_config.epsilon()
+
+    def _create_slots(self, var_list):
+        for var in var_list:
+            self.add_slot(var, "m")
+        for var in var_list:
+            self.add_slot(var, "v")
+
+    def get_config(self):
+        config = super().get_config()
+        config["epsilon"] = self.epsilon
+        return config
+
+    def _fused_update(self, variables, grads, c, **options):
+        return ops.apply_lamb(
+            variables, grads, c["lr_t"],
+            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
+            step=c["fused_step"], beta_1=c["beta_1"], beta_2=c["beta_2"],
+            epsilon=c["epsilon"], weight_decay=c["weight_decay"], **options,
+        )
+
+    def _tf_update(self, grad, var, c):
+        lr, b1, b2 = c["lr_t"], c["beta_1"], c["beta_2"]
+        t = tf.cast(c["fused_step"], var.dtype)
+        m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
+        var.assign_sub(var * c["weight_decay"] * lr)
+        m.assign_add((grad - m) * (1 - b1))
+        v.assign_add((grad * grad - v) * (1 - b2))
+        u = (m / (1 - tf.pow(b1, t))) / (tf.sqrt(v / (1 - tf.pow(b2, t))) + c["epsilon"])
+        w_norm = tf.norm(var)
+        u_norm = tf.norm(u)
+        ratio = tf.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, tf.ones_like(w_norm))
+        return var.assign_sub(ratio * lr * u)
