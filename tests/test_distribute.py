@@ -1,4 +1,4 @@
-"""fusedopt.keras under tf.distribute.MirroredStrategy on two logical CPUs.
+"""fusedopt.keras and fusedopt.legacy under tf.distribute.MirroredStrategy on two logical CPUs.
 
 Logical devices must be configured before TensorFlow initializes, so the
 training runs in a subprocess.
@@ -53,6 +53,28 @@ for name, cfg in [("none", {}), ("global_clipnorm", {"global_clipnorm": 1.0}),
             )
             res["replicas_identical"] = same
     out[name] = res
+
+# fusedopt.legacy under the same strategies (tf_keras clips after the sum).
+import tf_keras, fusedopt.legacy as fl
+
+def run_legacy(strategy, cfg):
+    with strategy.scope():
+        tf_keras.utils.set_random_seed(0)
+        m = tf_keras.Sequential([tf_keras.layers.Dense(32, activation="relu", input_shape=(64,)),
+                                 tf_keras.layers.Dense(10)])
+        m.compile(optimizer=fl.Adam(0.01, **cfg),
+                  loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    m.fit(x, y, batch_size=64, epochs=2, verbose=0, shuffle=False)
+    return m
+
+for name, cfg in [("none", {}), ("global_clipnorm", {"global_clipnorm": 1.0})]:
+    a, b = run_legacy(mirrored, cfg), run_legacy(single, cfg)
+    diff = max(float(np.abs(p.numpy() - q.numpy()).max()) for p, q in zip(a.weights, b.weights))
+    checked = [np.array_equal(v.values[0].numpy(), v.values[1].numpy())
+               for v in a.weights + a.optimizer.weights if hasattr(v, "values")]
+    same = len(checked) == len(a.weights) * 3 + 1 and all(checked)  # weights, m, v, iterations
+    out[name]["legacy"] = diff
+    out[name]["legacy_replicas_identical"] = same
 print(json.dumps(out))
 """
 
@@ -71,6 +93,13 @@ def test_mirrored_matches_single_device(mirrored_results, clip):
     res = mirrored_results[clip]
     assert res["fused"] < 1e-5, res
     assert res["replicas_identical"], res
+
+
+@pytest.mark.parametrize("clip", ["none", "global_clipnorm"])
+def test_legacy_mirrored_matches_single_device(mirrored_results, clip):
+    res = mirrored_results[clip]
+    assert res["legacy"] < 1e-5, res
+    assert res["legacy_replicas_identical"], res
 
 
 def test_builtin_keras_clips_before_the_all_reduce(mirrored_results):
