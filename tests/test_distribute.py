@@ -67,7 +67,8 @@ def run_legacy(strategy, cfg):
     m.fit(x, y, batch_size=64, epochs=2, verbose=0, shuffle=False)
     return m
 
-for name, cfg in [("none", {}), ("global_clipnorm", {"global_clipnorm": 1.0})]:
+for name, cfg in [("none", {}), ("global_clipnorm", {"global_clipnorm": 1.0}),
+                  ("clipnorm", {"clipnorm": 0.5})]:
     a, b = run_legacy(mirrored, cfg), run_legacy(single, cfg)
     diff = max(float(np.abs(p.numpy() - q.numpy()).max()) for p, q in zip(a.weights, b.weights))
     checked = [np.array_equal(v.values[0].numpy(), v.values[1].numpy())
@@ -95,7 +96,7 @@ def test_mirrored_matches_single_device(mirrored_results, clip):
     assert res["replicas_identical"], res
 
 
-@pytest.mark.parametrize("clip", ["none", "global_clipnorm"])
+@pytest.mark.parametrize("clip", ["none", "global_clipnorm", "clipnorm"])
 def test_legacy_mirrored_matches_single_device(mirrored_results, clip):
     res = mirrored_results[clip]
     assert res["legacy"] < 1e-5, res

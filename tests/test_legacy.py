@@ -399,3 +399,17 @@ def test_tf_keras_through_tf_use_legacy_keras():
     assert r.returncode == 0, r.stderr[-2000:]
     first, last = map(float, r.stdout.split("LOSS")[1].split())
     assert last < first / 10
+
+
+def test_resource_apply_hooks_call_the_fused_ops():
+    v = tf.Variable(tf.ones([6, 2]))
+    opt = fl.Adam()
+    opt._create_all_weights([v])
+
+    @tf.function
+    def hooks():
+        opt._resource_apply_dense(tf.ones([6, 2]), v, None)
+        opt._resource_apply_sparse(tf.ones([2, 2]), v, tf.constant([1, 3]), None)
+
+    types = {op.type for op in hooks.get_concrete_function().graph.get_operations()}
+    assert {"Fusedopt>ApplyAdam", "Fusedopt>SparseApplyAdam"} <= types

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 mode, out = sys.argv[1], sys.argv[2]
-strategy = (tf.distribute.MultiWorkerMirroredStrategy() if mode == "mwms"
+strategy = (tf.distribute.MultiWorkerMirroredStrategy() if mode.startswith("mw")
             else tf.distribute.get_strategy())
 import keras
 import fusedopt.keras as fk
@@ -60,6 +60,12 @@ def legacy_model():
     m.compile(optimizer=fl.Adam(0.01, clipnorm=0.5),
               loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return m
+
+
+def legacy_opt_vars(m):
+    # By name: after a restore, tf_keras creates slots in another order.
+    # (and names them without the optimizer's "Adam/" prefix).
+    return [v.numpy() for v in sorted(m.optimizer.weights, key=lambda v: v.name.split("Adam/")[-1])]
 
 
 def weights(m, opt_vars):
@@ -102,9 +108,25 @@ if mode in ("mwms", "single"):
         sm = keras_model(fk.SGD(0.1, momentum=0.9))
     custom_loop(sm)
     result["keras"] = weights(km, [v.value for v in km.optimizer.variables])
-    result["legacy"] = weights(lm, lm.optimizer.get_weights())
+    result["legacy"] = weights(lm, legacy_opt_vars(lm))
     result["sgd"] = weights(sm, [v.value for v in sm.optimizer.variables])
     result["replicas"] = [np.array(strategy.num_replicas_in_sync)]
+elif mode in ("mw_fault", "mw_straight"):
+    # tf_keras model.fit on 2 workers; with KILL=1 worker 1 is killed at the
+    # start of epoch 3 (after the chief backed up epoch 2).
+    class KillWorker(tf_keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            task = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+            if epoch == 2 and task == 1 and os.environ.get("KILL") == "1":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    with strategy.scope():
+        lm = legacy_model()
+    callbacks = [KillWorker()]
+    if mode == "mw_fault":
+        callbacks.append(tf_keras.callbacks.BackupAndRestore(sys.argv[3]))
+    lm.fit(dataset(), epochs=4, verbose=0, callbacks=callbacks)
+    result["legacy"] = weights(lm, legacy_opt_vars(lm))
 else:  # "fault" (killed at the start of epoch 3 when KILL is set) or "straight"
     class Kill(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -149,18 +171,23 @@ def script(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="module")
-def multiworker_results(script, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mw_out")
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+def _start_workers(script, mode, out_dir, *extra, **env):
+    """Two worker processes of one cluster on free 127.0.0.1 ports."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         procs.append(subprocess.Popen(
-            [sys.executable, str(script), "mwms", str(tmp / f"worker{index}.npz")],
-            env=_env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
+            [sys.executable, str(script), mode, str(out_dir / f"worker{index}.npz"), *extra],
+            env=_env(TF_CONFIG=tf_config, **env), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+@pytest.fixture(scope="module")
+def multiworker_results(script, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mw_out")
+    procs = _start_workers(script, "mwms", tmp)
     single = subprocess.run([sys.executable, str(script), "single", str(tmp / "single.npz")],
                             env=_env(), capture_output=True, text=True, timeout=600)
     try:
@@ -207,3 +234,42 @@ def test_killed_run_resumes_with_backup_and_restore(script, tmp_path):
     assert sorted(a) == sorted(b)
     for k in a:  # weights, and every optimizer variable (iterations and slots)
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_killed_worker_resumes_with_backup_and_restore(script, tmp_path):
+    """2 workers (tf_keras model.fit): worker 1 is SIGKILLed at the start of
+    epoch 3; the cluster is restarted and resumes from the backup, ending with
+    the weights and slots of an uninterrupted 2-worker run."""
+    straight_dir, fault_dir, backup = tmp_path / "s", tmp_path / "f", tmp_path / "backup"
+    straight_dir.mkdir(), fault_dir.mkdir()
+    procs = _start_workers(script, "mw_straight", straight_dir)
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+
+    procs = _start_workers(script, "mw_fault", fault_dir, str(backup), KILL="1")
+    try:
+        procs[1].wait(timeout=600)
+        assert procs[1].returncode == -9, procs[1].stderr.read()[-3000:]
+        # The surviving worker cannot finish alone: it fails or blocks in a
+        # collective; a cluster restart is how BackupAndRestore recovers.
+        try:
+            procs[0].wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert not (fault_dir / "worker0.npz").exists() and backup.exists()
+
+    procs = _start_workers(script, "mw_fault", fault_dir, str(backup))
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    resumed, straight = _load(fault_dir / "worker0.npz"), _load(straight_dir / "worker0.npz")
+    other = _load(fault_dir / "worker1.npz")
+    assert sorted(resumed) == sorted(straight) and resumed
+    for k in resumed:
+        np.testing.assert_array_equal(resumed[k], other[k], err_msg=k)
+        np.testing.assert_allclose(resumed[k], straight[k], rtol=1e-6, atol=1e-7, err_msg=k)

@@ -123,6 +123,12 @@ class FusedLegacyMixin:
         # The fused sparse ops sum duplicate indices themselves (deterministically).
         return self._fused_update([var], [tf.IndexedSlices(grad, indices)], c, sparse_mode=mode)
 
+    def _resource_apply_sparse(self, grad, var, indices, apply_state=None):
+        # Unique indices; the duplicate-summing path handles them as well.
+        return self._resource_apply_sparse_duplicate_indices(
+            grad, var, indices, apply_state=apply_state
+        )
+
     def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
         _ctx.check_strategy(distribution)
         if not self.multi_tensor or _ctx.in_xla_context():
