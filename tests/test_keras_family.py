@@ -283,3 +283,19 @@ def test_fit_on_digits_every_class(name, jit_compile):
     np.testing.assert_allclose(fused["loss"], builtin["loss"], rtol=rtol)
     np.testing.assert_allclose(fused["accuracy"], builtin["accuracy"], atol=2e-2 if name == "Lion" else 2e-3)
     assert fused["loss"][-1] < fused["loss"][0]
+
+
+def test_unsupported_strategy_is_refused():
+    strategy = tf.distribute.experimental.CentralStorageStrategy()
+    with strategy.scope():
+        v = keras.Variable(np.ones(4, np.float32))
+        opt = fk.Adam()
+        opt.build([v])
+
+    @tf.function
+    def step():
+        strategy.run(lambda: opt.apply([tf.ones(4)], [v]))
+
+    with pytest.raises(NotImplementedError, match="fusedopt optimizers do not support CentralStorageStrategy"):
+        step()
+    np.testing.assert_array_equal(v.numpy(), np.ones(4))
