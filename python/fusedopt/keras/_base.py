@@ -37,15 +37,6 @@ from tensorflow.python.framework import ops as tf_ops
 from fusedopt import _tf_context as _ctx
 
 
-def in_xla_context() -> bool:
-    """True while tracing a function for XLA compilation."""
-    return _ctx.in_xla_context()
-
-
-def _warn_xla_once() -> None:
-    _ctx.warn_xla_once("Keras' built-in update ops")
-
-
 def keras_scalar(x: Any) -> tf.Tensor:
     """A Python hyperparameter as Keras' update_step sees it.
 
@@ -106,8 +97,8 @@ class FusedOptimizerMixin:
         """Per-step optimizer state updated before the variable updates (Nadam)."""
 
     def _fused_enabled(self) -> bool:
-        if in_xla_context():
-            _warn_xla_once()
+        if _ctx.in_xla_context():
+            _ctx.warn_xla_once("Keras' built-in update ops")
             return False
         return True
 

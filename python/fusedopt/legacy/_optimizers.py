@@ -187,18 +187,40 @@ class Ftrl(FusedLegacyMixin, ftrl.Ftrl):
 
 
 class _NewOptimizer(FusedLegacyMixin, optimizer_v2.OptimizerV2):
-    """Shared by AdamW, Lion and Lamb: hyperparameters and the unfused form."""
+    """Shared by AdamW, Lion and Lamb: hyperparameters, slots, config and the
+    unfused form's common steps."""
 
     _HAS_AGGREGATE_GRAD = True
     _builtin_sparse_mode = "exact"
-    _hypers: tuple[str, ...] = ()
+    _hypers = ("weight_decay", "beta_1", "beta_2")
+
+    def __init__(self, name: str, learning_rate: Any, hypers: dict[str, Any],
+                 epsilon: float | None = None, **kwargs: Any):
+        """``hypers`` holds a value for each name in ``_hypers``; ``epsilon`` is
+        None for a rule without one."""
+        super().__init__(name, **kwargs)
+        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
+        self._set_hyper("decay", self._initial_decay)
+        for h in self._hypers:
+            self._set_hyper(h, hypers[h])
+        self._has_epsilon = epsilon is not None
+        if self._has_epsilon:
+            self.epsilon = epsilon or backend_config.epsilon()
+
+    def _new_slot_names(self) -> tuple[str, ...]:
+        return ("m", "v")
+
+    def _create_slots(self, var_list):
+        for slot_name in self._new_slot_names():
+            for var in var_list:
+                self.add_slot(var, slot_name)
 
     def _prepare_local(self, var_device, var_dtype, apply_state):
         super()._prepare_local(var_device, var_dtype, apply_state)
         c = apply_state[(var_device, var_dtype)]
         for h in self._hypers:
             c[h] = tf.identity(self._get_hyper(h, var_dtype))
-        if hasattr(self, "epsilon"):
+        if self._has_epsilon:
             c["epsilon"] = tf.convert_to_tensor(self.epsilon, var_dtype)
 
     def get_config(self):
@@ -207,6 +229,8 @@ class _NewOptimizer(FusedLegacyMixin, optimizer_v2.OptimizerV2):
         config["decay"] = self._initial_decay
         for h in self._hypers:
             config[h] = self._serialize_hyperparameter(h)
+        if self._has_epsilon:
+            config["epsilon"] = self.epsilon
         return config
 
     def _unfused_sparse(self, grad, var, indices, apply_state):
@@ -216,36 +240,34 @@ class _NewOptimizer(FusedLegacyMixin, optimizer_v2.OptimizerV2):
         c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
         return self._tf_update(grad, var, c)
 
+    def _tf_decay_and_moments(self, grad, var, c):
+        """The unfused form's first steps for Adam-like rules: decoupled weight
+        decay, then the m and v updates. Returns the m and v slots."""
+        m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
+        var.assign_sub(var * c["weight_decay"] * c["lr_t"])
+        m.assign_add((grad - m) * (1 - c["beta_1"]))
+        v.assign_add((grad * grad - v) * (1 - c["beta_2"]))
+        return m, v
+
 
 @_register
 class AdamW(_NewOptimizer):
     __doc__ = _doc("AdamW", "Fusedopt>ApplyAdam", None)
-    _hypers = ("weight_decay", "beta_1", "beta_2")
 
     def __init__(self, learning_rate: Any = 0.001, weight_decay: Any = 0.004,
                  beta_1: Any = 0.9, beta_2: Any = 0.999, epsilon: float = 1e-7,
                  amsgrad: bool = False, name: str = "AdamW", **kwargs: Any):
-        super().__init__(name, **kwargs)
-        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
-        self._set_hyper("decay", self._initial_decay)
-        self._set_hyper("weight_decay", weight_decay)
-        self._set_hyper("beta_1", beta_1)
-        self._set_hyper("beta_2", beta_2)
-        self.epsilon = epsilon or backend_config.epsilon()
+        super().__init__(name, learning_rate,
+                         dict(weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2),
+                         epsilon=epsilon, **kwargs)
         self.amsgrad = amsgrad
 
-    def _create_slots(self, var_list):
-        for var in var_list:
-            self.add_slot(var, "m")
-        for var in var_list:
-            self.add_slot(var, "v")
-        if self.amsgrad:
-            for var in var_list:
-                self.add_slot(var, "vhat")
+    def _new_slot_names(self):
+        return ("m", "v", "vhat") if self.amsgrad else ("m", "v")
 
     def get_config(self):
         config = super().get_config()
-        config.update(epsilon=self.epsilon, amsgrad=self.amsgrad)
+        config["amsgrad"] = self.amsgrad
         return config
 
     def _fused_update(self, variables, grads, c, **options):
@@ -258,12 +280,9 @@ class AdamW(_NewOptimizer):
         )
 
     def _tf_update(self, grad, var, c):
+        m, v = self._tf_decay_and_moments(grad, var, c)
         lr, b1, b2 = c["lr_t"], c["beta_1"], c["beta_2"]
         t = tf.cast(c["fused_step"], var.dtype)
-        m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
-        var.assign_sub(var * c["weight_decay"] * lr)
-        m.assign_add((grad - m) * (1 - b1))
-        v.assign_add((grad * grad - v) * (1 - b2))
         alpha = lr * tf.sqrt(1 - tf.pow(b2, t)) / (1 - tf.pow(b1, t))
         denom = v
         if self.amsgrad:
@@ -275,20 +294,15 @@ class AdamW(_NewOptimizer):
 @_register
 class Lion(_NewOptimizer):
     __doc__ = _doc("Lion", "Fusedopt>ApplyLion", None)
-    _hypers = ("weight_decay", "beta_1", "beta_2")
 
     def __init__(self, learning_rate: Any = 0.001, beta_1: Any = 0.9, beta_2: Any = 0.99,
                  weight_decay: Any = 0.0, name: str = "Lion", **kwargs: Any):
-        super().__init__(name, **kwargs)
-        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
-        self._set_hyper("decay", self._initial_decay)
-        self._set_hyper("weight_decay", weight_decay)
-        self._set_hyper("beta_1", beta_1)
-        self._set_hyper("beta_2", beta_2)
+        super().__init__(name, learning_rate,
+                         dict(weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2),
+                         **kwargs)
 
-    def _create_slots(self, var_list):
-        for var in var_list:
-            self.add_slot(var, "m")
+    def _new_slot_names(self):
+        return ("m",)
 
     def _fused_update(self, variables, grads, c, **options):
         return ops.apply_lion(
@@ -307,7 +321,6 @@ class Lion(_NewOptimizer):
 @_register
 class Lamb(_NewOptimizer):
     __doc__ = _doc("Lamb", "Fusedopt>ApplyLamb", None)
-    _hypers = ("weight_decay", "beta_1", "beta_2")
 
     def __init__(self, learning_rate: Any = 0.001, beta_1: Any = 0.9, beta_2: Any = 0.999,
                  epsilon: float = 1e-7, weight_decay: Any = 0.0, name: str = "Lamb",
@@ -315,24 +328,9 @@ class Lamb(_NewOptimizer):
         if kwargs.get("sparse_mode") == "lazy":
             raise ValueError("Lamb has no lazy sparse mode: its trust ratio needs the whole "
                              "variable; use sparse_mode='exact'")
-        super().__init__(name, **kwargs)
-        self._set_hyper("learning_rate", kwargs.get("lr", learning_rate))
-        self._set_hyper("decay", self._initial_decay)
-        self._set_hyper("weight_decay", weight_decay)
-        self._set_hyper("beta_1", beta_1)
-        self._set_hyper("beta_2", beta_2)
-        self.epsilon = epsilon or backend_config.epsilon()
-
-    def _create_slots(self, var_list):
-        for var in var_list:
-            self.add_slot(var, "m")
-        for var in var_list:
-            self.add_slot(var, "v")
-
-    def get_config(self):
-        config = super().get_config()
-        config["epsilon"] = self.epsilon
-        return config
+        super().__init__(name, learning_rate,
+                         dict(weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2),
+                         epsilon=epsilon, **kwargs)
 
     def _fused_update(self, variables, grads, c, **options):
         return ops.apply_lamb(
@@ -343,14 +341,11 @@ class Lamb(_NewOptimizer):
         )
 
     def _tf_update(self, grad, var, c):
-        lr, b1, b2 = c["lr_t"], c["beta_1"], c["beta_2"]
+        m, v = self._tf_decay_and_moments(grad, var, c)
         t = tf.cast(c["fused_step"], var.dtype)
-        m, v = self.get_slot(var, "m"), self.get_slot(var, "v")
-        var.assign_sub(var * c["weight_decay"] * lr)
-        m.assign_add((grad - m) * (1 - b1))
-        v.assign_add((grad * grad - v) * (1 - b2))
-        u = (m / (1 - tf.pow(b1, t))) / (tf.sqrt(v / (1 - tf.pow(b2, t))) + c["epsilon"])
+        u = (m / (1 - tf.pow(c["beta_1"], t))) / (
+            tf.sqrt(v / (1 - tf.pow(c["beta_2"], t))) + c["epsilon"])
         w_norm = tf.norm(var)
         u_norm = tf.norm(u)
         ratio = tf.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, tf.ones_like(w_norm))
-        return var.assign_sub(ratio * lr * u)
+        return var.assign_sub(ratio * c["lr_t"] * u)
