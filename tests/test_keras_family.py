@@ -186,19 +186,27 @@ def test_loss_scale_optimizer_skips_non_finite_steps():
     assert np.all(variables[0].numpy() < 1.0)  # a finite step applies (unscaled)
 
 
-def test_mixed_bfloat16_policy_trains_like_builtin():
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_policy_trains_like_builtin(policy):
+    """Under mixed_float16, compile wraps the optimizer in a LossScaleOptimizer;
+    the fused (inner) optimizer updates float32 variables from unscaled
+    gradients. Under mixed_bfloat16 no loss scaling is involved."""
     x, y = _data()
     results = []
-    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    keras.mixed_precision.set_dtype_policy(policy)
     try:
         for cls in (fk.Adam, keras.optimizers.Adam):
             model = _model()
             model.compile(optimizer=cls(0.01), loss="mse")
             hist = model.fit(x, y, epochs=3, batch_size=32, verbose=0, shuffle=False)
+            if policy == "mixed_float16":
+                assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+                assert type(model.optimizer.inner_optimizer) is cls
             results.append(hist.history["loss"])
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     np.testing.assert_allclose(results[0], results[1], rtol=1e-3)
+    assert results[0][-1] < results[0][0]
 
 
 def test_from_keras_copies_config_and_state():
@@ -214,26 +222,6 @@ def test_from_keras_copies_config_and_state():
     assert fk.from_keras(fused) is fused
     with pytest.raises(ValueError, match="supported: keras.optimizers.SGD"):
         fk.from_keras(keras.optimizers.Adafactor())
-
-
-def test_mixed_float16_policy_trains_like_builtin():
-    """mixed_float16: compile wraps the optimizer in a LossScaleOptimizer; the
-    fused inner optimizer updates float32 variables from unscaled gradients."""
-    x, y = _data()
-    results = []
-    keras.mixed_precision.set_dtype_policy("mixed_float16")
-    try:
-        for cls in (fk.Adam, keras.optimizers.Adam):
-            model = _model()
-            model.compile(optimizer=cls(0.01), loss="mse")
-            hist = model.fit(x, y, epochs=3, batch_size=32, verbose=0, shuffle=False)
-            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-            assert type(model.optimizer.inner_optimizer) is cls
-            results.append(hist.history["loss"])
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-3)
-    assert results[0][-1] < results[0][0]
 
 
 # One configuration per class for model.fit on digits, with and without XLA.
