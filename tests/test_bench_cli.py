@@ -80,11 +80,24 @@ def test_models_suite(tmp_path):
 
 
 def test_fit_suite(tmp_path):
-    r, data = bench(tmp_path, "--suite", "fit", "--quick")
+    r, data = bench(tmp_path, "--suite", "fit", "--quick", "--inject-wrong")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = data["rows"]
-    assert {x["contender"] for x in rows} == {"fusedopt", "keras"}
-    assert all(x["check"] == "ok" and x["ms"] > 0 for x in rows)
+    cases = sorted({x["case"] for x in rows})
+    assert len(cases) == 2 and cases[0].startswith("MLP") and cases[1].startswith("ResNet-50")
+    resnet = [x for x in rows if x["case"] == cases[1]]
+    assert resnet[0]["tensors"] == 214 and 25_000_000 < resnet[0]["elements"] < 26_000_000
+    for case in cases:
+        by = {x["contender"]: x for x in rows if x["case"] == case}
+        assert set(by) == {"fusedopt", "keras", "keras+XLA", "injected-wrong"}
+        for name in ("fusedopt", "keras", "keras+XLA"):
+            assert by[name]["check"] == "ok" and by[name]["ms"] > 0, by[name]
+            assert len(by[name]["extra"]["losses"]) == 4
+        # The loss curves move, and a doubled learning rate is caught.
+        losses = by["fusedopt"]["extra"]["losses"]
+        assert max(losses) > 1.5 * min(losses), losses
+        assert by["injected-wrong"]["check"].startswith("WRONG")
+        assert by["injected-wrong"]["ms"] is None
 
 
 def test_sparse_suite_checks_each_semantics(tmp_path):

@@ -12,6 +12,10 @@ and the spread (min-max) of the per-step times are reported. GB/s uses the
 rule's bytes per element; the roofline is an in-place triad probe
 (a = a * s + b, 12 bytes/element) over as many bytes as the rule moves, on the
 same thread pool, timed in the same rounds.
+
+Keras contenders with XLA are built as Keras 3's `model.fit` builds them: the
+step is compiled, and a separate uncompiled loop calls it K times (see
+fusedopt.bench.runner.fit_style_loop), so each step is one XLA launch.
 """
 
 from __future__ import annotations

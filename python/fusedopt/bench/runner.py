@@ -59,6 +59,29 @@ MODELS = {
 ONE = tf.constant(1)
 
 
+def fit_style_loop(step: Callable[[], None], jit: bool) -> Callable[[tf.Tensor], None]:
+    """A tf.function running `step` `steps` times, built the way Keras 3's
+    `model.fit` builds its train function.
+
+    Keras compiles one training step, `tf.function(jit_compile=...)`, and calls it
+    from a separate, never-compiled tf.function that loops over
+    `steps_per_execution` steps (keras/src/backend/tensorflow/trainer.py,
+    `one_step_on_data` and `multi_step_on_iterator`). So under XLA every step is
+    one launch of the compiled cluster, which looks up and snapshots every
+    resource variable it touches. Compiling the whole loop as one cluster
+    instead would pay that once per call and hide it: a structure Keras never
+    runs. Without XLA the inner function is inlined and this is a plain loop.
+    """
+    compiled_step = tf.function(step, jit_compile=jit)
+
+    @tf.function
+    def run(steps):
+        for _ in tf.range(steps):
+            compiled_step()
+
+    return run
+
+
 def _np_dtype(name: str):
     return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
 
@@ -102,12 +125,7 @@ class Case:
         opt = cls(**self.algo.config)
         opt.build(variables)
         grads, k = self.grads, self.k
-
-        @tf.function(jit_compile=jit)
-        def run(steps):
-            for _ in tf.range(steps):
-                opt.apply(grads, variables)
-
+        run = fit_style_loop(lambda: opt.apply(grads, variables), jit)
         self.contenders[name] = dict(run=lambda: run(k), step=lambda: run(ONE), vars=variables,
                                      slots=self._slot_lists(opt, variables), opt=opt)
 
@@ -263,12 +281,7 @@ class SparseCase:
             name_check = "exact"
         else:
             name_check = {"fusedopt exact": "exact", "fusedopt lazy": "lazy"}.get(name, "keras")
-
-        @tf.function(jit_compile=jit)
-        def run(steps):
-            for _ in tf.range(steps):
-                opt.apply([grad], [var])
-
+        run = fit_style_loop(lambda: opt.apply([grad], [var]), jit)
         self.contenders[name] = dict(run=lambda: run(self.k), step=lambda: run(ONE), var=var,
                                      opt=opt, semantics=name_check)
 
@@ -376,37 +389,113 @@ def run_case(suite: str, label: str, case: Case, args, rows: list[Row]) -> None:
         rows.append(row)
 
 
-def run_fit(args, rows: list[Row]) -> None:
+class ShapesLayer(keras.layers.Layer):
+    """Trainable weights of given shapes with a dummy forward pass: the output
+    is sum(x) times the sum of every weight's mean, so every weight gets a
+    dense gradient while the forward and backward passes cost one read of
+    the weights and one gradient fill. A model.fit step is then mostly the
+    optimizer's."""
+
+    def __init__(self, shapes, **kwargs):
+        super().__init__(**kwargs)
+        self.shapes = [tuple(s) for s in shapes]
+
+    def build(self, input_shape):
+        init = keras.initializers.RandomNormal(stddev=0.05, seed=0)
+        self.ws = [self.add_weight(shape=s, initializer=init, name=f"w{i}")
+                   for i, s in enumerate(self.shapes)]
+
+    def call(self, x):
+        total = tf.add_n([tf.reduce_mean(w) for w in self.ws])
+        return tf.reduce_sum(x, axis=1, keepdims=True) * total
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall time of each epoch, from on_epoch_begin to on_epoch_end: the
+    training steps without fit()'s per-call setup."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def _fit_cases(quick: bool):
+    """(label, make_model, x, y, batch, loss) for each model of the fit suite."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
     x, y = (x / 16.0).astype(np.float32), y.astype(np.int64)
-    epochs = 2 if args.quick else 5
-    results = {}
-    for name, cls in [("fusedopt", ALGORITHMS["adam"].fused_cls),
-                      ("keras", ALGORITHMS["adam"].keras_cls)]:
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
-                                  keras.layers.Dense(512, activation="relu"),
-                                  keras.layers.Dense(10)])
-        model.compile(optimizer=cls(1e-3), jit_compile=False,
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        model.fit(x, y, batch_size=64, epochs=1, verbose=0, shuffle=False)  # warm-up/trace
-        t0 = time.perf_counter()
-        hist = model.fit(x, y, batch_size=64, epochs=epochs, verbose=0, shuffle=False)
-        steps = epochs * int(np.ceil(len(x) / 64))
-        results[name] = ((time.perf_counter() - t0) / steps * 1e3, hist.history["loss"])
-    # The check for this suite compares the two training curves (after the
-    # run): Adam's float32 rounding differences grow over hundreds of steps,
-    # so the curves agree to ~1e-3 relative; a wrong update is far off.
-    same = np.allclose(results["fusedopt"][1], results["keras"][1], rtol=1e-2)
-    for name, (ms, losses) in results.items():
-        rows.append(Row(suite="fit", case="MLP 64-512-512-10 on digits, batch 64", algorithm="adam",
-                        dtype="float32", tensors=6, elements=299_018, contender=name,
-                        check="ok" if same else "WRONG: loss curves differ",
-                        ms=ms if same else None,
-                        speedup_vs_keras=results["keras"][0] / ms if same else None,
-                        extra=dict(losses=[float(v) for v in losses])))
+
+    def mlp():
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(512, activation="relu"),
+                                 keras.layers.Dense(512, activation="relu"),
+                                 keras.layers.Dense(10)])
+
+    yield ("MLP 64-512-512-10 on digits, batch 64", mlp, x, y, 64,
+           keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    shapes = resnet50_shapes()
+    rng = np.random.default_rng(0)
+    n = 128 if quick else 512
+    xr = rng.standard_normal((n, 8)).astype(np.float32)
+    # The target needs the weights' means to sum to 0.5 (they start near 0), so
+    # the loss curve follows every step of the optimizer and a wrong update shows.
+    yr = 0.5 * xr.sum(axis=1, keepdims=True)
+    yield ("ResNet-50 variables (214), dummy forward, batch 32",
+           lambda: keras.Sequential([keras.Input((8,)), ShapesLayer(shapes)]), xr, yr, 32,
+           keras.losses.MeanSquaredError())
+
+
+def run_fit(args, rows: list[Row]) -> None:
+    """model.fit step time, Adam: fusedopt, Keras and Keras with jit_compile,
+    one model each, trained one epoch at a time in interleaved rounds. The
+    check compares each loss curve with Keras' (after the run): Adam's float32
+    rounding differences grow over hundreds of steps, so the curves agree to
+    ~1e-3 relative; a wrong update is far off."""
+    fused, builtin = ALGORITHMS["adam"].fused_cls, ALGORITHMS["adam"].keras_cls
+    contenders = [("fusedopt", lambda: fused(1e-3), False), ("keras", lambda: builtin(1e-3), False)]
+    if args.xla:
+        contenders.append(("keras+XLA", lambda: builtin(1e-3), True))
+    if args.inject_wrong:  # twice the learning rate: the check must catch it
+        contenders.append(("injected-wrong", lambda: fused(2e-3), False))
+    rounds = 4 if args.quick else 8
+    for label, make_model, x, y, batch, loss in _fit_cases(args.quick):
+        models, timers, losses = {}, {}, {}
+        for name, make_optimizer, jit in contenders:
+            keras.utils.set_random_seed(0)
+            model = make_model()
+            model.compile(optimizer=make_optimizer(), jit_compile=jit, loss=loss)
+            # Warm-up: traces the train function; the second call settles
+            # what a model's first fit() call with callbacks still sets up.
+            for _ in range(2):
+                model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False,
+                          callbacks=[_EpochTimer()])
+            models[name], timers[name], losses[name] = model, _EpochTimer(), []
+        for _ in range(rounds):
+            for name in models:
+                hist = models[name].fit(x, y, batch_size=batch, epochs=1, verbose=0,
+                                        shuffle=False, callbacks=[timers[name]])
+                losses[name] += hist.history["loss"]
+        steps = int(np.ceil(len(x) / batch))
+        ms = {k: statistics.median(t.times) / steps * 1e3 for k, t in timers.items()}
+        weights = models["keras"].trainable_variables
+        elements = int(sum(int(np.prod(v.shape)) for v in weights))
+        for name in models:
+            same = np.allclose(losses[name], losses["keras"], rtol=1e-2)
+            rows.append(Row(suite="fit", case=label, algorithm="adam", dtype="float32",
+                            tensors=len(weights), elements=elements, contender=name,
+                            check="ok" if same else "WRONG: loss curve differs from Keras'",
+                            ms=ms[name] if same else None,
+                            ms_min=min(timers[name].times) / steps * 1e3 if same else None,
+                            ms_max=max(timers[name].times) / steps * 1e3 if same else None,
+                            speedup_vs_keras=ms["keras"] / ms[name] if same else None,
+                            extra=dict(losses=[float(v) for v in losses[name]])))
+        del models
 
 
 def print_table(rows: list[Row], suite: str) -> None:
@@ -513,7 +602,7 @@ def _run(args: argparse.Namespace) -> int:
                             rows)
             progress.advance(task)
         if "fit" in args.suite:
-            progress.update(task, description="fit: model.fit on digits")
+            progress.update(task, description="fit: model.fit, MLP and ResNet-50 variables")
             run_fit(args, rows)
             progress.advance(task)
     for suite in args.suite:
