@@ -16,6 +16,8 @@ same thread pool, timed in the same rounds.
 Keras contenders with XLA are built as Keras 3's `model.fit` builds them: the
 step is compiled, and a separate uncompiled loop calls it K times (see
 fusedopt.bench.runner.fit_style_loop), so each step is one XLA launch.
+The fit suite times model.fit itself: each round trains every contender's
+model for one epoch, and its check compares each loss curve with Keras'.
 """
 
 from __future__ import annotations

@@ -453,7 +453,8 @@ def _fit_cases(quick: bool):
 
 def run_fit(args, rows: list[Row]) -> None:
     """model.fit step time, Adam: fusedopt, Keras and Keras with jit_compile,
-    one model each, trained one epoch at a time in interleaved rounds. The
+    one model each, trained one epoch at a time in --repeats interleaved rounds
+    after --warmup epochs. The
     check compares each loss curve with Keras' (after the run): Adam's float32
     rounding differences grow over hundreds of steps, so the curves agree to
     ~1e-3 relative; a wrong update is far off."""
@@ -463,20 +464,19 @@ def run_fit(args, rows: list[Row]) -> None:
         contenders.append(("keras+XLA", lambda: builtin(1e-3), True))
     if args.inject_wrong:  # twice the learning rate: the check must catch it
         contenders.append(("injected-wrong", lambda: fused(2e-3), False))
-    rounds = 4 if args.quick else 8
     for label, make_model, x, y, batch, loss in _fit_cases(args.quick):
         models, timers, losses = {}, {}, {}
         for name, make_optimizer, jit in contenders:
             keras.utils.set_random_seed(0)
             model = make_model()
             model.compile(optimizer=make_optimizer(), jit_compile=jit, loss=loss)
-            # Warm-up: traces the train function; the second call settles
-            # what a model's first fit() call with callbacks still sets up.
-            for _ in range(2):
+            # Warm-up (--warmup epochs, each its own fit() call): traces the
+            # train function and settles what a model's first fit() calls set up.
+            for _ in range(args.warmup):
                 model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False,
                           callbacks=[_EpochTimer()])
             models[name], timers[name], losses[name] = model, _EpochTimer(), []
-        for _ in range(rounds):
+        for _ in range(args.repeats):
             for name in models:
                 hist = models[name].fit(x, y, batch_size=batch, epochs=1, verbose=0,
                                         shuffle=False, callbacks=[timers[name]])
