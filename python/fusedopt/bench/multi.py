@@ -31,13 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 import fusedopt  # noqa: E402
 import fusedopt.ops as fops  # noqa: E402
-
-
-def resnet50_shapes() -> list[tuple[int, ...]]:
-    import keras
-
-    model = keras.applications.ResNet50(weights=None)
-    return [tuple(v.shape) for v in model.trainable_variables]
+from fusedopt.bench.runner import resnet50_shapes  # noqa: E402
 
 
 STEPS_PER_CALL = 20

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -31,8 +32,12 @@ tf.get_logger().setLevel("ERROR")
 # ---- shapes of the model suite ----------------------------------------------------
 
 
-def resnet50_shapes() -> list[tuple[int, ...]]:
-    return [tuple(v.shape) for v in keras.applications.ResNet50(weights=None).trainable_variables]
+@functools.lru_cache(maxsize=None)
+def resnet50_shapes() -> tuple[tuple[int, ...], ...]:
+    """ResNet-50's trainable-variable shapes (built once per process: the models
+    and fit suites both use them)."""
+    return tuple(tuple(v.shape)
+                 for v in keras.applications.ResNet50(weights=None).trainable_variables)
 
 
 def bert_base_shapes() -> list[tuple[int, ...]]:
