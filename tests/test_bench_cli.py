@@ -49,7 +49,7 @@ def test_sizes_suite_table_json_and_plot(tmp_path):
     contenders = {x["contender"] for x in rows}
     assert {"fusedopt", "fusedopt per-variable", "tf.raw_ops loop", "keras", "keras+XLA",
             "roofline"} <= contenders
-    assert all(x["check"] in ("ok", "n/a") for x in rows), [x["check"] for x in rows]
+    assert all(x["check"].startswith("ok") or x["check"] == "n/a" for x in rows), [x["check"] for x in rows]
     fused = [x for x in rows if x["contender"] == "fusedopt"]
     assert len(fused) == 4 and all(x["ms"] > 0 and x["gb_per_s"] > 0 for x in fused)
     assert all(x["speedup_vs_raw"] and x["speedup_vs_keras"] for x in fused)
@@ -91,8 +91,10 @@ def test_fit_suite(tmp_path):
         by = {x["contender"]: x for x in rows if x["case"] == case}
         assert set(by) == {"fusedopt", "keras", "keras+XLA", "injected-wrong"}
         for name in ("fusedopt", "keras", "keras+XLA"):
-            assert by[name]["check"] == "ok" and by[name]["ms"] > 0, by[name]
+            assert by[name]["check"].startswith("ok") and by[name]["ms"] > 0, by[name]
             assert len(by[name]["extra"]["losses"]) == 3  # one epoch per round
+        # The fused Adam gives Keras' numbers bit for bit: identical loss curves.
+        assert by["fusedopt"]["check"] == "ok (identical to Keras)", by["fusedopt"]
         # The loss curves move, and a doubled learning rate is caught.
         losses = by["fusedopt"]["extra"]["losses"]
         assert max(losses) > 1.5 * min(losses), losses
@@ -122,7 +124,8 @@ def test_check_reports_an_injected_wrong_contender_and_does_not_time_it(tmp_path
     assert len(wrong) == 1 and wrong[0]["check"].startswith("WRONG")
     assert wrong[0]["ms"] is None
     assert "WRONG" in r.stdout
-    assert all(x["check"] in ("ok", "n/a") for x in data["rows"] if x["contender"] != "injected-wrong")
+    assert all(x["check"].startswith("ok") or x["check"] == "n/a" for x in data["rows"]
+               if x["contender"] != "injected-wrong")
 
 
 @pytest.mark.parametrize(

@@ -40,9 +40,10 @@ single = tf.distribute.OneDeviceStrategy("/cpu:0")
 out = {}
 for name, cfg in [("none", {}), ("global_clipnorm", {"global_clipnorm": 1.0}),
                   ("clipnorm", {"clipnorm": 0.5}), ("clipvalue", {"clipvalue": 0.05})]:
-    res = {}
+    res, on_mirrored = {}, {}
     for label, cls in [("fused", fk.Adam), ("keras", keras.optimizers.Adam)]:
         a, b = run(cls, mirrored, cfg), run(cls, single, cfg)
+        on_mirrored[label] = a
         res[label] = max(float(np.abs(p.numpy() - q.numpy()).max()) for p, q in zip(a.weights, b.weights))
         if label == "fused":
             # Every replica's copy of every variable and slot is the same bits.
@@ -52,6 +53,12 @@ for name, cfg in [("none", {}), ("global_clipnorm", {"global_clipnorm": 1.0}),
                 if hasattr(v.value, "values")
             )
             res["replicas_identical"] = same
+    # The fused optimizer against the built-in, both under MirroredStrategy:
+    # weights and every optimizer variable, number of differing elements.
+    res["fused_vs_keras_differ"] = sum(
+        int(np.sum(p.numpy() != q.numpy()))
+        for p, q in zip(on_mirrored["fused"].weights + on_mirrored["fused"].optimizer.variables,
+                        on_mirrored["keras"].weights + on_mirrored["keras"].optimizer.variables))
     out[name] = res
 
 # fusedopt.legacy under the same strategies (tf_keras clips after the sum).
@@ -90,10 +97,17 @@ def mirrored_results():
 
 
 @pytest.mark.parametrize("clip", ["none", "global_clipnorm", "clipnorm", "clipvalue"])
-def test_mirrored_matches_single_device(mirrored_results, clip):
+def test_mirrored_equals_builtin_bit_for_bit(mirrored_results, clip):
+    """Same numbers as keras.optimizers.Adam under the same strategy, clipping
+    included (Keras clips each replica's gradient before the all-reduce)."""
     res = mirrored_results[clip]
-    assert res["fused"] < 1e-5, res
+    assert res["fused_vs_keras_differ"] == 0, res
     assert res["replicas_identical"], res
+
+
+def test_mirrored_matches_single_device(mirrored_results):
+    res = mirrored_results["none"]
+    assert res["fused"] < 1e-5, res
 
 
 @pytest.mark.parametrize("clip", ["none", "global_clipnorm", "clipnorm"])
@@ -103,7 +117,10 @@ def test_legacy_mirrored_matches_single_device(mirrored_results, clip):
     assert res["legacy_replicas_identical"], res
 
 
-def test_builtin_keras_clips_before_the_all_reduce(mirrored_results):
-    """The reason for clipping after the sum: the built-in differs, fusedopt does not."""
+def test_keras_clips_before_the_all_reduce(mirrored_results):
+    """Keras 3 clips each replica's partial gradient, so with clipping two
+    replicas differ from one device; the fused optimizer keeps that behaviour
+    (tf_keras clips after the sum: fusedopt.legacy matches one device)."""
     assert mirrored_results["global_clipnorm"]["keras"] > 1e-3
+    assert mirrored_results["global_clipnorm"]["fused"] > 1e-3
     assert mirrored_results["none"]["keras"] < 1e-5

@@ -56,8 +56,10 @@ def test_matches_reference(rng, dtype, variant, weight_decay, use_function):
     run_fused(variables, momenta, tf_grads, lrs, variant, weight_decay, use_function)
 
     # Hyperparameters as the kernel sees them: float32 unless the variables are float64.
-    mom = float(lr_dtype(0.9))
-    wd = float(lr_dtype(weight_decay))
+    # The op rounds momentum and weight decay through float32, as Keras'
+    # `ops.cast(x, dtype)` does (Note [Keras arithmetic]).
+    mom = float(np.float32(0.9))
+    wd = float(np.float32(weight_decay))
     for i, shape in enumerate(shapes):
         v = init[i]
         m = m_init[i] if variant != "plain" else None
@@ -104,7 +106,7 @@ def test_matches_raw_keras_momentum(rng, dtype, nesterov):
         fops.apply_sgd([a], [g], 0.03, momenta=[ma], momentum=0.9, nesterov=nesterov)
         tf.raw_ops.ResourceApplyKerasMomentum(
             var=b.handle, accum=mb.handle, lr=tf.constant(0.03, tdt), grad=g,
-            momentum=tf.constant(0.9, tdt), use_nesterov=nesterov,
+            momentum=tf.constant(np.float32(0.9), tdt), use_nesterov=nesterov,
         )
     assert_close(a.numpy(), b.numpy(), dtype)
     assert_close(ma.numpy(), mb.numpy(), dtype)

@@ -12,7 +12,7 @@ import tensorflow as tf
 import fusedopt.keras as fk
 import fusedopt.ops as fops
 from conftest import assert_close, np_dtype, random_array, rounded, tf_dtype
-from test_family_ops import CASES, CASE_IDS, _hp_as_kernel_sees, _lion_ref
+from test_family_ops import CASES, CASE_IDS, _float32_values, _hp_as_kernel_sees, _lion_ref
 
 SHAPE = (37, 3, 5)  # 37 rows of 15 elements
 
@@ -75,7 +75,7 @@ def test_exact_equals_the_float64_reference_on_the_densified_gradient(rng, case)
     dtype = "float32"
     init, slots = _state(case, rng, SHAPE, dtype)
     var, tslots = _tf_state(init, slots, dtype)
-    hp = dict(case.hp, weight_decay=0.01)
+    hp = _float32_values(dict(case.hp, weight_decay=0.01))
     khp = _hp_as_kernel_sees(hp, dtype)
     lr = float(np.float32(0.01))
     ref_var, ref_slots = init.copy(), {k: v.copy() for k, v in slots.items()}
@@ -103,7 +103,7 @@ LAZY_CASES = [c for c in CASES if c.name != "lamb"]
 def test_lazy_touches_only_listed_rows_like_the_reference(rng, case, dtype):
     init, slots = _state(case, rng, SHAPE, dtype)
     var, tslots = _tf_state(init, slots, dtype)
-    hp = dict(case.hp, weight_decay=0.01)
+    hp = _float32_values(dict(case.hp, weight_decay=0.01))
     khp = _hp_as_kernel_sees(hp, dtype)
     sdt = tf.float64 if dtype == "float64" else tf.float32
     lr = float(np.float32(0.01)) if dtype != "float64" else 0.01

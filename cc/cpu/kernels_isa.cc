@@ -77,7 +77,7 @@ void LambPass1(const Coeffs& hc, const GradXform& gx, const void* var_p, void* c
   double wl[kLanes] = {0}, ul[kLanes] = {0};
   auto one = [&](int64_t i, int lane) {
     M x = Load(var[i]);
-    if constexpr (D) x = x - x * c[kDecay];
+    if constexpr (D) x = Decay(c, x);
     M s[2] = {Load(m[i]), Load(v[i])};
     M g = Load(grad[i]);
     if constexpr (X) g = TransformGrad(g, gscale, gclip);
@@ -113,7 +113,7 @@ void LambPass2(const Coeffs& hc, double ratio_lr, void* var_p, void* const* slot
   const T* __restrict v = static_cast<const T*>(slots[1]);
   for (int64_t i = begin; i < end; ++i) {
     M x = Load(var[i]);
-    if constexpr (D) x = x - x * c[kDecay];
+    if constexpr (D) x = Decay(c, x);
     var[i] = Store<T>(x - r * LambRule::Update(c, Load(m[i]), Load(v[i])));
   }
 }

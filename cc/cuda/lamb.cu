@@ -43,7 +43,7 @@ __global__ void LambPass1(OpCoeffs<opmath_t<T>> oc, opmath_t<T> gscale, opmath_t
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
     M x = Load(var[i]);
-    if constexpr (D) x = x - x * oc.c[kDecay];
+    if constexpr (D) x = Decay(oc.c, x);
     M s[2] = {Load(m[i]), Load(v[i])};
     M g = Load(grad[i]);
     if constexpr (X) g = TransformGrad(g, gscale, gclip);
@@ -60,6 +60,7 @@ __global__ void LambPass1(OpCoeffs<opmath_t<T>> oc, opmath_t<T> gscale, opmath_t
   }
 }
 
+template <typename S>
 __global__ void LambFinalize(const double* partials, int blocks, double lr, double* ratio_lr) {
   if (threadIdx.x == 0 && blockIdx.x == 0) {
     double w = 0, u = 0;
@@ -67,7 +68,7 @@ __global__ void LambFinalize(const double* partials, int blocks, double lr, doub
       w += partials[2 * b];
       u += partials[2 * b + 1];
     }
-    *ratio_lr = LambRule::TrustRatio(w, u) * lr;
+    *ratio_lr = LambRule::RatioLr<S>(w, u, lr);
   }
 }
 
@@ -80,7 +81,7 @@ __global__ void LambPass2(OpCoeffs<opmath_t<T>> oc, const double* ratio_lr, T* _
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += stride) {
     M x = Load(var[i]);
-    if constexpr (D) x = x - x * oc.c[kDecay];
+    if constexpr (D) x = Decay(oc.c, x);
     var[i] = Store<T>(x - r * LambRule::Update(oc.c, Load(m[i]), Load(v[i])));
   }
 }
@@ -99,7 +100,7 @@ int Lamb(const Coeffs& c, const GradXform& gx, void* var, void* const* slots, co
                                                   static_cast<T*>(slots[0]),
                                                   static_cast<T*>(slots[1]),
                                                   static_cast<const T*>(grad), n, partials);
-  LambFinalize<<<1, 1, 0, stream>>>(partials, blocks, c.c[LambRule::kLr], ratio);
+  LambFinalize<M><<<1, 1, 0, stream>>>(partials, blocks, c.c[LambRule::kLr], ratio);
   LambPass2<T, D><<<GridFor(n), kThreads, 0, stream>>>(oc, ratio, static_cast<T*>(var),
                                                       static_cast<const T*>(slots[0]),
                                                       static_cast<const T*>(slots[1]), n);

@@ -1,6 +1,24 @@
 // Host-side coefficients of every rule (Note [coefficients] in
-// update_rules.h): computed once per call, in double, from the call's scalar
+// update_rules.h): computed once per call from the call's scalar
 // hyperparameters. Shared by the TF kernels and the TF-free test harness.
+//
+// Note [Keras arithmetic]: a drop-in must give keras.optimizers.X's numbers
+// bit for bit, and Keras computes its per-step scalars in the variable's dtype
+// S, rounding each Python hyperparameter in one of two ways:
+//   * Direct(x): `convert_to_tensor(x, dtype)` and Python arithmetic before it
+//     (`ops.multiply(m, 1 - self.beta_1)`: 1 - 0.9 is done in double, then
+//     rounded once to S);
+//   * ViaFloat(x): `ops.cast(x, dtype)` (tf.cast of a Python float makes a
+//     float32 tensor first, so float64 variables see float32's 0.9).
+// Everything after that (powers of the step, bias corrections, 1 - u_t, ...)
+// is computed in S with the operation order of Keras' update_step. So every
+// function here takes the hyperparameters as exact doubles (the Python
+// values; a float32 tensor such as Keras' learning rate is exact in double)
+// and computes in S = opmath of the variable (float for float16/bfloat16/
+// float32, double for float64). The results are stored as doubles, which hold
+// S values exactly, so the kernels' conversion to opmath is exact.
+// std::pow(float, float) is the C library's powf, as is TF's scalar Pow on
+// the CPU (both under TF's flush-to-zero mode when called from an op).
 #ifndef FUSEDOPT_CC_RULES_COEFFICIENTS_H_
 #define FUSEDOPT_CC_RULES_COEFFICIENTS_H_
 
@@ -12,124 +30,198 @@
 namespace fusedopt {
 namespace coeffs {
 
-inline Coeffs Base(double lr, double weight_decay) {
+// `convert_to_tensor(x, S)`: one rounding of the double.
+template <typename S>
+inline S Direct(double x) {
+  return static_cast<S>(x);
+}
+// `ops.cast(x, S)` of a Python float: through float32 first.
+template <typename S>
+inline S ViaFloat(double x) {
+  return static_cast<S>(static_cast<float>(x));
+}
+// `ops.cast(step, S)` of the int64 step.
+template <typename S>
+inline S Step(int64_t step) {
+  return static_cast<S>(step);
+}
+
+// Keras' decoupled weight decay (backend TFOptimizer._apply_weight_decay):
+// `var -= var * cast(weight_decay) * cast(learning_rate)`, i.e.
+// (var * wd) * lr with both cast through tf.cast (Note [Keras arithmetic]).
+//
+// Note [Grappler form]: in a tf.function, Grappler's arithmetic optimizer
+// rewrites that chain of two scalar multiplications (MinimizeBroadcasts) into
+// var * (wd * lr), so Keras' graph-mode numbers differ from its eager ones.
+// `grappler_form` selects the rewritten form: c[kDecay] = wd * lr (in S) and
+// c[kDecayLr] = 1, which the same Decay() evaluates exactly as
+// v - v * (wd * lr) (a product with 1 is exact).
+template <typename S>
+inline Coeffs Base(double lr, double weight_decay, bool grappler_form) {
   Coeffs c{};
-  c.c[kDecay] = weight_decay * lr;
+  if (grappler_form) {
+    c.c[kDecay] = ViaFloat<S>(weight_decay) * Direct<S>(lr);
+    c.c[kDecayLr] = 1.0;
+  } else {
+    c.c[kDecay] = ViaFloat<S>(weight_decay);
+    c.c[kDecayLr] = Direct<S>(lr);
+  }
   return c;
 }
 
-inline Coeffs Sgd(double lr, double momentum, double weight_decay) {
-  Coeffs c = Base(lr, weight_decay);
-  c.c[SgdRule::kLr] = lr;
-  c.c[SgdRule::kMomentum] = momentum;
+template <typename S = double>
+inline Coeffs Sgd(double lr, double momentum, double weight_decay, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  c.c[SgdRule::kLr] = Direct<S>(lr);
+  c.c[SgdRule::kMomentum] = ViaFloat<S>(momentum);
   return c;
 }
 
-inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_decay, int64_t step) {
-  Coeffs c = Base(lr, weight_decay);
-  const double t = static_cast<double>(step);
-  c.c[AdamRule::kOneMinusB1] = 1.0 - b1;
-  c.c[AdamRule::kOneMinusB2] = 1.0 - b2;
-  c.c[AdamRule::kAlpha] = lr * std::sqrt(1.0 - std::pow(b2, t)) / (1.0 - std::pow(b1, t));
-  c.c[AdamRule::kEps] = eps;
+// keras.optimizers.Adam.update_step:
+//   alpha = lr * sqrt(1 - cast(b2)^t) / (1 - cast(b1)^t)   (in S)
+//   m += (g - m) * (1 - b1)                                 (1 - b1 in double)
+template <typename S = double>
+inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_decay, int64_t step, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  const S t = Step<S>(step);
+  const S b1_power = std::pow(ViaFloat<S>(b1), t);
+  const S b2_power = std::pow(ViaFloat<S>(b2), t);
+  c.c[AdamRule::kOneMinusB1] = Direct<S>(1.0 - b1);
+  c.c[AdamRule::kOneMinusB2] = Direct<S>(1.0 - b2);
+  c.c[AdamRule::kAlpha] = Direct<S>(lr) * std::sqrt(S(1) - b2_power) / (S(1) - b1_power);
+  c.c[AdamRule::kEps] = Direct<S>(eps);
   return c;
 }
 
-// u_product: the optimizer's running product of u_t, this step's u_t included.
-// schedule_decay: the exponent's factor, 0.96^(schedule_decay * t); 1 in
-// Keras 3, the optimizer's schedule_decay (0.004) in tf_keras' legacy Nadam.
+// keras.optimizers.Nadam.update_step (all in S from cast betas):
+//   u_t = b1 * (1 - 0.5 * 0.96^t); u_t1 = b1 * (1 - 0.5 * 0.96^(t+1))
+//   u_product: the optimizer's running product (this step's u_t included),
+//   as the variable dtype sees it.
+// schedule_decay: tf_keras' legacy Nadam raises 0.96 to schedule_decay * t
+// (0.004 * t); 1 (Keras 3) raises it to t itself.
+template <typename S = double>
 inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_decay,
-                    double u_product, int64_t step, double schedule_decay = 1.0) {
-  Coeffs c = Base(lr, weight_decay);
-  const double t = static_cast<double>(step);
-  const double u_t = b1 * (1.0 - 0.5 * std::pow(0.96, schedule_decay * t));
-  const double u_t1 = b1 * (1.0 - 0.5 * std::pow(0.96, schedule_decay * (t + 1.0)));
-  c.c[NadamRule::kOneMinusB1] = 1.0 - b1;
-  c.c[NadamRule::kOneMinusB2] = 1.0 - b2;
+                    double u_product, int64_t step, double schedule_decay = 1.0, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  const S beta_1 = ViaFloat<S>(b1);
+  const S beta_2 = ViaFloat<S>(b2);
+  const S decay = ViaFloat<S>(0.96);
+  S t = Step<S>(step), t1 = Step<S>(step + 1);
+  if (schedule_decay != 1.0) {
+    t = Direct<S>(schedule_decay) * t;
+    t1 = Direct<S>(schedule_decay) * t1;
+  }
+  const S u_t = beta_1 * (S(1) - S(0.5) * std::pow(decay, t));
+  const S u_t1 = beta_1 * (S(1) - S(0.5) * std::pow(decay, t1));
+  const S u_prod = Direct<S>(u_product);
+  const S u_prod1 = u_prod * u_t1;
+  c.c[NadamRule::kOneMinusB1] = S(1) - beta_1;
+  c.c[NadamRule::kOneMinusB2] = S(1) - beta_2;
   c.c[NadamRule::kUt1] = u_t1;
-  c.c[NadamRule::kOneMinusUProd1] = 1.0 - u_product * u_t1;
-  c.c[NadamRule::kOneMinusUt] = 1.0 - u_t;
-  c.c[NadamRule::kOneMinusUProd] = 1.0 - u_product;
-  c.c[NadamRule::kOneMinusB2Pow] = 1.0 - std::pow(b2, t);
-  c.c[NadamRule::kLr] = lr;
-  c.c[NadamRule::kEps] = eps;
+  c.c[NadamRule::kOneMinusUProd1] = S(1) - u_prod1;
+  c.c[NadamRule::kOneMinusUt] = S(1) - u_t;
+  c.c[NadamRule::kOneMinusUProd] = S(1) - u_prod;
+  c.c[NadamRule::kOneMinusB2Pow] = S(1) - std::pow(beta_2, Step<S>(step));
+  c.c[NadamRule::kLr] = Direct<S>(lr);
+  c.c[NadamRule::kEps] = Direct<S>(eps);
   return c;
 }
 
+// keras.optimizers.Adamax.update_step: `ops.multiply(self.beta_2, u)` takes
+// beta_2 directly; the bias correction uses the cast beta_1.
+template <typename S = double>
 inline Coeffs Adamax(double lr, double b1, double b2, double eps, double weight_decay,
-                     int64_t step) {
-  Coeffs c = Base(lr, weight_decay);
-  c.c[AdamaxRule::kOneMinusB1] = 1.0 - b1;
-  c.c[AdamaxRule::kB2] = b2;
-  c.c[AdamaxRule::kLr] = lr;
-  c.c[AdamaxRule::kOneMinusB1Pow] = 1.0 - std::pow(b1, static_cast<double>(step));
-  c.c[AdamaxRule::kEps] = eps;
+                     int64_t step, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  c.c[AdamaxRule::kOneMinusB1] = Direct<S>(1.0 - b1);
+  c.c[AdamaxRule::kB2] = Direct<S>(b2);
+  c.c[AdamaxRule::kLr] = Direct<S>(lr);
+  c.c[AdamaxRule::kOneMinusB1Pow] = S(1) - std::pow(ViaFloat<S>(b1), Step<S>(step));
+  c.c[AdamaxRule::kEps] = Direct<S>(eps);
   return c;
 }
 
+// keras.optimizers.RMSprop.update_step uses the Python rho, 1 - rho, momentum
+// and epsilon directly.
 // epsilon_outside_sqrt: lr * g / (sqrt(denom) + eps), as tf_keras' legacy
 // RMSprop without momentum does; otherwise lr * g / sqrt(denom + eps).
+template <typename S = double>
 inline Coeffs Rmsprop(double lr, double rho, double momentum, double eps, double weight_decay,
-                      bool epsilon_outside_sqrt = false) {
-  Coeffs c = Base(lr, weight_decay);
-  c.c[RmspropRule::kRho] = rho;
-  c.c[RmspropRule::kOneMinusRho] = 1.0 - rho;
-  c.c[epsilon_outside_sqrt ? RmspropRule::kEpsOut : RmspropRule::kEps] = eps;
-  c.c[RmspropRule::kLr] = lr;
-  c.c[RmspropRule::kMomentum] = momentum;
+                      bool epsilon_outside_sqrt = false, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  c.c[RmspropRule::kRho] = Direct<S>(rho);
+  c.c[RmspropRule::kOneMinusRho] = Direct<S>(1.0 - rho);
+  c.c[epsilon_outside_sqrt ? RmspropRule::kEpsOut : RmspropRule::kEps] = Direct<S>(eps);
+  c.c[RmspropRule::kLr] = Direct<S>(lr);
+  c.c[RmspropRule::kMomentum] = Direct<S>(momentum);
   return c;
 }
 
 // epsilon_outside_sqrt: lr * g / (sqrt(acc) + eps), as tf_keras' legacy
 // Adagrad (ResourceApplyAdagradV2) does; otherwise lr * g / sqrt(acc + eps).
+template <typename S = double>
 inline Coeffs Adagrad(double lr, double eps, double weight_decay,
-                      bool epsilon_outside_sqrt = false) {
-  Coeffs c = Base(lr, weight_decay);
-  c.c[AdagradRule::kLr] = lr;
-  c.c[epsilon_outside_sqrt ? AdagradRule::kEpsOut : AdagradRule::kEps] = eps;
+                      bool epsilon_outside_sqrt = false, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  c.c[AdagradRule::kLr] = Direct<S>(lr);
+  c.c[epsilon_outside_sqrt ? AdagradRule::kEpsOut : AdagradRule::kEps] = Direct<S>(eps);
   return c;
 }
 
-inline Coeffs Adadelta(double lr, double rho, double eps, double weight_decay) {
-  Coeffs c = Base(lr, weight_decay);
-  c.c[AdadeltaRule::kRho] = rho;
-  c.c[AdadeltaRule::kOneMinusRho] = 1.0 - rho;
-  c.c[AdadeltaRule::kEps] = eps;
-  c.c[AdadeltaRule::kLr] = lr;
+template <typename S = double>
+inline Coeffs Adadelta(double lr, double rho, double eps, double weight_decay, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  c.c[AdadeltaRule::kRho] = Direct<S>(rho);
+  c.c[AdadeltaRule::kOneMinusRho] = Direct<S>(1.0 - rho);
+  c.c[AdadeltaRule::kEps] = Direct<S>(eps);
+  c.c[AdadeltaRule::kLr] = Direct<S>(lr);
   return c;
 }
 
+// keras.optimizers.Ftrl.update_step:
+//   l2_reg = l2 + beta / (2.0 * lr)   (in S: S(l2) + S(beta) / (2 * lr))
+//   quadratic = new_acc^p / lr + 2 * l2_reg; g_s = g + (2 * l2_shrinkage) * var
+// (2 * l2_shrinkage is Python arithmetic, so in double).
+template <typename S = double>
 inline Coeffs Ftrl(double lr, double lr_power, double l1, double l2, double l2_shrinkage,
-                   double beta, double weight_decay) {
-  Coeffs c = Base(lr, weight_decay);
-  c.c[FtrlRule::kLr] = lr;
-  c.c[FtrlRule::kPower] = -lr_power;
-  c.c[FtrlRule::kTwoL2Shrinkage] = 2.0 * l2_shrinkage;
-  c.c[FtrlRule::kTwoL2] = 2.0 * (l2 + beta / (2.0 * lr));
-  c.c[FtrlRule::kL1] = l1;
+                   double beta, double weight_decay, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  const S lr_s = Direct<S>(lr);
+  const S l2_reg = Direct<S>(l2) + Direct<S>(beta) / (S(2) * lr_s);
+  c.c[FtrlRule::kLr] = lr_s;
+  c.c[FtrlRule::kPower] = Direct<S>(-lr_power);
+  c.c[FtrlRule::kTwoL2Shrinkage] = Direct<S>(2.0 * l2_shrinkage);
+  c.c[FtrlRule::kTwoL2] = S(2) * l2_reg;
+  c.c[FtrlRule::kL1] = Direct<S>(l1);
   return c;
 }
 
-inline Coeffs Lion(double lr, double b1, double b2, double weight_decay) {
-  Coeffs c = Base(lr, weight_decay);
-  c.c[LionRule::kLr] = lr;
-  c.c[LionRule::kB1] = b1;
-  c.c[LionRule::kOneMinusB1] = 1.0 - b1;
-  c.c[LionRule::kB2] = b2;
-  c.c[LionRule::kOneMinusB2] = 1.0 - b2;
+// keras.optimizers.Lion.update_step: cast betas, 1.0 - beta in S.
+template <typename S = double>
+inline Coeffs Lion(double lr, double b1, double b2, double weight_decay, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  const S beta_1 = ViaFloat<S>(b1), beta_2 = ViaFloat<S>(b2);
+  c.c[LionRule::kLr] = Direct<S>(lr);
+  c.c[LionRule::kB1] = beta_1;
+  c.c[LionRule::kOneMinusB1] = S(1) - beta_1;
+  c.c[LionRule::kB2] = beta_2;
+  c.c[LionRule::kOneMinusB2] = S(1) - beta_2;
   return c;
 }
 
+// keras.optimizers.Lamb.update_step: as Adam for the moments; the bias
+// corrections 1.0 - cast(b)^t in S.
+template <typename S = double>
 inline Coeffs Lamb(double lr, double b1, double b2, double eps, double weight_decay,
-                   int64_t step) {
-  Coeffs c = Base(lr, weight_decay);
-  const double t = static_cast<double>(step);
-  c.c[LambRule::kOneMinusB1] = 1.0 - b1;
-  c.c[LambRule::kOneMinusB2] = 1.0 - b2;
-  c.c[LambRule::kOneMinusB1Pow] = 1.0 - std::pow(b1, t);
-  c.c[LambRule::kOneMinusB2Pow] = 1.0 - std::pow(b2, t);
-  c.c[LambRule::kEps] = eps;
-  c.c[LambRule::kLr] = lr;
+                   int64_t step, bool grappler_form = false) {
+  Coeffs c = Base<S>(lr, weight_decay, grappler_form);
+  const S t = Step<S>(step);
+  c.c[LambRule::kOneMinusB1] = Direct<S>(1.0 - b1);
+  c.c[LambRule::kOneMinusB2] = Direct<S>(1.0 - b2);
+  c.c[LambRule::kOneMinusB1Pow] = S(1) - std::pow(ViaFloat<S>(b1), t);
+  c.c[LambRule::kOneMinusB2Pow] = S(1) - std::pow(ViaFloat<S>(b2), t);
+  c.c[LambRule::kEps] = Direct<S>(eps);
+  c.c[LambRule::kLr] = Direct<S>(lr);
   return c;
 }
 

@@ -5,16 +5,18 @@
 // functions; variants are template parameters, never runtime branches in the
 // hot loop.
 //
-// Semantics follow Keras 3 (keras.optimizers.*) in algebraic form, so that
-// float32 results agree with Keras to rounding. Keras' decoupled weight decay,
-// `var -= var * (weight_decay * lr)`, is applied before every rule, in the same
-// pass over memory, by the loops (coefficient kDecay below).
+// Semantics follow Keras 3 (keras.optimizers.*) in its exact operation order,
+// so that float32 and float64 results equal Keras' bit for bit. Keras'
+// decoupled weight decay, `var -= var * weight_decay * lr` (that is,
+// (var * wd) * lr), is applied before every rule, in the same pass over
+// memory, by the loops (Decay below).
 //
 // Note [coefficients]: a call's scalars (learning rate, betas, bias
-// corrections, ...) are computed once per call on the host, in double
-// (cc/rules/coefficients.h), into a fixed array `Coeffs::c`; the loops convert
-// them to opmath once and pass them to Apply. Index 0 is always the decay
-// factor weight_decay * lr.
+// corrections, ...) are computed once per call on the host
+// (cc/rules/coefficients.h, Note [Keras arithmetic]) into a fixed array
+// `Coeffs::c`; the loops convert them to opmath once and pass them to Apply.
+// Index 0 is always the weight decay and the last index the learning rate the
+// decay uses.
 #ifndef FUSEDOPT_CC_RULES_UPDATE_RULES_H_
 #define FUSEDOPT_CC_RULES_UPDATE_RULES_H_
 
@@ -41,7 +43,8 @@ constexpr int kNumAlgos = 9;
 constexpr int kMaxVariants = 4;
 constexpr int kMaxSlots = 3;
 constexpr int kMaxCoeffs = 12;
-constexpr int kDecay = 0;  // Coeffs::c[0]: weight_decay * lr
+constexpr int kDecay = 0;                 // Coeffs::c[0]: weight_decay
+constexpr int kDecayLr = kMaxCoeffs - 1;  // Coeffs::c[11]: its learning rate
 
 struct Coeffs {
   double c[kMaxCoeffs];
@@ -75,6 +78,12 @@ FUSEDOPT_HD M Min(M a, M b) {
   return (a != a) ? a : ((b != b) ? b : (a < b ? a : b));
 }
 
+// Keras' decoupled weight decay of one element: v - (v * wd) * lr.
+template <typename M>
+FUSEDOPT_HD M Decay(const M* c, M v) {
+  return v - (v * c[kDecay]) * c[kDecayLr];
+}
+
 // Note [gradient transform]: a call's gradient pre-processing, fused into the
 // update pass. Per tensor, g_used = clip(g * scale, -clip_value, clip_value),
 // where `scale` folds the loss-scale reciprocal and any norm clipping (computed
@@ -101,7 +110,7 @@ FUSEDOPT_HD void UpdateElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_
   using M = opmath_t<T>;
   constexpr int K = Rule::Slots(V);
   M v = Load(var[i]);
-  if constexpr (D) v = v - v * c[kDecay];
+  if constexpr (D) v = Decay(c, v);
   M s[kMaxSlots] = {M(0), M(0), M(0)};
   if constexpr (K > 0) s[0] = Load(s0[i]);
   if constexpr (K > 1) s[1] = Load(s1[i]);
@@ -374,10 +383,15 @@ struct LambRule {
     s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
     return Update(c, s[0], s[1]);
   }
-  // ratio = w_norm / u_norm when both are positive, else 1 (computed in double).
-  FUSEDOPT_HD static double TrustRatio(double w_sq, double u_sq) {
-    const double w = std::sqrt(w_sq), u = std::sqrt(u_sq);
-    return (w > 0 && u > 0) ? w / u : 1.0;
+  // ratio * lr, Keras' `ratio * lr * update` factor, from the sums of squares:
+  // w = sqrt(sum var^2), u = sqrt(sum update^2), ratio = w / u when both are
+  // positive, else 1; computed in S (the variable's opmath) as Keras does
+  // from its S-typed sums.
+  template <typename S>
+  FUSEDOPT_HD static double RatioLr(double w_sq, double u_sq, double lr) {
+    const S w = Sqrt(static_cast<S>(w_sq)), u = Sqrt(static_cast<S>(u_sq));
+    const S ratio = (w > S(0)) ? ((u > S(0)) ? w / u : S(1)) : S(1);
+    return static_cast<double>(ratio * static_cast<S>(lr));
   }
 };
 

@@ -42,6 +42,8 @@ absl::Status Invalid(const std::string& msg) { return absl::InvalidArgumentError
 // What Plan() sees: scalar hyperparameters by position in Spec::kScalars, the
 // step (when the op has one), and which optional slot lists were given.
 struct PlanInput {
+  bool f64 = false;  // float64 variables: coefficients in double, else float
+  bool grappler_form = false;  // Note [Grappler form] in coefficients.h
   std::vector<double> scalars;
   int64_t step = 0;
   std::vector<bool> slot_given;
@@ -49,8 +51,18 @@ struct PlanInput {
 
 struct Plan {
   int variant = 0;
+  bool f64 = false;
   Coeffs coeffs{};
+  // For rank-0 variables: Grappler leaves a chain of scalars alone (Note
+  // [Grappler form]), so these keep Keras' written weight decay.
+  Coeffs rank0_coeffs{};
+  const Coeffs& For(bool rank0) const { return rank0 ? rank0_coeffs : coeffs; }
 };
+
+// A rule's coefficients computed in the variables' opmath (Note [Keras
+// arithmetic] in coefficients.h).
+#define FUSEDOPT_COEFFS(in, fn, ...) \
+  ((in).f64 ? coeffs::fn<double>(__VA_ARGS__) : coeffs::fn<float>(__VA_ARGS__))
 
 absl::Status ReadStep(OpKernelContext* ctx, int64_t* step) {
   const tensorflow::Tensor* t = nullptr;
@@ -97,7 +109,7 @@ struct SgdSpec {
       return Invalid("nesterov=True needs momentum slots (momenta is empty)");
     }
     p->variant = !in.slot_given[0] ? 0 : (nesterov ? 2 : 1);
-    p->coeffs = coeffs::Sgd(s[0], s[1], s[2]);
+    p->coeffs = FUSEDOPT_COEFFS(in, Sgd, s[0], s[1], s[2], in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -112,7 +124,7 @@ struct AdamSpec {
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
     p->variant = in.slot_given[2] ? 1 : 0;
-    p->coeffs = coeffs::Adam(s[0], s[1], s[2], s[3], s[4], in.step);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step, in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -129,7 +141,7 @@ struct NadamSpec {
   }
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Nadam(s[0], s[1], s[2], s[3], s[4], s[5], in.step, schedule_decay);
+    p->coeffs = FUSEDOPT_COEFFS(in, Nadam, s[0], s[1], s[2], s[3], s[4], s[5], in.step, schedule_decay, in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -143,7 +155,7 @@ struct AdamaxSpec {
   explicit AdamaxSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Adamax(s[0], s[1], s[2], s[3], s[4], in.step);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adamax, s[0], s[1], s[2], s[3], s[4], in.step, in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -162,7 +174,7 @@ struct RmspropSpec {
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
     p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
-    p->coeffs = coeffs::Rmsprop(s[0], s[1], s[2], s[3], s[4], epsilon_outside_sqrt);
+    p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], epsilon_outside_sqrt, in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -178,7 +190,7 @@ struct AdagradSpec {
   }
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Adagrad(s[0], s[1], s[2], epsilon_outside_sqrt);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adagrad, s[0], s[1], s[2], epsilon_outside_sqrt, in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -192,7 +204,7 @@ struct AdadeltaSpec {
   explicit AdadeltaSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Adadelta(s[0], s[1], s[2], s[3]);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adadelta, s[0], s[1], s[2], s[3], in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -211,7 +223,7 @@ struct FtrlSpec {
       return Invalid(absl::StrCat("learning_rate_power must be <= 0, got ", s[1]));
     }
     p->variant = s[1] == -0.5 ? 1 : 0;
-    p->coeffs = coeffs::Ftrl(s[0], s[1], s[2], s[3], s[4], s[5], s[6]);
+    p->coeffs = FUSEDOPT_COEFFS(in, Ftrl, s[0], s[1], s[2], s[3], s[4], s[5], s[6], in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -224,7 +236,7 @@ struct LionSpec {
   explicit LionSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Lion(s[0], s[1], s[2], s[3]);
+    p->coeffs = FUSEDOPT_COEFFS(in, Lion, s[0], s[1], s[2], s[3], in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -239,7 +251,7 @@ struct LambSpec {
   explicit LambSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = coeffs::Lamb(s[0], s[1], s[2], s[3], s[4], in.step);
+    p->coeffs = FUSEDOPT_COEFFS(in, Lamb, s[0], s[1], s[2], s[3], s[4], in.step, in.grappler_form);
     return absl::OkStatus();
   }
 };
@@ -321,7 +333,9 @@ struct Operands {
   std::vector<const void*> grads;                   // [n]
   std::vector<int64_t> sizes;                       // [n]
   std::vector<GradXform> xforms;                    // [n]
+  std::vector<char> rank0;                          // [n]: a scalar variable
   bool transform = false;
+  bool IsRank0(int i) const { return !rank0.empty() && rank0[i] != 0; }
 };
 
 // One contiguous run of elements: var and slots from `offset`, gradient from
@@ -369,7 +383,7 @@ void RunItemsCpu(OpKernelContext* ctx, const std::vector<Item>& items, const Cpu
       void* var;
       std::array<void*, kMaxSlots> slots{};
       pointers(it, &var, &slots);
-      fn(plan.coeffs, ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
+      fn(plan.For(ops.IsRank0(it.tensor)), ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
     });
     return;
   }
@@ -379,7 +393,7 @@ void RunItemsCpu(OpKernelContext* ctx, const std::vector<Item>& items, const Cpu
     void* var;
     std::array<void*, kMaxSlots> slots{};
     pointers(it, &var, &slots);
-    table.lamb_pass1[dt][decay][ops.transform](plan.coeffs, ops.xforms[it.tensor], var,
+    table.lamb_pass1[dt][decay][ops.transform](plan.For(ops.IsRank0(it.tensor)), ops.xforms[it.tensor], var,
                                                slots.data(), it.grad, 0, it.length,
                                                &w_sq[c.tensor], &u_sq[c.tensor]);
   });
@@ -390,14 +404,16 @@ void RunItemsCpu(OpKernelContext* ctx, const std::vector<Item>& items, const Cpu
     u[items[k].tensor] += u_sq[k];
   }
   for (int i = 0; i < n; ++i) {
-    ratio_lr[i] = LambRule::TrustRatio(w[i], u[i]) * plan.coeffs.c[LambRule::kLr];
+    const double lr = plan.coeffs.c[LambRule::kLr];
+    ratio_lr[i] = plan.f64 ? LambRule::RatioLr<double>(w[i], u[i], lr)
+                           : LambRule::RatioLr<float>(w[i], u[i], lr);
   }
   RunChunks(ctx, chunks, t.elem_bytes * 4, [&](const cpu::Chunk& c) {
     const Item& it = items[c.tensor];
     void* var;
     std::array<void*, kMaxSlots> slots{};
     pointers(it, &var, &slots);
-    table.lamb_pass2[dt][decay](plan.coeffs, ratio_lr[it.tensor], var, slots.data(), 0,
+    table.lamb_pass2[dt][decay](plan.For(ops.IsRank0(it.tensor)), ratio_lr[it.tensor], var, slots.data(), 0,
                                 it.length);
   });
 }
@@ -461,7 +477,8 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
     for (int i = 0; i < ops.n; ++i) {
       TF_RETURN_IF_ERROR(CudaStatus(
           fusedopt_cuda_elementwise(static_cast<int>(algo), dt, plan.variant, decay ? 1 : 0,
-                                    plan.coeffs.c, ops.transform ? 1 : 0, ops.xforms[i].scale,
+                                    plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
+                                    ops.xforms[i].scale,
                                     ops.xforms[i].clip_value, ops.vars[i], ops.slots[i].data(),
                                     ops.grads[i], ops.sizes[i], stream),
           "elementwise update"));
@@ -490,7 +507,7 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Plan& plan
       TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8,
                                             tensorflow::TensorShape({scratch_bytes}), &scratch));
       TF_RETURN_IF_ERROR(CudaStatus(
-          fusedopt_cuda_lamb(dt, decay ? 1 : 0, plan.coeffs.c, ops.transform ? 1 : 0,
+          fusedopt_cuda_lamb(dt, decay ? 1 : 0, plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
                              ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
                              ops.slots[i].data(), ops.grads[i], ops.sizes[i],
                              const_cast<char*>(scratch.tensor_data().data()), stream),
@@ -541,6 +558,7 @@ class FusedApplyOp : public OpKernel {
  public:
   explicit FusedApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {
     OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
+    OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
   }
 
   void Compute(OpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompute(ctx)); }
@@ -553,6 +571,8 @@ class FusedApplyOp : public OpKernel {
     const int n = grads.size();
 
     PlanInput in;
+    in.f64 = std::is_same_v<T, double>;
+    in.grappler_form = grappler_form_;
     GradOptions options;
     VariableSet vars(ctx);
     int var0 = 0;
@@ -561,6 +581,15 @@ class FusedApplyOp : public OpKernel {
                                       &slot_first));
     Plan plan;
     TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
+    plan.f64 = in.f64;
+    plan.rank0_coeffs = plan.coeffs;
+    if (in.grappler_form) {
+      PlanInput written = in;
+      written.grappler_form = false;
+      Plan p0;
+      TF_RETURN_IF_ERROR(spec_.MakePlan(written, &p0));
+      plan.rank0_coeffs = p0.coeffs;
+    }
 
     tensorflow::Tensor* skipped = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
@@ -583,6 +612,7 @@ class FusedApplyOp : public OpKernel {
     for (int i = 0; i < n; ++i) {
       ops.grads.push_back(grads[i].tensor_data().data());
       ops.sizes.push_back(grads[i].NumElements());
+      ops.rank0.push_back(grads[i].dims() == 0 ? 1 : 0);
     }
     const int dt = DTypeIndex(dtype);
 
@@ -620,7 +650,7 @@ class FusedApplyOp : public OpKernel {
       for (int k = 0; k < ops.num_slots; ++k) s[k] = vars.data(slot_first[k] + i);
       ops.slots.push_back(s);
     }
-    const bool decay = plan.coeffs.c[kDecay] != 0.0;
+    const bool decay = plan.coeffs.c[kDecay] != 0.0 || plan.rank0_coeffs.c[kDecay] != 0.0;
     if constexpr (std::is_same_v<Spec, LambSpec>) {
       return RunLamb<B, T>(ctx, ops, plan, decay, dt);
     } else {
@@ -630,6 +660,7 @@ class FusedApplyOp : public OpKernel {
 
   Spec spec_;
   bool skip_nonfinite_ = false;
+  bool grappler_form_ = false;
 };
 
 // ---- Sparse (IndexedSlices) updates ----------------------------------------------
@@ -729,6 +760,7 @@ class SparseApplyOp : public OpKernel {
  public:
   explicit SparseApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {
     OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
+    OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
     std::string mode;
     OP_REQUIRES_OK(c, c->GetAttr("mode", &mode));
     exact_ = mode == "exact";
@@ -750,6 +782,8 @@ class SparseApplyOp : public OpKernel {
     const int n = values.size();
 
     PlanInput in;
+    in.f64 = std::is_same_v<T, double>;
+    in.grappler_form = grappler_form_;
     GradOptions options;
     VariableSet vars(ctx);
     int var0 = 0;
@@ -758,6 +792,15 @@ class SparseApplyOp : public OpKernel {
                                       &slot_first));
     Plan plan;
     TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
+    plan.f64 = in.f64;
+    plan.rank0_coeffs = plan.coeffs;
+    if (in.grappler_form) {
+      PlanInput written = in;
+      written.grappler_form = false;
+      Plan p0;
+      TF_RETURN_IF_ERROR(spec_.MakePlan(written, &p0));
+      plan.rank0_coeffs = p0.coeffs;
+    }
     tensorflow::Tensor* skipped = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
     skipped->scalar<bool>()() = false;
@@ -845,7 +888,7 @@ class SparseApplyOp : public OpKernel {
       }
       targets.slots.push_back(base);
     }
-    const bool decay = plan.coeffs.c[kDecay] != 0.0;
+    const bool decay = plan.coeffs.c[kDecay] != 0.0 || plan.rank0_coeffs.c[kDecay] != 0.0;
     RunItemsCpu(ctx, items, targets, ops, plan, std::is_same_v<Spec, LambSpec>, Spec::kAlgo, decay,
                 dt);
     return absl::OkStatus();
@@ -853,6 +896,7 @@ class SparseApplyOp : public OpKernel {
 
   Spec spec_;
   bool skip_nonfinite_ = false;
+  bool grappler_form_ = false;
   bool exact_ = true;
 };
 

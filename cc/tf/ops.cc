@@ -59,7 +59,8 @@ variants compiled in and the one selected for this CPU.
       .Attr("N: int >= 1")                                                               \
       .Attr("T: {half, bfloat16, float, double}")                                        \
       .Attr("Tscalar: {float, double}")                                                  \
-      .Attr("skip_nonfinite: bool = false")
+      .Attr("skip_nonfinite: bool = false")                                             \
+      .Attr("grappler_form: bool = false")
 #define FUSEDOPT_SPARSE_ATTRS \
   .Attr("Tindices: {int32, int64}").Attr("mode: {'exact', 'lazy'} = 'exact'")
 
@@ -78,7 +79,17 @@ Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
 variable's type otherwise, storing rounded to nearest even. Keras' decoupled
 weight decay, var -= var * weight_decay * lr, is applied first, in the same
-pass (weight_decay = 0 disables it). Slots have their variable's shape and
+pass (weight_decay = 0 disables it).
+
+Hyperparameters arrive as exact values (Tscalar float64 keeps a Python
+float unrounded) and the op computes every coefficient the way Keras'
+update_step does for the variables' dtype (float32 for 16-bit variables):
+`ops.cast(beta, dtype)` rounds through float32, `1 - beta` is rounded once from
+double, powers and bias corrections are computed in that dtype. With
+grappler_form=true the weight decay is var - var * (weight_decay * lr), the form
+Keras' graph takes after Grappler's arithmetic optimizer (MinimizeBroadcasts);
+Keras' own ops in a tf.function compute that, eager Keras the unrewritten
+(var * weight_decay) * lr. Slots have their variable's shape and
 dtype. All inputs are validated before anything is written: on bad input
 (uninitialized or repeated variable, dtype or shape mismatch, list lengths,
 non-scalar hyperparameter) the op raises InvalidArgument and no variable

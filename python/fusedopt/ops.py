@@ -48,8 +48,15 @@ def _handles(vs: Sequence[VariableLike], name: str) -> list[tf.Tensor]:
 
 
 def _scalar_dtype(grads: Sequence[tf.Tensor]) -> tf.DType:
-    """Hyperparameters are float64 for float64 variables, float32 otherwise."""
-    return tf.float64 if grads[0].dtype == tf.float64 else tf.float32
+    """Hyperparameters travel as float64: Python numbers at full precision.
+
+    The op rounds each one to the variables' dtype the way Keras does (Note
+    [Keras arithmetic] in cc/rules/coefficients.h), so a float32 value (a
+    Keras learning rate) is exact in float64 and a Python 0.9 keeps its
+    double value where Keras' arithmetic uses it (``1 - 0.9``).
+    """
+    del grads
+    return tf.float64
 
 
 def _scalar(x: TensorLike, dtype: tf.DType) -> tf.Tensor:
@@ -83,6 +90,16 @@ __doc__ += """
       ``clip / max(global_norm, clip)`` (NaN if the norm is not finite, as Keras).
       At most one of the three clippings; None disables it.
     - ``skip_nonfinite``: if any gradient element is inf or NaN, write nothing.
+    - ``grappler_form``: compute the weight decay as ``var - var * (wd * lr)``,
+      the form Grappler's arithmetic optimizer gives Keras' graph in a
+      tf.function (default: Keras' written ``(var * wd) * lr``). The
+      fusedopt.keras optimizers set it while tracing.
+
+    Hyperparameters are computed exactly as Keras' update_step computes them
+    for the variables' dtype (Python floats are passed unrounded; the op rounds
+    ``ops.cast(beta, dtype)`` through float32 and ``1 - beta`` once from
+    double, as Keras does), so with Keras' hyperparameters an op gives the
+    built-in's numbers bit for bit.
 
     Sparse gradients: pass ``tf.IndexedSlices`` (all of a call's gradients) to
     run the op's sparse twin (``Fusedopt>SparseApply*``, CPU): indices are
@@ -118,6 +135,7 @@ def _apply(
     global_clipnorm: TensorLike | None = None,
     skip_nonfinite: bool = False,
     sparse_mode: str = "exact",
+    grappler_form: bool = False,
     **attrs: Any,
 ) -> tf.Tensor:
     """Validates list lengths, converts inputs and calls one fused op (its
@@ -161,6 +179,7 @@ def _apply(
     kwargs["clip_norm"] = _clip_input(clipnorm, "clipnorm", sdt)
     kwargs["global_clip_norm"] = _clip_input(global_clipnorm, "global_clipnorm", sdt)
     kwargs["skip_nonfinite"] = bool(skip_nonfinite)
+    kwargs["grappler_form"] = bool(grappler_form)
     kwargs.update(attrs)
     return getattr(_loader.load(), op_name)(name=name, **kwargs)
 

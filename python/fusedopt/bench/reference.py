@@ -45,9 +45,14 @@ def adam_step(var, grad, lr, m, v, step, *, vhat=None, beta_1=0.9, beta_2=0.999,
     return var - m * alpha / (np.sqrt(denom_v) + epsilon), m, v, vhat
 
 
+# Nadam's schedule base as Keras' update_step uses it: `ops.cast(0.96, dtype)`
+# goes through float32 (tf_keras' legacy Nadam: `tf.cast(0.96, dtype)`, alike).
+NADAM_DECAY_BASE = float(np.float32(0.96))
+
+
 def nadam_u(step, beta_1=0.9, schedule_decay=1.0):
     """u_t; schedule_decay 1 is Keras 3, 0.004 tf_keras' legacy Nadam."""
-    return beta_1 * (1.0 - 0.5 * 0.96 ** (schedule_decay * step))
+    return beta_1 * (1.0 - 0.5 * NADAM_DECAY_BASE ** (schedule_decay * step))
 
 
 def nadam_step(var, grad, lr, m, v, step, u_product, *, beta_1=0.9, beta_2=0.999, epsilon=1e-7,

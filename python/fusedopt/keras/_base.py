@@ -10,12 +10,18 @@ two hooks of the TensorFlow backend:
   group, inside ``distribution.extended.update`` so that under a
   ``tf.distribute`` strategy each replica device gets one call on its own
   components;
-* ``_apply_weight_decay`` and ``_clip_gradients`` do nothing, because the
-  decay and the clipping are fused into the same pass. Clipping therefore
-  happens after the cross-replica gradient sum (Keras clips each replica's
-  partial gradient before it). Global-norm clipping is fused when one op call
-  sees every gradient (a single group); otherwise Keras'
-  own global clipping runs first, over all gradients.
+* ``_apply_weight_decay`` does nothing while a step is being applied (the
+  decay is fused into the same pass, with Keras' arithmetic); called directly
+  it decays, as the built-in's does.
+
+Gradient clipping (clipnorm, global_clipnorm, clipvalue) is Keras' own
+``_clip_gradients``, unchanged: its norms are TensorFlow reductions, whose
+summation order decides the last bits, so only Keras' own ops give Keras'
+numbers. The ops' fused clipping is for ``fusedopt.ops`` callers.
+
+The coefficients are computed in the op the way Keras' update_step computes
+them (Note [Keras arithmetic] in cc/rules/coefficients.h), so float32 and
+float64 results equal the built-in's bit for bit (tests/test_keras_parity.py).
 
 Sparse (IndexedSlices) gradients, e.g. from Embedding layers, go to the sparse
 ops (their own group and call), with ``sparse_mode`` "exact" (default: the
@@ -35,18 +41,6 @@ import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
 from fusedopt import _tf_context as _ctx
-
-
-def keras_scalar(x: Any) -> tf.Tensor:
-    """A Python hyperparameter as Keras' update_step sees it.
-
-    Keras writes ``ops.cast(self.momentum, variable.dtype)``, which converts a
-    Python float to float32 before casting, so even float64 variables see
-    float32-rounded hyperparameters. The fused ops get the same value.
-    """
-    if isinstance(x, (int, float)):
-        return tf.constant(x, tf.float32)
-    return x
 
 
 def _cast_grad(g, dtype):
@@ -102,48 +96,27 @@ class FusedOptimizerMixin:
             return False
         return True
 
+    _fused_step_active = False
+
+    def _backend_apply_gradients(self, grads, trainable_variables):
+        # Marks the extent of one step (Keras calls _clip_gradients,
+        # _apply_weight_decay and _backend_update_step from here), so that the
+        # weight decay is deferred to the fused update only inside it; a direct
+        # call of _apply_weight_decay still decays, as the built-in's does.
+        outer, self._fused_step_active = self._fused_step_active, True
+        try:
+            return super()._backend_apply_gradients(grads, trainable_variables)
+        finally:
+            self._fused_step_active = outer
+
     def _apply_weight_decay(self, variables):  # noqa: D401 - Keras hook
-        if self._fused_enabled():
-            return  # fused into the update op (Note [fused Keras step])
+        if self._fused_step_active and self._fused_enabled():
+            return  # fused into this step's update op (Note [fused Keras step])
         super()._apply_weight_decay(variables)
-
-    def _clip_gradients(self, grads):  # noqa: D401 - Keras hook
-        if self._fused_enabled():
-            return grads  # fused into the update op (Note [fused Keras step])
-        return super()._clip_gradients(grads)
-
-    def _clip_options(self) -> dict[str, float]:
-        """Keras' clipping setting, in its priority order, as op options.
-
-        Python numbers: they cross merge_call unchanged, and become tensors
-        (keras_scalar) in each replica's update.
-        """
-        if self.clipnorm and self.clipnorm > 0:
-            return {"clipnorm": self.clipnorm}
-        if self.global_clipnorm and self.global_clipnorm > 0:
-            return {"global_clipnorm": self.global_clipnorm}
-        if self.clipvalue and self.clipvalue > 0:
-            return {"clipvalue": self.clipvalue}
-        return {}
 
     def _group_key(self, var, grad) -> tuple[str, tf.DType, bool, bool]:
         decays = self.weight_decay is not None and self._use_weight_decay(var)
         return (var.device, var.dtype.base_dtype, decays, isinstance(grad, tf.IndexedSlices))
-
-    def _fused_clip_plan(self, grads_and_vars):
-        """Decides where each clipping runs; returns (grads_and_vars, op options).
-
-        Runs in replica context, after the gradients are summed across replicas.
-        """
-        options = self._clip_options()
-        if not options:
-            return grads_and_vars, {}
-        groups = {self._group_key(v, g) for g, v in grads_and_vars}
-        if "global_clipnorm" in options and len(groups) > 1:
-            # No single op call sees every gradient: Keras' own global clipping.
-            grads = super()._clip_gradients([g for g, _ in grads_and_vars])
-            return list(zip(grads, [v for _, v in grads_and_vars])), {}
-        return grads_and_vars, options
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_enabled():
@@ -158,16 +131,14 @@ class FusedOptimizerMixin:
             # (Without a strategy the sum over one replica is an Identity per
             # gradient: skipped, the same values for less work.)
             grads_and_vars = self._all_reduce_sum_gradients(grads_and_vars)
-        grads_and_vars, clip = self._fused_clip_plan(grads_and_vars)
         tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_distributed_update,
             self._distribution_strategy,
             grads_and_vars,
             learning_rate,
-            clip,
         )
 
-    def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate, clip):
+    def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate):
         groups: dict[tuple[str, tf.DType, bool, bool], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
             groups.setdefault(self._group_key(var, grad), []).append((grad, var))
@@ -180,7 +151,7 @@ class FusedOptimizerMixin:
                             sparse=sparse):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [_cast_grad(g, dtype) for g in group_grads]
-                options = {k: keras_scalar(v) for k, v in clip.items()}
+                options = {"grappler_form": _ctx.grappler_rewrites_graph()}
                 if sparse:
                     options["sparse_mode"] = self.sparse_mode
                 return self._fused_apply(variables, group_grads, learning_rate, wd, **options)

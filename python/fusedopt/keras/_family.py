@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 
 from fusedopt import ops
-from fusedopt.keras._base import FusedOptimizerMixin, keras_scalar
+from fusedopt.keras._base import FusedOptimizerMixin
 
 
 def _slots(opt, slot_list, variables):
@@ -45,8 +45,8 @@ class _AdamLike:
             m=_slots(self, self._momentums, variables),
             v=_slots(self, self._velocities, variables),
             vhat=vhat, step=_step(self),
-            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
-            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            beta_1=self.beta_1, beta_2=self.beta_2,
+            epsilon=self.epsilon, weight_decay=weight_decay,
             **options,
         )
 
@@ -82,8 +82,8 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
             m=_slots(self, self._momentums, variables),
             v=_slots(self, self._velocities, variables),
             step=_step(self), u_product=self._u_product.value,
-            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
-            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            beta_1=self.beta_1, beta_2=self.beta_2,
+            epsilon=self.epsilon, weight_decay=weight_decay,
             **options,
         )
 
@@ -97,8 +97,8 @@ class Adamax(FusedOptimizerMixin, keras.optimizers.Adamax):
             variables, grads, learning_rate,
             m=_slots(self, self._m, variables), u=_slots(self, self._u, variables),
             step=_step(self),
-            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
-            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            beta_1=self.beta_1, beta_2=self.beta_2,
+            epsilon=self.epsilon, weight_decay=weight_decay,
             **options,
         )
 
@@ -114,8 +114,8 @@ class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
             variables, grads, learning_rate,
             velocity=_slots(self, self._velocities, variables),
             momenta=momenta, average_gradient=average,
-            rho=keras_scalar(self.rho), momentum=keras_scalar(self.momentum),
-            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            rho=self.rho, momentum=self.momentum,
+            epsilon=self.epsilon, weight_decay=weight_decay,
             **options,
         )
 
@@ -128,7 +128,7 @@ class Adagrad(FusedOptimizerMixin, keras.optimizers.Adagrad):
         return ops.apply_adagrad(
             variables, grads, learning_rate,
             accumulator=_slots(self, self._accumulators, variables),
-            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            epsilon=self.epsilon, weight_decay=weight_decay,
             **options,
         )
 
@@ -142,8 +142,8 @@ class Adadelta(FusedOptimizerMixin, keras.optimizers.Adadelta):
             variables, grads, learning_rate,
             accumulated_grad=_slots(self, self._accumulated_grads, variables),
             accumulated_delta_var=_slots(self, self._accumulated_delta_vars, variables),
-            rho=keras_scalar(self.rho), epsilon=keras_scalar(self.epsilon),
-            weight_decay=keras_scalar(weight_decay),
+            rho=self.rho, epsilon=self.epsilon,
+            weight_decay=weight_decay,
             **options,
         )
 
@@ -157,11 +157,11 @@ class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
             variables, grads, learning_rate,
             accumulator=_slots(self, self._accumulators, variables),
             linear=_slots(self, self._linears, variables),
-            learning_rate_power=keras_scalar(self.learning_rate_power),
-            l1=keras_scalar(self.l1_regularization_strength),
-            l2=keras_scalar(self.l2_regularization_strength),
-            l2_shrinkage=keras_scalar(self.l2_shrinkage_regularization_strength),
-            beta=keras_scalar(self.beta), weight_decay=keras_scalar(weight_decay),
+            learning_rate_power=self.learning_rate_power,
+            l1=self.l1_regularization_strength,
+            l2=self.l2_regularization_strength,
+            l2_shrinkage=self.l2_shrinkage_regularization_strength,
+            beta=self.beta, weight_decay=weight_decay,
             **options,
         )
 
@@ -173,8 +173,8 @@ class Lion(FusedOptimizerMixin, keras.optimizers.Lion):
     def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_lion(
             variables, grads, learning_rate, m=_slots(self, self._momentums, variables),
-            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
-            weight_decay=keras_scalar(weight_decay),
+            beta_1=self.beta_1, beta_2=self.beta_2,
+            weight_decay=weight_decay,
             **options,
         )
 
@@ -189,8 +189,8 @@ class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
             m=_slots(self, self._momentums, variables),
             v=_slots(self, self._velocities, variables),
             step=_step(self),
-            beta_1=keras_scalar(self.beta_1), beta_2=keras_scalar(self.beta_2),
-            epsilon=keras_scalar(self.epsilon), weight_decay=keras_scalar(weight_decay),
+            beta_1=self.beta_1, beta_2=self.beta_2,
+            epsilon=self.epsilon, weight_decay=weight_decay,
             **options,
         )
 

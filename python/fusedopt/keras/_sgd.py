@@ -3,7 +3,7 @@ from __future__ import annotations
 import keras
 
 from fusedopt import ops
-from fusedopt.keras._base import FusedOptimizerMixin, keras_scalar
+from fusedopt.keras._base import FusedOptimizerMixin
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
@@ -25,9 +25,9 @@ class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
             grads,
             learning_rate,
             momenta=momenta,
-            momentum=keras_scalar(self.momentum),
+            momentum=self.momentum,
             nesterov=bool(self.nesterov) and momenta is not None,
-            weight_decay=keras_scalar(weight_decay),
+            weight_decay=weight_decay,
             **options,
         )
 
