@@ -80,7 +80,8 @@ def test_models_suite(tmp_path):
 
 
 def test_fit_suite(tmp_path):
-    r, data = bench(tmp_path, "--suite", "fit", "--quick", "--repeats", "3", "--inject-wrong")
+    r, data = bench(tmp_path, "--suite", "fit", "--quick", "--fit-models", "mlp,resnet50",
+                    "--repeats", "3", "--inject-wrong")
     assert r.returncode == 0, r.stderr[-3000:]
     rows = data["rows"]
     cases = sorted({x["case"] for x in rows})

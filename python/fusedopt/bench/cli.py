@@ -35,7 +35,10 @@ from typing import Any, Callable
 
 SUITES = ["sizes", "many", "models", "sparse", "fit"]
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
-QUICK = dict(sizes=[65_536, 1_048_576, 16_777_216], many=[(200, 10_000)], repeats=7)
+# --quick must finish in under 2 minutes on 2 cores: fewer rounds, and the fit
+# suite (one model.fit call per epoch, ~0.3 s of Keras overhead each) fewer still.
+QUICK = dict(sizes=[65_536, 1_048_576, 16_777_216], many=[(200, 10_000)], repeats=5,
+             fit_repeats=3, fit_warmup=1)
 FULL = dict(
     sizes=[1_024, 16_384, 262_144, 4_194_304, 67_108_864],
     many=[(10, 10_000), (200, 10_000), (2_000, 1_000)],
@@ -82,12 +85,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtypes", default="float32", help=f"comma-separated: {', '.join(DTYPES)}")
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on 2 cores)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds per case")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds per case")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed rounds per case (default 2; --quick: 1 for the fit suite)")
     p.add_argument("--sizes", default=None, help="comma-separated element counts for 'sizes'")
     p.add_argument("--many", default=None,
                    help="comma-separated COUNTxSIZE cases for 'many' (e.g. 200x10000)")
     p.add_argument("--models", default="resnet50,bert-base,recommender",
                    help="comma-separated models for 'models': resnet50, bert-base, recommender")
+    p.add_argument("--fit-models", default=None,
+                   help="comma-separated models for 'fit': mlp, resnet50 (default both; "
+                        "--quick: mlp)")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the correctness check before timing")
     p.add_argument("--no-xla", dest="xla", action="store_false", help="skip the XLA contender")
@@ -135,12 +142,24 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(f"--many takes COUNTxSIZE items like 200x10000, got {args.many!r}")
     else:
         args.many = preset["many"]
+    if args.fit_models is None:
+        args.fit_models = "mlp" if args.quick else "mlp,resnet50"
+    args.fit_models = args.fit_models.split(",")
+    for m in args.fit_models:
+        if m not in ("mlp", "resnet50"):
+            raise UsageError(f"unknown fit model {m!r}; choose from mlp, resnet50")
     args.models = args.models.split(",")
     known_models = ["resnet50", "bert-base", "recommender"]
     for m in args.models:
         if m not in known_models:
             raise UsageError(f"unknown model {m!r}; choose from {', '.join(known_models)}")
+    explicit_repeats, explicit_warmup = args.repeats is not None, args.warmup is not None
     args.repeats = args.repeats or preset["repeats"]
+    args.warmup = 2 if args.warmup is None else args.warmup
+    # The fit suite's rounds (epochs): as given, else the preset's.
+    args.fit_repeats = args.repeats if explicit_repeats else preset.get("fit_repeats",
+                                                                        args.repeats)
+    args.fit_warmup = args.warmup if explicit_warmup else preset.get("fit_warmup", args.warmup)
     if args.repeats < 1 or args.warmup < 0:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     for label, path in [("--json", args.json), ("--plot", args.plot)]:

@@ -94,7 +94,8 @@ def _np_dtype(name: str):
 class Case:
     """One algorithm, dtype and list of shapes; builds every contender."""
 
-    def __init__(self, algo: Algorithm, dtype: str, shapes, rng, xla: bool, inject_wrong: bool):
+    def __init__(self, algo: Algorithm, dtype: str, shapes, rng, xla: bool, inject_wrong: bool,
+                 per_variable: bool = True):
         self.algo, self.dtype, self.shapes = algo, dtype, [tuple(s) for s in shapes]
         self.elements = int(sum(int(np.prod(s)) for s in self.shapes))
         self.init = [rng.standard_normal(s).astype(_np_dtype(dtype)) for s in self.shapes]
@@ -108,7 +109,8 @@ class Case:
         self.k = tf.constant(int(max(1, min(50, 2e9 // max(self.bytes, 1)))))
         self.contenders: dict[str, dict[str, Any]] = {}
         self._add_keras("fusedopt", algo.fused_cls, jit=False)
-        self._add_per_variable()
+        if per_variable:  # (--quick leaves it out: tracing 200 calls costs seconds)
+            self._add_per_variable()
         if algo.raw is not None and dtype in ("float32", "float64", "float16"):
             self._add_raw()
         self._add_keras("keras", algo.keras_cls, jit=False)
@@ -430,8 +432,9 @@ class _EpochTimer(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self._t0)
 
 
-def _fit_cases(quick: bool):
-    """(label, make_model, x, y, batch, loss) for each model of the fit suite."""
+def _fit_cases(quick: bool, models: list[str]):
+    """(label, make_model, x, y, batch, loss) for each model of the fit suite
+    named in `models` ("mlp", "resnet50")."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -442,8 +445,11 @@ def _fit_cases(quick: bool):
                                  keras.layers.Dense(512, activation="relu"),
                                  keras.layers.Dense(10)])
 
-    yield ("MLP 64-512-512-10 on digits, batch 64", mlp, x, y, 64,
-           keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if "mlp" in models:
+        yield ("MLP 64-512-512-10 on digits, batch 64", mlp, x, y, 64,
+               keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    if "resnet50" not in models:
+        return
     shapes = resnet50_shapes()
     rng = np.random.default_rng(0)
     n = 128 if quick else 512
@@ -504,7 +510,7 @@ def run_fit(args, rows: list[Row]) -> None:
         contenders.append(("keras+XLA", lambda: builtin(1e-3), True))
     if args.inject_wrong:  # twice the learning rate: the check must catch it
         contenders.append(("injected-wrong", lambda: fused(2e-3), False))
-    for label, make_model, x, y, batch, loss in _fit_cases(args.quick):
+    for label, make_model, x, y, batch, loss in _fit_cases(args.quick, args.fit_models):
         models, timers, losses = {}, {}, {}
         for name, make_optimizer, jit in contenders:
             keras.utils.set_random_seed(0)
@@ -512,11 +518,11 @@ def run_fit(args, rows: list[Row]) -> None:
             model.compile(optimizer=make_optimizer(), jit_compile=jit, loss=loss)
             # Warm-up (--warmup epochs, each its own fit() call): traces the
             # train function and settles what a model's first fit() calls set up.
-            for _ in range(args.warmup):
+            for _ in range(args.fit_warmup):
                 model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False,
                           callbacks=[_EpochTimer()])
             models[name], timers[name], losses[name] = model, _EpochTimer(), []
-        for _ in range(args.repeats):
+        for _ in range(args.fit_repeats):
             for name in models:
                 hist = models[name].fit(x, y, batch_size=batch, epochs=1, verbose=0,
                                         shuffle=False, callbacks=[timers[name]])
@@ -633,7 +639,8 @@ def _run(args: argparse.Namespace) -> int:
                                  total=len(todo) + len(sparse_cases) + ("fit" in args.suite))
         for suite, label, shapes, a, d in todo:
             progress.update(task, description=f"{suite}: {label} {a} {d}")
-            case = Case(ALGORITHMS[a], d, shapes(), rng, args.xla, args.inject_wrong)
+            case = Case(ALGORITHMS[a], d, shapes(), rng, args.xla, args.inject_wrong,
+                        per_variable=not args.quick)
             run_case(suite, label, case, args, rows)
             del case
             progress.advance(task)
