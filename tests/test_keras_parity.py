@@ -7,14 +7,14 @@ The float64 references (test_family_ops.py) stay the independent check of the
 math; these tests check that the fused ops compute each coefficient exactly as
 Keras does (Note [Keras arithmetic], cc/rules/coefficients.h).
 
+In a tf.function Grappler's arithmetic optimizer rewrites Keras' graph (weight
+decay ``(v * wd) * lr`` into ``v * (wd * lr)``; ``x / sqrt(y)`` into
+``x * rsqrt(y)`` with TF's approximate CPU Rsqrt), so Keras' own graph-mode
+numbers differ from its eager ones; the fused ops reproduce both
+(test_grappler_rewrites_are_reproduced).
+
 Where bit identity is not reached, a test below shows why, and how close the
 results are:
-* RMSprop, Adagrad, Adadelta in a tf.function: Grappler's arithmetic
-  optimizer rewrites Keras' ``x / sqrt(y)`` into ``x * rsqrt(y)``, and TF's CPU
-  Rsqrt is a hardware approximation plus one Newton step (Eigen's prsqrt), so
-  Keras' own graph-mode numbers differ from its eager ones. The fused ops give
-  Keras' eager numbers; with the arithmetic optimizer off, Keras' graph-mode
-  numbers too.
 * Ftrl with learning_rate_power != -0.5 (and -0.5 in eager mode): TF's
   element-wise Pow is Eigen's vectorized approximation, not the C library's
   pow.
@@ -72,8 +72,7 @@ FTRL = [
                   l2_regularization_strength=0.02, l2_shrinkage_regularization_strength=0.01,
                   beta=0.1, weight_decay=0.01)),
 ]
-# Exact in eager mode and in tf.function without Grappler's arithmetic
-# optimizer; Grappler's rsqrt rewrite changes Keras' own graph-mode bits.
+# Rules that divide by a square root (Note [TF rsqrt]).
 SQRT_DIV = [
     ("RMSprop", {}),
     ("RMSprop", dict(learning_rate=0.01, momentum=0.9)),
@@ -84,6 +83,7 @@ SQRT_DIV = [
     ("Adadelta", dict(learning_rate=1.0)),
     ("Adadelta", dict(learning_rate=1.0, rho=0.9, epsilon=1e-6, weight_decay=0.01)),
 ]
+EXACT += SQRT_DIV
 
 
 def _id(c):
@@ -156,38 +156,29 @@ def test_bit_identical_ftrl_in_function(rng, name_cfg, dtype):
     _assert_identical(ours, theirs, f"{name} {cfg} {dtype} function")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name_cfg", SQRT_DIV, ids=[_id(c) for c in SQRT_DIV])
-def test_bit_identical_sqrt_div_rules(rng, name_cfg, dtype):
-    """Eager, and tf.function without Grappler's arithmetic optimizer."""
-    name, cfg = name_cfg
+@pytest.mark.parametrize("name", ["RMSprop", "Adagrad", "Adadelta", "Adam"])
+def test_grappler_rewrites_are_reproduced(rng, name):
+    """Keras' own numbers depend on the mode: in a tf.function Grappler
+    rewrites the weight decay (and, for the rules that divide by a square
+    root, x / sqrt(y) into x * rsqrt(y), TF's approximate Rsqrt), so Keras'
+    graph-mode results differ from its eager ones. The fused optimizer gives
+    each mode's, and Keras' unrewritten ones with the arithmetic optimizer off."""
+    cfg = dict(learning_rate=0.05, weight_decay=0.05)
     seed = int(rng.integers(2**31))
-    ours, theirs = _pair(name, cfg, dtype, "eager", seed)
-    _assert_identical(ours, theirs, f"{name} {cfg} {dtype} eager")
-    with _arithmetic_optimizer(False):
-        ours, theirs = _pair(name, cfg, dtype, "function", seed)
-    _assert_identical(ours, theirs, f"{name} {cfg} {dtype} function, no arithmetic optimizer")
-
-
-@pytest.mark.parametrize("name_cfg", SQRT_DIV[:1] + SQRT_DIV[4:5] + SQRT_DIV[6:7],
-                         ids=["RMSprop", "Adagrad", "Adadelta"])
-def test_grappler_rsqrt_changes_keras_own_graph_numbers(rng, name_cfg):
-    """Why the rules that divide by a square root are not bit-identical in a
-    tf.function: Keras' own graph-mode numbers differ from its eager ones
-    (Grappler's x / sqrt(y) -> x * rsqrt(y), an approximate rsqrt), while the
-    fused ones equal Keras' eager ones, and stay within a few ulps of its
-    graph-mode ones."""
-    name, cfg = name_cfg
-    seed = int(rng.integers(2**31))
-    keras_eager = _run(getattr(keras.optimizers, name), cfg, "float32", "eager", seed, steps=20)
-    keras_graph = _run(getattr(keras.optimizers, name), cfg, "float32", "function", seed, steps=20)
-    ours_graph = _run(getattr(fk, name), cfg, "float32", "function", seed, steps=20)
+    shapes = [(1001,), (33, 5)]
+    run = lambda cls, mode: _run(cls, cfg, "float32", mode, seed, steps=30,  # noqa: E731
+                                 shapes=shapes)
+    builtin, fused = getattr(keras.optimizers, name), getattr(fk, name)
+    keras_eager, keras_graph = run(builtin, "eager"), run(builtin, "function")
     assert any(np.any(a != b) for a, b in zip(keras_eager, keras_graph)), (
-        "Keras' graph-mode numbers equal its eager ones: Grappler no longer rewrites "
-        f"{name}'s division by a square root; move it to the exact list")
-    _assert_identical(ours_graph, keras_eager, f"{name} fused (function) vs Keras eager")
-    for a, b in zip(ours_graph, keras_graph):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+        f"Keras' graph-mode {name} equals its eager one: Grappler no longer rewrites it")
+    _assert_identical(run(fused, "eager"), keras_eager, f"{name} eager")
+    _assert_identical(run(fused, "function"), keras_graph, f"{name} function")
+    with _arithmetic_optimizer(False):
+        keras_plain = run(builtin, "function")
+        _assert_identical(run(fused, "function"), keras_plain,
+                          f"{name} function, no arithmetic optimizer")
+    _assert_identical(keras_plain, keras_eager, f"Keras {name}: unrewritten graph vs eager")
 
 
 def test_tf_pow_is_not_the_c_library_pow():
@@ -274,12 +265,18 @@ def test_wrapped_in_loss_scale_optimizer(rng, mode):
         variables = [keras.Variable(r.standard_normal(s), dtype="float32") for s in SHAPES]
         opt = keras.optimizers.LossScaleOptimizer(cls(learning_rate=0.01, weight_decay=0.01),
                                                   initial_scale=2.0**10, dynamic_growth_steps=4)
-        step = opt.apply if mode == "eager" else tf.function(opt.apply)
+        opt.build(variables)
+
+        def step(gs):
+            opt.apply(gs, variables)
+
+        if mode == "function":
+            step = tf.function(step)
         for k in range(20):
             gs = [r.standard_normal(s) * opt.scale_loss(1.0).numpy() for s in SHAPES]
             if k == 7:
                 gs[1][0, 0] = np.inf  # skipped: the scale halves, nothing else moves
-            step([tf.constant(g, "float32") for g in gs], variables)
+            step([tf.constant(g, "float32") for g in gs])
         return [v.numpy() for v in variables] + [v.numpy() for v in opt.variables]
 
     _assert_identical(run(fk.Adam), run(keras.optimizers.Adam), f"LossScaleOptimizer {mode}")

@@ -74,22 +74,14 @@ int LaunchVariant(const LaunchArgs& a) {
   return static_cast<int>(cudaGetLastError());
 }
 
-template <typename Rule, typename T>
+template <typename Rule, typename T, int V = 0>
 int LaunchDtype(int variant, const LaunchArgs& a) {
-  switch (variant) {
-    case 0:
-      return LaunchVariant<Rule, T, 0>(a);
-    case 1:
-      if constexpr (Rule::kNumVariants > 1) return LaunchVariant<Rule, T, 1>(a);
-      break;
-    case 2:
-      if constexpr (Rule::kNumVariants > 2) return LaunchVariant<Rule, T, 2>(a);
-      break;
-    case 3:
-      if constexpr (Rule::kNumVariants > 3) return LaunchVariant<Rule, T, 3>(a);
-      break;
+  if constexpr (V < Rule::kNumVariants) {
+    if (variant == V) return LaunchVariant<Rule, T, V>(a);
+    return LaunchDtype<Rule, T, V + 1>(variant, a);
+  } else {
+    return static_cast<int>(cudaErrorInvalidValue);
   }
-  return static_cast<int>(cudaErrorInvalidValue);
 }
 
 // Launches Rule on one tensor: dtype is a fusedopt::DType index.

@@ -21,8 +21,14 @@
 #define FUSEDOPT_CC_RULES_UPDATE_RULES_H_
 
 #include <cmath>
+#include <type_traits>
 
 #include "cc/rules/numeric.h"
+
+#if !defined(__CUDA_ARCH__) && (defined(__SSE__) || defined(__x86_64__))
+#include <xmmintrin.h>
+#define FUSEDOPT_HAVE_SSE_RSQRT 1
+#endif
 
 namespace fusedopt {
 
@@ -40,7 +46,7 @@ enum class Algo : int {
   kLion,
 };
 constexpr int kNumAlgos = 9;
-constexpr int kMaxVariants = 4;
+constexpr int kMaxVariants = 12;
 constexpr int kMaxSlots = 3;
 constexpr int kMaxCoeffs = 12;
 constexpr int kDecay = 0;                 // Coeffs::c[0]: weight_decay
@@ -78,6 +84,69 @@ FUSEDOPT_HD M Min(M a, M b) {
   return (a != a) ? a : ((b != b) ? b : (a < b ? a : b));
 }
 
+// Note [TF rsqrt]: in a tf.function, Grappler's arithmetic optimizer rewrites
+// Keras' `x / sqrt(y)` (RMSprop, Adagrad, Adadelta) into `x * rsqrt(y)`, and
+// TF's CPU Rsqrt is not correctly rounded: Eigen evaluates full vectors of 8
+// floats (TF's wheel is built for AVX, without FMA) as the hardware
+// approximation _mm256_rsqrt_ps refined by one Newton step, and the last
+// n % 8 elements of a tensor as 1 / sqrt(y) (doubles: 1 / sqrt(y) always).
+// Rules that divide by a square root therefore have three forms, a
+// compile-time variant: kDivSqrt (Keras' written x / sqrt(y), and eager mode),
+// kPacketRsqrt and kScalarRsqrt; the CPU loops run the packet form on the
+// first n - n % 8 elements of a tensor and the scalar form on the rest.
+// rsqrtss gives the same approximation as the packed instruction on the same
+// CPU, so the bits are the CPU model's, as TF's are. On the GPU (and hosts
+// without SSE) kPacketRsqrt is the platform's rsqrt.
+enum RsqrtForm : int { kDivSqrt = 0, kPacketRsqrt = 1, kScalarRsqrt = 2 };
+constexpr int kNumRsqrtForms = 3;  // the forms a dispatch table holds
+// CPU-internal forms of kPacketRsqrt, so its loop vectorizes (cc/cpu): a
+// probe pass records each element's y in the rsqrt channel (and stores
+// nothing), the block's rsqrts are computed with packed instructions, and the
+// update pass multiplies by the value it finds in the channel.
+constexpr int kProbeRsqrt = 3;
+constexpr int kInjectedRsqrt = 4;
+constexpr int kRsqrtChannel = kMaxSlots;  // s[kRsqrtChannel] in Apply's slot array
+constexpr int kTfRsqrtPacket = 8;  // floats per Eigen packet in TF's CPU kernels
+
+template <typename M>
+FUSEDOPT_HD M PacketRsqrt(M y) {
+#if defined(__CUDA_ARCH__)
+  return rsqrt(y);
+#elif defined(FUSEDOPT_HAVE_SSE_RSQRT)
+  if constexpr (std::is_same_v<M, float>) {
+    // Eigen's generic_rsqrt_newton_step<Packet8f, 1> without FMA.
+    const float y0 = _mm_cvtss_f32(_mm_rsqrt_ss(_mm_set_ss(y)));
+    const float r2 = y * y0;
+    const float half_r = y0 * -0.5f;
+    const float h = r2 * y0 + -1.0f;
+    const float inv = half_r * h + y0;
+    return inv != inv ? y0 : inv;
+  } else {
+    return M(1) / std::sqrt(y);
+  }
+#else
+  return M(1) / std::sqrt(y);
+#endif
+}
+
+// x / sqrt(y) in the given form (Note [TF rsqrt]); `s` is Apply's slot array,
+// whose rsqrt channel the probe and injected forms use.
+template <int Form, typename M>
+FUSEDOPT_HD M DivSqrt(M x, M y, M* s) {
+  if constexpr (Form == kDivSqrt) {
+    return x / Sqrt(y);
+  } else if constexpr (Form == kPacketRsqrt) {
+    return x * PacketRsqrt(y);
+  } else if constexpr (Form == kScalarRsqrt) {
+    return x * (M(1) / Sqrt(y));
+  } else if constexpr (Form == kProbeRsqrt) {
+    s[kRsqrtChannel] = y;
+    return x;
+  } else {
+    return x * s[kRsqrtChannel];
+  }
+}
+
 // Keras' decoupled weight decay of one element: v - (v * wd) * lr.
 template <typename M>
 FUSEDOPT_HD M Decay(const M* c, M v) {
@@ -111,7 +180,7 @@ FUSEDOPT_HD void UpdateElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_
   constexpr int K = Rule::Slots(V);
   M v = Load(var[i]);
   if constexpr (D) v = Decay(c, v);
-  M s[kMaxSlots] = {M(0), M(0), M(0)};
+  M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};  // + the rsqrt channel
   if constexpr (K > 0) s[0] = Load(s0[i]);
   if constexpr (K > 1) s[1] = Load(s1[i]);
   if constexpr (K > 2) s[2] = Load(s2[i]);
@@ -240,13 +309,16 @@ struct AdamaxRule {
 struct RmspropRule {
   // kEps is added inside the square root, kEpsOut outside it; the caller sets
   // one and leaves the other 0 (x + 0 == x, so the other form keeps its bits).
+  // The rsqrt forms (variant / kRsqrtStride, Note [TF rsqrt]) need kEpsOut 0.
   enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4, kMomentum = 5, kEpsOut = 6 };
-  static constexpr int kNumVariants = 4;
+  static constexpr int kRsqrtStride = 4;
+  static constexpr int kNumVariants = kRsqrtStride * kNumRsqrtForms;
   FUSEDOPT_HD static constexpr int Slots(int v) { return 1 + (v & 1) + ((v >> 1) & 1); }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
     constexpr bool kMom = (V & 1) != 0;
     constexpr bool kCentered = (V & 2) != 0;
+    constexpr int kForm = V / kRsqrtStride;
     constexpr int kAvg = kMom ? 2 : 1;
     s[0] = c[kRho] * s[0] + c[kOneMinusRho] * (g * g);
     M denom;
@@ -256,7 +328,12 @@ struct RmspropRule {
     } else {
       denom = s[0] + c[kEps];
     }
-    const M inc = (c[kLr] * g) / (Sqrt(denom) + c[kEpsOut]);
+    M inc;
+    if constexpr (kForm == kDivSqrt) {
+      inc = (c[kLr] * g) / (Sqrt(denom) + c[kEpsOut]);
+    } else {
+      inc = DivSqrt<kForm>(c[kLr] * g, denom, s);
+    }
     if constexpr (kMom) {
       s[1] = c[kMomentum] * s[1] + inc;
       var = var - s[1];
@@ -274,12 +351,17 @@ struct RmspropRule {
 // Bytes/element: 5T.
 struct AdagradRule {
   enum : int { kLr = 1, kEps = 2, kEpsOut = 3 };
-  static constexpr int kNumVariants = 1;
+  static constexpr int kRsqrtStride = 1;  // variant = rsqrt form (Note [TF rsqrt])
+  static constexpr int kNumVariants = kNumRsqrtForms;
   FUSEDOPT_HD static constexpr int Slots(int) { return 1; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
     s[0] = s[0] + g * g;
-    var = var - (c[kLr] * g) / (Sqrt(s[0] + c[kEps]) + c[kEpsOut]);
+    if constexpr (V == kDivSqrt) {
+      var = var - (c[kLr] * g) / (Sqrt(s[0] + c[kEps]) + c[kEpsOut]);
+    } else {
+      var = var - DivSqrt<V>(c[kLr] * g, s[0] + c[kEps], s);
+    }
   }
 };
 
@@ -293,12 +375,13 @@ struct AdagradRule {
 // Bytes/element: 7T.
 struct AdadeltaRule {
   enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4 };
-  static constexpr int kNumVariants = 1;
+  static constexpr int kRsqrtStride = 1;  // variant = rsqrt form (Note [TF rsqrt])
+  static constexpr int kNumVariants = kNumRsqrtForms;
   FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
     s[0] = c[kRho] * s[0] + c[kOneMinusRho] * (g * g);
-    const M delta = -((Sqrt(s[1] + c[kEps]) * g) / Sqrt(s[0] + c[kEps]));
+    const M delta = -DivSqrt<V>(Sqrt(s[1] + c[kEps]) * g, s[0] + c[kEps], s);
     s[1] = c[kRho] * s[1] + c[kOneMinusRho] * (delta * delta);
     var = var + c[kLr] * delta;
   }

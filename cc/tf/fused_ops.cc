@@ -51,6 +51,9 @@ struct PlanInput {
 
 struct Plan {
   int variant = 0;
+  // Rules that divide by a square root, under grappler_form: the variant
+  // stride of the rsqrt forms (Note [TF rsqrt]); 0 keeps the division.
+  int rsqrt_stride = 0;
   bool f64 = false;
   Coeffs coeffs{};
   // For rank-0 variables: Grappler leaves a chain of scalars alone (Note
@@ -174,6 +177,7 @@ struct RmspropSpec {
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
     p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
+    if (in.grappler_form && !epsilon_outside_sqrt) p->rsqrt_stride = RmspropRule::kRsqrtStride;
     p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], epsilon_outside_sqrt, in.grappler_form);
     return absl::OkStatus();
   }
@@ -190,6 +194,7 @@ struct AdagradSpec {
   }
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
+    if (in.grappler_form && !epsilon_outside_sqrt) p->rsqrt_stride = AdagradRule::kRsqrtStride;
     p->coeffs = FUSEDOPT_COEFFS(in, Adagrad, s[0], s[1], s[2], epsilon_outside_sqrt, in.grappler_form);
     return absl::OkStatus();
   }
@@ -204,6 +209,7 @@ struct AdadeltaSpec {
   explicit AdadeltaSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
+    if (in.grappler_form) p->rsqrt_stride = AdadeltaRule::kRsqrtStride;
     p->coeffs = FUSEDOPT_COEFFS(in, Adadelta, s[0], s[1], s[2], s[3], in.grappler_form);
     return absl::OkStatus();
   }
@@ -376,14 +382,38 @@ void RunItemsCpu(OpKernelContext* ctx, const std::vector<Item>& items, const Cpu
   const cpu::KernelTable& table = cpu::SelectedKernels();
   const int bytes = t.elem_bytes * (3 + 2 * t.num_slots);
   if (!lamb) {
-    const cpu::ElementwiseFn fn =
-        table.elementwise[static_cast<int>(algo)][dt][plan.variant][decay][ops.transform];
+    const auto& fns = table.elementwise[static_cast<int>(algo)][dt];
+    const cpu::ElementwiseFn fn = fns[plan.variant][decay][ops.transform];
+    if (plan.rsqrt_stride == 0) {
+      RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
+        const Item& it = items[c.tensor];
+        void* var;
+        std::array<void*, kMaxSlots> slots{};
+        pointers(it, &var, &slots);
+        fn(plan.For(ops.IsRank0(it.tensor)), ops.xforms[it.tensor], var, slots.data(), it.grad,
+           0, it.length);
+      });
+      return;
+    }
+    // Note [TF rsqrt]: the packet form on each tensor's first n - n % 8
+    // elements, the scalar form on the rest (dense items only: `offset` is
+    // the element offset in the tensor).
+    const cpu::ElementwiseFn packet =
+        fns[plan.variant + plan.rsqrt_stride * kPacketRsqrt][decay][ops.transform];
+    const cpu::ElementwiseFn scalar =
+        fns[plan.variant + plan.rsqrt_stride * kScalarRsqrt][decay][ops.transform];
     RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
       const Item& it = items[c.tensor];
       void* var;
       std::array<void*, kMaxSlots> slots{};
       pointers(it, &var, &slots);
-      fn(plan.For(ops.IsRank0(it.tensor)), ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
+      const int64_t n = ops.sizes[it.tensor];
+      const int64_t split = std::clamp<int64_t>(n - n % kTfRsqrtPacket - it.offset, 0, it.length);
+      const Coeffs& co = plan.For(ops.IsRank0(it.tensor));
+      if (split > 0) packet(co, ops.xforms[it.tensor], var, slots.data(), it.grad, 0, split);
+      if (split < it.length) {
+        scalar(co, ops.xforms[it.tensor], var, slots.data(), it.grad, split, it.length);
+      }
     });
     return;
   }
@@ -476,7 +506,9 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
     void* stream = GpuStream(ctx);
     for (int i = 0; i < ops.n; ++i) {
       TF_RETURN_IF_ERROR(CudaStatus(
-          fusedopt_cuda_elementwise(static_cast<int>(algo), dt, plan.variant, decay ? 1 : 0,
+          fusedopt_cuda_elementwise(static_cast<int>(algo), dt,
+                                    plan.variant + plan.rsqrt_stride * kPacketRsqrt,
+                                    decay ? 1 : 0,
                                     plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
                                     ops.xforms[i].scale,
                                     ops.xforms[i].clip_value, ops.vars[i], ops.slots[i].data(),
@@ -793,6 +825,7 @@ class SparseApplyOp : public OpKernel {
     Plan plan;
     TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
     plan.f64 = in.f64;
+    plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
     plan.rank0_coeffs = plan.coeffs;
     if (in.grappler_form) {
       PlanInput written = in;
