@@ -151,6 +151,12 @@ CASES = [
          dict(beta_1=0.9, beta_2=0.999, epsilon=1e-6),
          lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"m": r[1], "v": r[2]}))(
              ref.lamb_step(var, g, lr, s["m"], s["v"], t, **hp)), step=True),
+    Case("schedule_free_adamw", fops.apply_schedule_free_adamw,
+         {"momentum": random_array, "velocity": pos},
+         dict(beta_1=0.9, beta_2=0.999, epsilon=1e-8, warmup_steps=4.0),
+         lambda var, g, lr, s, t, hp: (lambda r: (r[0], {"momentum": r[1], "velocity": r[2]}))(
+             ref.schedule_free_adamw_step(var, g, lr, s["momentum"], s["velocity"], t, **hp)),
+         step=True),
 ]
 CASE_IDS = [c.name for c in CASES]
 

@@ -37,6 +37,9 @@ CONFIGS = [
     ("Lamb", dict(learning_rate=0.01)),
     ("Lamb", dict(learning_rate=0.01, weight_decay=0.01)),
     ("SGD", dict(learning_rate=0.05, momentum=0.9, nesterov=True)),
+    ("ScheduleFreeAdamW", {}),
+    ("ScheduleFreeAdamW", dict(learning_rate=0.01, warmup_steps=5, weight_decay=0.01,
+                               clipvalue=0.5)),
 ]
 
 
@@ -114,7 +117,7 @@ def _count_ops(opt, variables, grads, op_type):
     "name,op",
     [("Adam", "Adam"), ("AdamW", "Adam"), ("Nadam", "Nadam"), ("Adamax", "Adamax"),
      ("RMSprop", "Rmsprop"), ("Adagrad", "Adagrad"), ("Adadelta", "Adadelta"), ("Ftrl", "Ftrl"),
-     ("Lion", "Lion"), ("Lamb", "Lamb")],
+     ("Lion", "Lion"), ("Lamb", "Lamb"), ("ScheduleFreeAdamW", "ScheduleFreeAdamW")],
 )
 def test_one_fused_call_per_dtype_group(name, op):
     variables = [keras.Variable(np.ones(s, np.float32)) for s in [(3,), (4, 5), (7,), ()]]
@@ -237,6 +240,7 @@ FIT_CONFIGS = {
     "Ftrl": dict(learning_rate=0.2),
     "Lion": dict(learning_rate=0.0005),
     "Lamb": dict(learning_rate=0.01),
+    "ScheduleFreeAdamW": dict(learning_rate=0.005, warmup_steps=10),
 }
 
 

@@ -298,6 +298,7 @@ KernelTable MakeTable() {
   FillAlgo<AdadeltaRule>(t, Algo::kAdadelta);
   FillAlgo<FtrlRule>(t, Algo::kFtrl);
   FillAlgo<LionRule>(t, Algo::kLion);
+  FillAlgo<ScheduleFreeRule>(t, Algo::kScheduleFree);
   FillLamb<Half>(t, DType::kFloat16);
   FillLamb<BFloat16>(t, DType::kBFloat16);
   FillLamb<float>(t, DType::kFloat32);

@@ -38,6 +38,8 @@ extern "C" int fusedopt_cuda_elementwise(int algo, int dtype, int variant, int d
       return cuda::LaunchFtrl(dtype, variant, a);
     case Algo::kLion:
       return cuda::LaunchLion(dtype, variant, a);
+    case Algo::kScheduleFree:
+      return cuda::LaunchScheduleFree(dtype, variant, a);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

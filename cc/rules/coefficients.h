@@ -53,13 +53,14 @@ inline S Step(int64_t step) {
 // Note [Grappler form]: in a tf.function, Grappler's arithmetic optimizer
 // rewrites that chain of two scalar multiplications (MinimizeBroadcasts) into
 // var * (wd * lr), so Keras' graph-mode numbers differ from its eager ones.
-// `grappler_form` selects the rewritten form: c[kDecay] = wd * lr (in S) and
+// `minimize_broadcasts` (the rules' `grappler_form` parameter: the kernels
+// pass false for rank-0 variables) selects the rewritten form: c[kDecay] = wd * lr (in S) and
 // c[kDecayLr] = 1, which the same Decay() evaluates exactly as
 // v - v * (wd * lr) (a product with 1 is exact).
 template <typename S>
-inline Coeffs Base(double lr, double weight_decay, bool grappler_form) {
+inline Coeffs Base(double lr, double weight_decay, bool minimize_broadcasts) {
   Coeffs c{};
-  if (grappler_form) {
+  if (minimize_broadcasts) {
     c.c[kDecay] = ViaFloat<S>(weight_decay) * Direct<S>(lr);
     c.c[kDecayLr] = 1.0;
   } else {
@@ -222,6 +223,40 @@ inline Coeffs Lamb(double lr, double b1, double b2, double eps, double weight_de
   c.c[LambRule::kOneMinusB2Pow] = S(1) - std::pow(ViaFloat<S>(b2), t);
   c.c[LambRule::kEps] = Direct<S>(eps);
   c.c[LambRule::kLr] = Direct<S>(lr);
+  return c;
+}
+
+// keras.optimizers.ScheduleFreeAdamW.update_step: betas and epsilon cast (so
+// through float32), everything else in S; warmup_steps 0 disables the warmup.
+// constant_folding: Keras' graph after Grappler's constant folding, which
+// turns divisions by constants (warmup_steps, beta_1) into multiplications by
+// their reciprocals; minimize_broadcasts (Grappler's arithmetic optimizer, not
+// for rank-0 variables) also folds the weight decay and
+// (1 - w) * (1 / beta_1) (ScheduleFreeRule, variant 1).
+template <typename S = double>
+inline Coeffs ScheduleFree(double lr, double b1, double b2, double eps, double warmup_steps,
+                           double weight_decay, int64_t step, bool constant_folding,
+                           bool minimize_broadcasts) {
+  Coeffs c = Base<S>(lr, weight_decay, minimize_broadcasts);
+  const S t = Step<S>(step);
+  const S beta_1 = ViaFloat<S>(b1), beta_2 = ViaFloat<S>(b2);
+  S lr_s = Direct<S>(lr);
+  if (warmup_steps > 0) {
+    const S ws = Direct<S>(warmup_steps);
+    const S factor = constant_folding ? t * (S(1) / ws) : t / ws;
+    lr_s = lr_s * (factor < S(1) ? factor : S(1));
+  }
+  const S weight = S(1) / t;
+  c.c[ScheduleFreeRule::kLr] = lr_s;
+  c.c[ScheduleFreeRule::kOneMinusB2] = S(1) - beta_2;
+  c.c[ScheduleFreeRule::kBiasCorrection2] = S(1) - std::pow(beta_2, t);
+  c.c[ScheduleFreeRule::kEps] = ViaFloat<S>(eps);
+  c.c[ScheduleFreeRule::kOneMinusB1] = S(1) - beta_1;
+  c.c[ScheduleFreeRule::kB1] = beta_1;
+  c.c[ScheduleFreeRule::kOneMinusWeightOverB1] = (S(1) - weight) * (S(1) / beta_1);
+  c.c[ScheduleFreeRule::kInvB1] = S(1) / beta_1;
+  c.c[ScheduleFreeRule::kWeight] = weight;
+  c.c[ScheduleFreeRule::kOneMinusWeight] = S(1) - weight;
   return c;
 }
 

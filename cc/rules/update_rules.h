@@ -44,8 +44,9 @@ enum class Algo : int {
   kAdadelta,
   kFtrl,
   kLion,
+  kScheduleFree,
 };
-constexpr int kNumAlgos = 9;
+constexpr int kNumAlgos = 10;
 constexpr int kMaxVariants = 12;
 constexpr int kMaxSlots = 3;
 constexpr int kMaxCoeffs = 12;
@@ -438,6 +439,56 @@ struct LionRule {
     const M sign = u > M(0) ? M(1) : (u < M(0) ? M(-1) : u);  // sign(NaN) = NaN
     var = var - c[kLr] * sign;
     s[0] = s[0] * c[kB2] + g * c[kOneMinusB2];
+  }
+};
+
+// ---------------------------------------------------------------------------
+// ScheduleFreeAdamW (keras.optimizers.ScheduleFreeAdamW). Slots: [momentum
+// (z, the base iterate), velocity]. With lr including Keras' warmup factor
+// min(t / warmup_steps, 1), w = 1 / t and c1 = 1 - beta_1 (host, in S):
+//   v += (g^2 - v) * (1 - beta_2)
+//   z -= (lr * g) / (sqrt(v / (1 - beta_2^t)) + epsilon)
+//   x = (var - c1 * z) / beta_1         (Keras reads z after its update here)
+//   x = (1 - w) * x + w * z
+//   var = c1 * z + beta_1 * x
+// Variants 1 and 2, Keras' graph after Grappler (Note [Grappler form]):
+// constant folding turns the division by the constant beta_1 into a
+// multiplication by its reciprocal (2), and the arithmetic optimizer's
+// MinimizeBroadcasts (1, not for rank-0 variables) multiplies that chain's two
+// scalars first:
+//   1: x = ((1 - w) * (1 / beta_1)) * (var - c1 * z) + w * z
+//   2: x = (1 - w) * ((var - c1 * z) * (1 / beta_1)) + w * z
+// Bytes/element: 7T.
+struct ScheduleFreeRule {
+  enum : int {
+    kLr = 1,
+    kOneMinusB2 = 2,
+    kBiasCorrection2 = 3,
+    kEps = 4,
+    kOneMinusB1 = 5,
+    kB1 = 6,
+    kOneMinusWeightOverB1 = 7,
+    kWeight = 8,
+    kOneMinusWeight = 9,
+    kInvB1 = 10,
+  };
+  static constexpr int kNumVariants = 3;
+  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  template <int V, typename M>
+  FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+    const M denom = Sqrt(s[1] / c[kBiasCorrection2]) + c[kEps];
+    s[0] = s[0] - (c[kLr] * g) / denom;
+    M x;
+    if constexpr (V == 1) {
+      x = c[kOneMinusWeightOverB1] * (var - c[kOneMinusB1] * s[0]) + c[kWeight] * s[0];
+    } else if constexpr (V == 2) {
+      x = c[kOneMinusWeight] * ((var - c[kOneMinusB1] * s[0]) * c[kInvB1]) + c[kWeight] * s[0];
+    } else {
+      x = (var - c[kOneMinusB1] * s[0]) / c[kB1];
+      x = c[kOneMinusWeight] * x + c[kWeight] * s[0];
+    }
+    var = c[kOneMinusB1] * s[0] + c[kB1] * x;
   }
 };
 

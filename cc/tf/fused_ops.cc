@@ -44,6 +44,9 @@ absl::Status Invalid(const std::string& msg) { return absl::InvalidArgumentError
 struct PlanInput {
   bool f64 = false;  // float64 variables: coefficients in double, else float
   bool grappler_form = false;  // Note [Grappler form] in coefficients.h
+  bool constant_folding = false;  // Grappler's constant folding (reciprocals)
+  bool rank0 = false;          // the plan for rank-0 variables (no MinimizeBroadcasts)
+  bool MinimizeBroadcasts() const { return grappler_form && !rank0; }
   std::vector<double> scalars;
   int64_t step = 0;
   std::vector<bool> slot_given;
@@ -56,10 +59,13 @@ struct Plan {
   int rsqrt_stride = 0;
   bool f64 = false;
   Coeffs coeffs{};
-  // For rank-0 variables: Grappler leaves a chain of scalars alone (Note
-  // [Grappler form]), so these keep Keras' written weight decay.
+  // For rank-0 variables: Grappler's MinimizeBroadcasts leaves a chain of
+  // scalars alone (Note [Grappler form]), so these keep Keras' written weight
+  // decay (and ScheduleFree its variant 2).
   Coeffs rank0_coeffs{};
+  int rank0_variant = 0;
   const Coeffs& For(bool rank0) const { return rank0 ? rank0_coeffs : coeffs; }
+  int VariantFor(bool rank0) const { return rank0 ? rank0_variant : variant; }
 };
 
 // A rule's coefficients computed in the variables' opmath (Note [Keras
@@ -112,7 +118,7 @@ struct SgdSpec {
       return Invalid("nesterov=True needs momentum slots (momenta is empty)");
     }
     p->variant = !in.slot_given[0] ? 0 : (nesterov ? 2 : 1);
-    p->coeffs = FUSEDOPT_COEFFS(in, Sgd, s[0], s[1], s[2], in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Sgd, s[0], s[1], s[2], in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -127,7 +133,7 @@ struct AdamSpec {
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
     p->variant = in.slot_given[2] ? 1 : 0;
-    p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step, in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step, in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -144,7 +150,7 @@ struct NadamSpec {
   }
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = FUSEDOPT_COEFFS(in, Nadam, s[0], s[1], s[2], s[3], s[4], s[5], in.step, schedule_decay, in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Nadam, s[0], s[1], s[2], s[3], s[4], s[5], in.step, schedule_decay, in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -158,7 +164,7 @@ struct AdamaxSpec {
   explicit AdamaxSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = FUSEDOPT_COEFFS(in, Adamax, s[0], s[1], s[2], s[3], s[4], in.step, in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adamax, s[0], s[1], s[2], s[3], s[4], in.step, in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -178,7 +184,7 @@ struct RmspropSpec {
     const auto& s = in.scalars;
     p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
     if (in.grappler_form && !epsilon_outside_sqrt) p->rsqrt_stride = RmspropRule::kRsqrtStride;
-    p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], epsilon_outside_sqrt, in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], epsilon_outside_sqrt, in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -195,7 +201,7 @@ struct AdagradSpec {
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
     if (in.grappler_form && !epsilon_outside_sqrt) p->rsqrt_stride = AdagradRule::kRsqrtStride;
-    p->coeffs = FUSEDOPT_COEFFS(in, Adagrad, s[0], s[1], s[2], epsilon_outside_sqrt, in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adagrad, s[0], s[1], s[2], epsilon_outside_sqrt, in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -210,7 +216,7 @@ struct AdadeltaSpec {
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
     if (in.grappler_form) p->rsqrt_stride = AdadeltaRule::kRsqrtStride;
-    p->coeffs = FUSEDOPT_COEFFS(in, Adadelta, s[0], s[1], s[2], s[3], in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Adadelta, s[0], s[1], s[2], s[3], in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -229,7 +235,7 @@ struct FtrlSpec {
       return Invalid(absl::StrCat("learning_rate_power must be <= 0, got ", s[1]));
     }
     p->variant = s[1] == -0.5 ? 1 : 0;
-    p->coeffs = FUSEDOPT_COEFFS(in, Ftrl, s[0], s[1], s[2], s[3], s[4], s[5], s[6], in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Ftrl, s[0], s[1], s[2], s[3], s[4], s[5], s[6], in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -242,7 +248,25 @@ struct LionSpec {
   explicit LionSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = FUSEDOPT_COEFFS(in, Lion, s[0], s[1], s[2], s[3], in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Lion, s[0], s[1], s[2], s[3], in.MinimizeBroadcasts());
+    return absl::OkStatus();
+  }
+};
+
+struct ScheduleFreeSpec {
+  static constexpr Algo kAlgo = Algo::kScheduleFree;
+  static constexpr std::array<SlotSpec, 2> kSlots{{{"momentum", false}, {"velocity", false}}};
+  static constexpr std::array<const char*, 6> kScalars{"lr", "beta_1", "beta_2", "epsilon",
+                                                       "warmup_steps", "weight_decay"};
+  static constexpr bool kHasStep = true;
+  explicit ScheduleFreeSpec(OpKernelConstruction*) {}
+  absl::Status MakePlan(const PlanInput& in, Plan* p) const {
+    const auto& s = in.scalars;
+    if (!(s[1] > 0)) return Invalid(absl::StrCat("'beta_1' must be > 0, got ", s[1]));
+    if (!(s[4] >= 0)) return Invalid(absl::StrCat("'warmup_steps' must be >= 0, got ", s[4]));
+    p->variant = !in.constant_folding ? 0 : (in.MinimizeBroadcasts() ? 1 : 2);
+    p->coeffs = FUSEDOPT_COEFFS(in, ScheduleFree, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
+                                in.constant_folding, in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -257,7 +281,7 @@ struct LambSpec {
   explicit LambSpec(OpKernelConstruction*) {}
   absl::Status MakePlan(const PlanInput& in, Plan* p) const {
     const auto& s = in.scalars;
-    p->coeffs = FUSEDOPT_COEFFS(in, Lamb, s[0], s[1], s[2], s[3], s[4], in.step, in.grappler_form);
+    p->coeffs = FUSEDOPT_COEFFS(in, Lamb, s[0], s[1], s[2], s[3], s[4], in.step, in.MinimizeBroadcasts());
     return absl::OkStatus();
   }
 };
@@ -383,30 +407,31 @@ void RunItemsCpu(OpKernelContext* ctx, const std::vector<Item>& items, const Cpu
   const int bytes = t.elem_bytes * (3 + 2 * t.num_slots);
   if (!lamb) {
     const auto& fns = table.elementwise[static_cast<int>(algo)][dt];
-    const cpu::ElementwiseFn fn = fns[plan.variant][decay][ops.transform];
     if (plan.rsqrt_stride == 0) {
       RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
         const Item& it = items[c.tensor];
         void* var;
         std::array<void*, kMaxSlots> slots{};
         pointers(it, &var, &slots);
-        fn(plan.For(ops.IsRank0(it.tensor)), ops.xforms[it.tensor], var, slots.data(), it.grad,
-           0, it.length);
+        const bool rank0 = ops.IsRank0(it.tensor);
+        fns[plan.VariantFor(rank0)][decay][ops.transform](
+            plan.For(rank0), ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
       });
       return;
     }
     // Note [TF rsqrt]: the packet form on each tensor's first n - n % 8
     // elements, the scalar form on the rest (dense items only: `offset` is
     // the element offset in the tensor).
-    const cpu::ElementwiseFn packet =
-        fns[plan.variant + plan.rsqrt_stride * kPacketRsqrt][decay][ops.transform];
-    const cpu::ElementwiseFn scalar =
-        fns[plan.variant + plan.rsqrt_stride * kScalarRsqrt][decay][ops.transform];
     RunChunks(ctx, chunks, bytes, [&](const cpu::Chunk& c) {
       const Item& it = items[c.tensor];
       void* var;
       std::array<void*, kMaxSlots> slots{};
       pointers(it, &var, &slots);
+      const int variant = plan.VariantFor(ops.IsRank0(it.tensor));
+      const cpu::ElementwiseFn packet =
+          fns[variant + plan.rsqrt_stride * kPacketRsqrt][decay][ops.transform];
+      const cpu::ElementwiseFn scalar =
+          fns[variant + plan.rsqrt_stride * kScalarRsqrt][decay][ops.transform];
       const int64_t n = ops.sizes[it.tensor];
       const int64_t split = std::clamp<int64_t>(n - n % kTfRsqrtPacket - it.offset, 0, it.length);
       const Coeffs& co = plan.For(ops.IsRank0(it.tensor));
@@ -507,7 +532,8 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
     for (int i = 0; i < ops.n; ++i) {
       TF_RETURN_IF_ERROR(CudaStatus(
           fusedopt_cuda_elementwise(static_cast<int>(algo), dt,
-                                    plan.variant + plan.rsqrt_stride * kPacketRsqrt,
+                                    plan.VariantFor(ops.IsRank0(i)) +
+                                        plan.rsqrt_stride * kPacketRsqrt,
                                     decay ? 1 : 0,
                                     plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
                                     ops.xforms[i].scale,
@@ -591,6 +617,7 @@ class FusedApplyOp : public OpKernel {
   explicit FusedApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {
     OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
     OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
+    OP_REQUIRES_OK(c, c->GetAttr("grappler_constant_folding", &constant_folding_));
   }
 
   void Compute(OpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompute(ctx)); }
@@ -605,6 +632,7 @@ class FusedApplyOp : public OpKernel {
     PlanInput in;
     in.f64 = std::is_same_v<T, double>;
     in.grappler_form = grappler_form_;
+    in.constant_folding = constant_folding_;
     GradOptions options;
     VariableSet vars(ctx);
     int var0 = 0;
@@ -615,12 +643,14 @@ class FusedApplyOp : public OpKernel {
     TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
     plan.f64 = in.f64;
     plan.rank0_coeffs = plan.coeffs;
+    plan.rank0_variant = plan.variant;
     if (in.grappler_form) {
-      PlanInput written = in;
-      written.grappler_form = false;
+      PlanInput rank0 = in;
+      rank0.rank0 = true;
       Plan p0;
-      TF_RETURN_IF_ERROR(spec_.MakePlan(written, &p0));
+      TF_RETURN_IF_ERROR(spec_.MakePlan(rank0, &p0));
       plan.rank0_coeffs = p0.coeffs;
+      plan.rank0_variant = p0.variant;
     }
 
     tensorflow::Tensor* skipped = nullptr;
@@ -693,6 +723,7 @@ class FusedApplyOp : public OpKernel {
   Spec spec_;
   bool skip_nonfinite_ = false;
   bool grappler_form_ = false;
+  bool constant_folding_ = false;
 };
 
 // ---- Sparse (IndexedSlices) updates ----------------------------------------------
@@ -793,6 +824,7 @@ class SparseApplyOp : public OpKernel {
   explicit SparseApplyOp(OpKernelConstruction* c) : OpKernel(c), spec_(c) {
     OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
     OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
+    OP_REQUIRES_OK(c, c->GetAttr("grappler_constant_folding", &constant_folding_));
     std::string mode;
     OP_REQUIRES_OK(c, c->GetAttr("mode", &mode));
     exact_ = mode == "exact";
@@ -816,6 +848,7 @@ class SparseApplyOp : public OpKernel {
     PlanInput in;
     in.f64 = std::is_same_v<T, double>;
     in.grappler_form = grappler_form_;
+    in.constant_folding = constant_folding_;
     GradOptions options;
     VariableSet vars(ctx);
     int var0 = 0;
@@ -827,12 +860,14 @@ class SparseApplyOp : public OpKernel {
     plan.f64 = in.f64;
     plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
     plan.rank0_coeffs = plan.coeffs;
+    plan.rank0_variant = plan.variant;
     if (in.grappler_form) {
-      PlanInput written = in;
-      written.grappler_form = false;
+      PlanInput rank0 = in;
+      rank0.rank0 = true;
       Plan p0;
-      TF_RETURN_IF_ERROR(spec_.MakePlan(written, &p0));
+      TF_RETURN_IF_ERROR(spec_.MakePlan(rank0, &p0));
       plan.rank0_coeffs = p0.coeffs;
+      plan.rank0_variant = p0.variant;
     }
     tensorflow::Tensor* skipped = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
@@ -930,6 +965,7 @@ class SparseApplyOp : public OpKernel {
   Spec spec_;
   bool skip_nonfinite_ = false;
   bool grappler_form_ = false;
+  bool constant_folding_ = false;
   bool exact_ = true;
 };
 
@@ -956,6 +992,7 @@ FUSEDOPT_REGISTER_ALL_CPU("ApplyAdadelta", AdadeltaSpec)
 FUSEDOPT_REGISTER_ALL_CPU("ApplyFtrl", FtrlSpec)
 FUSEDOPT_REGISTER_ALL_CPU("ApplyLion", LionSpec)
 FUSEDOPT_REGISTER_ALL_CPU("ApplyLamb", LambSpec)
+FUSEDOPT_REGISTER_ALL_CPU("ApplyScheduleFreeAdamW", ScheduleFreeSpec)
 
 #define FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, T, I)                                     \
   REGISTER_KERNEL_BUILDER(Name("Fusedopt>Sparse" OP)                                    \
@@ -983,6 +1020,7 @@ FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdadelta", AdadeltaSpec)
 FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyFtrl", FtrlSpec)
 FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyLion", LionSpec)
 FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyLamb", LambSpec)
+FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyScheduleFreeAdamW", ScheduleFreeSpec)
 
 #if defined(FUSEDOPT_WITH_CUDA)
 // Note [GPU hyperparameters]: for now the scalar hyperparameters (and the
@@ -1020,6 +1058,9 @@ FUSEDOPT_REGISTER_ALL_GPU("ApplyLion", LionSpec,
                           OPTS H("lr") H("beta_1") H("beta_2") H("weight_decay"))
 FUSEDOPT_REGISTER_ALL_GPU("ApplyLamb", LambSpec,
                           OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
+FUSEDOPT_REGISTER_ALL_GPU("ApplyScheduleFreeAdamW", ScheduleFreeSpec,
+                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("warmup_steps")
+                              H("weight_decay") H("step"))
 #undef OPTS
 #undef H
 #endif

@@ -60,7 +60,8 @@ variants compiled in and the one selected for this CPU.
       .Attr("T: {half, bfloat16, float, double}")                                        \
       .Attr("Tscalar: {float, double}")                                                  \
       .Attr("skip_nonfinite: bool = false")                                             \
-      .Attr("grappler_form: bool = false")
+      .Attr("grappler_form: bool = false")                                              \
+      .Attr("grappler_constant_folding: bool = false")
 #define FUSEDOPT_SPARSE_ATTRS \
   .Attr("Tindices: {int32, int64}").Attr("mode: {'exact', 'lazy'} = 'exact'")
 
@@ -89,7 +90,10 @@ double, powers and bias corrections are computed in that dtype. With
 grappler_form=true the weight decay is var - var * (weight_decay * lr), the form
 Keras' graph takes after Grappler's arithmetic optimizer (MinimizeBroadcasts);
 Keras' own ops in a tf.function compute that, eager Keras the unrewritten
-(var * weight_decay) * lr. Slots have their variable's shape and
+(var * weight_decay) * lr; it also selects Grappler's x * rsqrt(y) for x / sqrt(y)
+(RMSprop, Adagrad, Adadelta). grappler_constant_folding=true: divisions by
+constants become multiplications by their reciprocals (ScheduleFreeAdamW), as
+Grappler's constant folding does. Slots have their variable's shape and
 dtype. All inputs are validated before anything is written: on bad input
 (uninitialized or repeated variable, dtype or shape mismatch, list lengths,
 non-scalar hyperparameter) the op raises InvalidArgument and no variable
@@ -337,6 +341,37 @@ FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
 
 learning_rate_power = -0.5 uses sqrt; other powers use pow. Requires lr > 0
 and learning_rate_power <= 0.
+Bytes per element: 7T.
+)doc");
+
+// ScheduleFreeAdamW: slots, scalars and attributes.
+#define FUSEDOPT_SCHEDULE_FREE_SIGNATURE(GRADS) \
+  .Input("momentum: N * resource") \
+  .Input("velocity: N * resource") \
+  GRADS \
+  .Input("lr: Tscalar") \
+  .Input("beta_1: Tscalar") \
+  .Input("beta_2: Tscalar") \
+  .Input("epsilon: Tscalar") \
+  .Input("warmup_steps: Tscalar") \
+  .Input("weight_decay: Tscalar") \
+  .Input("step: int64")
+FUSEDOPT_REGISTER_FUSED_OP("ScheduleFreeAdamW", FUSEDOPT_SCHEDULE_FREE_SIGNATURE,
+                           FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "warmup_steps",
+                                             "weight_decay", "step"),
+                           R"doc(
+Schedule-free AdamW (keras.optimizers.ScheduleFreeAdamW). momentum holds the
+base iterate z (initialised to the variable), velocity Adam's second moment;
+step counts from 1; warmup_steps = 0 disables the warmup.
+
+  lr_t = lr * min(step / warmup_steps, 1)            (warmup_steps > 0)
+  w = 1 / step
+  v = v + (g^2 - v) * (1 - beta_2)
+  z = z - lr_t * g / (sqrt(v / (1 - beta_2^step)) + epsilon)
+  x = (var - (1 - beta_1) * z) / beta_1      (z after its update, as Keras)
+  x = (1 - w) * x + w * z
+  var = (1 - beta_1) * z + beta_1 * x
+
 Bytes per element: 7T.
 )doc");
 

@@ -18,20 +18,21 @@ def in_xla_context() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
 
 
-def grappler_rewrites_graph() -> bool:
-    """True while tracing a graph that Grappler's arithmetic optimizer will
-    rewrite (a tf.function, unless that optimizer is switched off).
+def grappler_rewrites() -> tuple[bool, bool]:
+    """(arithmetic optimizer, constant folding): whether Grappler will apply
+    each to the graph being traced (a tf.function, unless switched off).
 
     Keras' own update ops then compute the rewritten arithmetic (Note
     [Grappler form] in cc/rules/coefficients.h), so the fused ops are asked
     for the same form.
     """
     if tf.executing_eagerly():
-        return False
+        return False, False
     options = tf.config.optimizer.get_experimental_options()
     if options.get("disable_meta_optimizer", False):
-        return False
-    return options.get("arithmetic_optimization", True) is not False
+        return False, False
+    return (options.get("arithmetic_optimization", True) is not False,
+            options.get("constant_folding", True) is not False)
 
 
 def warn_xla_once(what: str) -> None:

@@ -24,7 +24,8 @@ from fusedopt import _loader
 
 __all__ = [
     "apply_sgd", "apply_adam", "apply_nadam", "apply_adamax", "apply_rmsprop", "apply_adagrad",
-    "apply_adadelta", "apply_ftrl", "apply_lion", "apply_lamb", "stream_triad",
+    "apply_adadelta", "apply_ftrl", "apply_lion", "apply_lamb", "apply_schedule_free_adamw",
+    "stream_triad",
 ]
 
 VariableLike = Any  # tf.Variable, keras.Variable, or a resource tensor
@@ -92,8 +93,13 @@ __doc__ += """
     - ``skip_nonfinite``: if any gradient element is inf or NaN, write nothing.
     - ``grappler_form``: compute the weight decay as ``var - var * (wd * lr)``,
       the form Grappler's arithmetic optimizer gives Keras' graph in a
-      tf.function (default: Keras' written ``(var * wd) * lr``). The
-      fusedopt.keras optimizers set it while tracing.
+      tf.function (default: Keras' written ``(var * wd) * lr``), and
+      ``x / sqrt(y)`` as Grappler's ``x * rsqrt(y)`` (RMSprop, Adagrad,
+      Adadelta; TF's approximate CPU Rsqrt).
+    - ``grappler_constant_folding``: divisions by constants as multiplications
+      by their reciprocals, as Grappler's constant folding rewrites them
+      (ScheduleFreeAdamW). The fusedopt.keras optimizers set both while
+      tracing a tf.function, as Grappler's configuration says.
 
     Hyperparameters are computed exactly as Keras' update_step computes them
     for the variables' dtype (Python floats are passed unrounded; the op rounds
@@ -136,6 +142,7 @@ def _apply(
     skip_nonfinite: bool = False,
     sparse_mode: str = "exact",
     grappler_form: bool = False,
+    grappler_constant_folding: bool = False,
     **attrs: Any,
 ) -> tf.Tensor:
     """Validates list lengths, converts inputs and calls one fused op (its
@@ -180,6 +187,7 @@ def _apply(
     kwargs["global_clip_norm"] = _clip_input(global_clipnorm, "global_clipnorm", sdt)
     kwargs["skip_nonfinite"] = bool(skip_nonfinite)
     kwargs["grappler_form"] = bool(grappler_form)
+    kwargs["grappler_constant_folding"] = bool(grappler_constant_folding)
     kwargs.update(attrs)
     return getattr(_loader.load(), op_name)(name=name, **kwargs)
 
@@ -454,6 +462,44 @@ def apply_lion(
         "fusedopt_apply_lion", variables, gradients, {"m": m},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "weight_decay": weight_decay},
         name=name, **options,
+    )
+
+
+def apply_schedule_free_adamw(
+    variables: Sequence[VariableLike],
+    gradients: Sequence[TensorLike],
+    learning_rate: TensorLike,
+    *,
+    momentum: Sequence[VariableLike],
+    velocity: Sequence[VariableLike],
+    step: TensorLike,
+    beta_1: TensorLike = 0.9,
+    beta_2: TensorLike = 0.999,
+    epsilon: TensorLike = 1e-8,
+    warmup_steps: TensorLike = 0,
+    weight_decay: TensorLike = 0.0,
+    name: str | None = None,
+    **options: Any,
+) -> tf.Tensor:
+    """Schedule-free AdamW (keras.optimizers.ScheduleFreeAdamW) in one pass.
+
+    ``momentum`` holds the base iterate z (Keras initialises it to the
+    variable), ``velocity`` Adam's second moment; ``step`` counts from 1.
+    Per element, with ``lr_t = lr * min(step / warmup_steps, 1)`` (no warmup
+    when ``warmup_steps`` is 0) and ``w = 1 / step``::
+
+        var -= var * weight_decay * lr
+        v += (g^2 - v) * (1 - beta_2)
+        z -= lr_t * g / (sqrt(v / (1 - beta_2^step)) + epsilon)
+        x = (var - (1 - beta_1) * z) / beta_1
+        var = (1 - beta_1) * z + beta_1 * ((1 - w) * x + w * z)
+    """
+    return _apply(
+        "fusedopt_apply_schedule_free_adam_w", variables, gradients,
+        {"momentum": momentum, "velocity": velocity},
+        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
+         "warmup_steps": warmup_steps, "weight_decay": weight_decay},
+        step=step, name=name, **options,
     )
 
 

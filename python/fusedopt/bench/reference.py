@@ -138,6 +138,23 @@ def lion_step(var, grad, lr, m, *, beta_1=0.9, beta_2=0.99, weight_decay=0.0):
     return var, m
 
 
+def schedule_free_adamw_step(var, grad, lr, z, v, step, *, beta_1=0.9, beta_2=0.999,
+                             epsilon=1e-8, warmup_steps=0, weight_decay=0.0):
+    """keras.optimizers.ScheduleFreeAdamW (Defazio et al., 2024, "The Road Less
+    Scheduled", in Keras' form): z is the base iterate, var the interpolated
+    point y, x the average, recovered from y and z. As Keras' update_step,
+    x is recovered from the updated z."""
+    var = _decay(var, lr, weight_decay)
+    if warmup_steps > 0:
+        lr = lr * min(step / warmup_steps, 1.0)
+    v = v + (grad * grad - v) * (1 - beta_2)
+    z = z - lr * grad / (np.sqrt(v / (1 - beta_2**step)) + epsilon)
+    x = (var - (1 - beta_1) * z) / beta_1
+    w = 1.0 / step
+    x = (1 - w) * x + w * z
+    return (1 - beta_1) * z + beta_1 * x, z, v
+
+
 def lamb_step(var, grad, lr, m, v, step, *, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
               weight_decay=0.0):
     """keras.optimizers.Lamb: per-tensor trust ratio."""

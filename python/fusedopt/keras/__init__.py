@@ -20,12 +20,13 @@ from fusedopt.keras._family import (
     Lion,
     Nadam,
     RMSprop,
+    ScheduleFreeAdamW,
 )
 from fusedopt.keras._sgd import SGD
 
 __all__ = [
     "SGD", "Adam", "AdamW", "Nadam", "Adamax", "RMSprop", "Adagrad", "Adadelta", "Ftrl", "Lion",
-    "Lamb",
+    "Lamb", "ScheduleFreeAdamW",
 ]
 
 import keras as _keras
@@ -42,6 +43,7 @@ _FUSED_BY_BUILTIN = {
     _keras.optimizers.Ftrl: Ftrl,
     _keras.optimizers.Lion: Lion,
     _keras.optimizers.Lamb: Lamb,
+    _keras.optimizers.ScheduleFreeAdamW: ScheduleFreeAdamW,
 }
 
 

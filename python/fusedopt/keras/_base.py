@@ -151,7 +151,8 @@ class FusedOptimizerMixin:
                             sparse=sparse):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [_cast_grad(g, dtype) for g in group_grads]
-                options = {"grappler_form": _ctx.grappler_rewrites_graph()}
+                arithmetic, folding = _ctx.grappler_rewrites()
+                options = {"grappler_form": arithmetic, "grappler_constant_folding": folding}
                 if sparse:
                     options["sparse_mode"] = self.sparse_mode
                 return self._fused_apply(variables, group_grads, learning_rate, wd, **options)

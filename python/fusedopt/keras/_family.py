@@ -194,3 +194,18 @@ class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
             **options,
         )
 
+
+
+@_register
+class ScheduleFreeAdamW(FusedOptimizerMixin, keras.optimizers.ScheduleFreeAdamW):
+    __doc__ = _fused_doc("ScheduleFreeAdamW", "Fusedopt>ApplyScheduleFreeAdamW")
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
+        return ops.apply_schedule_free_adamw(
+            variables, grads, learning_rate,
+            momentum=_slots(self, self._momentums, variables),
+            velocity=_slots(self, self._velocities, variables),
+            step=_step(self), beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
+            warmup_steps=self.warmup_steps, weight_decay=weight_decay,
+            **options,
+        )
