@@ -106,34 +106,19 @@ void ElementwisePacketRsqrt(const Coeffs& hc, const GradXform& gx, void* var_p,
   for (int64_t b = begin; b < end; b += kBlock) {
     const int n = static_cast<int>(std::min<int64_t>(kBlock, end - b));
     for (int j = 0; j < n; ++j) {
-      const int64_t i = b + j;
-      M v = Load(var[i]);
-      if constexpr (D) v = Decay(c, v);
+      M v, g;
       M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
-      if constexpr (K > 0) s[0] = Load(s0[i]);
-      if constexpr (K > 1) s[1] = Load(s1[i]);
-      if constexpr (K > 2) s[2] = Load(s2[i]);
-      M g = Load(grad[i]);
-      if constexpr (X) g = TransformGrad(g, gscale, gclip);
+      LoadElement<Rule, V, D, X>(c, gscale, gclip, var, s0, s1, s2, grad, b + j, v, s, g);
       Rule::template Apply<kProbe>(c, v, s, g);
       y[j] = s[kRsqrtChannel];
     }
     PacketRsqrtBlock(y, n);
     for (int j = 0; j < n; ++j) {
-      const int64_t i = b + j;
-      M v = Load(var[i]);
-      if constexpr (D) v = Decay(c, v);
+      M v, g;
       M s[kMaxSlots + 1] = {M(0), M(0), M(0), y[j]};
-      if constexpr (K > 0) s[0] = Load(s0[i]);
-      if constexpr (K > 1) s[1] = Load(s1[i]);
-      if constexpr (K > 2) s[2] = Load(s2[i]);
-      M g = Load(grad[i]);
-      if constexpr (X) g = TransformGrad(g, gscale, gclip);
+      LoadElement<Rule, V, D, X>(c, gscale, gclip, var, s0, s1, s2, grad, b + j, v, s, g);
       Rule::template Apply<kInjected>(c, v, s, g);
-      var[i] = Store<T>(v);
-      if constexpr (K > 0) s0[i] = Store<T>(s[0]);
-      if constexpr (K > 1) s1[i] = Store<T>(s[1]);
-      if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+      StoreElement<Rule, V>(var, s0, s1, s2, b + j, v, s);
     }
   }
 }

@@ -174,24 +174,43 @@ FUSEDOPT_HD M TransformGrad(M g, M scale, M clip_value) {
 // store. The body of both the CPU loops and the CUDA kernel, so the two cannot
 // drift apart. K = Rule::Slots(V) slot pointers are used (the others may be
 // null); callers pass their __restrict / __restrict__ pointers.
+//
+// UpdateElement = LoadElement, Rule::Apply, StoreElement; the CPU loop of the
+// packet rsqrt form (cc/cpu) runs the same pieces in two passes.
+// `s` has room for kMaxSlots slots and the rsqrt channel (Note [TF rsqrt]).
 template <typename Rule, int V, bool D, bool X, typename T>
-FUSEDOPT_HD void UpdateElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_t<T> gclip,
-                               T* var, T* s0, T* s1, T* s2, const T* grad, int64_t i) {
-  using M = opmath_t<T>;
+FUSEDOPT_HD void LoadElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_t<T> gclip,
+                             const T* var, const T* s0, const T* s1, const T* s2, const T* grad,
+                             int64_t i, opmath_t<T>& v, opmath_t<T>* s, opmath_t<T>& g) {
   constexpr int K = Rule::Slots(V);
-  M v = Load(var[i]);
+  v = Load(var[i]);
   if constexpr (D) v = Decay(c, v);
-  M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};  // + the rsqrt channel
   if constexpr (K > 0) s[0] = Load(s0[i]);
   if constexpr (K > 1) s[1] = Load(s1[i]);
   if constexpr (K > 2) s[2] = Load(s2[i]);
-  M g = Load(grad[i]);
+  g = Load(grad[i]);
   if constexpr (X) g = TransformGrad(g, gscale, gclip);
-  Rule::template Apply<V>(c, v, s, g);
+}
+
+template <typename Rule, int V, typename T>
+FUSEDOPT_HD void StoreElement(T* var, T* s0, T* s1, T* s2, int64_t i, opmath_t<T> v,
+                              const opmath_t<T>* s) {
+  constexpr int K = Rule::Slots(V);
   var[i] = Store<T>(v);
   if constexpr (K > 0) s0[i] = Store<T>(s[0]);
   if constexpr (K > 1) s1[i] = Store<T>(s[1]);
   if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+}
+
+template <typename Rule, int V, bool D, bool X, typename T>
+FUSEDOPT_HD void UpdateElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_t<T> gclip,
+                               T* var, T* s0, T* s1, T* s2, const T* grad, int64_t i) {
+  using M = opmath_t<T>;
+  M v, g;
+  M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
+  LoadElement<Rule, V, D, X>(c, gscale, gclip, var, s0, s1, s2, grad, i, v, s, g);
+  Rule::template Apply<V>(c, v, s, g);
+  StoreElement<Rule, V>(var, s0, s1, s2, i, v, s);
 }
 
 // ---------------------------------------------------------------------------
