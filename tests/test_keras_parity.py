@@ -314,3 +314,27 @@ def test_wrapped_in_multi_optimizer(rng):
     ours = run(fk.Adam, fk.SGD)
     theirs = run(keras.optimizers.Adam, keras.optimizers.SGD)
     _assert_identical(ours, theirs, "MultiOptimizer")
+
+
+@pytest.mark.parametrize("name", ["Adam", "SGD", "RMSprop", "ScheduleFreeAdamW"])
+def test_inherited_methods_behave_as_the_builtin(rng, name):
+    """Moving work into the op leaves the built-in's methods as they are:
+    _clip_gradients clips, _apply_weight_decay decays when called directly."""
+    cfg = dict(learning_rate=0.1, weight_decay=0.1)
+    shapes = [(5,), (3, 4)]
+    init = [rng.standard_normal(s) for s in shapes]
+    grads = [tf.constant(rng.standard_normal(s) * 3, "float32") for s in shapes]
+    for clip in [dict(clipnorm=0.5), dict(global_clipnorm=0.5), dict(clipvalue=0.1)]:
+        ours = getattr(fk, name)(**cfg, **clip)
+        theirs = getattr(keras.optimizers, name)(**cfg, **clip)
+        for a, b in zip(ours._clip_gradients(grads), theirs._clip_gradients(grads)):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    results = []
+    for cls in [getattr(fk, name), getattr(keras.optimizers, name)]:
+        variables = [keras.Variable(x, dtype="float32") for x in init]
+        opt = cls(**cfg)
+        opt.build(variables)
+        opt._apply_weight_decay(variables)
+        results.append([v.numpy() for v in variables])
+    _assert_identical(results[0], results[1], f"{name}._apply_weight_decay")
+    assert any(np.any(a != x.astype(np.float32)) for a, x in zip(results[0], init))
