@@ -578,6 +578,26 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Plan& plan
   }
 }
 
+// A call's plan (Note [coefficients]). With rank0_plan and grappler_form,
+// also the plan for its rank-0 variables, which Grappler's MinimizeBroadcasts
+// leaves in Keras' written form (Note [Grappler form]).
+template <typename Spec>
+absl::Status MakeCallPlan(const Spec& spec, const PlanInput& in, bool rank0_plan, Plan* plan) {
+  TF_RETURN_IF_ERROR(spec.MakePlan(in, plan));
+  plan->f64 = in.f64;
+  plan->rank0_coeffs = plan->coeffs;
+  plan->rank0_variant = plan->variant;
+  if (rank0_plan && in.grappler_form) {
+    PlanInput rank0 = in;
+    rank0.rank0 = true;
+    Plan p0;
+    TF_RETURN_IF_ERROR(spec.MakePlan(rank0, &p0));
+    plan->rank0_coeffs = p0.coeffs;
+    plan->rank0_variant = p0.variant;
+  }
+  return absl::OkStatus();
+}
+
 // Reads a call's scalars, step and options, and looks up its variables and
 // slot lists (checking the list lengths); shared by the dense and sparse ops.
 template <typename Spec>
@@ -640,18 +660,7 @@ class FusedApplyOp : public OpKernel {
     TF_RETURN_IF_ERROR(ReadCall<Spec>(ctx, spec_, skip_nonfinite_, n, &in, &options, &vars, &var0,
                                       &slot_first));
     Plan plan;
-    TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
-    plan.f64 = in.f64;
-    plan.rank0_coeffs = plan.coeffs;
-    plan.rank0_variant = plan.variant;
-    if (in.grappler_form) {
-      PlanInput rank0 = in;
-      rank0.rank0 = true;
-      Plan p0;
-      TF_RETURN_IF_ERROR(spec_.MakePlan(rank0, &p0));
-      plan.rank0_coeffs = p0.coeffs;
-      plan.rank0_variant = p0.variant;
-    }
+    TF_RETURN_IF_ERROR(MakeCallPlan(spec_, in, /*rank0_plan=*/true, &plan));
 
     tensorflow::Tensor* skipped = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
@@ -856,19 +865,9 @@ class SparseApplyOp : public OpKernel {
     TF_RETURN_IF_ERROR(ReadCall<Spec>(ctx, spec_, skip_nonfinite_, n, &in, &options, &vars, &var0,
                                       &slot_first));
     Plan plan;
-    TF_RETURN_IF_ERROR(spec_.MakePlan(in, &plan));
-    plan.f64 = in.f64;
+    // Sparse variables have rank >= 1: no rank-0 plan.
+    TF_RETURN_IF_ERROR(MakeCallPlan(spec_, in, /*rank0_plan=*/false, &plan));
     plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
-    plan.rank0_coeffs = plan.coeffs;
-    plan.rank0_variant = plan.variant;
-    if (in.grappler_form) {
-      PlanInput rank0 = in;
-      rank0.rank0 = true;
-      Plan p0;
-      TF_RETURN_IF_ERROR(spec_.MakePlan(rank0, &p0));
-      plan.rank0_coeffs = p0.coeffs;
-      plan.rank0_variant = p0.variant;
-    }
     tensorflow::Tensor* skipped = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
     skipped->scalar<bool>()() = false;
