@@ -1,0 +1,152 @@
+// The CPU run of a planned call (see cpu_run.h).
+#include "cc/core/cpu_run.h"
+
+#include "cc/cpu/kernels.h"
+
+namespace fusedopt {
+
+std::vector<Item> DenseItems(const Operands& ops, int elem_bytes) {
+  std::vector<Item> items;
+  for (const cpu::Chunk& c : cpu::PlanChunks(ops.sizes)) {
+    items.push_back(Item{c.tensor, c.begin,
+                         static_cast<const char*>(ops.grads[c.tensor]) + c.begin * elem_bytes,
+                         c.end - c.begin});
+  }
+  return items;
+}
+
+void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const Operands& ops,
+                 const Plan& plan, bool lamb, Algo algo, int dt, int elem_bytes) {
+  std::vector<cpu::Chunk> chunks;  // chunk.tensor is the item's index
+  chunks.reserve(items.size());
+  for (size_t k = 0; k < items.size(); ++k) {
+    chunks.push_back(cpu::Chunk{static_cast<int32_t>(k), 0, items[k].length});
+  }
+  auto pointers = [&](const Item& it, void** var, std::array<void*, kMaxSlots>* slots) {
+    const int64_t off = it.offset * elem_bytes;
+    *var = static_cast<char*>(ops.vars[it.tensor]) + off;
+    for (int k = 0; k < ops.num_slots; ++k) {
+      (*slots)[k] = static_cast<char*>(ops.slots[it.tensor][k]) + off;
+    }
+  };
+  const cpu::KernelTable& table = cpu::SelectedKernels();
+  const bool decay = plan.Decays();
+  const int bytes = elem_bytes * (3 + 2 * ops.num_slots);
+  if (!lamb) {
+    const auto& fns = table.elementwise[static_cast<int>(algo)][dt];
+    if (plan.rsqrt_stride == 0) {
+      pfor(chunks, bytes, [&](const cpu::Chunk& c) {
+        const Item& it = items[c.tensor];
+        void* var;
+        std::array<void*, kMaxSlots> slots{};
+        pointers(it, &var, &slots);
+        const bool rank0 = ops.IsRank0(it.tensor);
+        fns[plan.VariantFor(rank0)][decay][ops.transform](
+            plan.For(rank0), ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
+      });
+      return;
+    }
+    // Note [TF rsqrt]: the packet form on each tensor's first n - n % 8
+    // elements, the scalar form on the rest (dense items only: `offset` is
+    // the element offset in the tensor).
+    pfor(chunks, bytes, [&](const cpu::Chunk& c) {
+      const Item& it = items[c.tensor];
+      void* var;
+      std::array<void*, kMaxSlots> slots{};
+      pointers(it, &var, &slots);
+      const int variant = plan.VariantFor(ops.IsRank0(it.tensor));
+      const cpu::ElementwiseFn packet =
+          fns[variant + plan.rsqrt_stride * kPacketRsqrt][decay][ops.transform];
+      const cpu::ElementwiseFn scalar =
+          fns[variant + plan.rsqrt_stride * kScalarRsqrt][decay][ops.transform];
+      const int64_t n = ops.sizes[it.tensor];
+      const int64_t split = std::clamp<int64_t>(n - n % kTfRsqrtPacket - it.offset, 0, it.length);
+      const Coeffs& co = plan.For(ops.IsRank0(it.tensor));
+      if (split > 0) packet(co, ops.xforms[it.tensor], var, slots.data(), it.grad, 0, split);
+      if (split < it.length) {
+        scalar(co, ops.xforms[it.tensor], var, slots.data(), it.grad, split, it.length);
+      }
+    });
+    return;
+  }
+  std::vector<double> w_sq(items.size(), 0.0), u_sq(items.size(), 0.0);
+  pfor(chunks, bytes, [&](const cpu::Chunk& c) {
+    const Item& it = items[c.tensor];
+    void* var;
+    std::array<void*, kMaxSlots> slots{};
+    pointers(it, &var, &slots);
+    table.lamb_pass1[dt][decay][ops.transform](plan.For(ops.IsRank0(it.tensor)),
+                                               ops.xforms[it.tensor], var, slots.data(), it.grad,
+                                               0, it.length, &w_sq[c.tensor], &u_sq[c.tensor]);
+  });
+  const int n = ops.n;
+  std::vector<double> w(n, 0.0), u(n, 0.0), ratio_lr(n);
+  for (size_t k = 0; k < items.size(); ++k) {
+    w[items[k].tensor] += w_sq[k];
+    u[items[k].tensor] += u_sq[k];
+  }
+  for (int i = 0; i < n; ++i) {
+    const double lr = plan.coeffs.c[LambRule::kLr];
+    ratio_lr[i] = plan.f64 ? LambRule::RatioLr<double>(w[i], u[i], lr)
+                           : LambRule::RatioLr<float>(w[i], u[i], lr);
+  }
+  pfor(chunks, elem_bytes * 4, [&](const cpu::Chunk& c) {
+    const Item& it = items[c.tensor];
+    void* var;
+    std::array<void*, kMaxSlots> slots{};
+    pointers(it, &var, &slots);
+    table.lamb_pass2[dt][decay](plan.For(ops.IsRank0(it.tensor)), ratio_lr[it.tensor], var,
+                                slots.data(), 0, it.length);
+  });
+}
+
+void GradStatsCpu(const ParallelFor& pfor, const Operands& ops, int dt, int elem_bytes,
+                  std::vector<double>* sum_sq, bool* nonfinite) {
+  const cpu::GradStatsFn fn = cpu::SelectedKernels().grad_stats[dt];
+  const std::vector<cpu::Chunk> chunks = cpu::PlanChunks(ops.sizes);
+  std::vector<double> partial(chunks.size(), 0.0);
+  std::vector<char> bad(chunks.size(), 0);
+  pfor(chunks, elem_bytes, [&](const cpu::Chunk& c) {
+    const size_t idx = &c - chunks.data();
+    bool b = false;
+    fn(ops.grads[c.tensor], c.begin, c.end, &partial[idx], &b);
+    bad[idx] = b;
+  });
+  sum_sq->assign(ops.n, 0.0);
+  *nonfinite = false;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    (*sum_sq)[chunks[i].tensor] += partial[i];
+    *nonfinite |= bad[i] != 0;
+  }
+}
+
+void PlanSparseItems(int i, bool exact, int64_t rows, int64_t row_size,
+                     const std::vector<int64_t>& unique_rows, const char* compact,
+                     const char* zeros, int64_t zero_elements, int elem_bytes,
+                     std::vector<Item>* items) {
+  if (row_size == 0) return;
+  const int64_t max_len = std::max<int64_t>(cpu::kChunkElements, row_size);
+  auto emit = [&](int64_t offset, const char* grad, int64_t length, bool zero) {
+    // Zero-gradient runs restart at the buffer's start; gradient runs advance.
+    for (int64_t done = 0; done < length;) {
+      const int64_t limit = zero ? zero_elements : max_len;
+      const int64_t len = std::min(length - done, limit);
+      items->push_back(Item{i, offset + done, zero ? zeros : grad + done * elem_bytes, len});
+      done += len;
+    }
+  };
+  const int64_t u = static_cast<int64_t>(unique_rows.size());
+  int64_t j = 0, row = 0;
+  while (j < u) {
+    const int64_t start = unique_rows[j];
+    if (exact && row < start) emit(row * row_size, nullptr, (start - row) * row_size, true);
+    int64_t end = j + 1;
+    while (end < u && unique_rows[end] == unique_rows[end - 1] + 1) ++end;
+    emit(start * row_size, compact + j * row_size * elem_bytes, (end - j) * row_size, false);
+    row = unique_rows[end - 1] + 1;
+    j = end;
+  }
+  if (exact && row < rows) emit(row * row_size, nullptr, (rows - row) * row_size, true);
+}
+
+}  // namespace fusedopt
