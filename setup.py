@@ -1,4 +1,5 @@
-"""Builds fusedopt's platform wheel: CMake compiles _fusedopt_ops.so.
+"""Builds fusedopt's platform wheel: CMake compiles _fusedopt_ops.so (the
+TensorFlow op library) and fusedopt._native (the TensorFlow-free pybind11 module).
 
 Environment knobs (all optional):
   FUSEDOPT_CUDA=AUTO|ON|OFF        build the CUDA kernels (AUTO: when nvcc is found)
@@ -22,16 +23,11 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.dist import Distribution
 
-try:
-    from setuptools.command.bdist_wheel import bdist_wheel
-except ImportError:  # setuptools < 70
-    from wheel.bdist_wheel import bdist_wheel
-
 ROOT = Path(__file__).resolve().parent
 
 
 class CMakeBuild(build_ext):
-    """Runs CMake and places _fusedopt_ops.so (and its build record) in the package."""
+    """Runs CMake and places _fusedopt_ops.so, its build record and _native in the package."""
 
     def build_extension(self, ext: Extension) -> None:
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
@@ -57,6 +53,8 @@ class CMakeBuild(build_ext):
         for name in ("_fusedopt_ops.so", "_build_config.py"):
             if not (out_dir / name).is_file():
                 raise RuntimeError(f"CMake did not produce {out_dir / name}")
+        if not list(out_dir.glob("_native.*.so")):
+            raise RuntimeError(f"CMake did not produce the _native module in {out_dir}")
 
 
 class BinaryDistribution(Distribution):
@@ -64,22 +62,10 @@ class BinaryDistribution(Distribution):
         return True
 
 
-class PlatformWheel(bdist_wheel):
-    """Tags the wheel py3-none-<platform>.
-
-    The op library is not a CPython extension: it works with any Python that
-    runs the TensorFlow it was built against. The platform tag is the build
-    machine's own (e.g. linux_x86_64), not manylinux: the library needs the
-    build machine's libstdc++ (see README, Supported platforms).
-    """
-
-    def get_tag(self):
-        _, _, plat = super().get_tag()
-        return "py3", "none", plat
-
-
 setup(
     ext_modules=[Extension("fusedopt._fusedopt_ops", sources=[])],
-    cmdclass={"build_ext": CMakeBuild, "bdist_wheel": PlatformWheel},
+    # A CPython extension (fusedopt._native) is inside: the wheel is tagged
+    # cpXY-cpXY-<platform>, the build machine's platform (see README).
+    cmdclass={"build_ext": CMakeBuild},
     distclass=BinaryDistribution,
 )

@@ -9,7 +9,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import ml_dtypes
 import numpy as np
 import pytest
-import tensorflow as tf
 
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 
@@ -25,7 +24,11 @@ def np_dtype(name: str):
     return ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
 
 
-def tf_dtype(name: str) -> tf.DType:
+def tf_dtype(name: str):
+    """The tf.DType of `name` (TensorFlow is imported here, not at collection,
+    so TensorFlow-free tests such as test_native_module run without it)."""
+    import tensorflow as tf
+
     return tf.as_dtype(name)
 
 

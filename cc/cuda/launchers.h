@@ -48,6 +48,30 @@ int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, int transform
                        double grad_scale, double clip_value, void* var, void* const* slots,
                        const void* grad, int64_t n, void* scratch, void* stream);
 
+// The gradient statistics of one tensor: out[0] = sum of g^2 (double),
+// out[1] = 1.0 if any element is inf or NaN, else 0.0. `out` and `scratch`
+// (fusedopt_cuda_grad_stats_scratch_bytes(n) bytes) are device memory.
+// Deterministic: the same bits on every run for the same n and values.
+int64_t fusedopt_cuda_grad_stats_scratch_bytes(int64_t n);
+int fusedopt_cuda_grad_stats(int dtype, const void* grad, int64_t n, void* scratch, double* out,
+                             void* stream);
+
+// Memory helpers for callers without a CUDA header (the native module).
+int fusedopt_cuda_malloc(void** ptr, int64_t bytes);
+int fusedopt_cuda_free(void* ptr);
+// Copies device memory to the host on `stream` and waits for the stream.
+// Stream-ordered allocation (cudaMallocAsync): no device-wide synchronization.
+int fusedopt_cuda_malloc_async(void** ptr, int64_t bytes, void* stream);
+int fusedopt_cuda_free_async(void* ptr, void* stream);
+int fusedopt_cuda_get_device(int* device);
+int fusedopt_cuda_device_count(void);  // 0 when none is usable
+int fusedopt_cuda_set_device(int device);
+int fusedopt_cuda_copy_to_host(void* dst, const void* src, int64_t bytes, void* stream);
+int fusedopt_cuda_synchronize(void* stream);
+// The device ordinal of a device (or managed) pointer, or -1 for host memory
+// and unknown pointers.
+int fusedopt_cuda_pointer_device(const void* ptr);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif

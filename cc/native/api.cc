@@ -1,0 +1,648 @@
+// The TensorFlow-free C ABI (fusedopt_native.h): validation, planning
+// (cc/core), and the run on the CPU loops or the CUDA launchers.
+#include "cc/native/fusedopt_native.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "cc/core/cpu_run.h"
+#include "cc/core/grad_options.h"
+#include "cc/core/plan.h"
+#include "cc/cpu/kernels.h"
+#if defined(FUSEDOPT_WITH_CUDA)
+#include "cc/cuda/launchers.h"
+#endif
+
+#ifndef FUSEDOPT_VERSION
+#define FUSEDOPT_VERSION "unknown"
+#endif
+#ifndef FUSEDOPT_CUDA_ARCHS
+#define FUSEDOPT_CUDA_ARCHS ""
+#endif
+
+namespace fusedopt {
+namespace native {
+namespace {
+
+// An error: code and message, or ok.
+struct Status {
+  int code = FUSEDOPT_OK;
+  std::string msg;
+  bool ok() const { return code == FUSEDOPT_OK; }
+};
+Status Invalid(std::string m) { return Status{FUSEDOPT_INVALID_ARGUMENT, std::move(m)}; }
+
+int Report(const Status& s, char* err, size_t err_len) {
+  if (err != nullptr && err_len > 0) {
+    const size_t k = std::min(err_len - 1, s.msg.size());
+    std::memcpy(err, s.msg.data(), k);
+    err[k] = '\0';
+  }
+  return s.code;
+}
+
+#define RETURN_IF_ERROR(expr)      \
+  do {                             \
+    Status _s = (expr);            \
+    if (!_s.ok()) return _s;       \
+  } while (0)
+
+int ElemBytes(int dtype) { return dtype == 3 ? 8 : (dtype == 2 ? 4 : 2); }
+
+// Runs chunks on num_threads std::threads (a shared counter hands them out);
+// results never depend on the thread count (Note [chunks]).
+ParallelFor ThreadsFor(int num_threads) {
+  return [num_threads](const std::vector<cpu::Chunk>& chunks, int,
+                       const std::function<void(const cpu::Chunk&)>& work) {
+    int threads = num_threads > 0 ? num_threads
+                                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    threads = static_cast<int>(std::min<size_t>(threads, chunks.size()));
+    if (threads <= 1) {
+      for (const cpu::Chunk& c : chunks) work(c);
+      return;
+    }
+    std::atomic<size_t> next{0};
+    auto loop = [&] {
+      for (size_t k = next++; k < chunks.size(); k = next++) work(chunks[k]);
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(loop);
+    loop();
+    for (std::thread& th : pool) th.join();
+  };
+}
+
+// Checks the call's settings and makes its plan.
+Status PlanCall(const fusedopt_call* call, const fusedopt_tensors* t, bool rank0_plan,
+                Plan* plan, GradOptions* options) {
+  if (call == nullptr || t == nullptr) return Invalid("call and tensors must not be NULL");
+  if (call->rule < 0 || call->rule >= kNumRules) {
+    return Invalid("unknown rule index " + std::to_string(call->rule));
+  }
+  const Rule rule = static_cast<Rule>(call->rule);
+  const RuleInfo& info = InfoOf(rule);
+  if (call->dtype < 0 || call->dtype > 3) {
+    return Invalid("unknown dtype code " + std::to_string(call->dtype) +
+                   " (0 float16, 1 bfloat16, 2 float32, 3 float64)");
+  }
+  if (call->device != FUSEDOPT_DEVICE_CPU && call->device != FUSEDOPT_DEVICE_CUDA) {
+    return Invalid("unknown device code " + std::to_string(call->device));
+  }
+  if (call->num_scalars != info.num_scalars || (info.num_scalars > 0 && call->scalars == nullptr)) {
+    return Invalid(std::string(info.name) + " takes " + std::to_string(info.num_scalars) +
+                   " hyperparameters, got " + std::to_string(call->num_scalars));
+  }
+  if (t->n < 0) return Invalid("the tensor count must be >= 0");
+  PlanInput in;
+  in.f64 = call->dtype == 3;
+  in.grappler_form = call->grappler_form != 0;
+  in.constant_folding = call->constant_folding != 0;
+  in.attrs.nesterov = call->nesterov != 0;
+  in.attrs.epsilon_outside_sqrt = call->epsilon_outside_sqrt != 0;
+  in.attrs.schedule_decay = call->schedule_decay;
+  in.scalars.assign(call->scalars, call->scalars + info.num_scalars);
+  in.step = call->step;
+  for (int k = 0; k < info.num_slots; ++k) {
+    const bool given = t->slot_given[k] != 0;
+    if (!given && !info.slots[k].optional) {
+      return Invalid(std::string(info.name) + " needs the slot '" + info.slots[k].name + "'");
+    }
+    in.slot_given.push_back(given);
+  }
+  for (int k = info.num_slots; k < kMaxSlots; ++k) {
+    if (t->slot_given[k] != 0) {
+      return Invalid(std::string(info.name) + " has " + std::to_string(info.num_slots) +
+                     " slot lists; slot_given[" + std::to_string(k) + "] must be 0");
+    }
+  }
+  options->grad_scale = call->grad_scale;
+  options->clip_value = call->clip_value;
+  options->clip_norm = call->clip_norm;
+  options->global_clip_norm = call->global_clip_norm;
+  options->skip_nonfinite = call->skip_nonfinite != 0;
+  std::string err = ValidateGradOptions(*options);
+  if (!err.empty()) return Invalid(err);
+  err = MakeCallPlan(rule, in, rank0_plan, plan);
+  if (!err.empty()) return Invalid(err);
+  return Status{};
+}
+
+// The operands of a call: pointers checked (non-NULL where there are
+// elements, aligned to the element size) and the written buffers (variables,
+// slots) disjoint from each other and from the gradients.
+Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
+                      const std::vector<int64_t>& grad_elements, Operands* ops) {
+  const RuleInfo& info = InfoOf(static_cast<Rule>(call->rule));
+  const int eb = ElemBytes(call->dtype);
+  const int n = t->n;
+  if (n > 0 && (t->vars == nullptr || t->grads == nullptr || t->sizes == nullptr)) {
+    return Invalid("vars, grads and sizes must not be NULL");
+  }
+  std::vector<int> given;
+  for (int k = 0; k < info.num_slots; ++k) {
+    if (t->slot_given[k]) given.push_back(k);
+  }
+  if (n > 0 && !given.empty() && t->slots == nullptr) return Invalid("slots must not be NULL");
+  ops->n = n;
+  ops->num_slots = static_cast<int>(given.size());
+  struct Range {
+    uintptr_t begin, end;
+    bool written;
+    std::string what;
+  };
+  std::vector<Range> ranges;
+  auto check = [&](const void* p, int64_t elements, bool written, const std::string& what) {
+    if (elements == 0) return Status{};
+    if (p == nullptr) return Invalid(what + " is NULL");
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    if (a % eb != 0) {
+      return Invalid(what + " is not aligned to its " + std::to_string(eb) + "-byte elements");
+    }
+    ranges.push_back(Range{a, a + static_cast<uintptr_t>(elements) * eb, written, what});
+    return Status{};
+  };
+  for (int i = 0; i < n; ++i) {
+    const std::string label = "tensor " + std::to_string(i);
+    if (t->sizes[i] < 0) return Invalid("sizes[" + std::to_string(i) + "] is negative");
+    void* var = t->vars[i];
+    RETURN_IF_ERROR(check(var, t->sizes[i], true, "the variable of " + label));
+    RETURN_IF_ERROR(check(t->grads[i], grad_elements[i], false, "the gradient of " + label));
+    std::array<void*, kMaxSlots> s{};
+    for (size_t j = 0; j < given.size(); ++j) {
+      s[j] = t->slots[kMaxSlots * i + given[j]];
+      RETURN_IF_ERROR(check(s[j], t->sizes[i], true,
+                            std::string("slot '") + info.slots[given[j]].name + "' of " + label));
+    }
+    ops->vars.push_back(var);
+    ops->slots.push_back(s);
+    ops->grads.push_back(t->grads[i]);
+    ops->rank0.push_back(t->rank0 != nullptr && t->rank0[i] != 0 ? 1 : 0);
+  }
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  // Any overlap involving a written buffer is an error (reads may share).
+  uintptr_t written_end = 0;
+  const Range* last_written = nullptr;
+  uintptr_t any_end = 0;
+  const Range* last_any = nullptr;
+  for (const Range& r : ranges) {
+    if (last_written != nullptr && r.begin < written_end) {
+      return Invalid(r.what + " overlaps " + last_written->what +
+                     "; every variable and slot must be its own memory");
+    }
+    if (r.written && last_any != nullptr && r.begin < any_end) {
+      return Invalid(r.what + " overlaps " + last_any->what +
+                     "; every variable and slot must be its own memory");
+    }
+    if (r.written && r.end > written_end) {
+      written_end = r.end;
+      last_written = &r;
+    }
+    if (r.end > any_end) {
+      any_end = r.end;
+      last_any = &r;
+    }
+  }
+  return Status{};
+}
+
+#if defined(FUSEDOPT_WITH_CUDA)
+Status CudaError(int code, const std::string& what) {
+  if (code == 0) return Status{};
+  return Status{FUSEDOPT_DEVICE_ERROR,
+                what + " failed: " + fusedopt_cuda_error_string(code)};
+}
+
+Status CudaUsable() {
+  const int code = fusedopt_cuda_check_usable();
+  if (code == 0) return Status{};
+  const int drv = fusedopt_cuda_driver_version();
+  return Status{FUSEDOPT_UNAVAILABLE,
+                std::string("no usable CUDA device: ") + fusedopt_cuda_error_string(code) +
+                    " (fusedopt's CUDA runtime " +
+                    std::to_string(fusedopt_cuda_runtime_version()) + ", the driver supports " +
+                    (drv == 0 ? std::string("no CUDA (no driver)") : std::to_string(drv)) + ")"};
+}
+
+// Every pointer with elements must be device memory of one device; makes it
+// the current device for the launches.
+Status CudaDeviceOf(const Operands& ops, int* device) {
+  *device = -1;
+  auto visit = [&](const void* p, const std::string& what) {
+    if (p == nullptr) return Status{};
+    const int d = fusedopt_cuda_pointer_device(p);
+    if (d < 0) return Invalid(what + " is not CUDA device memory");
+    if (*device >= 0 && d != *device) {
+      return Invalid(what + " is on device " + std::to_string(d) + ", others on device " +
+                     std::to_string(*device));
+    }
+    *device = d;
+    return Status{};
+  };
+  for (int i = 0; i < ops.n; ++i) {
+    if (ops.sizes[i] == 0) continue;
+    const std::string label = "tensor " + std::to_string(i);
+    RETURN_IF_ERROR(visit(ops.vars[i], "the variable of " + label));
+    RETURN_IF_ERROR(visit(ops.grads[i], "the gradient of " + label));
+    for (int k = 0; k < ops.num_slots; ++k) RETURN_IF_ERROR(visit(ops.slots[i][k], "a slot of " + label));
+  }
+  if (*device >= 0) RETURN_IF_ERROR(CudaError(fusedopt_cuda_set_device(*device), "cudaSetDevice"));
+  return Status{};
+}
+
+// A stream-ordered device buffer, freed on the stream when it goes out of scope.
+struct DeviceBuffer {
+  void* ptr = nullptr;
+  void* stream = nullptr;
+  ~DeviceBuffer() { fusedopt_cuda_free_async(ptr, stream); }
+};
+
+// Per-tensor sums of squares and the non-finite flag on the device, read back.
+Status GradStatsCuda(const Operands& ops, int dt, void* stream, std::vector<double>* sum_sq,
+                     bool* nonfinite) {
+  const int n = ops.n;
+  sum_sq->assign(n, 0.0);
+  *nonfinite = false;
+  if (n == 0) return Status{};
+  DeviceBuffer out{nullptr, stream}, scratch{nullptr, stream};
+  RETURN_IF_ERROR(CudaError(
+      fusedopt_cuda_malloc_async(&out.ptr, int64_t{16} * n, stream), "cudaMallocAsync"));
+  RETURN_IF_ERROR(CudaError(fusedopt_cuda_malloc_async(
+                                &scratch.ptr, fusedopt_cuda_grad_stats_scratch_bytes(0), stream),
+                            "cudaMallocAsync"));
+  std::vector<double> host(2 * n, 0.0);
+  for (int i = 0; i < n; ++i) {
+    if (ops.sizes[i] == 0) continue;
+    RETURN_IF_ERROR(CudaError(
+        fusedopt_cuda_grad_stats(dt, ops.grads[i], ops.sizes[i], scratch.ptr,
+                                 static_cast<double*>(out.ptr) + 2 * i, stream),
+        "the gradient statistics kernel"));
+  }
+  RETURN_IF_ERROR(CudaError(
+      fusedopt_cuda_copy_to_host(host.data(), out.ptr, int64_t{16} * n, stream), "cudaMemcpy"));
+  for (int i = 0; i < n; ++i) {
+    if (ops.sizes[i] == 0) continue;
+    (*sum_sq)[i] = host[2 * i];
+    *nonfinite |= host[2 * i + 1] != 0.0;
+  }
+  return Status{};
+}
+
+Status RunCuda(const Operands& ops, const Plan& plan, Rule rule, int dt, void* stream) {
+  const RuleInfo& info = InfoOf(rule);
+  const int decay = plan.Decays() ? 1 : 0;
+  if (info.two_pass) {
+    DeviceBuffer scratch{nullptr, stream};
+    RETURN_IF_ERROR(CudaError(
+        fusedopt_cuda_malloc_async(&scratch.ptr, fusedopt_cuda_lamb_scratch_bytes(0), stream),
+        "cudaMallocAsync"));
+    for (int i = 0; i < ops.n; ++i) {
+      RETURN_IF_ERROR(CudaError(
+          fusedopt_cuda_lamb(dt, decay, plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
+                             ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
+                             ops.slots[i].data(), ops.grads[i], ops.sizes[i], scratch.ptr, stream),
+          "the LAMB kernels"));
+    }
+    return Status{};
+  }
+  for (int i = 0; i < ops.n; ++i) {
+    const int variant = plan.VariantFor(ops.IsRank0(i)) + plan.rsqrt_stride * kPacketRsqrt;
+    RETURN_IF_ERROR(CudaError(
+        fusedopt_cuda_elementwise(static_cast<int>(info.algo), dt, variant, decay,
+                                  plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
+                                  ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
+                                  ops.slots[i].data(), ops.grads[i], ops.sizes[i], stream),
+        std::string("the ") + info.name + " kernel"));
+  }
+  return Status{};
+}
+#endif  // FUSEDOPT_WITH_CUDA
+
+Status CudaUnavailableStatus() {
+#if defined(FUSEDOPT_WITH_CUDA)
+  return CudaUsable();
+#else
+  return Status{FUSEDOPT_UNAVAILABLE,
+                "this fusedopt build has no CUDA kernels (built without nvcc); rebuild with "
+                "FUSEDOPT_CUDA=ON"};
+#endif
+}
+
+Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped) {
+  if (skipped != nullptr) *skipped = 0;
+  Plan plan;
+  GradOptions options;
+  RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/true, &plan, &options));
+  const Rule rule = static_cast<Rule>(call->rule);
+  const int eb = ElemBytes(call->dtype);
+  Operands ops;
+  if (t->n > 0 && t->sizes == nullptr) return Invalid("sizes must not be NULL");
+  std::vector<int64_t> sizes(t->sizes, t->sizes + t->n);
+  RETURN_IF_ERROR(GatherOperands(call, t, sizes, &ops));
+  ops.sizes = sizes;
+  std::vector<double> sum_sq(ops.n, 0.0);
+  bool nonfinite = false;
+  if (call->device == FUSEDOPT_DEVICE_CPU) {
+    const ParallelFor pfor = ThreadsFor(call->num_threads);
+    if (options.NeedsStats()) GradStatsCpu(pfor, ops, call->dtype, eb, &sum_sq, &nonfinite);
+    if (nonfinite && options.skip_nonfinite) {
+      if (skipped != nullptr) *skipped = 1;
+      return Status{};
+    }
+    ops.xforms = MakeXforms(options, sum_sq);
+    ops.transform = options.Transforms();
+    RunItemsCpu(pfor, DenseItems(ops, eb), ops, plan, InfoOf(rule).two_pass, InfoOf(rule).algo,
+                call->dtype, eb);
+    return Status{};
+  }
+#if defined(FUSEDOPT_WITH_CUDA)
+  RETURN_IF_ERROR(CudaUsable());
+  int device = -1;
+  RETURN_IF_ERROR(CudaDeviceOf(ops, &device));
+  if (options.NeedsStats()) {
+    RETURN_IF_ERROR(GradStatsCuda(ops, call->dtype, call->stream, &sum_sq, &nonfinite));
+  }
+  if (nonfinite && options.skip_nonfinite) {
+    if (skipped != nullptr) *skipped = 1;
+    return Status{};
+  }
+  ops.xforms = MakeXforms(options, sum_sq);
+  ops.transform = options.Transforms();
+  return RunCuda(ops, plan, rule, call->dtype, call->stream);
+#else
+  return CudaUnavailableStatus();
+#endif
+}
+
+template <typename S>
+void SumRowsTyped(const void* src, int64_t row_size, const std::vector<int64_t>& order,
+                  const std::vector<int64_t>& seg, void* dst) {
+  SumRows(static_cast<const S*>(src), row_size, order, seg, static_cast<S*>(dst));
+}
+
+Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const fusedopt_sparse* sp,
+                   int* skipped) {
+  if (skipped != nullptr) *skipped = 0;
+  Plan plan;
+  GradOptions options;
+  RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/false, &plan, &options));
+  plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
+  const Rule rule = static_cast<Rule>(call->rule);
+  const RuleInfo& info = InfoOf(rule);
+  if (sp == nullptr) return Invalid("the sparse description must not be NULL");
+  if (info.two_pass && !sp->exact) {
+    return Invalid(
+        "LAMB has no lazy sparse mode (its trust ratio needs the whole variable); use exact");
+  }
+  if (call->device != FUSEDOPT_DEVICE_CPU) {
+    return Status{FUSEDOPT_UNAVAILABLE,
+                  "sparse updates run on the CPU only for now (GPU sparse kernels: issue #15)"};
+  }
+  const int n = t->n;
+  const int eb = ElemBytes(call->dtype);
+  if (n > 0 && (t->sizes == nullptr || sp->indices == nullptr || sp->counts == nullptr ||
+                sp->rows == nullptr || sp->row_sizes == nullptr)) {
+    return Invalid("sizes, indices, counts, rows and row_sizes must not be NULL");
+  }
+  std::vector<int64_t> grad_elements(n);
+  for (int i = 0; i < n; ++i) {
+    const std::string label = "tensor " + std::to_string(i);
+    if (sp->rows[i] < 0 || sp->row_sizes[i] < 0 || sp->counts[i] < 0) {
+      return Invalid("rows, row_sizes and counts of " + label + " must be >= 0");
+    }
+    if (sp->rows[i] * sp->row_sizes[i] != t->sizes[i]) {
+      return Invalid(label + " has " + std::to_string(t->sizes[i]) + " elements, not rows (" +
+                     std::to_string(sp->rows[i]) + ") x row_size (" +
+                     std::to_string(sp->row_sizes[i]) + ")");
+    }
+    if (sp->counts[i] > 0 && sp->indices[i] == nullptr) return Invalid("indices of " + label + " is NULL");
+    grad_elements[i] = sp->counts[i] * sp->row_sizes[i];
+  }
+  Operands ops;
+  RETURN_IF_ERROR(GatherOperands(call, t, grad_elements, &ops));
+  // Index checks and duplicate sums into compact buffers: nothing written yet.
+  std::vector<std::vector<int64_t>> unique(n);
+  std::vector<std::vector<char>> compact(n);
+  int64_t max_row = 0;
+  for (int i = 0; i < n; ++i) {
+    std::vector<int64_t> order, seg;
+    const std::string err = SortRows(sp->indices[i], sp->counts[i], sp->rows[i], i,
+                                     "vars[" + std::to_string(i) + "]", &order, &unique[i], &seg);
+    if (!err.empty()) return Invalid(err);
+    const int64_t elements = static_cast<int64_t>(unique[i].size()) * sp->row_sizes[i];
+    compact[i].resize(static_cast<size_t>(elements * eb) + 1);
+    switch (call->dtype) {
+      case 0:
+        SumRowsTyped<Half>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
+        break;
+      case 1:
+        SumRowsTyped<BFloat16>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
+        break;
+      case 2:
+        SumRowsTyped<float>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
+        break;
+      default:
+        SumRowsTyped<double>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
+    }
+    ops.grads[i] = compact[i].data();
+    ops.sizes.push_back(elements);
+    max_row = std::max(max_row, sp->row_sizes[i]);
+  }
+  const ParallelFor pfor = ThreadsFor(call->num_threads);
+  std::vector<double> sum_sq(n, 0.0);
+  bool nonfinite = false;
+  if (options.NeedsStats()) GradStatsCpu(pfor, ops, call->dtype, eb, &sum_sq, &nonfinite);
+  if (nonfinite && options.skip_nonfinite) {
+    if (skipped != nullptr) *skipped = 1;
+    return Status{};
+  }
+  ops.xforms = MakeXforms(options, sum_sq);
+  ops.transform = options.Transforms();
+  const int64_t zero_elements = SparseZeroElements(max_row);
+  std::vector<char> zeros(sp->exact ? static_cast<size_t>(zero_elements * eb) : 0, 0);
+  std::vector<Item> items;
+  for (int i = 0; i < n; ++i) {
+    PlanSparseItems(i, sp->exact != 0, sp->rows[i], sp->row_sizes[i], unique[i], compact[i].data(),
+                    sp->exact ? zeros.data() : nullptr, zero_elements, eb, &items);
+  }
+  RunItemsCpu(pfor, items, ops, plan, info.two_pass, info.algo, call->dtype, eb);
+  return Status{};
+}
+
+Status GradStats(int dtype, int device, void* stream, int num_threads, int n,
+                 const void* const* grads, const int64_t* sizes, double* sum_sq, int* nonfinite) {
+  if (dtype < 0 || dtype > 3) return Invalid("unknown dtype code " + std::to_string(dtype));
+  if (n < 0) return Invalid("the tensor count must be >= 0");
+  if (n > 0 && (grads == nullptr || sizes == nullptr || sum_sq == nullptr)) {
+    return Invalid("grads, sizes and sum_sq must not be NULL");
+  }
+  if (nonfinite == nullptr) return Invalid("nonfinite must not be NULL");
+  const int eb = ElemBytes(dtype);
+  Operands ops;
+  ops.n = n;
+  for (int i = 0; i < n; ++i) {
+    if (sizes[i] < 0) return Invalid("sizes[" + std::to_string(i) + "] is negative");
+    if (sizes[i] > 0 && grads[i] == nullptr) return Invalid("grads[" + std::to_string(i) + "] is NULL");
+    if (reinterpret_cast<uintptr_t>(grads[i]) % eb != 0) {
+      return Invalid("grads[" + std::to_string(i) + "] is not aligned to its elements");
+    }
+    ops.grads.push_back(grads[i]);
+    ops.sizes.push_back(sizes[i]);
+  }
+  std::vector<double> sums;
+  bool bad = false;
+  if (device == FUSEDOPT_DEVICE_CPU) {
+    GradStatsCpu(ThreadsFor(num_threads), ops, dtype, eb, &sums, &bad);
+  } else if (device == FUSEDOPT_DEVICE_CUDA) {
+#if defined(FUSEDOPT_WITH_CUDA)
+    RETURN_IF_ERROR(CudaUsable());
+    int d = -1;
+    RETURN_IF_ERROR(CudaDeviceOf(ops, &d));
+    RETURN_IF_ERROR(GradStatsCuda(ops, dtype, stream, &sums, &bad));
+#else
+    (void)stream;
+    return CudaUnavailableStatus();
+#endif
+  } else {
+    return Invalid("unknown device code " + std::to_string(device));
+  }
+  std::copy(sums.begin(), sums.end(), sum_sq);
+  *nonfinite = bad ? 1 : 0;
+  return Status{};
+}
+
+}  // namespace
+}  // namespace native
+}  // namespace fusedopt
+
+using fusedopt::InfoOf;
+using fusedopt::kNumRules;
+using fusedopt::Rule;
+
+extern "C" {
+
+int fusedopt_rule_count(void) { return kNumRules; }
+
+static bool ValidRule(int rule) { return rule >= 0 && rule < kNumRules; }
+
+const char* fusedopt_rule_name(int rule) {
+  return ValidRule(rule) ? InfoOf(static_cast<Rule>(rule)).name : nullptr;
+}
+int fusedopt_rule_index(const char* name) {
+  Rule r;
+  return name != nullptr && fusedopt::RuleByName(name, &r) ? static_cast<int>(r) : -1;
+}
+int fusedopt_rule_num_scalars(int rule) {
+  return ValidRule(rule) ? InfoOf(static_cast<Rule>(rule)).num_scalars : -1;
+}
+const char* fusedopt_rule_scalar_name(int rule, int k) {
+  if (!ValidRule(rule)) return nullptr;
+  const auto& info = InfoOf(static_cast<Rule>(rule));
+  return k >= 0 && k < info.num_scalars ? info.scalars[k] : nullptr;
+}
+int fusedopt_rule_num_slots(int rule) {
+  return ValidRule(rule) ? InfoOf(static_cast<Rule>(rule)).num_slots : -1;
+}
+const char* fusedopt_rule_slot_name(int rule, int k) {
+  if (!ValidRule(rule)) return nullptr;
+  const auto& info = InfoOf(static_cast<Rule>(rule));
+  return k >= 0 && k < info.num_slots ? info.slots[k].name : nullptr;
+}
+int fusedopt_rule_slot_optional(int rule, int k) {
+  if (!ValidRule(rule)) return -1;
+  const auto& info = InfoOf(static_cast<Rule>(rule));
+  return k >= 0 && k < info.num_slots ? (info.slots[k].optional ? 1 : 0) : -1;
+}
+int fusedopt_rule_has_step(int rule) {
+  return ValidRule(rule) ? (InfoOf(static_cast<Rule>(rule)).has_step ? 1 : 0) : -1;
+}
+
+void fusedopt_call_init(fusedopt_call* call) {
+  std::memset(call, 0, sizeof(*call));
+  call->schedule_decay = 1.0;
+  call->grad_scale = 1.0;
+  call->clip_value = INFINITY;
+  call->clip_norm = INFINITY;
+  call->global_clip_norm = INFINITY;
+}
+
+int fusedopt_apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped, char* err,
+                   size_t err_len) {
+  return fusedopt::native::Report(fusedopt::native::Apply(call, t, skipped), err, err_len);
+}
+
+int fusedopt_sparse_apply(const fusedopt_call* call, const fusedopt_tensors* t,
+                          const fusedopt_sparse* sp, int* skipped, char* err, size_t err_len) {
+  return fusedopt::native::Report(fusedopt::native::SparseApply(call, t, sp, skipped), err,
+                                  err_len);
+}
+
+int fusedopt_grad_stats(int dtype, int device, void* stream, int num_threads, int n,
+                        const void* const* grads, const int64_t* sizes, double* sum_sq,
+                        int* nonfinite, char* err, size_t err_len) {
+  return fusedopt::native::Report(
+      fusedopt::native::GradStats(dtype, device, stream, num_threads, n, grads, sizes, sum_sq,
+                                  nonfinite),
+      err, err_len);
+}
+
+int fusedopt_native_cuda_built(void) {
+#if defined(FUSEDOPT_WITH_CUDA)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+int fusedopt_native_cuda_status(char* err, size_t err_len) {
+  return fusedopt::native::Report(fusedopt::native::CudaUnavailableStatus(), err, err_len);
+}
+
+int fusedopt_native_cuda_runtime_version(void) {
+#if defined(FUSEDOPT_WITH_CUDA)
+  return fusedopt_cuda_runtime_version();
+#else
+  return 0;
+#endif
+}
+
+int fusedopt_native_cuda_driver_version(void) {
+#if defined(FUSEDOPT_WITH_CUDA)
+  return fusedopt_cuda_driver_version();
+#else
+  return 0;
+#endif
+}
+
+const char* fusedopt_native_cuda_archs(void) { return FUSEDOPT_CUDA_ARCHS; }
+const char* fusedopt_native_version(void) { return FUSEDOPT_VERSION; }
+const char* fusedopt_native_cpu_isa(void) { return fusedopt::cpu::SelectedKernels().isa; }
+
+const char* fusedopt_native_cpu_isas(void) {
+  static const std::string isas = [] {
+    std::string s;
+    for (const std::string& isa : fusedopt::cpu::CompiledIsas()) {
+      if (fusedopt::cpu::KernelsForIsa(isa) == nullptr) continue;
+      s += (s.empty() ? "" : ",") + isa;
+    }
+    return s;
+  }();
+  return isas.c_str();
+}
+
+int fusedopt_native_cuda_device_count(void) {
+#if defined(FUSEDOPT_WITH_CUDA)
+  return fusedopt_cuda_device_count();
+#else
+  return 0;
+#endif
+}
+
+}  // extern "C"

@@ -1,0 +1,135 @@
+/* The TensorFlow-free C ABI of fusedopt: every fused rule, dense and sparse,
+ * many tensors per call, on the CPU (the per-ISA loops of cc/cpu) or on a
+ * CUDA device (the launchers of cc/cuda), with the gradient options (scale,
+ * clipping, non-finite skip) and the gradient statistics pass.
+ *
+ * Coefficients and variants come from cc/core/plan.h, the code the
+ * TensorFlow ops use, so a call here with the same inputs gives the ops' bits
+ * on the CPU. The Python module fusedopt._native is a thin layer over this.
+ *
+ * Every entry point validates all of its inputs before writing anything and
+ * returns FUSEDOPT_OK or an error code with a message in `err` (err_len
+ * bytes, NUL-terminated; may be NULL). On an error nothing was written.
+ */
+#ifndef FUSEDOPT_CC_NATIVE_FUSEDOPT_NATIVE_H_
+#define FUSEDOPT_CC_NATIVE_FUSEDOPT_NATIVE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* The ABI is exported from the _native module (dlopen it to call it from C). */
+#pragma GCC visibility push(default)
+
+enum {
+  FUSEDOPT_OK = 0,
+  FUSEDOPT_INVALID_ARGUMENT = 1,   /* bad input: nothing written */
+  FUSEDOPT_UNAVAILABLE = 2,        /* CUDA not built in, or no usable device/driver */
+  FUSEDOPT_DEVICE_ERROR = 3,       /* a CUDA call failed */
+};
+
+enum { FUSEDOPT_DEVICE_CPU = 0, FUSEDOPT_DEVICE_CUDA = 1 };
+
+/* dtype codes: 0 float16, 1 bfloat16, 2 float32, 3 float64. */
+
+/* The rule table: names, hyperparameter (scalar) names in call order, slot
+ * names in call order and whether each is optional, and whether the rule is
+ * bias-corrected (takes step >= 1). Indices are 0..fusedopt_rule_count()-1. */
+int fusedopt_rule_count(void);
+const char* fusedopt_rule_name(int rule);
+int fusedopt_rule_index(const char* name); /* -1 if unknown */
+int fusedopt_rule_num_scalars(int rule);
+const char* fusedopt_rule_scalar_name(int rule, int k);
+int fusedopt_rule_num_slots(int rule);
+const char* fusedopt_rule_slot_name(int rule, int k);
+int fusedopt_rule_slot_optional(int rule, int k);
+int fusedopt_rule_has_step(int rule);
+
+/* One call's settings. Start from fusedopt_call_init(), which sets every
+ * option to its default (gradient options off: grad_scale 1, clip_* +inf;
+ * schedule_decay 1), then set what you need. */
+typedef struct fusedopt_call {
+  int rule;
+  int dtype;
+  int device;              /* FUSEDOPT_DEVICE_CPU or FUSEDOPT_DEVICE_CUDA */
+  void* stream;            /* CUDA: a cudaStream_t (NULL: the legacy default stream) */
+  int num_threads;         /* CPU: worker threads (0: one per core) */
+  const double* scalars;   /* [fusedopt_rule_num_scalars(rule)], exact Python values */
+  int num_scalars;
+  int64_t step;            /* bias-corrected rules: >= 1 */
+  int nesterov;            /* sgd */
+  int epsilon_outside_sqrt;/* adagrad, rmsprop: tf_keras' legacy form */
+  double schedule_decay;   /* nadam: 1 (Keras 3) or tf_keras' 0.004 */
+  int grappler_form;       /* Note [Grappler form]: Keras' tf.function numbers */
+  int constant_folding;    /* Grappler's reciprocals (schedule_free_adamw) */
+  double grad_scale;       /* multiplies every gradient */
+  double clip_value, clip_norm, global_clip_norm; /* > 0; +inf: off; at most one finite */
+  int skip_nonfinite;
+} fusedopt_call;
+
+void fusedopt_call_init(fusedopt_call* call);
+
+/* The tensors of a call. slots is row-major [n][3]: slot list k of tensor i
+ * at slots[3 * i + k], in the rule's slot order; slot_given[k] says whether
+ * list k was given (an optional list may be absent; its entries are then
+ * ignored). Dense calls: grads[i] has sizes[i] elements, like vars[i].
+ * rank0[i] (may be NULL): tensor i is a scalar variable (Note [Grappler form]). */
+typedef struct fusedopt_tensors {
+  int n;
+  int slot_given[3];
+  void* const* vars;
+  void* const* slots;
+  const void* const* grads;
+  const int64_t* sizes;
+  const unsigned char* rank0;
+} fusedopt_tensors;
+
+/* A dense update. *skipped is set to 1 when skip_nonfinite found an inf or
+ * NaN gradient (nothing was written), else 0. */
+int fusedopt_apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped, char* err,
+                   size_t err_len);
+
+/* A sparse (IndexedSlices) update, CPU only for now: tensor i has rows[i]
+ * rows of row_sizes[i] elements (sizes[i] = rows * row_size); grads[i] holds
+ * counts[i] gradient rows for the rows indices[i][0..counts[i]) (int64; any
+ * order, duplicates summed). exact: 1 updates every row (gradient-less rows
+ * with a zero gradient), 0 only the rows with a gradient (lazy). */
+typedef struct fusedopt_sparse {
+  const int64_t* const* indices;
+  const int64_t* counts;
+  const int64_t* rows;
+  const int64_t* row_sizes;
+  int exact;
+} fusedopt_sparse;
+
+int fusedopt_sparse_apply(const fusedopt_call* call, const fusedopt_tensors* t,
+                          const fusedopt_sparse* sp, int* skipped, char* err, size_t err_len);
+
+/* Gradient statistics: per tensor the sum of squares (double accumulation,
+ * deterministic) and whether any element is inf or NaN. Results on the host. */
+int fusedopt_grad_stats(int dtype, int device, void* stream, int num_threads, int n,
+                        const void* const* grads, const int64_t* sizes, double* sum_sq,
+                        int* nonfinite, char* err, size_t err_len);
+
+/* Build and platform facts. */
+int fusedopt_native_cuda_built(void);
+/* FUSEDOPT_OK when CUDA is built in and a device is usable; else the reason. */
+int fusedopt_native_cuda_status(char* err, size_t err_len);
+int fusedopt_native_cuda_runtime_version(void);
+int fusedopt_native_cuda_driver_version(void);
+const char* fusedopt_native_cuda_archs(void);
+const char* fusedopt_native_version(void);
+int fusedopt_native_cuda_device_count(void); /* 0 without CUDA or a device */
+/* The CPU loops' ISA in use ("baseline", "avx2", "avx512"; FUSEDOPT_CPU_ISA
+ * forces one), and those compiled in and supported here, comma-separated. */
+const char* fusedopt_native_cpu_isa(void);
+const char* fusedopt_native_cpu_isas(void);
+
+#pragma GCC visibility pop
+#ifdef __cplusplus
+}  /* extern "C" */
+#endif
+
+#endif  /* FUSEDOPT_CC_NATIVE_FUSEDOPT_NATIVE_H_ */

@@ -1,0 +1,588 @@
+// fusedopt._native: the TensorFlow-free C ABI (fusedopt_native.h) as a
+// Python module. Arrays are NumPy arrays (CPU) or device arrays that export
+// __cuda_array_interface__ or DLPack (CuPy, PyTorch; CPU tensors through
+// DLPack too). Every check happens before anything is written.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cc/native/fusedopt_native.h"
+
+namespace py = pybind11;
+
+namespace {
+
+// The DLPack ABI (v0.x "dltensor" capsules), as the DLPack standard defines it.
+struct DLDevice {
+  int32_t device_type;
+  int32_t device_id;
+};
+struct DLDataType {
+  uint8_t code;
+  uint8_t bits;
+  uint16_t lanes;
+};
+struct DLTensor {
+  void* data;
+  DLDevice device;
+  int32_t ndim;
+  DLDataType dtype;
+  int64_t* shape;
+  int64_t* strides;
+  uint64_t byte_offset;
+};
+struct DLManagedTensor {
+  DLTensor dl_tensor;
+  void* manager_ctx;
+  void (*deleter)(DLManagedTensor*);
+};
+constexpr int kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLCUDAManaged = 13;
+constexpr int kDLFloat = 2, kDLBfloat = 4;
+
+const char* const kDTypeNames[4] = {"float16", "bfloat16", "float32", "float64"};
+
+// One array argument, resolved to a pointer.
+struct Buf {
+  void* ptr = nullptr;
+  int dtype = -1;
+  int device = FUSEDOPT_DEVICE_CPU;
+  int device_id = -1;  // CUDA ordinal when known
+  std::vector<int64_t> shape;
+  py::object keep;  // keeps a DLPack capsule (and so the memory) alive
+  int64_t size() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+};
+
+[[noreturn]] void Fail(const std::string& msg) { throw py::value_error(msg); }
+
+std::string ShapeStr(const std::vector<int64_t>& s) {
+  std::string r = "(";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + (s.size() == 1 ? ",)" : ")");
+}
+
+bool Contiguous(const std::vector<int64_t>& shape, const int64_t* strides_elems) {
+  if (strides_elems == nullptr) return true;
+  int64_t expect = 1;
+  for (int d = static_cast<int>(shape.size()) - 1; d >= 0; --d) {
+    if (shape[d] != 1 && strides_elems[d] != expect) return false;
+    expect *= shape[d];
+  }
+  return true;
+}
+
+Buf FromNumpy(const py::array& a, const std::string& what, bool writable) {
+  Buf b;
+  const py::dtype dt = a.dtype();
+  const std::string name = py::str(dt.attr("name"));
+  if (dt.kind() == 'f' && dt.itemsize() == 2) b.dtype = 0;
+  else if (name == "bfloat16" && dt.itemsize() == 2) b.dtype = 1;
+  else if (dt.kind() == 'f' && dt.itemsize() == 4) b.dtype = 2;
+  else if (dt.kind() == 'f' && dt.itemsize() == 8) b.dtype = 3;
+  else Fail(what + " has dtype " + name + "; use float16, bfloat16, float32 or float64");
+  if (!(a.flags() & py::array::c_style)) {
+    Fail(what + " is not C-contiguous; pass a contiguous array (numpy.ascontiguousarray "
+                "copies, and the update would not reach the original)");
+  }
+  if (writable && !a.writeable()) Fail(what + " is read-only");
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) b.shape.push_back(a.shape(d));
+  b.ptr = const_cast<void*>(a.data());
+  b.keep = a;
+  return b;
+}
+
+Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const std::string& what,
+                           bool writable) {
+  Buf b;
+  b.device = FUSEDOPT_DEVICE_CUDA;
+  const std::string typestr = py::str(cai["typestr"]);
+  if (typestr == "<f2") b.dtype = 0;
+  else if (typestr == "<f4") b.dtype = 2;
+  else if (typestr == "<f8") b.dtype = 3;
+  else Fail(what + " has element type " + typestr + "; use float16, bfloat16, float32 or float64");
+  for (auto d : py::tuple(cai["shape"])) b.shape.push_back(d.cast<int64_t>());
+  const py::tuple data = cai["data"];
+  b.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  if (writable && data[1].cast<bool>()) Fail(what + " is read-only");
+  if (cai.contains("strides") && !cai["strides"].is_none()) {
+    std::vector<int64_t> strides;
+    const int64_t item = b.dtype == 3 ? 8 : (b.dtype == 2 ? 4 : 2);
+    for (auto s : py::tuple(cai["strides"])) {
+      const int64_t bytes = s.cast<int64_t>();
+      if (bytes % item != 0) Fail(what + " has strides that are not whole elements");
+      strides.push_back(bytes / item);
+    }
+    if (!Contiguous(b.shape, strides.data())) Fail(what + " is not C-contiguous");
+  }
+  b.keep = obj;
+  return b;
+}
+
+Buf FromDlpack(const py::object& obj, const std::string& what) {
+  py::object capsule = obj.attr("__dlpack__")();
+  if (!PyCapsule_IsValid(capsule.ptr(), "dltensor")) {
+    Fail(what + ": __dlpack__() did not return a 'dltensor' capsule");
+  }
+  auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
+  const DLTensor& t = m->dl_tensor;
+  Buf b;
+  if (t.device.device_type == kDLCPU || t.device.device_type == kDLCUDAHost) {
+    b.device = FUSEDOPT_DEVICE_CPU;
+  } else if (t.device.device_type == kDLCUDA || t.device.device_type == kDLCUDAManaged) {
+    b.device = FUSEDOPT_DEVICE_CUDA;
+    b.device_id = t.device.device_id;
+  } else {
+    Fail(what + " lives on DLPack device type " + std::to_string(t.device.device_type) +
+         "; fusedopt runs on the CPU and on CUDA devices");
+  }
+  if (t.dtype.lanes != 1) Fail(what + " has vector elements");
+  if (t.dtype.code == kDLFloat && t.dtype.bits == 16) b.dtype = 0;
+  else if (t.dtype.code == kDLBfloat && t.dtype.bits == 16) b.dtype = 1;
+  else if (t.dtype.code == kDLFloat && t.dtype.bits == 32) b.dtype = 2;
+  else if (t.dtype.code == kDLFloat && t.dtype.bits == 64) b.dtype = 3;
+  else Fail(what + " has a DLPack dtype (code " + std::to_string(t.dtype.code) + ", " +
+            std::to_string(t.dtype.bits) + " bits) other than float16/bfloat16/float32/float64");
+  b.shape.assign(t.shape, t.shape + t.ndim);
+  if (!Contiguous(b.shape, t.strides)) Fail(what + " is not C-contiguous");
+  b.ptr = static_cast<char*>(t.data) + t.byte_offset;
+  b.keep = capsule;  // its destructor calls the producer's deleter
+  return b;
+}
+
+Buf ToBuf(const py::handle& h, const std::string& what, bool writable) {
+  py::object obj = py::reinterpret_borrow<py::object>(h);
+  if (py::isinstance<py::array>(obj)) return FromNumpy(obj.cast<py::array>(), what, writable);
+  if (py::hasattr(obj, "__cuda_array_interface__")) {
+    py::object cai;
+    try {
+      cai = obj.attr("__cuda_array_interface__");
+    } catch (const py::error_already_set&) {
+      cai = py::none();  // e.g. PyTorch bfloat16: no typestr; DLPack below
+    }
+    if (!cai.is_none()) return FromCudaArrayInterface(obj, cai.cast<py::dict>(), what, writable);
+  }
+  if (py::hasattr(obj, "__dlpack__")) return FromDlpack(obj, what);
+  Fail(what + " is a " + std::string(py::str(py::type::of(obj).attr("__name__"))) +
+       "; pass a NumPy array or a device array with DLPack or __cuda_array_interface__");
+}
+
+int RuleIndex(const std::string& rule) {
+  const int r = fusedopt_rule_index(rule.c_str());
+  if (r >= 0) return r;
+  std::string names;
+  for (int k = 0; k < fusedopt_rule_count(); ++k) {
+    names += std::string(k ? ", " : "") + fusedopt_rule_name(k);
+  }
+  Fail("unknown rule '" + rule + "'; the rules are " + names);
+}
+
+void Check(int code, const char* err) {
+  if (code == FUSEDOPT_OK) return;
+  if (code == FUSEDOPT_INVALID_ARGUMENT) throw py::value_error(err);
+  throw std::runtime_error(err);
+}
+
+// What apply and sparse_apply share: the rule's hyperparameters, the slot
+// lists and every array, checked.
+struct Prepared {
+  fusedopt_call call;
+  std::vector<double> scalars;
+  std::vector<Buf> vars, grads;
+  std::vector<std::vector<Buf>> slots;  // [rule slot][tensor], empty if not given
+  std::vector<void*> var_ptrs, slot_ptrs;
+  std::vector<const void*> grad_ptrs;
+  std::vector<int64_t> sizes;
+  std::vector<unsigned char> rank0;
+  fusedopt_tensors tensors;
+};
+
+struct Options {
+  int64_t step;
+  bool nesterov, epsilon_outside_sqrt;
+  double schedule_decay;
+  bool grappler_form, constant_folding;
+  double grad_scale, clip_value, clip_norm, global_clip_norm;
+  bool skip_nonfinite;
+  uintptr_t stream;
+  int threads;
+};
+
+void Prepare(const std::string& rule_name, const py::list& vars, const py::list& grads,
+             const py::object& slots_obj, const py::dict& hparams, const Options& o,
+             bool sparse, Prepared* p) {
+  const int rule = RuleIndex(rule_name);
+  fusedopt_call_init(&p->call);
+  p->call.rule = rule;
+  // Hyperparameters by name; weight_decay defaults to 0.
+  const int ns = fusedopt_rule_num_scalars(rule);
+  std::map<std::string, double> given;
+  for (auto item : hparams) {
+    const std::string key = py::str(item.first);
+    bool known = false;
+    for (int k = 0; k < ns; ++k) known |= key == fusedopt_rule_scalar_name(rule, k);
+    if (!known) {
+      std::string names;
+      for (int k = 0; k < ns; ++k) names += std::string(k ? ", " : "") + fusedopt_rule_scalar_name(rule, k);
+      Fail("unknown hyperparameter '" + key + "' for " + rule_name + "; it takes " + names);
+    }
+    try {
+      given[key] = item.second.cast<double>();
+    } catch (const py::cast_error&) {
+      Fail("hyperparameter '" + key + "' must be a number");
+    }
+  }
+  for (int k = 0; k < ns; ++k) {
+    const std::string name = fusedopt_rule_scalar_name(rule, k);
+    auto it = given.find(name);
+    if (it == given.end()) {
+      if (name != "weight_decay") Fail(rule_name + " needs the hyperparameter '" + name + "'");
+      p->scalars.push_back(0.0);
+    } else {
+      p->scalars.push_back(it->second);
+    }
+  }
+  p->call.scalars = p->scalars.data();
+  p->call.num_scalars = ns;
+  p->call.step = o.step;
+  p->call.nesterov = o.nesterov;
+  p->call.epsilon_outside_sqrt = o.epsilon_outside_sqrt;
+  p->call.schedule_decay = o.schedule_decay;
+  p->call.grappler_form = o.grappler_form;
+  p->call.constant_folding = o.constant_folding;
+  p->call.grad_scale = o.grad_scale;
+  p->call.clip_value = o.clip_value;
+  p->call.clip_norm = o.clip_norm;
+  p->call.global_clip_norm = o.global_clip_norm;
+  p->call.skip_nonfinite = o.skip_nonfinite;
+  p->call.stream = reinterpret_cast<void*>(o.stream);
+  p->call.num_threads = o.threads;
+
+  const int n = static_cast<int>(vars.size());
+  if (static_cast<int>(grads.size()) != n) {
+    Fail("got " + std::to_string(n) + " variables but " + std::to_string(grads.size()) +
+         " gradients");
+  }
+  for (int i = 0; i < n; ++i) {
+    p->vars.push_back(ToBuf(vars[i], "vars[" + std::to_string(i) + "]", true));
+    p->grads.push_back(ToBuf(grads[i], (sparse ? "grad_values[" : "grads[") + std::to_string(i) + "]", false));
+  }
+  // Slot lists by name.
+  const int nslots = fusedopt_rule_num_slots(rule);
+  py::dict slots = slots_obj.is_none() ? py::dict() : slots_obj.cast<py::dict>();
+  for (auto item : slots) {
+    const std::string key = py::str(item.first);
+    bool known = false;
+    for (int k = 0; k < nslots; ++k) known |= key == fusedopt_rule_slot_name(rule, k);
+    if (!known) {
+      std::string names;
+      for (int k = 0; k < nslots; ++k) names += std::string(k ? ", " : "") + fusedopt_rule_slot_name(rule, k);
+      Fail("unknown slot '" + key + "' for " + rule_name + "; its slots are " + names);
+    }
+  }
+  p->slots.resize(nslots);
+  std::memset(&p->tensors, 0, sizeof(p->tensors));
+  for (int k = 0; k < nslots; ++k) {
+    const std::string name = fusedopt_rule_slot_name(rule, k);
+    py::list list;
+    if (slots.contains(name.c_str()) && !slots[name.c_str()].is_none()) {
+      list = py::list(slots[name.c_str()]);
+    }
+    if (list.size() == 0) {
+      if (!fusedopt_rule_slot_optional(rule, k) && n > 0) {
+        Fail(rule_name + " needs the slot list '" + name + "'");
+      }
+      p->tensors.slot_given[k] = n == 0 ? !fusedopt_rule_slot_optional(rule, k) : 0;
+      continue;
+    }
+    if (static_cast<int>(list.size()) != n) {
+      Fail("slot list '" + name + "' has " + std::to_string(list.size()) + " entries but there are " +
+           std::to_string(n) + " variables");
+    }
+    p->tensors.slot_given[k] = 1;
+    for (int i = 0; i < n; ++i) {
+      p->slots[k].push_back(ToBuf(list[i], name + "[" + std::to_string(i) + "]", true));
+    }
+  }
+  // One dtype, one device, matching shapes.
+  const Buf* first = n > 0 ? &p->vars[0] : nullptr;
+  auto same = [&](const Buf& b, const std::string& what) {
+    if (b.dtype != first->dtype) {
+      Fail(what + " is " + kDTypeNames[b.dtype] + " but vars[0] is " + kDTypeNames[first->dtype] +
+           "; one call takes one dtype");
+    }
+    if (b.device != first->device ||
+        (b.device_id >= 0 && first->device_id >= 0 && b.device_id != first->device_id)) {
+      Fail(what + " is on another device than vars[0]; one call runs on one device");
+    }
+  };
+  for (int i = 0; i < n; ++i) {
+    const std::string idx = "[" + std::to_string(i) + "]";
+    same(p->vars[i], "vars" + idx);
+    same(p->grads[i], (sparse ? "grad_values" : "grads") + idx);
+    if (!sparse && p->grads[i].shape != p->vars[i].shape) {
+      Fail("grads" + idx + " has shape " + ShapeStr(p->grads[i].shape) + " but vars" + idx +
+           " has shape " + ShapeStr(p->vars[i].shape));
+    }
+    for (int k = 0; k < nslots; ++k) {
+      if (p->slots[k].empty()) continue;
+      const std::string what = std::string(fusedopt_rule_slot_name(rule, k)) + idx;
+      same(p->slots[k][i], what);
+      if (p->slots[k][i].shape != p->vars[i].shape) {
+        Fail(what + " has shape " + ShapeStr(p->slots[k][i].shape) + " but vars" + idx +
+             " has shape " + ShapeStr(p->vars[i].shape));
+      }
+    }
+  }
+  p->call.dtype = first != nullptr ? first->dtype : 2;
+  p->call.device = first != nullptr ? first->device : FUSEDOPT_DEVICE_CPU;
+  p->slot_ptrs.assign(static_cast<size_t>(3) * n, nullptr);
+  for (int i = 0; i < n; ++i) {
+    p->var_ptrs.push_back(p->vars[i].ptr);
+    p->grad_ptrs.push_back(p->grads[i].ptr);
+    p->sizes.push_back(p->vars[i].size());
+    p->rank0.push_back(p->vars[i].shape.empty() ? 1 : 0);
+    for (int k = 0; k < nslots; ++k) {
+      if (!p->slots[k].empty()) p->slot_ptrs[3 * i + k] = p->slots[k][i].ptr;
+    }
+  }
+  p->tensors.n = n;
+  p->tensors.vars = p->var_ptrs.data();
+  p->tensors.slots = p->slot_ptrs.data();
+  p->tensors.grads = p->grad_ptrs.data();
+  p->tensors.sizes = p->sizes.data();
+  p->tensors.rank0 = p->rank0.data();
+}
+
+bool Apply(const std::string& rule, const py::list& vars, const py::list& grads,
+           const py::object& slots, const py::dict& hparams, const Options& o) {
+  Prepared p;
+  Prepare(rule, vars, grads, slots, hparams, o, false, &p);
+  int skipped = 0;
+  char err[1024] = {0};
+  int code;
+  {
+    py::gil_scoped_release release;
+    code = fusedopt_apply(&p.call, &p.tensors, &skipped, err, sizeof(err));
+  }
+  Check(code, err);
+  return skipped != 0;
+}
+
+bool SparseApply(const std::string& rule, const py::list& vars, const py::list& values,
+                 const py::list& indices, const py::object& slots, const py::dict& hparams,
+                 const std::string& mode, const Options& o) {
+  if (mode != "exact" && mode != "lazy") Fail("mode must be 'exact' or 'lazy', got '" + mode + "'");
+  Prepared p;
+  Prepare(rule, vars, values, slots, hparams, o, true, &p);
+  const int n = p.tensors.n;
+  if (static_cast<int>(indices.size()) != n) {
+    Fail("got " + std::to_string(n) + " variables but " + std::to_string(indices.size()) +
+         " index arrays");
+  }
+  std::vector<py::array_t<int64_t, py::array::c_style | py::array::forcecast>> idx;
+  std::vector<const int64_t*> idx_ptrs;
+  std::vector<int64_t> counts, rows, row_sizes;
+  for (int i = 0; i < n; ++i) {
+    const std::string s = "[" + std::to_string(i) + "]";
+    py::object obj = indices[i];
+    if (!py::isinstance<py::array>(obj)) Fail("grad_indices" + s + " must be a NumPy integer array");
+    py::array raw = obj.cast<py::array>();
+    if (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u') {
+      Fail("grad_indices" + s + " must be integers (int32 or int64)");
+    }
+    if (raw.ndim() != 1) Fail("grad_indices" + s + " must be 1-D");
+    idx.emplace_back(raw);
+    idx_ptrs.push_back(idx.back().data());
+    const Buf& v = p.vars[i];
+    if (v.shape.empty()) Fail("vars" + s + " is a scalar; sparse updates need rank >= 1");
+    std::vector<int64_t> want = v.shape;
+    want[0] = raw.shape(0);
+    if (p.grads[i].shape != want) {
+      Fail("grad_values" + s + " has shape " + ShapeStr(p.grads[i].shape) + " but vars" + s +
+           " of shape " + ShapeStr(v.shape) + " with " + std::to_string(raw.shape(0)) +
+           " indices needs " + ShapeStr(want));
+    }
+    counts.push_back(raw.shape(0));
+    rows.push_back(v.shape[0]);
+    int64_t row_size = 1;
+    for (size_t d = 1; d < v.shape.size(); ++d) row_size *= v.shape[d];
+    row_sizes.push_back(row_size);
+  }
+  fusedopt_sparse sp{idx_ptrs.data(), counts.data(), rows.data(), row_sizes.data(),
+                     mode == "exact" ? 1 : 0};
+  int skipped = 0;
+  char err[1024] = {0};
+  int code;
+  {
+    py::gil_scoped_release release;
+    code = fusedopt_sparse_apply(&p.call, &p.tensors, &sp, &skipped, err, sizeof(err));
+  }
+  Check(code, err);
+  return skipped != 0;
+}
+
+py::tuple GradStats(const py::list& grads, uintptr_t stream, int threads) {
+  std::vector<Buf> bufs;
+  std::vector<const void*> ptrs;
+  std::vector<int64_t> sizes;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    bufs.push_back(ToBuf(grads[i], "grads[" + std::to_string(i) + "]", false));
+    if (bufs.back().dtype != bufs[0].dtype || bufs.back().device != bufs[0].device) {
+      Fail("grads[" + std::to_string(i) + "] differs from grads[0] in dtype or device");
+    }
+    ptrs.push_back(bufs.back().ptr);
+    sizes.push_back(bufs.back().size());
+  }
+  const int n = static_cast<int>(bufs.size());
+  std::vector<double> sums(n, 0.0);
+  int nonfinite = 0;
+  char err[1024] = {0};
+  int code;
+  {
+    py::gil_scoped_release release;
+    code = fusedopt_grad_stats(n ? bufs[0].dtype : 2, n ? bufs[0].device : FUSEDOPT_DEVICE_CPU,
+                               reinterpret_cast<void*>(stream), threads, n, ptrs.data(),
+                               sizes.data(), sums.data(), &nonfinite, err, sizeof(err));
+  }
+  Check(code, err);
+  return py::make_tuple(sums, nonfinite != 0);
+}
+
+py::dict Rules() {
+  py::dict out;
+  for (int r = 0; r < fusedopt_rule_count(); ++r) {
+    py::list scalars, slots;
+    for (int k = 0; k < fusedopt_rule_num_scalars(r); ++k) scalars.append(fusedopt_rule_scalar_name(r, k));
+    for (int k = 0; k < fusedopt_rule_num_slots(r); ++k) {
+      slots.append(py::make_tuple(fusedopt_rule_slot_name(r, k), fusedopt_rule_slot_optional(r, k) != 0));
+    }
+    py::dict d;
+    d["scalars"] = scalars;
+    d["slots"] = slots;
+    d["step"] = fusedopt_rule_has_step(r) != 0;
+    out[fusedopt_rule_name(r)] = d;
+  }
+  return out;
+}
+
+std::string CudaStatus() {
+  char err[512] = {0};
+  return fusedopt_native_cuda_status(err, sizeof(err)) == FUSEDOPT_OK ? "ok" : err;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() =
+      "fusedopt's kernels without TensorFlow: every fused rule over many arrays in one call, on "
+      "NumPy arrays (CPU) or CUDA device arrays (CuPy, PyTorch: DLPack or "
+      "__cuda_array_interface__). Same coefficients and bits as the TensorFlow ops on the CPU.";
+  const double inf = INFINITY;
+  auto apply_doc = R"doc(
+Applies one optimizer step to many variables in place and returns `skipped`.
+
+rule: a name from rules(); vars, grads: lists of arrays (one dtype, one device,
+C-contiguous, variables writable); slots: {slot name: list of arrays, one per
+variable, shaped like it} (optional slots may be absent); hparams: {name: float}
+in the rule's scalars (weight_decay defaults to 0); step: the 1-based step of
+bias-corrected rules. The options mean what they mean in fusedopt.ops. stream:
+a cudaStream_t as int (0: the legacy default stream); threads: CPU worker
+threads (0: one per core). Raises ValueError for bad input and RuntimeError for
+CUDA failures; nothing is written when it raises.)doc";
+  m.def(
+      "apply",
+      [](const std::string& rule, const py::list& vars, const py::list& grads,
+         const py::object& slots, const py::dict& hparams, int64_t step, bool nesterov,
+         bool epsilon_outside_sqrt, double schedule_decay, bool grappler_form,
+         bool constant_folding, double grad_scale, double clip_value, double clip_norm,
+         double global_clip_norm, bool skip_nonfinite, uintptr_t stream, int threads) {
+        return Apply(rule, vars, grads, slots, hparams,
+                     Options{step, nesterov, epsilon_outside_sqrt, schedule_decay, grappler_form,
+                             constant_folding, grad_scale, clip_value, clip_norm,
+                             global_clip_norm, skip_nonfinite, stream, threads});
+      },
+      py::arg("rule"), py::arg("vars"), py::arg("grads"), py::arg("slots") = py::none(),
+      py::arg("hparams") = py::dict(), py::kw_only(), py::arg("step") = 0,
+      py::arg("nesterov") = false, py::arg("epsilon_outside_sqrt") = false,
+      py::arg("schedule_decay") = 1.0, py::arg("grappler_form") = false,
+      py::arg("constant_folding") = false, py::arg("grad_scale") = 1.0,
+      py::arg("clip_value") = inf, py::arg("clip_norm") = inf, py::arg("global_clip_norm") = inf,
+      py::arg("skip_nonfinite") = false, py::arg("stream") = 0, py::arg("threads") = 0,
+      apply_doc);
+  m.def(
+      "sparse_apply",
+      [](const std::string& rule, const py::list& vars, const py::list& values,
+         const py::list& indices, const py::object& slots, const py::dict& hparams,
+         const std::string& mode, int64_t step, bool nesterov, bool epsilon_outside_sqrt,
+         double schedule_decay, double grad_scale, double clip_value, double clip_norm,
+         double global_clip_norm, bool skip_nonfinite, int threads) {
+        return SparseApply(rule, vars, values, indices, slots, hparams, mode,
+                           Options{step, nesterov, epsilon_outside_sqrt, schedule_decay, false,
+                                   false, grad_scale, clip_value, clip_norm, global_clip_norm,
+                                   skip_nonfinite, 0, threads});
+      },
+      py::arg("rule"), py::arg("vars"), py::arg("grad_values"), py::arg("grad_indices"),
+      py::arg("slots") = py::none(), py::arg("hparams") = py::dict(), py::kw_only(),
+      py::arg("mode") = "exact", py::arg("step") = 0, py::arg("nesterov") = false,
+      py::arg("epsilon_outside_sqrt") = false, py::arg("schedule_decay") = 1.0,
+      py::arg("grad_scale") = 1.0, py::arg("clip_value") = inf, py::arg("clip_norm") = inf,
+      py::arg("global_clip_norm") = inf, py::arg("skip_nonfinite") = false,
+      py::arg("threads") = 0,
+      R"doc(
+A sparse (IndexedSlices) step, CPU only for now: grad_values[i] holds one row
+per entry of grad_indices[i] (NumPy int32/int64, any order, duplicates summed)
+for vars[i] (rank >= 1). mode 'exact' updates every row (rows without a
+gradient see a zero gradient, as Keras' densified update), 'lazy' only the rows
+with one. A bad index raises ValueError and nothing is written.)doc");
+  m.def("grad_stats", &GradStats, py::arg("grads"), py::kw_only(), py::arg("stream") = 0,
+        py::arg("threads") = 0,
+        "Per-array sums of squares (double, deterministic) and whether any element is inf/NaN.");
+  m.def("rules", &Rules, "The rules: {name: {'scalars': [...], 'slots': [(name, optional)], 'step': bool}}.");
+  m.def("cuda_built", [] { return fusedopt_native_cuda_built() != 0; },
+        "Whether this build has the CUDA kernels.");
+  m.def("cuda_available", [] { return CudaStatus() == "ok"; },
+        "Whether CUDA is built in and a device and a recent enough driver are usable.");
+  m.def("cuda_info", [] {
+    py::dict d;
+    d["built"] = fusedopt_native_cuda_built() != 0;
+    d["runtime_version"] = fusedopt_native_cuda_runtime_version();
+    d["driver_version"] = fusedopt_native_cuda_driver_version();
+    d["archs"] = std::string(fusedopt_native_cuda_archs());
+    d["device_count"] = fusedopt_native_cuda_device_count();
+    d["status"] = CudaStatus();
+    return d;
+  }, "The CUDA runtime fusedopt links, the driver's CUDA version, the architectures built, and "
+     "'ok' or why CUDA is unusable.");
+  m.def("cpu_isa", [] { return std::string(fusedopt_native_cpu_isa()); },
+        "The instruction set of the CPU loops in use (FUSEDOPT_CPU_ISA forces one).");
+  m.def("cpu_isas", [] {
+    py::list out;
+    std::string all = fusedopt_native_cpu_isas();
+    for (size_t pos = 0; pos < all.size();) {
+      size_t end = all.find(',', pos);
+      if (end == std::string::npos) end = all.size();
+      out.append(all.substr(pos, end - pos));
+      pos = end + 1;
+    }
+    return out;
+  }, "The CPU loop ISAs compiled in and supported by this CPU, baseline first.");
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = std::string(fusedopt_native_version());
+    d["cuda"] = fusedopt_native_cuda_built() != 0;
+    d["cuda_archs"] = std::string(fusedopt_native_cuda_archs());
+    d["cuda_runtime_version"] = fusedopt_native_cuda_runtime_version();
+    d["cpu_isa"] = std::string(fusedopt_native_cpu_isa());
+    return d;
+  }, "What this build holds: version, CUDA (and its architectures), the CPU ISA in use.");
+  m.attr("__version__") = fusedopt_native_version();
+}
