@@ -393,6 +393,49 @@ def test_step_must_be_positive():
         call(step=0)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_nonfinite_hyperparameters_raise_and_write_nothing(case, bad):
+    """Note [hyperparameter checks]: a NaN or inf learning rate or any other
+    hyperparameter is an InvalidArgumentError naming it, nothing written."""
+    variables, slots, grads, call = _good_call(case)
+    watched = variables + [x for xs in slots.values() for x in xs]
+    names = ["lr"] + [k for k, v in case.hp.items() if isinstance(v, float)]
+    for name in names:
+        before = [w.numpy().copy() for w in watched]
+        with pytest.raises(tf.errors.InvalidArgumentError, match=rf"'{name}' must be finite"):
+            # (schedule_decay, an attr, is checked the same way)
+            if name == "lr":
+                call(lr=bad)
+            else:
+                call(**{name: bad})
+        for w, b in zip(watched, before):
+            np.testing.assert_array_equal(w.numpy(), b)
+
+
+@pytest.mark.parametrize("op,kwargs,match", [
+    ("sgd", dict(momentum=1.5), r"'momentum' must be in \[0, 1\]"),
+    ("sgd", dict(momentum=-0.1), r"'momentum' must be in \[0, 1\]"),
+    ("lion", dict(beta_1=0.0), r"'beta_1' must be in \(0, 1\]"),
+    ("ftrl", dict(l1=-0.1), r"'l1' must be >= 0"),
+    ("ftrl", dict(l2=-0.1), r"'l2' must be >= 0"),
+    ("ftrl", dict(l2_shrinkage=-0.1), r"'l2_shrinkage' must be >= 0"),
+])
+def test_keras_constructor_ranges_are_enforced_by_the_ops(op, kwargs, match):
+    v = tf.Variable([1.0, 2.0])
+    s1, s2 = tf.Variable([0.5, 0.5]), tf.Variable([0.1, 0.1])
+    call = {
+        "sgd": lambda: fops.apply_sgd([v], [tf.ones(2)], 0.1, momenta=[s1], **kwargs),
+        "lion": lambda: fops.apply_lion([v], [tf.ones(2)], 0.1, m=[s1], **kwargs),
+        "ftrl": lambda: fops.apply_ftrl([v], [tf.ones(2)], 0.1, accumulator=[s1], linear=[s2],
+                                        **kwargs),
+    }[op]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=match):
+        call()
+    for x, want in ((v, [1.0, 2.0]), (s1, [0.5, 0.5]), (s2, [0.1, 0.1])):
+        np.testing.assert_array_equal(x.numpy(), np.float32(want))
+
+
 def test_ftrl_rejects_positive_learning_rate_power():
     case = next(c for c in CASES if c.name == "ftrl")
     variables, slots, grads, call = _good_call(case)

@@ -110,6 +110,42 @@ def test_nonfinite_skip_writes_nothing(rng, op, bad):
     assert not np.array_equal(var[0].numpy(), before[0])
 
 
+@pytest.mark.parametrize("case", ["overflow", "inf scale", "nan scale", "clipped inf",
+                                  "nan and clip_value", "near overflow"])
+def test_nonfinite_skip_judges_the_transformed_gradients(case):
+    """Note [skip after transform]: the gradients the update uses, after
+    grad_scale and clipping, and the scale itself."""
+    var = [tf.Variable([1.0, 2.0, 3.0]), tf.Variable([4.0])]
+    m = [tf.Variable([0.1, 0.2, 0.3]), tf.Variable([0.4])]
+    g0 = np.array([1.0, 2.0, 3.0], np.float32)
+    grad_scale, clipvalue, want = 1.0, None, True
+    if case == "overflow":  # finite gradients, inf after the scale: 3e38 * 10
+        g0[1], grad_scale = 3e38, 10.0
+    elif case == "inf scale":
+        grad_scale = np.inf
+    elif case == "nan scale":  # an unscale by a zero loss scale
+        grad_scale = np.nan
+    elif case == "clipped inf":  # clip_value turns the inf into a finite gradient
+        g0[1], clipvalue, want = np.inf, 0.5, False
+    elif case == "nan and clip_value":  # clipping keeps a NaN
+        g0[1], clipvalue = np.nan, 0.5
+    elif case == "near overflow":  # the norm bound trips, no element overflows
+        g0[:], grad_scale, want = 3e38, 1.0, False
+    before = [x.numpy().copy() for x in var + m]
+    kwargs = dict(momenta=m, momentum=0.9, skip_nonfinite=True, grad_scale=grad_scale)
+    if clipvalue is not None:
+        kwargs["clipvalue"] = clipvalue
+    skipped = fops.apply_sgd(var, [tf.constant(g0), tf.constant([1.0])], 1e-40, **kwargs)
+    assert bool(skipped.numpy()) is want
+    after = [x.numpy() for x in var + m]
+    if want:
+        for a, b in zip(after, before):
+            np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+    else:
+        assert all(np.isfinite(a).all() for a in after)
+        assert not np.array_equal(after[2], before[2])
+
+
 def test_nonfinite_skip_in_tf_function_returns_the_flag():
     v = tf.Variable([1.0, 2.0])
 

@@ -226,7 +226,7 @@ def test_bad_indices_raise_and_leave_the_table_bit_identical(label, idx, match, 
 def test_bad_sparse_shapes_raise():
     var = tf.Variable(np.zeros((10, 2), np.float32))
     acc = tf.Variable(np.ones((10, 2), np.float32))
-    bad_values = tf.IndexedSlices(tf.ones((3, 3)), tf.constant([0, 1, 2]), tf.constant([10, 3]))
+    bad_values = tf.IndexedSlices(tf.ones((3, 3)), tf.constant([0, 1, 2]), tf.constant([10, 2]))
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"grad_values\[0\] has shape \[3,3\]"):
         fops.apply_adagrad([var], [bad_values], 0.1, accumulator=[acc])
     scalar = tf.Variable(1.0)
@@ -310,3 +310,24 @@ def test_keras_lazy_mode_leaves_unused_embedding_rows_alone():
     assert model.optimizer.get_config()["sparse_mode"] == "lazy"
     assert "sparse_mode" not in fk.Adam().get_config()
     assert fk.Adam.from_config(model.optimizer.get_config()).sparse_mode == "lazy"
+
+
+def test_dense_shape_that_disagrees_with_the_variable_is_an_error():
+    table = tf.Variable(np.ones((5, 3), np.float32))
+    m, v = tf.Variable(tf.zeros((5, 3))), tf.Variable(tf.zeros((5, 3)))
+    before = [x.numpy().copy() for x in (table, m, v)]
+    bad = tf.IndexedSlices(tf.ones((2, 3)), tf.constant([0, 1]), dense_shape=tf.constant([6, 3]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"dense_shape \(6, 3\).*\(5, 3\)"):
+        fops.apply_adam([table], [bad], 0.1, m=[m], v=[v], step=1)
+
+    @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)])
+    def dynamic(dense_shape):  # known only at run time: a run-time assertion
+        g = tf.IndexedSlices(tf.ones((2, 3)), tf.constant([0, 1]), dense_shape=dense_shape)
+        return fops.apply_adam([table], [g], 0.1, m=[m], v=[v], step=1)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dense_shape differs"):
+        dynamic(tf.constant([6, 3]))
+    for x, b in zip((table, m, v), before):
+        np.testing.assert_array_equal(x.numpy(), b)
+    dynamic(tf.constant([5, 3]))
+    assert not np.array_equal(table.numpy(), before[0])

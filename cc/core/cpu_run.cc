@@ -1,6 +1,9 @@
 // The CPU run of a planned call (see cpu_run.h).
 #include "cc/core/cpu_run.h"
 
+#include <cfloat>
+#include <cmath>
+
 #include "cc/cpu/kernels.h"
 
 namespace fusedopt {
@@ -118,6 +121,54 @@ void GradStatsCpu(const ParallelFor& pfor, const Operands& ops, int dt, int elem
     (*sum_sq)[chunks[i].tensor] += partial[i];
     *nonfinite |= bad[i] != 0;
   }
+}
+
+bool NeedsElementCheck(const GradXform& x, double sum_sq, bool raw_nonfinite, bool f64) {
+  if (raw_nonfinite) return true;
+  const double bound = std::sqrt(sum_sq) * std::fabs(x.scale);
+  return !(bound <= (f64 ? DBL_MAX : static_cast<double>(FLT_MAX)) / 2);
+}
+
+namespace {
+template <typename S>
+bool AnyNonfiniteTyped(const void* grad, int64_t n, const GradXform& x) {
+  using M = opmath_t<S>;
+  const S* g = static_cast<const S*>(grad);
+  const M scale = static_cast<M>(x.scale), clip = static_cast<M>(x.clip_value);
+  for (int64_t i = 0; i < n; ++i) {
+    const M t = TransformGrad(Load(g[i]), scale, clip);
+    if (!(t - t == M(0))) return true;
+  }
+  return false;
+}
+}  // namespace
+
+bool AnyTransformedNonfinite(const void* grad, int64_t n, int dt, const GradXform& x) {
+  switch (static_cast<DType>(dt)) {
+    case DType::kFloat16:
+      return AnyNonfiniteTyped<Half>(grad, n, x);
+    case DType::kBFloat16:
+      return AnyNonfiniteTyped<BFloat16>(grad, n, x);
+    case DType::kFloat32:
+      return AnyNonfiniteTyped<float>(grad, n, x);
+    case DType::kFloat64:
+      return AnyNonfiniteTyped<double>(grad, n, x);
+  }
+  return true;
+}
+
+bool SkipStep(const Operands& ops, int dt, bool raw_nonfinite, const std::vector<double>& sum_sq) {
+  if (!ops.transform) return raw_nonfinite;
+  const bool f64 = static_cast<DType>(dt) == DType::kFloat64;
+  for (int i = 0; i < ops.n; ++i) {
+    if (ops.sizes[i] == 0) continue;
+    if (!std::isfinite(ops.xforms[i].scale)) return true;
+    if (NeedsElementCheck(ops.xforms[i], sum_sq[i], raw_nonfinite, f64) &&
+        AnyTransformedNonfinite(ops.grads[i], ops.sizes[i], dt, ops.xforms[i])) {
+      return true;
+    }
+  }
+  return false;
 }
 
 void PlanSparseItems(int i, bool exact, int64_t rows, int64_t row_size,

@@ -65,6 +65,24 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
 void GradStatsCpu(const ParallelFor& pfor, const Operands& ops, int dt, int elem_bytes,
                   std::vector<double>* sum_sq, bool* nonfinite);
 
+// Note [skip after transform]: skip_nonfinite judges the gradients the update
+// uses, g' = TransformGrad(g, scale_i, clip_value) in opmath: a step is skipped
+// when a tensor's scale is not finite (a NaN or inf grad_scale, a global norm
+// that is not finite) or any g' is inf or NaN (g * scale can overflow where g
+// did not; clip_value clips an inf to a finite g', never a NaN). The stats
+// pass decides most steps: with finite raw gradients and
+// sqrt(sum_sq) * |scale| (an upper bound of every |g * scale|) below the
+// opmath's largest finite value, no g' can overflow. Only otherwise is a
+// tensor read again, element by element, with the kernels' own TransformGrad.
+//
+// Whether tensor i needs that element check (sizes[i] > 0 assumed).
+bool NeedsElementCheck(const GradXform& x, double sum_sq, bool raw_nonfinite, bool f64);
+// The element check of `n` gradient elements of dtype `dt` in host memory:
+// true if any transformed gradient is inf or NaN.
+bool AnyTransformedNonfinite(const void* grad, int64_t n, int dt, const GradXform& x);
+// The whole judgement for a call whose gradients are in host memory.
+bool SkipStep(const Operands& ops, int dt, bool raw_nonfinite, const std::vector<double>& sum_sq);
+
 // Note [sparse updates] (cc/tf/fused_ops.cc), the TensorFlow-free part.
 //
 // Checks every index against [0, rows) and sorts the positions by row,

@@ -1,6 +1,7 @@
 // The rule table and the per-rule plans (variants, checks, coefficients).
 #include "cc/core/plan.h"
 
+#include <cmath>
 #include <sstream>
 
 #include "cc/rules/coefficients.h"
@@ -132,6 +133,36 @@ std::string MakeCallPlan(Rule rule, const PlanInput& in, bool rank0_plan, Plan* 
                " slot lists, got ", in.scalars.size(), " and ", in.slot_given.size());
   }
   if (info.has_step && in.step < 1) return Msg("'step' must be >= 1, got ", in.step);
+  // Note [hyperparameter checks]: every hyperparameter is finite (a NaN
+  // learning rate from a broken schedule would turn every variable into NaN),
+  // and the ranges Keras' constructors enforce hold; otherwise nothing is
+  // written.
+  for (int k = 0; k < info.num_scalars; ++k) {
+    if (!std::isfinite(in.scalars[k])) {
+      return Msg("'", info.scalars[k], "' must be finite, got ", in.scalars[k],
+                 "; nothing was updated");
+    }
+  }
+  if (rule == Rule::kNadam && !(std::isfinite(in.attrs.schedule_decay) && in.attrs.schedule_decay > 0)) {
+    return Msg("'schedule_decay' must be finite and > 0, got ", in.attrs.schedule_decay,
+               "; nothing was updated");
+  }
+  auto at_least_zero = [&](int k) -> std::string {
+    if (in.scalars[k] >= 0) return "";
+    return Msg("'", info.scalars[k], "' must be >= 0, got ", in.scalars[k], "; nothing was updated");
+  };
+  if (rule == Rule::kSgd && !(in.scalars[1] >= 0 && in.scalars[1] <= 1)) {
+    return Msg("'momentum' must be in [0, 1], got ", in.scalars[1], "; nothing was updated");
+  }
+  if (rule == Rule::kLion && !(in.scalars[1] > 0 && in.scalars[1] <= 1)) {
+    return Msg("'beta_1' must be in (0, 1], got ", in.scalars[1], "; nothing was updated");
+  }
+  if (rule == Rule::kFtrl) {
+    for (int k : {2, 3, 4}) {  // l1, l2, l2_shrinkage
+      const std::string e = at_least_zero(k);
+      if (!e.empty()) return e;
+    }
+  }
   *plan = Plan{};
   std::string err = MakePlan(rule, in, plan);
   if (!err.empty()) return err;

@@ -295,6 +295,36 @@ Status GradStatsCuda(const Operands& ops, int dt, void* stream, std::vector<doub
   return Status{};
 }
 
+// Note [skip after transform] on the GPU: the statistics decide most steps;
+// a tensor that needs the element check is copied to the host for it (the
+// rare path of a step with an inf, a NaN or a near-overflow).
+Status SkipStepCuda(const Operands& ops, int dt, bool raw_nonfinite,
+                    const std::vector<double>& sum_sq, void* stream, bool* skip) {
+  *skip = false;
+  if (!ops.transform) {
+    *skip = raw_nonfinite;
+    return Status{};
+  }
+  const int eb = ElemBytes(dt);
+  for (int i = 0; i < ops.n; ++i) {
+    if (ops.sizes[i] == 0) continue;
+    if (!std::isfinite(ops.xforms[i].scale)) {
+      *skip = true;
+      return Status{};
+    }
+    if (!NeedsElementCheck(ops.xforms[i], sum_sq[i], raw_nonfinite, dt == 3)) continue;
+    std::vector<char> host(static_cast<size_t>(ops.sizes[i] * eb));
+    RETURN_IF_ERROR(CudaError(
+        fusedopt_cuda_copy_to_host(host.data(), ops.grads[i], ops.sizes[i] * eb, stream),
+        "cudaMemcpy"));
+    if (AnyTransformedNonfinite(host.data(), ops.sizes[i], dt, ops.xforms[i])) {
+      *skip = true;
+      return Status{};
+    }
+  }
+  return Status{};
+}
+
 Status RunCuda(const Operands& ops, const Plan& plan, Rule rule, int dt, void* stream) {
   const RuleInfo& info = InfoOf(rule);
   const int decay = plan.Decays() ? 1 : 0;
@@ -352,12 +382,12 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped)
   if (call->device == FUSEDOPT_DEVICE_CPU) {
     const ParallelFor pfor = ThreadsFor(call->num_threads);
     if (options.NeedsStats()) GradStatsCpu(pfor, ops, call->dtype, eb, &sum_sq, &nonfinite);
-    if (nonfinite && options.skip_nonfinite) {
+    ops.xforms = MakeXforms(options, sum_sq);
+    ops.transform = options.Transforms();
+    if (options.skip_nonfinite && SkipStep(ops, call->dtype, nonfinite, sum_sq)) {
       if (skipped != nullptr) *skipped = 1;
       return Status{};
     }
-    ops.xforms = MakeXforms(options, sum_sq);
-    ops.transform = options.Transforms();
     RunItemsCpu(pfor, DenseItems(ops, eb), ops, plan, InfoOf(rule).two_pass, InfoOf(rule).algo,
                 call->dtype, eb);
     return Status{};
@@ -369,12 +399,16 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped)
   if (options.NeedsStats()) {
     RETURN_IF_ERROR(GradStatsCuda(ops, call->dtype, call->stream, &sum_sq, &nonfinite));
   }
-  if (nonfinite && options.skip_nonfinite) {
-    if (skipped != nullptr) *skipped = 1;
-    return Status{};
-  }
   ops.xforms = MakeXforms(options, sum_sq);
   ops.transform = options.Transforms();
+  if (options.skip_nonfinite) {
+    bool skip = false;
+    RETURN_IF_ERROR(SkipStepCuda(ops, call->dtype, nonfinite, sum_sq, call->stream, &skip));
+    if (skip) {
+      if (skipped != nullptr) *skipped = 1;
+      return Status{};
+    }
+  }
   return RunCuda(ops, plan, rule, call->dtype, call->stream);
 #else
   return CudaUnavailableStatus();
@@ -459,12 +493,12 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   std::vector<double> sum_sq(n, 0.0);
   bool nonfinite = false;
   if (options.NeedsStats()) GradStatsCpu(pfor, ops, call->dtype, eb, &sum_sq, &nonfinite);
-  if (nonfinite && options.skip_nonfinite) {
+  ops.xforms = MakeXforms(options, sum_sq);
+  ops.transform = options.Transforms();
+  if (options.skip_nonfinite && SkipStep(ops, call->dtype, nonfinite, sum_sq)) {
     if (skipped != nullptr) *skipped = 1;
     return Status{};
   }
-  ops.xforms = MakeXforms(options, sum_sq);
-  ops.transform = options.Transforms();
   const int64_t zero_elements = SparseZeroElements(max_row);
   std::vector<char> zeros(sp->exact ? static_cast<size_t>(zero_elements * eb) : 0, 0);
   std::vector<Item> items;

@@ -270,15 +270,12 @@ class FusedApplyOp : public OpKernel {
 
     // Pass 0, only when an option needs it: norms and the non-finite check,
     // before anything is written (a skipped step writes nothing at all).
+    // Note [skip after transform] (cc/core/cpu_run.h) judges a skip.
     std::vector<double> sum_sq(n, 0.0);
+    bool nonfinite = false;
     if (options.NeedsStats()) {
       if constexpr (B == Backend::kCpu) {
-        bool nonfinite = false;
         GradStatsCpu(PoolOf(ctx), ops, dt, static_cast<int>(sizeof(T)), &sum_sq, &nonfinite);
-        if (nonfinite && options.skip_nonfinite) {
-          skipped->scalar<bool>()() = true;
-          return absl::OkStatus();
-        }
       } else {
         return absl::UnimplementedError(
             "clip_norm, global_clip_norm and skip_nonfinite are not implemented on GPU yet; "
@@ -287,6 +284,10 @@ class FusedApplyOp : public OpKernel {
     }
     ops.xforms = MakeXforms(options, sum_sq);
     ops.transform = options.Transforms();
+    if (options.skip_nonfinite && SkipStep(ops, dt, nonfinite, sum_sq)) {
+      skipped->scalar<bool>()() = true;
+      return absl::OkStatus();
+    }
 
     if constexpr (B == Backend::kCpu) {
       TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
@@ -446,16 +447,16 @@ class SparseApplyOp : public OpKernel {
     }
     const int dt = DTypeIndex(dtype);
     std::vector<double> sum_sq(n, 0.0);
+    bool nonfinite = false;
     if (options.NeedsStats()) {
-      bool nonfinite = false;
       GradStatsCpu(PoolOf(ctx), ops, dt, static_cast<int>(sizeof(S)), &sum_sq, &nonfinite);
-      if (nonfinite && options.skip_nonfinite) {
-        skipped->scalar<bool>()() = true;
-        return absl::OkStatus();
-      }
     }
     ops.xforms = MakeXforms(options, sum_sq);
     ops.transform = options.Transforms();
+    if (options.skip_nonfinite && SkipStep(ops, dt, nonfinite, sum_sq)) {
+      skipped->scalar<bool>()() = true;
+      return absl::OkStatus();
+    }
     TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
 
     // A shared zero gradient for exact mode's gradient-less rows.

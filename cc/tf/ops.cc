@@ -74,7 +74,13 @@ at most clip_norm; global_clip_norm scales all N gradients by
 clip / max(global norm, clip) (NaN if the norm is not finite, as in Keras).
 +inf disables a clipping. The norms take one extra read of the gradients, a
 deterministic fixed-order reduction. With skip_nonfinite, a call in which any
-gradient element is inf or NaN writes nothing and returns skipped = true.
+gradient the update would use (after grad_scale and clipping) is inf or NaN,
+or whose scale is not finite, writes nothing and returns skipped = true.
+
+Every hyperparameter must be finite, and the ranges Keras' constructors
+enforce hold (SGD momentum in [0, 1], Lion beta_1 in (0, 1], Ftrl l1, l2 and
+l2_shrinkage >= 0, learning_rate_power <= 0); otherwise the op fails with
+InvalidArgument naming the input, and nothing is written.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the

@@ -72,6 +72,32 @@ def _invalid(message: str) -> tf.errors.InvalidArgumentError:
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
+def _dense_shape_checks(variables: Sequence[VariableLike],
+                        gradients: Sequence[tf.IndexedSlices]) -> list[Any]:
+    """An IndexedSlices whose dense_shape disagrees with its variable is an
+    InvalidArgumentError naming both shapes. Decided here when both shapes are
+    known while tracing (the usual case: no op is added); otherwise returns
+    the run-time assertions the op must wait for."""
+    checks = []
+    for i, (v, g) in enumerate(zip(variables, gradients)):
+        if g.dense_shape is None or getattr(v, "dtype", None) == tf.resource:
+            continue  # a raw resource handle does not carry the variable's shape
+        var_shape = tf.TensorShape(v.shape)
+        dense = tf.get_static_value(g.dense_shape)
+        if dense is not None and var_shape.is_fully_defined():
+            if [int(d) for d in dense] != var_shape.as_list():
+                raise _invalid(
+                    f"gradients[{i}] is an IndexedSlices of dense_shape "
+                    f"{tuple(int(d) for d in dense)} but variables[{i}] has shape "
+                    f"{tuple(var_shape.as_list())}; nothing was updated")
+            continue
+        checks.append(tf.debugging.assert_equal(
+            tf.cast(g.dense_shape, tf.int64), tf.shape(v, out_type=tf.int64),
+            message=f"gradients[{i}] is an IndexedSlices whose dense_shape differs from the "
+                    f"shape of variables[{i}]; nothing was updated"))
+    return checks
+
+
 def _check_lengths(n: int, **lists: Sequence[Any] | None) -> None:
     for name, items in lists.items():
         if items is not None and len(items) != n:
@@ -164,7 +190,11 @@ def _apply(
         raise _invalid(f"at most one of clipvalue, clipnorm and global_clipnorm; got {given}")
     kwargs: dict[str, Any] = {"vars": _handles(variables, "variables")}
     if all(sparse):
+        checks = _dense_shape_checks(variables, gradients)
         values = [tf.convert_to_tensor(g.values) for g in gradients]
+        if checks:
+            with tf.control_dependencies(checks):
+                values = [tf.identity(v) for v in values]
         indices = [tf.convert_to_tensor(g.indices) for g in gradients]
         if len({i.dtype for i in indices}) > 1:
             indices = [tf.cast(i, tf.int64) for i in indices]
