@@ -35,15 +35,33 @@ def grappler_rewrites() -> tuple[bool, bool]:
             options.get("constant_folding", True) is not False)
 
 
+def _on_cpu(var) -> bool:
+    device = getattr(var, "device", "") or ""
+    if device:
+        return (tf.DeviceSpec.from_string(device).device_type or "CPU").upper() == "CPU"
+    return not tf.config.list_logical_devices("GPU")
+
+
+def xla_lowering_available(grads, variables) -> bool:
+    """Whether a step over these (gradient, variable) pairs runs fused inside
+    XLA compilation (Note [XLA lowering] in cc/tf/xla_ops.cc): dense
+    gradients of CPU variables. Elsewhere (GPU variables, IndexedSlices) the
+    built-in ops run with a warning (warn_xla_once)."""
+    if any(isinstance(g, tf.IndexedSlices) for g in grads):
+        return False
+    return all(_on_cpu(v) for v in variables)
+
+
 def warn_xla_once(what: str) -> None:
-    """Says once per process that XLA bypasses the fused kernels."""
+    """Says once per process that XLA bypasses the fused kernels here."""
     global _xla_warned
     if not _xla_warned:
         _xla_warned = True
         warnings.warn(
-            "fusedopt: running inside XLA compilation (jit_compile=True), where custom ops "
-            f"cannot run; using {what} instead (same results, no fused kernels). Compile with "
-            "jit_compile=False to use the fused kernels.",
+            "fusedopt: inside XLA compilation (jit_compile=True) the fused kernels run for "
+            "dense gradients of CPU variables only; this step (GPU variables or IndexedSlices "
+            f"gradients) uses {what} instead (same results, no fused kernels). Compile with "
+            "jit_compile=False to use the fused kernels here.",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -27,9 +27,10 @@ Sparse (IndexedSlices) gradients, e.g. from Embedding layers, go to the sparse
 ops (their own group and call), with ``sparse_mode`` "exact" (default: the
 built-in's numbers) or "lazy" (only the rows present; LazyAdam semantics).
 
-Where the fused kernels cannot run, the built-in code path runs instead, with
-the same numbers: inside XLA compilation (a custom op has no XLA kernel; a
-warning says so once).
+Inside XLA compilation (jit_compile=True) the fused ops lower to an in-place
+custom call (Note [XLA lowering] in cc/tf/xla_ops.cc) for dense gradients of
+CPU variables; for GPU variables and IndexedSlices gradients the built-in code
+path runs instead, with the same numbers (a warning says so once).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
+from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 
 
@@ -88,26 +90,39 @@ class FusedOptimizerMixin:
         raise NotImplementedError
 
     def _fused_prepare_step(self) -> None:
-        """Per-step optimizer state updated before the variable updates (Nadam)."""
+        """Computes per-step optimizer state the update needs (Nadam's next
+        u_product), without assigning it: see _fused_finish_step."""
+
+    def _fused_finish_step(self, updates: Sequence[Any]) -> None:
+        """Assigns the state _fused_prepare_step computed, after ``updates``
+        (every group's op) so a failed step leaves it unchanged (Note
+        [atomic steps] in fusedopt/_atomic.py)."""
 
     def _fused_enabled(self) -> bool:
-        if _ctx.in_xla_context():
-            _ctx.warn_xla_once("Keras' built-in update ops")
-            return False
-        return True
+        """Whether this step runs the fused ops (decided once per step in
+        _backend_apply_gradients, so the weight decay and the update agree)."""
+        return self._fused_step_enabled
 
     _fused_step_active = False
+    _fused_step_enabled = True
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         # Marks the extent of one step (Keras calls _clip_gradients,
         # _apply_weight_decay and _backend_update_step from here), so that the
         # weight decay is deferred to the fused update only inside it; a direct
         # call of _apply_weight_decay still decays, as the built-in's does.
-        outer, self._fused_step_active = self._fused_step_active, True
+        # Inside XLA the fused ops run where they have a lowering (Note [XLA
+        # lowering] in cc/tf/xla_ops.cc), else Keras' own ops, for the whole step.
+        enabled = True
+        if _ctx.in_xla_context() and not _ctx.xla_lowering_available(grads, trainable_variables):
+            _ctx.warn_xla_once("Keras' built-in update ops")
+            enabled = False
+        outer = (self._fused_step_active, self._fused_step_enabled)
+        self._fused_step_active, self._fused_step_enabled = True, enabled
         try:
             return super()._backend_apply_gradients(grads, trainable_variables)
         finally:
-            self._fused_step_active = outer
+            self._fused_step_active, self._fused_step_enabled = outer
 
     def _apply_weight_decay(self, variables):  # noqa: D401 - Keras hook
         if self._fused_step_active and self._fused_enabled():
@@ -119,6 +134,11 @@ class FusedOptimizerMixin:
         return (var.device, var.dtype.base_dtype, decays, isinstance(grad, tf.IndexedSlices))
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        if not self._fused_step_active and _ctx.in_xla_context():
+            # Called outside a step (not by Keras): decide here.
+            if not _ctx.xla_lowering_available(grads, trainable_variables):
+                _ctx.warn_xla_once("Keras' built-in update ops")
+                return super()._backend_update_step(grads, trainable_variables, learning_rate)
         if not self._fused_enabled():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         _ctx.check_strategy()
@@ -131,14 +151,25 @@ class FusedOptimizerMixin:
             # (Without a strategy the sum over one replica is an Identity per
             # gradient: skipped, the same values for less work.)
             grads_and_vars = self._all_reduce_sum_gradients(grads_and_vars)
-        tf.__internal__.distribute.interim.maybe_merge_call(
+        updates = tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_distributed_update,
             self._distribution_strategy,
             grads_and_vars,
             learning_rate,
         )
+        self._fused_finish_step(
+            [u for u in tf.nest.flatten(updates) if isinstance(u, (tf.Tensor, tf.Operation))]
+        )
 
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate):
+        # Note [atomic steps]: every pair is checked before any group writes.
+        local = distribution.experimental_local_results if tf.distribute.has_strategy() else None
+        checks = _atomic.step_checks(grads_and_vars, local)
+        with tf.control_dependencies(checks):
+            return self._fused_group_updates(distribution, grads_and_vars, learning_rate)
+
+    def _fused_group_updates(self, distribution, grads_and_vars, learning_rate):
+        updates = []
         groups: dict[tuple[str, tf.DType, bool, bool], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
             groups.setdefault(self._group_key(var, grad), []).append((grad, var))
@@ -162,8 +193,9 @@ class FusedOptimizerMixin:
                 # No strategy: call directly. (The default strategy's update
                 # would add an Identity op per gradient: ~1 us each per step.)
                 with tf_ops.colocate_with(variables[0]):
-                    apply_group(variables[0], group_grads)
+                    updates.append(apply_group(variables[0], group_grads))
             else:
-                distribution.extended.update(
+                updates.append(distribution.extended.update(
                     variables[0], apply_group, args=(group_grads,), group=False
-                )
+                ))
+        return updates

@@ -8,6 +8,7 @@ fused op: which slot lists, which hyperparameters.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from fusedopt import ops
 from fusedopt.keras._base import FusedOptimizerMixin
@@ -66,22 +67,27 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
     __doc__ = _fused_doc("Nadam", "Fusedopt>ApplyNadam")
 
     def _fused_prepare_step(self):
-        # Keras' Nadam._backend_update_step does this before the per-variable
-        # updates; the fused path replaces that method, so it is done here.
+        # Keras' Nadam._backend_update_step advances u_product before the
+        # per-variable updates, with this expression; the fused step computes
+        # it here and assigns it after every group's op (_fused_finish_step),
+        # so a failed step leaves it unchanged (Note [atomic steps]).
         dtype = self._u_product.dtype
-        self.assign(
-            self._u_product,
+        self._fused_next_u_product = (
             self._u_product
             * self.beta_1
-            * (1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(self.iterations + 1, dtype))),
+            * (1.0 - 0.5 * keras.ops.power(0.96, keras.ops.cast(self.iterations + 1, dtype)))
         )
+
+    def _fused_finish_step(self, updates):
+        with tf.control_dependencies(updates or None):
+            self.assign(self._u_product, self._fused_next_u_product)
 
     def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_nadam(
             variables, grads, learning_rate,
             m=_slots(self, self._momentums, variables),
             v=_slots(self, self._velocities, variables),
-            step=_step(self), u_product=self._u_product.value,
+            step=_step(self), u_product=self._fused_next_u_product,
             beta_1=self.beta_1, beta_2=self.beta_2,
             epsilon=self.epsilon, weight_decay=weight_decay,
             **options,

@@ -22,7 +22,9 @@ gives the built-in's numbers (``lazy`` where the built-in touches only the
 listed rows, ``exact`` where it decays every row); Nadam's built-in sparse
 update is neither (it decays every slot row but moves only the listed
 variable rows), so it keeps tf_keras' own ops unless ``sparse_mode`` is given.
-Inside XLA compilation the built-in ops run (a warning says so once).
+Inside XLA compilation the fused ops lower to an in-place custom call for dense
+gradients of CPU variables (Note [XLA lowering] in cc/tf/xla_ops.cc); elsewhere
+under XLA the built-in ops run (a warning says so once).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from tf_keras.src import backend
 from tf_keras.src.optimizers.legacy import optimizer_v2
 from tf_keras.src.utils import tf_utils
 
+from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 
 _SPARSE_MODES = (None, "exact", "lazy")
@@ -94,6 +97,17 @@ class FusedLegacyMixin:
         summed, unique = optimizer_v2._deduplicate_indexed_slices(values=grad, indices=indices)
         return super()._resource_apply_sparse(summed, var, unique, apply_state=apply_state)
 
+    def _fused_defers_state(self) -> bool:
+        """Whether per-step state this class advances (Nadam's momentum cache)
+        is assigned after the groups' ops (Note [atomic steps]): on the fused
+        multi-tensor path without a strategy (under one, each replica computes
+        it in its own context, and the built-in's order is kept)."""
+        return (self.multi_tensor and not _ctx.in_xla_context()
+                and not tf.distribute.has_strategy())
+
+    def _fused_finish_step(self, update_ops: Sequence[Any]) -> None:
+        """Assigns deferred per-step state after ``update_ops``."""
+
     # ---- OptimizerV2 hooks ---------------------------------------------------
 
     def _prepare_local(self, var_device, var_dtype, apply_state):
@@ -106,7 +120,7 @@ class FusedLegacyMixin:
         )
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
-        if _ctx.in_xla_context():
+        if _ctx.in_xla_context() and not _ctx.xla_lowering_available([grad], [var]):
             _ctx.warn_xla_once("tf_keras' built-in update ops")
             return self._unfused_dense(grad, var, apply_state)
         c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
@@ -131,10 +145,18 @@ class FusedLegacyMixin:
 
     def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
         _ctx.check_strategy(distribution)
-        if not self.multi_tensor or _ctx.in_xla_context():
+        grads_and_vars = list(grads_and_vars)
+        xla_fallback = _ctx.in_xla_context() and not _ctx.xla_lowering_available(
+            [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars])
+        if not self.multi_tensor or xla_fallback:
             return super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
 
         mode = self._effective_sparse_mode()
+        # Note [atomic steps] (fusedopt/_atomic.py): every pair is checked
+        # before any group writes; the groups' ops wait for the checks.
+        local = (distribution.experimental_local_results if tf.distribute.has_strategy()
+                 else None)
+        checks = _atomic.step_checks(grads_and_vars, local)
         groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
         per_variable: list[tuple[Any, Any]] = []
         for grad, var in grads_and_vars:
@@ -163,7 +185,8 @@ class FusedLegacyMixin:
             else:
                 update_ops.append(result)
 
-        with optimizer_v2.name_scope_only_in_function_or_graph(name or self._name):
+        with optimizer_v2.name_scope_only_in_function_or_graph(name or self._name), \
+                tf.control_dependencies(checks):
             for (_, dtype, sparse), items in groups.items():
                 variables = [v for _, v in items]
                 group_grads = [g for g, _ in items]
@@ -196,6 +219,7 @@ class FusedLegacyMixin:
                     collect(distribution.extended.update(var, apply_one, args=(grad,),
                                                          group=False))
 
+            self._fused_finish_step(update_ops)
             any_symbolic = any(
                 isinstance(i, tf.Operation) or tf_utils.is_symbolic_tensor(i)
                 for i in update_ops

@@ -78,6 +78,12 @@ class Adam(FusedLegacyMixin, adam.Adam):
         )
 
 
+class _NoAssign:
+    """Stands in for legacy Nadam's momentum cache in _prepare_local."""
+
+    dtype = None
+
+
 @_register
 class Nadam(FusedLegacyMixin, nadam.Nadam):
     __doc__ = _doc("Nadam", "Fusedopt>ApplyNadam", "Nadam")
@@ -85,11 +91,32 @@ class Nadam(FusedLegacyMixin, nadam.Nadam):
     # listed var rows, which neither fused mode does: its own ops by default.
     _builtin_sparse_mode = None
 
+    _fused_next_m_cache = None
+
     def _prepare_local(self, var_device, var_dtype, apply_state):
-        super()._prepare_local(var_device, var_dtype, apply_state)
+        if not self._fused_defers_state():
+            super()._prepare_local(var_device, var_dtype, apply_state)
+        else:
+            # The built-in assigns its momentum cache here, before any update;
+            # with a stand-in whose dtype matches nothing it only computes, and
+            # the assignment waits for the groups' ops (_fused_finish_step).
+            cache = self._m_cache
+            object.__setattr__(self, "_m_cache", _NoAssign())
+            try:
+                super()._prepare_local(var_device, var_dtype, apply_state)
+            finally:
+                object.__setattr__(self, "_m_cache", cache)
         c = apply_state[(var_device, var_dtype)]
         # The built-in's m_schedule_new, the same expression (so the same bits).
         c["fused_u_product"] = tf.cast(self._m_cache_read, var_dtype) * c["m_t"]
+        if self._fused_defers_state() and var_dtype is self._m_cache.dtype:
+            self._fused_next_m_cache = c["fused_u_product"]
+
+    def _fused_finish_step(self, update_ops):
+        if self._fused_next_m_cache is not None:
+            with tf.control_dependencies(update_ops or None):
+                self._m_cache.assign(self._fused_next_m_cache)
+            self._fused_next_m_cache = None
 
     def _fused_update(self, variables, grads, c, **options):
         return ops.apply_nadam(

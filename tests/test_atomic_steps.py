@@ -1,0 +1,98 @@
+"""All or nothing (Note [atomic steps] in fusedopt/_atomic.py): a step that
+fails changes no variable and no optimizer variable (slots, iterations,
+Nadam's u_product / momentum cache), for both families, eager and in a
+tf.function, whichever group holds the bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import fusedopt.keras as fk
+import fusedopt.legacy as fl
+
+BAD = ["bad index", "negative index", "bf16 group wrong shape", "dense_shape", "row shape"]
+
+
+def _model_vars(dtype_second=tf.float32):
+    rng = np.random.default_rng(0)
+    dense = tf.Variable(rng.standard_normal((4, 3)).astype(np.float32), name="dense")
+    table = tf.Variable(rng.standard_normal((6, 2)).astype(np.float32), name="table")
+    other = tf.Variable(tf.cast(rng.standard_normal((5,)), dtype_second), name="other")
+    return [dense, table, other]
+
+
+def _good_grads(vs):
+    return [tf.ones_like(vs[0]) * 0.1,
+            tf.IndexedSlices(tf.ones((2, 2)) * 0.2, tf.constant([1, 4]), tf.constant([6, 2])),
+            tf.ones_like(vs[2]) * 0.3]
+
+
+def _bad_grads(vs, bad):
+    g = _good_grads(vs)
+    if bad == "bad index":
+        g[1] = tf.IndexedSlices(tf.ones((2, 2)), tf.constant([1, 6]), tf.constant([6, 2]))
+    elif bad == "negative index":
+        g[1] = tf.IndexedSlices(tf.ones((2, 2)), tf.constant([-1, 2]), tf.constant([6, 2]))
+    elif bad == "bf16 group wrong shape":
+        g[2] = tf.ones((4,), vs[2].dtype)
+    elif bad == "dense_shape":
+        g[1] = tf.IndexedSlices(tf.ones((2, 2)), tf.constant([1, 2]), tf.constant([7, 2]))
+    elif bad == "row shape":
+        g[1] = tf.IndexedSlices(tf.ones((2, 3)), tf.constant([1, 2]), tf.constant([6, 3]))
+    return g
+
+
+def _snapshot(values):
+    return [np.array(v.numpy(), copy=True).tobytes() for v in values]
+
+
+def _check(family, name, bad, use_function):
+    second = tf.bfloat16 if bad == "bf16 group wrong shape" else tf.float32
+    vs = _model_vars(second)
+    if family == "keras":
+        opt = getattr(fk, name)(learning_rate=0.01)
+        step = lambda grads: opt.apply(grads, vs)  # noqa: E731
+        state = lambda: vs + list(opt.variables)  # noqa: E731
+    else:
+        opt = getattr(fl, name)(learning_rate=0.01)
+        step = lambda grads: opt.apply_gradients(zip(grads, vs))  # noqa: E731
+        state = lambda: vs + list(opt.variables())  # noqa: E731
+    step(_good_grads(vs))  # builds the slots and moves every state off its initial value
+    before = _snapshot(state())
+    bad_grads = _bad_grads(vs, bad)
+    run = tf.function(lambda: step(bad_grads)) if use_function else (lambda: step(bad_grads))
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        run()
+    after = _snapshot(state())
+    assert len(after) == len(before)
+    for i, (a, b) in enumerate(zip(after, before)):
+        assert a == b, f"{state()[i].name} changed by a failed step ({bad})"
+    step(_good_grads(vs))  # and the optimizer still works
+    assert _snapshot(state())[0] != before[0]
+
+
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("name", ["Adam", "Nadam"])
+def test_keras_failed_step_changes_nothing(name, bad, use_function):
+    _check("keras", name, bad, use_function)
+
+
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("bad", BAD)
+@pytest.mark.parametrize("name", ["Adam", "Nadam"])
+def test_legacy_failed_step_changes_nothing(name, bad, use_function):
+    _check("legacy", name, bad, use_function)
+
+
+def test_dense_steps_add_no_check_ops():
+    """Known shapes are checked while tracing: a dense step's graph holds no
+    assertion (the check costs nothing at run time)."""
+    vs = [tf.Variable(tf.ones((100,))), tf.Variable(tf.ones((3, 4)))]
+    opt = fk.Adam(learning_rate=0.01)
+    opt.build(vs)
+    fn = tf.function(lambda: opt.apply([tf.ones((100,)), tf.ones((3, 4))], vs))
+    graph = fn.get_concrete_function().graph
+    assert not [op for op in graph.get_operations() if op.type == "Assert"]
