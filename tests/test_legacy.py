@@ -194,7 +194,7 @@ def test_new_optimizers_against_float64_reference(rng, name, hp):
 
 
 @pytest.mark.parametrize("name", ["AdamW", "Lion", "Lamb", "Adam", "RMSprop"])
-def test_jit_compile_uses_the_unfused_form_with_the_same_numbers(rng, name):
+def test_jit_compile_runs_fused_with_the_same_numbers(rng, name):
     init, grads = _data(rng, np.float32, steps=6)
     if name == "Lion":
         grads = [[g + np.sign(g) * 0.5 for g in gs] for gs in grads]
@@ -206,7 +206,8 @@ def test_jit_compile_uses_the_unfused_form_with_the_same_numbers(rng, name):
     b = _train(getattr(fl, name)(), init, grads, jit=False)
     for x, y in zip(a, b):
         assert_close(x.numpy(), y.numpy(), "float32", cond=50)
-    assert sum("inside XLA compilation" in str(w.message) for w in caught) == 1
+    # On the CPU the fused op lowers into XLA (tests/test_xla.py): no fallback.
+    assert not [w for w in caught if "XLA compilation" in str(w.message)]
 
 
 def _count_ops(opt, variables, grads, op_type):

@@ -1,6 +1,7 @@
 // The TensorFlow-free C ABI (fusedopt_native.h): validation, planning
 // (cc/core), and the run on the CPU loops or the CUDA launchers.
 #include "cc/native/fusedopt_native.h"
+#include "cc/native/api_internal.h"
 
 #include <algorithm>
 #include <atomic>
@@ -365,7 +366,8 @@ Status CudaUnavailableStatus() {
 #endif
 }
 
-Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped) {
+Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
+             const ParallelFor* cpu_pool = nullptr) {
   if (skipped != nullptr) *skipped = 0;
   Plan plan;
   GradOptions options;
@@ -380,7 +382,7 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped)
   std::vector<double> sum_sq(ops.n, 0.0);
   bool nonfinite = false;
   if (call->device == FUSEDOPT_DEVICE_CPU) {
-    const ParallelFor pfor = ThreadsFor(call->num_threads);
+    const ParallelFor pfor = cpu_pool != nullptr ? *cpu_pool : ThreadsFor(call->num_threads);
     if (options.NeedsStats()) GradStatsCpu(pfor, ops, call->dtype, eb, &sum_sq, &nonfinite);
     ops.xforms = MakeXforms(options, sum_sq);
     ops.transform = options.Transforms();
@@ -553,6 +555,18 @@ Status GradStats(int dtype, int device, void* stream, int num_threads, int n,
 }
 
 }  // namespace
+
+int ApplyCpu(const fusedopt_call* call, const fusedopt_tensors* t, const ParallelFor& pfor,
+             int* skipped, std::string* err) {
+  if (call != nullptr && call->device != FUSEDOPT_DEVICE_CPU) {
+    *err = "ApplyCpu runs CPU calls only";
+    return FUSEDOPT_INVALID_ARGUMENT;
+  }
+  const Status s = Apply(call, t, skipped, &pfor);
+  *err = s.msg;
+  return s.code;
+}
+
 }  // namespace native
 }  // namespace fusedopt
 

@@ -1,0 +1,171 @@
+// Note [XLA lowering]: inside XLA compilation (jit_compile=True; Keras'
+// default on one GPU) an op needs an XlaOpKernel, not an OpKernel. The dense
+// fused ops lower to one typed-FFI custom call, "fusedopt_apply", per op:
+//   * every variable and slot is read (ReadVariableInput) and passed as an
+//     operand whose result aliases it (output_operand_aliasing), so XLA hands
+//     the handler the variable's own buffer and the update runs in place (no
+//     copy in the optimized HLO: tests/test_xla.py checks it);
+//   * gradients and scalars (hyperparameters, step, gradient options) are
+//     operands, so a schedule never recompiles; the op's attributes travel as
+//     the custom call's FFI attributes;
+//   * the results are assigned back to the variables (AssignVariable) and
+//     `skipped` is the op's output.
+// The handler (cc/xla/ffi_handler.cc, platform "Host") runs the same
+// validation, plan and per-ISA loops as the op kernels, on XLA's intra-op
+// thread pool. The kernels are registered with REGISTER_KERNEL_BUILDER on
+// the XLA JIT device (REGISTER_XLA_OP misses a registry XLA initialised
+// before the library loaded). CPU only for now: the GPU handler comes with the
+// device-resident scalars of the CUDA work, and the sparse ops keep
+// fusedopt.keras' fallback to Keras' own ops under XLA.
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "cc/core/plan.h"
+#include "tensorflow/compiler/tf2xla/shape_util.h"
+#include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
+#include "tensorflow/compiler/tf2xla/xla_op_registry.h"
+#include "xla/hlo/builder/xla_builder.h"
+#include "xla/shape_util.h"
+
+namespace fusedopt {
+namespace tf {
+namespace {
+
+using tensorflow::XlaOpKernel;
+using tensorflow::XlaOpKernelContext;
+
+template <Rule R>
+class FusedApplyXlaOp : public XlaOpKernel {
+ public:
+  explicit FusedApplyXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("T", &dtype_));
+    OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
+    OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
+    OP_REQUIRES_OK(c, c->GetAttr("grappler_constant_folding", &constant_folding_));
+    if constexpr (R == Rule::kSgd) OP_REQUIRES_OK(c, c->GetAttr("nesterov", &nesterov_));
+    if constexpr (R == Rule::kRmsprop || R == Rule::kAdagrad) {
+      OP_REQUIRES_OK(c, c->GetAttr("epsilon_outside_sqrt", &epsilon_outside_sqrt_));
+    }
+    if constexpr (R == Rule::kNadam) {
+      float d = 1.0f;
+      OP_REQUIRES_OK(c, c->GetAttr("schedule_decay", &d));
+      schedule_decay_ = d;
+    }
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompile(ctx)); }
+
+ private:
+  absl::Status DoCompile(XlaOpKernelContext* ctx) {
+    const RuleInfo& info = InfoOf(R);
+    xla::XlaBuilder* b = ctx->builder();
+    int vstart = 0, vstop = 0;
+    TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange("vars", &vstart, &vstop));
+    const int n = vstop - vstart;
+    // The written operands: variables, then each given slot list.
+    std::vector<int> written_inputs;  // op input index of each written operand
+    for (int i = 0; i < n; ++i) written_inputs.push_back(vstart + i);
+    int slot_mask = 0;
+    for (int k = 0; k < info.num_slots; ++k) {
+      int start = 0, stop = 0;
+      TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange(info.slots[k].name, &start, &stop));
+      if (stop == start) {
+        if (!info.slots[k].optional) {
+          return absl::InvalidArgumentError(absl::StrCat(info.slots[k].name, " is empty"));
+        }
+        continue;
+      }
+      if (stop - start != n) {
+        return absl::InvalidArgumentError(absl::StrCat(info.slots[k].name, " has ", stop - start,
+                                                       " entries but there are ", n,
+                                                       " variables"));
+      }
+      slot_mask |= 1 << k;
+      for (int i = start; i < stop; ++i) written_inputs.push_back(i);
+    }
+    std::vector<xla::XlaOp> grads;
+    std::vector<tensorflow::TensorShape> grad_shapes;
+    TF_RETURN_IF_ERROR(ctx->InputList("grads", &grads, &grad_shapes));
+    if (static_cast<int>(grads.size()) != n) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("got ", n, " variables but ", grads.size(), " gradients"));
+    }
+    std::vector<xla::XlaOp> operands;
+    std::vector<xla::Shape> result_shapes;
+    for (size_t j = 0; j < written_inputs.size(); ++j) {
+      tensorflow::TensorShape shape;
+      xla::XlaOp value;
+      TF_RETURN_IF_ERROR(ctx->ReadVariableInput(written_inputs[j], dtype_, &shape, &value));
+      const tensorflow::TensorShape& want = grad_shapes[j % n];
+      if (shape != want) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "grads[", j % n, "] has shape ", want.DebugString(), " but variable/slot input ",
+            written_inputs[j], " has shape ", shape.DebugString(), "; nothing was updated"));
+      }
+      xla::Shape xs;
+      TF_RETURN_IF_ERROR(tensorflow::TensorShapeToXLAShape(dtype_, shape, &xs));
+      operands.push_back(value);
+      result_shapes.push_back(xs);
+    }
+    for (const xla::XlaOp& g : grads) operands.push_back(g);
+    for (int k = 0; k < info.num_scalars; ++k) operands.push_back(ctx->Input(info.scalars[k]));
+    operands.push_back(info.has_step ? ctx->Input("step") : xla::ConstantR0<int64_t>(b, 0));
+    for (const char* name : {"grad_scale", "clip_value", "clip_norm", "global_clip_norm"}) {
+      operands.push_back(ctx->Input(name));
+    }
+    result_shapes.push_back(xla::ShapeUtil::MakeShape(xla::PRED, {}));
+    std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>> aliasing;
+    for (size_t j = 0; j < written_inputs.size(); ++j) {
+      aliasing.push_back({xla::ShapeIndex({static_cast<int64_t>(j)}),
+                          {static_cast<int64_t>(j), xla::ShapeIndex({})}});
+    }
+    const std::string attrs = absl::StrCat(
+        "{rule = ", static_cast<int>(R), " : i32, n = ", n, " : i32, slot_mask = ", slot_mask,
+        " : i32, nesterov = ", nesterov_ ? 1 : 0,
+        " : i32, epsilon_outside_sqrt = ", epsilon_outside_sqrt_ ? 1 : 0,
+        " : i32, schedule_decay = ", absl::StrFormat("%.17e", schedule_decay_),
+        " : f64, grappler_form = ", grappler_form_ ? 1 : 0,
+        " : i32, constant_folding = ", constant_folding_ ? 1 : 0,
+        " : i32, skip_nonfinite = ", skip_nonfinite_ ? 1 : 0, " : i32}");
+    xla::XlaOp call = xla::CustomCall(
+        b, "fusedopt_apply", operands, xla::ShapeUtil::MakeTupleShape(result_shapes), attrs,
+        /*has_side_effect=*/false, aliasing, /*literal=*/nullptr,
+        xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+    for (size_t j = 0; j < written_inputs.size(); ++j) {
+      TF_RETURN_IF_ERROR(ctx->AssignVariable(written_inputs[j], dtype_,
+                                             xla::GetTupleElement(call, static_cast<int64_t>(j))));
+    }
+    ctx->SetOutput(0, xla::GetTupleElement(call, static_cast<int64_t>(written_inputs.size())));
+    return absl::OkStatus();
+  }
+
+  tensorflow::DataType dtype_ = tensorflow::DT_FLOAT;
+  bool skip_nonfinite_ = false;
+  bool grappler_form_ = false;
+  bool constant_folding_ = false;
+  bool nesterov_ = false;
+  bool epsilon_outside_sqrt_ = false;
+  double schedule_decay_ = 1.0;
+};
+
+#define FUSEDOPT_REGISTER_XLA(OP, RULE)                                                   \
+  REGISTER_KERNEL_BUILDER(Name("Fusedopt>" OP).Device(tensorflow::DEVICE_CPU_XLA_JIT),   \
+                          FusedApplyXlaOp<RULE>);
+
+FUSEDOPT_REGISTER_XLA("ApplySGD", Rule::kSgd)
+FUSEDOPT_REGISTER_XLA("ApplyAdam", Rule::kAdam)
+FUSEDOPT_REGISTER_XLA("ApplyNadam", Rule::kNadam)
+FUSEDOPT_REGISTER_XLA("ApplyAdamax", Rule::kAdamax)
+FUSEDOPT_REGISTER_XLA("ApplyRmsprop", Rule::kRmsprop)
+FUSEDOPT_REGISTER_XLA("ApplyAdagrad", Rule::kAdagrad)
+FUSEDOPT_REGISTER_XLA("ApplyAdadelta", Rule::kAdadelta)
+FUSEDOPT_REGISTER_XLA("ApplyFtrl", Rule::kFtrl)
+FUSEDOPT_REGISTER_XLA("ApplyLion", Rule::kLion)
+FUSEDOPT_REGISTER_XLA("ApplyLamb", Rule::kLamb)
+FUSEDOPT_REGISTER_XLA("ApplyScheduleFreeAdamW", Rule::kScheduleFree)
+
+}  // namespace
+}  // namespace tf
+}  // namespace fusedopt

@@ -1,0 +1,244 @@
+// The XLA custom-call handler of the fused ops (Note [XLA lowering] in
+// cc/tf/xla_ops.cc): a typed-FFI handler for the "Host" platform that runs a
+// dense fused update in place on the buffers XLA hands it, through the same
+// validation, plan and per-ISA loops as the op kernels (cc/native, cc/core).
+// Only XLA's FFI API header is included here, no TensorFlow header.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cc/core/plan.h"
+#include "cc/native/api_internal.h"
+#include "xla/ffi/api/ffi.h"
+
+// The process's FFI API (libtensorflow_framework exports it; its header,
+// xla/ffi/ffi_api.h, pulls in XLA's internals).
+namespace xla::ffi {
+const XLA_FFI_Api* GetXlaFfiApi();
+}  // namespace xla::ffi
+
+namespace fusedopt {
+namespace xla_ffi {
+namespace {
+
+namespace ffi = ::xla::ffi;
+
+// Runs chunks on XLA's intra-op thread pool and on the calling thread. The
+// caller returns once every chunk is done; a task the pool starts later
+// finds no chunk left and touches only the shared counters it co-owns.
+ParallelFor PoolFor(ffi::ThreadPool* pool) {
+  return [pool](const std::vector<cpu::Chunk>& chunks, int,
+                const std::function<void(const cpu::Chunk&)>& work) {
+    struct Shared {
+      std::atomic<size_t> next{0};
+      size_t total = 0;
+      std::mutex mu;
+      std::condition_variable cv;
+      size_t done = 0;
+      const std::vector<cpu::Chunk>* chunks = nullptr;
+      const std::function<void(const cpu::Chunk&)>* work = nullptr;
+    };
+    auto shared = std::make_shared<Shared>();
+    shared->total = chunks.size();
+    shared->chunks = &chunks;
+    shared->work = &work;
+    auto run = [](const std::shared_ptr<Shared>& s) {
+      size_t mine = 0;
+      for (size_t k = s->next++; k < s->total; k = s->next++) {
+        (*s->work)((*s->chunks)[k]);
+        ++mine;
+      }
+      if (mine > 0) {
+        std::lock_guard<std::mutex> lock(s->mu);
+        s->done += mine;
+        if (s->done == s->total) s->cv.notify_all();
+      }
+    };
+    const int64_t threads = std::max<int64_t>(1, pool->num_threads());
+    const size_t helpers = std::min<size_t>(static_cast<size_t>(threads), chunks.size()) - 1;
+    for (size_t h = 0; h + 1 < chunks.size() && h < helpers; ++h) {
+      pool->Schedule([shared, run] { run(shared); });
+    }
+    run(shared);
+    std::unique_lock<std::mutex> lock(shared->mu);
+    shared->cv.wait(lock, [&] { return shared->done == shared->total; });
+  };
+}
+
+int DTypeCode(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F16:
+      return 0;
+    case ffi::DataType::BF16:
+      return 1;
+    case ffi::DataType::F32:
+      return 2;
+    case ffi::DataType::F64:
+      return 3;
+    default:
+      return -1;
+  }
+}
+
+// Operands: vars [n], given slot lists [k * n] (slot-major), grads [n], the
+// rule's scalars (f64), step (s64), grad_scale, clip_value, clip_norm,
+// global_clip_norm (f64). Results: vars [n], slots [k * n], skipped (pred);
+// each var and slot result aliases its operand.
+ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                          int32_t rule, int32_t n, int32_t slot_mask, int32_t nesterov,
+                          int32_t epsilon_outside_sqrt, double schedule_decay,
+                          int32_t grappler_form, int32_t constant_folding,
+                          int32_t skip_nonfinite) {
+  if (rule < 0 || rule >= kNumRules || n < 0) {
+    return ffi::Error::InvalidArgument("fusedopt: bad custom-call attributes");
+  }
+  const RuleInfo& info = InfoOf(static_cast<Rule>(rule));
+  std::vector<int> given;
+  for (int k = 0; k < info.num_slots; ++k) {
+    if (slot_mask & (1 << k)) given.push_back(k);
+  }
+  const int k_given = static_cast<int>(given.size());
+  const size_t written = static_cast<size_t>(n) * (1 + k_given);
+  const size_t want_args = written + n + info.num_scalars + 5;
+  if (args.size() != want_args || rets.size() != written + 1) {
+    return ffi::Error::InvalidArgument("fusedopt: the custom call has " +
+                                       std::to_string(args.size()) + " operands and " +
+                                       std::to_string(rets.size()) + " results, expected " +
+                                       std::to_string(want_args) + " and " +
+                                       std::to_string(written + 1));
+  }
+  // Written buffers: the results (aliased with the operands; if XLA gave a
+  // result its own buffer, it starts as a copy of the operand).
+  std::vector<void*> out(written);
+  int dtype = -1;
+  std::vector<int64_t> sizes(n);
+  std::vector<unsigned char> rank0(n);
+  for (size_t j = 0; j < written; ++j) {
+    auto in = args.get<ffi::AnyBuffer>(j);
+    auto res = rets.get<ffi::AnyBuffer>(j);
+    if (!in.has_value() || !res.has_value()) {
+      return ffi::Error::Internal("fusedopt: cannot decode a custom-call buffer");
+    }
+    ffi::AnyBuffer ib = *in;
+    ffi::AnyBuffer ob = **res;
+    const int code = DTypeCode(ib.element_type());
+    if (code < 0 || (dtype >= 0 && code != dtype)) {
+      return ffi::Error::InvalidArgument("fusedopt: unsupported or mixed element types");
+    }
+    dtype = code;
+    if (ob.untyped_data() != ib.untyped_data() && ib.size_bytes() > 0) {
+      std::memcpy(ob.untyped_data(), ib.untyped_data(), ib.size_bytes());
+    }
+    out[j] = ob.untyped_data();
+    if (j < static_cast<size_t>(n)) {
+      sizes[j] = static_cast<int64_t>(ib.element_count());
+      rank0[j] = ib.dimensions().size() == 0 ? 1 : 0;
+    }
+  }
+  std::vector<const void*> grads(n);
+  for (int i = 0; i < n; ++i) {
+    auto g = args.get<ffi::AnyBuffer>(written + i);
+    if (!g.has_value()) return ffi::Error::Internal("fusedopt: cannot decode a gradient");
+    grads[i] = g->untyped_data();
+  }
+  auto scalar = [&](size_t j, double* v) -> bool {
+    auto b = args.get<ffi::AnyBuffer>(j);
+    if (!b.has_value() || b->element_count() != 1) return false;
+    switch (b->element_type()) {
+      case ffi::DataType::F64:
+        *v = *static_cast<const double*>(b->untyped_data());
+        return true;
+      case ffi::DataType::F32:
+        *v = *static_cast<const float*>(b->untyped_data());
+        return true;
+      case ffi::DataType::S64:
+        *v = static_cast<double>(*static_cast<const int64_t*>(b->untyped_data()));
+        return true;
+      default:
+        return false;
+    }
+  };
+  size_t at = written + n;
+  std::vector<double> scalars(info.num_scalars);
+  for (int k = 0; k < info.num_scalars; ++k) {
+    if (!scalar(at++, &scalars[k])) return ffi::Error::InvalidArgument("fusedopt: bad scalar");
+  }
+  auto step_buf = args.get<ffi::AnyBuffer>(at++);
+  if (!step_buf.has_value() || step_buf->element_type() != ffi::DataType::S64) {
+    return ffi::Error::InvalidArgument("fusedopt: the step must be an int64 scalar");
+  }
+  const int64_t step = *static_cast<const int64_t*>(step_buf->untyped_data());
+  double options[4];
+  for (double& o : options) {
+    if (!scalar(at++, &o)) return ffi::Error::InvalidArgument("fusedopt: bad gradient option");
+  }
+
+  fusedopt_call call;
+  fusedopt_call_init(&call);
+  call.rule = rule;
+  call.dtype = dtype < 0 ? 2 : dtype;
+  call.device = FUSEDOPT_DEVICE_CPU;
+  call.scalars = scalars.data();
+  call.num_scalars = info.num_scalars;
+  call.step = step;
+  call.nesterov = nesterov;
+  call.epsilon_outside_sqrt = epsilon_outside_sqrt;
+  call.schedule_decay = schedule_decay;
+  call.grappler_form = grappler_form;
+  call.constant_folding = constant_folding;
+  call.grad_scale = options[0];
+  call.clip_value = options[1];
+  call.clip_norm = options[2];
+  call.global_clip_norm = options[3];
+  call.skip_nonfinite = skip_nonfinite;
+
+  std::vector<void*> vars(out.begin(), out.begin() + n);
+  std::vector<void*> slot_ptrs(static_cast<size_t>(kMaxSlots) * n, nullptr);
+  fusedopt_tensors t;
+  std::memset(&t, 0, sizeof(t));
+  for (int j = 0; j < k_given; ++j) {
+    t.slot_given[given[j]] = 1;
+    for (int i = 0; i < n; ++i) slot_ptrs[kMaxSlots * i + given[j]] = out[n + j * n + i];
+  }
+  t.n = n;
+  t.vars = vars.data();
+  t.slots = slot_ptrs.data();
+  t.grads = grads.data();
+  t.sizes = sizes.data();
+  t.rank0 = rank0.data();
+  int skipped = 0;
+  std::string err;
+  const int code = native::ApplyCpu(&call, &t, PoolFor(&pool), &skipped, &err);
+  if (code != FUSEDOPT_OK) return ffi::Error::InvalidArgument(err);
+  auto flag = rets.get<ffi::AnyBuffer>(written);
+  if (!flag.has_value()) return ffi::Error::Internal("fusedopt: cannot decode 'skipped'");
+  *static_cast<bool*>((**flag).untyped_data()) = skipped != 0;
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER(kFusedApplyHost, FusedApplyHost,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::ThreadPool>()
+                           .RemainingArgs()
+                           .RemainingRets()
+                           .Attr<int32_t>("rule")
+                           .Attr<int32_t>("n")
+                           .Attr<int32_t>("slot_mask")
+                           .Attr<int32_t>("nesterov")
+                           .Attr<int32_t>("epsilon_outside_sqrt")
+                           .Attr<double>("schedule_decay")
+                           .Attr<int32_t>("grappler_form")
+                           .Attr<int32_t>("constant_folding")
+                           .Attr<int32_t>("skip_nonfinite"));
+
+XLA_FFI_REGISTER_HANDLER(ffi::GetXlaFfiApi(), "fusedopt_apply", "Host", kFusedApplyHost);
+
+}  // namespace xla_ffi
+}  // namespace fusedopt
