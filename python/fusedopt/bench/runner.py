@@ -115,6 +115,8 @@ class Case:
             self._add_raw()
         self._add_keras("keras", algo.keras_cls, jit=False)
         if xla:
+            # The fused op lowered into the compiled step (Note [XLA lowering]).
+            self._add_keras("fusedopt+XLA", algo.fused_cls, jit=True)
             self._add_keras("keras+XLA", algo.keras_cls, jit=True)
         if inject_wrong:
             self._add_wrong()
@@ -482,7 +484,7 @@ def _fit_checks(losses: dict[str, list[float]]) -> dict[str, str]:
         diff = _max_rel_diff(curve, ref)
         if name == "keras":
             checks[name] = "ok (reference)"
-        elif name == "keras+XLA":
+        elif name in ("keras+XLA", "fusedopt+XLA"):
             checks[name] = (f"ok (max rel diff {diff:.1e}: XLA's arithmetic)"
                             if diff <= _XLA_CHECK_RTOL else
                             f"WRONG: loss curve differs from Keras' by {diff:.1e} (rel)")
@@ -497,16 +499,19 @@ def _fit_checks(losses: dict[str, list[float]]) -> dict[str, str]:
 
 
 def run_fit(args, rows: list[Row]) -> None:
-    """model.fit step time, Adam: fusedopt, Keras and Keras with jit_compile,
-    one model each, trained one epoch at a time in --repeats interleaved rounds
-    after --warmup epochs. The check compares each loss curve with Keras'
-    (after the run): fusedopt's must be identical (the fused Adam gives Keras'
-    numbers bit for bit), or at most within the tolerance measured from Keras
-    vs Keras + XLA (10x its largest relative difference, at least 1e-7),
-    which the check states; a wrong update is far off."""
+    """model.fit step time, Adam: fusedopt and Keras, each without and with
+    jit_compile, one model each, trained one epoch at a time in --repeats
+    interleaved rounds after --warmup epochs. The check compares each loss
+    curve with Keras' (after the run): fusedopt's must be identical (the fused
+    Adam gives Keras' numbers bit for bit), or at most within the tolerance
+    measured from Keras vs Keras + XLA (10x its largest relative difference,
+    at least 1e-7), which the check states; the two XLA contenders (whose
+    forward and backward passes XLA compiles) within _XLA_CHECK_RTOL of Keras';
+    a wrong update is far off."""
     fused, builtin = ALGORITHMS["adam"].fused_cls, ALGORITHMS["adam"].keras_cls
     contenders = [("fusedopt", lambda: fused(1e-3), False), ("keras", lambda: builtin(1e-3), False)]
     if args.xla:
+        contenders.append(("fusedopt+XLA", lambda: fused(1e-3), True))
         contenders.append(("keras+XLA", lambda: builtin(1e-3), True))
     if args.inject_wrong:  # twice the learning rate: the check must catch it
         contenders.append(("injected-wrong", lambda: fused(2e-3), False))
