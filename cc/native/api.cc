@@ -153,33 +153,40 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
   if (n > 0 && !given.empty() && t->slots == nullptr) return Invalid("slots must not be NULL");
   ops->n = n;
   ops->num_slots = static_cast<int>(given.size());
+  // Buffers by (tensor, role); names are built only for an error message.
   struct Range {
     uintptr_t begin, end;
-    bool written;
-    std::string what;
+    int tensor;
+    int role;  // -2 variable, -1 gradient, k >= 0 slot list k
+    bool written() const { return role != -1; }
+  };
+  auto name = [&](const Range& r) {
+    const std::string t = "tensor " + std::to_string(r.tensor);
+    if (r.role == -2) return "the variable of " + t;
+    if (r.role == -1) return "the gradient of " + t;
+    return std::string("slot '") + info.slots[r.role].name + "' of " + t;
   };
   std::vector<Range> ranges;
-  auto check = [&](const void* p, int64_t elements, bool written, const std::string& what) {
+  ranges.reserve(static_cast<size_t>(n) * (2 + given.size()));
+  auto check = [&](const void* p, int64_t elements, int tensor, int role) {
     if (elements == 0) return Status{};
-    if (p == nullptr) return Invalid(what + " is NULL");
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    if (a % eb != 0) {
-      return Invalid(what + " is not aligned to its " + std::to_string(eb) + "-byte elements");
+    const Range r{reinterpret_cast<uintptr_t>(p), 0, tensor, role};
+    if (p == nullptr) return Invalid(name(r) + " is NULL");
+    if (r.begin % eb != 0) {
+      return Invalid(name(r) + " is not aligned to its " + std::to_string(eb) + "-byte elements");
     }
-    ranges.push_back(Range{a, a + static_cast<uintptr_t>(elements) * eb, written, what});
+    ranges.push_back(Range{r.begin, r.begin + static_cast<uintptr_t>(elements) * eb, tensor, role});
     return Status{};
   };
   for (int i = 0; i < n; ++i) {
-    const std::string label = "tensor " + std::to_string(i);
     if (t->sizes[i] < 0) return Invalid("sizes[" + std::to_string(i) + "] is negative");
     void* var = t->vars[i];
-    RETURN_IF_ERROR(check(var, t->sizes[i], true, "the variable of " + label));
-    RETURN_IF_ERROR(check(t->grads[i], grad_elements[i], false, "the gradient of " + label));
+    RETURN_IF_ERROR(check(var, t->sizes[i], i, -2));
+    RETURN_IF_ERROR(check(t->grads[i], grad_elements[i], i, -1));
     std::array<void*, kMaxSlots> s{};
     for (size_t j = 0; j < given.size(); ++j) {
       s[j] = t->slots[kMaxSlots * i + given[j]];
-      RETURN_IF_ERROR(check(s[j], t->sizes[i], true,
-                            std::string("slot '") + info.slots[given[j]].name + "' of " + label));
+      RETURN_IF_ERROR(check(s[j], t->sizes[i], i, given[j]));
     }
     ops->vars.push_back(var);
     ops->slots.push_back(s);
@@ -189,20 +196,20 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
   std::sort(ranges.begin(), ranges.end(),
             [](const Range& a, const Range& b) { return a.begin < b.begin; });
   // Any overlap involving a written buffer is an error (reads may share).
-  uintptr_t written_end = 0;
+  uintptr_t written_end = 0, any_end = 0;
   const Range* last_written = nullptr;
-  uintptr_t any_end = 0;
   const Range* last_any = nullptr;
   for (const Range& r : ranges) {
-    if (last_written != nullptr && r.begin < written_end) {
-      return Invalid(r.what + " overlaps " + last_written->what +
+    const Range* clash = nullptr;
+    if (last_written != nullptr && r.begin < written_end) clash = last_written;
+    if (clash == nullptr && r.written() && last_any != nullptr && r.begin < any_end) {
+      clash = last_any;
+    }
+    if (clash != nullptr) {
+      return Invalid(name(r) + " overlaps " + name(*clash) +
                      "; every variable and slot must be its own memory");
     }
-    if (r.written && last_any != nullptr && r.begin < any_end) {
-      return Invalid(r.what + " overlaps " + last_any->what +
-                     "; every variable and slot must be its own memory");
-    }
-    if (r.written && r.end > written_end) {
+    if (r.written() && r.end > written_end) {
       written_end = r.end;
       last_written = &r;
     }
@@ -236,23 +243,23 @@ Status CudaUsable() {
 // the current device for the launches.
 Status CudaDeviceOf(const Operands& ops, int* device) {
   *device = -1;
-  auto visit = [&](const void* p, const std::string& what) {
+  auto visit = [&](const void* p, int i, const char* what) {
     if (p == nullptr) return Status{};
     const int d = fusedopt_cuda_pointer_device(p);
-    if (d < 0) return Invalid(what + " is not CUDA device memory");
-    if (*device >= 0 && d != *device) {
-      return Invalid(what + " is on device " + std::to_string(d) + ", others on device " +
-                     std::to_string(*device));
+    if (d >= 0 && (*device < 0 || d == *device)) {
+      *device = d;
+      return Status{};
     }
-    *device = d;
-    return Status{};
+    const std::string label = std::string(what) + " of tensor " + std::to_string(i);
+    if (d < 0) return Invalid(label + " is not CUDA device memory");
+    return Invalid(label + " is on device " + std::to_string(d) + ", others on device " +
+                   std::to_string(*device));
   };
   for (int i = 0; i < ops.n; ++i) {
     if (ops.sizes[i] == 0) continue;
-    const std::string label = "tensor " + std::to_string(i);
-    RETURN_IF_ERROR(visit(ops.vars[i], "the variable of " + label));
-    RETURN_IF_ERROR(visit(ops.grads[i], "the gradient of " + label));
-    for (int k = 0; k < ops.num_slots; ++k) RETURN_IF_ERROR(visit(ops.slots[i][k], "a slot of " + label));
+    RETURN_IF_ERROR(visit(ops.vars[i], i, "the variable"));
+    RETURN_IF_ERROR(visit(ops.grads[i], i, "the gradient"));
+    for (int k = 0; k < ops.num_slots; ++k) RETURN_IF_ERROR(visit(ops.slots[i][k], i, "a slot"));
   }
   if (*device >= 0) RETURN_IF_ERROR(CudaError(fusedopt_cuda_set_device(*device), "cudaSetDevice"));
   return Status{};

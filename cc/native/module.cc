@@ -64,6 +64,15 @@ struct Buf {
 
 [[noreturn]] void Fail(const std::string& msg) { throw py::value_error(msg); }
 
+// Names an argument ("grads[3]") for error messages; the string is built only
+// when there is an error (the per-array cost matters for calls over hundreds
+// of arrays).
+struct Label {
+  const char* list;
+  int index;
+  std::string str() const { return std::string(list) + "[" + std::to_string(index) + "]"; }
+};
+
 std::string ShapeStr(const std::vector<int64_t>& s) {
   std::string r = "(";
   for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -72,6 +81,9 @@ std::string ShapeStr(const std::vector<int64_t>& s) {
 
 bool Contiguous(const std::vector<int64_t>& shape, const int64_t* strides_elems) {
   if (strides_elems == nullptr) return true;
+  for (int64_t d : shape) {
+    if (d == 0) return true;  // no element: any strides (NumPy 2 gives 0)
+  }
   int64_t expect = 1;
   for (int d = static_cast<int>(shape.size()) - 1; d >= 0; --d) {
     if (shape[d] != 1 && strides_elems[d] != expect) return false;
@@ -80,27 +92,29 @@ bool Contiguous(const std::vector<int64_t>& shape, const int64_t* strides_elems)
   return true;
 }
 
-Buf FromNumpy(const py::array& a, const std::string& what, bool writable) {
+Buf FromNumpy(const py::array& a, const Label& what, bool writable) {
   Buf b;
   const py::dtype dt = a.dtype();
-  const std::string name = py::str(dt.attr("name"));
-  if (dt.kind() == 'f' && dt.itemsize() == 2) b.dtype = 0;
-  else if (name == "bfloat16" && dt.itemsize() == 2) b.dtype = 1;
-  else if (dt.kind() == 'f' && dt.itemsize() == 4) b.dtype = 2;
-  else if (dt.kind() == 'f' && dt.itemsize() == 8) b.dtype = 3;
-  else Fail(what + " has dtype " + name + "; use float16, bfloat16, float32 or float64");
+  const char kind = dt.kind();
+  const auto itemsize = dt.itemsize();
+  if (kind == 'f' && itemsize == 2) b.dtype = 0;
+  else if (kind == 'f' && itemsize == 4) b.dtype = 2;
+  else if (kind == 'f' && itemsize == 8) b.dtype = 3;
+  else if (itemsize == 2 && std::string(py::str(dt.attr("name"))) == "bfloat16") b.dtype = 1;
+  else Fail(what.str() + " has dtype " + std::string(py::str(dt.attr("name"))) +
+            "; use float16, bfloat16, float32 or float64");
   if (!(a.flags() & py::array::c_style)) {
-    Fail(what + " is not C-contiguous; pass a contiguous array (numpy.ascontiguousarray "
+    Fail(what.str() + " is not C-contiguous; pass a contiguous array (numpy.ascontiguousarray "
                 "copies, and the update would not reach the original)");
   }
-  if (writable && !a.writeable()) Fail(what + " is read-only");
+  if (writable && !a.writeable()) Fail(what.str() + " is read-only");
   for (py::ssize_t d = 0; d < a.ndim(); ++d) b.shape.push_back(a.shape(d));
   b.ptr = const_cast<void*>(a.data());
   b.keep = a;
   return b;
 }
 
-Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const std::string& what,
+Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const Label& what,
                            bool writable) {
   Buf b;
   b.device = FUSEDOPT_DEVICE_CUDA;
@@ -108,29 +122,29 @@ Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const std
   if (typestr == "<f2") b.dtype = 0;
   else if (typestr == "<f4") b.dtype = 2;
   else if (typestr == "<f8") b.dtype = 3;
-  else Fail(what + " has element type " + typestr + "; use float16, bfloat16, float32 or float64");
+  else Fail(what.str() + " has element type " + typestr + "; use float16, bfloat16, float32 or float64");
   for (auto d : py::tuple(cai["shape"])) b.shape.push_back(d.cast<int64_t>());
   const py::tuple data = cai["data"];
   b.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
-  if (writable && data[1].cast<bool>()) Fail(what + " is read-only");
+  if (writable && data[1].cast<bool>()) Fail(what.str() + " is read-only");
   if (cai.contains("strides") && !cai["strides"].is_none()) {
     std::vector<int64_t> strides;
     const int64_t item = b.dtype == 3 ? 8 : (b.dtype == 2 ? 4 : 2);
     for (auto s : py::tuple(cai["strides"])) {
       const int64_t bytes = s.cast<int64_t>();
-      if (bytes % item != 0) Fail(what + " has strides that are not whole elements");
+      if (bytes % item != 0) Fail(what.str() + " has strides that are not whole elements");
       strides.push_back(bytes / item);
     }
-    if (!Contiguous(b.shape, strides.data())) Fail(what + " is not C-contiguous");
+    if (!Contiguous(b.shape, strides.data())) Fail(what.str() + " is not C-contiguous");
   }
   b.keep = obj;
   return b;
 }
 
-Buf FromDlpack(const py::object& obj, const std::string& what) {
+Buf FromDlpack(const py::object& obj, const Label& what) {
   py::object capsule = obj.attr("__dlpack__")();
   if (!PyCapsule_IsValid(capsule.ptr(), "dltensor")) {
-    Fail(what + ": __dlpack__() did not return a 'dltensor' capsule");
+    Fail(what.str() + ": __dlpack__() did not return a 'dltensor' capsule");
   }
   auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), "dltensor"));
   const DLTensor& t = m->dl_tensor;
@@ -141,24 +155,24 @@ Buf FromDlpack(const py::object& obj, const std::string& what) {
     b.device = FUSEDOPT_DEVICE_CUDA;
     b.device_id = t.device.device_id;
   } else {
-    Fail(what + " lives on DLPack device type " + std::to_string(t.device.device_type) +
+    Fail(what.str() + " lives on DLPack device type " + std::to_string(t.device.device_type) +
          "; fusedopt runs on the CPU and on CUDA devices");
   }
-  if (t.dtype.lanes != 1) Fail(what + " has vector elements");
+  if (t.dtype.lanes != 1) Fail(what.str() + " has vector elements");
   if (t.dtype.code == kDLFloat && t.dtype.bits == 16) b.dtype = 0;
   else if (t.dtype.code == kDLBfloat && t.dtype.bits == 16) b.dtype = 1;
   else if (t.dtype.code == kDLFloat && t.dtype.bits == 32) b.dtype = 2;
   else if (t.dtype.code == kDLFloat && t.dtype.bits == 64) b.dtype = 3;
-  else Fail(what + " has a DLPack dtype (code " + std::to_string(t.dtype.code) + ", " +
+  else Fail(what.str() + " has a DLPack dtype (code " + std::to_string(t.dtype.code) + ", " +
             std::to_string(t.dtype.bits) + " bits) other than float16/bfloat16/float32/float64");
   b.shape.assign(t.shape, t.shape + t.ndim);
-  if (!Contiguous(b.shape, t.strides)) Fail(what + " is not C-contiguous");
+  if (!Contiguous(b.shape, t.strides)) Fail(what.str() + " is not C-contiguous");
   b.ptr = static_cast<char*>(t.data) + t.byte_offset;
   b.keep = capsule;  // its destructor calls the producer's deleter
   return b;
 }
 
-Buf ToBuf(const py::handle& h, const std::string& what, bool writable) {
+Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
   py::object obj = py::reinterpret_borrow<py::object>(h);
   if (py::isinstance<py::array>(obj)) return FromNumpy(obj.cast<py::array>(), what, writable);
   if (py::hasattr(obj, "__cuda_array_interface__")) {
@@ -171,7 +185,7 @@ Buf ToBuf(const py::handle& h, const std::string& what, bool writable) {
     if (!cai.is_none()) return FromCudaArrayInterface(obj, cai.cast<py::dict>(), what, writable);
   }
   if (py::hasattr(obj, "__dlpack__")) return FromDlpack(obj, what);
-  Fail(what + " is a " + std::string(py::str(py::type::of(obj).attr("__name__"))) +
+  Fail(what.str() + " is a " + std::string(py::str(py::type::of(obj).attr("__name__"))) +
        "; pass a NumPy array or a device array with DLPack or __cuda_array_interface__");
 }
 
@@ -272,8 +286,8 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
          " gradients");
   }
   for (int i = 0; i < n; ++i) {
-    p->vars.push_back(ToBuf(vars[i], "vars[" + std::to_string(i) + "]", true));
-    p->grads.push_back(ToBuf(grads[i], (sparse ? "grad_values[" : "grads[") + std::to_string(i) + "]", false));
+    p->vars.push_back(ToBuf(vars[i], Label{"vars", i}, true));
+    p->grads.push_back(ToBuf(grads[i], Label{sparse ? "grad_values" : "grads", i}, false));
   }
   // Slot lists by name.
   const int nslots = fusedopt_rule_num_slots(rule);
@@ -309,36 +323,35 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
     }
     p->tensors.slot_given[k] = 1;
     for (int i = 0; i < n; ++i) {
-      p->slots[k].push_back(ToBuf(list[i], name + "[" + std::to_string(i) + "]", true));
+      p->slots[k].push_back(ToBuf(list[i], Label{fusedopt_rule_slot_name(rule, k), i}, true));
     }
   }
   // One dtype, one device, matching shapes.
   const Buf* first = n > 0 ? &p->vars[0] : nullptr;
-  auto same = [&](const Buf& b, const std::string& what) {
+  auto same = [&](const Buf& b, const Label& what) {
     if (b.dtype != first->dtype) {
-      Fail(what + " is " + kDTypeNames[b.dtype] + " but vars[0] is " + kDTypeNames[first->dtype] +
+      Fail(what.str() + " is " + kDTypeNames[b.dtype] + " but vars[0] is " + kDTypeNames[first->dtype] +
            "; one call takes one dtype");
     }
     if (b.device != first->device ||
         (b.device_id >= 0 && first->device_id >= 0 && b.device_id != first->device_id)) {
-      Fail(what + " is on another device than vars[0]; one call runs on one device");
+      Fail(what.str() + " is on another device than vars[0]; one call runs on one device");
     }
   };
   for (int i = 0; i < n; ++i) {
-    const std::string idx = "[" + std::to_string(i) + "]";
-    same(p->vars[i], "vars" + idx);
-    same(p->grads[i], (sparse ? "grad_values" : "grads") + idx);
+    same(p->vars[i], Label{"vars", i});
+    same(p->grads[i], Label{sparse ? "grad_values" : "grads", i});
     if (!sparse && p->grads[i].shape != p->vars[i].shape) {
-      Fail("grads" + idx + " has shape " + ShapeStr(p->grads[i].shape) + " but vars" + idx +
-           " has shape " + ShapeStr(p->vars[i].shape));
+      Fail(Label{"grads", i}.str() + " has shape " + ShapeStr(p->grads[i].shape) + " but " +
+           Label{"vars", i}.str() + " has shape " + ShapeStr(p->vars[i].shape));
     }
     for (int k = 0; k < nslots; ++k) {
       if (p->slots[k].empty()) continue;
-      const std::string what = std::string(fusedopt_rule_slot_name(rule, k)) + idx;
+      const Label what{fusedopt_rule_slot_name(rule, k), i};
       same(p->slots[k][i], what);
       if (p->slots[k][i].shape != p->vars[i].shape) {
-        Fail(what + " has shape " + ShapeStr(p->slots[k][i].shape) + " but vars" + idx +
-             " has shape " + ShapeStr(p->vars[i].shape));
+        Fail(what.str() + " has shape " + ShapeStr(p->slots[k][i].shape) + " but " +
+             Label{"vars", i}.str() + " has shape " + ShapeStr(p->vars[i].shape));
       }
     }
   }
@@ -435,7 +448,7 @@ py::tuple GradStats(const py::list& grads, uintptr_t stream, int threads) {
   std::vector<const void*> ptrs;
   std::vector<int64_t> sizes;
   for (size_t i = 0; i < grads.size(); ++i) {
-    bufs.push_back(ToBuf(grads[i], "grads[" + std::to_string(i) + "]", false));
+    bufs.push_back(ToBuf(grads[i], Label{"grads", static_cast<int>(i)}, false));
     if (bufs.back().dtype != bufs[0].dtype || bufs.back().device != bufs[0].device) {
       Fail("grads[" + std::to_string(i) + "] differs from grads[0] in dtype or device");
     }
@@ -582,6 +595,7 @@ with one. A bad index raises ValueError and nothing is written.)doc");
     d["cuda_archs"] = std::string(fusedopt_native_cuda_archs());
     d["cuda_runtime_version"] = fusedopt_native_cuda_runtime_version();
     d["cpu_isa"] = std::string(fusedopt_native_cpu_isa());
+    d["cpu_isas"] = py::module_::import("fusedopt._native").attr("cpu_isas")();
     return d;
   }, "What this build holds: version, CUDA (and its architectures), the CPU ISA in use.");
   m.attr("__version__") = fusedopt_native_version();

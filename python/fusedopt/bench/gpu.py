@@ -1,0 +1,818 @@
+"""GPU benchmark of fusedopt._native, without TensorFlow.
+
+    python -m fusedopt.bench.gpu --json OUT.json --markdown OUT.md
+
+Device arrays come from CuPy when it is importable, else PyTorch (bfloat16
+needs PyTorch: CuPy has no bfloat16). For each rule (adam, adamw, sgd with
+momentum, lion, rmsprop, lamb) and dtype it times one ``nat.apply`` step on
+(a) one tensor of 64M elements and (b) the 161 tensors of ResNet-50 (53
+convolution kernels, 53 batch-norm scales and offsets, the classifier's kernel
+and bias; 25,557,032 elements), with CUDA events: 3 warm-up steps, then the median
+of 20 (the events enclose the host call, so Python's and the module's per-call
+cost count).
+
+GB/s is the bytes a step must move (reads + writes per element, e.g. Adam:
+var, m, v read and written, grad read = 7 x element size) over its time; the
+roofline is a device-to-device copy of a 1 GiB buffer (read + write counted),
+and every row shows its fraction of that. With PyTorch present,
+torch.optim's fused and foreach implementations of the same rule run on the
+same sizes and dtype as comparisons.
+
+Before timing, every contender takes one step from a known state and is
+compared with the float64 NumPy reference (fusedopt.bench.reference; sampled
+elements of large tensors, LAMB in full): a contender that fails is marked
+WRONG in the output and not timed.
+
+Progress goes to stderr. Exit status: 0, 1 if a contender was wrong, 2 if
+there is no usable GPU (or no CUDA build of fusedopt._native).
+
+``--device cpu`` runs the same pipeline on tiny CPU arrays (PyTorch CPU
+tensors or NumPy): a smoke test of this script, not a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from fusedopt.bench import reference as ref
+
+DTYPE_NAMES = ["float16", "bfloat16", "float32", "float64"]
+ELEM_SIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+SINGLE_ELEMENTS = 64 * 2**20
+COPY_BYTES = 2**30
+
+
+def log(msg: str) -> None:
+    print(f"[fusedopt.bench.gpu] {msg}", file=sys.stderr, flush=True)
+
+
+# --- device arrays -------------------------------------------------------------------------
+
+
+class TorchArrays:
+    """PyTorch tensors on one device ('cuda' or 'cpu')."""
+
+    name = "torch"
+
+    def __init__(self, device: str = "cuda"):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device, torch.cuda.current_device()) if device == "cuda" \
+            else torch.device("cpu")
+        self.is_cuda = device == "cuda"
+        self._dt = {"float16": torch.float16, "bfloat16": torch.bfloat16,
+                    "float32": torch.float32, "float64": torch.float64}
+        self._int = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+        self.version = torch.__version__
+
+    @property
+    def stream(self) -> int:
+        return self.torch.cuda.current_stream().cuda_stream if self.is_cuda else 0
+
+    def supports(self, dtype: str) -> bool:
+        return dtype in self._dt
+
+    def torch_dtype(self, dtype: str):
+        return self._dt[dtype]
+
+    def from_f64(self, x64, dtype: str):
+        x = self.torch.from_numpy(np.array(x64, np.float64, copy=True))
+        # torch.empty: the standard strides (from_numpy gives an empty array stride 0).
+        out = self.torch.empty(tuple(x.shape), dtype=self._dt[dtype], device=self.device)
+        return out.copy_(x.to(self.device))
+
+    def to_f64(self, a) -> np.ndarray:
+        # A copy: on the CPU, .numpy() would share the tensor's memory.
+        return a.detach().to(self.torch.float64).cpu().numpy().copy()
+
+    def bits(self, a) -> np.ndarray:
+        size = a.element_size()
+        raw = a.detach().contiguous().view(self._int[size]).cpu().numpy().copy()
+        return raw.reshape(-1).view({2: np.uint16, 4: np.uint32, 8: np.uint64}[size])
+
+    def empty(self, n: int, dtype: str):
+        return self.torch.empty(n, dtype=self._dt[dtype], device=self.device)
+
+    def zeros(self, n: int, dtype: str):
+        return self.torch.zeros(n, dtype=self._dt[dtype], device=self.device)
+
+    def full(self, n: int, value: float, dtype: str):
+        return self.torch.full((n,), value, dtype=self._dt[dtype], device=self.device)
+
+    def fill_bits(self, a, pattern: int) -> None:
+        size = a.element_size()
+        signed = pattern - (1 << (8 * size)) if pattern >= 1 << (8 * size - 1) else pattern
+        a.view(self._int[size]).fill_(signed)
+
+    def assign(self, dst, x64, dtype: str) -> None:
+        dst.copy_(self.from_f64(x64, dtype).reshape(dst.shape))
+
+    def randn(self, n: int, dtype: str, seed: int, away_from_zero: float = 0.0, scale=1.0):
+        g = self.torch.Generator(device=self.device).manual_seed(seed)
+        x = self.torch.randn(n, generator=g, device=self.device, dtype=self.torch.float32) * scale
+        if away_from_zero:
+            x = x + self.torch.sign(x) * away_from_zero
+        return x.to(self._dt[dtype])
+
+    def gather_f64(self, a, idx: np.ndarray) -> np.ndarray:
+        flat = a.reshape(-1)
+        if idx is None:
+            return self.to_f64(flat)
+        return self.to_f64(flat[self.torch.from_numpy(idx).to(self.device)])
+
+    def count_not_equal(self, a, value: float) -> int:
+        return int((a != value).sum().item())
+
+    def copy(self, dst, src) -> None:
+        dst.copy_(src)
+
+    def synchronize(self) -> None:
+        if self.is_cuda:
+            self.torch.cuda.synchronize()
+
+    def mem_get_info(self) -> tuple[int, int]:
+        if not self.is_cuda:
+            return (0, 0)
+        return tuple(int(x) for x in self.torch.cuda.mem_get_info())
+
+    def new_stream(self):
+        s = self.torch.cuda.Stream()
+        return s, s.cuda_stream
+
+    def sync_stream(self, s) -> None:
+        s.synchronize()
+
+    def timer(self) -> "Timer":
+        return Timer(self)
+
+    def device_name(self) -> str:
+        return self.torch.cuda.get_device_name() if self.is_cuda else platform.processor() or "cpu"
+
+    def release(self) -> None:
+        if self.is_cuda:
+            self.torch.cuda.empty_cache()
+
+
+class CupyArrays:
+    """CuPy arrays on the current device (no bfloat16)."""
+
+    name = "cupy"
+    is_cuda = True
+
+    def __init__(self):
+        import cupy
+
+        self.cp = cupy
+        self.version = cupy.__version__
+        cupy.cuda.runtime.getDeviceCount()  # raises without a device
+
+    @property
+    def stream(self) -> int:
+        return self.cp.cuda.get_current_stream().ptr
+
+    def supports(self, dtype: str) -> bool:
+        return dtype != "bfloat16"
+
+    def _np(self, dtype: str):
+        if dtype == "bfloat16":
+            raise ValueError("CuPy has no bfloat16")
+        return np.dtype(dtype)
+
+    def from_f64(self, x64, dtype: str):
+        return self.cp.ascontiguousarray(self.cp.asarray(np.asarray(x64, np.float64)
+                                                         .astype(self._np(dtype))))
+
+    def to_f64(self, a) -> np.ndarray:
+        return self.cp.asnumpy(a).astype(np.float64)
+
+    def bits(self, a) -> np.ndarray:
+        u = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+        return self.cp.asnumpy(self.cp.ascontiguousarray(a).view(u)).reshape(-1)
+
+    def empty(self, n: int, dtype: str):
+        return self.cp.empty(n, self._np(dtype))
+
+    def zeros(self, n: int, dtype: str):
+        return self.cp.zeros(n, self._np(dtype))
+
+    def full(self, n: int, value: float, dtype: str):
+        return self.cp.full(n, value, self._np(dtype))
+
+    def fill_bits(self, a, pattern: int) -> None:
+        u = {2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]
+        a.view(u).fill(pattern)
+
+    def assign(self, dst, x64, dtype: str) -> None:
+        dst[...] = self.from_f64(x64, dtype).reshape(dst.shape)
+
+    def randn(self, n: int, dtype: str, seed: int, away_from_zero: float = 0.0, scale=1.0):
+        rs = self.cp.random.RandomState(seed)
+        x = rs.standard_normal(n, dtype=np.float32) * np.float32(scale)
+        if away_from_zero:
+            x = x + self.cp.sign(x) * np.float32(away_from_zero)
+        return x.astype(self._np(dtype))
+
+    def gather_f64(self, a, idx: np.ndarray) -> np.ndarray:
+        flat = a.reshape(-1)
+        if idx is None:
+            return self.to_f64(flat)
+        return self.to_f64(flat[self.cp.asarray(idx)])
+
+    def count_not_equal(self, a, value: float) -> int:
+        return int((a != value).sum())
+
+    def copy(self, dst, src) -> None:
+        dst.data.copy_from_device_async(src.data, src.nbytes, self.cp.cuda.get_current_stream())
+
+    def synchronize(self) -> None:
+        self.cp.cuda.Device().synchronize()
+
+    def mem_get_info(self) -> tuple[int, int]:
+        return tuple(int(x) for x in self.cp.cuda.runtime.memGetInfo())
+
+    def new_stream(self):
+        s = self.cp.cuda.Stream(non_blocking=True)
+        return s, s.ptr
+
+    def sync_stream(self, s) -> None:
+        s.synchronize()
+
+    def timer(self) -> "Timer":
+        return Timer(self)
+
+    def device_name(self) -> str:
+        props = self.cp.cuda.runtime.getDeviceProperties(self.cp.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+    def release(self) -> None:
+        self.cp.get_default_memory_pool().free_all_blocks()
+
+
+class Timer:
+    """Times a callable with CUDA events on the current stream (perf_counter
+    on the CPU): returns milliseconds."""
+
+    def __init__(self, arrays):
+        self.a = arrays
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        if not self.a.is_cuda:
+            t0 = time.perf_counter()
+            fn()
+            return (time.perf_counter() - t0) * 1e3
+        if self.a.name == "torch":
+            torch = self.a.torch
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record()
+            fn()
+            e1.record()
+            e1.synchronize()
+            return float(e0.elapsed_time(e1))
+        cp = self.a.cp
+        e0, e1 = cp.cuda.Event(), cp.cuda.Event()
+        e0.record()
+        fn()
+        e1.record()
+        e1.synchronize()
+        return float(cp.cuda.get_elapsed_time(e0, e1))
+
+
+def device_arrays(prefer: str | None = None, dtype: str | None = None, device: str = "cuda"):
+    """The device-array library to use: CuPy if importable (and the dtype is
+    not bfloat16), else PyTorch; None if neither has a usable device."""
+    order = [prefer] if prefer else ["cupy", "torch"]
+    if dtype == "bfloat16":
+        order = [o for o in order if o != "cupy"] or ["torch"]
+    if device == "cpu":
+        order = [o for o in order if o != "cupy"]
+    for kind in order:
+        try:
+            if kind == "cupy":
+                return CupyArrays()
+            if kind == "torch":
+                import torch
+
+                if device == "cuda" and not torch.cuda.is_available():
+                    continue
+                return TorchArrays(device)
+        except Exception:  # noqa: BLE001 - not importable, no device, a broken install
+            continue
+    return None
+
+
+class NumpyArrays(TorchArrays):
+    """--device cpu without PyTorch: NumPy arrays (float16/32/64)."""
+
+    name = "numpy"
+    is_cuda = False
+    stream = 0
+
+    def __init__(self):  # noqa: D401 - no torch
+        self.version = np.__version__
+
+    def supports(self, dtype: str) -> bool:
+        return dtype != "bfloat16"
+
+    def from_f64(self, x64, dtype: str):
+        return np.array(x64, np.float64).astype(dtype)
+
+    def to_f64(self, a):
+        return np.array(a, np.float64)  # a copy, as from a device
+
+    def bits(self, a):
+        return np.array(a).view({2: np.uint16, 4: np.uint32, 8: np.uint64}[
+            a.dtype.itemsize]).reshape(-1)
+
+    def empty(self, n, dtype):
+        return np.empty(n, dtype)
+
+    def zeros(self, n, dtype):
+        return np.zeros(n, dtype)
+
+    def full(self, n, value, dtype):
+        return np.full(n, value, dtype)
+
+    def randn(self, n, dtype, seed, away_from_zero=0.0, scale=1.0):
+        x = np.random.default_rng(seed).standard_normal(n).astype(np.float32) * np.float32(scale)
+        if away_from_zero:
+            x = x + np.sign(x) * np.float32(away_from_zero)
+        return x.astype(dtype)
+
+    def gather_f64(self, a, idx):
+        flat = a.reshape(-1)
+        return np.asarray(flat if idx is None else flat[idx], np.float64)
+
+    def count_not_equal(self, a, value):
+        return int(np.count_nonzero(a != value))
+
+    def fill_bits(self, a, pattern):
+        a.view({2: np.uint16, 4: np.uint32, 8: np.uint64}[a.dtype.itemsize]).fill(pattern)
+
+    def assign(self, dst, x64, dtype):
+        dst[...] = self.from_f64(x64, dtype).reshape(dst.shape)
+
+    def copy(self, dst, src):
+        np.copyto(dst, src)
+
+    def synchronize(self):
+        pass
+
+    def device_name(self):
+        return platform.processor() or "cpu"
+
+    def release(self):
+        pass
+
+
+# --- workloads and rules ------------------------------------------------------------------------
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """The 161 trainable tensors of ResNet-50 without convolution biases (as
+    torchvision's: 25,557,032 parameters), in Keras' kernel layout: 53
+    convolution kernels, 53 batch norms (gamma, beta), the classifier."""
+    shapes: list[tuple[int, ...]] = [(7, 7, 3, 64), (64,), (64,)]
+    cin = 64
+    for blocks, mid, out in [(3, 64, 256), (4, 128, 512), (6, 256, 1024), (3, 512, 2048)]:
+        for b in range(blocks):
+            if b == 0:
+                shapes += [(1, 1, cin, out), (out,), (out,)]  # projection shortcut
+            shapes += [(1, 1, cin, mid), (mid,), (mid,), (3, 3, mid, mid), (mid,), (mid,),
+                       (1, 1, mid, out), (out,), (out,)]
+            cin = out
+    shapes += [(2048, 1000), (1000,)]
+    return shapes
+
+
+@dataclass
+class RuleSpec:
+    name: str  # the bench's name
+    rule: str  # nat.rules() name
+    hparams: dict
+    slots: list[str]
+    bytes_per_element: int  # reads + writes, in elements
+    options: dict = field(default_factory=dict)
+
+
+RULES = {
+    "adam": RuleSpec("adam", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
+                     ["m", "v"], 7),
+    "adamw": RuleSpec("adamw", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                                            weight_decay=0.01), ["m", "v"], 7),
+    "sgd_momentum": RuleSpec("sgd_momentum", "sgd", dict(lr=1e-2, momentum=0.9), ["momenta"], 5),
+    "lion": RuleSpec("lion", "lion", dict(lr=1e-4, beta_1=0.9, beta_2=0.99), ["m"], 5),
+    "rmsprop": RuleSpec("rmsprop", "rmsprop", dict(lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7),
+                        ["velocity"], 5),
+    # Two passes: moments (read var, m, v, g; write m, v), then the update
+    # (read var, m, v, g; write var): 10 element accesses.
+    "lamb": RuleSpec("lamb", "lamb", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-6),
+                     ["m", "v"], 10),
+}
+STEP_RULES = {"adam", "nadam", "adamax", "lamb", "schedule_free_adamw"}
+TOLERANCE = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 2e-2, "float16": 2e-3}
+
+
+def reference_step(spec: RuleSpec, var, grad, slots: dict, t: int, torch_semantics: bool = False):
+    """One float64 reference step on host arrays: (var, slots)."""
+    hp = dict(spec.hparams)
+    lr, wd = hp.pop("lr"), hp.pop("weight_decay", 0.0)
+    if spec.rule == "adam":
+        v, m, vv, _ = ref.adam_step(var, grad, lr, slots["m"], slots["v"], t, weight_decay=wd, **hp)
+        return v, {"m": m, "v": vv}
+    if spec.rule == "sgd":
+        v, m = ref.sgd_step(var, grad, lr, m=slots["momenta"], momentum=hp["momentum"],
+                            weight_decay=wd)
+        return v, {"momenta": m}
+    if spec.rule == "lion":
+        v, m = ref.lion_step(var, grad, lr, slots["m"], weight_decay=wd, **hp)
+        return v, {"m": m}
+    if spec.rule == "rmsprop":
+        v, vel, _, _ = ref.rmsprop_step(var, grad, lr, slots["velocity"], weight_decay=wd, **hp)
+        return v, {"velocity": vel}
+    if spec.rule == "lamb":
+        v, m, vv = ref.lamb_step(var, grad, lr, slots["m"], slots["v"], t, weight_decay=wd, **hp)
+        return v, {"m": m, "v": vv}
+    raise ValueError(spec.rule)
+
+
+def _close(got: np.ndarray, want: np.ndarray, tol: float) -> tuple[bool, float]:
+    if got.size == 0:
+        return True, 0.0
+    scale = max(1.0, float(np.max(np.abs(want))))
+    err = float(np.max(np.abs(got - want) / (np.abs(want) * tol + tol * scale)))
+    return bool(err <= 1.0 and np.all(np.isfinite(got))), err
+
+
+# --- contenders -------------------------------------------------------------------------------
+
+
+class Contender:
+    """One implementation of one rule over one list of tensors."""
+
+    label = ""
+    checks_slots = True
+    a: Any = None  # the array library of its tensors
+
+    def step(self, t: int) -> None:
+        raise NotImplementedError
+
+    def arrays(self) -> tuple[list, list, dict]:
+        """(vars, grads, {slot name: list}) as device arrays."""
+        raise NotImplementedError
+
+
+class FusedoptContender(Contender):
+    label = "fusedopt"
+
+    def __init__(self, nat, arrays, spec: RuleSpec, dtype: str, shapes, seed: int):
+        self.nat, self.a, self.spec = nat, arrays, spec
+        sizes = [int(np.prod(s)) for s in shapes]
+        self.vars = [arrays.randn(n, dtype, seed + i).reshape(s)
+                     for i, (n, s) in enumerate(zip(sizes, shapes))]
+        self.grads = [arrays.randn(n, dtype, seed + 7919 + i, away_from_zero=0.1).reshape(s)
+                      for i, (n, s) in enumerate(zip(sizes, shapes))]
+        self.slots = {k: [arrays.zeros(n, dtype).reshape(s) for n, s in zip(sizes, shapes)]
+                      for k in spec.slots}
+        self.stream = arrays.stream
+
+    def arrays(self):
+        return self.vars, self.grads, self.slots
+
+    def step(self, t: int) -> None:
+        kw = dict(self.spec.options)
+        if self.spec.rule in STEP_RULES:
+            kw["step"] = t
+        self.nat.apply(self.spec.rule, self.vars, self.grads, self.slots, self.spec.hparams,
+                       stream=self.stream, **kw)
+
+
+class TorchOptimContender(Contender):
+    """torch.optim's implementation (fused or foreach) of the same rule, on
+    PyTorch tensors of the same shapes and dtype (its own random values)."""
+
+    checks_slots = False  # torch's slots mean other things (SGD: the buffer is g, not -lr g)
+
+    def __init__(self, arrays, spec: RuleSpec, impl: str, dtype: str, shapes, seed: int):
+        torch = arrays.torch
+        self.a, self.spec, self.label = arrays, spec, f"torch.optim ({impl})"
+        like = FusedoptContender(None, arrays, RuleSpec(spec.name, spec.rule, spec.hparams, [], 0),
+                                 dtype, shapes, seed)
+        self.init = [v.detach().clone() for v in like.vars]
+        self.params = [torch.nn.Parameter(v) for v in like.vars]
+        for p, g in zip(self.params, like.grads):
+            p.grad = g
+        hp = spec.hparams
+        kw = {impl: True}
+        if spec.name == "adam":
+            self.opt = torch.optim.Adam(self.params, lr=hp["lr"],
+                                        betas=(hp["beta_1"], hp["beta_2"]), eps=hp["epsilon"], **kw)
+        elif spec.name == "adamw":
+            self.opt = torch.optim.AdamW(self.params, lr=hp["lr"],
+                                         betas=(hp["beta_1"], hp["beta_2"]), eps=hp["epsilon"],
+                                         weight_decay=hp["weight_decay"], **kw)
+        elif spec.name == "sgd_momentum":
+            self.opt = torch.optim.SGD(self.params, lr=hp["lr"], momentum=hp["momentum"], **kw)
+        elif spec.name == "rmsprop":
+            self.opt = torch.optim.RMSprop(self.params, lr=hp["lr"], alpha=hp["rho"],
+                                           eps=hp["epsilon"], **kw)
+        else:
+            raise ValueError(f"torch.optim has no {spec.name}")
+
+    def reset(self) -> None:
+        """Back to the initial values and a fresh (zero) optimizer state."""
+        self.opt.state.clear()
+        with self.a.torch.no_grad():
+            for p, v in zip(self.params, self.init):
+                p.copy_(v)
+
+    def arrays(self):
+        return [p.data for p in self.params], [p.grad for p in self.params], {}
+
+    def step(self, t: int) -> None:
+        self.opt.step()
+
+
+def torch_contenders(arrays, spec: RuleSpec, dtype: str, shapes, seed: int) -> list:
+    """torch.optim's fused and foreach versions of the rule, those that exist."""
+    out = []
+    if arrays is None or arrays.name != "torch" or spec.name not in (
+            "adam", "adamw", "sgd_momentum", "rmsprop"):
+        return out
+    for impl in ("fused", "foreach"):
+        try:
+            c = TorchOptimContender(arrays, spec, impl, dtype, shapes, seed + 1)
+            c.step(1)  # some (rule, impl, dtype) raise only when they run
+            c.reset()
+            out.append(c)
+        except (ValueError, RuntimeError, TypeError) as e:
+            log(f"  torch.optim {spec.name} {impl} {dtype}: not available "
+                f"({str(e).splitlines()[0][:120]})")
+    return out
+
+
+def validate(contender: Contender, arrays, spec: RuleSpec, dtype: str, rng) -> str:
+    """One step from the contender's current state (slots zero) against the
+    float64 reference: 'ok', or what is wrong."""
+    vars_, grads, slots = contender.arrays()
+    lamb = spec.rule == "lamb"
+    idx = []
+    for v in vars_:
+        n = int(np.prod(tuple(v.shape)))
+        idx.append(None if lamb or n <= 65_536 else np.sort(rng.choice(n, 65_536, replace=False)))
+    before_v = [arrays.gather_f64(v, ix) for v, ix in zip(vars_, idx)]
+    before_g = [arrays.gather_f64(g, ix) for g, ix in zip(grads, idx)]
+    contender.step(1)
+    arrays.synchronize()
+    vars_, grads, slots = contender.arrays()
+    tol = TOLERANCE[dtype]
+    worst = 0.0
+    for i, ix in enumerate(idx):
+        zeros = np.zeros_like(before_v[i])
+        want_v, want_s = reference_step(spec, before_v[i], before_g[i],
+                                        {k: zeros for k in spec.slots}, 1)
+        ok, err = _close(arrays.gather_f64(vars_[i], ix), want_v, tol)
+        worst = max(worst, err)
+        if not ok:
+            return f"WRONG: var[{i}] off by {err:.3g} x tolerance {tol}"
+        if contender.checks_slots:
+            for k, x in want_s.items():
+                ok, err = _close(arrays.gather_f64(slots[k][i], ix), x, tol)
+                if not ok:
+                    return f"WRONG: {k}[{i}] off by {err:.3g} x tolerance {tol}"
+    return "ok"
+
+
+# --- measurement ----------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    rule: str
+    dtype: str
+    workload: str
+    contender: str
+    tensors: int
+    elements: int
+    bytes_per_step: int
+    check: str
+    median_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    gb_per_s: float | None = None
+    fraction_of_copy: float | None = None
+
+
+def time_steps(arrays, fn: Callable[[int], None], warmup: int, repeats: int) -> list[float]:
+    timer = arrays.timer()
+    for t in range(warmup):
+        fn(t + 2)
+    arrays.synchronize()
+    return [timer(lambda t=t: fn(t + 2 + warmup)) for t in range(repeats)]
+
+
+def copy_bandwidth(arrays, nbytes: int, warmup: int, repeats: int) -> dict:
+    n = nbytes // 4
+    src, dst = arrays.zeros(n, "float32"), arrays.zeros(n, "float32")
+    ms = time_steps(arrays, lambda t: arrays.copy(dst, src), warmup, repeats)
+    med = statistics.median(ms)
+    src = dst = None  # noqa: F841 - frees the buffers before the release
+    arrays.release()
+    return {"bytes": 4 * n, "median_ms": med, "gb_per_s": 2 * 4 * n / (med * 1e-3) / 1e9,
+            "note": "device-to-device copy; read + write counted"}
+
+
+def run(args) -> tuple[dict, list[Row]]:
+    import fusedopt._native as nat
+
+    main_arrays = device_arrays(args.backend, device=args.device)
+    if args.device == "cpu" and main_arrays is None:
+        main_arrays = NumpyArrays()
+    torch_arrays = main_arrays if main_arrays.name == "torch" else device_arrays(
+        "torch", device=args.device)
+    if torch_arrays is not None and torch_arrays.name != "torch":
+        torch_arrays = None
+    scale = args.scale
+    single = [(max(1, int(SINGLE_ELEMENTS * scale)),)]
+    resnet = resnet50_shapes()
+    if scale < 1:
+        resnet = [tuple(max(1, int(round(d * scale ** (1 / len(s))))) for d in s) for s in resnet]
+    workloads = {"single-64M" if scale == 1 else f"single-{single[0][0]}": single,
+                 "resnet50-161": resnet}
+    copy = copy_bandwidth(main_arrays, max(4096, int(COPY_BYTES * scale)), args.warmup,
+                          args.repeats)
+    log(f"copy bandwidth {copy['gb_per_s']:.1f} GB/s ({copy['bytes'] / 2**30:.3g} GiB buffer)")
+    rows: list[Row] = []
+    rng = np.random.default_rng(args.seed)
+    for rule_name in args.rules:
+        spec = RULES[rule_name]
+        for dtype in args.dtypes:
+            arrays = main_arrays if main_arrays.supports(dtype) else torch_arrays
+            if arrays is None or not arrays.supports(dtype):
+                log(f"{rule_name} {dtype}: skipped (no array library with {dtype}: CuPy has no "
+                    "bfloat16, PyTorch is not installed)")
+                continue
+            for wname, shapes in workloads.items():
+                elements = sum(int(np.prod(s)) for s in shapes)
+                nbytes = spec.bytes_per_element * ELEM_SIZE[dtype] * elements
+                fused = FusedoptContender(nat, arrays, spec, dtype, shapes, args.seed)
+                contenders: list[Contender] = [fused]
+                if not args.no_torch_optim and torch_arrays is not None:
+                    contenders += torch_contenders(torch_arrays, spec, dtype, shapes, args.seed)
+                for c in contenders:
+                    check = validate(c, c.a, spec, dtype, rng)
+                    row = Row(rule_name, dtype, wname, c.label, len(shapes), elements, nbytes,
+                              check)
+                    if check == "ok":
+                        ms = time_steps(c.a, c.step, args.warmup, args.repeats)
+                        row.median_ms = statistics.median(ms)
+                        row.min_ms, row.max_ms = min(ms), max(ms)
+                        row.gb_per_s = nbytes / (row.median_ms * 1e-3) / 1e9
+                        row.fraction_of_copy = row.gb_per_s / copy["gb_per_s"]
+                    rows.append(row)
+                    log(f"{rule_name:12s} {dtype:8s} {wname:14s} {c.label:22s} {check:4s} "
+                        + (f"{row.median_ms:8.3f} ms {row.gb_per_s:7.1f} GB/s "
+                           f"({100 * row.fraction_of_copy:.0f}% of copy)"
+                           if row.median_ms is not None else ""))
+                c = row = contenders = fused = None  # free the device memory before the next
+                arrays.release()
+                if torch_arrays is not None:
+                    torch_arrays.release()
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": main_arrays.device_name(),
+        "device_kind": args.device,
+        "array_library": f"{main_arrays.name} {main_arrays.version}",
+        "torch": getattr(torch_arrays, "version", None) if torch_arrays else None,
+        "fusedopt": nat.build_info(),
+        "cuda": nat.cuda_info(),
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "scale": scale,
+        "copy": copy,
+        "method": "CUDA events around each host call (nat.apply / optimizer.step); median of "
+                  "repeats after warm-up; GB/s = rule bytes/element x elements / median time",
+    }
+    return meta, rows
+
+
+def markdown(meta: dict, rows: list[Row]) -> str:
+    lines = [
+        f"# fusedopt._native GPU benchmark ({meta['date']})",
+        "",
+        f"Device: {meta['device']}; CUDA runtime {meta['cuda'].get('runtime_version')}, driver "
+        f"{meta['cuda'].get('driver_version')}; arrays: {meta['array_library']}"
+        + (f"; torch {meta['torch']}" if meta.get("torch") else ""),
+        "",
+        f"Roofline: device-to-device copy {meta['copy']['gb_per_s']:.1f} GB/s "
+        f"({meta['copy']['bytes'] / 2**30:.3g} GiB buffer, read + write counted). "
+        f"Median of {meta['repeats']} steps after {meta['warmup']} warm-up steps.",
+        "",
+        "| rule | dtype | workload | contender | check | median ms | GB/s | % of copy |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        timed = r.median_ms is not None
+        lines.append(
+            f"| {r.rule} | {r.dtype} | {r.workload} ({r.tensors} tensors, {r.elements:,} el.) | "
+            f"{r.contender} | {r.check} | {f'{r.median_ms:.3f}' if timed else '-'} | "
+            f"{f'{r.gb_per_s:.1f}' if timed else '-'} | "
+            f"{f'{100 * r.fraction_of_copy:.0f}%' if timed else '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fusedopt.bench.gpu",
+                                description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", help="write the results as JSON here")
+    p.add_argument("--markdown", help="write a Markdown table here")
+    p.add_argument("--rules", default=",".join(RULES),
+                   help=f"comma-separated, from {', '.join(RULES)} (default: all)")
+    p.add_argument("--dtypes", default="float32,bfloat16",
+                   help="comma-separated dtypes (default: float32,bfloat16)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--backend", choices=["cupy", "torch"], default=None,
+                   help="array library (default: CuPy if importable, else PyTorch)")
+    p.add_argument("--no-torch-optim", action="store_true", help="skip the torch.optim rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: a smoke test of this script on tiny CPU arrays, not a benchmark")
+    p.add_argument("--scale", type=float, default=None,
+                   help="multiply the sizes (default 1 on cuda, 1e-3 on cpu)")
+    args = p.parse_args(argv)
+    args.rules = [r for r in args.rules.split(",") if r]
+    args.dtypes = [d for d in args.dtypes.split(",") if d]
+    for r in args.rules:
+        if r not in RULES:
+            p.error(f"unknown rule {r!r}; choose from {', '.join(RULES)}")
+    for d in args.dtypes:
+        if d not in DTYPE_NAMES:
+            p.error(f"unknown dtype {d!r}; choose from {', '.join(DTYPE_NAMES)}")
+    if args.scale is None:
+        args.scale = 1.0 if args.device == "cuda" else 1e-3
+    if args.repeats < 1 or args.warmup < 0:
+        p.error("--repeats must be >= 1 and --warmup >= 0")
+    return args
+
+
+def gpu_unavailable(args) -> str | None:
+    """Why this benchmark cannot run here, or None."""
+    try:
+        import fusedopt._native as nat
+    except ImportError as e:
+        return f"fusedopt._native is not importable: {e}"
+    if args.device == "cpu":
+        return None
+    if not nat.cuda_built():
+        return "fusedopt._native was built without CUDA (configure with -DFUSEDOPT_CUDA=ON)"
+    if not nat.cuda_available():
+        return f"CUDA is not usable: {nat.cuda_info().get('status')}"
+    if device_arrays(args.backend) is None:
+        return ("neither CuPy nor PyTorch with CUDA is importable: the benchmark needs one of them "
+                "for device arrays")
+    return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    why = gpu_unavailable(args)
+    if why:
+        log(why)
+        return 2
+    t0 = time.time()
+    meta, rows = run(args)
+    meta["seconds"] = round(time.time() - t0, 1)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1,
+                      default=lambda o: o if not isinstance(o, float) or math.isfinite(o) else None)
+        log(f"wrote {args.json}")
+    md = markdown(meta, rows)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(md)
+        log(f"wrote {args.markdown}")
+    else:
+        print(md)
+    wrong = [r for r in rows if r.check != "ok"]
+    for r in wrong:
+        log(f"{r.rule} {r.dtype} {r.workload} {r.contender}: {r.check}")
+    return 1 if wrong else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
