@@ -335,6 +335,59 @@ def test_skip_nonfinite_writes_nothing(rng, name, dtype, bad):
     g.assert_guards_intact()
 
 
+@pytest.mark.parametrize("how", ["overflow", "nan scale", "inf scale", "clipped inf"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_skip_judges_the_transformed_gradients(rng, dtype, how):
+    """Note [skip after transform]: after grad_scale and clipping, and the scale
+    itself; a skipped step writes nothing (issue #18)."""
+    a = arrays_for(dtype)
+    case = H.CASE_BY_NAME["adam"]
+    p = H.make_problem(case, dtype, [(7,), (4097,)], rng, 0.0, False, steps=1)
+    state = H.new_state(p, a)
+    before = H.state_bits(state, a)
+    g = p.grads[0][1].copy()
+    big = {"float16": 6e4, "float32": 3e38, "float64": 1e308}[dtype]
+    kw = dict(p.kwargs(0), skip_nonfinite=True)
+    want = True
+    if how == "overflow":  # finite gradients, inf after the scale (in opmath: float32
+        # for float16, so a float16 gradient needs a larger scale to overflow)
+        g[5], kw["grad_scale"] = big, 1e35 if dtype == "float16" else 10.0
+    elif how == "nan scale":
+        kw["grad_scale"] = float("nan")
+    elif how == "inf scale":
+        kw["grad_scale"] = float("inf")
+    else:  # clip_value turns an inf into a finite gradient: applied
+        g[5], kw["clip_value"], want = np.inf, 0.5, False
+    if a.stream:
+        kw["stream"] = a.stream
+    grads = [a.from_f64(p.grads[0][0], dtype), a.from_f64(g, dtype)]
+    assert nat.apply(case.rule, state.vars, grads, state.slots, p.hparams(0), **kw) is want
+    a.synchronize()
+    after = H.state_bits(state, a)
+    if want:
+        assert H.compare_bits(after, before) == {}
+    else:
+        assert not np.array_equal(after["var[1]"], before["var[1]"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_non_finite_hyperparameters_write_nothing(rng, bad):
+    a = arrays_for("float32")
+    case = H.CASE_BY_NAME["adam"]
+    p = H.make_problem(case, "float32", [(7,), (4097,)], rng, 0.0, False, steps=1)
+    state = H.new_state(p, a)
+    before = H.state_bits(state, a)
+    grads = [a.from_f64(x, "float32") for x in p.grads[0]]
+    hp = dict(p.hparams(0), lr=bad)
+    kw = dict(p.kwargs(0))
+    if a.stream:
+        kw["stream"] = a.stream
+    with pytest.raises(ValueError, match="'lr' must be finite"):
+        nat.apply(case.rule, state.vars, grads, state.slots, hp, **kw)
+    a.synchronize()
+    assert H.compare_bits(H.state_bits(state, a), before) == {}
+
+
 # --- device-only behaviour -------------------------------------------------------------------
 
 
