@@ -21,6 +21,8 @@
 #define FUSEDOPT_CC_RULES_UPDATE_RULES_H_
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cc/rules/numeric.h"
@@ -83,6 +85,27 @@ FUSEDOPT_HD M Max(M a, M b) {
 template <typename M>
 FUSEDOPT_HD M Min(M a, M b) {
   return (a != a) ? a : ((b != b) ? b : (a < b ? a : b));
+}
+
+// sign(u) as tf.sign computes it: +-1, zeros (with their sign) and NaN passed
+// through. On the bits, so the loops vectorize: a floating-point select form
+// (u > 0 ? 1 : ...) is control flow GCC will not if-convert under the default
+// -ftrapping-math, and kept Lion's loop scalar.
+template <typename M>
+FUSEDOPT_HD M SignOf(M u) {
+  static_assert(sizeof(M) == 4 || sizeof(M) == 8, "float or double");
+  using U = std::conditional_t<sizeof(M) == 4, uint32_t, uint64_t>;
+  constexpr U kSign = U(1) << (sizeof(M) * 8 - 1);
+  constexpr U kInf = sizeof(M) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  constexpr U kOne = sizeof(M) == 4 ? U(0x3f800000u) : U(0x3ff0000000000000ull);
+  U b;
+  memcpy(&b, &u, sizeof(M));
+  const U mag = b & ~kSign;
+  // mag - 1 < kInf: finite non-zero or inf (mag == 0 wraps around).
+  const U r = (mag - U(1) < kInf) ? ((b & kSign) | kOne) : b;
+  M out;
+  memcpy(&out, &r, sizeof(M));
+  return out;
 }
 
 // Note [TF rsqrt]: in a tf.function, Grappler's arithmetic optimizer rewrites
@@ -455,7 +478,7 @@ struct LionRule {
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
     const M u = s[0] * c[kB1] + g * c[kOneMinusB1];
-    const M sign = u > M(0) ? M(1) : (u < M(0) ? M(-1) : u);  // sign(NaN) = NaN
+    const M sign = SignOf(u);
     var = var - c[kLr] * sign;
     s[0] = s[0] * c[kB2] + g * c[kOneMinusB2];
   }

@@ -48,7 +48,7 @@ std::string BuildInfoJson() {
 #if defined(FUSEDOPT_WITH_CUDA)
   j += ", \"cuda\": true";
   j += ", \"cuda_version\": " + Quote(FUSEDOPT_CUDA_VERSION);
-  j += ", \"cuda_architectures\": " + JsonList(Split(FUSEDOPT_CUDA_ARCHS, ';'));
+  j += ", \"cuda_architectures\": " + JsonList(Split(FUSEDOPT_CUDA_ARCHS, ','));
   j += ", \"cuda_runtime_version\": " + std::to_string(fusedopt_cuda_runtime_version());
   j += ", \"cuda_driver_version\": " + std::to_string(fusedopt_cuda_driver_version());
 #else
