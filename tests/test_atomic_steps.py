@@ -12,7 +12,8 @@ import tensorflow as tf
 import fusedopt.keras as fk
 import fusedopt.legacy as fl
 
-BAD = ["bad index", "negative index", "bf16 group wrong shape", "dense_shape", "row shape"]
+BAD = ["bad index", "negative index", "bf16 group wrong shape", "dense_shape", "row shape",
+       "nan learning rate"]
 
 
 def _model_vars(dtype_second=tf.float32):
@@ -60,15 +61,35 @@ def _check(family, name, bad, use_function):
         step = lambda grads: opt.apply_gradients(zip(grads, vs))  # noqa: E731
         state = lambda: vs + list(opt.variables())  # noqa: E731
     step(_good_grads(vs))  # builds the slots and moves every state off its initial value
+    lr = float(np.asarray(opt.learning_rate))
+    if bad == "nan learning rate":  # a broken schedule
+        if family == "keras":
+            opt.learning_rate.assign(float("nan"))
+        else:
+            opt.learning_rate = float("nan")
     before = _snapshot(state())
     bad_grads = _bad_grads(vs, bad)
-    run = tf.function(lambda: step(bad_grads)) if use_function else (lambda: step(bad_grads))
+    if use_function:
+        # The gradients are the function's arguments, so the checks that need
+        # values (indices, dense_shape, the learning rate) run in the graph.
+        @tf.function
+        def compiled(grads):
+            step(grads)
+
+        run = lambda: compiled(bad_grads)  # noqa: E731
+    else:
+        run = lambda: step(bad_grads)  # noqa: E731
     with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
         run()
     after = _snapshot(state())
     assert len(after) == len(before)
     for i, (a, b) in enumerate(zip(after, before)):
         assert a == b, f"{state()[i].name} changed by a failed step ({bad})"
+    if bad == "nan learning rate":
+        if family == "keras":
+            opt.learning_rate.assign(lr)
+        else:
+            opt.learning_rate = lr
     step(_good_grads(vs))  # and the optimizer still works
     assert _snapshot(state())[0] != before[0]
 
@@ -83,7 +104,16 @@ def test_keras_failed_step_changes_nothing(name, bad, use_function):
 @pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
 @pytest.mark.parametrize("bad", BAD)
 @pytest.mark.parametrize("name", ["Adam", "Nadam"])
-def test_legacy_failed_step_changes_nothing(name, bad, use_function):
+def test_legacy_failed_step_changes_nothing(name, bad, use_function, request):
+    if (name, bad, use_function) == ("Nadam", "nan learning rate", True):
+        # Known gap: tf_keras Nadam keeps the built-in's own sparse update by
+        # default (its sparse semantics are neither fused mode), and in a graph
+        # those TF ops, which accept a NaN learning rate, are not held back by
+        # the failing fused group (explicit control dependencies did not hold
+        # them; left for the next change). strict: this test fails once fixed.
+        request.applymarker(pytest.mark.xfail(
+            strict=True,
+            reason="tf_keras Nadam's built-in sparse update is not held back in a graph"))
     _check("legacy", name, bad, use_function)
 
 

@@ -77,6 +77,7 @@ def _sparse_checks(g: tf.IndexedSlices, v: Any, shape: tf.TensorShape, what: str
     if shape.rank is not None and not row.is_compatible_with(shape[1:]):
         raise _invalid(f"the IndexedSlices gradient of {what} has rows of shape {row} but the "
                        f"variable has shape {shape}; nothing was updated")
+    checks = []
     if g.dense_shape is not None:
         dense = tf.get_static_value(g.dense_shape)
         if dense is not None and shape.is_fully_defined():
@@ -84,11 +85,17 @@ def _sparse_checks(g: tf.IndexedSlices, v: Any, shape: tf.TensorShape, what: str
                 raise _invalid(f"the IndexedSlices gradient of {what} has dense_shape "
                                f"{tuple(int(d) for d in dense)} but the variable has shape "
                                f"{tuple(shape.as_list())}; nothing was updated")
+        else:
+            with tf.device(g.indices.device):
+                checks.append(tf.debugging.assert_equal(
+                    tf.cast(g.dense_shape, tf.int64), tf.shape(v, out_type=tf.int64),
+                    message=f"the IndexedSlices gradient of {what} has a dense_shape unlike "
+                            "the variable's shape; nothing was updated"))
     with tf.device(g.indices.device):
         indices = tf.cast(g.indices, tf.int64)
         rows = (tf.constant(shape[0], tf.int64) if shape[0] is not None
                 else tf.shape(v, out_type=tf.int64)[0])
         message = (f"the IndexedSlices gradient of {what} has an index outside [0, rows); "
                    "nothing was updated")
-        return [tf.debugging.assert_non_negative(indices, message=message),
-                tf.debugging.assert_less(indices, rows, message=message)]
+        return checks + [tf.debugging.assert_non_negative(indices, message=message),
+                         tf.debugging.assert_less(indices, rows, message=message)]

@@ -157,9 +157,17 @@ class FusedOptimizerMixin:
             grads_and_vars,
             learning_rate,
         )
-        self._fused_finish_step(
-            [u for u in tf.nest.flatten(updates) if isinstance(u, (tf.Tensor, tf.Operation))]
-        )
+        done = [u for u in tf.nest.flatten(updates) if isinstance(u, (tf.Tensor, tf.Operation))]
+        self._fused_finish_step(done)
+        if done and not tf.executing_eagerly():
+            # Note [atomic steps]: in a graph, Keras' `iterations.assign_add(1)`
+            # (after this method) is not ordered after the fused ops, which
+            # touch other resources, so a failing op could leave the counter
+            # advanced. A zero increment that waits for them puts the counter
+            # in their chain: automatic control dependencies order Keras'
+            # increment, on the same resource, after it.
+            with tf.control_dependencies(done):
+                self._iterations.assign_add(0)
 
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate):
         # Note [atomic steps]: every pair is checked before any group writes.
