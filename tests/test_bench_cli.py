@@ -47,8 +47,8 @@ def test_sizes_suite_table_json_and_plot(tmp_path):
     assert "suite: sizes" in r.stdout and "tf.raw_ops loop" in r.stdout
     rows = data["rows"]
     contenders = {x["contender"] for x in rows}
-    assert {"fusedopt", "fusedopt per-variable", "tf.raw_ops loop", "keras", "keras+XLA",
-            "roofline"} <= contenders
+    assert {"fusedopt", "fusedopt per-variable", "tf.raw_ops loop", "keras", "fusedopt+XLA",
+            "keras+XLA", "roofline"} <= contenders
     assert all(x["check"].startswith("ok") or x["check"] == "n/a" for x in rows), [x["check"] for x in rows]
     fused = [x for x in rows if x["contender"] == "fusedopt"]
     assert len(fused) == 4 and all(x["ms"] > 0 and x["gb_per_s"] > 0 for x in fused)
@@ -90,8 +90,8 @@ def test_fit_suite(tmp_path):
     assert resnet[0]["tensors"] == 214 and 25_000_000 < resnet[0]["elements"] < 26_000_000
     for case in cases:
         by = {x["contender"]: x for x in rows if x["case"] == case}
-        assert set(by) == {"fusedopt", "keras", "keras+XLA", "injected-wrong"}
-        for name in ("fusedopt", "keras", "keras+XLA"):
+        assert set(by) == {"fusedopt", "keras", "fusedopt+XLA", "keras+XLA", "injected-wrong"}
+        for name in ("fusedopt", "keras", "fusedopt+XLA", "keras+XLA"):
             assert by[name]["check"].startswith("ok") and by[name]["ms"] > 0, by[name]
             assert len(by[name]["extra"]["losses"]) == 3  # one epoch per round
         # The fused Adam gives Keras' numbers bit for bit: identical loss curves.
