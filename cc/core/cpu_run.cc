@@ -171,6 +171,16 @@ bool SkipStep(const Operands& ops, int dt, bool raw_nonfinite, const std::vector
   return false;
 }
 
+bool PrepareGradOptionsCpu(const ParallelFor& pfor, const GradOptions& options, int dt,
+                           int elem_bytes, Operands* ops) {
+  std::vector<double> sum_sq(ops->n, 0.0);
+  bool nonfinite = false;
+  if (options.NeedsStats()) GradStatsCpu(pfor, *ops, dt, elem_bytes, &sum_sq, &nonfinite);
+  ops->xforms = MakeXforms(options, sum_sq);
+  ops->transform = options.Transforms();
+  return options.skip_nonfinite && SkipStep(*ops, dt, nonfinite, sum_sq);
+}
+
 void PlanSparseItems(int i, bool exact, int64_t rows, int64_t row_size,
                      const std::vector<int64_t>& unique_rows, const char* compact,
                      const char* zeros, int64_t zero_elements, int elem_bytes,

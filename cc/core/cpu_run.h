@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cc/core/grad_options.h"
 #include "cc/core/plan.h"
 #include "cc/cpu/chunking.h"
 #include "cc/rules/numeric.h"
@@ -82,6 +83,13 @@ bool NeedsElementCheck(const GradXform& x, double sum_sq, bool raw_nonfinite, bo
 bool AnyTransformedNonfinite(const void* grad, int64_t n, int dt, const GradXform& x);
 // The whole judgement for a call whose gradients are in host memory.
 bool SkipStep(const Operands& ops, int dt, bool raw_nonfinite, const std::vector<double>& sum_sq);
+
+// A CPU call's gradient options: pass 0 when an option needs it, then the
+// per-tensor transforms (ops->xforms, ops->transform). Returns true when
+// skip_nonfinite skips the step (Note [skip after transform]): then nothing
+// may be written.
+bool PrepareGradOptionsCpu(const ParallelFor& pfor, const GradOptions& options, int dt,
+                           int elem_bytes, Operands* ops);
 
 // Note [sparse updates] (cc/tf/fused_ops.cc), the TensorFlow-free part.
 //

@@ -21,6 +21,17 @@ inline int GridFor(int64_t n) {
   return static_cast<int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
 }
 
+// Note [deterministic sums] on the GPU: a reduction's grid depends only on n
+// (at most kReductionMaxBlocks blocks, each thread summing its grid-stride
+// elements in order, blocks reducing in a fixed tree, a one-thread finalize
+// adding the blocks in order), so its bits are the same on every run.
+constexpr int kReductionMaxBlocks = 1024;
+
+inline int ReductionBlocks(int64_t n) {
+  const int64_t b = (n + kThreads - 1) / kThreads;
+  return static_cast<int>(b < kReductionMaxBlocks ? (b > 0 ? b : 1) : kReductionMaxBlocks);
+}
+
 struct SlotPtrs {
   void* p[kMaxSlots];
 };

@@ -11,13 +11,6 @@ namespace fusedopt {
 namespace cuda {
 namespace {
 
-constexpr int kLambMaxBlocks = 1024;
-
-int LambBlocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < kLambMaxBlocks ? (b > 0 ? b : 1) : kLambMaxBlocks);
-}
-
 __device__ void BlockSum2(double* sw, double* su, double w, double u) {
   sw[threadIdx.x] = w;
   su[threadIdx.x] = u;
@@ -91,9 +84,9 @@ int Lamb(const Coeffs& c, const GradXform& gx, void* var, void* const* slots, co
          int64_t n, void* scratch, cudaStream_t stream) {
   using M = opmath_t<T>;
   const auto oc = OpCoeffs<M>::From(c);
-  const int blocks = LambBlocks(n);
+  const int blocks = ReductionBlocks(n);
   double* partials = static_cast<double*>(scratch);
-  double* ratio = partials + 2 * kLambMaxBlocks;
+  double* ratio = partials + 2 * kReductionMaxBlocks;
   LambPass1<T, D, X><<<blocks, kThreads, 0, stream>>>(oc, static_cast<M>(gx.scale),
                                                      static_cast<M>(gx.clip_value),
                                                      static_cast<const T*>(var),
@@ -124,7 +117,7 @@ int LambDtype(bool decay, bool transform, const Coeffs& c, const GradXform& gx, 
 }  // namespace fusedopt
 
 extern "C" int64_t fusedopt_cuda_lamb_scratch_bytes(int64_t) {
-  return static_cast<int64_t>(sizeof(double)) * (2 * fusedopt::cuda::kLambMaxBlocks + 1);
+  return static_cast<int64_t>(sizeof(double)) * (2 * fusedopt::cuda::kReductionMaxBlocks + 1);
 }
 
 extern "C" int fusedopt_cuda_lamb(int dtype, int decay, const double* coeffs, int transform,

@@ -1,8 +1,6 @@
 // The gradient statistics pass on the GPU: a tensor's sum of squares (in
 // double) and whether any element is inf or NaN, written to device memory.
-// Deterministic as LAMB's norms (lamb.cu): the grid depends only on n, each
-// thread sums its grid-stride elements in order, blocks reduce in a fixed
-// tree, and a one-thread finalize adds the blocks in order.
+// Deterministic as LAMB's norms (Note [deterministic sums] in elementwise.cuh).
 #include <cuda_runtime.h>
 
 #include "cc/cuda/elementwise.cuh"
@@ -11,13 +9,6 @@
 namespace fusedopt {
 namespace cuda {
 namespace {
-
-constexpr int kStatsMaxBlocks = 1024;
-
-int StatsBlocks(int64_t n) {
-  const int64_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < kStatsMaxBlocks ? (b > 0 ? b : 1) : kStatsMaxBlocks);
-}
 
 template <typename T>
 __global__ void StatsPass(const T* __restrict__ grad, int64_t n, double* partials) {
@@ -62,7 +53,7 @@ __global__ void StatsFinalize(const double* partials, int blocks, double* out) {
 
 template <typename T>
 int Stats(const void* grad, int64_t n, void* scratch, double* out, cudaStream_t stream) {
-  const int blocks = StatsBlocks(n);
+  const int blocks = ReductionBlocks(n);
   double* partials = static_cast<double*>(scratch);
   StatsPass<T><<<blocks, kThreads, 0, stream>>>(static_cast<const T*>(grad), n, partials);
   StatsFinalize<<<1, 1, 0, stream>>>(partials, blocks, out);
@@ -74,7 +65,7 @@ int Stats(const void* grad, int64_t n, void* scratch, double* out, cudaStream_t 
 }  // namespace fusedopt
 
 extern "C" int64_t fusedopt_cuda_grad_stats_scratch_bytes(int64_t) {
-  return static_cast<int64_t>(sizeof(double)) * 2 * fusedopt::cuda::kStatsMaxBlocks;
+  return static_cast<int64_t>(sizeof(double)) * 2 * fusedopt::cuda::kReductionMaxBlocks;
 }
 
 extern "C" int fusedopt_cuda_grad_stats(int dtype, const void* grad, int64_t n, void* scratch,

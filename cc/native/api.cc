@@ -386,14 +386,9 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
   std::vector<int64_t> sizes(t->sizes, t->sizes + t->n);
   RETURN_IF_ERROR(GatherOperands(call, t, sizes, &ops));
   ops.sizes = sizes;
-  std::vector<double> sum_sq(ops.n, 0.0);
-  bool nonfinite = false;
   if (call->device == FUSEDOPT_DEVICE_CPU) {
     const ParallelFor pfor = cpu_pool != nullptr ? *cpu_pool : ThreadsFor(call->num_threads);
-    if (options.NeedsStats()) GradStatsCpu(pfor, ops, call->dtype, eb, &sum_sq, &nonfinite);
-    ops.xforms = MakeXforms(options, sum_sq);
-    ops.transform = options.Transforms();
-    if (options.skip_nonfinite && SkipStep(ops, call->dtype, nonfinite, sum_sq)) {
+    if (PrepareGradOptionsCpu(pfor, options, call->dtype, eb, &ops)) {
       if (skipped != nullptr) *skipped = 1;
       return Status{};
     }
@@ -405,6 +400,8 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
   RETURN_IF_ERROR(CudaUsable());
   int device = -1;
   RETURN_IF_ERROR(CudaDeviceOf(ops, &device));
+  std::vector<double> sum_sq(ops.n, 0.0);
+  bool nonfinite = false;
   if (options.NeedsStats()) {
     RETURN_IF_ERROR(GradStatsCuda(ops, call->dtype, call->stream, &sum_sq, &nonfinite));
   }
@@ -499,12 +496,7 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
     max_row = std::max(max_row, sp->row_sizes[i]);
   }
   const ParallelFor pfor = ThreadsFor(call->num_threads);
-  std::vector<double> sum_sq(n, 0.0);
-  bool nonfinite = false;
-  if (options.NeedsStats()) GradStatsCpu(pfor, ops, call->dtype, eb, &sum_sq, &nonfinite);
-  ops.xforms = MakeXforms(options, sum_sq);
-  ops.transform = options.Transforms();
-  if (options.skip_nonfinite && SkipStep(ops, call->dtype, nonfinite, sum_sq)) {
+  if (PrepareGradOptionsCpu(pfor, options, call->dtype, eb, &ops)) {
     if (skipped != nullptr) *skipped = 1;
     return Status{};
   }

@@ -189,14 +189,35 @@ Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
        "; pass a NumPy array or a device array with DLPack or __cuda_array_interface__");
 }
 
+// "a, b, c": the names name(0) .. name(count - 1).
+template <typename NameOf>
+std::string JoinNames(int count, NameOf name) {
+  std::string names;
+  for (int k = 0; k < count; ++k) names += std::string(k ? ", " : "") + name(k);
+  return names;
+}
+
 int RuleIndex(const std::string& rule) {
   const int r = fusedopt_rule_index(rule.c_str());
   if (r >= 0) return r;
-  std::string names;
-  for (int k = 0; k < fusedopt_rule_count(); ++k) {
-    names += std::string(k ? ", " : "") + fusedopt_rule_name(k);
+  Fail("unknown rule '" + rule + "'; the rules are " +
+       JoinNames(fusedopt_rule_count(), [](int k) { return fusedopt_rule_name(k); }));
+}
+
+// Raises ValueError for a key of `d` that is not one of the rule's `count`
+// names (`what`: "hyperparameter", "slot"; `listing`: how the names are introduced).
+template <typename NameOf>
+void CheckKeys(const py::dict& d, int count, NameOf name, const char* what,
+               const std::string& rule_name, const char* listing) {
+  for (auto item : d) {
+    const std::string key = py::str(item.first);
+    bool known = false;
+    for (int k = 0; k < count; ++k) known |= key == name(k);
+    if (!known) {
+      Fail(std::string("unknown ") + what + " '" + key + "' for " + rule_name + "; " + listing +
+           " " + JoinNames(count, name));
+    }
   }
-  Fail("unknown rule '" + rule + "'; the rules are " + names);
 }
 
 void Check(int code, const char* err) {
@@ -238,16 +259,11 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
   p->call.rule = rule;
   // Hyperparameters by name; weight_decay defaults to 0.
   const int ns = fusedopt_rule_num_scalars(rule);
+  auto scalar_name = [rule](int k) { return fusedopt_rule_scalar_name(rule, k); };
+  CheckKeys(hparams, ns, scalar_name, "hyperparameter", rule_name, "it takes");
   std::map<std::string, double> given;
   for (auto item : hparams) {
     const std::string key = py::str(item.first);
-    bool known = false;
-    for (int k = 0; k < ns; ++k) known |= key == fusedopt_rule_scalar_name(rule, k);
-    if (!known) {
-      std::string names;
-      for (int k = 0; k < ns; ++k) names += std::string(k ? ", " : "") + fusedopt_rule_scalar_name(rule, k);
-      Fail("unknown hyperparameter '" + key + "' for " + rule_name + "; it takes " + names);
-    }
     try {
       given[key] = item.second.cast<double>();
     } catch (const py::cast_error&) {
@@ -292,16 +308,8 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
   // Slot lists by name.
   const int nslots = fusedopt_rule_num_slots(rule);
   py::dict slots = slots_obj.is_none() ? py::dict() : slots_obj.cast<py::dict>();
-  for (auto item : slots) {
-    const std::string key = py::str(item.first);
-    bool known = false;
-    for (int k = 0; k < nslots; ++k) known |= key == fusedopt_rule_slot_name(rule, k);
-    if (!known) {
-      std::string names;
-      for (int k = 0; k < nslots; ++k) names += std::string(k ? ", " : "") + fusedopt_rule_slot_name(rule, k);
-      Fail("unknown slot '" + key + "' for " + rule_name + "; its slots are " + names);
-    }
-  }
+  CheckKeys(slots, nslots, [rule](int k) { return fusedopt_rule_slot_name(rule, k); }, "slot",
+            rule_name, "its slots are");
   p->slots.resize(nslots);
   std::memset(&p->tensors, 0, sizeof(p->tensors));
   for (int k = 0; k < nslots; ++k) {

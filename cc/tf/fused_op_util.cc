@@ -13,6 +13,19 @@
 namespace fusedopt {
 namespace tf {
 
+absl::Status ReadRuleAttrs(tensorflow::OpKernelConstruction* c, Rule rule, RuleAttrs* attrs) {
+  if (rule == Rule::kSgd) TF_RETURN_IF_ERROR(c->GetAttr("nesterov", &attrs->nesterov));
+  if (rule == Rule::kRmsprop || rule == Rule::kAdagrad) {
+    TF_RETURN_IF_ERROR(c->GetAttr("epsilon_outside_sqrt", &attrs->epsilon_outside_sqrt));
+  }
+  if (rule == Rule::kNadam) {
+    float d = 1.0f;
+    TF_RETURN_IF_ERROR(c->GetAttr("schedule_decay", &d));
+    attrs->schedule_decay = d;
+  }
+  return absl::OkStatus();
+}
+
 void RunChunks(tensorflow::OpKernelContext* ctx, const std::vector<cpu::Chunk>& chunks,
                int bytes_per_element, const std::function<void(const cpu::Chunk&)>& work) {
   const int64_t n = static_cast<int64_t>(chunks.size());

@@ -6,6 +6,7 @@
 #include <functional>
 #include <vector>
 
+#include "cc/core/plan.h"
 #include "cc/cpu/chunking.h"
 #include "cc/tf/variable_access.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -14,6 +15,10 @@ namespace fusedopt {
 namespace tf {
 
 enum class Backend { kCpu, kGpu };
+
+// The op attributes that change `rule`'s form (nesterov, epsilon_outside_sqrt,
+// schedule_decay), for the op kernels and their XLA lowering alike.
+absl::Status ReadRuleAttrs(tensorflow::OpKernelConstruction* c, Rule rule, RuleAttrs* attrs);
 
 // Runs work(chunk) for every chunk on the op's intra-op thread pool.
 // `bytes_per_element` feeds the pool's cost model.

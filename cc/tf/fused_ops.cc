@@ -73,17 +73,7 @@ struct Spec {
   static constexpr Rule kRule = R;
   static constexpr bool kTwoPass = R == Rule::kLamb;
   RuleAttrs attrs;
-  explicit Spec(OpKernelConstruction* c) {
-    if constexpr (R == Rule::kSgd) OP_REQUIRES_OK(c, c->GetAttr("nesterov", &attrs.nesterov));
-    if constexpr (R == Rule::kRmsprop || R == Rule::kAdagrad) {
-      OP_REQUIRES_OK(c, c->GetAttr("epsilon_outside_sqrt", &attrs.epsilon_outside_sqrt));
-    }
-    if constexpr (R == Rule::kNadam) {
-      float d = 1.0f;
-      OP_REQUIRES_OK(c, c->GetAttr("schedule_decay", &d));
-      attrs.schedule_decay = d;
-    }
-  }
+  explicit Spec(OpKernelConstruction* c) { OP_REQUIRES_OK(c, ReadRuleAttrs(c, R, &attrs)); }
   static const RuleInfo& Info() { return InfoOf(R); }
 };
 
@@ -271,22 +261,19 @@ class FusedApplyOp : public OpKernel {
     // Pass 0, only when an option needs it: norms and the non-finite check,
     // before anything is written (a skipped step writes nothing at all).
     // Note [skip after transform] (cc/core/cpu_run.h) judges a skip.
-    std::vector<double> sum_sq(n, 0.0);
-    bool nonfinite = false;
-    if (options.NeedsStats()) {
-      if constexpr (B == Backend::kCpu) {
-        GradStatsCpu(PoolOf(ctx), ops, dt, static_cast<int>(sizeof(T)), &sum_sq, &nonfinite);
-      } else {
+    if constexpr (B == Backend::kCpu) {
+      if (PrepareGradOptionsCpu(PoolOf(ctx), options, dt, static_cast<int>(sizeof(T)), &ops)) {
+        skipped->scalar<bool>()() = true;
+        return absl::OkStatus();
+      }
+    } else {
+      if (options.NeedsStats()) {
         return absl::UnimplementedError(
             "clip_norm, global_clip_norm and skip_nonfinite are not implemented on GPU yet; "
             "clip in TensorFlow before the call, or run the update on CPU");
       }
-    }
-    ops.xforms = MakeXforms(options, sum_sq);
-    ops.transform = options.Transforms();
-    if (options.skip_nonfinite && SkipStep(ops, dt, nonfinite, sum_sq)) {
-      skipped->scalar<bool>()() = true;
-      return absl::OkStatus();
+      ops.xforms = MakeXforms(options, std::vector<double>(n, 0.0));
+      ops.transform = options.Transforms();
     }
 
     if constexpr (B == Backend::kCpu) {
@@ -446,14 +433,7 @@ class SparseApplyOp : public OpKernel {
       max_row = std::max(max_row, row_size[i]);
     }
     const int dt = DTypeIndex(dtype);
-    std::vector<double> sum_sq(n, 0.0);
-    bool nonfinite = false;
-    if (options.NeedsStats()) {
-      GradStatsCpu(PoolOf(ctx), ops, dt, static_cast<int>(sizeof(S)), &sum_sq, &nonfinite);
-    }
-    ops.xforms = MakeXforms(options, sum_sq);
-    ops.transform = options.Transforms();
-    if (options.skip_nonfinite && SkipStep(ops, dt, nonfinite, sum_sq)) {
+    if (PrepareGradOptionsCpu(PoolOf(ctx), options, dt, static_cast<int>(sizeof(S)), &ops)) {
       skipped->scalar<bool>()() = true;
       return absl::OkStatus();
     }

@@ -23,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cc/core/plan.h"
+#include "cc/tf/fused_op_util.h"
 #include "tensorflow/compiler/tf2xla/shape_util.h"
 #include "tensorflow/compiler/tf2xla/xla_op_kernel.h"
 #include "tensorflow/compiler/tf2xla/xla_op_registry.h"
@@ -44,15 +45,7 @@ class FusedApplyXlaOp : public XlaOpKernel {
     OP_REQUIRES_OK(c, c->GetAttr("skip_nonfinite", &skip_nonfinite_));
     OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
     OP_REQUIRES_OK(c, c->GetAttr("grappler_constant_folding", &constant_folding_));
-    if constexpr (R == Rule::kSgd) OP_REQUIRES_OK(c, c->GetAttr("nesterov", &nesterov_));
-    if constexpr (R == Rule::kRmsprop || R == Rule::kAdagrad) {
-      OP_REQUIRES_OK(c, c->GetAttr("epsilon_outside_sqrt", &epsilon_outside_sqrt_));
-    }
-    if constexpr (R == Rule::kNadam) {
-      float d = 1.0f;
-      OP_REQUIRES_OK(c, c->GetAttr("schedule_decay", &d));
-      schedule_decay_ = d;
-    }
+    OP_REQUIRES_OK(c, ReadRuleAttrs(c, R, &attrs_));
   }
 
   void Compile(XlaOpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompile(ctx)); }
@@ -123,9 +116,9 @@ class FusedApplyXlaOp : public XlaOpKernel {
     }
     const std::string attrs = absl::StrCat(
         "{rule = ", static_cast<int>(R), " : i32, n = ", n, " : i32, slot_mask = ", slot_mask,
-        " : i32, nesterov = ", nesterov_ ? 1 : 0,
-        " : i32, epsilon_outside_sqrt = ", epsilon_outside_sqrt_ ? 1 : 0,
-        " : i32, schedule_decay = ", absl::StrFormat("%.17e", schedule_decay_),
+        " : i32, nesterov = ", attrs_.nesterov ? 1 : 0,
+        " : i32, epsilon_outside_sqrt = ", attrs_.epsilon_outside_sqrt ? 1 : 0,
+        " : i32, schedule_decay = ", absl::StrFormat("%.17e", attrs_.schedule_decay),
         " : f64, grappler_form = ", grappler_form_ ? 1 : 0,
         " : i32, constant_folding = ", constant_folding_ ? 1 : 0,
         " : i32, skip_nonfinite = ", skip_nonfinite_ ? 1 : 0, " : i32}");
@@ -145,9 +138,7 @@ class FusedApplyXlaOp : public XlaOpKernel {
   bool skip_nonfinite_ = false;
   bool grappler_form_ = false;
   bool constant_folding_ = false;
-  bool nesterov_ = false;
-  bool epsilon_outside_sqrt_ = false;
-  double schedule_decay_ = 1.0;
+  RuleAttrs attrs_;
 };
 
 #define FUSEDOPT_REGISTER_XLA(OP, RULE)                                                   \
