@@ -52,9 +52,12 @@ def step_checks(
         if len(variables) != len(grads):
             variables = variables[:1] * len(grads)
         for g, v in zip(grads, variables):
+            sparse = isinstance(g, tf.IndexedSlices)
+            if not sparse and g.shape == v.shape and g.shape.is_fully_defined():
+                continue  # the common case, decided without building anything
             shape = tf.TensorShape(v.shape)
             what = _name(var, i)
-            if isinstance(g, tf.IndexedSlices):
+            if sparse:
                 checks += _sparse_checks(g, v, shape, what)
             else:
                 gshape = tf.TensorShape(g.shape)

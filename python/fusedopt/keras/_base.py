@@ -170,18 +170,21 @@ class FusedOptimizerMixin:
                 self._iterations.assign_add(0)
 
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate):
-        # Note [atomic steps]: every pair is checked before any group writes.
-        local = distribution.experimental_local_results if tf.distribute.has_strategy() else None
-        checks = _atomic.step_checks(grads_and_vars, local)
-        with tf.control_dependencies(checks):
-            return self._fused_group_updates(distribution, grads_and_vars, learning_rate)
-
-    def _fused_group_updates(self, distribution, grads_and_vars, learning_rate):
-        updates = []
         groups: dict[tuple[str, tf.DType, bool, bool], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
             groups.setdefault(self._group_key(var, grad), []).append((grad, var))
+        # Note [atomic steps]: with several groups every pair is checked before
+        # any group writes (one op checks all of its own inputs first).
+        checks = []
+        if len(groups) > 1:
+            local = (distribution.experimental_local_results if tf.distribute.has_strategy()
+                     else None)
+            checks = _atomic.step_checks(grads_and_vars, local)
+        with tf.control_dependencies(checks):
+            return self._fused_group_updates(distribution, groups, learning_rate)
 
+    def _fused_group_updates(self, distribution, groups, learning_rate):
+        updates = []
         for (_, dtype, decays, sparse), items in groups.items():
             variables = [v for _, v in items]
             weight_decay = self.weight_decay if decays else 0.0

@@ -152,11 +152,6 @@ class FusedLegacyMixin:
             return super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
 
         mode = self._effective_sparse_mode()
-        # Note [atomic steps] (fusedopt/_atomic.py): every pair is checked
-        # before any group writes; the groups' ops wait for the checks.
-        local = (distribution.experimental_local_results if tf.distribute.has_strategy()
-                 else None)
-        checks = _atomic.step_checks(grads_and_vars, local)
         groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
         per_variable: list[tuple[Any, Any]] = []
         for grad, var in grads_and_vars:
@@ -176,6 +171,15 @@ class FusedLegacyMixin:
                 groups.setdefault((var.device, var.dtype.base_dtype, sparse), []).append(
                     (grad, var)
                 )
+
+        # Note [atomic steps] (fusedopt/_atomic.py): with several update calls
+        # every pair is checked before any of them writes; they wait for the
+        # checks (a single fused op checks all of its own inputs first).
+        checks = []
+        if len(groups) + len(per_variable) > 1:
+            local = (distribution.experimental_local_results if tf.distribute.has_strategy()
+                     else None)
+            checks = _atomic.step_checks(grads_and_vars, local)
 
         update_ops: list[Any] = []
 
