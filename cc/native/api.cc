@@ -258,9 +258,14 @@ Status CudaDeviceOf(const Operands& ops, int* device) {
   };
   for (int i = 0; i < ops.n; ++i) {
     if (ops.sizes[i] == 0) continue;
-    RETURN_IF_ERROR(visit(ops.vars[i], i, "the variable"));
+    // A statistics call's operands hold gradients alone (no vars, no slots).
+    if (static_cast<size_t>(i) < ops.vars.size()) {
+      RETURN_IF_ERROR(visit(ops.vars[i], i, "the variable"));
+    }
     RETURN_IF_ERROR(visit(ops.grads[i], i, "the gradient"));
-    for (int k = 0; k < ops.num_slots; ++k) RETURN_IF_ERROR(visit(ops.slots[i][k], i, "a slot"));
+    if (static_cast<size_t>(i) < ops.slots.size()) {
+      for (int k = 0; k < ops.num_slots; ++k) RETURN_IF_ERROR(visit(ops.slots[i][k], i, "a slot"));
+    }
   }
   if (*device >= 0) RETURN_IF_ERROR(CudaError(fusedopt_cuda_set_device(*device), "cudaSetDevice"));
   return Status{};

@@ -182,7 +182,16 @@ Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
     } catch (const py::error_already_set&) {
       cai = py::none();  // e.g. PyTorch bfloat16: no typestr; DLPack below
     }
-    if (!cai.is_none()) return FromCudaArrayInterface(obj, cai.cast<py::dict>(), what, writable);
+    // A typestr we do not read (PyTorch gives bfloat16 as "<V2") goes through
+    // DLPack, which names bfloat16, when the object has it.
+    if (!cai.is_none()) {
+      const py::dict d = cai.cast<py::dict>();
+      const std::string typestr = d.contains("typestr") ? std::string(py::str(d["typestr"])) : "";
+      const bool known = typestr == "<f2" || typestr == "<f4" || typestr == "<f8";
+      if (known || !py::hasattr(obj, "__dlpack__")) {
+        return FromCudaArrayInterface(obj, d, what, writable);
+      }
+    }
   }
   if (py::hasattr(obj, "__dlpack__")) return FromDlpack(obj, what);
   Fail(what.str() + " is a " + std::string(py::str(py::type::of(obj).attr("__name__"))) +

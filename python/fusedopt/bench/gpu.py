@@ -191,8 +191,10 @@ class CupyArrays:
         return np.dtype(dtype)
 
     def from_f64(self, x64, dtype: str):
-        return self.cp.ascontiguousarray(self.cp.asarray(np.asarray(x64, np.float64)
-                                                         .astype(self._np(dtype))))
+        # (cupy.ascontiguousarray, like NumPy's, makes a 0-d array 1-d: reshape back.)
+        x = np.asarray(x64, np.float64)
+        return self.cp.ascontiguousarray(self.cp.asarray(x.astype(self._np(dtype)))).reshape(
+            x.shape)
 
     def to_f64(self, a) -> np.ndarray:
         return self.cp.asnumpy(a).astype(np.float64)
