@@ -17,7 +17,7 @@
 # 4. writes device.txt (nvidia-smi -q), summary.md and summary.json.
 #
 # Every step has a time limit and the whole stays under $FUSEDOPT_GPU_CHECK_BUDGET
-# seconds (default 470). Exit: 0 all passed; 1 a build, test or benchmark check
+# seconds (default 540). Exit: 0 all passed; 1 a build, test or benchmark check
 # failed or ran out of time; 2 a tool is missing.
 # Extra pytest arguments for tests/gpu: $FUSEDOPT_GPU_PYTEST_ARGS, as shell words
 # (e.g. FUSEDOPT_GPU_PYTEST_ARGS='-m "not huge"');
@@ -34,7 +34,7 @@ cd "$ROOT"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 START=$(date +%s)
-BUDGET="${FUSEDOPT_GPU_CHECK_BUDGET:-470}"
+BUDGET="${FUSEDOPT_GPU_CHECK_BUDGET:-540}"
 
 say() { printf '[gpu_check %3ds] %s\n' "$(( $(date +%s) - START ))" "$*" >&2; }
 
@@ -135,7 +135,7 @@ if (( BUILD_RC == 0 )); then
     >"$OUT/native_info.json" 2>"$OUT/native_info.log" || say "fusedopt._native does not import: see native_info.log"
   export FUSEDOPT_GPU_REPORT="$OUT/gpu_parity.json"
   eval "extra_args=(${FUSEDOPT_GPU_PYTEST_ARGS:-})"  # shell words: -m "not huge" stays 2 args
-  run_step pytest_gpu 240 150 "$OUT/pytest.log" \
+  run_step pytest_gpu 300 150 "$OUT/pytest.log" \
     "$PY" -m pytest tests/gpu --confcutdir=tests/gpu -p no:cacheprovider -q -rfEs \
       --junitxml="$OUT/pytest.xml" "${extra_args[@]}" || FAILED=1
   # The CPU half, without TensorFlow: --noconftest (tests/conftest.py imports it).

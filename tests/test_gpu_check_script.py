@@ -89,10 +89,12 @@ def test_bench_smoke_run_on_the_cpu_checks_and_writes_every_row(tmp_path):
     """--device cpu: the whole pipeline (contenders checked against the
     reference, then timed) on tiny CPU arrays."""
     pytest.importorskip("fusedopt._native")
-    from fusedopt.bench.gpu import resnet50_shapes
+    from fusedopt.bench.gpu import mixed_shapes, resnet50_shapes
 
     shapes = resnet50_shapes()
     assert len(shapes) == 161 and sum(int(np.prod(s)) for s in shapes) == 25_557_032
+    mixed = mixed_shapes()
+    assert len(mixed) == 1000 and min(mixed) >= (16,) and max(mixed) <= (2**18,)
     r = _bench(tmp_path, "--device", "cpu", "--scale", "1e-4", "--repeats", "2", "--warmup", "1",
                "--dtypes", "float32", "--no-torch-optim", "--json", str(tmp_path / "b.json"),
                "--markdown", str(tmp_path / "b.md"))
@@ -101,7 +103,7 @@ def test_bench_smoke_run_on_the_cpu_checks_and_writes_every_row(tmp_path):
     rows = out["rows"]
     assert {(x["rule"], x["workload"].split("-")[0]) for x in rows} == {
         (rule, w) for rule in ("adam", "adamw", "sgd_momentum", "lion", "rmsprop", "lamb")
-        for w in ("single", "resnet50")}
+        for w in ("single", "resnet50", "mixed")}
     assert all(x["check"] == "ok" and x["median_ms"] > 0 and x["gb_per_s"] > 0 for x in rows)
     assert out["meta"]["copy"]["gb_per_s"] > 0
     assert "| adam | float32 |" in (tmp_path / "b.md").read_text()

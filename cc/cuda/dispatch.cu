@@ -1,49 +1,101 @@
 // The C-ABI entry points of the elementwise and LAMB launchers.
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "cc/cuda/elementwise.cuh"
 #include "cc/cuda/launchers.h"
+
+namespace fusedopt {
+namespace cuda {
+
+int MultiTensorGrid(int64_t total_chunks) {
+  // The multiprocessor count of each device, read once.
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> sms[kMaxDevices];
+  int device = 0;
+  int count = 0;
+  if (cudaGetDevice(&device) == cudaSuccess && device >= 0 && device < kMaxDevices) {
+    count = sms[device].load(std::memory_order_relaxed);
+    if (count == 0 &&
+        cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess) {
+      sms[device].store(count, std::memory_order_relaxed);
+    }
+  }
+  if (count <= 0) count = 132;  // (an H100's; the grid-stride loop covers any count)
+  const int64_t blocks = int64_t{count} * (2048 / kThreads);
+  return static_cast<int>(total_chunks < blocks ? total_chunks : blocks);
+}
+
+namespace {
+
+int Dispatch(int algo, int dtype, int variant, const LaunchArgs& a) {
+  switch (static_cast<Algo>(algo)) {
+    case Algo::kSgd:
+      return LaunchSgd(dtype, variant, a);
+    case Algo::kAdam:
+      return LaunchAdam(dtype, variant, a);
+    case Algo::kNadam:
+      return LaunchNadam(dtype, variant, a);
+    case Algo::kAdamax:
+      return LaunchAdamax(dtype, variant, a);
+    case Algo::kRmsprop:
+      return LaunchRmsprop(dtype, variant, a);
+    case Algo::kAdagrad:
+      return LaunchAdagrad(dtype, variant, a);
+    case Algo::kAdadelta:
+      return LaunchAdadelta(dtype, variant, a);
+    case Algo::kFtrl:
+      return LaunchFtrl(dtype, variant, a);
+    case Algo::kLion:
+      return LaunchLion(dtype, variant, a);
+    case Algo::kScheduleFree:
+      return LaunchScheduleFree(dtype, variant, a);
+    case Algo::kMuonMomentum:
+      return LaunchMuonMomentum(dtype, variant, a);
+    case Algo::kMuon:
+      return LaunchMuon(dtype, variant, a);
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fusedopt
+
+extern "C" int fusedopt_cuda_elementwise_multi(int algo, int dtype, int variant, int decay,
+                                               const double* coeffs, int transform,
+                                               int num_tensors, void* const* vars,
+                                               void* const* slots, const void* const* grads,
+                                               const int64_t* sizes, const double* grad_scales,
+                                               const double* clip_values, void* stream) {
+  using namespace fusedopt;
+  if (num_tensors < 0 || (num_tensors > 0 && (vars == nullptr || slots == nullptr ||
+                                              grads == nullptr || sizes == nullptr)) ||
+      (transform != 0 && num_tensors > 0 && (grad_scales == nullptr || clip_values == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  cuda::LaunchArgs a{};
+  for (int k = 0; k < kMaxCoeffs; ++k) a.c.c[k] = coeffs[k];
+  a.decay = decay != 0;
+  a.transform = transform != 0;
+  a.num = num_tensors;
+  a.vars = vars;
+  a.slots = slots;
+  a.grads = grads;
+  a.sizes = sizes;
+  a.scales = grad_scales;
+  a.clips = clip_values;
+  a.stream = static_cast<cudaStream_t>(stream);
+  return cuda::Dispatch(algo, dtype, variant, a);
+}
 
 extern "C" int fusedopt_cuda_elementwise(int algo, int dtype, int variant, int decay,
                                          const double* coeffs, int transform, double grad_scale,
                                          double clip_value, void* var, void* const* slots,
                                          const void* grad, int64_t n, void* stream) {
-  using namespace fusedopt;
-  cuda::LaunchArgs a{};
-  for (int k = 0; k < kMaxCoeffs; ++k) a.c.c[k] = coeffs[k];
-  a.decay = decay != 0;
-  a.transform = transform != 0;
-  a.gx = GradXform{grad_scale, clip_value};
-  a.var = var;
-  a.slots = slots;
-  a.grad = grad;
-  a.n = n;
-  a.stream = static_cast<cudaStream_t>(stream);
-  switch (static_cast<Algo>(algo)) {
-    case Algo::kSgd:
-      return cuda::LaunchSgd(dtype, variant, a);
-    case Algo::kAdam:
-      return cuda::LaunchAdam(dtype, variant, a);
-    case Algo::kNadam:
-      return cuda::LaunchNadam(dtype, variant, a);
-    case Algo::kAdamax:
-      return cuda::LaunchAdamax(dtype, variant, a);
-    case Algo::kRmsprop:
-      return cuda::LaunchRmsprop(dtype, variant, a);
-    case Algo::kAdagrad:
-      return cuda::LaunchAdagrad(dtype, variant, a);
-    case Algo::kAdadelta:
-      return cuda::LaunchAdadelta(dtype, variant, a);
-    case Algo::kFtrl:
-      return cuda::LaunchFtrl(dtype, variant, a);
-    case Algo::kLion:
-      return cuda::LaunchLion(dtype, variant, a);
-    case Algo::kScheduleFree:
-      return cuda::LaunchScheduleFree(dtype, variant, a);
-    case Algo::kMuonMomentum:
-      return cuda::LaunchMuonMomentum(dtype, variant, a);
-    case Algo::kMuon:
-      return cuda::LaunchMuon(dtype, variant, a);
-  }
-  return static_cast<int>(cudaErrorInvalidValue);
+  void* slot_block[fusedopt::kMaxSlots] = {};
+  for (int k = 0; k < fusedopt::kMaxSlots; ++k) slot_block[k] = slots != nullptr ? slots[k] : nullptr;
+  return fusedopt_cuda_elementwise_multi(algo, dtype, variant, decay, coeffs, transform, 1, &var,
+                                         slot_block, &grad, &n, &grad_scale, &clip_value, stream);
 }

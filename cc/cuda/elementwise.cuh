@@ -32,57 +32,180 @@ inline int ReductionBlocks(int64_t n) {
   return static_cast<int>(b < kReductionMaxBlocks ? (b > 0 ? b : 1) : kReductionMaxBlocks);
 }
 
-struct SlotPtrs {
-  void* p[kMaxSlots];
+// Note [multi-tensor launch]: one launch updates up to kMtCapacity tensors.
+// Their pointers, sizes and gradient transforms travel in the kernel's
+// parameter block (MtParams, ~16 KB: CUDA 12.1+ runtimes and R530+ drivers
+// take up to 32764 bytes on Volta and newer; we need CUDA 13 and sm_75+), as
+// a __grid_constant__ so that indexing it by a run-time tensor number reads
+// the parameter bank instead of copying the block to local memory. Each tensor
+// is cut into chunks of ChunkElems<T>() elements; chunk_end[t] is the number
+// of chunks of tensors 0..t. A block takes chunks blockIdx.x,
+// blockIdx.x + gridDim.x, ... and finds a chunk's tensor by binary search in
+// chunk_end (uniform across the block). Within a chunk, a tensor whose every
+// pointer is 16-byte aligned is read and written in 16-byte vectors (all
+// operands of a vector loaded before the update, then stored), the rest of
+// the chunk and unaligned tensors element by element. The per-element math is
+// UpdateElement, run on registers: the bits are those of the element loop.
+constexpr int kMtCapacity = 224;
+constexpr int kChunkVectors = 4;  // 16-byte vectors per thread per chunk
+
+template <typename T>
+__host__ __device__ constexpr int VecElems() {
+  return static_cast<int>(16 / sizeof(T));
+}
+
+template <typename T>
+__host__ __device__ constexpr int64_t ChunkElems() {
+  return int64_t{kThreads} * VecElems<T>() * kChunkVectors;
+}
+
+struct MtParams {
+  int64_t chunk_end[kMtCapacity];
+  int64_t n[kMtCapacity];
+  void* var[kMtCapacity];
+  const void* grad[kMtCapacity];
+  void* slot[kMaxSlots][kMtCapacity];
+  double scale[kMtCapacity];  // GradXform, when the launch transforms
+  double clip[kMtCapacity];
+  unsigned char vec_ok[kMtCapacity];
+  int count;
+};
+static_assert(sizeof(MtParams) < 32000, "the kernel parameter limit is 32764 bytes");
+
+template <typename T>
+struct alignas(16) Vec {
+  T x[VecElems<T>()];
 };
 
 template <typename Rule, typename T, int V, bool D, bool X>
-__global__ void ElementwiseKernel(OpCoeffs<opmath_t<T>> oc, opmath_t<T> gscale, opmath_t<T> gclip,
-                                  T* __restrict__ var, SlotPtrs slots, const T* __restrict__ grad,
-                                  int64_t n) {
-  T* __restrict__ s0 = static_cast<T*>(slots.p[0]);
-  T* __restrict__ s1 = static_cast<T*>(slots.p[1]);
-  T* __restrict__ s2 = static_cast<T*>(slots.p[2]);
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += stride) {
-    UpdateElement<Rule, V, D, X>(oc.c, gscale, gclip, var, s0, s1, s2, grad, i);
+__global__ void __launch_bounds__(kThreads)
+    MultiTensorKernel(const __grid_constant__ MtParams p, const OpCoeffs<opmath_t<T>> oc,
+                      const int64_t total_chunks) {
+  using M = opmath_t<T>;
+  constexpr int K = Rule::Slots(V);
+  constexpr int VE = VecElems<T>();
+  constexpr int64_t kChunk = ChunkElems<T>();
+  for (int64_t c = blockIdx.x; c < total_chunks; c += gridDim.x) {
+    int lo = 0, hi = p.count - 1;
+    while (lo < hi) {
+      const int mid = (lo + hi) >> 1;
+      if (p.chunk_end[mid] > c) {
+        hi = mid;
+      } else {
+        lo = mid + 1;
+      }
+    }
+    const int t = lo;
+    const int64_t begin = (c - (t == 0 ? 0 : p.chunk_end[t - 1])) * kChunk;
+    const int64_t rest = p.n[t] - begin;
+    const int64_t len = rest < kChunk ? rest : kChunk;
+    T* __restrict__ var = static_cast<T*>(p.var[t]) + begin;
+    const T* __restrict__ grad = static_cast<const T*>(p.grad[t]) + begin;
+    T* __restrict__ s0 = K > 0 ? static_cast<T*>(p.slot[0][t]) + begin : nullptr;
+    T* __restrict__ s1 = K > 1 ? static_cast<T*>(p.slot[1][t]) + begin : nullptr;
+    T* __restrict__ s2 = K > 2 ? static_cast<T*>(p.slot[2][t]) + begin : nullptr;
+    const M gscale = X ? static_cast<M>(p.scale[t]) : M(1);
+    const M gclip = X ? static_cast<M>(p.clip[t]) : M(0);
+    int64_t scalar_from = 0;
+    if (p.vec_ok[t]) {
+      const int64_t nvec = len / VE;
+      for (int64_t j = threadIdx.x; j < nvec; j += kThreads) {
+        Vec<T> lv = reinterpret_cast<const Vec<T>*>(var)[j];
+        const Vec<T> lg = reinterpret_cast<const Vec<T>*>(grad)[j];
+        Vec<T> l0, l1, l2;
+        if constexpr (K > 0) l0 = reinterpret_cast<const Vec<T>*>(s0)[j];
+        if constexpr (K > 1) l1 = reinterpret_cast<const Vec<T>*>(s1)[j];
+        if constexpr (K > 2) l2 = reinterpret_cast<const Vec<T>*>(s2)[j];
+#pragma unroll
+        for (int e = 0; e < VE; ++e) {
+          UpdateElement<Rule, V, D, X>(oc.c, gscale, gclip, lv.x, l0.x, l1.x, l2.x, lg.x, e);
+        }
+        reinterpret_cast<Vec<T>*>(var)[j] = lv;
+        if constexpr (K > 0) reinterpret_cast<Vec<T>*>(s0)[j] = l0;
+        if constexpr (K > 1) reinterpret_cast<Vec<T>*>(s1)[j] = l1;
+        if constexpr (K > 2) reinterpret_cast<Vec<T>*>(s2)[j] = l2;
+      }
+      scalar_from = nvec * VE;
+    }
+    for (int64_t i = scalar_from + threadIdx.x; i < len; i += kThreads) {
+      UpdateElement<Rule, V, D, X>(oc.c, gscale, gclip, var, s0, s1, s2, grad, i);
+    }
   }
 }
 
-// The launch parameters shared by every elementwise launch.
+// The launch parameters shared by every elementwise launch: num tensors, each
+// with its pointers (slots[kMaxSlots * i + k]: slot k of tensor i, in the
+// rule's slot order), size and gradient transform (scales/clips: null unless
+// transform).
 struct LaunchArgs {
   bool decay;
   bool transform;
-  GradXform gx;
   Coeffs c;
-  void* var;
+  int num;
+  void* const* vars;
   void* const* slots;
-  const void* grad;
-  int64_t n;
+  const void* const* grads;
+  const int64_t* sizes;
+  const double* scales;
+  const double* clips;
   cudaStream_t stream;
 };
 
+// Blocks for a launch: enough to fill every multiprocessor (8 blocks of
+// kThreads each), fewer when there are fewer chunks.
+int MultiTensorGrid(int64_t total_chunks);
+
 template <typename Rule, typename T, int V, bool D, bool X>
-void LaunchOne(const LaunchArgs& a, const SlotPtrs& sp) {
+int LaunchMulti(const LaunchArgs& a) {
   using M = opmath_t<T>;
-  ElementwiseKernel<Rule, T, V, D, X><<<GridFor(a.n), kThreads, 0, a.stream>>>(
-      OpCoeffs<M>::From(a.c), static_cast<M>(a.gx.scale), static_cast<M>(a.gx.clip_value),
-      static_cast<T*>(a.var), sp, static_cast<const T*>(a.grad), a.n);
+  constexpr int K = Rule::Slots(V);
+  const OpCoeffs<M> oc = OpCoeffs<M>::From(a.c);
+  MtParams p;
+  p.count = 0;
+  int64_t chunks = 0;
+  auto launch = [&]() -> int {
+    if (p.count == 0) return 0;
+    MultiTensorKernel<Rule, T, V, D, X>
+        <<<MultiTensorGrid(chunks), kThreads, 0, a.stream>>>(p, oc, chunks);
+    p.count = 0;
+    chunks = 0;
+    return static_cast<int>(cudaGetLastError());
+  };
+  auto aligned = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
+  for (int i = 0; i < a.num; ++i) {
+    const int64_t n = a.sizes[i];
+    if (n <= 0) continue;
+    const int t = p.count;
+    p.n[t] = n;
+    p.var[t] = a.vars[i];
+    p.grad[t] = a.grads[i];
+    bool ok = aligned(a.vars[i]) && aligned(a.grads[i]);
+    for (int k = 0; k < kMaxSlots; ++k) {
+      p.slot[k][t] = k < K ? a.slots[kMaxSlots * i + k] : nullptr;
+      if (k < K) ok = ok && aligned(p.slot[k][t]);
+    }
+    p.vec_ok[t] = ok ? 1 : 0;
+    p.scale[t] = a.transform ? a.scales[i] : 1.0;
+    p.clip[t] = a.transform ? a.clips[i] : 0.0;
+    chunks += (n + ChunkElems<T>() - 1) / ChunkElems<T>();
+    p.chunk_end[t] = chunks;
+    p.count = t + 1;
+    if (p.count == kMtCapacity) {
+      const int err = launch();
+      if (err != 0) return err;
+    }
+  }
+  return launch();
 }
 
 template <typename Rule, typename T, int V>
 int LaunchVariant(const LaunchArgs& a) {
-  SlotPtrs sp{};
-  for (int k = 0; k < Rule::Slots(V); ++k) sp.p[k] = a.slots[k];
   if (a.decay) {
-    a.transform ? LaunchOne<Rule, T, V, true, true>(a, sp)
-                : LaunchOne<Rule, T, V, true, false>(a, sp);
-  } else {
-    a.transform ? LaunchOne<Rule, T, V, false, true>(a, sp)
-                : LaunchOne<Rule, T, V, false, false>(a, sp);
+    return a.transform ? LaunchMulti<Rule, T, V, true, true>(a)
+                       : LaunchMulti<Rule, T, V, true, false>(a);
   }
-  return static_cast<int>(cudaGetLastError());
+  return a.transform ? LaunchMulti<Rule, T, V, false, true>(a)
+                     : LaunchMulti<Rule, T, V, false, false>(a);
 }
 
 template <typename Rule, typename T, int V = 0>
@@ -97,10 +220,10 @@ int LaunchDtype(int variant, const LaunchArgs& a) {
   }
 }
 
-// Launches Rule on one tensor: dtype is a fusedopt::DType index.
+// Launches Rule on a.num tensors: dtype is a fusedopt::DType index.
 template <typename Rule>
 int LaunchRule(int dtype, int variant, const LaunchArgs& a) {
-  if (a.n == 0) return 0;
+  if (a.num == 0) return 0;
   switch (static_cast<DType>(dtype)) {
     case DType::kFloat16:
       return LaunchDtype<Rule, Half>(variant, a);

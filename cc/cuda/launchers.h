@@ -40,6 +40,21 @@ int fusedopt_cuda_elementwise(int algo, int dtype, int variant, int decay, const
                               int transform, double grad_scale, double clip_value, void* var,
                               void* const* slots, const void* grad, int64_t n, void* stream);
 
+// The same rule over num_tensors tensors in as few launches as the kernel's
+// parameter block allows (Note [multi-tensor launch] in elementwise.cuh:
+// up to 224 tensors per launch). Tensor i: vars[i], grads[i], sizes[i]
+// elements, slot k at slots[3 * i + k] (kMaxSlots = 3 per tensor, the rule's
+// slots first); grad_scales[i] and clip_values[i] its transform (both may be
+// NULL when transform is 0). Empty tensors are skipped. The kernels read and
+// write 16-byte vectors where all of a tensor's pointers are 16-byte aligned;
+// the bits do not depend on it.
+int fusedopt_cuda_elementwise_multi(int algo, int dtype, int variant, int decay,
+                                    const double* coeffs, int transform, int num_tensors,
+                                    void* const* vars, void* const* slots,
+                                    const void* const* grads, const int64_t* sizes,
+                                    const double* grad_scales, const double* clip_values,
+                                    void* stream);
+
 // LAMB over one tensor (slots = {m, v}), two passes with a deterministic norm
 // reduction. scratch: device memory of fusedopt_cuda_lamb_scratch_bytes(n)
 // bytes, owned by the caller until the stream has run the launch.

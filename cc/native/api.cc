@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cc/core/cpu_run.h"
+#include "cc/core/cuda_run.h"
 #include "cc/core/grad_options.h"
 #include "cc/core/plan.h"
 #include "cc/cpu/kernels.h"
@@ -356,16 +357,8 @@ Status RunCuda(const Operands& ops, const Plan& plan, Rule rule, int dt, void* s
     }
     return Status{};
   }
-  for (int i = 0; i < ops.n; ++i) {
-    const int variant = plan.VariantFor(ops.IsRank0(i)) + plan.rsqrt_stride * kPacketRsqrt;
-    RETURN_IF_ERROR(CudaError(
-        fusedopt_cuda_elementwise(static_cast<int>(info.algo), dt, variant, decay,
-                                  plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
-                                  ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
-                                  ops.slots[i].data(), ops.grads[i], ops.sizes[i], stream),
-        std::string("the ") + info.name + " kernel"));
-  }
-  return Status{};
+  return CudaError(RunElementwiseCuda(ops, plan, info.algo, dt, decay != 0, stream),
+                   std::string("the ") + info.name + " kernel");
 }
 #endif  // FUSEDOPT_WITH_CUDA
 

@@ -26,6 +26,7 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
 #if defined(FUSEDOPT_WITH_CUDA)
+#include "cc/core/cuda_run.h"
 #include "cc/cuda/launchers.h"
 #endif
 
@@ -100,20 +101,8 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
     return absl::OkStatus();
   } else {
 #if defined(FUSEDOPT_WITH_CUDA)
-    void* stream = GpuStream(ctx);
-    for (int i = 0; i < ops.n; ++i) {
-      TF_RETURN_IF_ERROR(CudaStatus(
-          fusedopt_cuda_elementwise(static_cast<int>(algo), dt,
-                                    plan.VariantFor(ops.IsRank0(i)) +
-                                        plan.rsqrt_stride * kPacketRsqrt,
-                                    decay ? 1 : 0,
-                                    plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
-                                    ops.xforms[i].scale,
-                                    ops.xforms[i].clip_value, ops.vars[i], ops.slots[i].data(),
-                                    ops.grads[i], ops.sizes[i], stream),
-          "elementwise update"));
-    }
-    return absl::OkStatus();
+    return CudaStatus(RunElementwiseCuda(ops, plan, algo, dt, decay, GpuStream(ctx)),
+                      "elementwise update");
 #else
     return absl::InternalError("fusedopt was built without CUDA");
 #endif

@@ -399,6 +399,14 @@ def resnet50_shapes() -> list[tuple[int, ...]]:
     return shapes
 
 
+def mixed_shapes(scale: float = 1.0, count: int = 1000, seed: int = 1) -> list[tuple[int, ...]]:
+    """`count` tensors with sizes log-uniform from 16 to 2**18 elements (times
+    `scale`), a fixed draw: the many-tensor workload of the CUDA issue."""
+    r = np.random.default_rng(seed)
+    sizes = np.exp(r.uniform(np.log(16), np.log(2**18), size=count)) * scale
+    return [(max(1, int(n)),) for n in sizes]
+
+
 @dataclass
 class RuleSpec:
     name: str  # the bench's name
@@ -652,7 +660,7 @@ def run(args) -> tuple[dict, list[Row]]:
     if scale < 1:
         resnet = [tuple(max(1, int(round(d * scale ** (1 / len(s))))) for d in s) for s in resnet]
     workloads = {"single-64M" if scale == 1 else f"single-{single[0][0]}": single,
-                 "resnet50-161": resnet}
+                 "resnet50-161": resnet, "mixed-1000": mixed_shapes(scale)}
     copy = copy_bandwidth(main_arrays, max(4096, int(COPY_BYTES * scale)), args.warmup,
                           args.repeats)
     log(f"copy bandwidth {copy['gb_per_s']:.1f} GB/s ({copy['bytes'] / 2**30:.3g} GiB buffer)")
