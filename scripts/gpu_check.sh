@@ -13,7 +13,9 @@
 # 3. runs tests/gpu (pytest.log, pytest.xml, gpu_parity.json: where the
 #    device's bits differ from the CPU's), then the CPU half
 #    tests/test_native_module.py (pytest_cpu.log/.xml; its TensorFlow
-#    comparisons skip), then the benchmark (bench.json, bench.md, bench.log);
+#    comparisons skip), then the host cost per tensor of a call over many
+#    small tensors (scripts/gpu_host_overhead.py: host_overhead.log/.json),
+#    then the benchmark (bench.json, bench.md, bench.log);
 # 4. writes device.txt (nvidia-smi -q), summary.md and summary.json.
 #
 # Every step has a time limit and the whole stays under $FUSEDOPT_GPU_CHECK_BUDGET
@@ -142,6 +144,8 @@ if (( BUILD_RC == 0 )); then
   run_step pytest_cpu 120 100 "$OUT/pytest_cpu.log" \
     "$PY" -m pytest tests/test_native_module.py --noconftest -p no:cacheprovider -q -rfEs \
       --junitxml="$OUT/pytest_cpu.xml" || FAILED=1
+  run_step host_overhead 40 190 "$OUT/host_overhead.log" \
+    "$PY" scripts/gpu_host_overhead.py --json "$OUT/host_overhead.json" || FAILED=1
   run_step bench 180 15 "$OUT/bench.log" \
     "$PY" -m fusedopt.bench.gpu --json "$OUT/bench.json" --markdown "$OUT/bench.md" || FAILED=1
 fi
@@ -243,6 +247,9 @@ else:
     tail = (read("bench.log", "") or "").strip().splitlines()[-3:]
     lines.append("no benchmark result; the end of bench.log:")
     lines += [f"    {l}" for l in tail]
+overhead = (read("host_overhead.log", "") or "").strip()
+if overhead:
+    lines += ["", "## Host cost per tensor", "", "```"] + overhead.splitlines()[-8:] + ["```"]
 lines += ["", "Result: " + ("FAILED" if failed == "1" else "passed")]
 with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
