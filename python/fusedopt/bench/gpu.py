@@ -623,6 +623,10 @@ class Row:
     max_ms: float | None = None
     gb_per_s: float | None = None
     fraction_of_copy: float | None = None
+    # Kernel time per step (CUPTI through torch.profiler): the step without
+    # the host's share, which a call over many small tensors is bound by.
+    kernel_ms: float | None = None
+    kernel_gb_per_s: float | None = None
 
 
 def time_steps(arrays, fn: Callable[[int], None], warmup: int, repeats: int) -> list[float]:
@@ -631,6 +635,34 @@ def time_steps(arrays, fn: Callable[[int], None], warmup: int, repeats: int) -> 
         fn(t + 2)
     arrays.synchronize()
     return [timer(lambda t=t: fn(t + 2 + warmup)) for t in range(repeats)]
+
+
+def kernel_ms_per_step(arrays, fn: Callable[[int], None], steps: int) -> float | None:
+    """The summed duration of the device's kernels (and copies) over `steps`
+    steps, per step, from PyTorch's profiler (CUPTI records every kernel of
+    the process, fusedopt's included); None without PyTorch with CUDA or when
+    the profiler records nothing."""
+    if not arrays.is_cuda:
+        return None
+    try:
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+
+        if not torch.cuda.is_available():
+            return None
+        arrays.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for t in range(steps):
+                fn(t + 100)
+            arrays.synchronize()
+        total_us = 0.0
+        for e in prof.key_averages():
+            total_us += float(getattr(e, "self_device_time_total",
+                                      getattr(e, "self_cuda_time_total", 0.0)) or 0.0)
+    except Exception as e:  # noqa: BLE001 - a profiler that does not run here: no column
+        log(f"kernel time: the profiler did not run ({type(e).__name__}: {e})")
+        return None
+    return total_us / steps / 1e3 if total_us > 0 else None
 
 
 def copy_bandwidth(arrays, nbytes: int, warmup: int, repeats: int) -> dict:
@@ -691,11 +723,15 @@ def run(args) -> tuple[dict, list[Row]]:
                         row.min_ms, row.max_ms = min(ms), max(ms)
                         row.gb_per_s = nbytes / (row.median_ms * 1e-3) / 1e9
                         row.fraction_of_copy = row.gb_per_s / copy["gb_per_s"]
+                        row.kernel_ms = kernel_ms_per_step(c.a, c.step, 5)
+                        if row.kernel_ms:
+                            row.kernel_gb_per_s = nbytes / (row.kernel_ms * 1e-3) / 1e9
                     rows.append(row)
                     log(f"{rule_name:12s} {dtype:8s} {wname:14s} {c.label:22s} {check:4s} "
                         + (f"{row.median_ms:8.3f} ms {row.gb_per_s:7.1f} GB/s "
                            f"({100 * row.fraction_of_copy:.0f}% of copy)"
-                           if row.median_ms is not None else ""))
+                           if row.median_ms is not None else "")
+                        + (f"; kernels {row.kernel_ms:.3f} ms" if row.kernel_ms else ""))
                 c = row = contenders = fused = None  # free the device memory before the next
                 arrays.release()
                 if torch_arrays is not None:
@@ -730,16 +766,24 @@ def markdown(meta: dict, rows: list[Row]) -> str:
         f"({meta['copy']['bytes'] / 2**30:.3g} GiB buffer, read + write counted). "
         f"Median of {meta['repeats']} steps after {meta['warmup']} warm-up steps.",
         "",
-        "| rule | dtype | workload | contender | check | median ms | GB/s | % of copy |",
-        "| --- | --- | --- | --- | --- | ---: | ---: | ---: |",
+        "Kernel ms: the device's kernels alone per step (PyTorch's profiler), without the "
+        "host's share that the median (CUDA events around the host call) includes.",
+        "",
+        "| rule | dtype | workload | contender | check | median ms | GB/s | % of copy "
+        "| kernel ms | kernel % of copy |",
+        "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    copy_gbs = meta["copy"]["gb_per_s"]
     for r in rows:
         timed = r.median_ms is not None
+        k = r.kernel_ms is not None
         lines.append(
             f"| {r.rule} | {r.dtype} | {r.workload} ({r.tensors} tensors, {r.elements:,} el.) | "
             f"{r.contender} | {r.check} | {f'{r.median_ms:.3f}' if timed else '-'} | "
             f"{f'{r.gb_per_s:.1f}' if timed else '-'} | "
-            f"{f'{100 * r.fraction_of_copy:.0f}%' if timed else '-'} |")
+            f"{f'{100 * r.fraction_of_copy:.0f}%' if timed else '-'} | "
+            f"{f'{r.kernel_ms:.3f}' if k else '-'} | "
+            f"{f'{100 * r.kernel_gb_per_s / copy_gbs:.0f}%' if k else '-'} |")
     return "\n".join(lines) + "\n"
 
 
