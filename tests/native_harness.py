@@ -553,9 +553,15 @@ def ulp_distance(x: np.ndarray, y: np.ndarray) -> int:
     def ordered(u):
         s = u.view(signed).astype(np.int64) if w < 64 else u.view(np.int64)
         mag = s & ((1 << (w - 1)) - 1) if w < 64 else s & np.int64(0x7FFFFFFFFFFFFFFF)
-        return np.where(s < 0, -mag, mag).astype(np.float64)
+        return np.where(s < 0, -mag, mag)
 
-    return int(np.max(np.abs(ordered(x) - ordered(y))))
+    a, b = ordered(x).reshape(-1), ordered(y).reshape(-1)
+    differ = a != b
+    if not differ.any():
+        return 0
+    # Python integers: a float64 (or int64) difference of 64-bit patterns
+    # would round (or overflow).
+    return max(abs(int(p) - int(q)) for p, q in zip(a[differ], b[differ]))
 
 
 def hash_state(state: NativeState, backend: Any = None) -> str:

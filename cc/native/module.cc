@@ -202,44 +202,12 @@ bool FromTorchCuda(const py::object& obj, const Label& what, Buf* b) {
   return true;
 }
 
-// CuPy arrays read through data.ptr, dtype, shape and flags (Cython
-// attributes) rather than __cuda_array_interface__, whose dict costs more
-// than the rest of an array's handling. False for anything else.
-bool FromCupy(const py::object& obj, const Label& what, bool writable, Buf* b) {
-  const py::handle type = reinterpret_cast<PyObject*>(Py_TYPE(obj.ptr()));
-  const py::object module = py::getattr(type, "__module__", py::none());
-  if (!py::isinstance<py::str>(module) || std::string(py::str(module)).rfind("cupy", 0) != 0 ||
-      !py::hasattr(obj, "data") || !py::hasattr(obj, "flags")) {
-    return false;
-  }
-  (void)writable;  // CuPy arrays are writable
-  const py::object dt = obj.attr("dtype");
-  const std::string kind = py::str(dt.attr("kind"));
-  const int itemsize = dt.attr("itemsize").cast<int>();
-  if (kind == "f" && itemsize == 2) b->dtype = 0;
-  else if (kind == "f" && itemsize == 4) b->dtype = 2;
-  else if (kind == "f" && itemsize == 8) b->dtype = 3;
-  else Fail(what.str() + " has dtype " + std::string(py::str(dt.attr("name"))) +
-            "; use float16, bfloat16, float32 or float64");
-  if (!obj.attr("flags").attr("c_contiguous").cast<bool>()) {
-    Fail(what.str() + " is not C-contiguous; pass a contiguous array (cupy.ascontiguousarray "
-                      "copies, and the update would not reach the original)");
-  }
-  b->device = FUSEDOPT_DEVICE_CUDA;
-  const py::object mem = obj.attr("data");
-  b->ptr = reinterpret_cast<void*>(mem.attr("ptr").cast<uintptr_t>());
-  b->device_id = mem.attr("device_id").cast<int>();
-  for (auto d : py::tuple(obj.attr("shape"))) b->shape.push_back(d.cast<int64_t>());
-  b->keep = obj;
-  return true;
-}
-
 Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
   py::object obj = py::reinterpret_borrow<py::object>(h);
   if (py::isinstance<py::array>(obj)) return FromNumpy(obj.cast<py::array>(), what, writable);
   {
     Buf b;
-    if (FromTorchCuda(obj, what, &b) || FromCupy(obj, what, writable, &b)) return b;
+    if (FromTorchCuda(obj, what, &b)) return b;
   }
   {
     // Read once: the property builds a new dict on every access.
