@@ -15,7 +15,16 @@ namespace fusedopt {
 namespace tf {
 namespace {
 
-std::string Quote(const std::string& s) { return "\"" + s + "\""; }
+// A JSON string (the CUDA status texts are plain ASCII; quotes and
+// backslashes are escaped all the same).
+std::string Quote(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  return out + "\"";
+}
 
 std::string JsonList(const std::vector<std::string>& items) {
   std::string out = "[";
@@ -51,8 +60,14 @@ std::string BuildInfoJson() {
   j += ", \"cuda_architectures\": " + JsonList(Split(FUSEDOPT_CUDA_ARCHS, ','));
   j += ", \"cuda_runtime_version\": " + std::to_string(fusedopt_cuda_runtime_version());
   j += ", \"cuda_driver_version\": " + std::to_string(fusedopt_cuda_driver_version());
+  // Whether the kernels can launch in this process (a device, and a driver
+  // new enough for the CUDA runtime linked in): checked once per process.
+  const int usable = fusedopt_cuda_check_usable();
+  j += std::string(", \"cuda_usable\": ") + (usable == 0 ? "true" : "false");
+  j += ", \"cuda_status\": " + Quote(usable == 0 ? "ok" : fusedopt_cuda_error_string(usable));
 #else
   j += ", \"cuda\": false, \"cuda_version\": null, \"cuda_architectures\": []";
+  j += ", \"cuda_usable\": false, \"cuda_status\": \"built without CUDA\"";
 #endif
   return j + "}";
 }

@@ -27,7 +27,11 @@ def build_info() -> dict[str, Any]:
 
     Returns a dict with: ``fusedopt_version``, ``tensorflow_built_against``,
     ``tensorflow_running``, ``cuda`` (whether CUDA kernels are compiled in),
-    ``cuda_version``, ``cuda_architectures``, ``cpu_simd_compiled`` (the CPU
+    ``cuda_version``, ``cuda_architectures``, ``cuda_usable`` and
+    ``cuda_status`` (whether the CUDA kernels can run in this process, and if
+    not why: no device, a driver older than the CUDA runtime linked in, or a
+    build without CUDA; GPU variables then take the Keras built-in update,
+    after one warning), ``cpu_simd_compiled`` (the CPU
     instruction-set variants in the library), ``cpu_simd_selected`` (the one
     used on this CPU), ``compiler`` and ``library_path``.
 

@@ -4,6 +4,7 @@ kernels support."""
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import tensorflow as tf
@@ -35,11 +36,49 @@ def grappler_rewrites() -> tuple[bool, bool]:
             options.get("constant_folding", True) is not False)
 
 
-def _on_cpu(var) -> bool:
-    device = getattr(var, "device", "") or ""
+@functools.lru_cache(maxsize=None)
+def _device_is_cpu(device: str) -> bool:
     if device:
         return (tf.DeviceSpec.from_string(device).device_type or "CPU").upper() == "CPU"
     return not tf.config.list_logical_devices("GPU")
+
+
+def _on_cpu(var) -> bool:
+    return _device_is_cpu(getattr(var, "device", "") or "")
+
+
+_cuda_reason: list[str | None] = []  # [reason] once computed
+
+
+def cuda_unusable_reason() -> str | None:
+    """Why fusedopt's CUDA kernels cannot run in this process (None when
+    they can): a build without CUDA, no device, or a driver older than the
+    CUDA 13 runtime linked into the library. Read once from build_info()."""
+    if not _cuda_reason:
+        from fusedopt import _loader
+
+        info = _loader.build_info()
+        if not info.get("cuda"):
+            reason = "this fusedopt build has no CUDA kernels (built without nvcc)"
+        elif not info.get("cuda_usable", False):
+            driver = info.get("cuda_driver_version") or 0
+            reason = (f"fusedopt's CUDA kernels cannot run here: {info.get('cuda_status')} "
+                      f"(fusedopt's CUDA runtime {info.get('cuda_runtime_version')}, the "
+                      f"driver supports {driver or 'no CUDA (no driver)'})")
+        else:
+            reason = None
+        _cuda_reason.append(reason)
+    return _cuda_reason[0]
+
+
+def gpu_fallback_reason(variables) -> str | None:
+    """A message when some of these variables live on a GPU that fusedopt's
+    CUDA kernels cannot use (the caller then runs the built-in update, which
+    TensorFlow's own GPU kernels can); None otherwise."""
+    reason = cuda_unusable_reason()
+    if reason is None or all(_on_cpu(v) for v in variables):
+        return None
+    return f"{reason}; GPU variables take the built-in update (same results, no fused kernel)"
 
 
 def xla_lowering_available(grads, variables) -> bool:

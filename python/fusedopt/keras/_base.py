@@ -99,10 +99,14 @@ class FusedOptimizerMixin:
         [atomic steps] in fusedopt/_atomic.py)."""
 
     def _fused_supports(self, variables) -> bool:
-        """Whether the fused op can run this step at all (Adafactor: CPU
-        variables outside XLA); otherwise the built-in's update runs, after a
-        warning, with the same numbers."""
-        del variables
+        """Whether the fused op can run this step at all (not for GPU
+        variables when fusedopt's CUDA kernels cannot run in this process;
+        Adafactor: CPU variables outside XLA); otherwise the built-in's update
+        runs, after a warning, with the same numbers."""
+        reason = _ctx.gpu_fallback_reason(variables)
+        if reason is not None:
+            _ctx.warn_fallback_once(reason)
+            return False
         return True
 
     def _fused_enabled(self) -> bool:

@@ -123,6 +123,8 @@ class FusedLegacyMixin:
         if _ctx.in_xla_context() and not _ctx.xla_lowering_available([grad], [var]):
             _ctx.warn_xla_once("tf_keras' built-in update ops")
             return self._unfused_dense(grad, var, apply_state)
+        if _gpu_fallback([var]):
+            return self._unfused_dense(grad, var, apply_state)
         c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
         return self._fused_update([var], [grad], c)
 
@@ -132,6 +134,8 @@ class FusedLegacyMixin:
         if mode is None or _ctx.in_xla_context():
             if mode is not None:
                 _ctx.warn_xla_once("tf_keras' built-in update ops")
+            return self._unfused_sparse(grad, var, indices, apply_state)
+        if _gpu_fallback([var]):
             return self._unfused_sparse(grad, var, indices, apply_state)
         c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
         # The fused sparse ops sum duplicate indices themselves (deterministically).
@@ -148,7 +152,9 @@ class FusedLegacyMixin:
         grads_and_vars = list(grads_and_vars)
         xla_fallback = _ctx.in_xla_context() and not _ctx.xla_lowering_available(
             [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars])
-        if not self.multi_tensor or xla_fallback:
+        # (GPU variables that fusedopt's CUDA kernels cannot serve: the
+        # per-variable hooks run the built-in's update for them.)
+        if not self.multi_tensor or xla_fallback or _gpu_fallback([v for _, v in grads_and_vars]):
             return super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
 
         mode = self._effective_sparse_mode()
@@ -233,6 +239,16 @@ class FusedLegacyMixin:
                     with tf.control_dependencies([tf.group(update_ops)]):
                         return self.iterations.assign_add(1, read_value=False)
             return self.iterations.assign_add(1)
+
+
+def _gpu_fallback(variables: Sequence[Any]) -> bool:
+    """True (after one warning) when some of these variables are on a GPU
+    that fusedopt's CUDA kernels cannot use in this process."""
+    reason = _ctx.gpu_fallback_reason(variables)
+    if reason is not None:
+        _ctx.warn_fallback_once(reason)
+        return True
+    return False
 
 
 def slots(opt: Any, variables: Sequence[Any], name: str) -> list[Any]:
