@@ -805,6 +805,31 @@ def test_same_bits_as_the_tensorflow_op_in_grappler_form(rng, name):
     assert H.compare_bits(got, want) == {}
 
 
+TF_OP_FORM = ["rmsprop", "rmsprop_momentum", "rmsprop_centered", "rmsprop_centered_momentum",
+              "adadelta", "adamax"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", TF_OP_FORM)
+def test_same_bits_as_the_tensorflow_op_in_its_training_op_form(rng, name, dtype):
+    """tf_training_op_form=True (TF's ResourceApply* arithmetic, what
+    fusedopt.legacy asks for): the module gives the op's bits, and those
+    differ from the default (Keras 3) form somewhere."""
+    tf, fops = _tf_and_ops()
+    case = H.CASE_BY_NAME[name]
+    p = H.make_problem(case, dtype, TF_SHAPES, rng, 0.01, False, steps=3)
+    want = _run_tf(tf, fops, p, tf_training_op_form=True)
+    got = H.state_bits(H.run_native(nat, p, tf_training_op_form=True))
+    assert H.compare_bits(got, want) == {}
+    assert H.compare_bits(H.state_bits(H.run_native(nat, p)), want) != {}
+
+
+def test_tf_training_op_form_is_refused_where_no_op_form_exists():
+    p = H.make_problem(H.CASE_BY_NAME["adam"], "float32", [(3,)], H.seeded_rng("op form"))
+    with pytest.raises(ValueError, match="tf_training_op_form is for adamax, rmsprop"):
+        H.run_native(nat, p, tf_training_op_form=True)
+
+
 @pytest.mark.parametrize("name", ["adam", "lamb", "sgd_momentum"])
 @pytest.mark.parametrize("clip", ["clip_norm", "global_clip_norm"])
 def test_same_bits_as_the_tensorflow_op_with_norm_clipping(rng, name, clip):

@@ -53,6 +53,11 @@ std::string Msg(const A&... parts) {
 std::string MakePlan(Rule rule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
+  if (in.attrs.tf_training_op_form && rule != Rule::kAdamax && rule != Rule::kRmsprop &&
+      rule != Rule::kAdadelta) {
+    return "tf_training_op_form is for adamax, rmsprop and adadelta (TensorFlow's "
+           "ResourceApply* arithmetic)";
+  }
   switch (rule) {
     case Rule::kSgd:
       if (in.attrs.nesterov && !in.slot_given[0]) {

@@ -293,6 +293,7 @@ struct Options {
   bool skip_nonfinite;
   uintptr_t stream;
   int threads;
+  bool tf_training_op_form = false;
 };
 
 void Prepare(const std::string& rule_name, const py::list& vars, const py::list& grads,
@@ -332,6 +333,7 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
   p->call.schedule_decay = o.schedule_decay;
   p->call.grappler_form = o.grappler_form;
   p->call.constant_folding = o.constant_folding;
+  p->call.tf_training_op_form = o.tf_training_op_form ? 1 : 0;
   p->call.grad_scale = o.grad_scale;
   p->call.clip_value = o.clip_value;
   p->call.clip_norm = o.clip_norm;
@@ -569,11 +571,13 @@ CUDA failures; nothing is written when it raises.)doc";
          const py::object& slots, const py::dict& hparams, int64_t step, bool nesterov,
          bool epsilon_outside_sqrt, double schedule_decay, bool grappler_form,
          bool constant_folding, double grad_scale, double clip_value, double clip_norm,
-         double global_clip_norm, bool skip_nonfinite, uintptr_t stream, int threads) {
+         double global_clip_norm, bool skip_nonfinite, uintptr_t stream, int threads,
+         bool tf_training_op_form) {
         return Apply(rule, vars, grads, slots, hparams,
                      Options{step, nesterov, epsilon_outside_sqrt, schedule_decay, grappler_form,
                              constant_folding, grad_scale, clip_value, clip_norm,
-                             global_clip_norm, skip_nonfinite, stream, threads});
+                             global_clip_norm, skip_nonfinite, stream, threads,
+                             tf_training_op_form});
       },
       py::arg("rule"), py::arg("vars"), py::arg("grads"), py::arg("slots") = py::none(),
       py::arg("hparams") = py::dict(), py::kw_only(), py::arg("step") = 0,
@@ -582,7 +586,7 @@ CUDA failures; nothing is written when it raises.)doc";
       py::arg("constant_folding") = false, py::arg("grad_scale") = 1.0,
       py::arg("clip_value") = inf, py::arg("clip_norm") = inf, py::arg("global_clip_norm") = inf,
       py::arg("skip_nonfinite") = false, py::arg("stream") = 0, py::arg("threads") = 0,
-      apply_doc);
+      py::arg("tf_training_op_form") = false, apply_doc);
   m.def(
       "sparse_apply",
       [](const std::string& rule, const py::list& vars, const py::list& values,
