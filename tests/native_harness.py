@@ -314,6 +314,11 @@ CASES = [
     Case("nadam_schedule_decay", "nadam", {"m": small, "v": pos},
          dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7), _nadam_ref,
          options=dict(schedule_decay=0.004)),
+    # The same in tf_keras' own element order (tf_training_op_form; no weight
+    # decay in that form).
+    Case("nadam_tf_form", "nadam", {"m": small, "v": pos},
+         dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7), _nadam_ref,
+         options=dict(schedule_decay=0.004, tf_training_op_form=True), decays=False),
     Case("adamax", "adamax", {"m": small, "u": pos}, dict(beta_1=0.9, beta_2=0.999, epsilon=1e-7),
          _adamax_ref),
     Case("rmsprop", "rmsprop", {"velocity": pos}, dict(rho=0.9, momentum=0.0, epsilon=1e-7),

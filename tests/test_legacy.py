@@ -422,12 +422,12 @@ def test_resource_apply_hooks_call_the_fused_ops():
 
 # Bit identity with tf_keras' built-ins, where it holds today (float32 and
 # float64, eager and tf.function, params and every optimizer variable ``==``;
-# RMSprop with momentum, Adadelta and Adamax through the ops' tf_training_op_form).
-# Not yet identical (docs/parity.md, "fusedopt.legacy"): Nadam, Ftrl with
-# learning_rate_power != -0.5; those are compared within tolerance by
+# RMSprop with momentum, Adadelta, Adamax and Nadam through the ops'
+# tf_training_op_form). Not yet identical (docs/parity.md, "fusedopt.legacy"):
+# Ftrl with learning_rate_power != -0.5; compared within tolerance by
 # test_matches_builtin.
 LEGACY_EXACT = [c for c in CASES
-                if c[0] in ("SGD", "Adam", "Adagrad", "RMSprop", "Adadelta", "Adamax")
+                if c[0] in ("SGD", "Adam", "Adagrad", "RMSprop", "Adadelta", "Adamax", "Nadam")
                 or (c[0] == "Ftrl" and c[1].get("learning_rate_power", -0.5) == -0.5)]
 
 

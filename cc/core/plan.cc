@@ -54,9 +54,9 @@ std::string MakePlan(Rule rule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
   if (in.attrs.tf_training_op_form && rule != Rule::kAdamax && rule != Rule::kRmsprop &&
-      rule != Rule::kAdadelta) {
-    return "tf_training_op_form is for adamax, rmsprop and adadelta (TensorFlow's "
-           "ResourceApply* arithmetic)";
+      rule != Rule::kAdadelta && rule != Rule::kNadam) {
+    return "tf_training_op_form is for adamax, rmsprop, adadelta and nadam (TensorFlow's "
+           "ResourceApply* arithmetic; tf_keras' legacy Nadam)";
   }
   switch (rule) {
     case Rule::kSgd:
@@ -71,8 +71,15 @@ std::string MakePlan(Rule rule, const PlanInput& in, Plan* p) {
       p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step, mb);
       return "";
     case Rule::kNadam:
+      if (in.attrs.tf_training_op_form) {
+        if (s[4] != 0) {
+          return Msg("tf_training_op_form (tf_keras' legacy Nadam) takes no weight_decay, got ",
+                     s[4]);
+        }
+        p->variant = 1;
+      }
       p->coeffs = FUSEDOPT_COEFFS(in, Nadam, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
-                                  in.attrs.schedule_decay, mb);
+                                  in.attrs.schedule_decay, mb, in.attrs.tf_training_op_form);
       return "";
     case Rule::kAdamax:
       p->variant = in.attrs.tf_training_op_form ? 1 : 0;

@@ -593,11 +593,11 @@ CUDA failures; nothing is written when it raises.)doc";
          const py::list& indices, const py::object& slots, const py::dict& hparams,
          const std::string& mode, int64_t step, bool nesterov, bool epsilon_outside_sqrt,
          double schedule_decay, double grad_scale, double clip_value, double clip_norm,
-         double global_clip_norm, bool skip_nonfinite, int threads) {
+         double global_clip_norm, bool skip_nonfinite, int threads, bool tf_training_op_form) {
         return SparseApply(rule, vars, values, indices, slots, hparams, mode,
                            Options{step, nesterov, epsilon_outside_sqrt, schedule_decay, false,
                                    false, grad_scale, clip_value, clip_norm, global_clip_norm,
-                                   skip_nonfinite, 0, threads});
+                                   skip_nonfinite, 0, threads, tf_training_op_form});
       },
       py::arg("rule"), py::arg("vars"), py::arg("grad_values"), py::arg("grad_indices"),
       py::arg("slots") = py::none(), py::arg("hparams") = py::dict(), py::kw_only(),
@@ -605,7 +605,7 @@ CUDA failures; nothing is written when it raises.)doc";
       py::arg("epsilon_outside_sqrt") = false, py::arg("schedule_decay") = 1.0,
       py::arg("grad_scale") = 1.0, py::arg("clip_value") = inf, py::arg("clip_norm") = inf,
       py::arg("global_clip_norm") = inf, py::arg("skip_nonfinite") = false,
-      py::arg("threads") = 0,
+      py::arg("threads") = 0, py::arg("tf_training_op_form") = false,
       R"doc(
 A sparse (IndexedSlices) step, CPU only for now: grad_values[i] holds one row
 per entry of grad_indices[i] (NumPy int32/int64, any order, duplicates summed)

@@ -100,12 +100,20 @@ inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_de
 //   as the variable dtype sees it.
 // schedule_decay: tf_keras' legacy Nadam raises 0.96 to schedule_decay * t
 // (0.004 * t); 1 (Keras 3) raises it to t itself.
+// tf_form (tf_keras' legacy Nadam, NadamRule variant 1): the same
+// coefficients plus the cast betas themselves (beta_2 in the place of the
+// weight decay's learning rate: that form takes no decay).
 template <typename S = double>
 inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_decay,
-                    double u_product, int64_t step, double schedule_decay = 1.0, bool grappler_form = false) {
+                    double u_product, int64_t step, double schedule_decay = 1.0, bool grappler_form = false,
+                    bool tf_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
-  const S beta_1 = ViaFloat<S>(b1);
-  const S beta_2 = ViaFloat<S>(b2);
+  // Keras 3 casts its Python betas through float32; tf_keras' legacy Nadam
+  // hands its hypers (float32 variables) over cast to the variables' dtype,
+  // as the op's inputs: used as given. Both take 0.96 through float32
+  // (tf.cast(0.96, float64) converts the Python float to a float32 first).
+  const S beta_1 = tf_form ? Direct<S>(b1) : ViaFloat<S>(b1);
+  const S beta_2 = tf_form ? Direct<S>(b2) : ViaFloat<S>(b2);
   const S decay = ViaFloat<S>(0.96);
   S t = Step<S>(step), t1 = Step<S>(step + 1);
   if (schedule_decay != 1.0) {
@@ -125,6 +133,10 @@ inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_d
   c.c[NadamRule::kOneMinusB2Pow] = S(1) - std::pow(beta_2, Step<S>(step));
   c.c[NadamRule::kLr] = Direct<S>(lr);
   c.c[NadamRule::kEps] = Direct<S>(eps);
+  if (tf_form) {
+    c.c[NadamRule::kB1] = beta_1;
+    c.c[NadamRule::kB2] = beta_2;
+  }
   return c;
 }
 

@@ -324,16 +324,34 @@ struct NadamRule {
     kOneMinusB2Pow = 7,
     kLr = 8,
     kEps = 9,
+    kB1 = 10,        // variant 1
+    kB2 = kDecayLr,  // variant 1, which takes no weight decay (tf_keras' Nadam has none):
+                     // c[kDecay] stays 0, so nothing reads the decay's learning rate
   };
-  static constexpr int kNumVariants = 1;
+  static constexpr int kNumVariants = 2;
   FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
-    s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
-    const M m_hat = (c[kUt1] * s[0]) / c[kOneMinusUProd1] + (c[kOneMinusUt] * g) / c[kOneMinusUProd];
-    const M v_hat = s[1] / c[kOneMinusB2Pow];
-    var = var - (m_hat * c[kLr]) / (Sqrt(v_hat) + c[kEps]);
+    if constexpr (V == 1) {
+      // tf_keras' legacy Nadam._resource_apply_dense, op for op:
+      //   g' = g / (1 - u_product);  m = b1 * m + (1 - b1) * g;  m' = m / (1 - u_product * u_t1)
+      //   v = b2 * v + (1 - b2) * g^2;  v' = v / (1 - b2^t)
+      //   m_bar = (1 - u_t) * g' + u_t1 * m';  var -= lr * m_bar / (sqrt(v') + eps)
+      const M g_prime = g / c[kOneMinusUProd];
+      s[0] = c[kB1] * s[0] + c[kOneMinusB1] * g;
+      const M m_prime = s[0] / c[kOneMinusUProd1];
+      s[1] = c[kB2] * s[1] + c[kOneMinusB2] * (g * g);
+      const M v_prime = s[1] / c[kOneMinusB2Pow];
+      const M m_bar = c[kOneMinusUt] * g_prime + c[kUt1] * m_prime;
+      var = var - (c[kLr] * m_bar) / (Sqrt(v_prime) + c[kEps]);
+    } else {
+      s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+      s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+      const M m_hat =
+          (c[kUt1] * s[0]) / c[kOneMinusUProd1] + (c[kOneMinusUt] * g) / c[kOneMinusUProd];
+      const M v_hat = s[1] / c[kOneMinusB2Pow];
+      var = var - (m_hat * c[kLr]) / (Sqrt(v_hat) + c[kEps]);
+    }
   }
 };
 

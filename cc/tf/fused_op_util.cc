@@ -2,6 +2,7 @@
 #include "cc/tf/fused_op_util.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include "tensorflow/core/framework/device_base.h"
 #include "tensorflow/core/util/work_sharder.h"
@@ -18,13 +19,17 @@ absl::Status ReadRuleAttrs(tensorflow::OpKernelConstruction* c, Rule rule, RuleA
   if (rule == Rule::kRmsprop || rule == Rule::kAdagrad) {
     TF_RETURN_IF_ERROR(c->GetAttr("epsilon_outside_sqrt", &attrs->epsilon_outside_sqrt));
   }
-  if (rule == Rule::kRmsprop || rule == Rule::kAdadelta || rule == Rule::kAdamax) {
+  if (rule == Rule::kRmsprop || rule == Rule::kAdadelta || rule == Rule::kAdamax ||
+      rule == Rule::kNadam) {
     TF_RETURN_IF_ERROR(c->GetAttr("tf_training_op_form", &attrs->tf_training_op_form));
   }
   if (rule == Rule::kNadam) {
     float d = 1.0f;
     TF_RETURN_IF_ERROR(c->GetAttr("schedule_decay", &d));
     attrs->schedule_decay = d;
+    int64_t bits = 0;
+    TF_RETURN_IF_ERROR(c->GetAttr("schedule_decay_bits", &bits));
+    if (bits != 0) std::memcpy(&attrs->schedule_decay, &bits, sizeof(double));
   }
   return absl::OkStatus();
 }

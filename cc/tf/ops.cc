@@ -201,7 +201,9 @@ Bytes per element: 7T (amsgrad 9T).
   .Input("weight_decay: Tscalar") \
   .Input("u_product: Tscalar") \
   .Input("step: int64") \
-  .Attr("schedule_decay: float = 1.0")
+  .Attr("schedule_decay: float = 1.0") \
+  .Attr("schedule_decay_bits: int = 0") \
+  .Attr("tf_training_op_form: bool = false")
 FUSEDOPT_REGISTER_FUSED_OP("Nadam", FUSEDOPT_NADAM_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "u_product", "step"),
                            R"doc(
@@ -215,6 +217,15 @@ Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
   m_hat = u_t1 * m / (1 - u_product * u_t1) + (1 - u_t) * g / (1 - u_product)
   v_hat = v / (1 - beta_2^step)
   var = var - m_hat * lr / (sqrt(v_hat) + epsilon)
+
+schedule_decay_bits: when not 0, the schedule decay exactly, as the bits of
+a float64 (a float attribute holds only a float32; fusedopt.ops passes both).
+tf_training_op_form: tf_keras' legacy Nadam's own ops, in their order (no
+weight decay; the betas used as given, in the variables' dtype):
+  g' = g / (1 - u_product);  m = beta_1 * m + (1 - beta_1) * g
+  m' = m / (1 - u_product * u_t1)
+  v = beta_2 * v + (1 - beta_2) * g^2;  v' = v / (1 - beta_2^step)
+  var = var - lr * ((1 - u_t) * g' + u_t1 * m') / (sqrt(v') + epsilon)
 
 Bytes per element: 7T.
 )doc");

@@ -15,6 +15,7 @@ arguments (``**options``).
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Sequence
 
 import numpy as np
@@ -298,6 +299,11 @@ def apply_adam(
     )
 
 
+def _float64_bits(x: float) -> int:
+    """The bits of float(x) as a signed int64 (an exact float64 op attribute)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
+
+
 def apply_nadam(
     variables: Sequence[VariableLike],
     gradients: Sequence[TensorLike],
@@ -312,6 +318,7 @@ def apply_nadam(
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
     schedule_decay: float = 1.0,
+    tf_training_op_form: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
@@ -321,12 +328,17 @@ def apply_nadam(
     ``u_t = beta_1 * (1 - 0.5 * 0.96^(schedule_decay * t))`` over steps 1..step
     (Keras' ``_u_product`` after its update for this step). ``schedule_decay``
     is 1 in Keras 3; tf_keras' legacy Nadam uses its ``schedule_decay`` (0.004).
+    ``tf_training_op_form=True``: tf_keras' legacy Nadam's own element order
+    (``m = beta_1 * m + (1 - beta_1) * g``, ``g / (1 - u_product)`` first, ...;
+    the op's doc), the bits of that class; no weight decay.
     """
     return _apply(
         "fusedopt_apply_nadam", variables, gradients, {"m": m, "v": v},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay, "u_product": u_product},
         step=step, name=name, **options, schedule_decay=float(schedule_decay),
+        schedule_decay_bits=_float64_bits(schedule_decay),
+        tf_training_op_form=bool(tf_training_op_form),
     )
 
 

@@ -124,7 +124,9 @@ class Nadam(FusedLegacyMixin, nadam.Nadam):
             m=slots(self, variables, "m"), v=slots(self, variables, "v"),
             step=c["fused_step"], u_product=c["fused_u_product"],
             beta_1=c["beta_1_t"], beta_2=c["beta_2_t"], epsilon=c["epsilon"],
-            schedule_decay=self._initial_decay, **options,
+            schedule_decay=self._initial_decay,
+            tf_training_op_form=True,  # the built-in's own ops, in their order
+            **options,
         )
 
 
