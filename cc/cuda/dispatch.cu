@@ -89,13 +89,3 @@ extern "C" int fusedopt_cuda_elementwise_multi(int algo, int dtype, int variant,
   a.stream = static_cast<cudaStream_t>(stream);
   return cuda::Dispatch(algo, dtype, variant, a);
 }
-
-extern "C" int fusedopt_cuda_elementwise(int algo, int dtype, int variant, int decay,
-                                         const double* coeffs, int transform, double grad_scale,
-                                         double clip_value, void* var, void* const* slots,
-                                         const void* grad, int64_t n, void* stream) {
-  void* slot_block[fusedopt::kMaxSlots] = {};
-  for (int k = 0; k < fusedopt::kMaxSlots; ++k) slot_block[k] = slots != nullptr ? slots[k] : nullptr;
-  return fusedopt_cuda_elementwise_multi(algo, dtype, variant, decay, coeffs, transform, 1, &var,
-                                         slot_block, &grad, &n, &grad_scale, &clip_value, stream);
-}

@@ -30,19 +30,14 @@ int fusedopt_cuda_check_usable(void);
 // dst <- src, `bytes` bytes, device to device, asynchronously on `stream`.
 int fusedopt_cuda_copy(void* dst, const void* src, int64_t bytes, void* stream);
 
-// One elementwise update rule over n elements of one tensor.
+// One elementwise update rule over num_tensors tensors in as few launches as
+// the kernel's parameter block allows (Note [multi-tensor launch] in
+// elementwise.cuh: up to 224 tensors per launch).
 // algo: fusedopt::Algo; dtype: fusedopt::DType (0 float16, 1 bfloat16,
 // 2 float32, 3 float64); variant: the rule's variant index; decay: 0 or 1;
 // coeffs: kMaxCoeffs (12) doubles from cc/rules/coefficients.h (copied before
 // return); transform: 1 to apply g = clip(g * grad_scale, +-clip_value) first
-// (fusedopt::GradXform); slots: the rule's slot pointers in its slot order.
-int fusedopt_cuda_elementwise(int algo, int dtype, int variant, int decay, const double* coeffs,
-                              int transform, double grad_scale, double clip_value, void* var,
-                              void* const* slots, const void* grad, int64_t n, void* stream);
-
-// The same rule over num_tensors tensors in as few launches as the kernel's
-// parameter block allows (Note [multi-tensor launch] in elementwise.cuh:
-// up to 224 tensors per launch). Tensor i: vars[i], grads[i], sizes[i]
+// (fusedopt::GradXform). Tensor i: vars[i], grads[i], sizes[i]
 // elements, slot k at slots[3 * i + k] (kMaxSlots = 3 per tensor, the rule's
 // slots first); grad_scales[i] and clip_values[i] its transform (both may be
 // NULL when transform is 0). Empty tensors are skipped. The kernels read and

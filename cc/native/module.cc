@@ -114,15 +114,26 @@ Buf FromNumpy(const py::array& a, const Label& what, bool writable) {
   return b;
 }
 
+// The dtype code of a __cuda_array_interface__ typestr, -1 for one we do not
+// read (PyTorch gives bfloat16 as "<V2").
+int CaiDtype(const py::dict& cai) {
+  if (!cai.contains("typestr")) return -1;
+  const std::string typestr = py::str(cai["typestr"]);
+  if (typestr == "<f2") return 0;
+  if (typestr == "<f4") return 2;
+  if (typestr == "<f8") return 3;
+  return -1;
+}
+
 Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const Label& what,
                            bool writable) {
   Buf b;
   b.device = FUSEDOPT_DEVICE_CUDA;
-  const std::string typestr = py::str(cai["typestr"]);
-  if (typestr == "<f2") b.dtype = 0;
-  else if (typestr == "<f4") b.dtype = 2;
-  else if (typestr == "<f8") b.dtype = 3;
-  else Fail(what.str() + " has element type " + typestr + "; use float16, bfloat16, float32 or float64");
+  b.dtype = CaiDtype(cai);
+  if (b.dtype < 0) {
+    Fail(what.str() + " has element type " + std::string(py::str(cai["typestr"])) +
+         "; use float16, bfloat16, float32 or float64");
+  }
   for (auto d : py::tuple(cai["shape"])) b.shape.push_back(d.cast<int64_t>());
   const py::tuple data = cai["data"];
   b.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
@@ -221,9 +232,7 @@ Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
     // DLPack, which names bfloat16, when the object has it.
     if (!cai.is_none()) {
       const py::dict d = cai.cast<py::dict>();
-      const std::string typestr = d.contains("typestr") ? std::string(py::str(d["typestr"])) : "";
-      const bool known = typestr == "<f2" || typestr == "<f4" || typestr == "<f8";
-      if (known || !py::hasattr(obj, "__dlpack__")) {
+      if (CaiDtype(d) >= 0 || !py::hasattr(obj, "__dlpack__")) {
         return FromCudaArrayInterface(obj, d, what, writable);
       }
     }

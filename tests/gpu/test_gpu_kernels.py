@@ -166,16 +166,24 @@ def test_matches_the_cpu(rng, case, dtype, weight_decay, transform, parity_repor
     a = arrays_for(dtype)
     shapes = parity_shapes(dtype, bool(weight_decay) and transform)
     p = H.make_problem(case, dtype, shapes, rng, weight_decay, transform, steps=3)
+    _compare_with_the_cpu(p, a, mixed_offsets, "cpu_vs_gpu", parity_report)
+
+
+def _compare_with_the_cpu(p: H.Problem, a, offset, test: str, parity_report) -> None:
+    """Runs `p` on NumPy and on the device (arrays placed by `offset`, see
+    Guarded): guards intact, values within the tolerance, the CPU's bits where
+    the case expects them; the facts go to the report under `test`."""
     cpu = H.run_native(nat, p)
-    g = Guarded(a, p, offset=mixed_offsets)
+    g = Guarded(a, p, offset=offset)
     dev = H.run_native(nat, p, backend=a, state=H.new_state(p, a, make=g), make_grad=g.grad)
     g.assert_guards_intact()
-    rec = _parity(p, a, cpu, dev, "cpu_vs_gpu", parity_report)
+    rec = _parity(p, a, cpu, dev, test, parity_report)
     cv, dv = values(cpu, H.NumpyBackend()), values(dev, a)
+    name, dtype = p.case.name, p.dtype
     for k in cv:
-        H.assert_close(dv[k], cv[k], dtype, f"{case.name} {k}: device vs CPU", case.cond)
+        H.assert_close(dv[k], cv[k], dtype, f"{name} {k}: device vs CPU", p.case.cond)
     if rec["expected_identical"]:
-        assert rec["identical"], (f"{case.name} {dtype}: device bits differ from the CPU's "
+        assert rec["identical"], (f"{name} {dtype}: device bits differ from the CPU's "
                                   f"in {rec['differing_elements']} (max ulp {rec['max_ulp']})")
 
 
@@ -199,17 +207,8 @@ def test_many_tensors_in_one_call_match_the_cpu(rng, name, dtype, transform, par
     sizes[rng.choice(530, size=60, replace=False)] = rng.integers(0, 40, size=60)
     shapes = [() if k % 37 == 5 else (int(n),) for k, n in enumerate(sizes)]
     p = H.make_problem(case, dtype, shapes, rng, 0.01, transform, steps=2)
-    cpu = H.run_native(nat, p)
-    g = Guarded(a, p, offset=lambda role, i: 1 if (i + len(role)) % 3 == 0 else None)
-    dev = H.run_native(nat, p, backend=a, state=H.new_state(p, a, make=g), make_grad=g.grad)
-    g.assert_guards_intact()
-    rec = _parity(p, a, cpu, dev, "many_tensors_cpu_vs_gpu", parity_report)
-    cv, dv = values(cpu, H.NumpyBackend()), values(dev, a)
-    for k in cv:
-        H.assert_close(dv[k], cv[k], dtype, f"{name} {k}: device vs CPU", case.cond)
-    if rec["expected_identical"]:
-        assert rec["identical"], (f"{name} {dtype}: device bits differ from the CPU's "
-                                  f"in {rec['differing_elements']} (max ulp {rec['max_ulp']})")
+    _compare_with_the_cpu(p, a, lambda role, i: 1 if (i + len(role)) % 3 == 0 else None,
+                          "many_tensors_cpu_vs_gpu", parity_report)
 
 
 @pytest.mark.parametrize("clip", ["clip_norm", "global_clip_norm"])
