@@ -330,34 +330,11 @@ def test_adafactor_one_fused_call_per_dtype_group():
     assert _count_ops(fk.Adafactor(), variables, grads, "Fusedopt>ApplyAdafactor") == 2
 
 
-def test_adafactor_under_xla_runs_the_builtin_with_a_warning():
-    """No XLA lowering for Adafactor yet: under jit_compile the built-in's
-    update runs (a warning says so once), with the built-in's numbers."""
-    import warnings
-
-    from fusedopt import _tf_context
-
-    _tf_context._fallback_warned.clear()
-    results = []
-    for cls in (fk.Adafactor, keras.optimizers.Adafactor):
-        variables = [keras.Variable(np.ones((4, 3), np.float32)), keras.Variable(np.ones(5))]
-        opt = cls()
-        opt.build(variables)
-        step = tf.function(lambda g: opt.apply(g, variables), jit_compile=True)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            step([tf.fill((4, 3), 0.5), tf.fill((5,), 0.25)])
-        if cls is fk.Adafactor:
-            assert any("no fused kernel" in str(w.message) for w in caught)
-        results.append([v.numpy() for v in variables + list(opt.variables)])
-    for a, b in zip(*results):
-        np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["no_xla", "xla"])
 def test_adafactor_fit(jit_compile):
     """model.fit with Adafactor follows the built-in's loss curve (the update's
-    reductions differ in rounding only; under XLA the built-in update runs)."""
+    reductions differ in rounding only; under XLA the fused op's lowering runs:
+    tests/test_xla.py)."""
     import warnings
 
     x, y = _data()

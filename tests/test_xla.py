@@ -115,6 +115,73 @@ def test_keras_compiled_step_equals_uncompiled_and_runs_fused(rng, name):
             np.testing.assert_array_equal(a, b, err_msg=f"{name} [{i}]")
 
 
+def _apply_step(opt, variables):
+    return lambda grads: opt.apply(grads, variables)
+
+
+ADAFACTOR_SHAPES = [(), (7,), (33, 5), (2, 3, 4), (1, 9)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adafactor_compiled_is_one_in_place_call_equal_to_uncompiled(rng, dtype):
+    """fusedopt.keras.Adafactor under jit_compile: one in-place
+    `fusedopt_adafactor` custom call (factored r and c of the matrices, v of
+    every variable aliased; Keras' placeholders for the vectors untouched),
+    the uncompiled op's bits, every variable and optimizer variable."""
+    init = [random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES]
+    grads = [[random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES] for _ in range(4)]
+    results = []
+    fusedopt._tf_context._fallback_warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
+        for jit in (True, False):
+            opt = fk.Adafactor(learning_rate=0.05, relative_step=False, weight_decay=0.01)
+            variables = [keras.Variable(x, dtype=dtype) for x in init]
+            opt.build(variables)
+            step = tf.function(_apply_step(opt, variables), jit_compile=jit)
+            for g in grads:
+                step([tf.constant(x) for x in g])
+            if jit:
+                hlo = step.experimental_get_compiler_ir(
+                    [tf.constant(x) for x in grads[0]])(stage="optimized_hlo")
+                calls = _hlo_lines(hlo, 'custom_call_target="fusedopt_adafactor"')
+                assert len(calls) == 1, hlo
+                assert not _hlo_lines(hlo, " copy("), hlo
+                header = hlo.splitlines()[0]
+                # 5 variables, 3 factored (r and c), 5 v
+                assert header.count("may-alias") + header.count("must-alias") >= 16, header
+            results.append([np.array(v.numpy()) for v in variables + list(opt.variables)])
+    assert len(results[0]) > 3 * len(init)
+    for i, (a, b) in enumerate(zip(*results)):
+        np.testing.assert_array_equal(a, b, err_msg=f"[{i}]")
+
+
+def test_adafactor_compiled_bad_learning_rate_writes_nothing():
+    v = tf.Variable(tf.ones((4, 3)))
+    r, c, vv = tf.Variable(tf.zeros((4,))), tf.Variable(tf.zeros((3,))), tf.Variable(tf.zeros((4, 3)))
+
+    @tf.function(jit_compile=True)
+    def step(lr):
+        return fops.apply_adafactor([v], [tf.ones((4, 3))], lr, r=[r], c=[c], v=[vv], step=1)
+
+    step(tf.constant(0.01, tf.float64))
+    before = [x.numpy().tobytes() for x in (v, r, c, vv)]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="'lr' must be finite"):
+        step(tf.constant(np.nan, tf.float64))
+    assert [x.numpy().tobytes() for x in (v, r, c, vv)] == before
+
+    wrong = tf.Variable(tf.zeros((3,)))  # r of a [4, 3] variable has shape [4]
+
+    @tf.function(jit_compile=True)
+    def bad_r():
+        return fops.apply_adafactor([v], [tf.ones((4, 3))], 0.01, r=[wrong], c=[c], v=[vv],
+                                    step=1)
+
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"r\[0\] has shape \[3\]"):
+        bad_r()
+    assert [x.numpy().tobytes() for x in (v, r, c, vv)] == before
+
+
 def _digits_fit(opt, jit_compile):
     from sklearn.datasets import load_digits
 
@@ -142,18 +209,107 @@ def test_model_fit_jit_compile_equals_uncompiled():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
-def test_sparse_gradients_under_xla_fall_back_with_one_warning():
+def _embedding_fit(opt, jit_compile):
     keras.utils.set_random_seed(3)
     model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(50, 8),
                               keras.layers.Flatten(), keras.layers.Dense(1)])
-    model.compile(optimizer=fk.Adam(0.01), loss="mse", jit_compile=True)
-    x = np.random.default_rng(0).integers(0, 50, (32, 4)).astype(np.int32)
-    y = np.ones((32, 1), np.float32)
+    model.compile(optimizer=opt, loss="mse", jit_compile=jit_compile)
+    x = np.random.default_rng(0).integers(0, 50, (64, 4)).astype(np.int32)
+    y = np.random.default_rng(1).standard_normal((64, 1)).astype(np.float32)
+    model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+    return [w.numpy() for w in model.weights]
+
+
+def test_lazy_sparse_gradients_under_xla_fall_back_with_one_warning():
     fusedopt._tf_context._xla_warned = False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+        _embedding_fit(fk.Adam(0.01, sparse_mode="lazy"), True)
     assert sum("IndexedSlices" in str(w.message) for w in caught) == 1
+
+
+def _sparse_step(opt, variables, densify):
+    def step(g, d):
+        grad = tf.IndexedSlices(g, d, tf.constant([11, 3]))
+        opt.apply([tf.convert_to_tensor(grad) if densify else grad, tf.ones((3,))], variables)
+    return step
+
+
+@pytest.mark.parametrize("name", ["Adam", "Adagrad", "SGD", "RMSprop"])
+def test_exact_sparse_gradients_run_fused_under_xla(rng, name):
+    """Note [sparse under XLA]: "exact" IndexedSlices (the default) run the
+    dense lowering on their position-order sum: the bits of the uncompiled
+    step on the densified gradient, duplicate rows included, and of the
+    uncompiled exact sparse op, but for the Grappler forms the dense op takes
+    in a tf.function (Adagrad, RMSprop: an ulp)."""
+    init = random_array(rng, (11, 3), "float32").astype(np.float32)
+    indices = [np.array(ix, np.int32) for ix in ([3, 0, 3, 10, 3], [7, 7], [1, 2, 4, 10, 0, 4])]
+    values = [random_array(rng, (len(ix), 3), "float32").astype(np.float32) for ix in indices]
+    results = {}
+    fusedopt._tf_context._xla_warned = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback warning
+        for run in ("xla", "sparse", "densified"):
+            opt = getattr(fk, name)(learning_rate=0.1)
+            variables = [keras.Variable(init), keras.Variable(init[0])]
+            opt.build(variables)
+
+            step = tf.function(_sparse_step(opt, variables, run == "densified"),
+                               jit_compile=run == "xla")
+            for ix, val in zip(indices, values):
+                step(tf.constant(val), tf.constant(ix))
+            if run == "xla":
+                hlo = step.experimental_get_compiler_ir(
+                    tf.constant(values[0]), tf.constant(indices[0]))(stage="optimized_hlo")
+                assert len(_hlo_lines(hlo, "custom_call_target=\"fusedopt_apply\"")) == 1, hlo
+            results[run] = [np.array(v.numpy()) for v in variables + list(opt.variables)]
+    for i, (a, b, c) in enumerate(zip(results["xla"], results["densified"], results["sparse"])):
+        np.testing.assert_array_equal(a, b, err_msg=f"{name} [{i}]")
+        if name in ("Adagrad", "RMSprop"):  # (sqrt(x + eps) forms)
+            # (an ulp of the update: absolute, as the variables cross zero)
+            np.testing.assert_allclose(a, c, rtol=1e-6, atol=1e-6, err_msg=f"{name} [{i}]")
+        else:
+            np.testing.assert_array_equal(a, c, err_msg=f"{name} [{i}]")
+
+
+def test_embedding_fit_jit_compile_runs_fused():
+    fusedopt._tf_context._xla_warned = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        w_jit = _embedding_fit(fk.Adam(0.01), True)
+    w = _embedding_fit(fk.Adam(0.01), False)
+    for a, b in zip(w_jit, w):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_legacy_exact_sparse_runs_fused_under_xla(rng):
+    import fusedopt.legacy as fl
+
+    init = random_array(rng, (9, 2), "float32").astype(np.float32)
+    ix = np.array([4, 1, 4, 8], np.int32)
+    val = random_array(rng, (4, 2), "float32").astype(np.float32)
+    results = []
+    fusedopt._tf_context._xla_warned = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for jit in (True, False):
+            v = [tf.Variable(init), tf.Variable(tf.ones((5,)))]
+            opt = fl.Adam(learning_rate=0.01, sparse_mode="exact")
+
+            @tf.function(jit_compile=jit)
+            def step(g, d):
+                opt.apply_gradients(zip([tf.IndexedSlices(g, d, tf.constant([9, 2])),
+                                         tf.ones((5,))], v))
+
+            for _ in range(3):
+                step(tf.constant(val), tf.constant(ix))
+            if jit:
+                hlo = step.experimental_get_compiler_ir(tf.constant(val), tf.constant(ix))(
+                    stage="optimized_hlo")
+                assert len(_hlo_lines(hlo, "custom_call_target=\"fusedopt_apply\"")) == 1, hlo
+            results.append([x.numpy() for x in v + opt.variables()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_legacy_compiled_step_runs_fused():

@@ -1,7 +1,8 @@
 // Fusedopt>ApplyAdafactor: keras.optimizers.Adafactor over N variables in one
 // call, three passes per tensor (Note [Adafactor passes] in
-// cc/core/adafactor.h). CPU only for now: no GPU kernel and no XLA lowering
-// (fusedopt.keras.Adafactor runs Keras' own update there).
+// cc/core/adafactor.h). CPU, and inside XLA as the custom call
+// "fusedopt_adafactor" (AdafactorXlaOp in cc/tf/xla_ops.cc); no GPU kernel yet
+// (fusedopt.keras.Adafactor runs Keras' own update for GPU variables).
 #define EIGEN_USE_THREADS
 
 #include <string>
@@ -68,7 +69,7 @@ accumulated in double in a fixed order (deterministic), so the results are not
 TensorFlow's float32 reductions bit for bit. Every input is validated before
 anything is written: InvalidArgument naming it (shapes, dtypes, non-finite
 hyperparameters, clip_threshold <= 0, step < 1), nothing changed. skipped is
-always false (the op has no gradient options). CPU only.
+always false (the op has no gradient options). CPU (and XLA on the CPU) only.
 )doc");
 
 absl::Status Invalid(const std::string& m) { return absl::InvalidArgumentError(m); }

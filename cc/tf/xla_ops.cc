@@ -15,9 +15,11 @@
 // thread pool. The kernels are registered with REGISTER_KERNEL_BUILDER on
 // the XLA JIT device (REGISTER_XLA_OP misses a registry XLA initialised
 // before the library loaded). CPU only for now: the GPU handler comes with the
-// device-resident scalars of the CUDA work, and the sparse ops keep
-// fusedopt.keras' fallback to Keras' own ops under XLA.
+// device-resident scalars of the CUDA work. The sparse ops have no lowering:
+// "exact" IndexedSlices reach these dense ops densified (Note [sparse under
+// XLA] in python/fusedopt/_tf_context.py); "lazy" ones keep the built-in ops.
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -36,6 +38,32 @@ namespace {
 
 using tensorflow::XlaOpKernel;
 using tensorflow::XlaOpKernelContext;
+
+// Emits the typed-FFI custom call `target` whose first results alias the
+// operands read from the resource inputs `written` (in order), assigns them
+// back to those variables, and sets output 0 to the last result (`skipped`).
+absl::Status EmitInPlaceCall(XlaOpKernelContext* ctx, const char* target,
+                             const std::vector<xla::XlaOp>& operands,
+                             std::vector<xla::Shape> result_shapes,
+                             const std::vector<int>& written, tensorflow::DataType dtype,
+                             const std::string& attrs) {
+  result_shapes.push_back(xla::ShapeUtil::MakeShape(xla::PRED, {}));
+  std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>> aliasing;
+  for (size_t j = 0; j < written.size(); ++j) {
+    aliasing.push_back({xla::ShapeIndex({static_cast<int64_t>(j)}),
+                        {static_cast<int64_t>(j), xla::ShapeIndex({})}});
+  }
+  xla::XlaOp call = xla::CustomCall(
+      ctx->builder(), target, operands, xla::ShapeUtil::MakeTupleShape(result_shapes), attrs,
+      /*has_side_effect=*/false, aliasing, /*literal=*/nullptr,
+      xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
+  for (size_t j = 0; j < written.size(); ++j) {
+    TF_RETURN_IF_ERROR(ctx->AssignVariable(written[j], dtype,
+                                           xla::GetTupleElement(call, static_cast<int64_t>(j))));
+  }
+  ctx->SetOutput(0, xla::GetTupleElement(call, static_cast<int64_t>(written.size())));
+  return absl::OkStatus();
+}
 
 template <Rule R>
 class FusedApplyXlaOp : public XlaOpKernel {
@@ -108,12 +136,6 @@ class FusedApplyXlaOp : public XlaOpKernel {
     for (const char* name : {"grad_scale", "clip_value", "clip_norm", "global_clip_norm"}) {
       operands.push_back(ctx->Input(name));
     }
-    result_shapes.push_back(xla::ShapeUtil::MakeShape(xla::PRED, {}));
-    std::vector<std::pair<xla::ShapeIndex, std::pair<int64_t, xla::ShapeIndex>>> aliasing;
-    for (size_t j = 0; j < written_inputs.size(); ++j) {
-      aliasing.push_back({xla::ShapeIndex({static_cast<int64_t>(j)}),
-                          {static_cast<int64_t>(j), xla::ShapeIndex({})}});
-    }
     const std::string attrs = absl::StrCat(
         "{rule = ", static_cast<int>(R), " : i32, n = ", n, " : i32, slot_mask = ", slot_mask,
         " : i32, nesterov = ", attrs_.nesterov ? 1 : 0,
@@ -123,16 +145,8 @@ class FusedApplyXlaOp : public XlaOpKernel {
         " : f64, grappler_form = ", grappler_form_ ? 1 : 0,
         " : i32, constant_folding = ", constant_folding_ ? 1 : 0,
         " : i32, skip_nonfinite = ", skip_nonfinite_ ? 1 : 0, " : i32}");
-    xla::XlaOp call = xla::CustomCall(
-        b, "fusedopt_apply", operands, xla::ShapeUtil::MakeTupleShape(result_shapes), attrs,
-        /*has_side_effect=*/false, aliasing, /*literal=*/nullptr,
-        xla::CustomCallSchedule::SCHEDULE_NONE, xla::CustomCallApiVersion::API_VERSION_TYPED_FFI);
-    for (size_t j = 0; j < written_inputs.size(); ++j) {
-      TF_RETURN_IF_ERROR(ctx->AssignVariable(written_inputs[j], dtype_,
-                                             xla::GetTupleElement(call, static_cast<int64_t>(j))));
-    }
-    ctx->SetOutput(0, xla::GetTupleElement(call, static_cast<int64_t>(written_inputs.size())));
-    return absl::OkStatus();
+    return EmitInPlaceCall(ctx, "fusedopt_apply", operands, std::move(result_shapes),
+                           written_inputs, dtype_, attrs);
   }
 
   tensorflow::DataType dtype_ = tensorflow::DT_FLOAT;
@@ -141,6 +155,92 @@ class FusedApplyXlaOp : public XlaOpKernel {
   bool constant_folding_ = false;
   RuleAttrs attrs_;
 };
+
+// Fusedopt>ApplyAdafactor (cc/tf/adafactor_op.cc) lowers the same way to
+// the custom call "fusedopt_adafactor": operands vars [n], then r and c of
+// each factored variable (rank >= 2; a rank < 2 variable's r and c are Keras'
+// placeholders, never touched), v [n], grads [n], the six scalars, step;
+// results the written operands, aliased, and `skipped` (always false).
+class AdafactorXlaOp : public XlaOpKernel {
+ public:
+  explicit AdafactorXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
+    OP_REQUIRES_OK(c, c->GetAttr("T", &dtype_));
+    OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
+  }
+
+  void Compile(XlaOpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompile(ctx)); }
+
+ private:
+  absl::Status DoCompile(XlaOpKernelContext* ctx) {
+    std::vector<xla::XlaOp> grads;
+    std::vector<tensorflow::TensorShape> grad_shapes;
+    TF_RETURN_IF_ERROR(ctx->InputList("grads", &grads, &grad_shapes));
+    const int n = static_cast<int>(grads.size());
+    int first[4] = {0, 0, 0, 0};
+    const char* lists[4] = {"vars", "r", "c", "v"};
+    for (int k = 0; k < 4; ++k) {
+      int start = 0, stop = 0;
+      TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange(lists[k], &start, &stop));
+      if (stop - start != n) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            lists[k], " has ", stop - start, " entries but there are ", n, " gradients"));
+      }
+      first[k] = start;
+    }
+    // (op input index, the shape it must have, what to call it in an error)
+    std::vector<std::tuple<int, tensorflow::TensorShape, std::string>> written;
+    for (int i = 0; i < n; ++i) {
+      written.emplace_back(first[0] + i, grad_shapes[i], absl::StrCat("vars[", i, "]"));
+    }
+    for (int i = 0; i < n; ++i) {
+      const tensorflow::TensorShape& shape = grad_shapes[i];
+      if (shape.dims() < 2) continue;
+      tensorflow::TensorShape r_shape = shape;
+      r_shape.RemoveLastDims(1);
+      tensorflow::TensorShape c_shape = r_shape;
+      c_shape.set_dim(c_shape.dims() - 1, shape.dim_size(shape.dims() - 1));
+      written.emplace_back(first[1] + i, r_shape, absl::StrCat("r[", i, "]"));
+      written.emplace_back(first[2] + i, c_shape, absl::StrCat("c[", i, "]"));
+    }
+    for (int i = 0; i < n; ++i) {
+      written.emplace_back(first[3] + i, grad_shapes[i], absl::StrCat("v[", i, "]"));
+    }
+    std::vector<xla::XlaOp> operands;
+    std::vector<xla::Shape> result_shapes;
+    for (const auto& [input, want, name] : written) {
+      tensorflow::TensorShape shape;
+      xla::XlaOp value;
+      TF_RETURN_IF_ERROR(ctx->ReadVariableInput(input, dtype_, &shape, &value));
+      if (shape != want) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            name, " has shape ", shape.DebugString(), " but the gradient needs ",
+            want.DebugString(), "; nothing was updated"));
+      }
+      xla::Shape xs;
+      TF_RETURN_IF_ERROR(tensorflow::TensorShapeToXLAShape(dtype_, shape, &xs));
+      operands.push_back(value);
+      result_shapes.push_back(xs);
+    }
+    for (const xla::XlaOp& g : grads) operands.push_back(g);
+    for (const char* name :
+         {"lr", "beta_2_decay", "epsilon_1", "epsilon_2", "clip_threshold", "weight_decay"}) {
+      operands.push_back(ctx->Input(name));
+    }
+    operands.push_back(ctx->Input("step"));
+    const std::string attrs = absl::StrCat("{n = ", n, " : i32, grappler_form = ",
+                                           grappler_form_ ? 1 : 0, " : i32}");
+    std::vector<int> inputs;
+    for (const auto& w : written) inputs.push_back(std::get<0>(w));
+    return EmitInPlaceCall(ctx, "fusedopt_adafactor", operands, std::move(result_shapes), inputs,
+                           dtype_, attrs);
+  }
+
+  tensorflow::DataType dtype_ = tensorflow::DT_FLOAT;
+  bool grappler_form_ = false;
+};
+
+REGISTER_KERNEL_BUILDER(Name("Fusedopt>ApplyAdafactor").Device(tensorflow::DEVICE_CPU_XLA_JIT),
+                        AdafactorXlaOp);
 
 #define FUSEDOPT_REGISTER_XLA(OP, RULE)                                                   \
   REGISTER_KERNEL_BUILDER(Name("Fusedopt>" OP).Device(tensorflow::DEVICE_CPU_XLA_JIT),   \

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cc/core/adafactor.h"
 #include "cc/core/plan.h"
 #include "cc/native/api_internal.h"
 #include "xla/ffi/api/ffi.h"
@@ -223,7 +224,127 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
   return ffi::Error::Success();
 }
 
+// Fusedopt>ApplyAdafactor's call (AdafactorXlaOp in cc/tf/xla_ops.cc):
+// operands vars [n], r and c of each factored variable (rank >= 2, in
+// variable order), v [n], grads [n], lr, beta_2_decay, epsilon_1, epsilon_2,
+// clip_threshold, weight_decay, step (s64); results the written operands
+// (aliased) and skipped (pred, false). Note [Adafactor passes].
+ffi::Error AdafactorHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                         int32_t n, int32_t grappler_form) {
+  if (n < 0 || args.size() < static_cast<size_t>(3 * n + 7)) {
+    return ffi::Error::InvalidArgument("fusedopt: bad Adafactor custom-call operands");
+  }
+  auto buffer = [&](size_t j) { return args.get<ffi::AnyBuffer>(j); };
+  std::vector<AdafactorTensor> ts(n);
+  int factored = 0;
+  int dtype = -1;
+  for (int i = 0; i < n; ++i) {
+    auto var = buffer(i);
+    if (!var.has_value()) return ffi::Error::Internal("fusedopt: cannot decode a variable");
+    const int code = DTypeCode(var->element_type());
+    if (code < 0 || (dtype >= 0 && code != dtype)) {
+      return ffi::Error::InvalidArgument("fusedopt: unsupported or mixed element types");
+    }
+    dtype = code;
+    auto dims = var->dimensions();
+    AdafactorTensor& t = ts[i];
+    t.factored = dims.size() >= 2;
+    if (t.factored) {
+      t.cols = dims[dims.size() - 1];
+      t.rows = dims[dims.size() - 2];
+      for (size_t d = 0; d + 2 < dims.size(); ++d) t.batch *= dims[d];
+      ++factored;
+    } else {
+      t.cols = static_cast<int64_t>(var->element_count());
+    }
+  }
+  const size_t written = static_cast<size_t>(2 * n + 2 * factored);
+  if (args.size() != written + n + 7 || rets.size() != written + 1) {
+    return ffi::Error::InvalidArgument("fusedopt: the Adafactor custom call has " +
+                                       std::to_string(args.size()) + " operands and " +
+                                       std::to_string(rets.size()) + " results, expected " +
+                                       std::to_string(written + n + 7) + " and " +
+                                       std::to_string(written + 1));
+  }
+  std::vector<void*> out(written);
+  for (size_t j = 0; j < written; ++j) {
+    auto in = buffer(j);
+    auto res = rets.get<ffi::AnyBuffer>(j);
+    if (!in.has_value() || !res.has_value()) {
+      return ffi::Error::Internal("fusedopt: cannot decode a custom-call buffer");
+    }
+    if (DTypeCode(in->element_type()) != dtype) {
+      return ffi::Error::InvalidArgument("fusedopt: mixed element types");
+    }
+    ffi::AnyBuffer ob = **res;
+    if (ob.untyped_data() != in->untyped_data() && in->size_bytes() > 0) {
+      std::memcpy(ob.untyped_data(), in->untyped_data(), in->size_bytes());
+    }
+    out[j] = ob.untyped_data();
+  }
+  size_t rc = n;  // the next r (then c) operand
+  for (int i = 0; i < n; ++i) {
+    AdafactorTensor& t = ts[i];
+    t.var = out[i];
+    if (t.factored) {
+      t.r = out[rc++];
+      t.c = out[rc++];
+    }
+    t.v = out[n + 2 * factored + i];
+    auto g = buffer(written + i);
+    if (!g.has_value() || static_cast<int64_t>(g->element_count()) != t.size()) {
+      return ffi::Error::InvalidArgument("fusedopt: an Adafactor gradient's size differs");
+    }
+    t.grad = g->untyped_data();
+  }
+  double scalars[6];
+  size_t at = written + n;
+  for (double& x : scalars) {
+    auto b = buffer(at++);
+    if (!b.has_value() || b->element_count() != 1) {
+      return ffi::Error::InvalidArgument("fusedopt: bad scalar");
+    }
+    if (b->element_type() == ffi::DataType::F64) {
+      x = *static_cast<const double*>(b->untyped_data());
+    } else if (b->element_type() == ffi::DataType::F32) {
+      x = *static_cast<const float*>(b->untyped_data());
+    } else {
+      return ffi::Error::InvalidArgument("fusedopt: bad scalar type");
+    }
+  }
+  auto step = buffer(at);
+  if (!step.has_value() || step->element_type() != ffi::DataType::S64) {
+    return ffi::Error::InvalidArgument("fusedopt: the step must be an int64 scalar");
+  }
+  AdafactorScalars s;
+  s.lr = scalars[0];
+  s.beta_2_decay = scalars[1];
+  s.epsilon_1 = scalars[2];
+  s.epsilon_2 = scalars[3];
+  s.clip_threshold = scalars[4];
+  s.weight_decay = scalars[5];
+  s.step = *static_cast<const int64_t*>(step->untyped_data());
+  s.grappler_form = grappler_form != 0;
+  const std::string err = CheckAdafactorScalars(s);
+  if (!err.empty()) return ffi::Error::InvalidArgument(err);
+  RunAdafactorCpu(PoolFor(&pool), dtype < 0 ? 2 : dtype, s, ts);
+  auto flag = rets.get<ffi::AnyBuffer>(written);
+  if (!flag.has_value()) return ffi::Error::Internal("fusedopt: cannot decode 'skipped'");
+  *static_cast<bool*>((**flag).untyped_data()) = false;
+  return ffi::Error::Success();
+}
+
 }  // namespace
+
+XLA_FFI_DEFINE_HANDLER(kAdafactorHost, AdafactorHost,
+                       ffi::Ffi::Bind()
+                           .Ctx<ffi::ThreadPool>()
+                           .RemainingArgs()
+                           .RemainingRets()
+                           .Attr<int32_t>("n")
+                           .Attr<int32_t>("grappler_form"));
+
+XLA_FFI_REGISTER_HANDLER(ffi::GetXlaFfiApi(), "fusedopt_adafactor", "Host", kAdafactorHost);
 
 XLA_FFI_DEFINE_HANDLER(kFusedApplyHost, FusedApplyHost,
                        ffi::Ffi::Bind()

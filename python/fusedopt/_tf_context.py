@@ -81,14 +81,34 @@ def gpu_fallback_reason(variables) -> str | None:
     return f"{reason}; GPU variables take the built-in update (same results, no fused kernel)"
 
 
-def xla_lowering_available(grads, variables) -> bool:
+def xla_lowering_available(grads, variables, densify_sparse: bool = False) -> bool:
     """Whether a step over these (gradient, variable) pairs runs fused inside
-    XLA compilation (Note [XLA lowering] in cc/tf/xla_ops.cc): dense
-    gradients of CPU variables. Elsewhere (GPU variables, IndexedSlices) the
-    built-in ops run with a warning (warn_xla_once)."""
-    if any(isinstance(g, tf.IndexedSlices) for g in grads):
+    XLA compilation (Note [XLA lowering] in cc/tf/xla_ops.cc): gradients of
+    CPU variables, dense ones, and IndexedSlices when ``densify_sparse`` (the
+    "exact" sparse mode, whose result is the densified gradient's update:
+    see densify_for_xla). Elsewhere (GPU variables, IndexedSlices in "lazy"
+    mode) the built-in ops run with a warning (warn_xla_once)."""
+    if not densify_sparse and any(isinstance(g, tf.IndexedSlices) for g in grads):
         return False
     return all(_on_cpu(v) for v in variables)
+
+
+def densify_for_xla(grad, var):
+    """The dense gradient of an IndexedSlices ``grad`` of ``var`` inside XLA.
+
+    Note [sparse under XLA]: the "exact" sparse ops update every row as if the
+    gradient were densified (duplicate rows summed in position order), so
+    under XLA that mode runs the dense lowering on this sum. XLA's scatter adds
+    the rows in position order, as the sparse kernels do, so the numbers are
+    the uncompiled exact op's (tests/test_xla.py). The price is one write and
+    one read of a dense gradient. XLA has no run-time assertions: an index
+    outside [0, rows) is dropped by the scatter, as XLA does for Keras' own
+    sparse updates, instead of failing the step.
+    """
+    if not isinstance(grad, tf.IndexedSlices):
+        return grad
+    rows = var.shape[0] if var.shape.rank and var.shape[0] is not None else tf.shape(var)[0]
+    return tf.math.unsorted_segment_sum(grad.values, grad.indices, rows)
 
 
 def warn_xla_once(what: str) -> None:
@@ -98,8 +118,8 @@ def warn_xla_once(what: str) -> None:
         _xla_warned = True
         warnings.warn(
             "fusedopt: inside XLA compilation (jit_compile=True) the fused kernels run for "
-            "dense gradients of CPU variables only; this step (GPU variables or IndexedSlices "
-            f"gradients) uses {what} instead (same results, no fused kernels). Compile with "
+            "CPU variables, with dense gradients or IndexedSlices in sparse_mode 'exact'; this "
+            f"step (GPU variables or 'lazy' IndexedSlices gradients) uses {what} instead (same results, no fused kernels). Compile with "
             "jit_compile=False to use the fused kernels here.",
             RuntimeWarning,
             stacklevel=4,

@@ -670,7 +670,8 @@ def apply_adafactor(
     name: str | None = None,
 ) -> tf.Tensor:
     """Adafactor (keras.optimizers.Adafactor) over N variables, three passes
-    per tensor (``Fusedopt>ApplyAdafactor``, CPU only).
+    per tensor (``Fusedopt>ApplyAdafactor``; CPU, and in-place inside XLA
+    compilation on the CPU).
 
     ``r`` and ``c`` are the factored second moments of variables of rank >= 2
     (shapes ``var.shape[:-1]`` and ``var.shape[:-2] + var.shape[-1:]``); for

@@ -125,15 +125,26 @@ class FusedOptimizerMixin:
         # Inside XLA the fused ops run where they have a lowering (Note [XLA
         # lowering] in cc/tf/xla_ops.cc), else Keras' own ops, for the whole step.
         enabled = True
-        if _ctx.in_xla_context() and not _ctx.xla_lowering_available(grads, trainable_variables):
+        if _ctx.in_xla_context() and not _ctx.xla_lowering_available(
+                grads, trainable_variables, densify_sparse=self.sparse_mode == "exact"):
             _ctx.warn_xla_once("Keras' built-in update ops")
             enabled = False
         elif not self._fused_supports(trainable_variables):
             enabled = False
+        checks = []
+        if enabled and self.gradient_accumulation_steps:
+            # Keras densifies the gradients (`g + accumulator`) before the
+            # update, which drops negative indices silently: IndexedSlices are
+            # checked here, as an unaccumulated step checks them (Note [atomic
+            # steps]).
+            sparse = [(g, v) for g, v in zip(grads, trainable_variables)
+                      if isinstance(g, tf.IndexedSlices)]
+            checks = _atomic.step_checks(sparse) if sparse else []
         outer = (self._fused_step_active, self._fused_step_enabled)
         self._fused_step_active, self._fused_step_enabled = True, enabled
         try:
-            return super()._backend_apply_gradients(grads, trainable_variables)
+            with tf.control_dependencies(checks):
+                return super()._backend_apply_gradients(grads, trainable_variables)
         finally:
             self._fused_step_active, self._fused_step_enabled = outer
 
@@ -157,7 +168,8 @@ class FusedOptimizerMixin:
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         if not self._fused_step_active and _ctx.in_xla_context():
             # Called outside a step (not by Keras): decide here.
-            if not _ctx.xla_lowering_available(grads, trainable_variables):
+            if not _ctx.xla_lowering_available(grads, trainable_variables,
+                                               densify_sparse=self.sparse_mode == "exact"):
                 _ctx.warn_xla_once("Keras' built-in update ops")
                 return super()._backend_update_step(grads, trainable_variables, learning_rate)
         if not self._fused_enabled() or (
@@ -169,6 +181,10 @@ class FusedOptimizerMixin:
         trainable_variables = [
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
         ]
+        if _ctx.in_xla_context():
+            # Note [sparse under XLA] (_tf_context.densify_for_xla): "exact"
+            # IndexedSlices run the dense lowering on their sum.
+            grads = [_ctx.densify_for_xla(g, v) for g, v in zip(grads, trainable_variables)]
         grads_and_vars = list(zip(grads, trainable_variables))
         if tf.distribute.has_strategy():
             # (Without a strategy the sum over one replica is an Identity per
@@ -191,11 +207,27 @@ class FusedOptimizerMixin:
             # increment, on the same resource, after it.
             with tf.control_dependencies(done):
                 self._iterations.assign_add(0)
+            # Keras resets the gradient accumulators right after this method;
+            # that reset (other resources again) waits for the same ops.
+            self._fused_pending_updates = done
+
+    _fused_pending_updates = None
+
+    def _backend_reset_gradient_accumulators(self):
+        done, self._fused_pending_updates = self._fused_pending_updates, None
+        if done and not tf.executing_eagerly():
+            with tf.control_dependencies(done):
+                return super()._backend_reset_gradient_accumulators()
+        return super()._backend_reset_gradient_accumulators()
 
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate):
         groups: dict[tuple[Any, ...], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
-            groups.setdefault(self._group_key(var, grad), []).append((grad, var))
+            # Under a strategy a gradient is a distributed value: its kind
+            # (dense or IndexedSlices) is its components'.
+            kind = (distribution.experimental_local_results(grad)[0]
+                    if tf.distribute.has_strategy() else grad)
+            groups.setdefault(self._group_key(var, kind), []).append((grad, var))
         # Note [atomic steps]: with several groups every pair is checked before
         # any group writes (one op checks all of its own inputs first).
         checks = []

@@ -81,7 +81,7 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
         )
 
     def _fused_finish_step(self, updates):
-        with tf.control_dependencies(updates or None):
+        with tf.control_dependencies(updates):  # ([] keeps the step's checks; None would not)
             self.assign(self._u_product, self._fused_next_u_product)
 
     def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
@@ -334,16 +334,16 @@ class Adafactor(FusedOptimizerMixin, keras.optimizers.Adafactor):
     instead of Keras' ~15 elementwise ops and 5 reductions. Its reductions are
     deterministic double sums, not TensorFlow's float32 ones, so the numbers
     agree with the built-in's to float32 rounding, not bit for bit
-    (docs/parity.md). CPU only: GPU variables and XLA compilation run the
-    built-in's update (a warning says so once).
+    (docs/parity.md). CPU only: inside XLA compilation it lowers to an in-place
+    custom call like the other ops; GPU variables run the built-in's update (a
+    warning says so once).
     """
 
     def _fused_supports(self, variables):
-        if _ctx.in_xla_context() or not all(_ctx._on_cpu(v) for v in variables):
+        if not all(_ctx._on_cpu(v) for v in variables):
             _ctx.warn_fallback_once(
-                "fusedopt.keras.Adafactor has a CPU kernel only, without an XLA lowering: "
-                "this step (GPU variables or jit_compile=True) runs Keras' built-in Adafactor "
-                "update (same results, no fused kernel)")
+                "fusedopt.keras.Adafactor has a CPU kernel only: this step (GPU variables) "
+                "runs Keras' built-in Adafactor update (same results, no fused kernel)")
             return False
         return True
 

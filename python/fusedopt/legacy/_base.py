@@ -100,10 +100,9 @@ class FusedLegacyMixin:
     def _fused_defers_state(self) -> bool:
         """Whether per-step state this class advances (Nadam's momentum cache)
         is assigned after the groups' ops (Note [atomic steps]): on the fused
-        multi-tensor path without a strategy (under one, each replica computes
-        it in its own context, and the built-in's order is kept)."""
-        return (self.multi_tensor and not _ctx.in_xla_context()
-                and not tf.distribute.has_strategy())
+        multi-tensor path, with or without a strategy (outside XLA, where
+        the built-in's order is kept)."""
+        return self.multi_tensor and not _ctx.in_xla_context()
 
     def _fused_finish_step(self, update_ops: Sequence[Any]) -> None:
         """Assigns deferred per-step state after ``update_ops``."""
@@ -131,6 +130,12 @@ class FusedLegacyMixin:
     def _resource_apply_sparse_duplicate_indices(self, grad, var, indices, **kwargs):
         apply_state = kwargs.get("apply_state")
         mode = self._effective_sparse_mode()
+        if _ctx.in_xla_context() and mode == "exact" and _ctx.xla_lowering_available(
+                [], [var], densify_sparse=True):
+            # Note [sparse under XLA] (_tf_context.densify_for_xla).
+            c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
+            dense = _ctx.densify_for_xla(tf.IndexedSlices(grad, indices), var)
+            return self._fused_update([var], [dense], c)
         if mode is None or _ctx.in_xla_context():
             if mode is not None:
                 _ctx.warn_xla_once("tf_keras' built-in update ops")
@@ -150,14 +155,20 @@ class FusedLegacyMixin:
     def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
         _ctx.check_strategy(distribution)
         grads_and_vars = list(grads_and_vars)
+        mode = self._effective_sparse_mode()
+        # Note [sparse under XLA] (_tf_context.densify_for_xla): "exact"
+        # IndexedSlices run the dense lowering on their sum (without a strategy).
+        densify = mode == "exact" and not tf.distribute.has_strategy()
         xla_fallback = _ctx.in_xla_context() and not _ctx.xla_lowering_available(
-            [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars])
+            [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars],
+            densify_sparse=densify)
         # (GPU variables that fusedopt's CUDA kernels cannot serve: the
         # per-variable hooks run the built-in's update for them.)
         if not self.multi_tensor or xla_fallback or _gpu_fallback([v for _, v in grads_and_vars]):
-            return super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
+            result = super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
+            self._fused_finish_step(_flat_ops([result]))  # (deferred state, if any)
+            return result
 
-        mode = self._effective_sparse_mode()
         groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
         per_variable: list[tuple[Any, Any]] = []
         for grad, var in grads_and_vars:
@@ -165,12 +176,17 @@ class FusedLegacyMixin:
                 raise NotImplementedError(
                     f"Updating a `Tensor` is not implemented. Received: var={var}."
                 )
-            sparse = isinstance(grad, tf.IndexedSlices)
+            # (Under a strategy a gradient is a distributed value: its kind is
+            # its components'.)
+            sparse = isinstance(distribution.experimental_local_results(grad)[0],
+                                tf.IndexedSlices)
             if sparse and var.constraint is not None:
                 raise RuntimeError(
                     "Cannot use a constraint function on a sparse variable. Received: "
                     f"grad={grad}, var.constraint={var.constraint}."
                 )
+            if sparse and _ctx.in_xla_context():  # (densify: no fallback here)
+                grad, sparse = _ctx.densify_for_xla(grad, var), False
             if sparse and mode is None:
                 per_variable.append((grad, var))
             else:
@@ -218,18 +234,25 @@ class FusedLegacyMixin:
                         variables[0], apply_group, args=(group_grads,), group=False
                     ))
 
+            # The built-in's own per-variable ops (tf_keras Nadam's sparse
+            # update) check no hyperparameter: they run after the fused groups,
+            # whose ops reject what they would accept (a NaN learning rate).
+            fused_ops = list(update_ops)
             for grad, var in per_variable:
 
                 def apply_one(v, g):
-                    return self._resource_apply_sparse_duplicate_indices(
-                        g.values, v, g.indices, apply_state=apply_state
-                    )
+                    with tf.control_dependencies(_flat_ops(fused_ops) or None):
+                        return self._resource_apply_sparse_duplicate_indices(
+                            g.values, v, g.indices, apply_state=apply_state
+                        )
 
                 with distribution.extended.colocate_vars_with(var):
                     collect(distribution.extended.update(var, apply_one, args=(grad,),
                                                          group=False))
 
-            self._fused_finish_step(update_ops)
+            # (update results are tuples of ops: control dependencies on a tuple
+            # are silently dropped in a tf.function, so they are flattened.)
+            self._fused_finish_step(_flat_ops(update_ops))
             any_symbolic = any(
                 isinstance(i, tf.Operation) or tf_utils.is_symbolic_tensor(i)
                 for i in update_ops
@@ -239,6 +262,13 @@ class FusedLegacyMixin:
                     with tf.control_dependencies([tf.group(update_ops)]):
                         return self.iterations.assign_add(1, read_value=False)
             return self.iterations.assign_add(1)
+
+
+def _flat_ops(results: Sequence[Any]) -> list[Any]:
+    """The ops and tensors among update results (eager results are dropped:
+    they have run)."""
+    return [r for r in tf.nest.flatten(results)
+            if isinstance(r, tf.Operation) or tf_utils.is_symbolic_tensor(r)]
 
 
 def _gpu_fallback(variables: Sequence[Any]) -> bool:

@@ -110,13 +110,29 @@ class Nadam(FusedLegacyMixin, nadam.Nadam):
         # The built-in's m_schedule_new, the same expression (so the same bits).
         c["fused_u_product"] = tf.cast(self._m_cache_read, var_dtype) * c["m_t"]
         if self._fused_defers_state() and var_dtype is self._m_cache.dtype:
-            self._fused_next_m_cache = c["fused_u_product"]
+            # Per device: under a strategy each replica prepares its own.
+            pending = self._fused_next_m_cache
+            if pending is None:
+                pending = self._fused_next_m_cache = {}
+            pending[var_device] = c["fused_u_product"]
 
     def _fused_finish_step(self, update_ops):
-        if self._fused_next_m_cache is not None:
-            with tf.control_dependencies(update_ops or None):
-                self._m_cache.assign(self._fused_next_m_cache)
-            self._fused_next_m_cache = None
+        pending, self._fused_next_m_cache = self._fused_next_m_cache, None
+        if not pending:
+            return
+        with tf.control_dependencies(update_ops):
+            if not tf.distribute.has_strategy():
+                # (Variables on several devices all computed the same value.)
+                self._m_cache.assign(next(iter(pending.values())))
+                return
+            # Cross-replica context (_distributed_apply): each component takes
+            # the value its own replica computed (they are equal).
+            any_value = next(iter(pending.values()))
+
+            def assign(component):
+                return component.assign(pending.get(component.device, any_value))
+
+            tf.distribute.get_strategy().extended.update(self._m_cache, assign, group=False)
 
     def _fused_update(self, variables, grads, c, **options):
         return ops.apply_nadam(
