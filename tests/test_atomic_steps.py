@@ -121,6 +121,14 @@ def test_keras_failed_accumulated_step_changes_nothing(name, bad, use_function):
 
 
 @pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("bad", ["bad index", "nan learning rate"])
+def test_keras_failed_step_leaves_ema_unchanged(bad, use_function):
+    """EMA (and its overwrite of the model variables) follows the update: a
+    failing step moves no average."""
+    _check("keras", "Adam", bad, use_function, use_ema=True, ema_overwrite_frequency=1)
+
+
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
 @pytest.mark.parametrize("bad", BAD)
 @pytest.mark.parametrize("name", ["Adam", "Nadam"])
 def test_legacy_failed_step_changes_nothing(name, bad, use_function):
