@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import native_harness as H
+from fusedopt.bench import reference as ref
 from native_harness import CASE_IDS, CASES, DTYPES, SHAPES
 
 import fusedopt._native as nat  # noqa: E402  (the wheel always ships it: CI fails without)
@@ -683,6 +684,7 @@ import json, sys
 sys.path[:0] = json.loads(sys.argv[1])
 import numpy as np
 import native_harness as H
+from fusedopt.bench import reference as ref
 import fusedopt._native as nat
 rng = np.random.default_rng(int(sys.argv[2]))
 out = {"isa": nat.build_info()["cpu_isa"], "hashes": {}}
@@ -842,3 +844,148 @@ def test_same_bits_as_the_tensorflow_op_with_norm_clipping(rng, name, clip):
     want = _run_tf(tf, fops, p, **{tf_clip: 5.0}, skip_nonfinite=True)
     got = H.state_bits(H.run_native(nat, p, **{clip: 5.0}, skip_nonfinite=True))
     assert H.compare_bits(got, want) == {}
+
+
+# --- Adafactor (fusedopt_adafactor_apply: its own entry, three passes) -------------------
+
+ADAFACTOR_SHAPES = [(), (0,), (7,), (4097,), (3, 5, 7), (2, 0, 3), (300, 257), (1, 40000)]
+ADAFACTOR_HP = dict(beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0)
+
+
+def _adafactor_arrays(init, dtype):
+    """vars, r, c, v as NumPy arrays of `dtype` (r and c None below rank 2)."""
+    npdt = H.np_dtype(dtype)
+    vars_ = [H.to_storage(x, dtype) for x in init]
+    r = [np.zeros(x.shape[:-1], npdt) if x.ndim >= 2 else None for x in init]
+    c = [np.zeros(x.shape[:-2] + x.shape[-1:], npdt) if x.ndim >= 2 else None for x in init]
+    v = [np.zeros(x.shape, npdt) for x in init]
+    return vars_, r, c, v
+
+
+def _adafactor_native(init, grads, dtype, lr, weight_decay=0.0, threads=0):
+    vars_, r, c, v = _adafactor_arrays(init, dtype)
+    for k, gs in enumerate(grads):
+        nat.adafactor_apply(vars_, [H.to_storage(g, dtype) for g in gs], r, c, v, lr=lr,
+                            step=k + 1, weight_decay=weight_decay, threads=threads,
+                            **ADAFACTOR_HP)
+    return vars_, r, c, v
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's mean of the empty shapes: NaN
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01], ids=["nodecay", "decay"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adafactor_matches_reference(rng, dtype, weight_decay):
+    """fusedopt._native.adafactor_apply against the float64 reference over
+    several steps: every shape class (scalar, empty, vectors, rank 3, a matrix
+    of several row blocks, a one-row matrix longer than a block), variables
+    and r, c, v; 16-bit state rounded every step, as stored."""
+    _need(dtype)
+    # (Keras' float32 hyperparameters: the kernel takes them as float32 values)
+    lr, steps, weight_decay = float(np.float32(0.02)), 4, float(np.float32(weight_decay))
+    init = [H.random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES]
+    grads = [[H.random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES] for _ in range(steps)]
+    vars_, rs, cs, vs = _adafactor_native(init, grads, dtype, lr, weight_decay)
+    for i, shape in enumerate(ADAFACTOR_SHAPES):
+        factored = len(shape) >= 2
+        x, v = init[i], np.zeros(shape)
+        r = np.zeros(shape[:-1]) if factored else np.zeros(())
+        c = np.zeros(shape[:-2] + shape[-1:]) if factored else np.zeros(())
+        for k in range(steps):
+            x, r2, c2, v = ref.adafactor_step(x, grads[k][i], lr, r, c, v, k + 1,
+                                              weight_decay=weight_decay, **ADAFACTOR_HP)
+            if factored:
+                r, c = H.rounded(r2, dtype), H.rounded(c2, dtype)
+            x, v = H.rounded(x, dtype), H.rounded(v, dtype)
+        # (the reconstructed v and the update's RMS: a few roundings more than
+        # an elementwise rule)
+        H.assert_close(vars_[i].astype(np.float64), x, dtype, f"var {shape}", 8.0)
+        H.assert_close(vs[i].astype(np.float64), v, dtype, f"v {shape}", 8.0)
+        if factored:
+            H.assert_close(rs[i].astype(np.float64), r, dtype, f"r {shape}", 8.0)
+            H.assert_close(cs[i].astype(np.float64), c, dtype, f"c {shape}", 8.0)
+    assert not np.array_equal(vars_[3], H.to_storage(init[3], dtype))
+
+
+def test_adafactor_thread_count_does_not_change_bits(rng):
+    init = [H.random_array(rng, s, "float32") for s in ADAFACTOR_SHAPES]
+    grads = [[H.random_array(rng, s, "float32") for s in ADAFACTOR_SHAPES] for _ in range(2)]
+    one = _adafactor_native(init, grads, "float32", 0.02, threads=1)
+    four = _adafactor_native(init, grads, "float32", 0.02, threads=4)
+    for a, b in zip(one, four):
+        for x, y in zip(a, b):
+            if x is not None:
+                np.testing.assert_array_equal(H.bits(x), H.bits(y))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
+def test_adafactor_same_bits_as_the_tensorflow_op(rng, dtype):
+    tf, fops = _tf_and_ops()
+    _need(dtype)
+    steps, lr = 3, float(np.float32(0.02))
+    init = [H.random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES]
+    grads = [[H.random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES] for _ in range(steps)]
+    got = _adafactor_native(init, grads, dtype, lr, weight_decay=0.01)
+    tdt = tf.as_dtype(dtype)
+    with tf.device("/CPU:0"):
+        want = [[tf.Variable(x) if x is not None else tf.Variable(np.zeros((), H.np_dtype(dtype)))
+                 for x in xs] for xs in _adafactor_arrays(init, dtype)]
+        for k in range(steps):
+            fops.apply_adafactor(want[0], [tf.constant(H.to_storage(g, dtype), tdt)
+                                           for g in grads[k]], lr,
+                                 r=want[1], c=want[2], v=want[3], step=k + 1, weight_decay=0.01,
+                                 **ADAFACTOR_HP)
+    for name, a, b in zip(["var", "r", "c", "v"], got, want):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x is not None:
+                np.testing.assert_array_equal(H.bits(x), H.bits(y.numpy()),
+                                              err_msg=f"{name}[{i}] {dtype}")
+
+
+def _adafactor_bad(bad):
+    vars_, r, c, v = _adafactor_arrays([np.ones((4, 3)), np.ones(5)], "float32")
+    grads = [np.ones((4, 3), np.float32), np.ones(5, np.float32)]
+    kw = dict(lr=0.01, step=1)
+    if bad == "nan lr":
+        kw["lr"] = float("nan")
+    elif bad == "step 0":
+        kw["step"] = 0
+    elif bad == "clip_threshold 0":
+        kw["clip_threshold"] = 0.0
+    elif bad == "r shape":
+        r[0] = np.zeros(3, np.float32)
+    elif bad == "r missing":
+        r[0] = None
+    elif bad == "grad dtype":
+        grads[1] = np.ones(5, np.float64)
+    elif bad == "v is the variable":
+        v[1] = vars_[1]
+    elif bad == "list lengths":
+        c = c[:1]
+    elif bad == "read-only variable":
+        vars_[1].setflags(write=False)
+    return vars_, grads, r, c, v, kw
+
+
+ADAFACTOR_BAD = [("nan lr", "'lr' must be finite"), ("step 0", "'step' must be >= 1"),
+                 ("clip_threshold 0", "'clip_threshold' must be > 0"),
+                 ("r shape", r"r\[0\] has shape \(3,\) but needs \(4,\)"),
+                 ("r missing", r"r\[0\]"), ("grad dtype", r"grads\[1\] is float64"),
+                 ("v is the variable", "overlaps"), ("list lengths", "c has 1 entries"),
+                 ("read-only variable", r"vars\[1\]")]
+
+
+@pytest.mark.parametrize("bad,match", ADAFACTOR_BAD, ids=[b for b, _ in ADAFACTOR_BAD])
+def test_adafactor_bad_input_raises_and_writes_nothing(bad, match):
+    vars_, grads, r, c, v, kw = _adafactor_bad(bad)
+    watched = [a for a in vars_ + r + c + v if a is not None]
+    before = _snapshot(watched)
+    with pytest.raises(ValueError, match=match):
+        nat.adafactor_apply(vars_, grads, r, c, v, **kw)
+    _assert_unchanged(watched, before, bad)
+
+
+def test_adafactor_good_call_of_the_bad_input_test_does_write():
+    vars_, grads, r, c, v, kw = _adafactor_bad("none")
+    before = _snapshot(vars_)
+    nat.adafactor_apply(vars_, grads, r, c, v, **kw)
+    assert all(not np.array_equal(H.bits(a), b) for a, b in zip(vars_, before))

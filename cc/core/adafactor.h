@@ -61,6 +61,22 @@ struct AdafactorTensor {
   int64_t size() const { return batch * rows * cols; }
 };
 
+// The scalars from six values in Keras' order (lr, beta_2_decay, epsilon_1,
+// epsilon_2, clip_threshold, weight_decay), as the C ABI and the XLA
+// handler pass them.
+inline AdafactorScalars AdafactorScalarsFrom(const double* v, int64_t step, bool grappler_form) {
+  AdafactorScalars s;
+  s.lr = v[0];
+  s.beta_2_decay = v[1];
+  s.epsilon_1 = v[2];
+  s.epsilon_2 = v[3];
+  s.clip_threshold = v[4];
+  s.weight_decay = v[5];
+  s.step = step;
+  s.grappler_form = grappler_form;
+  return s;
+}
+
 // "" or what is wrong with the scalars (an invalid-argument message: nothing
 // has been written).
 std::string CheckAdafactorScalars(const AdafactorScalars& s);

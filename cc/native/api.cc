@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "cc/core/adafactor.h"
 #include "cc/core/cpu_run.h"
 #include "cc/core/cuda_run.h"
 #include "cc/core/grad_options.h"
@@ -137,6 +138,45 @@ Status PlanCall(const fusedopt_call* call, const fusedopt_tensors* t, bool rank0
   return Status{};
 }
 
+// A buffer of a call, for the overlap check: [begin, end) and whether the
+// call writes it; `tag` lets the caller name it in a message.
+struct Span {
+  uintptr_t begin, end;
+  bool written;
+  int tag;
+};
+
+// Any overlap involving a written buffer is an error (reads may share);
+// `name(tag)` names a buffer in the message.
+template <typename NameOf>
+Status CheckDisjoint(std::vector<Span> spans, const NameOf& name) {
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  uintptr_t written_end = 0, any_end = 0;
+  const Span* last_written = nullptr;
+  const Span* last_any = nullptr;
+  for (const Span& r : spans) {
+    const Span* clash = nullptr;
+    if (last_written != nullptr && r.begin < written_end) clash = last_written;
+    if (clash == nullptr && r.written && last_any != nullptr && r.begin < any_end) {
+      clash = last_any;
+    }
+    if (clash != nullptr) {
+      return Invalid(name(r.tag) + " overlaps " + name(clash->tag) +
+                     "; every variable and slot must be its own memory");
+    }
+    if (r.written && r.end > written_end) {
+      written_end = r.end;
+      last_written = &r;
+    }
+    if (r.end > any_end) {
+      any_end = r.end;
+      last_any = &r;
+    }
+  }
+  return Status{};
+}
+
 // The operands of a call: pointers checked (non-NULL where there are
 // elements, aligned to the element size) and the written buffers (variables,
 // slots) disjoint from each other and from the gradients.
@@ -156,28 +196,30 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
   ops->n = n;
   ops->num_slots = static_cast<int>(given.size());
   // Buffers by (tensor, role); names are built only for an error message.
-  struct Range {
-    uintptr_t begin, end;
-    int tensor;
-    int role;  // -2 variable, -1 gradient, k >= 0 slot list k
-    bool written() const { return role != -1; }
+  // A span's tag indexes `roles`: (tensor, role), role -2 variable, -1
+  // gradient, k >= 0 slot list k.
+  std::vector<std::pair<int, int>> roles;
+  roles.reserve(static_cast<size_t>(n) * (2 + given.size()));
+  auto name = [&](int tag) {
+    const auto [tensor, role] = roles[tag];
+    const std::string t = "tensor " + std::to_string(tensor);
+    if (role == -2) return "the variable of " + t;
+    if (role == -1) return "the gradient of " + t;
+    return std::string("slot '") + info.slots[role].name + "' of " + t;
   };
-  auto name = [&](const Range& r) {
-    const std::string t = "tensor " + std::to_string(r.tensor);
-    if (r.role == -2) return "the variable of " + t;
-    if (r.role == -1) return "the gradient of " + t;
-    return std::string("slot '") + info.slots[r.role].name + "' of " + t;
-  };
-  std::vector<Range> ranges;
-  ranges.reserve(static_cast<size_t>(n) * (2 + given.size()));
+  std::vector<Span> spans;
+  spans.reserve(static_cast<size_t>(n) * (2 + given.size()));
   auto check = [&](const void* p, int64_t elements, int tensor, int role) {
     if (elements == 0) return Status{};
-    const Range r{reinterpret_cast<uintptr_t>(p), 0, tensor, role};
-    if (p == nullptr) return Invalid(name(r) + " is NULL");
-    if (r.begin % eb != 0) {
-      return Invalid(name(r) + " is not aligned to its " + std::to_string(eb) + "-byte elements");
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
+    roles.emplace_back(tensor, role);
+    const int tag = static_cast<int>(roles.size()) - 1;
+    if (p == nullptr) return Invalid(name(tag) + " is NULL");
+    if (begin % eb != 0) {
+      return Invalid(name(tag) + " is not aligned to its " + std::to_string(eb) +
+                     "-byte elements");
     }
-    ranges.push_back(Range{r.begin, r.begin + static_cast<uintptr_t>(elements) * eb, tensor, role});
+    spans.push_back(Span{begin, begin + static_cast<uintptr_t>(elements) * eb, role != -1, tag});
     return Status{};
   };
   for (int i = 0; i < n; ++i) {
@@ -195,32 +237,7 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
     ops->grads.push_back(t->grads[i]);
     ops->rank0.push_back(t->rank0 != nullptr && t->rank0[i] != 0 ? 1 : 0);
   }
-  std::sort(ranges.begin(), ranges.end(),
-            [](const Range& a, const Range& b) { return a.begin < b.begin; });
-  // Any overlap involving a written buffer is an error (reads may share).
-  uintptr_t written_end = 0, any_end = 0;
-  const Range* last_written = nullptr;
-  const Range* last_any = nullptr;
-  for (const Range& r : ranges) {
-    const Range* clash = nullptr;
-    if (last_written != nullptr && r.begin < written_end) clash = last_written;
-    if (clash == nullptr && r.written() && last_any != nullptr && r.begin < any_end) {
-      clash = last_any;
-    }
-    if (clash != nullptr) {
-      return Invalid(name(r) + " overlaps " + name(*clash) +
-                     "; every variable and slot must be its own memory");
-    }
-    if (r.written() && r.end > written_end) {
-      written_end = r.end;
-      last_written = &r;
-    }
-    if (r.end > any_end) {
-      any_end = r.end;
-      last_any = &r;
-    }
-  }
-  return Status{};
+  return CheckDisjoint(std::move(spans), name);
 }
 
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -552,6 +569,89 @@ Status GradStats(int dtype, int device, void* stream, int num_threads, int n,
   return Status{};
 }
 
+// fusedopt_adafactor_apply: every input checked (Note [Adafactor passes]
+// runs only on valid calls), then the three passes on the CPU.
+Status AdafactorApply(int dtype, int device, int num_threads, const double* scalars,
+                      int64_t step, int grappler_form, int n, void* const* vars,
+                      void* const* r, void* const* c, void* const* v, const void* const* grads,
+                      const int64_t* const* shapes, const int* ranks) {
+  if (dtype < 0 || dtype > 3) return Invalid("dtype must be 0..3, got " + std::to_string(dtype));
+  if (device == FUSEDOPT_DEVICE_CUDA) {
+    return Status{FUSEDOPT_UNAVAILABLE,
+                  "Adafactor has no CUDA kernel yet: run it on the CPU (device 0)"};
+  }
+  if (device != FUSEDOPT_DEVICE_CPU) {
+    return Invalid("device must be FUSEDOPT_DEVICE_CPU or FUSEDOPT_DEVICE_CUDA");
+  }
+  if (n < 0) return Invalid("n is negative");
+  if (scalars == nullptr) return Invalid("scalars must not be NULL");
+  if (n > 0 && (vars == nullptr || r == nullptr || c == nullptr || v == nullptr ||
+                grads == nullptr || ranks == nullptr || shapes == nullptr)) {
+    return Invalid("vars, r, c, v, grads, shapes and ranks must not be NULL");
+  }
+  const AdafactorScalars s = AdafactorScalarsFrom(scalars, step, grappler_form != 0);
+  const std::string bad = CheckAdafactorScalars(s);
+  if (!bad.empty()) return Invalid(bad);
+
+  const int eb = ElemBytes(dtype);
+  static const char* const kRoles[5] = {"the variable", "the gradient", "r", "c", "v"};
+  std::vector<std::pair<int, int>> roles;  // (tensor, index into kRoles)
+  auto name = [&](int tag) {
+    return std::string(kRoles[roles[tag].second]) + " of tensor " +
+           std::to_string(roles[tag].first);
+  };
+  std::vector<Span> spans;
+  auto check = [&](const void* p, int64_t elements, int tensor, int role) {
+    if (elements == 0) return Status{};
+    roles.emplace_back(tensor, role);
+    const int tag = static_cast<int>(roles.size()) - 1;
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
+    if (p == nullptr) return Invalid(name(tag) + " is NULL");
+    if (begin % eb != 0) {
+      return Invalid(name(tag) + " is not aligned to its " + std::to_string(eb) +
+                     "-byte elements");
+    }
+    spans.push_back(Span{begin, begin + static_cast<uintptr_t>(elements) * eb, role != 1, tag});
+    return Status{};
+  };
+  std::vector<AdafactorTensor> ts(n);
+  for (int i = 0; i < n; ++i) {
+    const std::string which = "tensor " + std::to_string(i);
+    if (ranks[i] < 0 || (ranks[i] > 0 && shapes[i] == nullptr)) {
+      return Invalid(which + " has a negative rank or no shape");
+    }
+    AdafactorTensor& t = ts[i];
+    int64_t size = 1;
+    for (int d = 0; d < ranks[i]; ++d) {
+      if (shapes[i][d] < 0) return Invalid(which + " has a negative dimension");
+      size *= shapes[i][d];
+    }
+    t.factored = ranks[i] >= 2;
+    if (t.factored) {
+      t.cols = shapes[i][ranks[i] - 1];
+      t.rows = shapes[i][ranks[i] - 2];
+      for (int d = 0; d + 2 < ranks[i]; ++d) t.batch *= shapes[i][d];
+    } else {
+      t.cols = size;
+    }
+    RETURN_IF_ERROR(check(vars[i], size, i, 0));
+    RETURN_IF_ERROR(check(grads[i], size, i, 1));
+    RETURN_IF_ERROR(check(v[i], size, i, 4));
+    t.var = vars[i];
+    t.grad = grads[i];
+    t.v = v[i];
+    if (t.factored) {
+      RETURN_IF_ERROR(check(r[i], t.batch * t.rows, i, 2));
+      RETURN_IF_ERROR(check(c[i], t.batch * t.cols, i, 3));
+      t.r = r[i];
+      t.c = c[i];
+    }
+  }
+  RETURN_IF_ERROR(CheckDisjoint(std::move(spans), name));
+  RunAdafactorCpu(ThreadsFor(num_threads), dtype, s, ts);
+  return Status{};
+}
+
 }  // namespace
 
 int ApplyCpu(const fusedopt_call* call, const fusedopt_tensors* t, const ParallelFor& pfor,
@@ -628,6 +728,17 @@ int fusedopt_sparse_apply(const fusedopt_call* call, const fusedopt_tensors* t,
                           const fusedopt_sparse* sp, int* skipped, char* err, size_t err_len) {
   return fusedopt::native::Report(fusedopt::native::SparseApply(call, t, sp, skipped), err,
                                   err_len);
+}
+
+int fusedopt_adafactor_apply(int dtype, int device, int num_threads, const double* scalars,
+                             int64_t step, int grappler_form, int n, void* const* vars,
+                             void* const* r, void* const* c, void* const* v,
+                             const void* const* grads, const int64_t* const* shapes,
+                             const int* ranks, char* err, size_t err_len) {
+  return fusedopt::native::Report(
+      fusedopt::native::AdafactorApply(dtype, device, num_threads, scalars, step, grappler_form,
+                                       n, vars, r, c, v, grads, shapes, ranks),
+      err, err_len);
 }
 
 int fusedopt_grad_stats(int dtype, int device, void* stream, int num_threads, int n,

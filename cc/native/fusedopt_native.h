@@ -108,6 +108,20 @@ typedef struct fusedopt_sparse {
 int fusedopt_sparse_apply(const fusedopt_call* call, const fusedopt_tensors* t,
                           const fusedopt_sparse* sp, int* skipped, char* err, size_t err_len);
 
+/* Adafactor (keras.optimizers.Adafactor; three passes per tensor, sums in
+ * double in a fixed order), CPU only for now (CUDA: FUSEDOPT_UNAVAILABLE).
+ * Tensor i has ranks[i] dimensions shapes[i][0..ranks[i]); grads[i] and v[i]
+ * have its shape; for rank >= 2 (shape [..., R, C]) r[i] holds [..., R] and
+ * c[i] [..., C] (the factored second moments), for lower ranks r[i] and c[i]
+ * are ignored (may be NULL) and v[i] is the second moment. scalars: lr,
+ * beta_2_decay, epsilon_1, epsilon_2, clip_threshold, weight_decay (Keras'
+ * order); step >= 1; grappler_form: Keras' tf.function weight decay. */
+int fusedopt_adafactor_apply(int dtype, int device, int num_threads, const double* scalars,
+                             int64_t step, int grappler_form, int n, void* const* vars,
+                             void* const* r, void* const* c, void* const* v,
+                             const void* const* grads, const int64_t* const* shapes,
+                             const int* ranks, char* err, size_t err_len);
+
 /* Gradient statistics: per tensor the sum of squares (double accumulation,
  * deterministic) and whether any element is inf or NaN. Results on the host. */
 int fusedopt_grad_stats(int dtype, int device, void* stream, int num_threads, int n,

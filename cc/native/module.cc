@@ -533,6 +533,78 @@ py::tuple GradStats(const py::list& grads, uintptr_t stream, int threads) {
   return py::make_tuple(sums, nonfinite != 0);
 }
 
+// fusedopt_adafactor_apply over arrays (Note [Adafactor passes]).
+void AdafactorApply(const py::list& vars, const py::list& grads, const py::list& r,
+                    const py::list& c, const py::list& v, double lr, int64_t step,
+                    double beta_2_decay, double epsilon_1, double epsilon_2,
+                    double clip_threshold, double weight_decay, bool grappler_form,
+                    int threads) {
+  const size_t n = vars.size();
+  for (const auto& [list, name] : {std::pair<const py::list*, const char*>{&grads, "grads"},
+                                   {&r, "r"}, {&c, "c"}, {&v, "v"}}) {
+    if (list->size() != n) {
+      Fail(std::string(name) + " has " + std::to_string(list->size()) + " entries but there are " +
+           std::to_string(n) + " variables");
+    }
+  }
+  std::vector<Buf> bufs;  // keeps DLPack capsules alive
+  bufs.reserve(5 * n);
+  std::vector<void*> var_ptrs(n), r_ptrs(n, nullptr), c_ptrs(n, nullptr), v_ptrs(n);
+  std::vector<const void*> grad_ptrs(n);
+  std::vector<std::vector<int64_t>> shapes(n);
+  std::vector<const int64_t*> shape_ptrs(n);
+  std::vector<int> ranks(n);
+  int dtype = 2;
+  // The array's pointer, after checking its device, dtype and (want != NULL) shape.
+  auto take = [&](const py::handle& h, const char* list, size_t i, bool writable,
+                  const std::vector<int64_t>* want) -> void* {
+    bufs.push_back(ToBuf(h, Label{list, static_cast<int>(i)}, writable));
+    const Buf& b = bufs.back();
+    if (b.device != FUSEDOPT_DEVICE_CPU) {
+      Fail(std::string(list) + "[" + std::to_string(i) +
+           "] is on a CUDA device; Adafactor has no CUDA kernel yet: pass NumPy arrays");
+    }
+    if (b.dtype != dtype) {
+      Fail(std::string(list) + "[" + std::to_string(i) + "] is " + kDTypeNames[b.dtype] +
+           " but vars[0] is " + kDTypeNames[dtype]);
+    }
+    if (want != nullptr && b.shape != *want) {
+      Fail(std::string(list) + "[" + std::to_string(i) + "] has shape " + ShapeStr(b.shape) +
+           " but needs " + ShapeStr(*want));
+    }
+    return b.ptr;
+  };
+  for (size_t i = 0; i < n; ++i) {
+    if (i == 0 && n > 0) dtype = ToBuf(vars[0], Label{"vars", 0}, true).dtype;
+    var_ptrs[i] = take(vars[i], "vars", i, true, nullptr);
+    const std::vector<int64_t> shape = bufs.back().shape;
+    grad_ptrs[i] = take(grads[i], "grads", i, false, &shape);
+    v_ptrs[i] = take(v[i], "v", i, true, &shape);
+    if (shape.size() >= 2) {
+      std::vector<int64_t> rs(shape.begin(), shape.end() - 1);
+      std::vector<int64_t> cs = rs;
+      cs.back() = shape.back();
+      r_ptrs[i] = take(r[i], "r", i, true, &rs);
+      c_ptrs[i] = take(c[i], "c", i, true, &cs);
+    }
+    shapes[i] = shape;
+    shape_ptrs[i] = shapes[i].data();
+    ranks[i] = static_cast<int>(shape.size());
+  }
+  const double scalars[6] = {lr, beta_2_decay, epsilon_1, epsilon_2, clip_threshold,
+                             weight_decay};
+  char err[1024] = {0};
+  int code;
+  {
+    py::gil_scoped_release release;
+    code = fusedopt_adafactor_apply(dtype, FUSEDOPT_DEVICE_CPU, threads, scalars, step,
+                                    grappler_form ? 1 : 0, static_cast<int>(n), var_ptrs.data(),
+                                    r_ptrs.data(), c_ptrs.data(), v_ptrs.data(), grad_ptrs.data(),
+                                    shape_ptrs.data(), ranks.data(), err, sizeof(err));
+  }
+  Check(code, err);
+}
+
 py::dict Rules() {
   py::dict out;
   for (int r = 0; r < fusedopt_rule_count(); ++r) {
@@ -621,6 +693,19 @@ per entry of grad_indices[i] (NumPy int32/int64, any order, duplicates summed)
 for vars[i] (rank >= 1). mode 'exact' updates every row (rows without a
 gradient see a zero gradient, as Keras' densified update), 'lazy' only the rows
 with one. A bad index raises ValueError and nothing is written.)doc");
+  m.def("adafactor_apply", &AdafactorApply, py::arg("vars"), py::arg("grads"), py::arg("r"),
+        py::arg("c"), py::arg("v"), py::kw_only(), py::arg("lr"), py::arg("step"),
+        py::arg("beta_2_decay") = -0.8, py::arg("epsilon_1") = 1e-30,
+        py::arg("epsilon_2") = 1e-3, py::arg("clip_threshold") = 1.0,
+        py::arg("weight_decay") = 0.0, py::arg("grappler_form") = false,
+        py::arg("threads") = 0,
+        R"doc(
+Adafactor (keras.optimizers.Adafactor) in place over many NumPy arrays, CPU
+only: three passes per array, sums in double in a fixed order (the TF op's
+bits). For a variable of rank >= 2 and shape [..., R, C], r[i] has shape
+[..., R] and c[i] [..., C]; for lower ranks r[i] and c[i] are ignored (None is
+fine) and v[i] holds the second moment; v[i] and grads[i] have the variable's
+shape. step counts from 1. Raises ValueError for bad input (nothing written).)doc");
   m.def("grad_stats", &GradStats, py::arg("grads"), py::kw_only(), py::arg("stream") = 0,
         py::arg("threads") = 0,
         "Per-array sums of squares (double, deterministic) and whether any element is inf/NaN.");

@@ -316,15 +316,8 @@ ffi::Error AdafactorHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rem
   if (!step.has_value() || step->element_type() != ffi::DataType::S64) {
     return ffi::Error::InvalidArgument("fusedopt: the step must be an int64 scalar");
   }
-  AdafactorScalars s;
-  s.lr = scalars[0];
-  s.beta_2_decay = scalars[1];
-  s.epsilon_1 = scalars[2];
-  s.epsilon_2 = scalars[3];
-  s.clip_threshold = scalars[4];
-  s.weight_decay = scalars[5];
-  s.step = *static_cast<const int64_t*>(step->untyped_data());
-  s.grappler_form = grappler_form != 0;
+  const AdafactorScalars s = AdafactorScalarsFrom(
+      scalars, *static_cast<const int64_t*>(step->untyped_data()), grappler_form != 0);
   const std::string err = CheckAdafactorScalars(s);
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
   RunAdafactorCpu(PoolFor(&pool), dtype < 0 ? 2 : dtype, s, ts);
