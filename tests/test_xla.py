@@ -326,3 +326,32 @@ def test_legacy_compiled_step_runs_fused():
     hlo = step.experimental_get_compiler_ir(g)(stage="optimized_hlo")
     assert len(_hlo_lines(hlo, "custom_call_target=\"fusedopt_apply\"")) == 1, hlo
     assert not _hlo_lines(hlo, " copy(")
+
+
+def test_accumulated_sparse_gradients_under_xla():
+    """Gradient accumulation with IndexedSlices under XLA: the step's index
+    checks (assertions XLA compiles away) do not stop the compilation, and the
+    compiled steps give the uncompiled ones' bits."""
+    results = []
+    fusedopt._tf_context._xla_warned = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for jit in (True, False):
+            variables = [keras.Variable(np.ones((6, 2), np.float32)),
+                         keras.Variable(np.ones(3, np.float32))]
+            opt = fk.Adam(0.1, gradient_accumulation_steps=2)
+            opt.build(variables)
+            step = tf.function(_indexed_step(opt, variables), jit_compile=jit)
+            for rows in ([1, 4], [4, 4], [0, 5], [2, 1]):
+                step(tf.constant(rows))
+            results.append([np.array(v.numpy()) for v in variables + list(opt.variables)])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(results[0][0], np.ones((6, 2), np.float32))
+
+
+def _indexed_step(opt, variables):
+    def step(rows):
+        grads = [tf.IndexedSlices(tf.ones((2, 2)), rows, tf.constant([6, 2])), tf.ones(3)]
+        opt.apply(grads, variables)
+    return step

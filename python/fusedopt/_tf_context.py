@@ -119,8 +119,9 @@ def warn_xla_once(what: str) -> None:
         warnings.warn(
             "fusedopt: inside XLA compilation (jit_compile=True) the fused kernels run for "
             "CPU variables, with dense gradients or IndexedSlices in sparse_mode 'exact'; this "
-            f"step (GPU variables or 'lazy' IndexedSlices gradients) uses {what} instead (same results, no fused kernels). Compile with "
-            "jit_compile=False to use the fused kernels here.",
+            f"step (GPU variables or 'lazy' IndexedSlices gradients) uses {what} instead "
+            "(same results, no fused kernels). Compile with jit_compile=False to use the fused "
+            "kernels here.",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -207,15 +207,19 @@ class FusedOptimizerMixin:
             # increment, on the same resource, after it.
             with tf.control_dependencies(done):
                 self._iterations.assign_add(0)
-            # Keras resets the gradient accumulators right after this method;
-            # that reset (other resources again) waits for the same ops.
-            self._fused_pending_updates = done
+            if self.gradient_accumulation_steps:
+                # Keras resets the gradient accumulators right after this
+                # method, in the same graph; that reset (other resources
+                # again) waits for the same ops.
+                self._fused_pending_updates = done
 
     _fused_pending_updates = None
 
     def _backend_reset_gradient_accumulators(self):
         done, self._fused_pending_updates = self._fused_pending_updates, None
-        if done and not tf.executing_eagerly():
+        graph = tf_ops.get_default_graph()
+        if (done and not tf.executing_eagerly()
+                and all(getattr(d, "graph", None) is graph for d in done)):
             with tf.control_dependencies(done):
                 return super()._backend_reset_gradient_accumulators()
         return super()._backend_reset_gradient_accumulators()
