@@ -248,24 +248,31 @@ def test_lamb_close(rng, dtype):
 def test_16bit_closer_to_float64_than_keras(rng, name, dtype):
     """16-bit variables: Keras computes every step in the 16-bit type, the
     kernels in float32 with one rounding per stored value. Measured against
-    the same training run in float64: Adam's fused error is smaller than
-    Keras' (0.002x-0.6x in 16 runs; Keras computes its bias-corrected step size
-    in the 16-bit type); for the others both are dominated by the 16-bit
-    storage of the state, and the fused error is within 1.3x of Keras' (SGD
-    0.5-0.9x, RMSprop 0.9-1.1x)."""
+    the same training run in float64 (mean |error| of the variables, summed
+    over 4 runs with fresh seeds): Adam's fused error is smaller than Keras'
+    (0.002x-0.6x per run; Keras computes its bias-corrected step size in the
+    16-bit type); for the others both are dominated by the 16-bit storage of
+    the state, and the fused error is within 1.3x of Keras'. One run is too
+    noisy to judge (RMSprop float16: 0.71x-1.10x in 12 runs, 1.35x once in
+    CI); the sum over runs is not (measured ratios of sums: RMSprop 0.97x
+    float16 and 1.03x bfloat16, SGD 0.77x and 0.55x)."""
     cfg = {"SGD": dict(learning_rate=0.05, momentum=0.9)}.get(name, dict(learning_rate=0.01))
-    seed = int(rng.integers(2**31))
-    exact = _run(getattr(keras.optimizers, name), cfg, "float64", "function", seed, steps=20)
-    ours = _run(getattr(fk, name), cfg, dtype, "function", seed, steps=20)
-    theirs = _run(getattr(keras.optimizers, name), cfg, dtype, "function", seed, steps=20)
     n = len(SHAPES)  # the variables themselves
+    e_ours = e_theirs = 0.0
+    for _ in range(4):
+        seed = int(rng.integers(2**31))
+        exact = _run(getattr(keras.optimizers, name), cfg, "float64", "function", seed, steps=20)
+        ours = _run(getattr(fk, name), cfg, dtype, "function", seed, steps=20)
+        theirs = _run(getattr(keras.optimizers, name), cfg, dtype, "function", seed, steps=20)
 
-    def err(run):
-        return float(np.mean([np.mean(np.abs(r.astype(np.float64) - e))
-                              for r, e in zip(run[:n], exact[:n])]))
+        def err(run, exact=exact):
+            return float(np.mean([np.mean(np.abs(r.astype(np.float64) - e))
+                                  for r, e in zip(run[:n], exact[:n])]))
 
-    e_ours, e_theirs = err(ours), err(theirs)
-    print(f"{name} {dtype}: mean |error| vs float64, fused {e_ours:.3g}, Keras {e_theirs:.3g}")
+        e_ours += err(ours)
+        e_theirs += err(theirs)
+    print(f"{name} {dtype}: mean |error| vs float64 over 4 runs, fused {e_ours / 4:.3g}, "
+          f"Keras {e_theirs / 4:.3g}")
     if name == "Adam":
         assert e_ours < e_theirs
     else:
