@@ -355,3 +355,69 @@ def _indexed_step(opt, variables):
         grads = [tf.IndexedSlices(tf.ones((2, 2)), rows, tf.constant([6, 2])), tf.ones(3)]
         opt.apply(grads, variables)
     return step
+
+
+_LAMB_XLA_PROBE = r"""
+import sys, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+import keras, fusedopt.keras as fk
+rng = np.random.default_rng(int(sys.argv[2]))
+shapes = [(1000003,), (513, 1025), (700001,), (1200, 1001)]
+init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(10)]
+out = []
+for jit in (True, False):
+    vs = [keras.Variable(x) for x in init]
+    opt = fk.Lamb(learning_rate=0.01, weight_decay=0.01)
+    opt.build(vs)
+    def make(opt, vs):
+        return lambda g: opt.apply(g, vs)
+    step = tf.function(make(opt, vs), jit_compile=jit)
+    for g in grads:
+        step([tf.constant(x) for x in g])
+    out.append(np.concatenate([v.numpy().ravel() for v in vs + list(opt.variables)]))
+print("DIFFER", int(np.sum(out[0] != out[1])), out[0].size)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_lamb_compiled_norms_follow_the_pool_size(rng, threads):
+    """Lamb's TF norms (Note [TF norms]) inside XLA: the handler evaluates TF's
+    Pow and Sum on a device the size of XLA's intra-op pool, so a compiled
+    step equals the uncompiled one on tensors large enough for TF's Sum to
+    split by thread count."""
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-c", _LAMB_XLA_PROBE, str(threads),
+                          str(int(rng.integers(2**31)))],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = [x for x in res.stdout.splitlines() if x.startswith("DIFFER")][-1]
+    assert line.split()[1] == "0", f"{threads} threads: {line}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("power", [-0.7, -2.0])
+def test_ftrl_tf_pow_compiled_equals_uncompiled(rng, dtype, power):
+    """Ftrl's TF Pow (Note [TF pow]) inside XLA: the handler runs TF's Pow
+    kernel as the uncompiled op does, so the compiled step gives its bits
+    (odd sizes: TF's packets and its scalar tail)."""
+    shapes = [(1001,), (33, 5), (), (100003,)]
+    init = [random_array(rng, s, dtype) for s in shapes]
+    grads = [[random_array(rng, s, dtype) for s in shapes] for _ in range(5)]
+    results, hlos = [], []
+    for jit in (True, False):
+        opt = fk.Ftrl(learning_rate=0.05, learning_rate_power=power, beta=0.1,
+                      l1_regularization_strength=0.01, weight_decay=0.01)
+        variables = [keras.Variable(x, dtype=dtype) for x in init]
+        opt.build(variables)
+        step = tf.function(_apply_step(opt, variables), jit_compile=jit)
+        for g in grads:
+            step([tf.constant(x, dtype) for x in g])
+        if jit:
+            hlos.append(step.experimental_get_compiler_ir(
+                [tf.constant(x, dtype) for x in grads[0]])(stage="optimized_hlo"))
+        results.append([np.array(v.numpy()) for v in variables + list(opt.variables)])
+    assert _hlo_lines(hlos[0], "fusedopt_apply"), "no fused custom call under XLA"
+    for i, (a, b) in enumerate(zip(*results)):
+        np.testing.assert_array_equal(a, b, err_msg=f"Ftrl {power} {dtype} [{i}]")

@@ -19,7 +19,8 @@ std::vector<Item> DenseItems(const Operands& ops, int elem_bytes) {
 }
 
 void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const Operands& ops,
-                 const Plan& plan, bool lamb, Algo algo, int dt, int elem_bytes) {
+                 const Plan& plan, bool lamb, Algo algo, int dt, int elem_bytes,
+                 const LambNormsFn& lamb_norms) {
   std::vector<cpu::Chunk> chunks;  // chunk.tensor is the item's index
   chunks.reserve(items.size());
   for (size_t k = 0; k < items.size(); ++k) {
@@ -84,9 +85,13 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
   });
   const int n = ops.n;
   std::vector<double> w(n, 0.0), u(n, 0.0), ratio_lr(n);
-  for (size_t k = 0; k < items.size(); ++k) {
-    w[items[k].tensor] += w_sq[k];
-    u[items[k].tensor] += u_sq[k];
+  if (lamb_norms) {
+    lamb_norms(&w, &u);
+  } else {
+    for (size_t k = 0; k < items.size(); ++k) {
+      w[items[k].tensor] += w_sq[k];
+      u[items[k].tensor] += u_sq[k];
+    }
   }
   for (int i = 0; i < n; ++i) {
     const double lr = plan.coeffs.c[LambRule::kLr];

@@ -57,8 +57,25 @@ std::vector<Item> DenseItems(const Operands& ops, int elem_bytes);
 // with per-item partial norms combined per tensor in item order (Note
 // [deterministic sums]). Pointers are ops.vars / ops.slots plus the items'
 // offsets; dt is the DType index, elem_bytes its size.
+//
+// LAMB's sums of squares are fixed-order sums in double unless `lamb_norms` is
+// given: it runs after pass 1 (the slots written, the variables not yet) and
+// replaces the per-tensor sums (Note [TF norms] in cc/tf/tf_numerics.h). It
+// must not fail: whatever it needs is allocated before the call.
+using LambNormsFn = std::function<void(std::vector<double>* w_sq, std::vector<double>* u_sq)>;
+
+// What a caller with TensorFlow's kernels at hand puts in the place of parts
+// of a CPU run, to give Keras' bits (cc/tf/tf_numerics.h): LAMB's sums of
+// squares, or the whole run (Ftrl's TF Pow). Made once the call is checked,
+// before anything is written (allocations happen then).
+struct TfForms {
+  LambNormsFn lamb_norms;
+  std::function<void()> run;
+};
+using TfFormsMaker = std::function<TfForms(const Operands& ops, const Plan& plan)>;
 void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const Operands& ops,
-                 const Plan& plan, bool lamb, Algo algo, int dt, int elem_bytes);
+                 const Plan& plan, bool lamb, Algo algo, int dt, int elem_bytes,
+                 const LambNormsFn& lamb_norms = nullptr);
 
 // Pass 0: per-tensor sum of squares of ops.grads[i][0, ops.sizes[i]) and
 // whether any element is inf or NaN; per-chunk partials combined in chunk

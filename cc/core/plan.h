@@ -59,6 +59,8 @@ struct RuleAttrs {
   bool epsilon_outside_sqrt = false;  // Adagrad, RMSprop: tf_keras' legacy form
   bool tf_training_op_form = false;   // RMSprop, Adadelta, Adamax: TF's ResourceApply* arithmetic
   double schedule_decay = 1.0;        // Nadam: tf_keras' legacy 0.96^(d t)
+  bool tf_norms = false;              // Lamb: TF's Pow and Sum for the norms (Note [TF norms])
+  bool tf_pow = false;                // Ftrl: TF's Pow (Note [TF pow])
 };
 
 // What a plan is made from: scalar hyperparameters in RuleInfo::scalars

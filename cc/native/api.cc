@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <new>
 #include <string>
 #include <thread>
 #include <utility>
@@ -177,6 +178,31 @@ Status CheckDisjoint(std::vector<Span> spans, const NameOf& name) {
   return Status{};
 }
 
+// A call's buffers for CheckDisjoint: each non-empty one is checked (not
+// NULL, aligned to its elements) and recorded with its (tensor, role), which
+// `name(tag)` turns into a message's words.
+struct BufferSpans {
+  explicit BufferSpans(int elem_bytes) : eb(elem_bytes) {}
+  template <typename NameOf>
+  Status Add(const void* p, int64_t elements, int tensor, int role, bool written,
+             const NameOf& name) {
+    if (elements == 0) return Status{};
+    roles.emplace_back(tensor, role);
+    const int tag = static_cast<int>(roles.size()) - 1;
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
+    if (p == nullptr) return Invalid(name(tag) + " is NULL");
+    if (begin % eb != 0) {
+      return Invalid(name(tag) + " is not aligned to its " + std::to_string(eb) +
+                     "-byte elements");
+    }
+    spans.push_back(Span{begin, begin + static_cast<uintptr_t>(elements) * eb, written, tag});
+    return Status{};
+  }
+  int eb;
+  std::vector<std::pair<int, int>> roles;  // [tag]
+  std::vector<Span> spans;
+};
+
 // The operands of a call: pointers checked (non-NULL where there are
 // elements, aligned to the element size) and the written buffers (variables,
 // slots) disjoint from each other and from the gradients.
@@ -198,29 +224,16 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
   // Buffers by (tensor, role); names are built only for an error message.
   // A span's tag indexes `roles`: (tensor, role), role -2 variable, -1
   // gradient, k >= 0 slot list k.
-  std::vector<std::pair<int, int>> roles;
-  roles.reserve(static_cast<size_t>(n) * (2 + given.size()));
+  BufferSpans buffers(eb);
   auto name = [&](int tag) {
-    const auto [tensor, role] = roles[tag];
+    const auto [tensor, role] = buffers.roles[tag];
     const std::string t = "tensor " + std::to_string(tensor);
     if (role == -2) return "the variable of " + t;
     if (role == -1) return "the gradient of " + t;
     return std::string("slot '") + info.slots[role].name + "' of " + t;
   };
-  std::vector<Span> spans;
-  spans.reserve(static_cast<size_t>(n) * (2 + given.size()));
   auto check = [&](const void* p, int64_t elements, int tensor, int role) {
-    if (elements == 0) return Status{};
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
-    roles.emplace_back(tensor, role);
-    const int tag = static_cast<int>(roles.size()) - 1;
-    if (p == nullptr) return Invalid(name(tag) + " is NULL");
-    if (begin % eb != 0) {
-      return Invalid(name(tag) + " is not aligned to its " + std::to_string(eb) +
-                     "-byte elements");
-    }
-    spans.push_back(Span{begin, begin + static_cast<uintptr_t>(elements) * eb, role != -1, tag});
-    return Status{};
+    return buffers.Add(p, elements, tensor, role, /*written=*/role != -1, name);
   };
   for (int i = 0; i < n; ++i) {
     if (t->sizes[i] < 0) return Invalid("sizes[" + std::to_string(i) + "] is negative");
@@ -237,7 +250,7 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
     ops->grads.push_back(t->grads[i]);
     ops->rank0.push_back(t->rank0 != nullptr && t->rank0[i] != 0 ? 1 : 0);
   }
-  return CheckDisjoint(std::move(spans), name);
+  return CheckDisjoint(std::move(buffers.spans), name);
 }
 
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -390,7 +403,7 @@ Status CudaUnavailableStatus() {
 }
 
 Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
-             const ParallelFor* cpu_pool = nullptr) {
+             const ParallelFor* cpu_pool = nullptr, const TfFormsMaker* tf_forms = nullptr) {
   if (skipped != nullptr) *skipped = 0;
   Plan plan;
   GradOptions options;
@@ -408,8 +421,20 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
       if (skipped != nullptr) *skipped = 1;
       return Status{};
     }
+    TfForms forms;
+    if (tf_forms != nullptr && *tf_forms) {
+      try {
+        forms = (*tf_forms)(ops, plan);
+      } catch (const std::bad_alloc&) {
+        return Status{FUSEDOPT_INVALID_ARGUMENT, "out of memory for the TF forms' scratch"};
+      }
+    }
+    if (forms.run) {
+      forms.run();
+      return Status{};
+    }
     RunItemsCpu(pfor, DenseItems(ops, eb), ops, plan, InfoOf(rule).two_pass, InfoOf(rule).algo,
-                call->dtype, eb);
+                call->dtype, eb, forms.lamb_norms);
     return Status{};
   }
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -595,24 +620,13 @@ Status AdafactorApply(int dtype, int device, int num_threads, const double* scal
 
   const int eb = ElemBytes(dtype);
   static const char* const kRoles[5] = {"the variable", "the gradient", "r", "c", "v"};
-  std::vector<std::pair<int, int>> roles;  // (tensor, index into kRoles)
+  BufferSpans buffers(eb);  // roles: (tensor, index into kRoles)
   auto name = [&](int tag) {
-    return std::string(kRoles[roles[tag].second]) + " of tensor " +
-           std::to_string(roles[tag].first);
+    return std::string(kRoles[buffers.roles[tag].second]) + " of tensor " +
+           std::to_string(buffers.roles[tag].first);
   };
-  std::vector<Span> spans;
   auto check = [&](const void* p, int64_t elements, int tensor, int role) {
-    if (elements == 0) return Status{};
-    roles.emplace_back(tensor, role);
-    const int tag = static_cast<int>(roles.size()) - 1;
-    const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
-    if (p == nullptr) return Invalid(name(tag) + " is NULL");
-    if (begin % eb != 0) {
-      return Invalid(name(tag) + " is not aligned to its " + std::to_string(eb) +
-                     "-byte elements");
-    }
-    spans.push_back(Span{begin, begin + static_cast<uintptr_t>(elements) * eb, role != 1, tag});
-    return Status{};
+    return buffers.Add(p, elements, tensor, role, /*written=*/role != 1, name);
   };
   std::vector<AdafactorTensor> ts(n);
   for (int i = 0; i < n; ++i) {
@@ -647,7 +661,7 @@ Status AdafactorApply(int dtype, int device, int num_threads, const double* scal
       t.c = c[i];
     }
   }
-  RETURN_IF_ERROR(CheckDisjoint(std::move(spans), name));
+  RETURN_IF_ERROR(CheckDisjoint(std::move(buffers.spans), name));
   RunAdafactorCpu(ThreadsFor(num_threads), dtype, s, ts);
   return Status{};
 }
@@ -655,12 +669,12 @@ Status AdafactorApply(int dtype, int device, int num_threads, const double* scal
 }  // namespace
 
 int ApplyCpu(const fusedopt_call* call, const fusedopt_tensors* t, const ParallelFor& pfor,
-             int* skipped, std::string* err) {
+             int* skipped, std::string* err, const TfFormsMaker& tf_forms) {
   if (call != nullptr && call->device != FUSEDOPT_DEVICE_CPU) {
     *err = "ApplyCpu runs CPU calls only";
     return FUSEDOPT_INVALID_ARGUMENT;
   }
-  const Status s = Apply(call, t, skipped, &pfor);
+  const Status s = Apply(call, t, skipped, &pfor, &tf_forms);
   *err = s.msg;
   return s.code;
 }

@@ -4,6 +4,7 @@
 #ifndef FUSEDOPT_CC_NATIVE_API_INTERNAL_H_
 #define FUSEDOPT_CC_NATIVE_API_INTERNAL_H_
 
+#include <functional>
 #include <string>
 
 #include "cc/core/cpu_run.h"
@@ -14,8 +15,10 @@ namespace native {
 
 // fusedopt_apply for a CPU call, running chunks on `pfor`. Returns a
 // FUSEDOPT_* code; *err holds the message of an error.
+// `tf_forms`, if given, is called once the call is checked, before anything
+// is written: its `run` replaces the run, its `lamb_norms` LAMB's sums.
 int ApplyCpu(const fusedopt_call* call, const fusedopt_tensors* t, const ParallelFor& pfor,
-             int* skipped, std::string* err);
+             int* skipped, std::string* err, const TfFormsMaker& tf_forms = nullptr);
 
 }  // namespace native
 }  // namespace fusedopt

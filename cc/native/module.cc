@@ -554,7 +554,7 @@ void AdafactorApply(const py::list& vars, const py::list& grads, const py::list&
   std::vector<std::vector<int64_t>> shapes(n);
   std::vector<const int64_t*> shape_ptrs(n);
   std::vector<int> ranks(n);
-  int dtype = 2;
+  int dtype = -1;  // vars[0]'s, once converted
   // The array's pointer, after checking its device, dtype and (want != NULL) shape.
   auto take = [&](const py::handle& h, const char* list, size_t i, bool writable,
                   const std::vector<int64_t>* want) -> void* {
@@ -564,6 +564,7 @@ void AdafactorApply(const py::list& vars, const py::list& grads, const py::list&
       Fail(std::string(list) + "[" + std::to_string(i) +
            "] is on a CUDA device; Adafactor has no CUDA kernel yet: pass NumPy arrays");
     }
+    if (dtype < 0) dtype = b.dtype;  // vars[0] comes first
     if (b.dtype != dtype) {
       Fail(std::string(list) + "[" + std::to_string(i) + "] is " + kDTypeNames[b.dtype] +
            " but vars[0] is " + kDTypeNames[dtype]);
@@ -575,7 +576,6 @@ void AdafactorApply(const py::list& vars, const py::list& grads, const py::list&
     return b.ptr;
   };
   for (size_t i = 0; i < n; ++i) {
-    if (i == 0 && n > 0) dtype = ToBuf(vars[0], Label{"vars", 0}, true).dtype;
     var_ptrs[i] = take(vars[i], "vars", i, true, nullptr);
     const std::vector<int64_t> shape = bufs.back().shape;
     grad_ptrs[i] = take(grads[i], "grads", i, false, &shape);
@@ -597,7 +597,7 @@ void AdafactorApply(const py::list& vars, const py::list& grads, const py::list&
   int code;
   {
     py::gil_scoped_release release;
-    code = fusedopt_adafactor_apply(dtype, FUSEDOPT_DEVICE_CPU, threads, scalars, step,
+    code = fusedopt_adafactor_apply(dtype < 0 ? 2 : dtype, FUSEDOPT_DEVICE_CPU, threads, scalars, step,
                                     grappler_form ? 1 : 0, static_cast<int>(n), var_ptrs.data(),
                                     r_ptrs.data(), c_ptrs.data(), v_ptrs.data(), grad_ptrs.data(),
                                     shape_ptrs.data(), ranks.data(), err, sizeof(err));

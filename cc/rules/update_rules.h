@@ -519,10 +519,21 @@ struct FtrlRule {
   }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    const M new_acc = NewAccumulator(s, g);
+    ApplyPowers(c, var, s, g, new_acc, Pow<V>(new_acc, c[kPower]), Pow<V>(s[0], c[kPower]));
+  }
+  // Keras' `accum + square(g)`.
+  template <typename M>
+  FUSEDOPT_HD static M NewAccumulator(const M* s, M g) {
+    return s[0] + g * g;
+  }
+  // The update given new_acc^p and acc^p (Note [TF pow] in cc/tf/tf_numerics.h
+  // computes them with TF's own Pow).
+  template <typename M>
+  FUSEDOPT_HD static void ApplyPowers(const M* c, M& var, M* s, M g, M new_acc, M new_pow,
+                                      M old_pow) {
     const M g_s = g + c[kTwoL2Shrinkage] * var;
-    const M new_acc = s[0] + g * g;
-    const M new_pow = Pow<V>(new_acc, c[kPower]);
-    s[1] = s[1] + (g_s - ((new_pow - Pow<V>(s[0], c[kPower])) / c[kLr]) * var);
+    s[1] = s[1] + (g_s - ((new_pow - old_pow) / c[kLr]) * var);
     const M quadratic = new_pow / c[kLr] + c[kTwoL2];
     const M l1 = c[kL1];
     const M clipped = s[1] < -l1 ? -l1 : (s[1] > l1 ? l1 : s[1]);

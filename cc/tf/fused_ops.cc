@@ -22,6 +22,7 @@
 #include "cc/cpu/chunking.h"
 #include "cc/rules/update_rules.h"
 #include "cc/tf/fused_op_util.h"
+#include "cc/tf/tf_numerics.h"
 #include "cc/tf/variable_access.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/register_types.h"
@@ -94,9 +95,18 @@ absl::Status ReadGradOptions(OpKernelContext* ctx, bool skip_nonfinite, GradOpti
 
 template <Backend B, typename T>
 absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo, const Plan& plan,
-                            bool decay, int dt) {
+                            bool decay, int dt, Rule rule, const RuleAttrs& attrs,
+                            bool grappler_form) {
   if constexpr (B == Backend::kCpu) {
     const int eb = static_cast<int>(sizeof(T));
+    if (rule == Rule::kFtrl && HasTfForm(rule, attrs, plan, dt, grappler_form)) {
+      // Note [TF pow]: scratch first, before anything is written.
+      tensorflow::Tensor scratch;
+      TF_RETURN_IF_ERROR(
+          AllocateFtrlPowScratch(ctx, ops, tensorflow::DataTypeToEnum<T>::value, &scratch));
+      FtrlTfPow(ctx, ops, plan, grappler_form, &scratch)();
+      return absl::OkStatus();
+    }
     RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, false, algo, dt, eb);
     return absl::OkStatus();
   } else {
@@ -109,12 +119,33 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
   }
 }
 
+// LAMB's norms as Keras' TF ops compute them (Note [TF norms]), when the op's
+// `tf_norms` asks for them: float and double CPU variables. The scratch is
+// allocated here, before anything is written.
+template <typename T>
+absl::Status LambNormsHook(OpKernelContext* ctx, const Operands& ops, const Plan& plan, bool decay,
+                           bool tf_norms, bool square_form, tensorflow::Tensor* scratch,
+                           LambNormsFn* hook) {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+    if (tf_norms) {
+      TF_RETURN_IF_ERROR(AllocateLambNormScratch(ctx, ops, tensorflow::DataTypeToEnum<T>::value,
+                                                 scratch));
+      *hook = LambTfNorms(ctx, ops, plan, decay, square_form, scratch);
+    }
+  }
+  return absl::OkStatus();
+}
+
 template <Backend B, typename T>
 absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Plan& plan, bool decay,
-                     int dt) {
+                     int dt, bool tf_norms, bool square_form) {
   if constexpr (B == Backend::kCpu) {
     const int eb = static_cast<int>(sizeof(T));
-    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, true, Algo::kAdam, dt, eb);
+    tensorflow::Tensor scratch;
+    LambNormsFn norms;
+    TF_RETURN_IF_ERROR(
+        LambNormsHook<T>(ctx, ops, plan, decay, tf_norms, square_form, &scratch, &norms));
+    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, true, Algo::kAdam, dt, eb, norms);
     return absl::OkStatus();
   } else {
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -265,9 +296,10 @@ class FusedApplyOp : public OpKernel {
     }
     const bool decay = plan.Decays();
     if constexpr (Spec::kTwoPass) {
-      return RunLamb<B, T>(ctx, ops, plan, decay, dt);
+      return RunLamb<B, T>(ctx, ops, plan, decay, dt, spec_.attrs.tf_norms, grappler_form_);
     } else {
-      return RunElementwise<B, T>(ctx, ops, Spec::Info().algo, plan, decay, dt);
+      return RunElementwise<B, T>(ctx, ops, Spec::Info().algo, plan, decay, dt, Spec::kRule,
+                                  spec_.attrs, grappler_form_);
     }
   }
 
@@ -432,8 +464,16 @@ class SparseApplyOp : public OpKernel {
       for (int k = 0; k < ops.num_slots; ++k) base[k] = vars.data(slot_first[k] + i);
       ops.slots.push_back(base);
     }
+    tensorflow::Tensor scratch;
+    LambNormsFn norms;
+    if constexpr (Spec::kTwoPass) {
+      ops.sizes.clear();  // the hook reads whole tensors
+      for (int i = 0; i < n; ++i) ops.sizes.push_back(rows[i] * row_size[i]);
+      TF_RETURN_IF_ERROR(LambNormsHook<T>(ctx, ops, plan, plan.Decays(), spec_.attrs.tf_norms,
+                                          grappler_form_, &scratch, &norms));
+    }
     RunItemsCpu(PoolOf(ctx), items, ops, plan, Spec::kTwoPass, Spec::Info().algo, dt,
-                static_cast<int>(sizeof(S)));
+                static_cast<int>(sizeof(S)), norms);
     return absl::OkStatus();
   }
 

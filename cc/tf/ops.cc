@@ -359,7 +359,8 @@ Bytes per element: 7T.
   .Input("l2: Tscalar") \
   .Input("l2_shrinkage: Tscalar") \
   .Input("beta: Tscalar") \
-  .Input("weight_decay: Tscalar")
+  .Input("weight_decay: Tscalar") \
+  .Attr("tf_pow: bool = false")
 FUSEDOPT_REGISTER_FUSED_OP("Ftrl", FUSEDOPT_FTRL_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay"),
                            R"doc(
@@ -373,9 +374,15 @@ FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
   var = (clip(linear, -l1, l1) - linear) / quadratic
   accumulator = new_acc
 
-learning_rate_power = -0.5 uses sqrt; other powers use pow. Requires lr > 0
-and learning_rate_power <= 0.
+learning_rate_power = -0.5 uses sqrt; other powers use the C library's pow.
+Requires lr > 0 and learning_rate_power <= 0.
 Bytes per element: 7T.
+
+tf_pow: the powers as keras.optimizers.Ftrl's ops compute them, with
+TensorFlow's own CPU Pow kernel (Eigen's vectorized pow), except where
+Grappler rewrites Keras' graph (grappler_form: power 0.5 is Sqrt, 2 Square).
+Dense float32 and float64 CPU calls (elsewhere ignored); four passes instead
+of one (7T + 2T + 4T + 4T bytes per element).
 )doc");
 
 // ScheduleFreeAdamW: slots, scalars and attributes.
@@ -438,7 +445,8 @@ Bytes per element: 5T.
   .Input("beta_2: Tscalar") \
   .Input("epsilon: Tscalar") \
   .Input("weight_decay: Tscalar") \
-  .Input("step: int64")
+  .Input("step: int64") \
+  .Attr("tf_norms: bool = false")
 FUSEDOPT_REGISTER_FUSED_OP("Lamb", FUSEDOPT_LAMB_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"),
                            R"doc(
@@ -453,6 +461,13 @@ Two passes, because no element of a variable can be written before the norms
 over all of it are known: pass 1 reads var, m, v, g and writes m, v while
 summing var^2 and u^2 (deterministic fixed-order sums in double); pass 2 reads
 var, m, v and writes var. Bytes per element: 6T + 4T = 10T.
+
+tf_norms: the two norms as keras.optimizers.Lamb's TensorFlow ops compute them,
+sqrt(sum(pow(x, 2))) in the variable's dtype with TF's own CPU Pow (Grappler's
+Square with grappler_form) and Sum kernels, on the op's thread pool: their
+summation order depends on the pool's size, as TF's does. Float32 and float64
+variables on the CPU (elsewhere ignored: 16-bit types, GPU and XLA keep the
+double sums). Costs two more reads and writes of each tensor (4T + 4T).
 )doc");
 
 // Muon, the elementwise halves around its Newton-Schulz iterations.

@@ -18,6 +18,7 @@
 // device-resident scalars of the CUDA work. The sparse ops have no lowering:
 // "exact" IndexedSlices reach these dense ops densified (Note [sparse under
 // XLA] in python/fusedopt/_tf_context.py); "lazy" ones keep the built-in ops.
+#include <functional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -62,6 +63,25 @@ absl::Status EmitInPlaceCall(XlaOpKernelContext* ctx, const char* target,
                                            xla::GetTupleElement(call, static_cast<int64_t>(j))));
   }
   ctx->SetOutput(0, xla::GetTupleElement(call, static_cast<int64_t>(written.size())));
+  return absl::OkStatus();
+}
+
+// Reads the resource input `input` for an in-place call: its value joins
+// `operands` and its XLA shape `result_shapes`, once it is checked to have
+// shape `want` (else InvalidArgument with `mismatch(shape found)`).
+absl::Status ReadInPlaceOperand(
+    XlaOpKernelContext* ctx, int input, tensorflow::DataType dtype,
+    const tensorflow::TensorShape& want,
+    const std::function<std::string(const tensorflow::TensorShape&)>& mismatch,
+    std::vector<xla::XlaOp>* operands, std::vector<xla::Shape>* result_shapes) {
+  tensorflow::TensorShape shape;
+  xla::XlaOp value;
+  TF_RETURN_IF_ERROR(ctx->ReadVariableInput(input, dtype, &shape, &value));
+  if (shape != want) return absl::InvalidArgumentError(mismatch(shape));
+  xla::Shape xs;
+  TF_RETURN_IF_ERROR(tensorflow::TensorShapeToXLAShape(dtype, shape, &xs));
+  operands->push_back(value);
+  result_shapes->push_back(xs);
   return absl::OkStatus();
 }
 
@@ -116,19 +136,15 @@ class FusedApplyXlaOp : public XlaOpKernel {
     std::vector<xla::XlaOp> operands;
     std::vector<xla::Shape> result_shapes;
     for (size_t j = 0; j < written_inputs.size(); ++j) {
-      tensorflow::TensorShape shape;
-      xla::XlaOp value;
-      TF_RETURN_IF_ERROR(ctx->ReadVariableInput(written_inputs[j], dtype_, &shape, &value));
       const tensorflow::TensorShape& want = grad_shapes[j % n];
-      if (shape != want) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "grads[", j % n, "] has shape ", want.DebugString(), " but variable/slot input ",
-            written_inputs[j], " has shape ", shape.DebugString(), "; nothing was updated"));
-      }
-      xla::Shape xs;
-      TF_RETURN_IF_ERROR(tensorflow::TensorShapeToXLAShape(dtype_, shape, &xs));
-      operands.push_back(value);
-      result_shapes.push_back(xs);
+      TF_RETURN_IF_ERROR(ReadInPlaceOperand(
+          ctx, written_inputs[j], dtype_, want,
+          [&](const tensorflow::TensorShape& shape) {
+            return absl::StrCat("grads[", j % n, "] has shape ", want.DebugString(),
+                                " but variable/slot input ", written_inputs[j], " has shape ",
+                                shape.DebugString(), "; nothing was updated");
+          },
+          &operands, &result_shapes));
     }
     for (const xla::XlaOp& g : grads) operands.push_back(g);
     for (int k = 0; k < info.num_scalars; ++k) operands.push_back(ctx->Input(info.scalars[k]));
@@ -144,7 +160,9 @@ class FusedApplyXlaOp : public XlaOpKernel {
         " : i32, schedule_decay = ", absl::StrFormat("%.17e", attrs_.schedule_decay),
         " : f64, grappler_form = ", grappler_form_ ? 1 : 0,
         " : i32, constant_folding = ", constant_folding_ ? 1 : 0,
-        " : i32, skip_nonfinite = ", skip_nonfinite_ ? 1 : 0, " : i32}");
+        " : i32, skip_nonfinite = ", skip_nonfinite_ ? 1 : 0,
+        " : i32, tf_norms = ", attrs_.tf_norms ? 1 : 0,
+        " : i32, tf_pow = ", attrs_.tf_pow ? 1 : 0, " : i32}");
     return EmitInPlaceCall(ctx, "fusedopt_apply", operands, std::move(result_shapes),
                            written_inputs, dtype_, attrs);
   }
@@ -208,18 +226,14 @@ class AdafactorXlaOp : public XlaOpKernel {
     std::vector<xla::XlaOp> operands;
     std::vector<xla::Shape> result_shapes;
     for (const auto& [input, want, name] : written) {
-      tensorflow::TensorShape shape;
-      xla::XlaOp value;
-      TF_RETURN_IF_ERROR(ctx->ReadVariableInput(input, dtype_, &shape, &value));
-      if (shape != want) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            name, " has shape ", shape.DebugString(), " but the gradient needs ",
-            want.DebugString(), "; nothing was updated"));
-      }
-      xla::Shape xs;
-      TF_RETURN_IF_ERROR(tensorflow::TensorShapeToXLAShape(dtype_, shape, &xs));
-      operands.push_back(value);
-      result_shapes.push_back(xs);
+      TF_RETURN_IF_ERROR(ReadInPlaceOperand(
+          ctx, input, dtype_, want,
+          [&](const tensorflow::TensorShape& shape) {
+            return absl::StrCat(name, " has shape ", shape.DebugString(),
+                                " but the gradient needs ", want.DebugString(),
+                                "; nothing was updated");
+          },
+          &operands, &result_shapes));
     }
     for (const xla::XlaOp& g : grads) operands.push_back(g);
     for (const char* name :

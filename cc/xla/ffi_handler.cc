@@ -15,6 +15,7 @@
 #include "cc/core/adafactor.h"
 #include "cc/core/plan.h"
 #include "cc/native/api_internal.h"
+#include "cc/tf/tf_numerics.h"
 #include "xla/ffi/api/ffi.h"
 
 // The process's FFI API (libtensorflow_framework exports it; its header,
@@ -86,6 +87,57 @@ int DTypeCode(ffi::DataType t) {
   }
 }
 
+// A scalar operand as a double: f64 or f32, and s64 where `allow_s64`.
+bool ReadScalarArg(const ffi::RemainingArgs& args, size_t j, bool allow_s64, double* v) {
+  auto b = args.get<ffi::AnyBuffer>(j);
+  if (!b.has_value() || b->element_count() != 1) return false;
+  switch (b->element_type()) {
+    case ffi::DataType::F64:
+      *v = *static_cast<const double*>(b->untyped_data());
+      return true;
+    case ffi::DataType::F32:
+      *v = *static_cast<const float*>(b->untyped_data());
+      return true;
+    case ffi::DataType::S64:
+      if (!allow_s64) return false;
+      *v = static_cast<double>(*static_cast<const int64_t*>(b->untyped_data()));
+      return true;
+    default:
+      return false;
+  }
+}
+
+// The first `count` operands are written in place: decodes each with its
+// result, checks they all have one supported element type (*dtype: -1 on
+// entry, or a DTypeCode they must have), and gives the result buffers (a
+// result XLA did not alias with its operand starts as a copy of it).
+// `operands` (if not null) receives the decoded operands.
+ffi::Error InPlaceBuffers(const ffi::RemainingArgs& args, const ffi::RemainingRets& rets,
+                          size_t count, int* dtype, std::vector<void*>* out,
+                          std::vector<ffi::AnyBuffer>* operands = nullptr) {
+  out->assign(count, nullptr);
+  for (size_t j = 0; j < count; ++j) {
+    auto in = args.get<ffi::AnyBuffer>(j);
+    auto res = rets.get<ffi::AnyBuffer>(j);
+    if (!in.has_value() || !res.has_value()) {
+      return ffi::Error::Internal("fusedopt: cannot decode a custom-call buffer");
+    }
+    const ffi::AnyBuffer ib = *in;
+    ffi::AnyBuffer ob = **res;
+    const int code = DTypeCode(ib.element_type());
+    if (code < 0 || (*dtype >= 0 && code != *dtype)) {
+      return ffi::Error::InvalidArgument("fusedopt: unsupported or mixed element types");
+    }
+    *dtype = code;
+    if (ob.untyped_data() != ib.untyped_data() && ib.size_bytes() > 0) {
+      std::memcpy(ob.untyped_data(), ib.untyped_data(), ib.size_bytes());
+    }
+    (*out)[j] = ob.untyped_data();
+    if (operands != nullptr) operands->push_back(ib);
+  }
+  return ffi::Error::Success();
+}
+
 // Operands: vars [n], given slot lists [k * n] (slot-major), grads [n], the
 // rule's scalars (f64), step (s64), grad_scale, clip_value, clip_norm,
 // global_clip_norm (f64). Results: vars [n], slots [k * n], skipped (pred);
@@ -95,7 +147,7 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
                           int32_t epsilon_outside_sqrt, int32_t tf_training_op_form,
                           double schedule_decay,
                           int32_t grappler_form, int32_t constant_folding,
-                          int32_t skip_nonfinite) {
+                          int32_t skip_nonfinite, int32_t tf_norms, int32_t tf_pow) {
   if (rule < 0 || rule >= kNumRules || n < 0) {
     return ffi::Error::InvalidArgument("fusedopt: bad custom-call attributes");
   }
@@ -114,33 +166,17 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
                                        std::to_string(want_args) + " and " +
                                        std::to_string(written + 1));
   }
-  // Written buffers: the results (aliased with the operands; if XLA gave a
-  // result its own buffer, it starts as a copy of the operand).
-  std::vector<void*> out(written);
+  std::vector<void*> out;
+  std::vector<ffi::AnyBuffer> written_in;
   int dtype = -1;
+  if (ffi::Error e = InPlaceBuffers(args, rets, written, &dtype, &out, &written_in); e.failure()) {
+    return e;
+  }
   std::vector<int64_t> sizes(n);
   std::vector<unsigned char> rank0(n);
-  for (size_t j = 0; j < written; ++j) {
-    auto in = args.get<ffi::AnyBuffer>(j);
-    auto res = rets.get<ffi::AnyBuffer>(j);
-    if (!in.has_value() || !res.has_value()) {
-      return ffi::Error::Internal("fusedopt: cannot decode a custom-call buffer");
-    }
-    ffi::AnyBuffer ib = *in;
-    ffi::AnyBuffer ob = **res;
-    const int code = DTypeCode(ib.element_type());
-    if (code < 0 || (dtype >= 0 && code != dtype)) {
-      return ffi::Error::InvalidArgument("fusedopt: unsupported or mixed element types");
-    }
-    dtype = code;
-    if (ob.untyped_data() != ib.untyped_data() && ib.size_bytes() > 0) {
-      std::memcpy(ob.untyped_data(), ib.untyped_data(), ib.size_bytes());
-    }
-    out[j] = ob.untyped_data();
-    if (j < static_cast<size_t>(n)) {
-      sizes[j] = static_cast<int64_t>(ib.element_count());
-      rank0[j] = ib.dimensions().size() == 0 ? 1 : 0;
-    }
+  for (int i = 0; i < n; ++i) {
+    sizes[i] = static_cast<int64_t>(written_in[i].element_count());
+    rank0[i] = written_in[i].dimensions().size() == 0 ? 1 : 0;
   }
   std::vector<const void*> grads(n);
   for (int i = 0; i < n; ++i) {
@@ -148,27 +184,12 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
     if (!g.has_value()) return ffi::Error::Internal("fusedopt: cannot decode a gradient");
     grads[i] = g->untyped_data();
   }
-  auto scalar = [&](size_t j, double* v) -> bool {
-    auto b = args.get<ffi::AnyBuffer>(j);
-    if (!b.has_value() || b->element_count() != 1) return false;
-    switch (b->element_type()) {
-      case ffi::DataType::F64:
-        *v = *static_cast<const double*>(b->untyped_data());
-        return true;
-      case ffi::DataType::F32:
-        *v = *static_cast<const float*>(b->untyped_data());
-        return true;
-      case ffi::DataType::S64:
-        *v = static_cast<double>(*static_cast<const int64_t*>(b->untyped_data()));
-        return true;
-      default:
-        return false;
-    }
-  };
   size_t at = written + n;
   std::vector<double> scalars(info.num_scalars);
   for (int k = 0; k < info.num_scalars; ++k) {
-    if (!scalar(at++, &scalars[k])) return ffi::Error::InvalidArgument("fusedopt: bad scalar");
+    if (!ReadScalarArg(args, at++, /*allow_s64=*/true, &scalars[k])) {
+      return ffi::Error::InvalidArgument("fusedopt: bad scalar");
+    }
   }
   auto step_buf = args.get<ffi::AnyBuffer>(at++);
   if (!step_buf.has_value() || step_buf->element_type() != ffi::DataType::S64) {
@@ -177,7 +198,9 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
   const int64_t step = *static_cast<const int64_t*>(step_buf->untyped_data());
   double options[4];
   for (double& o : options) {
-    if (!scalar(at++, &o)) return ffi::Error::InvalidArgument("fusedopt: bad gradient option");
+    if (!ReadScalarArg(args, at++, /*allow_s64=*/true, &o)) {
+      return ffi::Error::InvalidArgument("fusedopt: bad gradient option");
+    }
   }
 
   fusedopt_call call;
@@ -216,7 +239,18 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
   t.rank0 = rank0.data();
   int skipped = 0;
   std::string err;
-  const int code = native::ApplyCpu(&call, &t, PoolFor(&pool), &skipped, &err);
+  // LAMB's norms and Ftrl's powers as the uncompiled op computes them with
+  // tf_norms / tf_pow (cc/tf/tf_numerics.h): TF's kernels on a device the
+  // size of XLA's intra-op pool.
+  RuleAttrs attrs;
+  attrs.tf_norms = tf_norms != 0;
+  attrs.tf_pow = tf_pow != 0;
+  const int threads = static_cast<int>(pool.num_threads());
+  const TfFormsMaker forms = [=](const Operands& ops, const Plan& plan) {
+    return tf::TfFormsInline(threads, static_cast<Rule>(rule), attrs, ops, plan, call.dtype,
+                             grappler_form != 0);
+  };
+  const int code = native::ApplyCpu(&call, &t, PoolFor(&pool), &skipped, &err, forms);
   if (code != FUSEDOPT_OK) return ffi::Error::InvalidArgument(err);
   auto flag = rets.get<ffi::AnyBuffer>(written);
   if (!flag.has_value()) return ffi::Error::Internal("fusedopt: cannot decode 'skipped'");
@@ -266,22 +300,8 @@ ffi::Error AdafactorHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rem
                                        std::to_string(written + n + 7) + " and " +
                                        std::to_string(written + 1));
   }
-  std::vector<void*> out(written);
-  for (size_t j = 0; j < written; ++j) {
-    auto in = buffer(j);
-    auto res = rets.get<ffi::AnyBuffer>(j);
-    if (!in.has_value() || !res.has_value()) {
-      return ffi::Error::Internal("fusedopt: cannot decode a custom-call buffer");
-    }
-    if (DTypeCode(in->element_type()) != dtype) {
-      return ffi::Error::InvalidArgument("fusedopt: mixed element types");
-    }
-    ffi::AnyBuffer ob = **res;
-    if (ob.untyped_data() != in->untyped_data() && in->size_bytes() > 0) {
-      std::memcpy(ob.untyped_data(), in->untyped_data(), in->size_bytes());
-    }
-    out[j] = ob.untyped_data();
-  }
+  std::vector<void*> out;
+  if (ffi::Error e = InPlaceBuffers(args, rets, written, &dtype, &out); e.failure()) return e;
   size_t rc = n;  // the next r (then c) operand
   for (int i = 0; i < n; ++i) {
     AdafactorTensor& t = ts[i];
@@ -300,16 +320,8 @@ ffi::Error AdafactorHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rem
   double scalars[6];
   size_t at = written + n;
   for (double& x : scalars) {
-    auto b = buffer(at++);
-    if (!b.has_value() || b->element_count() != 1) {
+    if (!ReadScalarArg(args, at++, /*allow_s64=*/false, &x)) {
       return ffi::Error::InvalidArgument("fusedopt: bad scalar");
-    }
-    if (b->element_type() == ffi::DataType::F64) {
-      x = *static_cast<const double*>(b->untyped_data());
-    } else if (b->element_type() == ffi::DataType::F32) {
-      x = *static_cast<const float*>(b->untyped_data());
-    } else {
-      return ffi::Error::InvalidArgument("fusedopt: bad scalar type");
     }
   }
   auto step = buffer(at);
@@ -353,7 +365,9 @@ XLA_FFI_DEFINE_HANDLER(kFusedApplyHost, FusedApplyHost,
                            .Attr<double>("schedule_decay")
                            .Attr<int32_t>("grappler_form")
                            .Attr<int32_t>("constant_folding")
-                           .Attr<int32_t>("skip_nonfinite"));
+                           .Attr<int32_t>("skip_nonfinite")
+                           .Attr<int32_t>("tf_norms")
+                           .Attr<int32_t>("tf_pow"));
 
 XLA_FFI_REGISTER_HANDLER(ffi::GetXlaFfiApi(), "fusedopt_apply", "Host", kFusedApplyHost);
 

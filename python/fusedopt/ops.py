@@ -488,15 +488,23 @@ def apply_ftrl(
     l2_shrinkage: TensorLike = 0.0,
     beta: TensorLike = 0.0,
     weight_decay: TensorLike = 0.0,
+    tf_pow: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
-    """FTRL-proximal as Keras computes it (keras.optimizers.Ftrl); see the op doc."""
+    """FTRL-proximal as Keras computes it (keras.optimizers.Ftrl); see the op doc.
+
+    The accumulators' powers use ``sqrt`` for ``learning_rate_power=-0.5``
+    and the C library's ``pow`` otherwise (one pass). ``tf_pow=True`` uses
+    TensorFlow's own CPU Pow kernel instead (and Grappler's forms with
+    ``grappler_form``), as Keras' ops do: keras.optimizers.Ftrl's bits for
+    dense float32/float64 CPU variables, in four passes (Note [TF pow]).
+    """
     return _apply(
         "fusedopt_apply_ftrl", variables, gradients, {"accumulator": accumulator, "linear": linear},
         {"lr": learning_rate, "learning_rate_power": learning_rate_power, "l1": l1, "l2": l2,
          "l2_shrinkage": l2_shrinkage, "beta": beta, "weight_decay": weight_decay},
-        name=name, **options,
+        name=name, **options, tf_pow=bool(tf_pow),
     )
 
 
@@ -573,6 +581,7 @@ def apply_lamb(
     beta_2: TensorLike = 0.999,
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
+    tf_norms: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
@@ -580,12 +589,19 @@ def apply_lamb(
 
         m, v as Adam;  u = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
         var -= (|var| / |u| if both > 0 else 1) * lr * u
+
+    The norms' sums of squares are fixed-order sums in double (the same bits
+    on every thread count). ``tf_norms=True`` computes them as Keras' ops do,
+    with TensorFlow's own CPU Pow (Square with ``grappler_form``) and Sum
+    kernels on the op's thread pool, whose summation order depends on the
+    pool's size (float32/float64 CPU variables; Note [TF norms]):
+    keras.optimizers.Lamb's bits, at the cost of two more passes.
     """
     return _apply(
         "fusedopt_apply_lamb", variables, gradients, {"m": m, "v": v},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay},
-        step=step, name=name, **options,
+        step=step, name=name, **options, tf_norms=bool(tf_norms),
     )
 
 

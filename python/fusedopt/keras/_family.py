@@ -170,6 +170,7 @@ class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
             l2=self.l2_regularization_strength,
             l2_shrinkage=self.l2_shrinkage_regularization_strength,
             beta=self.beta, weight_decay=weight_decay,
+            tf_pow=True,  # Keras' powers are TF's Pow (Note [TF pow])
             **options,
         )
 
@@ -199,6 +200,7 @@ class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
             step=_step(self),
             beta_1=self.beta_1, beta_2=self.beta_2,
             epsilon=self.epsilon, weight_decay=weight_decay,
+            tf_norms=True,  # Keras' norms are TF's Pow and Sum (Note [TF norms])
             **options,
         )
 

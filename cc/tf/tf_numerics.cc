@@ -1,0 +1,314 @@
+// TensorFlow's CPU kernels for LAMB's norms (Note [TF norms] in tf_numerics.h).
+// Compiled with the TensorFlow wheel's instruction set (CMakeLists.txt), so
+// the Eigen expressions below evaluate as TF's own Pow, Square and Sum do.
+#define EIGEN_USE_THREADS
+
+#include "cc/tf/tf_numerics.h"
+
+#include <algorithm>
+#include <functional>
+#include <memory>
+#include <type_traits>
+
+#include "cc/rules/update_rules.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/types.h"
+#include "tensorflow/core/kernels/cwise_ops.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+
+namespace fusedopt {
+namespace tf {
+namespace {
+
+// TF's TTypes<T>::Flat and TTypes<T, 0>::Tensor.
+template <typename T>
+using Flat = Eigen::TensorMap<Eigen::Tensor<T, 1, Eigen::RowMajor, Eigen::DenseIndex>,
+                              Eigen::Aligned>;
+template <typename T>
+using Scalar = Eigen::TensorMap<Eigen::Tensor<T, 0, Eigen::RowMajor, Eigen::DenseIndex>,
+                                Eigen::Aligned>;
+
+// `ops.sum(ops.power(x, 2))` with x in buf[0, n), which it overwrites with
+// the powers: TF's BinaryOp for Pow with a scalar right operand
+// (BinaryFunctor::Right: `in.unaryExpr(scalar_right<pow>)`), or the Square op
+// Grappler puts in its place; then TF's Sum of a 1-D tensor to a scalar
+// (ReduceEigenImpl with the reduction axes Constants<CPUDevice>::kZero).
+template <typename T>
+T SumOfSquares(const Eigen::ThreadPoolDevice& d, T* buf, int64_t n, bool square_form) {
+  Flat<T> x(buf, n);
+  if (square_form) {
+    x.device(d) = x.unaryExpr(typename tensorflow::functor::square<T>::func());
+  } else {
+    static const T kTwo(2);
+    using Pow = Eigen::internal::scalar_right<T, T, typename tensorflow::functor::pow<T>::func>;
+    x.device(d) = x.unaryExpr(Pow(&kTwo));
+  }
+  alignas(EIGEN_MAX_ALIGN_BYTES) T sum[1] = {T(0)};
+  Scalar<T> out(sum);
+  out.device(d) = x.reduce(Eigen::IndexList<Eigen::type2index<0>>(),
+                           Eigen::internal::SumReducer<T>());
+  return sum[0];
+}
+
+// Fills buf[0, n) with f(k) on the device's pool.
+template <typename T, typename F>
+void Fill(const Eigen::ThreadPoolDevice& d, T* buf, int64_t n, int loads, const F& f) {
+  d.parallelFor(n, Eigen::TensorOpCost(loads * sizeof(T), sizeof(T), 8),
+                [&](Eigen::Index first, Eigen::Index last) {
+                  for (Eigen::Index k = first; k < last; ++k) buf[k] = f(k);
+                });
+}
+
+template <typename T>
+void SumsOf(const Eigen::ThreadPoolDevice& d, const Operands& ops, const Plan& plan, bool decay,
+            bool square_form, T* buf, std::vector<double>* w_sq, std::vector<double>* u_sq) {
+  for (int i = 0; i < ops.n; ++i) {
+    const int64_t n = ops.sizes[i];
+    (*w_sq)[i] = (*u_sq)[i] = 0.0;
+    if (n == 0) continue;
+    const OpCoeffs<T> oc = OpCoeffs<T>::From(plan.For(ops.IsRank0(i)));
+    const T* c = oc.c;
+    const T* var = static_cast<const T*>(ops.vars[i]);
+    const T* m = static_cast<const T*>(ops.slots[i][0]);
+    const T* v = static_cast<const T*>(ops.slots[i][1]);
+    // Keras decays the variable (its _apply_weight_decay) before update_step
+    // reads it; pass 1 left the variable as it was.
+    if (decay) {
+      Fill(d, buf, n, 1, [&](int64_t k) { return Decay(c, var[k]); });
+    } else {
+      Fill(d, buf, n, 1, [&](int64_t k) { return var[k]; });
+    }
+    (*w_sq)[i] = static_cast<double>(SumOfSquares(d, buf, n, square_form));
+    Fill(d, buf, n, 2, [&](int64_t k) { return LambRule::Update(c, m[k], v[k]); });
+    (*u_sq)[i] = static_cast<double>(SumOfSquares(d, buf, n, square_form));
+  }
+}
+
+// `ops.power(x, p)` in place on buf[0, n): TF's BinaryOp for Pow with a
+// scalar right operand.
+// out[0, n) = `ops.power(in, p)`: TF's BinaryOp for Pow with a scalar right
+// operand. In a tf.function (`grappler_form`) Grappler's ConvertPow turns
+// pow(x, 2) into Square (pow(x, 0.5) into Sqrt: FtrlRule variant 1, not run
+// here; 1 and 0 into Identity and OnesLike, which TF's Pow gives exactly).
+template <typename T>
+void PowTo(const Eigen::ThreadPoolDevice& d, const T* in, T* out, int64_t n, T p,
+           bool grappler_form) {
+  // Unaligned: XLA's buffers need not be 64-byte aligned (the values do not
+  // depend on it; the scratch `out` is).
+  const Eigen::TensorMap<Eigen::Tensor<const T, 1, Eigen::RowMajor, Eigen::DenseIndex>> x(in, n);
+  Flat<T> y(out, n);
+  if (grappler_form && p == T(2)) {
+    y.device(d) = x.unaryExpr(typename tensorflow::functor::square<T>::func());
+    return;
+  }
+  using Pow = Eigen::internal::scalar_right<T, T, typename tensorflow::functor::pow<T>::func>;
+  y.device(d) = x.unaryExpr(Pow(&p));
+}
+
+// Note [TF pow]: the elementwise pass of one tensor after the powers, with
+// the decay (D) and the gradient transform (X) as template flags so the loop
+// vectorizes as the kernels' does.
+template <typename T, bool D, bool X>
+void FtrlFinal(const Eigen::ThreadPoolDevice& d, const T* c, const GradXform& xf, T* var, T* acc,
+               T* linear, const T* grad, const T* new_acc, const T* new_pow, const T* old_pow,
+               int64_t n) {
+  const T gscale = static_cast<T>(xf.scale), gclip = static_cast<T>(xf.clip_value);
+  OpCoeffs<T> coeffs;
+  for (int k = 0; k < kMaxCoeffs; ++k) coeffs.c[k] = c[k];
+  d.parallelFor(n, Eigen::TensorOpCost(7 * sizeof(T), 3 * sizeof(T), 16),
+                [=](Eigen::Index first, Eigen::Index last) {
+                  const OpCoeffs<T> local = coeffs;  // not aliased by the stores
+                  const T* cl = local.c;
+                  T* __restrict vp = var;
+                  T* __restrict ap = acc;
+                  T* __restrict lp = linear;
+                  const T* __restrict gp = grad;
+                  const T* __restrict nap = new_acc;
+                  const T* __restrict npp = new_pow;
+                  const T* __restrict opp = old_pow;
+                  for (Eigen::Index k = first; k < last; ++k) {
+                    T v = vp[k];
+                    if constexpr (D) v = Decay(cl, v);
+                    T g = gp[k];
+                    if constexpr (X) g = TransformGrad(g, gscale, gclip);
+                    T s[2] = {ap[k], lp[k]};
+                    FtrlRule::ApplyPowers(cl, v, s, g, nap[k], npp[k], opp[k]);
+                    vp[k] = v;
+                    ap[k] = s[0];
+                    lp[k] = s[1];
+                  }
+                });
+}
+
+// One dense Ftrl call, tensor by tensor, with scratch a, b, p of the largest
+// tensor's size each: a = acc^p, b = acc + g^2, p = b^p (TF's Pow), then
+// FtrlFinal.
+template <typename T>
+void FtrlRun(const Eigen::ThreadPoolDevice& d, const Operands& ops, const Plan& plan,
+             bool grappler_form, T* a, T* b, T* p) {
+  const bool decay = plan.Decays();
+  for (int i = 0; i < ops.n; ++i) {
+    const int64_t n = ops.sizes[i];
+    if (n == 0) continue;
+    const OpCoeffs<T> oc = OpCoeffs<T>::From(plan.For(ops.IsRank0(i)));
+    const T* c = oc.c;
+    const GradXform& xf = ops.xforms[i];
+    const T gscale = static_cast<T>(xf.scale), gclip = static_cast<T>(xf.clip_value);
+    T* var = static_cast<T*>(ops.vars[i]);
+    T* acc = static_cast<T*>(ops.slots[i][0]);
+    T* linear = static_cast<T*>(ops.slots[i][1]);
+    const T* grad = static_cast<const T*>(ops.grads[i]);
+    PowTo(d, acc, a, n, c[FtrlRule::kPower], grappler_form);  // acc^p
+    if (ops.transform) {
+      Fill(d, b, n, 2, [&](int64_t k) {
+        const T s[1] = {acc[k]};
+        return FtrlRule::NewAccumulator(s, TransformGrad(grad[k], gscale, gclip));
+      });
+    } else {
+      Fill(d, b, n, 2, [&](int64_t k) {
+        const T s[1] = {acc[k]};
+        return FtrlRule::NewAccumulator(s, grad[k]);
+      });
+    }
+    PowTo(d, b, p, n, c[FtrlRule::kPower], grappler_form);  // new_acc^p
+    if (decay) {
+      if (ops.transform) {
+        FtrlFinal<T, true, true>(d, c, xf, var, acc, linear, grad, b, p, a, n);
+      } else {
+        FtrlFinal<T, true, false>(d, c, xf, var, acc, linear, grad, b, p, a, n);
+      }
+    } else if (ops.transform) {
+      FtrlFinal<T, false, true>(d, c, xf, var, acc, linear, grad, b, p, a, n);
+    } else {
+      FtrlFinal<T, false, false>(d, c, xf, var, acc, linear, grad, b, p, a, n);
+    }
+  }
+}
+
+int64_t Largest(const Operands& ops) {
+  int64_t largest = 1;
+  for (int64_t s : ops.sizes) largest = std::max(largest, s);
+  return largest;
+}
+
+// Aligned scratch of `count` elements of `elem` bytes, owned by the result.
+std::shared_ptr<std::vector<char>> InlineScratch(int64_t count, size_t elem) {
+  return std::make_shared<std::vector<char>>(static_cast<size_t>(count) * elem +
+                                             EIGEN_MAX_ALIGN_BYTES);
+}
+void* Aligned(std::vector<char>* v) {
+  void* raw = v->data();
+  size_t space = v->size();
+  return std::align(EIGEN_MAX_ALIGN_BYTES, space - EIGEN_MAX_ALIGN_BYTES, raw, space);
+}
+
+// A pool of `n` threads, as Eigen's device sees it, that runs every task at
+// once on the calling thread (TfFormsInline).
+class InlinePool : public Eigen::ThreadPoolInterface {
+ public:
+  explicit InlinePool(int n) : n_(n) {}
+  void Schedule(std::function<void()> fn) override { fn(); }
+  int NumThreads() const override { return n_; }
+  int CurrentThreadId() const override { return -1; }
+
+ private:
+  int n_;
+};
+
+}  // namespace
+
+absl::Status AllocateLambNormScratch(tensorflow::OpKernelContext* ctx, const Operands& ops,
+                                     tensorflow::DataType dtype, tensorflow::Tensor* scratch) {
+  if (dtype != tensorflow::DT_FLOAT && dtype != tensorflow::DT_DOUBLE) {
+    return absl::InternalError("LAMB's TF norms take float or double variables");
+  }
+  return ctx->allocate_temp(dtype, tensorflow::TensorShape({Largest(ops)}), scratch);
+}
+
+absl::Status AllocateFtrlPowScratch(tensorflow::OpKernelContext* ctx, const Operands& ops,
+                                    tensorflow::DataType dtype, tensorflow::Tensor* scratch) {
+  if (dtype != tensorflow::DT_FLOAT && dtype != tensorflow::DT_DOUBLE) {
+    return absl::InternalError("Ftrl's TF pow takes float or double variables");
+  }
+  return ctx->allocate_temp(dtype, tensorflow::TensorShape({3 * Largest(ops)}), scratch);
+}
+
+std::function<void()> FtrlTfPow(tensorflow::OpKernelContext* ctx, const Operands& ops,
+                                const Plan& plan, bool grappler_form,
+                                tensorflow::Tensor* scratch) {
+  return [ctx, &ops, &plan, grappler_form, scratch] {
+    const Eigen::ThreadPoolDevice& d = ctx->eigen_cpu_device();
+    const int64_t m = Largest(ops);
+    if (scratch->dtype() == tensorflow::DT_DOUBLE) {
+      double* s = scratch->flat<double>().data();
+      FtrlRun<double>(d, ops, plan, grappler_form, s, s + m, s + 2 * m);
+    } else {
+      float* s = scratch->flat<float>().data();
+      FtrlRun<float>(d, ops, plan, grappler_form, s, s + m, s + 2 * m);
+    }
+  };
+}
+
+bool HasTfForm(Rule rule, const RuleAttrs& attrs, const Plan& plan, int dt, bool grappler_form) {
+  if (dt != static_cast<int>(DType::kFloat32) && dt != static_cast<int>(DType::kFloat64)) {
+    return false;
+  }
+  if (rule == Rule::kLamb) return attrs.tf_norms;
+  // Variant 1 (power 0.5, for rank-0 variables too) is sqrt: Grappler's form.
+  if (rule == Rule::kFtrl) return attrs.tf_pow && (plan.variant == 0 || !grappler_form);
+  return false;
+}
+
+LambNormsFn LambTfNorms(tensorflow::OpKernelContext* ctx, const Operands& ops, const Plan& plan,
+                        bool decay, bool square_form, tensorflow::Tensor* scratch) {
+  return [=, &ops, &plan](std::vector<double>* w_sq, std::vector<double>* u_sq) {
+    const Eigen::ThreadPoolDevice& d = ctx->eigen_cpu_device();
+    if (scratch->dtype() == tensorflow::DT_DOUBLE) {
+      SumsOf<double>(d, ops, plan, decay, square_form, scratch->flat<double>().data(), w_sq, u_sq);
+    } else {
+      SumsOf<float>(d, ops, plan, decay, square_form, scratch->flat<float>().data(), w_sq, u_sq);
+    }
+  };
+}
+
+TfForms TfFormsInline(int num_threads, Rule rule, const RuleAttrs& attrs, const Operands& ops,
+                      const Plan& plan, int dt, bool square_form) {
+  TfForms forms;
+  if (!HasTfForm(rule, attrs, plan, dt, square_form)) return forms;
+  const bool f64 = dt == static_cast<int>(DType::kFloat64);
+  const size_t elem = f64 ? sizeof(double) : sizeof(float);
+  const int threads = std::max(1, num_threads);
+  const int64_t m = Largest(ops);
+  if (rule == Rule::kLamb) {
+    auto scratch = InlineScratch(m, elem);
+    forms.lamb_norms = [=, &ops, &plan](std::vector<double>* w_sq, std::vector<double>* u_sq) {
+      InlinePool pool(threads);
+      Eigen::ThreadPoolDevice d(&pool, threads);
+      void* buf = Aligned(scratch.get());
+      const bool decay = plan.Decays();
+      if (f64) {
+        SumsOf<double>(d, ops, plan, decay, square_form, static_cast<double*>(buf), w_sq, u_sq);
+      } else {
+        SumsOf<float>(d, ops, plan, decay, square_form, static_cast<float*>(buf), w_sq, u_sq);
+      }
+    };
+  } else {
+    auto scratch = InlineScratch(3 * m, elem);
+    forms.run = [=, &ops, &plan] {
+      InlinePool pool(threads);
+      Eigen::ThreadPoolDevice d(&pool, threads);
+      void* buf = Aligned(scratch.get());
+      if (f64) {
+        double* s = static_cast<double*>(buf);
+        FtrlRun<double>(d, ops, plan, square_form, s, s + m, s + 2 * m);
+      } else {
+        float* s = static_cast<float*>(buf);
+        FtrlRun<float>(d, ops, plan, square_form, s, s + m, s + 2 * m);
+      }
+    };
+  }
+  return forms;
+}
+
+}  // namespace tf
+}  // namespace fusedopt
