@@ -539,12 +539,15 @@ ADAFACTOR_OP_SHAPES = [(), (0,), (7,), (4097,), (3, 5, 7), (2, 0, 3), (70001,), 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's mean of the empty shapes: NaN
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01], ids=["nodecay", "decay"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_adafactor_matches_reference(rng, dtype, weight_decay):
+@pytest.mark.parametrize("dtype,form", [(d, "double_sums") for d in DTYPES] +
+                         [(d, "tf_reductions") for d in ("float32", "float64")])
+def test_adafactor_matches_reference(rng, dtype, weight_decay, form):
     """Fusedopt>ApplyAdafactor against the float64 reference over several
     steps, every shape class (scalar, empty, vectors, rank 3, a matrix of
     several row blocks, a one-row matrix of more than a block), the variables
-    and r, c, v. 16-bit state is stored rounded every step, as Keras'."""
+    and r, c, v. 16-bit state is stored rounded every step, as Keras'. Both
+    forms: the three-pass kernel and Keras' ops with TF's reductions
+    (tf_reductions, float32/float64; Note [TF reductions])."""
     tdt, npdt = tf_dtype(dtype), np_dtype(dtype)
     steps = 4
     hp = dict(beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0)
@@ -562,7 +565,8 @@ def test_adafactor_matches_reference(rng, dtype, weight_decay):
     vs = [tf.Variable(np.zeros(s).astype(npdt), dtype=tdt) for s in shapes]
     for k in range(steps):
         fops.apply_adafactor(variables, [tf.constant(g.astype(npdt), tdt) for g in grads[k]], lr,
-                             r=rs, c=cs, v=vs, step=k + 1, weight_decay=wd, **hp)
+                             r=rs, c=cs, v=vs, step=k + 1, weight_decay=wd,
+                             tf_reductions=form == "tf_reductions", **hp)
     for i, shape in enumerate(shapes):
         x, r, c, v = init[i], r0[i], c0[i], np.zeros(shape)
         for k in range(steps):

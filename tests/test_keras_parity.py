@@ -552,7 +552,10 @@ def test_muon_float64_fails_in_keras_and_works_fused(rng):
 
 # --- Adafactor ----------------------------------------------------------------------------------
 
-ADAFACTOR_SHAPES = [(7,), (33, 5), (), (17, 4, 3), (5, 33), (1, 1)]
+# Every way TF's ReductionHelper reshapes a Mean (Note [TF reductions]):
+# leading 1s, size-1 rows or columns, batched matrices with a 1 between.
+ADAFACTOR_SHAPES = [(7,), (33, 5), (), (17, 4, 3), (5, 33), (1, 1), (1, 40), (40, 1), (2, 1, 9),
+                    (1, 3, 7), (1001,)]
 ADAFACTOR = [
     {},
     dict(learning_rate=0.01, relative_step=False, weight_decay=0.01),
@@ -564,35 +567,100 @@ ADAFACTOR = [
 @pytest.mark.parametrize("mode", ["eager", "function"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cfg", ADAFACTOR, ids=[_id(("Adafactor", c)) for c in ADAFACTOR])
-def test_adafactor_close_to_keras(rng, cfg, dtype, mode):
-    """Adafactor's update needs five reductions per variable (rms of the
-    variable, row and column means, the mean of r, rms of the update), which
-    Keras computes as TensorFlow reductions in the variable's dtype, in
-    Eigen's summation order; the kernel sums in double in a fixed order. So
-    the results agree to rounding (test_adafactor_reductions_decide_the_bits),
-    100 steps, every value (float64: 1e-12)."""
+def test_adafactor_bit_identical(rng, cfg, dtype, mode):
+    """Adafactor's five reductions per variable (rms of the variable, row and
+    column means, the mean of r, rms of the update) are TF Means in Keras,
+    whose bits are Eigen's summation order, and in a tf.function Grappler
+    makes `g / sqrt(v)` a `g * rsqrt(v)` with TF's approximate Rsqrt; the op's
+    tf_reductions form runs those very expressions (Note [TF reductions]):
+    100 steps, every value compared with ==."""
     seed = int(rng.integers(2**31))
     run = lambda cls: _run(cls, cfg, dtype, mode, seed, shapes=ADAFACTOR_SHAPES)  # noqa: E731
     ours, theirs = run(fk.Adafactor), run(keras.optimizers.Adafactor)
-    tol = 5e-5 if dtype == "float32" else 1e-12
-    assert len(ours) == len(theirs)
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    _assert_identical(ours, theirs, f"Adafactor {cfg} {dtype} {mode}")
     assert not np.allclose(ours[1], _run(fk.Adafactor, cfg, dtype, mode, seed, steps=0,
                                          shapes=ADAFACTOR_SHAPES)[1])
 
 
+class DoubleSumAdafactor(fk.Adafactor):
+    """fusedopt.keras.Adafactor on the three-pass kernel (double sums)."""
+
+    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
+        from fusedopt.keras._family import _slots, _step
+        return fops.apply_adafactor(
+            variables, grads, learning_rate,
+            r=_slots(self, self._r, variables), c=_slots(self, self._c, variables),
+            v=_slots(self, self._v, variables), step=_step(self),
+            beta_2_decay=self.beta_2_decay, epsilon_1=self.epsilon_1,
+            epsilon_2=self.epsilon_2, clip_threshold=self.clip_threshold,
+            weight_decay=weight_decay, grappler_form=options.get("grappler_form", False))
+
+
+@pytest.mark.parametrize("mode", ["eager", "function"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_adafactor_double_sums_close_to_keras(rng, dtype, mode):
+    """Why fusedopt.keras.Adafactor takes TF's reductions: the op's default
+    three-pass kernel (fusedopt.ops.apply_adafactor, fusedopt._native) sums in
+    double in a fixed order, the same bits on every thread count, which is
+    not Keras' order; its results differ from Keras' (and stay within
+    rounding of them: float32 5e-5, float64 1e-12 after 100 steps)."""
+    cfg = ADAFACTOR[1]
+    seed = int(rng.integers(2**31))
+    ours = _run(DoubleSumAdafactor, cfg, dtype, mode, seed, shapes=ADAFACTOR_SHAPES)
+    theirs = _run(keras.optimizers.Adafactor, cfg, dtype, mode, seed, shapes=ADAFACTOR_SHAPES)
+    assert any(np.any(a != b) for a, b in zip(ours, theirs))
+    tol = 5e-5 if dtype == "float32" else 1e-12
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
 def test_adafactor_reductions_decide_the_bits():
-    """Why Adafactor is not bit-identical: TensorFlow's float32 reduce_mean is
-    not the correctly rounded mean (its summation order rounds), for example
-    on the row means of q = g^2 + epsilon_1 Keras takes; the kernel's double
-    sums round once."""
+    """Why the double sums are not Keras' bits: TensorFlow's float32
+    reduce_mean is not the correctly rounded mean (its summation order
+    rounds), for example on the row means of q = g^2 + epsilon_1 Keras takes;
+    the kernel's double sums round once."""
     rng = np.random.default_rng(0)
     q = (rng.standard_normal((64, 1001)) ** 2 + 1e-30).astype(np.float32)
     tf_mean = tf.reduce_mean(tf.constant(q), axis=-1).numpy()
     exact = (q.astype(np.float64).sum(axis=-1) / q.shape[-1]).astype(np.float32)
     assert np.sum(tf_mean != exact) > 0
     np.testing.assert_allclose(tf_mean, exact, rtol=1e-6)
+
+
+_ADAFACTOR_THREADS_PROBE = r"""
+import sys, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+import keras, fusedopt.keras as fk
+rng = np.random.default_rng(int(sys.argv[2]))
+shapes = [(1000003,), (1200, 1001), (3, 513, 257), (9,)]
+init = [rng.standard_normal(s) for s in shapes]
+grads = [[rng.standard_normal(s) for s in shapes] for _ in range(6)]
+out = []
+for cls in (fk.Adafactor, keras.optimizers.Adafactor):
+    vs = [keras.Variable(x, dtype="float32") for x in init]
+    opt = cls(learning_rate=0.01, weight_decay=0.01)
+    for gs in grads:
+        opt.apply([tf.constant(g, "float32") for g in gs], vs)
+    out.append(np.concatenate([v.numpy().ravel() for v in vs] +
+                              [v.numpy().ravel() for v in opt.variables]))
+print("DIFFER", int(np.sum(out[0] != out[1])), out[0].size)
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_adafactor_identical_on_any_pool_size(rng, threads):
+    """TF's Mean splits a large reduction into blocks by the pool's size
+    (test_tf_sum_depends_on_the_pool_size), so Keras' Adafactor depends on the
+    intra-op thread count; the fused one runs TF's expressions on the op's own
+    pool and follows (1M-element vector, 1.2M-element matrix, a batch)."""
+    import subprocess
+    import sys
+    seed = str(int(rng.integers(2**31)))
+    res = subprocess.run([sys.executable, "-c", _ADAFACTOR_THREADS_PROBE, str(threads), seed],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = [x for x in res.stdout.splitlines() if x.startswith("DIFFER")][-1]
+    assert line.split()[1] == "0", f"{threads} threads: {line}"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

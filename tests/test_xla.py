@@ -357,18 +357,19 @@ def _indexed_step(opt, variables):
     return step
 
 
-_LAMB_XLA_PROBE = r"""
+_TF_FORMS_XLA_PROBE = r"""
 import sys, numpy as np, tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
 import keras, fusedopt.keras as fk
 rng = np.random.default_rng(int(sys.argv[2]))
-shapes = [(1000003,), (513, 1025), (700001,), (1200, 1001)]
+cls = getattr(fk, sys.argv[3])
+shapes = [(1000003,), (513, 1025), (700001,), (1200, 1001), (3, 257, 129)]
 init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
 grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(10)]
 out = []
 for jit in (True, False):
     vs = [keras.Variable(x) for x in init]
-    opt = fk.Lamb(learning_rate=0.01, weight_decay=0.01)
+    opt = cls(learning_rate=0.01, weight_decay=0.01)
     opt.build(vs)
     def make(opt, vs):
         return lambda g: opt.apply(g, vs)
@@ -380,16 +381,18 @@ print("DIFFER", int(np.sum(out[0] != out[1])), out[0].size)
 """
 
 
+@pytest.mark.parametrize("name", ["Lamb", "Adafactor"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_lamb_compiled_norms_follow_the_pool_size(rng, threads):
-    """Lamb's TF norms (Note [TF norms]) inside XLA: the handler evaluates TF's
-    Pow and Sum on a device the size of XLA's intra-op pool, so a compiled
-    step equals the uncompiled one on tensors large enough for TF's Sum to
-    split by thread count."""
+def test_compiled_tf_forms_follow_the_pool_size(rng, threads, name):
+    """Lamb's TF norms (Note [TF norms]) and Adafactor's TF reductions (Note
+    [TF reductions]) inside XLA: the handler evaluates TF's expressions on a
+    device the size of XLA's intra-op pool, so a compiled step equals the
+    uncompiled one on tensors large enough for TF's Sum and Mean to split by
+    thread count."""
     import subprocess
     import sys
-    res = subprocess.run([sys.executable, "-c", _LAMB_XLA_PROBE, str(threads),
-                          str(int(rng.integers(2**31)))],
+    res = subprocess.run([sys.executable, "-c", _TF_FORMS_XLA_PROBE, str(threads),
+                          str(int(rng.integers(2**31))), name],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     line = [x for x in res.stdout.splitlines() if x.startswith("DIFFER")][-1]

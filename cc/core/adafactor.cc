@@ -51,19 +51,14 @@ class Run {
 
   Run(int dt, const AdafactorScalars& s, const std::vector<AdafactorTensor>& ts)
       : dt_(dt), ts_(ts), blocks_(PlanBlocks(ts)) {
-    // keras.optimizers.Adafactor.update_step's scalars, in S (Note [Keras
-    // arithmetic] in cc/rules/coefficients.h).
-    const S t = coeffs::Step<S>(s.step);
-    const S lr = coeffs::Direct<S>(s.lr);
-    const S inv_sqrt_t = S(1) / std::sqrt(t);
-    rho_ = Min(lr, inv_sqrt_t);
-    const S beta = S(1) - static_cast<S>(std::pow(t, coeffs::Direct<S>(s.beta_2_decay)));
-    co_.beta = beta;
-    co_.one_minus_beta = S(1) - beta;
-    co_.eps1 = coeffs::Direct<S>(s.epsilon_1);
-    eps2_ = coeffs::ViaFloat<S>(s.epsilon_2);
-    clip_ = coeffs::Direct<S>(s.clip_threshold);
-    co_.decay = coeffs::Base<S>(s.lr, s.weight_decay, s.grappler_form);
+    const AdafactorStepScalars<S> k = AdafactorStepScalars<S>::From(s);
+    rho_ = k.rho;
+    co_.beta = k.beta;
+    co_.one_minus_beta = k.one_minus_beta;
+    co_.eps1 = k.eps1;
+    eps2_ = k.eps2;
+    clip_ = k.clip;
+    co_.decay = k.decay;
     decays_ = co_.decay.c[kDecay] != 0.0 ? 1 : 0;
   }
 

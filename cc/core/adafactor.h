@@ -26,11 +26,14 @@
 #ifndef FUSEDOPT_CC_CORE_ADAFACTOR_H_
 #define FUSEDOPT_CC_CORE_ADAFACTOR_H_
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "cc/core/cpu_run.h"
+#include "cc/rules/coefficients.h"
+#include "cc/rules/update_rules.h"
 
 namespace fusedopt {
 
@@ -58,6 +61,7 @@ struct AdafactorTensor {
   int64_t rows = 1;
   int64_t cols = 0;
   bool factored = false;
+  bool scalar = false;  // rank 0 (Grappler leaves its weight decay alone)
   int64_t size() const { return batch * rows * cols; }
 };
 
@@ -76,6 +80,29 @@ inline AdafactorScalars AdafactorScalarsFrom(const double* v, int64_t step, bool
   s.grappler_form = grappler_form;
   return s;
 }
+
+// keras.optimizers.Adafactor.update_step's per-step scalars in the opmath S
+// (Note [Keras arithmetic] in cc/rules/coefficients.h), shared by the kernels'
+// run and the TF-reductions form (Note [TF reductions], cc/tf/tf_numerics.h).
+template <typename S>
+struct AdafactorStepScalars {
+  S rho, beta, one_minus_beta, eps1, eps2, clip;
+  Coeffs decay;  // Keras' weight decay (c[kDecay], c[kDecayLr])
+
+  static AdafactorStepScalars From(const AdafactorScalars& s) {
+    AdafactorStepScalars k;
+    const S t = coeffs::Step<S>(s.step);
+    const S lr = coeffs::Direct<S>(s.lr);
+    k.rho = Min(lr, S(1) / std::sqrt(t));
+    k.beta = S(1) - static_cast<S>(std::pow(t, coeffs::Direct<S>(s.beta_2_decay)));
+    k.one_minus_beta = S(1) - k.beta;
+    k.eps1 = coeffs::Direct<S>(s.epsilon_1);
+    k.eps2 = coeffs::ViaFloat<S>(s.epsilon_2);
+    k.clip = coeffs::Direct<S>(s.clip_threshold);
+    k.decay = coeffs::Base<S>(s.lr, s.weight_decay, s.grappler_form);
+    return k;
+  }
+};
 
 // "" or what is wrong with the scalars (an invalid-argument message: nothing
 // has been written).

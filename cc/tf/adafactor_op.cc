@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "cc/core/adafactor.h"
 #include "cc/tf/fused_op_util.h"
+#include "cc/tf/tf_numerics.h"
 #include "cc/tf/variable_access.h"
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -44,6 +45,7 @@ REGISTER_OP("Fusedopt>ApplyAdafactor")
     .Attr("T: {half, bfloat16, float, double}")
     .Attr("Tscalar: {float, double}")
     .Attr("grappler_form: bool = false")
+    .Attr("tf_reductions: bool = false")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       c->set_output(0, c->Scalar());
       return absl::OkStatus();
@@ -65,8 +67,12 @@ has the variable's shape (Keras stores the reconstructed v). step counts from 1.
   u = g / sqrt(v);  var = var - alpha * u / max(1, rms(u) / clip_threshold)
 
 Three passes per tensor (8 elements' traffic per element); the sums are
-accumulated in double in a fixed order (deterministic), so the results are not
-TensorFlow's float32 reductions bit for bit. Every input is validated before
+accumulated in double in a fixed order (deterministic, the same on every
+thread count), so the results are not TensorFlow's reductions bit for bit.
+tf_reductions (float and double variables): Keras' ops instead, one after
+another with TensorFlow's own Mean, Sqrt and (with grappler_form, as Grappler
+rewrites Keras' graph) Rsqrt expressions on the op's device, for
+keras.optimizers.Adafactor's bits; about a dozen passes per tensor. Every input is validated before
 anything is written: InvalidArgument naming it (shapes, dtypes, non-finite
 hyperparameters, clip_threshold <= 0, step < 1), nothing changed. skipped is
 always false (the op has no gradient options). CPU (and XLA on the CPU) only.
@@ -79,6 +85,7 @@ class AdafactorOp : public OpKernel {
  public:
   explicit AdafactorOp(OpKernelConstruction* c) : OpKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
+    OP_REQUIRES_OK(c, c->GetAttr("tf_reductions", &tf_reductions_));
   }
 
   void Compute(OpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompute(ctx)); }
@@ -129,6 +136,7 @@ class AdafactorOp : public OpKernel {
       TF_RETURN_IF_ERROR(vars.ValidateShape(v0 + i, shape, gname));
       AdafactorTensor& t = ts[i];
       t.factored = shape.dims() >= 2;
+      t.scalar = shape.dims() == 0;
       if (t.factored) {
         t.cols = shape.dim_size(shape.dims() - 1);
         t.rows = shape.dim_size(shape.dims() - 2);
@@ -147,6 +155,9 @@ class AdafactorOp : public OpKernel {
         t.cols = shape.num_elements();
       }
     }
+    const bool tf_form = tf_reductions_ && AdafactorHasTfForm(DTypeIndex(dtype));
+    tensorflow::Tensor scratch;
+    if (tf_form) TF_RETURN_IF_ERROR(AllocateAdafactorScratch(ctx, ts, dtype, &scratch));
     TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
     for (int i = 0; i < n; ++i) {
       AdafactorTensor& t = ts[i];
@@ -158,11 +169,16 @@ class AdafactorOp : public OpKernel {
         t.c = vars.data(c0 + i);
       }
     }
-    RunAdafactorCpu(PoolOf(ctx), DTypeIndex(dtype), s, ts);
+    if (tf_form) {
+      AdafactorTfReductions(ctx, s, ts, &scratch);
+    } else {
+      RunAdafactorCpu(PoolOf(ctx), DTypeIndex(dtype), s, ts);
+    }
     return absl::OkStatus();
   }
 
   bool grappler_form_ = false;
+  bool tf_reductions_ = false;
 };
 
 #define FUSEDOPT_REGISTER_ADAFACTOR(T)                                                       \

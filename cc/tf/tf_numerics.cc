@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <type_traits>
 
@@ -215,6 +216,172 @@ class InlinePool : public Eigen::ThreadPoolInterface {
   int n_;
 };
 
+// ---- Adafactor (Note [TF reductions]) --------------------------------------------------------
+
+// TF's ReductionHelper::Simplify: the shape a reduction runs on, after
+// dropping leading 1s, joining each size-1 axis to the run before it and
+// collapsing runs of reduced and of kept axes.
+struct Reshaped {
+  std::vector<int64_t> dims;
+  bool reduce_first = true;
+};
+Reshaped Simplify(const std::vector<int64_t>& shape, std::vector<bool> reduced) {
+  Reshaped h;
+  size_t i = 0;
+  while (i < shape.size() && shape[i] == 1) ++i;
+  if (i >= shape.size()) return h;  // essentially a scalar
+  h.reduce_first = reduced[i];
+  h.dims.push_back(shape[i]);
+  for (++i; i < shape.size(); ++i) {
+    if (shape[i] == 1) reduced[i] = reduced[i - 1];
+    if (reduced[i - 1] != reduced[i]) {
+      h.dims.push_back(shape[i]);
+    } else {
+      h.dims.back() *= shape[i];
+    }
+  }
+  return h;
+}
+
+template <typename T, int N>
+using ConstMap = Eigen::TensorMap<Eigen::Tensor<const T, N, Eigen::RowMajor, Eigen::DenseIndex>>;
+template <typename T, int N>
+using Map = Eigen::TensorMap<Eigen::Tensor<T, N, Eigen::RowMajor, Eigen::DenseIndex>>;
+
+// out = TF's Mean of `in` (of `shape`, at most 3 axes) over the `reduced`
+// axes: the branches of ReductionOp::Compute, with Mean's
+// ReduceEigenImpl (sum, then divided by the count) and the reduction axes
+// as TF's Constants<CPUDevice> spell them.
+template <typename T>
+void TfMean(const Eigen::ThreadPoolDevice& d, const T* in, const std::vector<int64_t>& shape,
+            const std::vector<bool>& reduced, T* out) {
+  int64_t in_n = 1, out_n = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    in_n *= shape[i];
+    if (!reduced[i]) out_n *= shape[i];
+  }
+  const Reshaped h = Simplify(shape, reduced);
+  const size_t nd = h.dims.size();
+  if (nd == 0 || (nd == 1 && !h.reduce_first)) {  // reduces nothing: TF copies
+    std::copy(in, in + in_n, out);
+    return;
+  }
+  if (out_n == 0) return;
+  if (in_n == 0) {  // Mean's identity
+    std::fill(out, out + out_n, std::numeric_limits<T>::quiet_NaN());
+    return;
+  }
+  const T count = static_cast<T>(in_n / out_n);
+  const Eigen::internal::SumReducer<T> sum;
+  const Eigen::IndexList<Eigen::type2index<0>> k0;
+  const Eigen::IndexList<Eigen::type2index<1>> k1;
+  const Eigen::IndexList<Eigen::type2index<0>, Eigen::type2index<2>> k02;
+  if (nd == 1) {
+    ConstMap<T, 1> x(in, h.dims[0]);
+    Map<T, 0> y(out);
+    y.device(d) = x.reduce(k0, sum) / count;
+  } else if (nd == 2) {
+    ConstMap<T, 2> x(in, h.dims[0], h.dims[1]);
+    Map<T, 1> y(out, out_n);
+    if (h.reduce_first) {
+      y.device(d) = x.reduce(k0, sum) / count;
+    } else {
+      y.device(d) = x.reduce(k1, sum) / count;
+    }
+  } else {  // three runs at most from three axes
+    ConstMap<T, 3> x(in, h.dims[0], h.dims[1], h.dims[2]);
+    if (h.reduce_first) {
+      Map<T, 1> y(out, out_n);
+      y.device(d) = x.reduce(k02, sum) / count;
+    } else {
+      Map<T, 2> y(out, h.dims[0], h.dims[2]);
+      y.device(d) = x.reduce(k1, sum) / count;
+    }
+  }
+}
+
+// Scratch for AdafactorRunTf: two buffers of the largest tensor, then the
+// means of the largest factored one (rows, columns, r's mean per matrix).
+int64_t AdafactorScratchElements(const std::vector<AdafactorTensor>& ts) {
+  int64_t largest = 1, means = 0;
+  for (const AdafactorTensor& x : ts) {
+    largest = std::max(largest, x.size());
+    if (x.factored) means = std::max(means, x.batch * (x.rows + x.cols + 1));
+  }
+  return 2 * largest + means;
+}
+
+// keras.optimizers.Adafactor.update_step (after _apply_weight_decay), op by op.
+template <typename T>
+void AdafactorRunTf(const Eigen::ThreadPoolDevice& d, const AdafactorScalars& s,
+                    const std::vector<AdafactorTensor>& ts, T* scratch) {
+  const AdafactorStepScalars<T> k = AdafactorStepScalars<T>::From(s);
+  const bool decays = k.decay.c[kDecay] != 0.0;
+  int64_t largest = 1;
+  for (const AdafactorTensor& x : ts) largest = std::max(largest, x.size());
+  T* a = scratch;
+  T* b = scratch + largest;
+  T* m = scratch + 2 * largest;
+  for (const AdafactorTensor& x : ts) {
+    const int64_t n = x.size();
+    if (n == 0 && !x.factored) continue;
+    T* var = static_cast<T*>(x.var);
+    T* v = static_cast<T*>(x.v);
+    const T* g = static_cast<const T*>(x.grad);
+    if (decays) {
+      // Grappler leaves a chain of scalars alone (Note [Grappler form]).
+      AdafactorScalars own = s;
+      own.grappler_form = s.grappler_form && !x.scalar;
+      const OpCoeffs<T> dc = OpCoeffs<T>::From(AdafactorStepScalars<T>::From(own).decay);
+      Fill(d, var, n, 1, [&](int64_t e) { return Decay(dc.c, var[e]); });
+    }
+    // alpha = max(epsilon_2, rms(var)) * rho
+    Fill(d, a, n, 1, [&](int64_t e) { return var[e] * var[e]; });
+    T ms;
+    TfMean(d, a, {n}, {true}, &ms);
+    const T alpha = Max(k.eps2, std::sqrt(ms)) * k.rho;
+    // q = g^2 + epsilon_1
+    Fill(d, a, n, 1, [&](int64_t e) { return g[e] * g[e] + k.eps1; });
+    if (x.factored) {
+      const int64_t nb = x.batch, nr = x.rows, nc = x.cols;
+      T* r = static_cast<T*>(x.r);
+      T* c = static_cast<T*>(x.c);
+      T* row_mean = m;
+      T* col_mean = m + nb * nr;
+      T* r_mean = col_mean + nb * nc;
+      TfMean(d, a, {nb, nr, nc}, {false, false, true}, row_mean);
+      TfMean(d, a, {nb, nr, nc}, {false, true, false}, col_mean);
+      for (int64_t e = 0; e < nb * nr; ++e) r[e] = k.beta * r[e] + k.one_minus_beta * row_mean[e];
+      for (int64_t e = 0; e < nb * nc; ++e) c[e] = k.beta * c[e] + k.one_minus_beta * col_mean[e];
+      TfMean<T>(d, r, {nb, nr}, {false, true}, r_mean);
+      // v = (r / mean(r))[..., None] * c[..., None, :]: r / mean(r) is a tensor first.
+      for (int64_t e = 0; e < nb * nr; ++e) row_mean[e] = r[e] / r_mean[e / nr];
+      Fill(d, v, n, 2, [&](int64_t e) {
+        const int64_t row = e / nc;
+        return row_mean[row] * c[(row / nr) * nc + e % nc];
+      });
+    } else {
+      Fill(d, v, n, 2, [&](int64_t e) { return k.beta * v[e] + k.one_minus_beta * a[e]; });
+    }
+    // u = g / sqrt(v); in a tf.function Grappler's g * rsqrt(v), TF's Rsqrt.
+    const ConstMap<T, 1> vm(v, n);
+    Map<T, 1> am(a, n);
+    if (s.grappler_form) {
+      am.device(d) = vm.unaryExpr(typename tensorflow::functor::rsqrt<T>::func());
+      Fill(d, a, n, 2, [&](int64_t e) { return g[e] * a[e]; });
+    } else {
+      am.device(d) = vm.unaryExpr(typename tensorflow::functor::sqrt<T>::func());
+      Fill(d, a, n, 2, [&](int64_t e) { return g[e] / a[e]; });
+    }
+    // var -= alpha * (u / max(1, rms(u) / clip_threshold))
+    Fill(d, b, n, 1, [&](int64_t e) { return a[e] * a[e]; });
+    T mu;
+    TfMean(d, b, {n}, {true}, &mu);
+    const T denom = Max(T(1), std::sqrt(mu) / k.clip);
+    Fill(d, var, n, 2, [&](int64_t e) { return var[e] - alpha * (a[e] / denom); });
+  }
+}
+
 }  // namespace
 
 absl::Status AllocateLambNormScratch(tensorflow::OpKernelContext* ctx, const Operands& ops,
@@ -308,6 +475,45 @@ TfForms TfFormsInline(int num_threads, Rule rule, const RuleAttrs& attrs, const 
     };
   }
   return forms;
+}
+
+bool AdafactorHasTfForm(int dt) {
+  return dt == static_cast<int>(DType::kFloat32) || dt == static_cast<int>(DType::kFloat64);
+}
+
+absl::Status AllocateAdafactorScratch(tensorflow::OpKernelContext* ctx,
+                                      const std::vector<AdafactorTensor>& ts,
+                                      tensorflow::DataType dtype, tensorflow::Tensor* scratch) {
+  if (dtype != tensorflow::DT_FLOAT && dtype != tensorflow::DT_DOUBLE) {
+    return absl::InternalError("Adafactor's TF reductions take float or double variables");
+  }
+  return ctx->allocate_temp(dtype, tensorflow::TensorShape({AdafactorScratchElements(ts)}),
+                            scratch);
+}
+
+void AdafactorTfReductions(tensorflow::OpKernelContext* ctx, const AdafactorScalars& s,
+                           const std::vector<AdafactorTensor>& ts, tensorflow::Tensor* scratch) {
+  const Eigen::ThreadPoolDevice& d = ctx->eigen_cpu_device();
+  if (scratch->dtype() == tensorflow::DT_DOUBLE) {
+    AdafactorRunTf<double>(d, s, ts, scratch->flat<double>().data());
+  } else {
+    AdafactorRunTf<float>(d, s, ts, scratch->flat<float>().data());
+  }
+}
+
+void AdafactorTfReductionsInline(int num_threads, int dt, const AdafactorScalars& s,
+                                 const std::vector<AdafactorTensor>& ts) {
+  const bool f64 = dt == static_cast<int>(DType::kFloat64);
+  auto scratch = InlineScratch(AdafactorScratchElements(ts), f64 ? sizeof(double) : sizeof(float));
+  const int threads = std::max(1, num_threads);
+  InlinePool pool(threads);
+  Eigen::ThreadPoolDevice d(&pool, threads);
+  void* buf = Aligned(scratch.get());
+  if (f64) {
+    AdafactorRunTf<double>(d, s, ts, static_cast<double*>(buf));
+  } else {
+    AdafactorRunTf<float>(d, s, ts, static_cast<float*>(buf));
+  }
 }
 
 }  // namespace tf

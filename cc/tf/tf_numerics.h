@@ -30,6 +30,7 @@
 
 #include <functional>
 
+#include "cc/core/adafactor.h"
 #include "cc/core/cpu_run.h"
 #include "cc/core/plan.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -87,6 +88,44 @@ bool HasTfForm(Rule rule, const RuleAttrs& attrs, const Plan& plan, int dt, bool
 // is allocated here (may throw std::bad_alloc). Empty unless HasTfForm.
 TfForms TfFormsInline(int num_threads, Rule rule, const RuleAttrs& attrs, const Operands& ops,
                       const Plan& plan, int dt, bool square_form);
+
+// Note [TF reductions]: keras.optimizers.Adafactor reduces five times per
+// variable, each a TF Mean (`ops.mean`: TF's Mean kernel, the Eigen
+// expression `in.reduce(axes, SumReducer) / count` on a tensor TF first
+// reshapes, ReductionHelper::Simplify: leading 1s dropped, runs of reduced
+// and kept axes collapsed, size-1 axes joined to the run before them), whose
+// bits are Eigen's summation order on the op's device. The rest of its step
+// is elementwise, and in a tf.function Grappler's SqrtDivToRsqrtMul makes
+// `g / sqrt(v)` a `g * rsqrt(v)` with TF's approximate CPU Rsqrt (Note [TF
+// rsqrt]). With the Adafactor op's `tf_reductions` attribute (set by
+// fusedopt.keras.Adafactor) a float/double CPU call runs here instead of the
+// kernels' three passes: per tensor, Keras' ops one after another on the op's
+// Eigen device, each materialized into scratch as TF does (decayed variable,
+// its square and Mean; q = g^2 + epsilon_1 and its row and column Means; the
+// Mean of r; v; sqrt(v) or rsqrt(v) and u; u^2 and its Mean; the variable),
+// about a dozen passes over each tensor (Keras': ~30), for Keras' bits.
+
+// Whether an Adafactor call of `dt` (a DType index) has the TF form: float
+// or double.
+bool AdafactorHasTfForm(int dt);
+
+// Allocates AdafactorTfReductions' scratch; call before anything is written.
+absl::Status AllocateAdafactorScratch(tensorflow::OpKernelContext* ctx,
+                                      const std::vector<AdafactorTensor>& ts,
+                                      tensorflow::DataType dtype, tensorflow::Tensor* scratch);
+
+// One Adafactor call with Keras' ops (Note [TF reductions]) on the op's
+// device, in the place of RunAdafactorCpu; `s.grappler_form` also selects
+// Grappler's rsqrt. `scratch` from AllocateAdafactorScratch.
+void AdafactorTfReductions(tensorflow::OpKernelContext* ctx, const AdafactorScalars& s,
+                           const std::vector<AdafactorTensor>& ts, tensorflow::Tensor* scratch);
+
+// The same for the XLA custom call's handler: TF's expressions on a device of
+// `num_threads` threads whose tasks run on the calling thread (as
+// TfFormsInline); allocates its scratch (may throw std::bad_alloc). `dt` a
+// DType index for which AdafactorHasTfForm.
+void AdafactorTfReductionsInline(int num_threads, int dt, const AdafactorScalars& s,
+                                 const std::vector<AdafactorTensor>& ts);
 
 }  // namespace tf
 }  // namespace fusedopt

@@ -184,6 +184,7 @@ class AdafactorXlaOp : public XlaOpKernel {
   explicit AdafactorXlaOp(tensorflow::OpKernelConstruction* c) : XlaOpKernel(c) {
     OP_REQUIRES_OK(c, c->GetAttr("T", &dtype_));
     OP_REQUIRES_OK(c, c->GetAttr("grappler_form", &grappler_form_));
+    OP_REQUIRES_OK(c, c->GetAttr("tf_reductions", &tf_reductions_));
   }
 
   void Compile(XlaOpKernelContext* ctx) override { OP_REQUIRES_OK(ctx, DoCompile(ctx)); }
@@ -241,8 +242,9 @@ class AdafactorXlaOp : public XlaOpKernel {
       operands.push_back(ctx->Input(name));
     }
     operands.push_back(ctx->Input("step"));
-    const std::string attrs = absl::StrCat("{n = ", n, " : i32, grappler_form = ",
-                                           grappler_form_ ? 1 : 0, " : i32}");
+    const std::string attrs =
+        absl::StrCat("{n = ", n, " : i32, grappler_form = ", grappler_form_ ? 1 : 0,
+                     " : i32, tf_reductions = ", tf_reductions_ ? 1 : 0, " : i32}");
     std::vector<int> inputs;
     for (const auto& w : written) inputs.push_back(std::get<0>(w));
     return EmitInPlaceCall(ctx, "fusedopt_adafactor", operands, std::move(result_shapes), inputs,
@@ -251,6 +253,7 @@ class AdafactorXlaOp : public XlaOpKernel {
 
   tensorflow::DataType dtype_ = tensorflow::DT_FLOAT;
   bool grappler_form_ = false;
+  bool tf_reductions_ = false;
 };
 
 REGISTER_KERNEL_BUILDER(Name("Fusedopt>ApplyAdafactor").Device(tensorflow::DEVICE_CPU_XLA_JIT),

@@ -264,7 +264,7 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
 // clip_threshold, weight_decay, step (s64); results the written operands
 // (aliased) and skipped (pred, false). Note [Adafactor passes].
 ffi::Error AdafactorHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                         int32_t n, int32_t grappler_form) {
+                         int32_t n, int32_t grappler_form, int32_t tf_reductions) {
   if (n < 0 || args.size() < static_cast<size_t>(3 * n + 7)) {
     return ffi::Error::InvalidArgument("fusedopt: bad Adafactor custom-call operands");
   }
@@ -283,6 +283,7 @@ ffi::Error AdafactorHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rem
     auto dims = var->dimensions();
     AdafactorTensor& t = ts[i];
     t.factored = dims.size() >= 2;
+    t.scalar = dims.size() == 0;
     if (t.factored) {
       t.cols = dims[dims.size() - 1];
       t.rows = dims[dims.size() - 2];
@@ -332,7 +333,18 @@ ffi::Error AdafactorHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Rem
       scalars, *static_cast<const int64_t*>(step->untyped_data()), grappler_form != 0);
   const std::string err = CheckAdafactorScalars(s);
   if (!err.empty()) return ffi::Error::InvalidArgument(err);
-  RunAdafactorCpu(PoolFor(&pool), dtype < 0 ? 2 : dtype, s, ts);
+  const int dt = dtype < 0 ? 2 : dtype;
+  if (tf_reductions != 0 && tf::AdafactorHasTfForm(dt)) {
+    // Note [TF reductions]: Keras' ops on a device the size of XLA's pool.
+    try {
+      tf::AdafactorTfReductionsInline(static_cast<int>(pool.num_threads()), dt, s, ts);
+    } catch (const std::bad_alloc&) {
+      return ffi::Error(ffi::ErrorCode::kResourceExhausted,
+                        "fusedopt: no memory for Adafactor's TF reductions");
+    }
+  } else {
+    RunAdafactorCpu(PoolFor(&pool), dt, s, ts);
+  }
   auto flag = rets.get<ffi::AnyBuffer>(written);
   if (!flag.has_value()) return ffi::Error::Internal("fusedopt: cannot decode 'skipped'");
   *static_cast<bool*>((**flag).untyped_data()) = false;
@@ -347,7 +359,8 @@ XLA_FFI_DEFINE_HANDLER(kAdafactorHost, AdafactorHost,
                            .RemainingArgs()
                            .RemainingRets()
                            .Attr<int32_t>("n")
-                           .Attr<int32_t>("grappler_form"));
+                           .Attr<int32_t>("grappler_form")
+                           .Attr<int32_t>("tf_reductions"));
 
 XLA_FFI_REGISTER_HANDLER(ffi::GetXlaFfiApi(), "fusedopt_adafactor", "Host", kAdafactorHost);
 

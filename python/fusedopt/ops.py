@@ -683,6 +683,7 @@ def apply_adafactor(
     clip_threshold: TensorLike = 1.0,
     weight_decay: TensorLike = 0.0,
     grappler_form: bool = False,
+    tf_reductions: bool = False,
     name: str | None = None,
 ) -> tf.Tensor:
     """Adafactor (keras.optimizers.Adafactor) over N variables, three passes
@@ -702,9 +703,14 @@ def apply_adafactor(
         rank < 2:  v = beta v + (1 - beta) q
         u = g / sqrt(v);  var -= alpha * u / max(1, rms(u) / clip_threshold)
 
-    The reductions are deterministic double sums, not TensorFlow's float32
-    ones (docs/parity.md). Takes no gradient options (clip before the call).
-    Returns the op's ``skipped`` output (always False).
+    The reductions are deterministic double sums (the same bits on every
+    thread count), not TensorFlow's Mean kernels. ``tf_reductions=True``
+    (float32/float64 variables; set by ``fusedopt.keras.Adafactor``) runs
+    Keras' ops one after another instead, with TensorFlow's own Mean, Sqrt
+    and, with ``grappler_form`` (Grappler's rewrite of Keras' graph), Rsqrt:
+    ``keras.optimizers.Adafactor``'s bits, at about a dozen passes per tensor
+    instead of three (docs/parity.md). Takes no gradient options (clip before
+    the call). Returns the op's ``skipped`` output (always False).
     """
     n = len(variables)
     if n == 0:
@@ -719,7 +725,8 @@ def apply_adafactor(
         lr=_scalar(learning_rate, sdt), beta_2_decay=_scalar(beta_2_decay, sdt),
         epsilon_1=_scalar(epsilon_1, sdt), epsilon_2=_scalar(epsilon_2, sdt),
         clip_threshold=_scalar(clip_threshold, sdt), weight_decay=_scalar(weight_decay, sdt),
-        step=tf.cast(step, tf.int64), grappler_form=bool(grappler_form), name=name,
+        step=tf.cast(step, tf.int64), grappler_form=bool(grappler_form),
+        tf_reductions=bool(tf_reductions), name=name,
     )
 
 

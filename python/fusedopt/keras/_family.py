@@ -332,11 +332,11 @@ class Adafactor(FusedOptimizerMixin, keras.optimizers.Adafactor):
 
     Same constructor, defaults, ``get_config()``, slot variables and
     checkpoints as the built-in; each step makes one ``Fusedopt>ApplyAdafactor``
-    call per (dtype, weight-decay use) group: three passes over each tensor
-    instead of Keras' ~15 elementwise ops and 5 reductions. Its reductions are
-    deterministic double sums, not TensorFlow's float32 ones, so the numbers
-    agree with the built-in's to float32 rounding, not bit for bit
-    (docs/parity.md). CPU only: inside XLA compilation it lowers to an in-place
+    call per (dtype, weight-decay use) group. For float32 and float64
+    variables the op runs Keras' ops with TensorFlow's own Mean (and Sqrt or
+    Grappler's Rsqrt) expressions (``tf_reductions``), so the numbers are the
+    built-in's bit for bit; 16-bit variables take the three-pass kernel with
+    double sums (docs/parity.md). CPU only: inside XLA compilation it lowers to an in-place
     custom call like the other ops; GPU variables run the built-in's update (a
     warning says so once).
     """
@@ -357,6 +357,7 @@ class Adafactor(FusedOptimizerMixin, keras.optimizers.Adafactor):
             beta_2_decay=self.beta_2_decay, epsilon_1=self.epsilon_1,
             epsilon_2=self.epsilon_2, clip_threshold=self.clip_threshold,
             weight_decay=weight_decay, grappler_form=options.get("grappler_form", False),
+            tf_reductions=True,
         )
 
 
