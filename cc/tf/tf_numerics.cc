@@ -311,7 +311,42 @@ int64_t AdafactorScratchElements(const std::vector<AdafactorTensor>& ts) {
   return 2 * largest + means;
 }
 
-// keras.optimizers.Adafactor.update_step (after _apply_weight_decay), op by op.
+// f(first, last) over [0, n) on the device's pool; the loops inside copy
+// their pointers to __restrict locals so they vectorize.
+template <typename F>
+void ForRange(const Eigen::ThreadPoolDevice& d, int64_t n, int loads, int stores, int ops,
+              const F& f) {
+  if (n <= 0) return;
+  d.parallelFor(n, Eigen::TensorOpCost(loads, stores, ops),
+                [&](Eigen::Index first, Eigen::Index last) { f(first, last); });
+}
+
+// Keras' decoupled weight decay in place (D) and a = var^2, one pass.
+template <typename T, bool D>
+void DecayAndSquare(const Eigen::ThreadPoolDevice& d, const OpCoeffs<T>& dc, T* var, T* a,
+                    int64_t n) {
+  ForRange(d, n, sizeof(T), 2 * sizeof(T), 4, [&](int64_t first, int64_t last) {
+    const OpCoeffs<T> local = dc;
+    T* __restrict vp = var;
+    T* __restrict ap = a;
+    for (int64_t e = first; e < last; ++e) {
+      T x = vp[e];
+      if constexpr (D) {
+        x = Decay(local.c, x);
+        vp[e] = x;
+      }
+      ap[e] = x * x;
+    }
+  });
+}
+
+// keras.optimizers.Adafactor.update_step (after _apply_weight_decay). Each
+// Mean reads a materialized tensor, as TF's does (the block split of Eigen's
+// reduction depends on its input's cost), and TF's Rsqrt runs as its Eigen
+// expression (its packets approximate); the exact elementwise ops between
+// them (multiplications, additions, divisions, IEEE square roots) give the
+// same bits in one fused loop as op by op, so they share passes: seven
+// passes over a factored tensor besides the four reductions' reads.
 template <typename T>
 void AdafactorRunTf(const Eigen::ThreadPoolDevice& d, const AdafactorScalars& s,
                     const std::vector<AdafactorTensor>& ts, T* scratch) {
@@ -322,26 +357,32 @@ void AdafactorRunTf(const Eigen::ThreadPoolDevice& d, const AdafactorScalars& s,
   T* a = scratch;
   T* b = scratch + largest;
   T* m = scratch + 2 * largest;
+  const T beta = k.beta, omb = k.one_minus_beta, eps1 = k.eps1;
   for (const AdafactorTensor& x : ts) {
     const int64_t n = x.size();
     if (n == 0 && !x.factored) continue;
     T* var = static_cast<T*>(x.var);
     T* v = static_cast<T*>(x.v);
     const T* g = static_cast<const T*>(x.grad);
+    // alpha = max(epsilon_2, rms(var)) * rho, on the decayed variable.
     if (decays) {
       // Grappler leaves a chain of scalars alone (Note [Grappler form]).
       AdafactorScalars own = s;
       own.grappler_form = s.grappler_form && !x.scalar;
-      const OpCoeffs<T> dc = OpCoeffs<T>::From(AdafactorStepScalars<T>::From(own).decay);
-      Fill(d, var, n, 1, [&](int64_t e) { return Decay(dc.c, var[e]); });
+      DecayAndSquare<T, true>(d, OpCoeffs<T>::From(AdafactorStepScalars<T>::From(own).decay),
+                              var, a, n);
+    } else {
+      DecayAndSquare<T, false>(d, OpCoeffs<T>(), var, a, n);
     }
-    // alpha = max(epsilon_2, rms(var)) * rho
-    Fill(d, a, n, 1, [&](int64_t e) { return var[e] * var[e]; });
     T ms;
     TfMean(d, a, {n}, {true}, &ms);
     const T alpha = Max(k.eps2, std::sqrt(ms)) * k.rho;
     // q = g^2 + epsilon_1
-    Fill(d, a, n, 1, [&](int64_t e) { return g[e] * g[e] + k.eps1; });
+    ForRange(d, n, sizeof(T), sizeof(T), 2, [&](int64_t first, int64_t last) {
+      T* __restrict ap = a;
+      const T* __restrict gp = g;
+      for (int64_t e = first; e < last; ++e) ap[e] = gp[e] * gp[e] + eps1;
+    });
     if (x.factored) {
       const int64_t nb = x.batch, nr = x.rows, nc = x.cols;
       T* r = static_cast<T*>(x.r);
@@ -351,34 +392,65 @@ void AdafactorRunTf(const Eigen::ThreadPoolDevice& d, const AdafactorScalars& s,
       T* r_mean = col_mean + nb * nc;
       TfMean(d, a, {nb, nr, nc}, {false, false, true}, row_mean);
       TfMean(d, a, {nb, nr, nc}, {false, true, false}, col_mean);
-      for (int64_t e = 0; e < nb * nr; ++e) r[e] = k.beta * r[e] + k.one_minus_beta * row_mean[e];
-      for (int64_t e = 0; e < nb * nc; ++e) c[e] = k.beta * c[e] + k.one_minus_beta * col_mean[e];
+      for (int64_t e = 0; e < nb * nr; ++e) r[e] = beta * r[e] + omb * row_mean[e];
+      for (int64_t e = 0; e < nb * nc; ++e) c[e] = beta * c[e] + omb * col_mean[e];
       TfMean<T>(d, r, {nb, nr}, {false, true}, r_mean);
       // v = (r / mean(r))[..., None] * c[..., None, :]: r / mean(r) is a tensor first.
-      for (int64_t e = 0; e < nb * nr; ++e) row_mean[e] = r[e] / r_mean[e / nr];
-      Fill(d, v, n, 2, [&](int64_t e) {
-        const int64_t row = e / nc;
-        return row_mean[row] * c[(row / nr) * nc + e % nc];
+      T* scale = row_mean;
+      for (int64_t e = 0; e < nb * nr; ++e) scale[e] = r[e] / r_mean[e / nr];
+      ForRange(d, nb * nr, nc * sizeof(T), nc * sizeof(T), nc, [&](int64_t first, int64_t last) {
+        for (int64_t row = first; row < last; ++row) {
+          const T rs = scale[row];
+          const T* __restrict cb = c + (row / nr) * nc;
+          T* __restrict vr = v + row * nc;
+          for (int64_t j = 0; j < nc; ++j) vr[j] = rs * cb[j];
+        }
       });
     } else {
-      Fill(d, v, n, 2, [&](int64_t e) { return k.beta * v[e] + k.one_minus_beta * a[e]; });
+      ForRange(d, n, 2 * sizeof(T), sizeof(T), 3, [&](int64_t first, int64_t last) {
+        T* __restrict vp = v;
+        const T* __restrict ap = a;
+        for (int64_t e = first; e < last; ++e) vp[e] = beta * vp[e] + omb * ap[e];
+      });
     }
-    // u = g / sqrt(v); in a tf.function Grappler's g * rsqrt(v), TF's Rsqrt.
-    const ConstMap<T, 1> vm(v, n);
-    Map<T, 1> am(a, n);
+    // u = g / sqrt(v) into a, u^2 into b; in a tf.function Grappler's
+    // g * rsqrt(v), TF's Rsqrt first.
     if (s.grappler_form) {
+      const ConstMap<T, 1> vm(v, n);
+      Map<T, 1> am(a, n);
       am.device(d) = vm.unaryExpr(typename tensorflow::functor::rsqrt<T>::func());
-      Fill(d, a, n, 2, [&](int64_t e) { return g[e] * a[e]; });
+      ForRange(d, n, 2 * sizeof(T), 2 * sizeof(T), 2, [&](int64_t first, int64_t last) {
+        T* __restrict ap = a;
+        T* __restrict bp = b;
+        const T* __restrict gp = g;
+        for (int64_t e = first; e < last; ++e) {
+          const T u = gp[e] * ap[e];
+          ap[e] = u;
+          bp[e] = u * u;
+        }
+      });
     } else {
-      am.device(d) = vm.unaryExpr(typename tensorflow::functor::sqrt<T>::func());
-      Fill(d, a, n, 2, [&](int64_t e) { return g[e] / a[e]; });
+      ForRange(d, n, 2 * sizeof(T), 2 * sizeof(T), 20, [&](int64_t first, int64_t last) {
+        T* __restrict ap = a;
+        T* __restrict bp = b;
+        const T* __restrict gp = g;
+        const T* __restrict vp = v;
+        for (int64_t e = first; e < last; ++e) {
+          const T u = gp[e] / std::sqrt(vp[e]);
+          ap[e] = u;
+          bp[e] = u * u;
+        }
+      });
     }
     // var -= alpha * (u / max(1, rms(u) / clip_threshold))
-    Fill(d, b, n, 1, [&](int64_t e) { return a[e] * a[e]; });
     T mu;
     TfMean(d, b, {n}, {true}, &mu);
     const T denom = Max(T(1), std::sqrt(mu) / k.clip);
-    Fill(d, var, n, 2, [&](int64_t e) { return var[e] - alpha * (a[e] / denom); });
+    ForRange(d, n, 2 * sizeof(T), sizeof(T), 3, [&](int64_t first, int64_t last) {
+      T* __restrict vp = var;
+      const T* __restrict ap = a;
+      for (int64_t e = first; e < last; ++e) vp[e] = vp[e] - alpha * (ap[e] / denom);
+    });
   }
 }
 
