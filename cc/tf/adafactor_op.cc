@@ -69,13 +69,14 @@ has the variable's shape (Keras stores the reconstructed v). step counts from 1.
 Three passes per tensor (8 elements' traffic per element); the sums are
 accumulated in double in a fixed order (deterministic, the same on every
 thread count), so the results are not TensorFlow's reductions bit for bit.
-tf_reductions (float and double variables): Keras' ops instead, one after
-another with TensorFlow's own Mean, Sqrt and (with grappler_form, as Grappler
-rewrites Keras' graph) Rsqrt expressions on the op's device, for
-keras.optimizers.Adafactor's bits; about a dozen passes per tensor. Every input is validated before
-anything is written: InvalidArgument naming it (shapes, dtypes, non-finite
-hyperparameters, clip_threshold <= 0, step < 1), nothing changed. skipped is
-always false (the op has no gradient options). CPU (and XLA on the CPU) only.
+tf_reductions (float and double variables): Keras' step instead, with
+TensorFlow's own Mean and (with grappler_form, as Grappler rewrites Keras'
+graph) Rsqrt expressions on the op's device, for keras.optimizers.Adafactor's
+bits; seven passes over a factored tensor plus four reads for the reductions.
+Every input is validated before anything is written: InvalidArgument naming it
+(shapes, dtypes, non-finite hyperparameters, clip_threshold <= 0, step < 1),
+nothing changed. skipped is always false (the op has no gradient options). CPU
+(and XLA on the CPU) only.
 )doc");
 
 absl::Status Invalid(const std::string& m) { return absl::InvalidArgumentError(m); }

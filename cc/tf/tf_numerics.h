@@ -99,11 +99,13 @@ TfForms TfFormsInline(int num_threads, Rule rule, const RuleAttrs& attrs, const 
 // `g / sqrt(v)` a `g * rsqrt(v)` with TF's approximate CPU Rsqrt (Note [TF
 // rsqrt]). With the Adafactor op's `tf_reductions` attribute (set by
 // fusedopt.keras.Adafactor) a float/double CPU call runs here instead of the
-// kernels' three passes: per tensor, Keras' ops one after another on the op's
-// Eigen device, each materialized into scratch as TF does (decayed variable,
-// its square and Mean; q = g^2 + epsilon_1 and its row and column Means; the
-// Mean of r; v; sqrt(v) or rsqrt(v) and u; u^2 and its Mean; the variable),
-// about a dozen passes over each tensor (Keras': ~30), for Keras' bits.
+// kernels' three passes: per tensor, Keras' step on the op's Eigen device,
+// each Mean over an input materialized in scratch as TF's is (the decayed
+// variable's square; q = g^2 + epsilon_1 for the row and column Means; r;
+// u^2), TF's Rsqrt as its Eigen functor into scratch, and the exact
+// elementwise operations between them fused (the same bits as op by op):
+// seven passes over a factored tensor plus four reads for the reductions
+// (Keras: ~30), for Keras' bits.
 
 // Whether an Adafactor call of `dt` (a DType index) has the TF form: float
 // or double.

@@ -706,11 +706,11 @@ def apply_adafactor(
     The reductions are deterministic double sums (the same bits on every
     thread count), not TensorFlow's Mean kernels. ``tf_reductions=True``
     (float32/float64 variables; set by ``fusedopt.keras.Adafactor``) runs
-    Keras' ops one after another instead, with TensorFlow's own Mean, Sqrt
-    and, with ``grappler_form`` (Grappler's rewrite of Keras' graph), Rsqrt:
-    ``keras.optimizers.Adafactor``'s bits, at about a dozen passes per tensor
-    instead of three (docs/parity.md). Takes no gradient options (clip before
-    the call). Returns the op's ``skipped`` output (always False).
+    Keras' step instead, with TensorFlow's own Mean and, with
+    ``grappler_form`` (Grappler's rewrite of Keras' graph), Rsqrt:
+    ``keras.optimizers.Adafactor``'s bits, at seven passes over a factored
+    tensor plus four reduction reads instead of three passes
+    (docs/parity.md). Takes no gradient options (clip before the call). Returns the op's ``skipped`` output (always False).
     """
     n = len(variables)
     if n == 0:
