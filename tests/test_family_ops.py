@@ -383,6 +383,63 @@ def test_tf_training_op_form_is_bit_identical_to_raw_ops(rng, name, dtype):
     assert not np.array_equal(a.numpy(), var0.astype(dtype))
 
 
+@pytest.mark.parametrize("jit", [False, True], ids=["uncompiled", "xla"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("power", [-0.5, -0.3, -0.7, 0.0, -1.0, -2.0, -3.0, -8.0])
+def test_ftrl_tf_training_op_form_is_bit_identical_to_raw_ops(rng, power, dtype, jit):
+    """tf_pow with tf_training_op_form raises as ResourceApplyFtrl(V2) does
+    (Eigen's unary x.pow(p): repeated squaring for the integer powers in
+    [-3, 7], generic pow for -0.3, -0.7 and 8, sqrt for 0.5; std::pow on the
+    last n % 8 elements), so Ftrl V1 and V2 give the raw ops' bits, compiled
+    (the XLA handler) and not. Without it the powers 2 and 3 differ: Pow is
+    not repeated squaring (the second half)."""
+    shapes = [(4099,), (7, 3), ()]
+    c = lambda x: tf.constant(x, dtype)  # noqa: E731
+    f32 = lambda x: float(np.float32(x))  # noqa: E731 (exact in both dtypes)
+    lr, l1, l2, shrink = f32(0.05), f32(0.01), f32(0.02), f32(0.03)
+    init = [random_array(rng, s, dtype) for s in shapes]
+    accs = [pos(rng, s, dtype, 2.0) for s in shapes]
+    lins = [small(rng, s, dtype) for s in shapes]
+    grads = [[random_array(rng, s, dtype) for s in shapes] for _ in range(4)]
+
+    def make():
+        return ([tf.Variable(x.astype(dtype)) for x in init],
+                [tf.Variable(x.astype(dtype)) for x in accs],
+                [tf.Variable(x.astype(dtype)) for x in lins])
+
+    results = {}
+    for v2 in (False, True):
+        for form in (True, False):
+            vs, acc, lin = make()
+
+            @tf.function(jit_compile=jit)
+            def fused(gs, vs=vs, acc=acc, lin=lin, v2=v2, form=form):
+                fops.apply_ftrl(vs, gs, lr, accumulator=acc, linear=lin,
+                                learning_rate_power=power, l1=l1, l2=l2,
+                                l2_shrinkage=shrink if v2 else 0.0,
+                                tf_pow=True, tf_training_op_form=form)
+
+            for g in grads:
+                fused([c(x) for x in g])
+            results[(v2, form)] = [x.numpy() for x in vs + acc + lin]
+        vs, acc, lin = make()
+        for g in grads:
+            for i in range(len(shapes)):
+                kw = dict(var=vs[i].handle, accum=acc[i].handle, linear=lin[i].handle,
+                          grad=c(g[i]), lr=c(lr), l1=c(l1), l2=c(l2), lr_power=c(power))
+                if v2:
+                    tf.raw_ops.ResourceApplyFtrlV2(l2_shrinkage=c(shrink), **kw)
+                else:
+                    tf.raw_ops.ResourceApplyFtrl(**kw)
+        want = [x.numpy() for x in vs + acc + lin]
+        for k, (x, y) in enumerate(zip(results[(v2, True)], want)):
+            np.testing.assert_array_equal(x, y, err_msg=f"V{2 if v2 else 1} power {power} [{k}]")
+        assert not np.array_equal(want[0], init[0].astype(dtype))
+        if power in (-2.0, -3.0):
+            differ = sum(int(np.sum(x != y)) for x, y in zip(results[(v2, False)], want))
+            assert differ > 0, "TF's Pow should differ from the training ops' x.pow(p) here"
+
+
 def test_tf_training_op_form_and_epsilon_outside_sqrt_exclude_each_other():
     v, s = tf.Variable(np.ones(3, np.float32)), tf.Variable(np.ones(3, np.float32))
     m = tf.Variable(np.zeros(3, np.float32))

@@ -476,10 +476,11 @@ def test_muon_schedule_identical_eager_close_in_function(rng):
     """A learning-rate schedule: bit-identical eagerly. In a tf.function
     Grappler merges the scalars of Muon's ``((lr * u) * s) * rms_rate`` in an
     order that depends on the graph around it (seen: ``u * ((lr * s) * rms)``
-    for a variable learning rate and for transposed matrices, and
-    ``u * (lr * (s * rms))`` after constant folding for other matrices under a
-    schedule), so the factor can differ by an ulp; an ulp of an update is far
-    below an ulp of the variable, so few elements move, by an ulp of theirs."""
+    for a variable learning rate and for transposed matrices, and, after
+    constant folding ``K = s * rms``, ``u * (lr * K)`` or ``lr * (u * K)`` for
+    other matrices under a schedule; docs/parity.md, "Muon"), so the factor
+    can differ by an ulp; an ulp of an update is far below an ulp of the
+    variable, so few elements move, by an ulp of theirs."""
     seed = int(rng.integers(2**31))
     ours, theirs = _muon_pair(MUON_SCHEDULE, "eager", seed)
     _assert_identical(ours, theirs, "Muon schedule eager")

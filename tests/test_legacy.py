@@ -420,21 +420,28 @@ def test_resource_apply_hooks_call_the_fused_ops():
     assert {"Fusedopt>ApplyAdam", "Fusedopt>SparseApplyAdam"} <= types
 
 
-# Bit identity with tf_keras' built-ins, where it holds today (float32 and
-# float64, eager and tf.function, params and every optimizer variable ``==``;
-# RMSprop with momentum, Adadelta, Adamax and Nadam through the ops'
-# tf_training_op_form). Not yet identical (docs/parity.md, "fusedopt.legacy"):
-# Ftrl with learning_rate_power != -0.5; compared within tolerance by
-# test_matches_builtin.
+# Bit identity with tf_keras' built-ins (float32 and float64, eager and
+# tf.function, params and every optimizer variable ``==``; RMSprop with
+# momentum, Adadelta, Adamax, Nadam and Ftrl through the ops'
+# tf_training_op_form), every case above and Ftrl's other powers: integer
+# ones, where TF's training ops square repeatedly (Note [TF pow]), and one
+# above 7, where they do not.
 LEGACY_EXACT = [c for c in CASES
-                if c[0] in ("SGD", "Adam", "Adagrad", "RMSprop", "Adadelta", "Adamax", "Nadam")
-                or (c[0] == "Ftrl" and c[1].get("learning_rate_power", -0.5) == -0.5)]
+                if c[0] in ("SGD", "Adam", "Adagrad", "RMSprop", "Adadelta", "Adamax", "Nadam",
+                            "Ftrl")]
+LEGACY_EXACT += [
+    ("Ftrl", dict(learning_rate_power=-2.0, l2_regularization_strength=0.1)),
+    ("Ftrl", dict(learning_rate_power=-3.0, l1_regularization_strength=0.01, beta=0.2)),
+    ("Ftrl", dict(learning_rate_power=-8.0, l2_shrinkage_regularization_strength=0.05)),
+    ("Ftrl", dict(learning_rate_power=0.0)),
+]
 
 
 @pytest.mark.parametrize("jit", [False, None], ids=["function", "eager"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name,cfg", LEGACY_EXACT,
-                         ids=[IDS[CASES.index(c)] for c in LEGACY_EXACT])
+                         ids=[IDS[CASES.index(c)] if c in CASES else f"{c[0]}-{c[1]}"
+                              for c in LEGACY_EXACT])
 def test_bit_identical_to_builtin(rng, name, cfg, dtype, jit):
     init, grads = _data(rng, dtype)
     fused, builtin = getattr(fl, name)(**cfg), getattr(L, name)(**cfg)

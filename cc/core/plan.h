@@ -57,10 +57,11 @@ bool RuleByName(const std::string& name, Rule* rule);
 struct RuleAttrs {
   bool nesterov = false;              // SGD
   bool epsilon_outside_sqrt = false;  // Adagrad, RMSprop: tf_keras' legacy form
-  bool tf_training_op_form = false;   // RMSprop, Adadelta, Adamax: TF's ResourceApply* arithmetic
+  bool tf_training_op_form = false;   // RMSprop, Adadelta, Adamax, Nadam: TF's ResourceApply*
   double schedule_decay = 1.0;        // Nadam: tf_keras' legacy 0.96^(d t)
   bool tf_norms = false;              // Lamb: TF's Pow and Sum for the norms (Note [TF norms])
   bool tf_pow = false;                // Ftrl: TF's Pow (Note [TF pow])
+  bool tf_tensor_pow = false;         // Ftrl, with tf_pow: the training ops' x.pow(p) instead
 };
 
 // What a plan is made from: scalar hyperparameters in RuleInfo::scalars

@@ -24,7 +24,11 @@ absl::Status ReadRuleAttrs(tensorflow::OpKernelConstruction* c, Rule rule, RuleA
     TF_RETURN_IF_ERROR(c->GetAttr("tf_training_op_form", &attrs->tf_training_op_form));
   }
   if (rule == Rule::kLamb) TF_RETURN_IF_ERROR(c->GetAttr("tf_norms", &attrs->tf_norms));
-  if (rule == Rule::kFtrl) TF_RETURN_IF_ERROR(c->GetAttr("tf_pow", &attrs->tf_pow));
+  if (rule == Rule::kFtrl) {
+    TF_RETURN_IF_ERROR(c->GetAttr("tf_pow", &attrs->tf_pow));
+    // A TF form only (Note [TF pow]): the kernels' plan never sees it.
+    TF_RETURN_IF_ERROR(c->GetAttr("tf_training_op_form", &attrs->tf_tensor_pow));
+  }
   if (rule == Rule::kNadam) {
     float d = 1.0f;
     TF_RETURN_IF_ERROR(c->GetAttr("schedule_decay", &d));

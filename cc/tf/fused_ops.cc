@@ -104,7 +104,7 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
       tensorflow::Tensor scratch;
       TF_RETURN_IF_ERROR(
           AllocateFtrlPowScratch(ctx, ops, tensorflow::DataTypeToEnum<T>::value, &scratch));
-      FtrlTfPow(ctx, ops, plan, grappler_form, &scratch)();
+      FtrlTfPow(ctx, ops, plan, attrs, grappler_form, &scratch)();
       return absl::OkStatus();
     }
     RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, false, algo, dt, eb);

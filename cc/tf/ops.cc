@@ -360,7 +360,8 @@ Bytes per element: 7T.
   .Input("l2_shrinkage: Tscalar") \
   .Input("beta: Tscalar") \
   .Input("weight_decay: Tscalar") \
-  .Attr("tf_pow: bool = false")
+  .Attr("tf_pow: bool = false") \
+  .Attr("tf_training_op_form: bool = false")
 FUSEDOPT_REGISTER_FUSED_OP("Ftrl", FUSEDOPT_FTRL_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "learning_rate_power", "l1", "l2", "l2_shrinkage", "beta", "weight_decay"),
                            R"doc(
@@ -383,6 +384,11 @@ TensorFlow's own CPU Pow kernel (Eigen's vectorized pow), except where
 Grappler rewrites Keras' graph (grappler_form: power 0.5 is Sqrt, 2 Square).
 Dense float32 and float64 CPU calls (elsewhere ignored); four passes instead
 of one (7T + 2T + 4T + 4T bytes per element).
+
+tf_training_op_form (with tf_pow): the powers as TensorFlow's
+ResourceApplyFtrl(V2) computes them (tf_keras' legacy Ftrl): Eigen's unary
+x.pow(p), repeated squaring for integer powers in [-3, 7], and sqrt for power
+0.5. The elementwise arithmetic is the same as without it.
 )doc");
 
 // ScheduleFreeAdamW: slots, scalars and attributes.

@@ -85,20 +85,38 @@ void SumsOf(const Eigen::ThreadPoolDevice& d, const Operands& ops, const Plan& p
   }
 }
 
-// `ops.power(x, p)` in place on buf[0, n): TF's BinaryOp for Pow with a
-// scalar right operand.
-// out[0, n) = `ops.power(in, p)`: TF's BinaryOp for Pow with a scalar right
-// operand. In a tf.function (`grappler_form`) Grappler's ConvertPow turns
-// pow(x, 2) into Square (pow(x, 0.5) into Sqrt: FtrlRule variant 1, not run
-// here; 1 and 0 into Identity and OnesLike, which TF's Pow gives exactly).
+// How the powers of one Ftrl call are computed (Note [TF pow]).
+enum class PowForm {
+  kPowOp,      // keras.optimizers.Ftrl eagerly: TF's Pow kernel
+  kGrappler,   // ... in a tf.function: Grappler's ConvertPow made pow(x, 2) a Square
+  kTensorPow,  // tf_keras' legacy Ftrl: ResourceApplyFtrl(V2)'s Eigen `x.pow(p)`
+};
+
+PowForm PowFormOf(const RuleAttrs& attrs, bool grappler_form) {
+  if (attrs.tf_tensor_pow) return PowForm::kTensorPow;
+  return grappler_form ? PowForm::kGrappler : PowForm::kPowOp;
+}
+
+// out[0, n) = in^p in the given form. kPowOp is TF's BinaryOp for Pow with a
+// scalar right operand (Eigen's binary scalar_pow_op: generic_pow in packets).
+// kGrappler is the same except pow(x, 2), a Square (pow(x, 0.5), Sqrt, is
+// FtrlRule variant 1, not run here; 1 and 0 become Identity and OnesLike,
+// which TF's Pow gives exactly). kTensorPow is the training ops' unary
+// scalar_unary_pow_op, which differs from Pow for integer powers: packets of
+// an integer power in [-3, 7] are repeated squaring (x^2 = x * x, x^3 =
+// (x * x) * x), others generic_pow; either way the last n % packet elements
+// are std::pow.
 template <typename T>
-void PowTo(const Eigen::ThreadPoolDevice& d, const T* in, T* out, int64_t n, T p,
-           bool grappler_form) {
+void PowTo(const Eigen::ThreadPoolDevice& d, const T* in, T* out, int64_t n, T p, PowForm form) {
   // Unaligned: XLA's buffers need not be 64-byte aligned (the values do not
   // depend on it; the scratch `out` is).
   const Eigen::TensorMap<Eigen::Tensor<const T, 1, Eigen::RowMajor, Eigen::DenseIndex>> x(in, n);
   Flat<T> y(out, n);
-  if (grappler_form && p == T(2)) {
+  if (form == PowForm::kTensorPow) {
+    y.device(d) = x.pow(p);
+    return;
+  }
+  if (form == PowForm::kGrappler && p == T(2)) {
     y.device(d) = x.unaryExpr(typename tensorflow::functor::square<T>::func());
     return;
   }
@@ -146,7 +164,7 @@ void FtrlFinal(const Eigen::ThreadPoolDevice& d, const T* c, const GradXform& xf
 // FtrlFinal.
 template <typename T>
 void FtrlRun(const Eigen::ThreadPoolDevice& d, const Operands& ops, const Plan& plan,
-             bool grappler_form, T* a, T* b, T* p) {
+             PowForm form, T* a, T* b, T* p) {
   const bool decay = plan.Decays();
   for (int i = 0; i < ops.n; ++i) {
     const int64_t n = ops.sizes[i];
@@ -159,7 +177,7 @@ void FtrlRun(const Eigen::ThreadPoolDevice& d, const Operands& ops, const Plan& 
     T* acc = static_cast<T*>(ops.slots[i][0]);
     T* linear = static_cast<T*>(ops.slots[i][1]);
     const T* grad = static_cast<const T*>(ops.grads[i]);
-    PowTo(d, acc, a, n, c[FtrlRule::kPower], grappler_form);  // acc^p
+    PowTo(d, acc, a, n, c[FtrlRule::kPower], form);  // acc^p
     if (ops.transform) {
       Fill(d, b, n, 2, [&](int64_t k) {
         const T s[1] = {acc[k]};
@@ -171,7 +189,7 @@ void FtrlRun(const Eigen::ThreadPoolDevice& d, const Operands& ops, const Plan& 
         return FtrlRule::NewAccumulator(s, grad[k]);
       });
     }
-    PowTo(d, b, p, n, c[FtrlRule::kPower], grappler_form);  // new_acc^p
+    PowTo(d, b, p, n, c[FtrlRule::kPower], form);  // new_acc^p
     if (decay) {
       if (ops.transform) {
         FtrlFinal<T, true, true>(d, c, xf, var, acc, linear, grad, b, p, a, n);
@@ -473,17 +491,18 @@ absl::Status AllocateFtrlPowScratch(tensorflow::OpKernelContext* ctx, const Oper
 }
 
 std::function<void()> FtrlTfPow(tensorflow::OpKernelContext* ctx, const Operands& ops,
-                                const Plan& plan, bool grappler_form,
+                                const Plan& plan, const RuleAttrs& attrs, bool grappler_form,
                                 tensorflow::Tensor* scratch) {
-  return [ctx, &ops, &plan, grappler_form, scratch] {
+  const PowForm form = PowFormOf(attrs, grappler_form);
+  return [ctx, &ops, &plan, form, scratch] {
     const Eigen::ThreadPoolDevice& d = ctx->eigen_cpu_device();
     const int64_t m = Largest(ops);
     if (scratch->dtype() == tensorflow::DT_DOUBLE) {
       double* s = scratch->flat<double>().data();
-      FtrlRun<double>(d, ops, plan, grappler_form, s, s + m, s + 2 * m);
+      FtrlRun<double>(d, ops, plan, form, s, s + m, s + 2 * m);
     } else {
       float* s = scratch->flat<float>().data();
-      FtrlRun<float>(d, ops, plan, grappler_form, s, s + m, s + 2 * m);
+      FtrlRun<float>(d, ops, plan, form, s, s + m, s + 2 * m);
     }
   };
 }
@@ -493,8 +512,12 @@ bool HasTfForm(Rule rule, const RuleAttrs& attrs, const Plan& plan, int dt, bool
     return false;
   }
   if (rule == Rule::kLamb) return attrs.tf_norms;
-  // Variant 1 (power 0.5, for rank-0 variables too) is sqrt: Grappler's form.
-  if (rule == Rule::kFtrl) return attrs.tf_pow && (plan.variant == 0 || !grappler_form);
+  // Variant 1 (power 0.5, for rank-0 variables too) is sqrt: Grappler's
+  // form, and the training ops' own special case of power 0.5.
+  if (rule == Rule::kFtrl) {
+    return attrs.tf_pow &&
+           (plan.variant == 0 || (!grappler_form && !attrs.tf_tensor_pow));
+  }
   return false;
 }
 
@@ -533,16 +556,17 @@ TfForms TfFormsInline(int num_threads, Rule rule, const RuleAttrs& attrs, const 
     };
   } else {
     auto scratch = InlineScratch(3 * m, elem);
+    const PowForm form = PowFormOf(attrs, square_form);
     forms.run = [=, &ops, &plan] {
       InlinePool pool(threads);
       Eigen::ThreadPoolDevice d(&pool, threads);
       void* buf = Aligned(scratch.get());
       if (f64) {
         double* s = static_cast<double*>(buf);
-        FtrlRun<double>(d, ops, plan, square_form, s, s + m, s + 2 * m);
+        FtrlRun<double>(d, ops, plan, form, s, s + m, s + 2 * m);
       } else {
         float* s = static_cast<float*>(buf);
-        FtrlRun<float>(d, ops, plan, square_form, s, s + m, s + 2 * m);
+        FtrlRun<float>(d, ops, plan, form, s, s + m, s + 2 * m);
       }
     };
   }

@@ -62,6 +62,16 @@ LambNormsFn LambTfNorms(tensorflow::OpKernelContext* ctx, const Operands& ops, c
 // with TF's Pow expression on the op's device into scratch, then one
 // elementwise pass with FtrlRule::ApplyPowers, the kernels' arithmetic.
 // Four passes instead of one; Keras' own eager step is about a dozen.
+//
+// tf_keras' legacy Ftrl calls ResourceApplyFtrl(V2), whose Eigen expression
+// raises with the unary `x.pow(p)`: for integer powers in [-3, 7] its
+// packets are repeated squaring, not Pow's generic_pow (pow(x, 2) is x * x
+// there), and power 0.5 is its own sqrt. With `tf_training_op_form` as well
+// (set by fusedopt.legacy.Ftrl) the powers are that expression's; the
+// elementwise arithmetic is the same, since FtrlRule's order is the training
+// ops' (`linear += g_s - ((new_acc^p - acc^p) / lr) * var`,
+// `(l1 * sign(linear) - linear) / (new_acc^p / lr + 2 * l2)` where
+// |linear| > l1, else 0).
 
 // Allocates FtrlTfPow's scratch (three times the largest tensor, `dtype`
 // float or double); call before anything is written.
@@ -71,7 +81,7 @@ absl::Status AllocateFtrlPowScratch(tensorflow::OpKernelContext* ctx, const Oper
 // The run of a dense Ftrl call with TF's Pow (Note [TF pow]), in the place of
 // RunItemsCpu. `ctx`, `ops`, `plan` and `scratch` must outlive it.
 std::function<void()> FtrlTfPow(tensorflow::OpKernelContext* ctx, const Operands& ops,
-                                const Plan& plan, bool grappler_form,
+                                const Plan& plan, const RuleAttrs& attrs, bool grappler_form,
                                 tensorflow::Tensor* scratch);
 
 // Whether a call of `rule` with this plan has a TF form here: LAMB with

@@ -162,7 +162,8 @@ class FusedApplyXlaOp : public XlaOpKernel {
         " : i32, constant_folding = ", constant_folding_ ? 1 : 0,
         " : i32, skip_nonfinite = ", skip_nonfinite_ ? 1 : 0,
         " : i32, tf_norms = ", attrs_.tf_norms ? 1 : 0,
-        " : i32, tf_pow = ", attrs_.tf_pow ? 1 : 0, " : i32}");
+        " : i32, tf_pow = ", attrs_.tf_pow ? 1 : 0,
+        " : i32, tf_tensor_pow = ", attrs_.tf_tensor_pow ? 1 : 0, " : i32}");
     return EmitInPlaceCall(ctx, "fusedopt_apply", operands, std::move(result_shapes),
                            written_inputs, dtype_, attrs);
   }

@@ -147,7 +147,8 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
                           int32_t epsilon_outside_sqrt, int32_t tf_training_op_form,
                           double schedule_decay,
                           int32_t grappler_form, int32_t constant_folding,
-                          int32_t skip_nonfinite, int32_t tf_norms, int32_t tf_pow) {
+                          int32_t skip_nonfinite, int32_t tf_norms, int32_t tf_pow,
+                          int32_t tf_tensor_pow) {
   if (rule < 0 || rule >= kNumRules || n < 0) {
     return ffi::Error::InvalidArgument("fusedopt: bad custom-call attributes");
   }
@@ -240,11 +241,13 @@ ffi::Error FusedApplyHost(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Re
   int skipped = 0;
   std::string err;
   // LAMB's norms and Ftrl's powers as the uncompiled op computes them with
-  // tf_norms / tf_pow (cc/tf/tf_numerics.h): TF's kernels on a device the
-  // size of XLA's intra-op pool.
+  // tf_norms / tf_pow (and tf_tensor_pow, the Ftrl op's tf_training_op_form;
+  // cc/tf/tf_numerics.h): TF's kernels on a device the size of XLA's
+  // intra-op pool.
   RuleAttrs attrs;
   attrs.tf_norms = tf_norms != 0;
   attrs.tf_pow = tf_pow != 0;
+  attrs.tf_tensor_pow = tf_tensor_pow != 0;
   const int threads = static_cast<int>(pool.num_threads());
   const TfFormsMaker forms = [=](const Operands& ops, const Plan& plan) {
     return tf::TfFormsInline(threads, static_cast<Rule>(rule), attrs, ops, plan, call.dtype,
@@ -380,7 +383,8 @@ XLA_FFI_DEFINE_HANDLER(kFusedApplyHost, FusedApplyHost,
                            .Attr<int32_t>("constant_folding")
                            .Attr<int32_t>("skip_nonfinite")
                            .Attr<int32_t>("tf_norms")
-                           .Attr<int32_t>("tf_pow"));
+                           .Attr<int32_t>("tf_pow")
+                           .Attr<int32_t>("tf_tensor_pow"));
 
 XLA_FFI_REGISTER_HANDLER(ffi::GetXlaFfiApi(), "fusedopt_apply", "Host", kFusedApplyHost);
 

@@ -489,6 +489,7 @@ def apply_ftrl(
     beta: TensorLike = 0.0,
     weight_decay: TensorLike = 0.0,
     tf_pow: bool = False,
+    tf_training_op_form: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
@@ -499,12 +500,17 @@ def apply_ftrl(
     TensorFlow's own CPU Pow kernel instead (and Grappler's forms with
     ``grappler_form``), as Keras' ops do: keras.optimizers.Ftrl's bits for
     dense float32/float64 CPU variables, in four passes (Note [TF pow]).
+    ``tf_pow=True, tf_training_op_form=True`` raises as TensorFlow's
+    ``ResourceApplyFtrl(V2)`` does (Eigen's unary ``x.pow(p)``: repeated
+    squaring for integer powers in [-3, 7]; ``sqrt`` for -0.5): tf_keras'
+    legacy Ftrl's bits.
     """
     return _apply(
         "fusedopt_apply_ftrl", variables, gradients, {"accumulator": accumulator, "linear": linear},
         {"lr": learning_rate, "learning_rate_power": learning_rate_power, "l1": l1, "l2": l2,
          "l2_shrinkage": l2_shrinkage, "beta": beta, "weight_decay": weight_decay},
         name=name, **options, tf_pow=bool(tf_pow),
+        tf_training_op_form=bool(tf_training_op_form),
     )
 
 

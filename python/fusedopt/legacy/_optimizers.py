@@ -230,6 +230,8 @@ class Ftrl(FusedLegacyMixin, ftrl.Ftrl):
             learning_rate_power=c["learning_rate_power"],
             l1=c["l1_regularization_strength"], l2=c["l2_regularization_strength"],
             l2_shrinkage=c["l2_shrinkage_regularization_strength"], beta=c["beta"],
+            # The built-in calls ResourceApplyFtrl(V2): its powers (Note [TF pow])
+            tf_pow=True, tf_training_op_form=True,
             **options,
         )
 
