@@ -440,6 +440,42 @@ def test_ftrl_tf_training_op_form_is_bit_identical_to_raw_ops(rng, power, dtype,
             assert differ > 0, "TF's Pow should differ from the training ops' x.pow(p) here"
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_lamb_ratio_is_the_norm_of_the_applied_update(rng, dtype):
+    """LAMB's pass 1 takes the norm of u = Update(m, v) as pass 2 applies it:
+    from the slots as stored. With float16 slots Keras' zero start and
+    normal gradients make v underflow to 0 where g^2 (1 - beta_2) is below
+    float16's smallest subnormal (about 1 in 200 elements here), and pass 2's
+    u there is m / epsilon; a norm of the unrounded u scaled that by ~1000x
+    too much (a 16-bit bug, up to 500 in one step, while the other tests'
+    gradients stay away from 0). Each step is checked against
+    x - (|x| / |u|) lr u computed here from the op's own output slots, in
+    float32 (the 16-bit types' opmath), to a float32-rounding tolerance
+    before the store."""
+    n, lr, b1, b2, eps = 4099, 0.01, 0.9, 0.999, 1e-6
+    dt = np_dtype(dtype)
+    x = tf.Variable(rng.standard_normal(n).astype(dt))
+    m, v = tf.Variable(np.zeros(n, dt)), tf.Variable(np.zeros(n, dt))
+    for t in range(1, 4):
+        g = rng.standard_normal(n).astype(dt)
+        x0 = x.numpy().astype(np.float64)
+        fops.apply_lamb([x], [tf.constant(g)], lr, m=[m], v=[v], step=t, beta_1=b1, beta_2=b2,
+                        epsilon=eps)
+        mh = m.numpy().astype(np.float64) / (1 - np.float32(b1) ** t)
+        vh = v.numpy().astype(np.float64) / (1 - np.float32(b2) ** t)
+        u = mh / (np.sqrt(vh) + np.float32(eps))
+        ratio = np.sqrt(np.sum(x0 * x0)) / np.sqrt(np.sum(u * u))
+        want = x0 - ratio * lr * u
+        got = x.numpy().astype(np.float64)
+        if dtype == "float16" and t == 1:
+            assert np.any(v.numpy() == 0), "no underflowed v: the case is not exercised"
+        # One ulp of the stored type, plus float32's error before the store.
+        ulp = np.abs(want) * {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23}[dtype]
+        err = np.abs(got - want) - (ulp + 1e-6 * np.abs(ratio * lr * u))
+        assert np.all(err <= 1e-30), (
+            f"step {t}: {int(np.sum(err > 1e-30))} elements off, worst {np.max(np.abs(got - want)):.3g}")
+
+
 def test_tf_training_op_form_and_epsilon_outside_sqrt_exclude_each_other():
     v, s = tf.Variable(np.ones(3, np.float32)), tf.Variable(np.ones(3, np.float32))
     m = tf.Variable(np.zeros(3, np.float32))

@@ -329,27 +329,46 @@ def test_lamb_fixed_order_norms_differ_from_keras(rng, dtype):
         np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
 
 
+_16BIT_CFG = {"SGD": dict(learning_rate=0.05, momentum=0.9), "Adagrad": dict(learning_rate=0.05),
+              "Adadelta": dict(learning_rate=1.0), "Ftrl": dict(learning_rate=0.05),
+              "Lion": dict(learning_rate=0.001)}
+# Where the fused error is far below Keras' (sums over 4 runs, measured
+# 2026-12-04): Keras computes a bias-corrected step size or its moments'
+# products in the 16-bit type. Elsewhere both are dominated by the 16-bit
+# storage of the state (ratios 0.77x-1.07x), and the bound is 1.3x.
+_16BIT_SMALLER = {("Adam", "float16"), ("Adam", "bfloat16"), ("AdamW", "float16"),
+                  ("AdamW", "bfloat16"), ("Nadam", "float16"), ("Lamb", "bfloat16")}
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-@pytest.mark.parametrize("name", ["Adam", "RMSprop", "SGD"])
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "Nadam", "Adamax", "RMSprop", "SGD", "Adagrad",
+                                  "Adadelta", "Lion", "Ftrl", "Lamb", "Adafactor",
+                                  "ScheduleFreeAdamW"])
 def test_16bit_closer_to_float64_than_keras(rng, name, dtype):
     """16-bit variables: Keras computes every step in the 16-bit type, the
-    kernels in float32 with one rounding per stored value. Measured against
-    the same training run in float64 (mean |error| of the variables, summed
-    over 4 runs with fresh seeds): Adam's fused error is smaller than Keras'
-    (0.002x-0.6x per run; Keras computes its bias-corrected step size in the
-    16-bit type); for the others both are dominated by the 16-bit storage of
-    the state, and the fused error is within 1.3x of Keras'. One run is too
+    kernels in float32 with one rounding per stored value, so the bits cannot
+    be Keras'. Measured against the same training run in float64 (mean |error|
+    of the variables, summed over 4 runs with fresh seeds; docs/parity.md has
+    the ratios): the fused error is below Keras' where Keras computes a
+    step-size coefficient in the 16-bit type (Adam, AdamW, Nadam float16,
+    Lamb bfloat16: 0.004x-0.18x), and within 1.3x of it elsewhere, where
+    both are dominated by the 16-bit storage of the state. One run is too
     noisy to judge (RMSprop float16: 0.71x-1.10x in 12 runs, 1.35x once in
-    CI); the sum over runs is not (measured ratios of sums: RMSprop 0.97x
-    float16 and 1.03x bfloat16, SGD 0.77x and 0.55x)."""
-    cfg = {"SGD": dict(learning_rate=0.05, momentum=0.9)}.get(name, dict(learning_rate=0.01))
+    CI); the sum over runs is not. Where Keras' own run turns into NaN
+    (Nadam in bfloat16, ScheduleFreeAdamW in both, Adafactor float16 in some
+    runs: Keras' own 16-bit arithmetic), the fused one must stay finite."""
+    cfg = _16BIT_CFG.get(name, dict(learning_rate=0.01))
     n = len(SHAPES)  # the variables themselves
     e_ours = e_theirs = 0.0
+    keras_nan = False
     for _ in range(4):
         seed = int(rng.integers(2**31))
         exact = _run(getattr(keras.optimizers, name), cfg, "float64", "function", seed, steps=20)
         ours = _run(getattr(fk, name), cfg, dtype, "function", seed, steps=20)
         theirs = _run(getattr(keras.optimizers, name), cfg, dtype, "function", seed, steps=20)
+        assert all(np.all(np.isfinite(r.astype(np.float64))) for r in ours[:n]), \
+            f"{name} {dtype}: the fused run is not finite"
+        keras_nan |= not all(np.all(np.isfinite(r.astype(np.float64))) for r in theirs[:n])
 
         def err(run, exact=exact):
             return float(np.mean([np.mean(np.abs(r.astype(np.float64) - e))
@@ -359,8 +378,12 @@ def test_16bit_closer_to_float64_than_keras(rng, name, dtype):
         e_theirs += err(theirs)
     print(f"{name} {dtype}: mean |error| vs float64 over 4 runs, fused {e_ours / 4:.3g}, "
           f"Keras {e_theirs / 4:.3g}")
-    if name == "Adam":
-        assert e_ours < e_theirs
+    if keras_nan:
+        assert (name, dtype) in {("Nadam", "bfloat16"), ("ScheduleFreeAdamW", "bfloat16"),
+                                 ("ScheduleFreeAdamW", "float16"), ("Adafactor", "float16")}, \
+            f"Keras' {name} {dtype} run is NaN"
+    elif (name, dtype) in _16BIT_SMALLER:
+        assert e_ours < 0.5 * e_theirs
     else:
         assert e_ours <= 1.3 * e_theirs
 
