@@ -355,20 +355,41 @@ def test_16bit_closer_to_float64_than_keras(rng, name, dtype):
     both are dominated by the 16-bit storage of the state. One run is too
     noisy to judge (RMSprop float16: 0.71x-1.10x in 12 runs, 1.35x once in
     CI); the sum over runs is not. Where Keras' own run turns into NaN
-    (Nadam in bfloat16, ScheduleFreeAdamW in both, Adafactor float16 in some
-    runs: Keras' own 16-bit arithmetic), the fused one must stay finite."""
+    (Nadam in bfloat16, ScheduleFreeAdamW in both: Keras' own 16-bit
+    arithmetic), the fused one must stay finite; Adafactor in float16 gives
+    Keras' NaN where its unfactored v underflows (such runs are redrawn)."""
     cfg = _16BIT_CFG.get(name, dict(learning_rate=0.01))
     n = len(SHAPES)  # the variables themselves
+
+    def finite(run):
+        return all(np.all(np.isfinite(r.astype(np.float64))) for r in run[:n])
+
     e_ours = e_theirs = 0.0
-    keras_nan = False
-    for _ in range(4):
+    compared = keras_nan = 0
+    for _ in range(12):
+        if compared + keras_nan == 4:
+            break
         seed = int(rng.integers(2**31))
         exact = _run(getattr(keras.optimizers, name), cfg, "float64", "function", seed, steps=20)
         ours = _run(getattr(fk, name), cfg, dtype, "function", seed, steps=20)
         theirs = _run(getattr(keras.optimizers, name), cfg, dtype, "function", seed, steps=20)
-        assert all(np.all(np.isfinite(r.astype(np.float64))) for r in ours[:n]), \
-            f"{name} {dtype}: the fused run is not finite"
-        keras_nan |= not all(np.all(np.isfinite(r.astype(np.float64))) for r in theirs[:n])
+        if not finite(ours):
+            # Adafactor in float16: at step 1 a rank < 2 variable's v is
+            # g^2 + epsilon_1, which is 0 in float16 where |g| < 2^-12.5, and
+            # g / sqrt(0) makes the variable NaN, in Keras' run as in the
+            # fused one (the drop-in gives Keras' NaN); another seed is drawn.
+            assert (name, dtype) == ("Adafactor", "float16") and not finite(theirs), \
+                f"{name} {dtype}: the fused run is not finite (Keras' is {finite(theirs)})"
+            for a, b in zip(ours[:n], theirs[:n]):
+                np.testing.assert_array_equal(np.isnan(a.astype(np.float64)),
+                                              np.isnan(b.astype(np.float64)))
+            continue
+        if not finite(theirs):
+            assert (name, dtype) in {("Nadam", "bfloat16"), ("ScheduleFreeAdamW", "bfloat16"),
+                                     ("ScheduleFreeAdamW", "float16"), ("Adafactor", "float16")}, \
+                f"Keras' {name} {dtype} run is NaN"
+            keras_nan += 1
+            continue
 
         def err(run, exact=exact):
             return float(np.mean([np.mean(np.abs(r.astype(np.float64) - e))
@@ -376,13 +397,14 @@ def test_16bit_closer_to_float64_than_keras(rng, name, dtype):
 
         e_ours += err(ours)
         e_theirs += err(theirs)
-    print(f"{name} {dtype}: mean |error| vs float64 over 4 runs, fused {e_ours / 4:.3g}, "
-          f"Keras {e_theirs / 4:.3g}")
-    if keras_nan:
-        assert (name, dtype) in {("Nadam", "bfloat16"), ("ScheduleFreeAdamW", "bfloat16"),
-                                 ("ScheduleFreeAdamW", "float16"), ("Adafactor", "float16")}, \
-            f"Keras' {name} {dtype} run is NaN"
-    elif (name, dtype) in _16BIT_SMALLER:
+        compared += 1
+    assert compared + keras_nan == 4, f"{name} {dtype}: too few finite runs"
+    print(f"{name} {dtype}: mean |error| vs float64 over {compared} runs, "
+          f"fused {e_ours / max(compared, 1):.3g}, Keras {e_theirs / max(compared, 1):.3g}; "
+          f"Keras NaN in {keras_nan} of 4")
+    if compared == 0:
+        return  # Keras turned NaN in every run; the fused runs were finite
+    if (name, dtype) in _16BIT_SMALLER:
         assert e_ours < 0.5 * e_theirs
     else:
         assert e_ours <= 1.3 * e_theirs
