@@ -166,14 +166,9 @@ void LambPass1(const Coeffs& hc, const GradXform& gx, const void* var_p, void* c
   auto one = [&](int64_t i, int lane) {
     M x = Load(var[i]);
     if constexpr (D) x = Decay(c, x);
-    M s[2] = {Load(m[i]), Load(v[i])};
     M g = Load(grad[i]);
     if constexpr (X) g = TransformGrad(g, gscale, gclip);
-    LambRule::Moments(c, s, g);
-    const T ms = Store<T>(s[0]), vs = Store<T>(s[1]);
-    m[i] = ms;
-    v[i] = vs;
-    const M u = LambRule::Update(c, Load(ms), Load(vs));  // pass 2's u (LambRule::Moments)
+    const M u = LambRule::Moments(c, m[i], v[i], g);
     wl[lane] += static_cast<double>(x) * static_cast<double>(x);
     ul[lane] += static_cast<double>(u) * static_cast<double>(u);
   };

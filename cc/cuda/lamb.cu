@@ -37,14 +37,9 @@ __global__ void LambPass1(OpCoeffs<opmath_t<T>> oc, opmath_t<T> gscale, opmath_t
        i += stride) {
     M x = Load(var[i]);
     if constexpr (D) x = Decay(oc.c, x);
-    M s[2] = {Load(m[i]), Load(v[i])};
     M g = Load(grad[i]);
     if constexpr (X) g = TransformGrad(g, gscale, gclip);
-    LambRule::Moments(oc.c, s, g);
-    const T ms = Store<T>(s[0]), vs = Store<T>(s[1]);
-    m[i] = ms;
-    v[i] = vs;
-    const M upd = LambRule::Update(oc.c, Load(ms), Load(vs));  // pass 2's u (LambRule::Moments)
+    const M upd = LambRule::Moments(oc.c, m[i], v[i], g);
     w += static_cast<double>(x) * static_cast<double>(x);
     u += static_cast<double>(upd) * static_cast<double>(upd);
   }

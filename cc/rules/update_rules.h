@@ -667,17 +667,19 @@ struct LambRule {
   FUSEDOPT_HD static M Update(const M* c, M m, M v) {
     return (m / c[kOneMinusB1Pow]) / (Sqrt(v / c[kOneMinusB2Pow]) + c[kEps]);
   }
-  // Pass 1 for one element: updates the slots. The kernels then take u =
-  // Update(m, v) of the slots as stored (rounded to the variable's type), the
-  // values pass 2 reads: with 16-bit slots the unrounded moments would give a
-  // u whose norm is not that of pass 2's (v underflows to 0 where g^2 (1 -
-  // beta_2) is below the type's smallest subnormal, and pass 2's u there is
+  // Pass 1 for one element: updates the slots m and v (stored as T) from g,
+  // returns u = Update(m, v) of the slots as stored (rounded to T), the values
+  // pass 2 reads. With 16-bit slots the unrounded moments would give a u whose
+  // norm is not that of pass 2's (v underflows to 0 where g^2 (1 - beta_2) is
+  // below the type's smallest subnormal, and pass 2's u there is
   // m / epsilon), and the trust ratio would scale it wrongly. For float32 and
   // float64 slots both are the same values.
-  template <typename M>
-  FUSEDOPT_HD static void Moments(const M* c, M* s, M g) {
-    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
-    s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+  template <typename T, typename M>
+  FUSEDOPT_HD static M Moments(const M* c, T& m, T& v, M g) {
+    const M m0 = Load(m), v0 = Load(v);
+    m = Store<T>(m0 + (g - m0) * c[kOneMinusB1]);
+    v = Store<T>(v0 + (g * g - v0) * c[kOneMinusB2]);
+    return Update(c, Load(m), Load(v));
   }
   // ratio * lr, Keras' `ratio * lr * update` factor, from the sums of squares:
   // w = sqrt(sum var^2), u = sqrt(sum update^2), ratio = w / u when both are

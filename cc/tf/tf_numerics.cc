@@ -51,13 +51,22 @@ T SumOfSquares(const Eigen::ThreadPoolDevice& d, T* buf, int64_t n, bool square_
   return sum[0];
 }
 
+// f(first, last) over [0, n) on the device's pool (a loop in f vectorizes
+// when it copies its pointers to __restrict locals).
+template <typename F>
+void ForRange(const Eigen::ThreadPoolDevice& d, int64_t n, int loads, int stores, int ops,
+              const F& f) {
+  if (n <= 0) return;
+  d.parallelFor(n, Eigen::TensorOpCost(loads, stores, ops),
+                [&](Eigen::Index first, Eigen::Index last) { f(first, last); });
+}
+
 // Fills buf[0, n) with f(k) on the device's pool.
 template <typename T, typename F>
 void Fill(const Eigen::ThreadPoolDevice& d, T* buf, int64_t n, int loads, const F& f) {
-  d.parallelFor(n, Eigen::TensorOpCost(loads * sizeof(T), sizeof(T), 8),
-                [&](Eigen::Index first, Eigen::Index last) {
-                  for (Eigen::Index k = first; k < last; ++k) buf[k] = f(k);
-                });
+  ForRange(d, n, loads * sizeof(T), sizeof(T), 8, [&](int64_t first, int64_t last) {
+    for (int64_t k = first; k < last; ++k) buf[k] = f(k);
+  });
 }
 
 template <typename T>
@@ -327,16 +336,6 @@ int64_t AdafactorScratchElements(const std::vector<AdafactorTensor>& ts) {
     if (x.factored) means = std::max(means, x.batch * (x.rows + x.cols + 1));
   }
   return 2 * largest + means;
-}
-
-// f(first, last) over [0, n) on the device's pool; the loops inside copy
-// their pointers to __restrict locals so they vectorize.
-template <typename F>
-void ForRange(const Eigen::ThreadPoolDevice& d, int64_t n, int loads, int stores, int ops,
-              const F& f) {
-  if (n <= 0) return;
-  d.parallelFor(n, Eigen::TensorOpCost(loads, stores, ops),
-                [&](Eigen::Index first, Eigen::Index last) { f(first, last); });
 }
 
 // Keras' decoupled weight decay in place (D) and a = var^2, one pass.
