@@ -17,6 +17,21 @@ PATH="$ROOT/.venv/bin:$PATH" cmake -S . -B build/native -G Ninja -DFUSEDOPT_CUDA
   -DFUSEDOPT_OUTPUT_DIR="$ROOT/build/native/fusedopt" >/dev/null
 PATH="$ROOT/.venv/bin:$PATH" cmake --build build/native >/dev/null
 export FUSEDOPT_NATIVE_TESTS="$ROOT/build/native/fusedopt_native_tests"
+export FUSEDOPT_ABI_FUZZ="$ROOT/build/native/fusedopt_abi_fuzz"
+
+# The randomized C ABI test again, built alone under AddressSanitizer and
+# UndefinedBehaviorSanitizer (tests/test_native_abi.py runs both builds).
+# FUSEDOPT_SKIP_ASAN=1 leaves it out (a compiler without the sanitizers).
+if [ "${FUSEDOPT_SKIP_ASAN:-0}" != "1" ]; then
+  printf '\n==> building the C ABI fuzz test with AddressSanitizer and UBSan (build/asan)\n' >&2
+  PATH="$ROOT/.venv/bin:$PATH" cmake -S . -B build/asan -G Ninja -DFUSEDOPT_TF=OFF \
+    -DFUSEDOPT_NATIVE_MODULE=OFF -DFUSEDOPT_CUDA=OFF -DFUSEDOPT_BUILD_TESTS=ON \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython3_EXECUTABLE="$VPY" \
+    "-DCMAKE_CXX_FLAGS=-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+    "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
+  PATH="$ROOT/.venv/bin:$PATH" cmake --build build/asan --target fusedopt_abi_fuzz >/dev/null
+  export FUSEDOPT_ABI_FUZZ_ASAN="$ROOT/build/asan/fusedopt_abi_fuzz"
+fi
 # When the installed build has CUDA kernels, the tests compare its CPU results
 # with this CPU-only library's.
 export FUSEDOPT_CPU_ONLY_LIBRARY="$ROOT/build/native/fusedopt/_fusedopt_ops.so"

@@ -75,12 +75,26 @@ class Run {
           (bl.end - bl.begin) * (ts_[bl.tensor].factored ? ts_[bl.tensor].cols : 1);
       chunks.push_back(cpu::Chunk{static_cast<int32_t>(k), 0, elements});  // (a cost hint)
     }
+    // Every scratch buffer is allocated here, before the first write, so an
+    // allocation that fails (std::bad_alloc, a caller's error) leaves every
+    // variable and moment as it was, and no pass allocates on a worker thread.
     var_sq_.assign(nb, 0.0);
     u_sq_.assign(nb, 0.0);
     row_sums_.resize(ts_.size());
     col_parts_.resize(nb);
+    alpha_.assign(ts_.size(), S(0));
+    denom_.assign(ts_.size(), S(1));
+    r_mean_.assign(ts_.size(), {});
+    int64_t max_cols = 0;
     for (size_t t = 0; t < ts_.size(); ++t) {
-      if (ts_[t].factored) row_sums_[t].assign(ts_[t].batch * ts_[t].rows, 0.0);
+      if (!ts_[t].factored) continue;
+      row_sums_[t].assign(ts_[t].batch * ts_[t].rows, 0.0);
+      r_mean_[t].assign(ts_[t].batch, S(0));
+      max_cols = std::max(max_cols, ts_[t].batch * ts_[t].cols);
+    }
+    cols_.assign(max_cols, 0.0);
+    for (size_t k = 0; k < nb; ++k) {
+      if (ts_[blocks_[k].tensor].factored) col_parts_[k].assign(ts_[blocks_[k].tensor].cols, 0.0);
     }
     pfor(chunks, 2 * sizeof(T), [&](const cpu::Chunk& c) { PassA(c.tensor); });
     Moments();
@@ -97,8 +111,7 @@ class Run {
       stats_(co_, x.var, x.grad, bl.begin, bl.end, nullptr, nullptr, &var_sq_[k]);
       return;
     }
-    std::vector<double>& col = col_parts_[k];
-    col.assign(x.cols, 0.0);
+    std::vector<double>& col = col_parts_[k];  // zeros, x.cols of them (Go)
     for (int64_t i = bl.begin; i < bl.end; ++i) {
       const int64_t row = bl.b * x.rows + i;
       stats_(co_, x.var, x.grad, row * x.cols, (row + 1) * x.cols, col.data(),
@@ -109,8 +122,6 @@ class Run {
   // Per tensor, in block order: the variable's RMS (alpha) and, for factored
   // tensors, the new r and c and the mean of r per matrix.
   void Moments() {
-    alpha_.assign(ts_.size(), S(0));
-    r_mean_.assign(ts_.size(), {});
     const S beta = static_cast<S>(co_.beta), omb = static_cast<S>(co_.one_minus_beta);
     size_t k = 0;
     for (size_t t = 0; t < ts_.size(); ++t) {
@@ -119,8 +130,8 @@ class Run {
       // (a mean over zero rows or columns is NaN).
       if (x.size() == 0 && !x.factored) continue;
       double vsq = 0.0;
-      std::vector<double> cols;
-      if (x.factored) cols.assign(x.batch * x.cols, 0.0);
+      std::vector<double>& cols = cols_;  // [batch * cols] zeros below
+      if (x.factored) std::fill(cols.begin(), cols.begin() + x.batch * x.cols, 0.0);
       for (; k < blocks_.size() && blocks_[k].tensor == static_cast<int>(t); ++k) {
         vsq += var_sq_[k];
         if (x.factored) {
@@ -134,7 +145,6 @@ class Run {
       T* r = static_cast<T*>(x.r);
       T* c = static_cast<T*>(x.c);
       const S rows = static_cast<S>(x.rows), ncols = static_cast<S>(x.cols);
-      r_mean_[t].assign(x.batch, S(0));
       for (int64_t b = 0; b < x.batch; ++b) {
         double r_sum = 0.0;
         for (int64_t i = 0; i < x.rows; ++i) {
@@ -172,7 +182,6 @@ class Run {
   }
 
   void Scales() {
-    denom_.assign(ts_.size(), S(1));
     size_t k = 0;
     for (size_t t = 0; t < ts_.size(); ++t) {
       double usq = 0.0;
@@ -208,6 +217,7 @@ class Run {
   cpu::AdafactorUpdateFn update_ = nullptr;
   std::vector<double> var_sq_, u_sq_;
   std::vector<std::vector<double>> row_sums_, col_parts_;
+  std::vector<double> cols_;  // Moments' column sums of one tensor
   std::vector<S> alpha_, denom_;
   std::vector<std::vector<S>> r_mean_;
 };

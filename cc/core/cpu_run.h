@@ -150,6 +150,7 @@ template <typename S>
 void SumRows(const S* src, int64_t row_size, const std::vector<int64_t>& order,
              const std::vector<int64_t>& segment_end, S* dst) {
   using M = opmath_t<S>;
+  if (segment_end.empty()) return;  // no row: no accumulator (whatever row_size says)
   std::vector<M> acc(row_size);
   int64_t q = 0;
   for (size_t j = 0; j < segment_end.size(); ++j) {

@@ -6,15 +6,23 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <list>
+#include <mutex>
 #include <new>
+#include <stdexcept>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "cc/core/adafactor.h"
+#include "cc/core/checked_size.h"
 #include "cc/core/cpu_run.h"
 #include "cc/core/cuda_run.h"
 #include "cc/core/grad_options.h"
@@ -43,13 +51,44 @@ struct Status {
 };
 Status Invalid(std::string m) { return Status{FUSEDOPT_INVALID_ARGUMENT, std::move(m)}; }
 
-int Report(const Status& s, char* err, size_t err_len) {
+// Writes `msg` (n bytes) into err, cut to err_len - 1 bytes and
+// NUL-terminated; returns code. Allocates nothing.
+int ReportText(int code, const char* msg, size_t n, char* err, size_t err_len) noexcept {
   if (err != nullptr && err_len > 0) {
-    const size_t k = std::min(err_len - 1, s.msg.size());
-    std::memcpy(err, s.msg.data(), k);
+    const size_t k = std::min(err_len - 1, n);
+    if (k > 0) std::memcpy(err, msg, k);
     err[k] = '\0';
   }
-  return s.code;
+  return code;
+}
+
+int Report(const Status& s, char* err, size_t err_len) noexcept {
+  return ReportText(s.code, s.msg.data(), s.msg.size(), err, err_len);
+}
+
+// Runs an entry point's body and reports its Status: no C++ exception leaves
+// the C ABI. Every allocation of a call happens before its first write (the
+// plans, sorted indices, compact gradients, scratch and work lists), so a
+// failed allocation leaves every buffer as it was: FUSEDOPT_OUT_OF_MEMORY.
+// Anything else thrown is a bug: FUSEDOPT_INTERNAL_ERROR, with its message.
+template <typename Body>
+int Guarded(char* err, size_t err_len, const Body& body) noexcept {
+  static const char kOom[] = "out of host memory for the call's scratch space; nothing was updated";
+  static const char kLength[] =
+      "the call's scratch space would exceed what one allocation can hold; nothing was updated";
+  static const char kUnknown[] = "internal error: an unknown exception; please report it";
+  try {
+    return Report(body(), err, err_len);
+  } catch (const std::bad_alloc&) {
+    return ReportText(FUSEDOPT_OUT_OF_MEMORY, kOom, sizeof(kOom) - 1, err, err_len);
+  } catch (const std::length_error&) {
+    return ReportText(FUSEDOPT_OUT_OF_MEMORY, kLength, sizeof(kLength) - 1, err, err_len);
+  } catch (const std::exception& e) {
+    const char* what = e.what();
+    return ReportText(FUSEDOPT_INTERNAL_ERROR, what, std::strlen(what), err, err_len);
+  } catch (...) {
+    return ReportText(FUSEDOPT_INTERNAL_ERROR, kUnknown, sizeof(kUnknown) - 1, err, err_len);
+  }
 }
 
 #define RETURN_IF_ERROR(expr)      \
@@ -76,17 +115,85 @@ ParallelFor ThreadsFor(int num_threads) {
     auto loop = [&] {
       for (size_t k = next++; k < chunks.size(); k = next++) work(chunks[k]);
     };
+    // Threads that cannot be started (a process at its thread limit) leave
+    // their chunks to the others: the work is shared through `next`, so the
+    // call completes, with the same bits, on however many threads started.
     std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(loop);
+    try {
+      pool.reserve(threads - 1);
+      for (int t = 1; t < threads; ++t) pool.emplace_back(loop);
+    } catch (const std::exception&) {
+    }
     loop();
     for (std::thread& th : pool) th.join();
   };
 }
 
-// Checks the call's settings and makes its plan.
+// Note [options of a rule]: a C ABI call's options that its rule does not
+// use must keep fusedopt_call_init's defaults. A caller who sets nesterov for
+// adam, or schedule_decay for anything but nadam, expects an effect it would
+// not get; an unknown option is refused like an unknown hyperparameter name.
+// grappler_form and constant_folding describe a whole Grappler-optimized
+// graph (every rule reads what applies to it) and are not checked. The XLA
+// handler, which fills every field from an op's attributes, plans through
+// ApplyCpu without this check.
+Status CheckRuleOptions(const fusedopt_call* call, Rule rule, const RuleInfo& info) {
+  auto refuse = [&](const char* option, const std::string& value, const char* rules) {
+    return Invalid("the option " + std::string(option) + " (" + value + ") is not one of " +
+                   info.name + "'s; it applies to " + rules + " only: leave it at its default");
+  };
+  if (call->nesterov != 0 && rule != Rule::kSgd) return refuse("nesterov", "set", "sgd");
+  if (call->epsilon_outside_sqrt != 0 && rule != Rule::kAdagrad && rule != Rule::kRmsprop) {
+    return refuse("epsilon_outside_sqrt", "set", "adagrad and rmsprop");
+  }
+  if (!(call->schedule_decay == 1.0) && rule != Rule::kNadam) {
+    char v[32];
+    std::snprintf(v, sizeof(v), "%.17g", call->schedule_decay);
+    return refuse("schedule_decay", v, "nadam");
+  }
+  if (call->step != 0 && !info.has_step) {
+    return refuse("step", std::to_string(call->step),
+                  "the bias-corrected rules (adam, nadam, adamax, lamb, schedule_free_adamw)");
+  }
+  return Status{};
+}
+
+// Note [finite state]: beyond the ranges Keras' constructors enforce (which
+// MakeCallPlan checks for every path, Note [hyperparameter checks]), a C ABI
+// call refuses hyperparameters that turn finite state non-finite by
+// themselves: a decay rate (beta_1, beta_2, rho, momentum) outside [0, 1]
+// makes a moment grow without bound or change sign (a negative second moment
+// has no square root), and a negative epsilon can cancel a denominator to 0.
+// Keras runs such values (and gets inf/NaN); the TensorFlow ops keep Keras'
+// behaviour, the native layer, which has no such contract, refuses them.
+Status CheckFiniteState(const fusedopt_call* call, const RuleInfo& info) {
+  for (int k = 0; k < info.num_scalars; ++k) {
+    const std::string_view name = info.scalars[k];
+    const double x = call->scalars[k];
+    if (!std::isfinite(x)) continue;  // MakeCallPlan's message: must be finite
+    auto shown = [x] {
+      char v[32];
+      std::snprintf(v, sizeof(v), "%.17g", x);
+      return std::string(v);
+    };
+    if ((name == "beta_1" || name == "beta_2" || name == "rho" || name == "momentum") &&
+        !(x >= 0.0 && x <= 1.0)) {
+      return Invalid("'" + std::string(name) + "' must be in [0, 1] (a decay rate), got " +
+                     shown() + "; nothing was updated");
+    }
+    if (name == "epsilon" && !(x >= 0.0)) {
+      return Invalid("'epsilon' must be >= 0, got " + shown() + "; nothing was updated");
+    }
+  }
+  return Status{};
+}
+
+// Checks the call's settings and makes its plan; `strict`: the public C ABI's
+// call (Note [options of a rule]).
 Status PlanCall(const fusedopt_call* call, const fusedopt_tensors* t, bool rank0_plan,
-                Plan* plan, GradOptions* options) {
-  if (call == nullptr || t == nullptr) return Invalid("call and tensors must not be NULL");
+                bool strict, Plan* plan, GradOptions* options) {
+  if (call == nullptr) return Invalid("call must not be NULL");
+  if (t == nullptr) return Invalid("tensors must not be NULL");
   if (call->rule < 0 || call->rule >= kNumRules) {
     return Invalid("unknown rule index " + std::to_string(call->rule));
   }
@@ -99,9 +206,17 @@ Status PlanCall(const fusedopt_call* call, const fusedopt_tensors* t, bool rank0
   if (call->device != FUSEDOPT_DEVICE_CPU && call->device != FUSEDOPT_DEVICE_CUDA) {
     return Invalid("unknown device code " + std::to_string(call->device));
   }
-  if (call->num_scalars != info.num_scalars || (info.num_scalars > 0 && call->scalars == nullptr)) {
+  if (call->num_scalars != info.num_scalars) {
     return Invalid(std::string(info.name) + " takes " + std::to_string(info.num_scalars) +
                    " hyperparameters, got " + std::to_string(call->num_scalars));
+  }
+  if (info.num_scalars > 0 && call->scalars == nullptr) {
+    return Invalid("scalars is NULL but " + std::string(info.name) + " takes " +
+                   std::to_string(info.num_scalars) + " hyperparameters");
+  }
+  if (strict) {
+    RETURN_IF_ERROR(CheckRuleOptions(call, rule, info));
+    RETURN_IF_ERROR(CheckFiniteState(call, info));
   }
   if (t->n < 0) return Invalid("the tensor count must be >= 0");
   PlanInput in;
@@ -148,15 +263,16 @@ struct Span {
 };
 
 // Any overlap involving a written buffer is an error (reads may share);
-// `name(tag)` names a buffer in the message.
+// `name(tag)` names a buffer in the message. Sorts `spans` by begin (the
+// order Note [concurrent calls] needs).
 template <typename NameOf>
-Status CheckDisjoint(std::vector<Span> spans, const NameOf& name) {
-  std::sort(spans.begin(), spans.end(),
+Status CheckDisjoint(std::vector<Span>* spans, const NameOf& name) {
+  std::sort(spans->begin(), spans->end(),
             [](const Span& a, const Span& b) { return a.begin < b.begin; });
   uintptr_t written_end = 0, any_end = 0;
   const Span* last_written = nullptr;
   const Span* last_any = nullptr;
-  for (const Span& r : spans) {
+  for (const Span& r : *spans) {
     const Span* clash = nullptr;
     if (last_written != nullptr && r.begin < written_end) clash = last_written;
     if (clash == nullptr && r.written && last_any != nullptr && r.begin < any_end) {
@@ -195,7 +311,13 @@ struct BufferSpans {
       return Invalid(name(tag) + " is not aligned to its " + std::to_string(eb) +
                      "-byte elements");
     }
-    spans.push_back(Span{begin, begin + static_cast<uintptr_t>(elements) * eb, written, tag});
+    uintptr_t end = 0;
+    if (!CheckedExtent(begin, elements, eb, &end)) {
+      return Invalid(name(tag) + " would span " + std::to_string(elements) + " elements of " +
+                     std::to_string(eb) + " bytes from its address: more than the address " +
+                     "space holds");
+    }
+    spans.push_back(Span{begin, end, written, tag});
     return Status{};
   }
   int eb;
@@ -203,11 +325,87 @@ struct BufferSpans {
   std::vector<Span> spans;
 };
 
+// Note [concurrent calls]: TensorFlow's training ops lock their variables;
+// the C ABI, whose CPU calls may come from many threads at once (the Python
+// module releases the GIL), does the same for memory: a CPU call registers
+// its buffers (sorted spans, CheckDisjoint's order) once it is checked and
+// waits while an in-flight call writes memory it touches or touches memory it
+// writes. So calls that share written memory run one after the other, each
+// whole, and calls on disjoint memory run concurrently. A waiting call holds
+// nothing, so calls cannot deadlock. CUDA calls are not registered: their
+// work runs later, in stream order, which the caller controls.
+bool SpansConflict(const std::vector<Span>& a, const std::vector<Span>& b) {
+  // One merged sweep by begin: a span clashes with the other call's written
+  // spans that started before it and end after its begin, and, if written,
+  // with any of the other call's spans that do.
+  uintptr_t written_end[2] = {0, 0}, any_end[2] = {0, 0};
+  size_t i = 0, j = 0;
+  while (i < a.size() || j < b.size()) {
+    const bool from_a = j >= b.size() || (i < a.size() && a[i].begin <= b[j].begin);
+    const Span& r = from_a ? a[i++] : b[j++];
+    const int me = from_a ? 0 : 1, other = 1 - me;
+    if (r.begin < written_end[other] || (r.written && r.begin < any_end[other])) return true;
+    if (r.written) written_end[me] = std::max(written_end[me], r.end);
+    any_end[me] = std::max(any_end[me], r.end);
+  }
+  return false;
+}
+
+class InFlightCalls {
+ public:
+  // Registers `spans` (sorted by begin) once no registered call conflicts.
+  void Enter(const std::vector<Span>* spans) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] {
+      for (const std::vector<Span>* other : calls_) {
+        if (SpansConflict(*spans, *other)) return false;
+      }
+      return true;
+    });
+    calls_.push_back(spans);
+  }
+  void Leave(const std::vector<Span>* spans) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      calls_.remove(spans);
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::list<const std::vector<Span>*> calls_;
+};
+
+InFlightCalls& Calls() {
+  static InFlightCalls* calls = new InFlightCalls;  // never destroyed: calls at exit
+  return *calls;
+}
+
+// Holds a call's registration for its lifetime (nothing when `spans` is NULL).
+class CallScope {
+ public:
+  explicit CallScope(const std::vector<Span>* spans) : spans_(spans) {
+    if (spans_ != nullptr && !spans_->empty()) Calls().Enter(spans_);
+  }
+  ~CallScope() {
+    if (spans_ != nullptr && !spans_->empty()) Calls().Leave(spans_);
+  }
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+ private:
+  const std::vector<Span>* spans_;
+};
+
 // The operands of a call: pointers checked (non-NULL where there are
 // elements, aligned to the element size) and the written buffers (variables,
-// slots) disjoint from each other and from the gradients.
+// slots) disjoint from each other and from the gradients. *spans: the
+// call's buffers, sorted (Note [concurrent calls]).
 Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
-                      const std::vector<int64_t>& grad_elements, Operands* ops) {
+                      const std::vector<int64_t>& grad_elements, Operands* ops,
+                      std::vector<Span>* spans) {
   const RuleInfo& info = InfoOf(static_cast<Rule>(call->rule));
   const int eb = ElemBytes(call->dtype);
   const int n = t->n;
@@ -250,7 +448,9 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
     ops->grads.push_back(t->grads[i]);
     ops->rank0.push_back(t->rank0 != nullptr && t->rank0[i] != 0 ? 1 : 0);
   }
-  return CheckDisjoint(std::move(buffers.spans), name);
+  RETURN_IF_ERROR(CheckDisjoint(&buffers.spans, name));
+  *spans = std::move(buffers.spans);
+  return Status{};
 }
 
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -402,20 +602,29 @@ Status CudaUnavailableStatus() {
 #endif
 }
 
-Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
+Status OutOfMemory(const std::string& what) {
+  return Status{FUSEDOPT_OUT_OF_MEMORY,
+                "out of host memory for " + what + "; nothing was updated"};
+}
+
+// fusedopt_apply; `strict`: a public C ABI call (Note [options of a rule],
+// Note [finite state], Note [concurrent calls]).
+Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped, bool strict,
              const ParallelFor* cpu_pool = nullptr, const TfFormsMaker* tf_forms = nullptr) {
   if (skipped != nullptr) *skipped = 0;
   Plan plan;
   GradOptions options;
-  RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/true, &plan, &options));
+  RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/true, strict, &plan, &options));
   const Rule rule = static_cast<Rule>(call->rule);
   const int eb = ElemBytes(call->dtype);
   Operands ops;
   if (t->n > 0 && t->sizes == nullptr) return Invalid("sizes must not be NULL");
   std::vector<int64_t> sizes(t->sizes, t->sizes + t->n);
-  RETURN_IF_ERROR(GatherOperands(call, t, sizes, &ops));
+  std::vector<Span> spans;
+  RETURN_IF_ERROR(GatherOperands(call, t, sizes, &ops, &spans));
   ops.sizes = sizes;
   if (call->device == FUSEDOPT_DEVICE_CPU) {
+    const CallScope scope(strict ? &spans : nullptr);
     const ParallelFor pfor = cpu_pool != nullptr ? *cpu_pool : ThreadsFor(call->num_threads);
     if (PrepareGradOptionsCpu(pfor, options, call->dtype, eb, &ops)) {
       if (skipped != nullptr) *skipped = 1;
@@ -426,7 +635,7 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
       try {
         forms = (*tf_forms)(ops, plan);
       } catch (const std::bad_alloc&) {
-        return Status{FUSEDOPT_INVALID_ARGUMENT, "out of memory for the TF forms' scratch"};
+        return OutOfMemory("the TF forms' scratch");
       }
     }
     if (forms.run) {
@@ -473,7 +682,7 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   if (skipped != nullptr) *skipped = 0;
   Plan plan;
   GradOptions options;
-  RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/false, &plan, &options));
+  RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/false, /*strict=*/true, &plan, &options));
   plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
   const Rule rule = static_cast<Rule>(call->rule);
   const RuleInfo& info = InfoOf(rule);
@@ -498,27 +707,45 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
     if (sp->rows[i] < 0 || sp->row_sizes[i] < 0 || sp->counts[i] < 0) {
       return Invalid("rows, row_sizes and counts of " + label + " must be >= 0");
     }
-    if (sp->rows[i] * sp->row_sizes[i] != t->sizes[i]) {
+    int64_t elements = 0;
+    if (!CheckedMul(sp->rows[i], sp->row_sizes[i], &elements) || elements != t->sizes[i]) {
       return Invalid(label + " has " + std::to_string(t->sizes[i]) + " elements, not rows (" +
                      std::to_string(sp->rows[i]) + ") x row_size (" +
                      std::to_string(sp->row_sizes[i]) + ")");
     }
     if (sp->counts[i] > 0 && sp->indices[i] == nullptr) return Invalid("indices of " + label + " is NULL");
-    grad_elements[i] = sp->counts[i] * sp->row_sizes[i];
+    if (!CheckedMul(sp->counts[i], sp->row_sizes[i], &grad_elements[i])) {
+      return Invalid("the gradient of " + label + " would hold counts (" +
+                     std::to_string(sp->counts[i]) + ") x row_size (" +
+                     std::to_string(sp->row_sizes[i]) + ") elements: more than int64 counts");
+    }
   }
   Operands ops;
-  RETURN_IF_ERROR(GatherOperands(call, t, grad_elements, &ops));
-  // Index checks and duplicate sums into compact buffers: nothing written yet.
-  std::vector<std::vector<int64_t>> unique(n);
-  std::vector<std::vector<char>> compact(n);
-  int64_t max_row = 0;
+  std::vector<Span> spans;
+  RETURN_IF_ERROR(GatherOperands(call, t, grad_elements, &ops, &spans));
+  // Index checks first (they read only the indices), then, registered (Note
+  // [concurrent calls]), the duplicate sums into compact buffers: nothing
+  // written yet.
+  std::vector<std::vector<int64_t>> unique(n), orders(n), segments(n);
   for (int i = 0; i < n; ++i) {
-    std::vector<int64_t> order, seg;
     const std::string err = SortRows(sp->indices[i], sp->counts[i], sp->rows[i], i,
-                                     "vars[" + std::to_string(i) + "]", &order, &unique[i], &seg);
+                                     "vars[" + std::to_string(i) + "]", &orders[i], &unique[i],
+                                     &segments[i]);
     if (!err.empty()) return Invalid(err);
+  }
+  const CallScope scope(&spans);
+  std::vector<std::vector<char>> compact(n);
+  // The shared zero gradient of exact mode is as long as the longest run of
+  // gradient-less elements needs, at most SparseZeroElements: nothing for a
+  // lazy call, an empty table or one whose every row has a gradient (an
+  // allocation sized by the row length alone could fail for a table that
+  // holds no element, such as shape (0, 2^40)).
+  int64_t max_row = 0, zero_need = 0;
+  for (int i = 0; i < n; ++i) {
     const int64_t elements = static_cast<int64_t>(unique[i].size()) * sp->row_sizes[i];
     compact[i].resize(static_cast<size_t>(elements * eb) + 1);
+    const std::vector<int64_t>& order = orders[i];
+    const std::vector<int64_t>& seg = segments[i];
     switch (call->dtype) {
       case 0:
         SumRowsTyped<Half>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
@@ -535,18 +762,25 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
     ops.grads[i] = compact[i].data();
     ops.sizes.push_back(elements);
     max_row = std::max(max_row, sp->row_sizes[i]);
+    if (sp->exact && sp->row_sizes[i] > 0) {
+      // unique[i] rows have gradients, so every zero run is shorter than this.
+      zero_need = std::max(zero_need, t->sizes[i] - elements);
+    }
   }
   const ParallelFor pfor = ThreadsFor(call->num_threads);
   if (PrepareGradOptionsCpu(pfor, options, call->dtype, eb, &ops)) {
     if (skipped != nullptr) *skipped = 1;
     return Status{};
   }
-  const int64_t zero_elements = SparseZeroElements(max_row);
-  std::vector<char> zeros(sp->exact ? static_cast<size_t>(zero_elements * eb) : 0, 0);
+  // Every zero run is at most zero_need elements long, so a buffer of
+  // min(SparseZeroElements, zero_need) splits the runs exactly as one of
+  // SparseZeroElements would (the same items, the same bits).
+  const int64_t zero_elements = std::min(SparseZeroElements(max_row), zero_need);
+  std::vector<char> zeros(static_cast<size_t>(zero_elements * eb), 0);
   std::vector<Item> items;
   for (int i = 0; i < n; ++i) {
     PlanSparseItems(i, sp->exact != 0, sp->rows[i], sp->row_sizes[i], unique[i], compact[i].data(),
-                    sp->exact ? zeros.data() : nullptr, zero_elements, eb, &items);
+                    zero_elements > 0 ? zeros.data() : nullptr, zero_elements, eb, &items);
   }
   RunItemsCpu(pfor, items, ops, plan, info.two_pass, info.algo, call->dtype, eb);
   return Status{};
@@ -563,18 +797,28 @@ Status GradStats(int dtype, int device, void* stream, int num_threads, int n,
   const int eb = ElemBytes(dtype);
   Operands ops;
   ops.n = n;
+  std::vector<Span> spans;
   for (int i = 0; i < n; ++i) {
+    const std::string which = "grads[" + std::to_string(i) + "]";
     if (sizes[i] < 0) return Invalid("sizes[" + std::to_string(i) + "] is negative");
-    if (sizes[i] > 0 && grads[i] == nullptr) return Invalid("grads[" + std::to_string(i) + "] is NULL");
-    if (reinterpret_cast<uintptr_t>(grads[i]) % eb != 0) {
-      return Invalid("grads[" + std::to_string(i) + "] is not aligned to its elements");
+    if (sizes[i] > 0 && grads[i] == nullptr) return Invalid(which + " is NULL");
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(grads[i]);
+    if (begin % eb != 0) return Invalid(which + " is not aligned to its elements");
+    uintptr_t end = 0;
+    if (!CheckedExtent(begin, sizes[i], eb, &end)) {
+      return Invalid(which + " would span " + std::to_string(sizes[i]) + " elements of " +
+                     std::to_string(eb) + " bytes: more than the address space holds");
     }
+    if (sizes[i] > 0) spans.push_back(Span{begin, end, /*written=*/false, i});
     ops.grads.push_back(grads[i]);
     ops.sizes.push_back(sizes[i]);
   }
   std::vector<double> sums;
   bool bad = false;
   if (device == FUSEDOPT_DEVICE_CPU) {
+    std::sort(spans.begin(), spans.end(),
+              [](const Span& a, const Span& b) { return a.begin < b.begin; });
+    const CallScope scope(&spans);
     GradStatsCpu(ThreadsFor(num_threads), ops, dtype, eb, &sums, &bad);
   } else if (device == FUSEDOPT_DEVICE_CUDA) {
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -617,6 +861,21 @@ Status AdafactorApply(int dtype, int device, int num_threads, const double* scal
   const AdafactorScalars s = AdafactorScalarsFrom(scalars, step, grappler_form != 0);
   const std::string bad = CheckAdafactorScalars(s);
   if (!bad.empty()) return Invalid(bad);
+  // Note [finite state]: epsilon_1 < 0 can make the second moment negative
+  // (its reciprocal square root NaN), epsilon_2 < 0 the step size negative,
+  // and beta_2_decay > 0 gives a decay 1 - t^beta_2_decay below 0 from t = 2.
+  if (!(s.epsilon_1 >= 0)) {
+    return Invalid("'epsilon_1' must be >= 0, got " + std::to_string(s.epsilon_1) +
+                   "; nothing was updated");
+  }
+  if (!(s.epsilon_2 >= 0)) {
+    return Invalid("'epsilon_2' must be >= 0, got " + std::to_string(s.epsilon_2) +
+                   "; nothing was updated");
+  }
+  if (!(s.beta_2_decay <= 0)) {
+    return Invalid("'beta_2_decay' must be <= 0, got " + std::to_string(s.beta_2_decay) +
+                   "; nothing was updated");
+  }
 
   const int eb = ElemBytes(dtype);
   static const char* const kRoles[5] = {"the variable", "the gradient", "r", "c", "v"};
@@ -635,16 +894,28 @@ Status AdafactorApply(int dtype, int device, int num_threads, const double* scal
       return Invalid(which + " has a negative rank or no shape");
     }
     AdafactorTensor& t = ts[i];
-    int64_t size = 1;
     for (int d = 0; d < ranks[i]; ++d) {
       if (shapes[i][d] < 0) return Invalid(which + " has a negative dimension");
-      size *= shapes[i][d];
+    }
+    // Note [checked sizes]: the shape's product, and so every product of its
+    // dimensions below, fits int64.
+    int64_t size = 1;
+    if (!CheckedElementCount(shapes[i], ranks[i], &size)) {
+      return Invalid(which + "'s shape has more elements than int64 counts");
     }
     t.factored = ranks[i] >= 2;
     if (t.factored) {
       t.cols = shapes[i][ranks[i] - 1];
       t.rows = shapes[i][ranks[i] - 2];
-      for (int d = 0; d + 2 < ranks[i]; ++d) t.batch *= shapes[i][d];
+      // batch * rows and batch * cols are at most the product when no
+      // dimension is 0; with a 0 they are checked for themselves.
+      if (!CheckedElementCount(shapes[i], ranks[i] - 2, &t.batch)) {
+        return Invalid(which + "'s shape has more elements than int64 counts");
+      }
+      int64_t unused = 0;
+      if (!CheckedMul(t.batch, t.rows, &unused) || !CheckedMul(t.batch, t.cols, &unused)) {
+        return Invalid(which + "'s factored moments have more elements than int64 counts");
+      }
     } else {
       t.cols = size;
     }
@@ -661,7 +932,8 @@ Status AdafactorApply(int dtype, int device, int num_threads, const double* scal
       t.c = c[i];
     }
   }
-  RETURN_IF_ERROR(CheckDisjoint(std::move(buffers.spans), name));
+  RETURN_IF_ERROR(CheckDisjoint(&buffers.spans, name));
+  const CallScope scope(&buffers.spans);
   RunAdafactorCpu(ThreadsFor(num_threads), dtype, s, ts);
   return Status{};
 }
@@ -674,9 +946,12 @@ int ApplyCpu(const fusedopt_call* call, const fusedopt_tensors* t, const Paralle
     *err = "ApplyCpu runs CPU calls only";
     return FUSEDOPT_INVALID_ARGUMENT;
   }
-  const Status s = Apply(call, t, skipped, &pfor, &tf_forms);
-  *err = s.msg;
-  return s.code;
+  char buf[1024];
+  const int code = Guarded(buf, sizeof(buf), [&] {
+    return Apply(call, t, skipped, /*strict=*/false, &pfor, &tf_forms);
+  });
+  if (code != FUSEDOPT_OK) *err = buf;
+  return code;
 }
 
 }  // namespace native
@@ -696,8 +971,11 @@ const char* fusedopt_rule_name(int rule) {
   return ValidRule(rule) ? InfoOf(static_cast<Rule>(rule)).name : nullptr;
 }
 int fusedopt_rule_index(const char* name) {
-  Rule r;
-  return name != nullptr && fusedopt::RuleByName(name, &r) ? static_cast<int>(r) : -1;
+  if (name == nullptr) return -1;
+  for (int r = 0; r < kNumRules; ++r) {
+    if (std::strcmp(name, InfoOf(static_cast<Rule>(r)).name) == 0) return r;
+  }
+  return -1;
 }
 int fusedopt_rule_num_scalars(int rule) {
   return ValidRule(rule) ? InfoOf(static_cast<Rule>(rule)).num_scalars : -1;
@@ -725,6 +1003,7 @@ int fusedopt_rule_has_step(int rule) {
 }
 
 void fusedopt_call_init(fusedopt_call* call) {
+  if (call == nullptr) return;
   std::memset(call, 0, sizeof(*call));
   call->schedule_decay = 1.0;
   call->grad_scale = 1.0;
@@ -735,13 +1014,14 @@ void fusedopt_call_init(fusedopt_call* call) {
 
 int fusedopt_apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped, char* err,
                    size_t err_len) {
-  return fusedopt::native::Report(fusedopt::native::Apply(call, t, skipped), err, err_len);
+  return fusedopt::native::Guarded(
+      err, err_len, [&] { return fusedopt::native::Apply(call, t, skipped, /*strict=*/true); });
 }
 
 int fusedopt_sparse_apply(const fusedopt_call* call, const fusedopt_tensors* t,
                           const fusedopt_sparse* sp, int* skipped, char* err, size_t err_len) {
-  return fusedopt::native::Report(fusedopt::native::SparseApply(call, t, sp, skipped), err,
-                                  err_len);
+  return fusedopt::native::Guarded(
+      err, err_len, [&] { return fusedopt::native::SparseApply(call, t, sp, skipped); });
 }
 
 int fusedopt_adafactor_apply(int dtype, int device, int num_threads, const double* scalars,
@@ -749,19 +1029,19 @@ int fusedopt_adafactor_apply(int dtype, int device, int num_threads, const doubl
                              void* const* r, void* const* c, void* const* v,
                              const void* const* grads, const int64_t* const* shapes,
                              const int* ranks, char* err, size_t err_len) {
-  return fusedopt::native::Report(
-      fusedopt::native::AdafactorApply(dtype, device, num_threads, scalars, step, grappler_form,
-                                       n, vars, r, c, v, grads, shapes, ranks),
-      err, err_len);
+  return fusedopt::native::Guarded(err, err_len, [&] {
+    return fusedopt::native::AdafactorApply(dtype, device, num_threads, scalars, step,
+                                            grappler_form, n, vars, r, c, v, grads, shapes, ranks);
+  });
 }
 
 int fusedopt_grad_stats(int dtype, int device, void* stream, int num_threads, int n,
                         const void* const* grads, const int64_t* sizes, double* sum_sq,
                         int* nonfinite, char* err, size_t err_len) {
-  return fusedopt::native::Report(
-      fusedopt::native::GradStats(dtype, device, stream, num_threads, n, grads, sizes, sum_sq,
-                                  nonfinite),
-      err, err_len);
+  return fusedopt::native::Guarded(err, err_len, [&] {
+    return fusedopt::native::GradStats(dtype, device, stream, num_threads, n, grads, sizes,
+                                       sum_sq, nonfinite);
+  });
 }
 
 int fusedopt_native_cuda_built(void) {
@@ -773,7 +1053,8 @@ int fusedopt_native_cuda_built(void) {
 }
 
 int fusedopt_native_cuda_status(char* err, size_t err_len) {
-  return fusedopt::native::Report(fusedopt::native::CudaUnavailableStatus(), err, err_len);
+  return fusedopt::native::Guarded(err, err_len,
+                                   [] { return fusedopt::native::CudaUnavailableStatus(); });
 }
 
 int fusedopt_native_cuda_runtime_version(void) {
@@ -797,15 +1078,19 @@ const char* fusedopt_native_version(void) { return FUSEDOPT_VERSION; }
 const char* fusedopt_native_cpu_isa(void) { return fusedopt::cpu::SelectedKernels().isa; }
 
 const char* fusedopt_native_cpu_isas(void) {
-  static const std::string isas = [] {
-    std::string s;
-    for (const std::string& isa : fusedopt::cpu::CompiledIsas()) {
-      if (fusedopt::cpu::KernelsForIsa(isa) == nullptr) continue;
-      s += (s.empty() ? "" : ",") + isa;
-    }
-    return s;
-  }();
-  return isas.c_str();
+  try {
+    static const std::string isas = [] {
+      std::string s;
+      for (const std::string& isa : fusedopt::cpu::CompiledIsas()) {
+        if (fusedopt::cpu::KernelsForIsa(isa) == nullptr) continue;
+        s += (s.empty() ? "" : ",") + isa;
+      }
+      return s;
+    }();
+    return isas.c_str();
+  } catch (...) {
+    return "";  // out of memory on the first call: retried on the next
+  }
 }
 
 int fusedopt_native_cuda_device_count(void) {

@@ -9,7 +9,19 @@
  *
  * Every entry point validates all of its inputs before writing anything and
  * returns FUSEDOPT_OK or an error code with a message in `err` (err_len
- * bytes, NUL-terminated; may be NULL). On an error nothing was written.
+ * bytes, NUL-terminated; may be NULL). On an error nothing was written. No
+ * C++ exception leaves an entry point, and every size product and byte
+ * extent is computed with overflow checks (Note [checked sizes]).
+ *
+ * Concurrency (Note [concurrent calls]): CPU calls may come from many threads
+ * at once. Calls whose written memory (variables, slots) overlaps memory that
+ * another in-flight call reads or writes run one after the other, each
+ * entirely (every element sees one serial order of the calls); calls on
+ * disjoint memory run concurrently. CUDA calls are ordered by their streams
+ * only: two calls on different streams that share memory race, as any two
+ * kernels would, unless the caller orders the streams.
+ *
+ * See docs/native.md for the whole contract.
  */
 #ifndef FUSEDOPT_CC_NATIVE_FUSEDOPT_NATIVE_H_
 #define FUSEDOPT_CC_NATIVE_FUSEDOPT_NATIVE_H_
@@ -28,6 +40,8 @@ enum {
   FUSEDOPT_INVALID_ARGUMENT = 1,   /* bad input: nothing written */
   FUSEDOPT_UNAVAILABLE = 2,        /* CUDA not built in, or no usable device/driver */
   FUSEDOPT_DEVICE_ERROR = 3,       /* a CUDA call failed */
+  FUSEDOPT_OUT_OF_MEMORY = 4,      /* host memory for scratch ran out: nothing written */
+  FUSEDOPT_INTERNAL_ERROR = 5,     /* a bug in fusedopt (please report it): nothing written */
 };
 
 enum { FUSEDOPT_DEVICE_CPU = 0, FUSEDOPT_DEVICE_CUDA = 1 };

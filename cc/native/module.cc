@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cc/core/checked_size.h"
 #include "cc/native/fusedopt_native.h"
 
 namespace py = pybind11;
@@ -92,8 +93,24 @@ bool Contiguous(const std::vector<int64_t>& shape, const int64_t* strides_elems)
   return true;
 }
 
-Buf FromNumpy(const py::array& a, const Label& what, bool writable) {
+// Note [byte order]: the kernels read and write elements in the machine's
+// byte order. A NumPy array in the other order (np.load of a file written on
+// a big-endian machine, or dtype ">f4") would be read as other numbers: a
+// gradient (read only) is converted to a native copy, a variable or slot
+// (written in place) is refused, since a converted copy would take the
+// update and the caller's array would not.
+Buf FromNumpy(const py::array& given, const Label& what, bool writable) {
   Buf b;
+  py::array a = given;
+  if (!given.dtype().attr("isnative").cast<bool>()) {
+    const std::string name = py::str(given.dtype());
+    if (writable) {
+      Fail(what.str() + " has non-native byte order (dtype " + name + "); it is updated in "
+           "place, so convert it first and pass the converted array: "
+           "a = a.astype(a.dtype.newbyteorder('='))");
+    }
+    a = given.attr("astype")(given.dtype().attr("newbyteorder")("="));
+  }
   const py::dtype dt = a.dtype();
   const char kind = dt.kind();
   const auto itemsize = dt.itemsize();
@@ -125,24 +142,74 @@ int CaiDtype(const py::dict& cai) {
   return -1;
 }
 
+// A __cuda_array_interface__ entry that must be a tuple of Python ints
+// (shape, strides); a ValueError naming the argument otherwise.
+std::vector<int64_t> CaiInts(const py::dict& cai, const char* key, const Label& what) {
+  const py::object v = cai[key];
+  if (!py::isinstance<py::tuple>(v) && !py::isinstance<py::list>(v)) {
+    Fail(what.str() + ": __cuda_array_interface__['" + key + "'] must be a tuple of ints, got " +
+         std::string(py::str(py::type::of(v).attr("__name__"))));
+  }
+  std::vector<int64_t> out;
+  for (auto d : py::reinterpret_borrow<py::sequence>(v)) {
+    if (!py::isinstance<py::int_>(d) || py::isinstance<py::bool_>(d)) {
+      Fail(what.str() + ": __cuda_array_interface__['" + key + "'] must be a tuple of ints, "
+           "holds a " + std::string(py::str(py::type::of(d).attr("__name__"))));
+    }
+    try {
+      out.push_back(d.cast<int64_t>());
+    } catch (const py::cast_error&) {
+      Fail(what.str() + ": __cuda_array_interface__['" + key + "'] holds " +
+           std::string(py::str(d)) + ", outside int64");
+    }
+  }
+  return out;
+}
+
+// Reads a __cuda_array_interface__ (version 2 or 3): typestr, shape, data =
+// (pointer, read_only) and optional strides, each checked for its type: a
+// malformed interface is a ValueError naming the argument and the entry.
 Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const Label& what,
                            bool writable) {
   Buf b;
   b.device = FUSEDOPT_DEVICE_CUDA;
+  for (const char* key : {"typestr", "shape", "data"}) {
+    if (!cai.contains(key)) {
+      Fail(what.str() + ": its __cuda_array_interface__ has no '" + key + "' entry");
+    }
+  }
+  if (!py::isinstance<py::str>(cai["typestr"])) {
+    Fail(what.str() + ": __cuda_array_interface__['typestr'] must be a str");
+  }
   b.dtype = CaiDtype(cai);
   if (b.dtype < 0) {
     Fail(what.str() + " has element type " + std::string(py::str(cai["typestr"])) +
          "; use float16, bfloat16, float32 or float64");
   }
-  for (auto d : py::tuple(cai["shape"])) b.shape.push_back(d.cast<int64_t>());
-  const py::tuple data = cai["data"];
-  b.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
-  if (writable && data[1].cast<bool>()) Fail(what.str() + " is read-only");
+  b.shape = CaiInts(cai, "shape", what);
+  const py::object data_obj = cai["data"];
+  if (!py::isinstance<py::tuple>(data_obj) || py::len(data_obj) != 2 ||
+      !py::isinstance<py::int_>(py::tuple(data_obj)[0])) {
+    Fail(what.str() + ": __cuda_array_interface__['data'] must be a tuple (pointer: int, "
+         "read_only: bool)");
+  }
+  const py::tuple data = data_obj;
+  try {
+    b.ptr = reinterpret_cast<void*>(data[0].cast<uintptr_t>());
+  } catch (const py::cast_error&) {
+    Fail(what.str() + ": __cuda_array_interface__['data'][0] is not a pointer (" +
+         std::string(py::str(data[0])) + ")");
+  }
+  if (writable && py::bool_(data[1])) Fail(what.str() + " is read-only");
   if (cai.contains("strides") && !cai["strides"].is_none()) {
+    const std::vector<int64_t> byte_strides = CaiInts(cai, "strides", what);
+    if (byte_strides.size() != b.shape.size()) {
+      Fail(what.str() + ": __cuda_array_interface__ has " + std::to_string(byte_strides.size()) +
+           " strides for " + std::to_string(b.shape.size()) + " dimensions");
+    }
     std::vector<int64_t> strides;
     const int64_t item = b.dtype == 3 ? 8 : (b.dtype == 2 ? 4 : 2);
-    for (auto s : py::tuple(cai["strides"])) {
-      const int64_t bytes = s.cast<int64_t>();
+    for (const int64_t bytes : byte_strides) {
       if (bytes % item != 0) Fail(what.str() + " has strides that are not whole elements");
       strides.push_back(bytes / item);
     }
@@ -213,7 +280,22 @@ bool FromTorchCuda(const py::object& obj, const Label& what, Buf* b) {
   return true;
 }
 
+Buf ToBufUnchecked(const py::handle& h, const Label& what, bool writable);
+
+// An array argument, with its shape checked (Note [checked sizes]): no
+// negative dimension, and an element count that int64 holds (a device
+// array's interface can claim any shape).
 Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
+  Buf b = ToBufUnchecked(h, what, writable);
+  int64_t n = 0;
+  if (!fusedopt::CheckedElementCount(b.shape.data(), static_cast<int>(b.shape.size()), &n)) {
+    Fail(what.str() + " has shape " + ShapeStr(b.shape) +
+         ": a negative dimension or more elements than int64 counts");
+  }
+  return b;
+}
+
+Buf ToBufUnchecked(const py::handle& h, const Label& what, bool writable) {
   py::object obj = py::reinterpret_borrow<py::object>(h);
   if (py::isinstance<py::array>(obj)) return FromNumpy(obj.cast<py::array>(), what, writable);
   {
@@ -231,6 +313,10 @@ Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
     // A typestr we do not read (PyTorch gives bfloat16 as "<V2") goes through
     // DLPack, which names bfloat16, when the object has it.
     if (!cai.is_none()) {
+      if (!py::isinstance<py::dict>(cai)) {
+        Fail(what.str() + ": its __cuda_array_interface__ is a " +
+             std::string(py::str(py::type::of(cai).attr("__name__"))) + ", not a dict");
+      }
       const py::dict d = cai.cast<py::dict>();
       if (CaiDtype(d) >= 0 || !py::hasattr(obj, "__dlpack__")) {
         return FromCudaArrayInterface(obj, d, what, writable);
@@ -251,9 +337,12 @@ std::string JoinNames(int count, NameOf name) {
 }
 
 int RuleIndex(const std::string& rule) {
-  const int r = fusedopt_rule_index(rule.c_str());
+  // A name with an embedded NUL is no rule's name ("sgd\0junk" is not "sgd").
+  const int r = rule.find('\0') == std::string::npos ? fusedopt_rule_index(rule.c_str()) : -1;
   if (r >= 0) return r;
-  Fail("unknown rule '" + rule + "'; the rules are " +
+  std::string shown;
+  for (char ch : rule) shown += ch == '\0' ? std::string("\\x00") : std::string(1, ch);
+  Fail("unknown rule '" + shown + "'; the rules are " +
        JoinNames(fusedopt_rule_count(), [](int k) { return fusedopt_rule_name(k); }));
 }
 
@@ -276,6 +365,10 @@ void CheckKeys(const py::dict& d, int count, NameOf name, const char* what,
 void Check(int code, const char* err) {
   if (code == FUSEDOPT_OK) return;
   if (code == FUSEDOPT_INVALID_ARGUMENT) throw py::value_error(err);
+  if (code == FUSEDOPT_OUT_OF_MEMORY) {
+    PyErr_SetString(PyExc_MemoryError, err);
+    throw py::error_already_set();
+  }
   throw std::runtime_error(err);
 }
 
@@ -362,6 +455,10 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
   }
   // Slot lists by name.
   const int nslots = fusedopt_rule_num_slots(rule);
+  if (!slots_obj.is_none() && !py::isinstance<py::dict>(slots_obj)) {
+    Fail("slots must be a dict {slot name: list of arrays, one per variable}, got a " +
+         std::string(py::str(py::type::of(slots_obj).attr("__name__"))));
+  }
   py::dict slots = slots_obj.is_none() ? py::dict() : slots_obj.cast<py::dict>();
   CheckKeys(slots, nslots, [rule](int k) { return fusedopt_rule_slot_name(rule, k); }, "slot",
             rule_name, "its slots are");
@@ -371,7 +468,12 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
     const std::string name = fusedopt_rule_slot_name(rule, k);
     py::list list;
     if (slots.contains(name.c_str()) && !slots[name.c_str()].is_none()) {
-      list = py::list(slots[name.c_str()]);
+      const py::object given_list = slots[name.c_str()];
+      if (!py::isinstance<py::list>(given_list) && !py::isinstance<py::tuple>(given_list)) {
+        Fail("slots['" + name + "'] must be a list of arrays, one per variable, got a " +
+             std::string(py::str(py::type::of(given_list).attr("__name__"))));
+      }
+      list = py::list(given_list);
     }
     if (list.size() == 0) {
       if (!fusedopt_rule_slot_optional(rule, k) && n > 0) {
