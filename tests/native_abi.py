@@ -186,13 +186,15 @@ def grad_stats(lib, dtype: int, ptrs, sizes, *, sums=True, nonfinite=True, n=Non
 
 
 def adafactor(lib, dtype, scalars, step, vars_, r, c, v, grads, shapes, *, ranks=None,
-              null=()):
+              null=(), null_shape0=False):
     """fusedopt_adafactor_apply on raw pointers; `null` names the arguments
-    ('vars', 'r', 'c', 'v', 'grads', 'shapes', 'ranks') passed as NULL.
-    Returns (rc, message)."""
+    ('vars', 'r', 'c', 'v', 'grads', 'shapes', 'ranks') passed as NULL,
+    null_shape0 passes shapes[0] as NULL. Returns (rc, message)."""
     n = len(vars_)
     shape_arrays = [i64_array(s) for s in shapes]
     shape_ptrs = (c_i64p * max(1, n))(*[ctypes.cast(s, c_i64p) for s in shape_arrays])
+    if null_shape0:  # shapes[0] NULL with its rank > 0
+        shape_ptrs[0] = ctypes.cast(None, c_i64p)
     rank_arr = (ctypes.c_int * max(1, n))(*(ranks if ranks is not None else
                                             [len(s) for s in shapes]))
     lists = {"vars": vars_, "r": r, "c": c, "v": v, "grads": grads}

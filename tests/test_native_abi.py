@@ -484,3 +484,36 @@ def test_randomized_c_abi_calls_never_crash_write_stray_or_half():
         assert p.returncode == 0, f"{binary} exited {p.returncode}:\n{tail}"
         assert " 0 failed" in p.stdout, tail
         print(p.stdout)
+
+
+def test_rule_table_lookups_with_null_or_out_of_range_arguments(lib):
+    lib.fusedopt_rule_name.restype = A.ctypes.c_char_p
+    lib.fusedopt_rule_scalar_name.restype = A.ctypes.c_char_p
+    assert lib.fusedopt_rule_index(None) == -1
+    assert lib.fusedopt_rule_index(b"sgd") == 0
+    assert lib.fusedopt_rule_name(-1) is None and lib.fusedopt_rule_name(10**6) is None
+    assert lib.fusedopt_rule_scalar_name(0, 99) is None
+    assert lib.fusedopt_rule_num_scalars(-5) == -1
+
+
+@pytest.mark.parametrize("null", ["shape of tensor 0", "r of tensor 0", "c of tensor 0"])
+def test_adafactor_with_a_null_entry_is_refused(lib, null):
+    arrays = [np.ones((2, 3), np.float32) for _ in range(3)]
+    r, c = np.zeros(2, np.float32), np.zeros(3, np.float32)
+    before = [a.copy() for a in arrays]
+    args = dict(vars_=[A.ptr(arrays[0])], r=[A.ptr(r)], c=[A.ptr(c)], v=[A.ptr(arrays[1])],
+                grads=[A.ptr(arrays[2])], shapes=[[2, 3]])
+    if null.startswith("r"):
+        args["r"] = [None]
+    elif null.startswith("c"):
+        args["c"] = [None]
+    if null.startswith("shape"):
+        rc, msg = A.adafactor(lib, 2, [0.01, -0.8, 1e-30, 1e-3, 1.0, 0], 1, args["vars_"],
+                              args["r"], args["c"], args["v"], args["grads"], [[2, 3]],
+                              null_shape0=True)
+    else:
+        rc, msg = A.adafactor(lib, 2, [0.01, -0.8, 1e-30, 1e-3, 1.0, 0], 1, **args)
+    assert rc == A.INVALID_ARGUMENT and ("NULL" in msg or "no shape" in msg), msg
+    for a, b in zip(arrays, before):
+        np.testing.assert_array_equal(a, b)
+    assert not r.any() and not c.any()
