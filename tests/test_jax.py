@@ -60,8 +60,11 @@ def x64(on: bool = True):
         jax.config.update("jax_enable_x64", before)
 
 
-def _tf_and_ops():
-    tf = pytest.importorskip("tensorflow", reason="the TF comparison needs TensorFlow")
+def _tf_and_ops(done: str = ""):
+    """TensorFlow and fusedopt.ops, or a skip (`done`: what the test already
+    checked, said in the skip reason)."""
+    reason = "the TF comparison needs TensorFlow" + (f" ({done} passed)" if done else "")
+    tf = pytest.importorskip("tensorflow", reason=reason)
     from fusedopt import _loader
 
     if not _loader.library_path().exists():
@@ -159,7 +162,7 @@ def test_same_bits_as_the_tensorflow_op_and_close_to_float64(rng, case, dtype):
     with x64():
         got = run_jax(p)
     H.check_against_reference(p, got)
-    tf, fops = _tf_and_ops()
+    tf, fops = _tf_and_ops("the float64 comparison")
     want = H.run_tf(tf, fops, p)
     assert H.compare_bits(H.state_bits(got), want) == {}
 
@@ -279,7 +282,7 @@ def test_adafactor_same_bits_as_the_tensorflow_op_and_close_to_float64(rng, dtyp
             H.assert_close(got["c"][i].astype(np.float64), cc, dtype, f"c {shape}", 8.0)
     if dtype == "float16":
         return  # (the TF op's Adafactor comparison runs in float32, bfloat16 and float64)
-    tf, fops = _tf_and_ops()
+    tf, fops = _tf_and_ops("the float64 comparison")
     with tf.device("/CPU:0"):
         r, c, v = r_c_v(init)
         want = [[tf.Variable(H.to_storage(x, dtype)) for x in init],

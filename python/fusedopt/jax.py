@@ -22,6 +22,7 @@ optimizer step is neither batched nor differentiated).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import struct
@@ -61,11 +62,16 @@ _ADAFACTOR_DEFAULTS = {"beta_2_decay": -0.8, "epsilon_1": 1e-30, "epsilon_2": 1e
                        "clip_threshold": 1.0, "weight_decay": 0.0}
 
 
-@functools.lru_cache(maxsize=None)
 def rules() -> dict[str, dict[str, Any]]:
     """The rules :func:`apply` takes: ``{name: {"scalars": [...], "slots":
     [(name, optional)], "step": bool, "index": int}}``, ``_native.rules()``
-    plus ``"adafactor"`` (slots r, c, v)."""
+    plus ``"adafactor"`` (slots r, c, v); ``index`` is the handler's rule
+    attribute (-1: Adafactor's own handler)."""
+    return copy.deepcopy(_rules())
+
+
+@functools.lru_cache(maxsize=None)
+def _rules() -> dict[str, dict[str, Any]]:
     out = {}
     for index, (name, info) in enumerate(_native.rules().items()):
         out[name] = dict(info, index=index)
@@ -164,6 +170,9 @@ mlir.register_lowering(_apply_p, _cpu_lowering, platform="cpu")
 # --- operands ---------------------------------------------------------------------------
 
 
+_Tracer = getattr(jax.core, "Tracer", ())
+
+
 def _x64() -> bool:
     return jax.dtypes.canonicalize_dtype(np.float64) == np.float64
 
@@ -235,7 +244,7 @@ def _array(x: Any, what: str) -> Any:
         raise TypeError(f"{what} is a {type(x).__name__}, not an array")
     if str(x.dtype) not in _DTYPES:
         raise TypeError(f"{what} has dtype {x.dtype}; use float16, bfloat16, float32 or float64")
-    if not isinstance(x, jax.core.Tracer) and hasattr(x, "devices"):
+    if not isinstance(x, _Tracer) and hasattr(x, "devices"):
         platforms = {d.platform for d in x.devices()}
         if platforms != {"cpu"}:
             raise NotImplementedError(
@@ -326,7 +335,7 @@ def apply(
             platform other than the CPU.
         RuntimeError: fusedopt._native was built without the XLA FFI handlers.
     """
-    table = rules()
+    table = _rules()
     if not isinstance(rule, str) or rule not in table:
         raise ValueError(f"unknown rule {rule!r}; the rules are {', '.join(table)}")
     info = table[rule]
