@@ -13,7 +13,11 @@
 # 3. runs tests/gpu (pytest.log, pytest.xml, gpu_parity.json: where the
 #    device's bits differ from the CPU's), then the CPU half
 #    tests/test_native_module.py (pytest_cpu.log/.xml; its TensorFlow
-#    comparisons skip), then the host cost per tensor of a call over many
+#    comparisons skip), then fusedopt.jax through JAX on the CPU platform
+#    (JAX_PLATFORMS=cpu: tests/test_jax.py, pytest_jax.log/.xml; jax_info.json
+#    has the JAX and jaxlib versions, JAX's devices and the FFI handlers'
+#    headers and API version; skipped when JAX is not importable), then the
+#    host cost per tensor of a call over many
 #    small tensors (scripts/gpu_host_overhead.py: host_overhead.log/.json),
 #    then the benchmark (bench.json, bench.md, bench.log);
 # 4. writes device.txt (nvidia-smi -q), summary.md and summary.json.
@@ -24,7 +28,8 @@
 # Extra pytest arguments for tests/gpu: $FUSEDOPT_GPU_PYTEST_ARGS, as shell words
 # (e.g. FUSEDOPT_GPU_PYTEST_ARGS='-m "not huge"');
 # CUDA architectures: $FUSEDOPT_GPU_CHECK_ARCHS (default: native, this machine's GPU).
-# FUSEDOPT_GPU_CHECK_SKIP_CPU=1 leaves out the CPU half (CI runs it) when device time is short.
+# FUSEDOPT_GPU_CHECK_SKIP_CPU=1 leaves out the CPU half (CI runs it) when device time is short;
+# FUSEDOPT_GPU_CHECK_SKIP_JAX=1 leaves out the JAX tests.
 set -uo pipefail
 
 OUT="${1:-}"
@@ -150,6 +155,27 @@ if (( BUILD_RC == 0 )); then
       "$PY" -m pytest tests/test_native_module.py --noconftest -p no:cacheprovider -q -rfEs \
         --junitxml="$OUT/pytest_cpu.xml" || FAILED=1
   fi
+  # fusedopt.jax: the Host handler through JAX on the CPU platform (the CUDA
+  # handler does not exist yet); without TensorFlow its TF comparisons skip.
+  "$PY" - >"$OUT/jax_info.json" 2>"$OUT/jax_info.log" <<'PYEOF' || say "JAX is not importable here: see jax_info.log"
+import importlib.metadata as md, json
+import jax
+import fusedopt._native as n
+print(json.dumps({"jax": jax.__version__, "jaxlib": md.version("jaxlib"),
+                  "devices": [str(d) for d in jax.devices()],
+                  "xla_ffi": n.build_info()["xla_ffi"]}))
+PYEOF
+  if [[ "${FUSEDOPT_GPU_CHECK_SKIP_JAX:-0}" == 1 ]]; then
+    say "pytest_jax: skipped (FUSEDOPT_GPU_CHECK_SKIP_JAX=1)"
+    STATUS[pytest_jax]="skipped: FUSEDOPT_GPU_CHECK_SKIP_JAX=1"
+  elif [[ ! -s "$OUT/jax_info.json" ]]; then
+    STATUS[pytest_jax]="skipped: JAX is not importable"
+  else
+    say "JAX: $(cat "$OUT/jax_info.json")"
+    run_step pytest_jax 90 100 "$OUT/pytest_jax.log" \
+      env JAX_PLATFORMS=cpu "$PY" -m pytest tests/test_jax.py --noconftest -p no:cacheprovider \
+        -q -rfEs --junitxml="$OUT/pytest_jax.xml" || FAILED=1
+  fi
   run_step host_overhead 40 190 "$OUT/host_overhead.log" \
     "$PY" scripts/gpu_host_overhead.py --json "$OUT/host_overhead.json"  # a measurement: not a check
   run_step bench 180 15 "$OUT/bench.log" \
@@ -188,6 +214,7 @@ def counts(xml):
 
 steps = dict(l.split("=", 1) for l in (read("steps.txt", "") or "").splitlines() if "=" in l)
 native = read("native_info.json", {}) or {}
+jax_info = read("jax_info.json", {}) or {}
 parity = read("gpu_parity.json", {}) or {}
 bench = read("bench.json", {}) or {}
 summary = {
@@ -198,6 +225,8 @@ summary = {
     "steps": steps,
     "pytest_gpu": counts("pytest.xml"),
     "pytest_cpu": counts("pytest_cpu.xml"),
+    "pytest_jax": counts("pytest_jax.xml"),
+    "jax": jax_info,
     "parity_summary": parity.get("summary"),
     "parity_not_identical": [
         {k: r.get(k) for k in ("test", "case", "dtype", "weight_decay", "transform",
@@ -229,6 +258,9 @@ lines = [
     f"- steps: " + ", ".join(f"{k}: {v}" for k, v in sorted(steps.items())),
     f"- tests/gpu: {fmt(summary['pytest_gpu'])}",
     f"- tests/test_native_module.py (CPU): {fmt(summary['pytest_cpu'])}",
+    f"- tests/test_jax.py (JAX on the CPU platform): {fmt(summary['pytest_jax'])}; jax "
+    f"{jax_info.get('jax')}, jaxlib {jax_info.get('jaxlib')}, devices {jax_info.get('devices')}, "
+    f"FFI handlers {json.dumps(jax_info.get('xla_ffi'))}",
     "",
     "## CPU vs GPU bits",
     "",
@@ -240,7 +272,7 @@ for r in summary["parity_not_identical"][:60]:
                  f"transform={r['transform']}: {r['differing_elements']} max ulp {r['max_ulp']}"
                  + (" (expected identical)" if r.get("expected_identical") else ""))
 skips = []
-for log in ("pytest.log", "pytest_cpu.log"):
+for log in ("pytest.log", "pytest_cpu.log", "pytest_jax.log"):
     skips += [f"{log}: {l}" for l in (read(log, "") or "").splitlines()
               if l.startswith(("SKIPPED", "FAILED", "ERROR"))]
 if skips:

@@ -28,11 +28,12 @@ fi
 VPY="$VENV/bin/python"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-say "installing TensorFlow 2.21 and the build and test tools into .venv (first run: ~2 GB)"
+# JAX (CPU) runs fusedopt.jax's tests (tests/test_jax.py): 0.10.x on Python 3.11.
+say "installing TensorFlow 2.21, JAX and the build and test tools into .venv (first run: ~2 GB)"
 "$VPY" -m pip install -q \
   "tensorflow>=2.21,<2.22" "tf-keras>=2.21,<2.22" numpy \
   "setuptools>=64" wheel "cmake>=3.24" ninja "pybind11>=2.12" \
-  pytest scikit-learn rich matplotlib 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+  pytest scikit-learn rich matplotlib "jax>=0.10.2,<0.12" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 say "building the fusedopt wheel (CMake; CUDA kernels too when nvcc is found)"
 PATH="$VENV/bin:$PATH" PYTHON="$VPY" ./build_pip_pkg.sh "$ROOT/dist" >/dev/null \

@@ -515,6 +515,33 @@ def run_native(nat, p: Problem, backend: Any = None, state: NativeState | None =
     return state
 
 
+def run_tf(tf, fops, p: Problem, **extra) -> dict:
+    """The problem's steps through fusedopt.ops (eager, CPU), one call per
+    step; returns state_bits-like {'var[i]' / 'slot[i]': raw bits}. The caller
+    passes TensorFlow and fusedopt.ops in (this module never imports them)."""
+    npdt = np_dtype(p.dtype)
+    with tf.device("/CPU:0"):
+        variables = [tf.Variable(to_storage(x, p.dtype)) for x in p.init]
+        slots = {k: [tf.Variable(to_storage(x, p.dtype)) for x in xs]
+                 for k, xs in p.slots.items()}
+        options = {"grad_scale": p.transform.get("grad_scale", 1.0)}
+        if "clip_value" in p.transform:
+            options["clipvalue"] = p.transform["clip_value"]
+        for k in range(p.steps):
+            hp = p.hparams(k)
+            lr = [hp.pop("lr")] if p.case.takes_lr else []
+            kw = dict(hp, **slots, **p.case.options, **options, **extra)
+            if p.case.step:
+                kw["step"] = k + 1
+            grads = [tf.constant(to_storage(g, p.dtype)) for g in p.grads[k]]
+            skipped = getattr(fops, p.case.fops_name)(variables, grads, *lr, **kw)
+            assert not bool(skipped)
+    out = {f"var[{i}]": bits(v.numpy().astype(npdt)) for i, v in enumerate(variables)}
+    for name, xs in slots.items():
+        out.update({f"{name}[{i}]": bits(x.numpy().astype(npdt)) for i, x in enumerate(xs)})
+    return out
+
+
 def check_against_reference(p: Problem, state: NativeState, backend: Any = None,
                             exp: list | None = None) -> None:
     """Params and every slot of every tensor within the dtype's tolerance."""

@@ -752,28 +752,7 @@ def _tf_and_ops():
 
 
 def _run_tf(tf, fops, p: H.Problem, **extra):
-    """The problem's steps through fusedopt.ops (eager, CPU)."""
-    npdt = H.np_dtype(p.dtype)
-    with tf.device("/CPU:0"):
-        variables = [tf.Variable(H.to_storage(x, p.dtype)) for x in p.init]
-        slots = {k: [tf.Variable(H.to_storage(x, p.dtype)) for x in xs]
-                 for k, xs in p.slots.items()}
-        options = {"grad_scale": p.transform.get("grad_scale", 1.0)}
-        if "clip_value" in p.transform:
-            options["clipvalue"] = p.transform["clip_value"]
-        for k in range(p.steps):
-            hp = p.hparams(k)
-            lr = [hp.pop("lr")] if p.case.takes_lr else []
-            kw = dict(hp, **slots, **p.case.options, **options, **extra)
-            if p.case.step:
-                kw["step"] = k + 1
-            grads = [tf.constant(H.to_storage(g, p.dtype)) for g in p.grads[k]]
-            skipped = getattr(fops, p.case.fops_name)(variables, grads, *lr, **kw)
-            assert not bool(skipped)
-    out = {f"var[{i}]": H.bits(v.numpy().astype(npdt)) for i, v in enumerate(variables)}
-    for name, xs in slots.items():
-        out.update({f"{name}[{i}]": H.bits(x.numpy().astype(npdt)) for i, x in enumerate(xs)})
-    return out
+    return H.run_tf(tf, fops, p, **extra)
 
 
 TF_SHAPES = [(), (7,), (4097,), (3, 5, 7), (70001,)]

@@ -9,11 +9,15 @@
 #include <cmath>
 #include <cstdint>
 #include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "cc/core/checked_size.h"
 #include "cc/native/fusedopt_native.h"
+#if defined(FUSEDOPT_XLA_FFI)
+#include "cc/xla/ffi_handler.h"
+#endif
 
 namespace py = pybind11;
 
@@ -729,6 +733,47 @@ std::string CudaStatus() {
   return fusedopt_native_cuda_status(err, sizeof(err)) == FUSEDOPT_OK ? "ok" : err;
 }
 
+// The XLA FFI handlers of this build as {target name: PyCapsule}, for
+// jax.ffi.register_ffi_target(name, capsule, platform="cpu") (Note [one
+// handler, two XLAs] in cc/xla/ffi_handler.h).
+py::dict FfiTargets() {
+#if defined(FUSEDOPT_XLA_FFI)
+  py::dict d;
+  d["fusedopt_apply"] =
+      py::capsule(reinterpret_cast<void*>(fusedopt::xla_ffi::FusedApplyHandler()));
+  d["fusedopt_adafactor"] =
+      py::capsule(reinterpret_cast<void*>(fusedopt::xla_ffi::AdafactorHandler()));
+  return d;
+#else
+  throw std::runtime_error(std::string("this fusedopt._native was built without the XLA FFI "
+                                       "handlers: ") + FUSEDOPT_XLA_FFI_MISSING);
+#endif
+}
+
+// {"built", "headers", "api_version" (what the handlers report, asked as XLA
+// asks them), "missing" (why not built)}.
+py::dict FfiInfo() {
+  py::dict d;
+#if defined(FUSEDOPT_XLA_FFI)
+  d["built"] = true;
+  d["headers"] = std::string(FUSEDOPT_XLA_FFI_HEADERS);
+  int major = -1, minor = -1;
+  if (fusedopt::xla_ffi::HandlerApiVersion(fusedopt::xla_ffi::FusedApplyHandler(), &major,
+                                           &minor)) {
+    d["api_version"] = py::make_tuple(major, minor);
+  } else {
+    d["api_version"] = py::none();
+  }
+  d["missing"] = "";
+#else
+  d["built"] = false;
+  d["headers"] = "";
+  d["api_version"] = py::none();
+  d["missing"] = std::string(FUSEDOPT_XLA_FFI_MISSING);
+#endif
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
@@ -848,7 +893,15 @@ shape. step counts from 1. Raises ValueError for bad input (nothing written).)do
     d["cuda_runtime_version"] = fusedopt_native_cuda_runtime_version();
     d["cpu_isa"] = std::string(fusedopt_native_cpu_isa());
     d["cpu_isas"] = py::module_::import("fusedopt._native").attr("cpu_isas")();
+    d["xla_ffi"] = FfiInfo();
     return d;
-  }, "What this build holds: version, CUDA (and its architectures), the CPU ISA in use.");
+  }, "What this build holds: version, CUDA (and its architectures), the CPU ISA in use, and "
+     "the XLA FFI handlers (xla_ffi: built, the headers and API version, or why not).");
+  m.def("ffi_targets", &FfiTargets, R"doc(
+The XLA FFI handlers for the "Host" platform as {target name: PyCapsule}:
+"fusedopt_apply" (every dense rule) and "fusedopt_adafactor", for
+jax.ffi.register_ffi_target(name, capsule, platform="cpu") (fusedopt.jax does
+this). Raises RuntimeError when this build has no handlers (build_info()
+['xla_ffi']['missing'] says why).)doc");
   m.attr("__version__") = fusedopt_native_version();
 }

@@ -10,7 +10,9 @@
 //     the custom call's FFI attributes;
 //   * the results are assigned back to the variables (AssignVariable) and
 //     `skipped` is the op's output.
-// The handler (cc/xla/ffi_handler.cc, platform "Host") runs the same
+// The handler (cc/xla/ffi_handler.cc, platform "Host"; registered with
+// TensorFlow's XLA by cc/tf/xla_ffi_registration.cc, and the same source that
+// fusedopt._native hands to JAX: Note [one handler, two XLAs]) runs the same
 // validation, plan and per-ISA loops as the op kernels, on XLA's intra-op
 // thread pool. The kernels are registered with REGISTER_KERNEL_BUILDER on
 // the XLA JIT device (REGISTER_XLA_OP misses a registry XLA initialised

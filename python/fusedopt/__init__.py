@@ -7,7 +7,8 @@ variables in one pass over memory, and drop-in Keras optimizers that use them::
     model.compile(optimizer=fusedopt.keras.SGD(0.1, momentum=0.9), ...)
 
 Importing this package is cheap: TensorFlow and the op library are loaded on
-first use of :mod:`fusedopt.ops` or :mod:`fusedopt.keras`.
+first use of :mod:`fusedopt.ops` or :mod:`fusedopt.keras`. :mod:`fusedopt.jax`
+(experimental) calls the same kernels from JAX, without TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from fusedopt._version import __version__
 
 __all__ = ["__version__", "build_info", "ops", "keras"]
 
-_LAZY_SUBMODULES = ("ops", "keras")
+_LAZY_SUBMODULES = ("ops", "keras", "jax")
 
 
 def build_info() -> dict[str, Any]:
