@@ -183,7 +183,7 @@ if mode == "compare":
     put("loop/fused", custom_loop("Adagrad", True))
     result["loop/records"] = np.array(json.dumps(RECORDS))
     put("loop/builtin", custom_loop("Adagrad", False))
-elif mode == "two_workers":
+elif mode in ("two_workers", "worker_fault"):
     # Every step k adds integer gradients: the accumulators (initial 1.0) end
     # at 1 + the sum of the squared per-step row gradients exactly, in any
     # order of the steps, iff every step was applied exactly once.
@@ -213,6 +213,13 @@ elif mode == "two_workers":
         weights = np.array([(k + j) % 3 + 1 for j in range(7)], np.float32)
         plan.append((ids, weights))
         coordinator.schedule(step, args=(tf.constant(ids), tf.constant(weights)))
+        if mode == "worker_fault" and k == steps // 2 - 1:
+            # Half the steps done; the test kills worker 1 and lets us go on:
+            # the closures sent to it fail and the coordinator runs them on
+            # worker 0.
+            coordinator.join()
+            print("HALF", flush=True)
+            sys.stdin.readline()
     coordinator.join()
     result["shards"] = np.array(len(table.variables))
     result["shard_rows"] = np.array([int(s.shape[0]) for s in table.variables])
@@ -427,6 +434,10 @@ def test_servers_say_where_they_serve(one_worker):
 def test_two_workers_apply_every_step_exactly_once(chief_script, tmp_path):
     steps = 24
     r, _ = _cluster_run(chief_script, tmp_path / "two.npz", 2, "two_workers", str(steps))
+    _assert_exactly_once(r, steps)
+
+
+def _assert_exactly_once(r: dict[str, np.ndarray], steps: int) -> None:
     assert int(r["iterations"]) == steps
     assert int(r["shards"]) == 2 and len(set(r["shard_devices"])) == 2
     expected = np.ones((64, 8), np.float64)
@@ -441,6 +452,45 @@ def test_two_workers_apply_every_step_exactly_once(chief_script, tmp_path):
     records = json.loads(str(r["records"]))
     assert {rec["type"] for rec in records} == {"Fusedopt>SparseApplyAdagrad",
                                                 "Fusedopt>ApplyAdagrad"}, records
+
+
+def test_killed_worker_coordinator_finishes_every_step_once(chief_script, tmp_path):
+    """Worker 1 is SIGKILLed between steps (after the first half): the
+    coordinator gives the closures that fail on it to worker 0, and the run
+    ends with every step applied exactly once."""
+    steps = 16
+    cluster = Cluster(workers=2, ps=2)
+    out = tmp_path / "fault.npz"
+    try:
+        chief = subprocess.Popen(
+            [sys.executable, str(chief_script), "worker_fault", json.dumps(cluster.spec),
+             str(out), str(steps)],
+            env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            line = ""
+            while "HALF" not in line and time.monotonic() < deadline:
+                line = chief.stdout.readline()
+                if not line and chief.poll() is not None:
+                    break
+            assert "HALF" in line, chief.stderr.read()[-4000:]
+            worker = cluster.procs["worker:1"]
+            worker.kill()
+            assert worker.wait(timeout=30) == -9
+            _, err = chief.communicate("go\n", timeout=TIMEOUT)
+            assert chief.returncode == 0, err[-4000:]
+            # The coordinator did see worker 1 fail (a closure went to it and
+            # was put back), so the retry was exercised.
+            assert "Worker /job:worker/replica:0/task:1 failed" in err, err[-4000:]
+        finally:
+            if chief.poll() is None:
+                chief.kill()
+                chief.communicate()
+    finally:
+        cluster.close()
+    with np.load(out) as f:
+        _assert_exactly_once({k: f[k] for k in f.files}, steps)
 
 
 def test_server_without_fusedopt_is_named_with_the_fix(chief_script, tmp_path):
