@@ -231,6 +231,43 @@ elif mode in ("two_workers", "worker_fault"):
     result["ids"] = np.stack([p[0] for p in plan])
     result["weights"] = np.stack([p[1] for p in plan])
     result["records"] = np.array(json.dumps(RECORDS))
+elif mode in ("ps_save", "ps_restore"):
+    # ps_save: 4 steps, a checkpoint, 2 more steps; the test kills ps:1, and
+    # the next steps fail (a parameter server's failure ends the run).
+    # ps_restore (a new cluster): the model and optimizer restored from the
+    # checkpoint, slots included.
+    name, directory = sys.argv[4], sys.argv[5]
+    strategy = make_strategy()
+    model = build_model(strategy, optimizer(name.split(":")[0], not name.endswith(":builtin")))
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+
+    def train(steps):
+        model.fit(tf_keras.utils.experimental.DatasetCreator(dataset_fn), epochs=1,
+                  steps_per_epoch=steps, verbose=0)
+
+    if mode == "ps_save":
+        train(4)
+        path = checkpoint.write(directory + "/ckpt")
+        put("saved", state(model, []))
+        train(2)
+        put("later", state(model, []))
+        print("SAVED", flush=True)
+        sys.stdin.readline()
+        try:
+            train(2)
+            result["error"] = np.array("")
+        except Exception as e:  # the run must fail: a server is gone
+            result["error"] = np.array(f"{type(e).__name__}: {str(e)[:300]}")
+    else:
+        with strategy.scope():
+            model.optimizer._create_all_weights(model.trainable_variables)
+        # (Not assert_consumed: tf_keras also records slots under the sharded
+        # table itself, which no optimizer creates; its built-ins do the same.
+        # Every shard's slots are restored, as compared below.)
+        checkpoint.read(directory + "/ckpt").assert_existing_objects_matched()
+        put("restored", state(model, []))
+        train(2)
+        put("resumed", state(model, []))
 elif mode == "no_fusedopt":
     strategy = make_strategy()
     model = build_model(strategy, optimizer("Adagrad", True))
@@ -491,6 +528,53 @@ def test_killed_worker_coordinator_finishes_every_step_once(chief_script, tmp_pa
         cluster.close()
     with np.load(out) as f:
         _assert_exactly_once({k: f[k] for k in f.files}, steps)
+
+
+def test_killed_parameter_server_resumes_from_checkpoint(chief_script, tmp_path):
+    """ps:1 is SIGKILLed after a checkpoint: the run fails; a new cluster
+    restores weights, slots and iterations equal to the checkpoint, and two
+    more steps from there give the interrupted run's state after them."""
+    directory = tmp_path / "ckpt"
+    cluster = Cluster(workers=1, ps=2)
+    out = tmp_path / "save.npz"
+    try:
+        chief = subprocess.Popen(
+            [sys.executable, str(chief_script), "ps_save", json.dumps(cluster.spec), str(out),
+             "Adagrad", str(directory)],
+            env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        try:
+            line = ""
+            while "SAVED" not in line:
+                line = chief.stdout.readline()
+                if not line and chief.poll() is not None:
+                    break
+            assert "SAVED" in line, chief.stderr.read()[-4000:]
+            ps = cluster.procs["ps:1"]
+            ps.kill()
+            assert ps.wait(timeout=30) == -9
+            _, err = chief.communicate("go\n", timeout=TIMEOUT)
+            assert chief.returncode == 0, err[-4000:]
+        finally:
+            if chief.poll() is None:
+                chief.kill()
+                chief.communicate()
+    finally:
+        cluster.close()
+    with np.load(out) as f:
+        saved = {k: f[k] for k in f.files}
+    assert str(saved["error"]), "the run went on without ps:1"
+    restored, _ = _cluster_run(chief_script, tmp_path / "restore.npz", 1, "ps_restore",
+                               "Adagrad", str(directory))
+    keys = sorted(k.split("/", 1)[1] for k in saved if k.startswith("saved/"))
+    assert any(k.startswith("s") for k in keys) and "iterations" in keys
+    for k in keys:
+        if k in ("names", "devices"):
+            continue
+        np.testing.assert_array_equal(restored["restored/" + k], saved["saved/" + k],
+                                      err_msg=f"restored {k} differs from the checkpoint")
+        np.testing.assert_array_equal(restored["resumed/" + k], saved["later/" + k],
+                                      err_msg=f"resumed {k} differs from the run's")
 
 
 def test_server_without_fusedopt_is_named_with_the_fix(chief_script, tmp_path):
