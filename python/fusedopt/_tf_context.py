@@ -151,14 +151,22 @@ SUPPORTED_STRATEGIES_TEXT = (
 )
 
 
-def check_strategy(strategy: tf.distribute.Strategy | None = None) -> None:
+def is_parameter_server_strategy(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether ``strategy`` is TF2's ``tf.distribute.ParameterServerStrategy``."""
+    return strategy is not None and isinstance(strategy, tf.distribute.ParameterServerStrategy)
+
+
+def check_strategy(strategy: tf.distribute.Strategy | None = None, *,
+                   parameter_server: bool = False) -> None:
     """Raises NotImplementedError for a strategy the fused ops do not support.
 
-    ParameterServerStrategy and CentralStorageStrategy update variables on
-    other processes or devices than the fused op calls are placed for (the
-    parameter servers would also need the op library loaded), and TPUStrategy
-    runs on TPUs, where custom ops cannot run: rather than risk wrong numbers,
-    they are refused with this error.
+    ``parameter_server`` is True for fusedopt.legacy, which supports TF2's
+    ``ParameterServerStrategy`` (tf_keras; Note [parameter servers] in
+    fusedopt/legacy/_parameter_server.py). Keras 3 does not support that
+    strategy at all, so fusedopt.keras refuses it and points to
+    fusedopt.legacy. CentralStorageStrategy updates variables on another device
+    than the fused op calls are placed for, and TPUStrategy runs on TPUs, where
+    custom ops cannot run: rather than risk wrong numbers, they are refused.
     """
     if strategy is None:
         if not tf.distribute.has_strategy():
@@ -168,8 +176,21 @@ def check_strategy(strategy: tf.distribute.Strategy | None = None) -> None:
         return
     if type(strategy).__name__ == "_DefaultDistributionStrategy":
         return
+    if is_parameter_server_strategy(strategy):
+        if parameter_server:
+            return
+        raise NotImplementedError(
+            "fusedopt.keras does not support ParameterServerStrategy: Keras 3 does not support "
+            "that strategy (its built-in optimizers included). Train with tf_keras and the "
+            "fusedopt.legacy optimizers instead (e.g. fusedopt.legacy.Adam), which run their "
+            "fused updates on the parameter servers; start every server with `fusedopt-server` "
+            "(see the README, 'Distributed training')."
+        )
+    supported = SUPPORTED_STRATEGIES_TEXT + (
+        " (fusedopt.legacy also ParameterServerStrategy)" if not parameter_server
+        else " and ParameterServerStrategy")
     raise NotImplementedError(
         f"fusedopt optimizers do not support {type(strategy).__name__}: they run with "
-        f"{SUPPORTED_STRATEGIES_TEXT}. Use the built-in Keras optimizer under this strategy "
+        f"{supported}. Use the built-in Keras optimizer under this strategy "
         "(see the README, 'Distributed training')."
     )

@@ -51,6 +51,14 @@ def _cast_grad(g, dtype):
     return tf.cast(g, dtype)
 
 
+def _refuse_parameter_server() -> None:
+    """Keras 3 does not support ParameterServerStrategy: refused when the
+    optimizer is made or built in its scope (fusedopt.legacy supports it)."""
+    if tf.distribute.has_strategy() and _ctx.is_parameter_server_strategy(
+            tf.distribute.get_strategy()):
+        _ctx.check_strategy()
+
+
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class.
 
@@ -59,6 +67,7 @@ class FusedOptimizerMixin:
     """
 
     def __init__(self, *args, sparse_mode: str = "exact", **kwargs):
+        _refuse_parameter_server()
         if sparse_mode not in ("exact", "lazy"):
             raise ValueError(f"sparse_mode must be 'exact' or 'lazy', got {sparse_mode!r}")
         if sparse_mode == "lazy" and isinstance(self, keras.optimizers.Lamb):
@@ -66,6 +75,10 @@ class FusedOptimizerMixin:
                              "variable; use sparse_mode='exact'")
         super().__init__(*args, **kwargs)
         self.sparse_mode = sparse_mode
+
+    def build(self, variables):
+        _refuse_parameter_server()
+        super().build(variables)
 
     def get_config(self):
         config = super().get_config()

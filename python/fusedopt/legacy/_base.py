@@ -38,6 +38,7 @@ from tf_keras.src.utils import tf_utils
 
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
+from fusedopt.legacy import _parameter_server
 
 _SPARSE_MODES = (None, "exact", "lazy")
 
@@ -153,7 +154,10 @@ class FusedLegacyMixin:
         )
 
     def _distributed_apply(self, distribution, grads_and_vars, apply_state, name):
-        _ctx.check_strategy(distribution)
+        _ctx.check_strategy(distribution, parameter_server=True)
+        if _ctx.is_parameter_server_strategy(distribution):
+            # Note [parameter servers] (_parameter_server.py)
+            _parameter_server.check_servers(distribution)
         grads_and_vars = list(grads_and_vars)
         mode = self._effective_sparse_mode()
         # Note [sparse under XLA] (_tf_context.densify_for_xla): "exact"
