@@ -89,6 +89,18 @@ class FusedLegacyMixin:
     def _effective_sparse_mode(self) -> str | None:
         return self.sparse_mode if self.sparse_mode is not None else self._builtin_sparse_mode
 
+    def _sparse_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The op options of a call: for IndexedSlices (``options`` has a
+        sparse_mode) in the default sparse mode, tf_keras' own sparse order
+        (the ops' tf_training_op_form, Note [tf_keras sparse forms] in
+        cc/core/plan.cc), with Grappler's rewrite of it in a tf.function. An
+        explicit sparse_mode keeps the kernels' form: "exact" is the dense
+        update of the densified gradient (as under XLA), "lazy" its rows."""
+        if "sparse_mode" not in options or self.sparse_mode is not None:
+            return options
+        return dict(options, tf_training_op_form=True,
+                    grappler_form=_ctx.function_graph_rewrites())
+
     def _unfused_dense(self, grad, var, apply_state):
         """The update without fused kernels (inside XLA): the built-in's."""
         return super()._resource_apply_dense(grad, var, apply_state=apply_state)
@@ -147,14 +159,16 @@ class FusedLegacyMixin:
         if not _fused_dtype(var):
             return self._unfused_sparse(grad, var, indices, apply_state)
         mode = self._effective_sparse_mode()
-        if _ctx.in_xla_context() and mode == "exact" and _ctx.xla_lowering_available(
+        # Under XLA an explicit "exact" runs fused on the densified gradient;
+        # the default mode runs the built-in's sparse ops (its bits, compiled).
+        if _ctx.in_xla_context() and self.sparse_mode == "exact" and _ctx.xla_lowering_available(
                 [], [var], densify_sparse=True):
             # Note [sparse under XLA] (_tf_context.densify_for_xla).
             c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
             dense = _ctx.densify_for_xla(tf.IndexedSlices(grad, indices), var)
             return self._fused_update([var], [dense], c)
         if mode is None or _ctx.in_xla_context():
-            if mode is not None:
+            if self.sparse_mode is not None:
                 _ctx.warn_xla_once("tf_keras' built-in update ops")
             return self._unfused_sparse(grad, var, indices, apply_state)
         if _gpu_fallback([var]):
@@ -173,9 +187,10 @@ class FusedLegacyMixin:
         _ctx.check_strategy(distribution)
         grads_and_vars = list(grads_and_vars)
         mode = self._effective_sparse_mode()
-        # Note [sparse under XLA] (_tf_context.densify_for_xla): "exact"
-        # IndexedSlices run the dense lowering on their sum (without a strategy).
-        densify = mode == "exact" and not tf.distribute.has_strategy()
+        # Note [sparse under XLA] (_tf_context.densify_for_xla): an explicit
+        # "exact" runs the dense lowering on the IndexedSlices' sum (without a
+        # strategy); the default mode the built-in's sparse ops (its bits).
+        densify = self.sparse_mode == "exact" and not tf.distribute.has_strategy()
         xla_fallback = _ctx.in_xla_context() and not _ctx.xla_lowering_available(
             [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars],
             densify_sparse=densify)

@@ -25,7 +25,6 @@ from tf_keras.src.optimizers.legacy import (
     rmsprop,
 )
 
-from fusedopt import _tf_context as _ctx
 from fusedopt import ops
 from fusedopt.legacy._base import FusedLegacyMixin, _flat_ops, densify, slots
 
@@ -89,19 +88,8 @@ class Adam(FusedLegacyMixin, adam.Adam):
             m=slots(self, variables, "m"), v=slots(self, variables, "v"),
             vhat=slots(self, variables, "vhat") if self.amsgrad else None,
             step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
-            epsilon=c["epsilon"], **_sparse_form(options),
+            epsilon=c["epsilon"], **self._sparse_options(options),
         )
-
-
-def _sparse_form(options):
-    """IndexedSlices (``options`` has a sparse_mode): the built-in's own sparse
-    ops, in their order (Note [tf_keras sparse forms] in cc/core/plan.cc),
-    with Grappler's rewrite of them in a tf.function; dense: as given (the
-    built-in's training op computes the default form)."""
-    if "sparse_mode" not in options:
-        return options
-    return dict(options, tf_training_op_form=True,
-                grappler_form=_ctx.function_graph_rewrites())
 
 
 class _NoAssign:
@@ -187,10 +175,9 @@ class Adamax(FusedLegacyMixin, adamax.Adamax):
             m=slots(self, variables, "m"), u=slots(self, variables, "v"),
             step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
             epsilon=c["epsilon"],
-            # Dense: the built-in calls ResourceApplyAdaMax; sparse: its own ops
-            # (Note [tf_keras sparse forms] in cc/core/plan.cc).
-            tf_training_op_form=True,
-            **options,
+            # Dense: the built-in calls ResourceApplyAdaMax; sparse (default
+            # mode): its own ops (Note [tf_keras sparse forms] in cc/core/plan.cc).
+            **dict(self._sparse_options(options), tf_training_op_form=True),
         )
 
 
@@ -209,13 +196,13 @@ class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
         return None if self._momentum else "exact"
 
     def _fused_update(self, variables, grads, c, **options):
-        if "sparse_mode" in options and not self._momentum:
+        if "sparse_mode" in options and not self._momentum and self.sparse_mode is None:
             # (tf_keras' sparse ops: epsilon outside the square root.)
             return ops.apply_rmsprop(
                 variables, grads, c["lr_t"], velocity=slots(self, variables, "rms"),
                 average_gradient=slots(self, variables, "mg") if self.centered else None,
                 rho=c["rho"], epsilon=c["epsilon"], epsilon_outside_sqrt=True,
-                **_sparse_form(options),
+                **self._sparse_options(options),
             )
         return ops.apply_rmsprop(
             variables, grads, c["lr_t"],
