@@ -128,9 +128,9 @@ def step_checks(
     (``strategy.experimental_local_results``) in cross-replica context.
     """
     local = local_results or (lambda x: [x])
-    # (device, rows) -> [(int64 indices, what)]: one assertion each.
-    index_groups: dict[tuple[str, Any], list[tuple[Any, str]]] = {}
-    rows_of: dict[tuple[str, Any], Any] = {}
+    # (device, rows, index dtype) -> [(indices, what)]: one assertion each.
+    index_groups: dict[tuple[str, Any, Any], list[tuple[Any, str]]] = {}
+    rows_of: dict[tuple[str, Any, Any], Any] = {}
     # device -> [(condition, what)]: dense shapes known only at run time.
     shape_groups: dict[str, list[tuple[Any, str]]] = {}
     for i, (grad, var) in enumerate(grads_and_vars):
