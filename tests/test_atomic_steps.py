@@ -12,7 +12,10 @@ import tensorflow as tf
 import fusedopt.keras as fk
 import fusedopt.legacy as fl
 
-BAD = ["bad index", "negative index", "bf16 group wrong shape", "dense_shape", "row shape",
+# (An IndexedSlices whose dense_shape is not the variable's is not bad input:
+# the built-ins ignore dense_shape and use the indices, and so do the fused
+# steps since issue #32: test_dense_shape_unlike_the_variable_is_accepted.)
+BAD = ["bad index", "negative index", "bf16 group wrong shape", "row shape",
        "nan learning rate"]
 
 
@@ -133,6 +136,32 @@ def test_keras_failed_step_leaves_ema_unchanged(bad, use_function):
 @pytest.mark.parametrize("name", ["Adam", "Nadam"])
 def test_legacy_failed_step_changes_nothing(name, bad, use_function):
     _check("legacy", name, bad, use_function)
+
+
+@pytest.mark.parametrize("use_function", [False, True], ids=["eager", "function"])
+@pytest.mark.parametrize("family,name", [("keras", "Adam"), ("keras", "Nadam"),
+                                         ("legacy", "Adam"), ("legacy", "Nadam")])
+def test_dense_shape_unlike_the_variable_is_accepted(family, name, use_function):
+    """A dense_shape of 7 rows for a 6-row table: the step runs as with the
+    right dense_shape (the indices say where the rows go), as the built-in's."""
+    results = []
+    for dense_rows in (6, 7):
+        vs = _model_vars()
+        grads = _good_grads(vs)
+        grads[1] = tf.IndexedSlices(grads[1].values, grads[1].indices,
+                                    tf.constant([dense_rows, 2]))
+        if family == "keras":
+            opt = getattr(fk, name)(learning_rate=0.01)
+            step = lambda g: [opt.apply(g, vs)][:0]  # noqa: E731
+        else:
+            opt = getattr(fl, name)(learning_rate=0.01)
+            step = lambda g: [opt.apply_gradients(zip(g, vs))][:0]  # noqa: E731
+        if use_function:
+            step = tf.function(step)
+        step(grads)
+        step(grads)
+        results.append(_snapshot(vs))
+    assert results[0] == results[1]
 
 
 def test_dense_steps_add_no_check_ops():

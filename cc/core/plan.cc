@@ -54,10 +54,19 @@ std::string MakePlan(Rule rule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
   if (in.attrs.tf_training_op_form && rule != Rule::kAdamax && rule != Rule::kRmsprop &&
-      rule != Rule::kAdadelta && rule != Rule::kNadam) {
+      rule != Rule::kAdadelta && rule != Rule::kNadam && !(rule == Rule::kAdam && in.sparse)) {
     return "tf_training_op_form is for adamax, rmsprop, adadelta and nadam (TensorFlow's "
-           "ResourceApply* arithmetic; tf_keras' legacy Nadam)";
+           "ResourceApply* arithmetic; tf_keras' legacy Nadam) and adam's sparse op (tf_keras' "
+           "legacy sparse Adam)";
   }
+  // Note [tf_keras sparse forms]: tf_keras' legacy Adam and Adamax update
+  // IndexedSlices with TF ops of their own (DESIGN.md: m.assign(m * beta_1),
+  // then scatter_add(m, idx, g * (1 - beta_1)), ...), not with the training
+  // ops their dense updates call, so their sparse ops' tf_training_op_form
+  // is that order (the other rules' sparse training ops share their dense
+  // ones' arithmetic). tf_keras sums duplicate indices before (unsorted
+  // segment sum, in position order), as the sparse kernels do.
+  const bool tf_keras_sparse = in.attrs.tf_training_op_form && in.sparse;
   switch (rule) {
     case Rule::kSgd:
       if (in.attrs.nesterov && !in.slot_given[0]) {
@@ -67,8 +76,16 @@ std::string MakePlan(Rule rule, const PlanInput& in, Plan* p) {
       p->coeffs = FUSEDOPT_COEFFS(in, Sgd, s[0], s[1], s[2], mb);
       return "";
     case Rule::kAdam:
-      p->variant = in.slot_given[2] ? 1 : 0;
-      p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step, mb);
+      if (tf_keras_sparse && s[4] != 0) {
+        return Msg("tf_training_op_form (tf_keras' legacy Adam) takes no weight_decay, got ",
+                   s[4]);
+      }
+      p->variant = (in.slot_given[2] ? 1 : 0) +
+                   (!tf_keras_sparse ? 0
+                    : in.grappler_form ? AdamRule::kTfKerasSparseGrappler
+                                       : AdamRule::kTfKerasSparse);
+      p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step, mb,
+                                  tf_keras_sparse);
       return "";
     case Rule::kNadam:
       if (in.attrs.tf_training_op_form) {
@@ -82,11 +99,24 @@ std::string MakePlan(Rule rule, const PlanInput& in, Plan* p) {
                                   in.attrs.schedule_decay, mb, in.attrs.tf_training_op_form);
       return "";
     case Rule::kAdamax:
-      p->variant = in.attrs.tf_training_op_form ? 1 : 0;
+      p->variant = tf_keras_sparse ? AdamaxRule::kTfKerasSparse
+                                   : (in.attrs.tf_training_op_form ? 1 : 0);
       p->coeffs = FUSEDOPT_COEFFS(in, Adamax, s[0], s[1], s[2], s[3], s[4], in.step, mb);
       return "";
     case Rule::kRmsprop:
       p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
+      if (tf_keras_sparse) {
+        // tf_keras' legacy sparse RMSprop without momentum (its own ops;
+        // with momentum it calls ResourceSparseApply(Centered)RMSProp, whose
+        // per-row packet rsqrt the kernels do not reproduce).
+        if (in.slot_given[1] || !in.attrs.epsilon_outside_sqrt) {
+          return "the sparse tf_training_op_form of rmsprop is tf_keras' legacy RMSprop "
+                 "without momentum (epsilon_outside_sqrt, no momenta)";
+        }
+        if (in.grappler_form) p->variant += RmspropRule::kTfKerasSparseGrappler;
+        p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], true, mb);
+        return "";
+      }
       if (in.attrs.tf_training_op_form) {
         if (in.attrs.epsilon_outside_sqrt) {
           return "tf_training_op_form and epsilon_outside_sqrt exclude each other";

@@ -57,7 +57,7 @@ bool RuleByName(const std::string& name, Rule* rule);
 struct RuleAttrs {
   bool nesterov = false;              // SGD
   bool epsilon_outside_sqrt = false;  // Adagrad, RMSprop: tf_keras' legacy form
-  bool tf_training_op_form = false;   // RMSprop, Adadelta, Adamax, Nadam: TF's ResourceApply*
+  bool tf_training_op_form = false;   // RMSprop, Adadelta, Adamax, Nadam, Adam: TF's ResourceApply*
   double schedule_decay = 1.0;        // Nadam: tf_keras' legacy 0.96^(d t)
   bool tf_norms = false;              // Lamb: TF's Pow and Sum for the norms (Note [TF norms])
   bool tf_pow = false;                // Ftrl: TF's Pow (Note [TF pow])
@@ -72,6 +72,9 @@ struct PlanInput {
   bool grappler_form = false;     // Note [Grappler form] in coefficients.h
   bool constant_folding = false;  // Grappler's constant folding (reciprocals)
   bool rank0 = false;             // the plan for rank-0 variables (no MinimizeBroadcasts)
+  // A sparse op's plan: with tf_training_op_form, Adam and Adamax take
+  // tf_keras' legacy sparse forms (Note [tf_keras sparse forms]).
+  bool sparse = false;
   bool MinimizeBroadcasts() const { return grappler_form && !rank0; }
   RuleAttrs attrs;
   std::vector<double> scalars;

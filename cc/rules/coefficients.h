@@ -81,10 +81,27 @@ inline Coeffs Sgd(double lr, double momentum, double weight_decay, bool grappler
 // keras.optimizers.Adam.update_step:
 //   alpha = lr * sqrt(1 - cast(b2)^t) / (1 - cast(b1)^t)   (in S)
 //   m += (g - m) * (1 - b1)                                 (1 - b1 in double)
+//
+// tf_keras_sparse (AdamRule::kTfKerasSparse, Note [tf_keras sparse forms]):
+// tf_keras' legacy Adam._prepare_local, with the betas as it hands them
+// over (its float32 hyperparameters cast to S, used as given):
+//   lr = lr_t * (sqrt(1 - b2^t) / (1 - b1^t)); one_minus_beta_1_t = 1 - b1
 template <typename S = double>
-inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_decay, int64_t step, bool grappler_form = false) {
+inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_decay, int64_t step,
+                   bool grappler_form = false, bool tf_keras_sparse = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   const S t = Step<S>(step);
+  if (tf_keras_sparse) {
+    const S beta_1 = Direct<S>(b1), beta_2 = Direct<S>(b2);
+    c.c[AdamRule::kB1] = beta_1;
+    c.c[AdamRule::kB2] = beta_2;
+    c.c[AdamRule::kOneMinusB1] = S(1) - beta_1;
+    c.c[AdamRule::kOneMinusB2] = S(1) - beta_2;
+    c.c[AdamRule::kAlpha] = Direct<S>(lr) * (std::sqrt(S(1) - std::pow(beta_2, t)) /
+                                             (S(1) - std::pow(beta_1, t)));
+    c.c[AdamRule::kEps] = Direct<S>(eps);
+    return c;
+  }
   const S b1_power = std::pow(ViaFloat<S>(b1), t);
   const S b2_power = std::pow(ViaFloat<S>(b2), t);
   c.c[AdamRule::kOneMinusB1] = Direct<S>(1.0 - b1);
@@ -147,6 +164,7 @@ inline Coeffs Adamax(double lr, double b1, double b2, double eps, double weight_
                      int64_t step, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   c.c[AdamaxRule::kOneMinusB1] = Direct<S>(1.0 - b1);
+  c.c[AdamaxRule::kB1] = Direct<S>(b1);  // (the tf_keras sparse form's, as tf_keras hands it)
   c.c[AdamaxRule::kB2] = Direct<S>(b2);
   c.c[AdamaxRule::kLr] = Direct<S>(lr);
   const S one_minus_b1_pow = S(1) - std::pow(ViaFloat<S>(b1), Step<S>(step));

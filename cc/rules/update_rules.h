@@ -51,7 +51,7 @@ enum class Algo : int {
   kMuon,
 };
 constexpr int kNumAlgos = 12;
-constexpr int kMaxVariants = 24;
+constexpr int kMaxVariants = 28;
 constexpr int kMaxSlots = 3;
 constexpr int kMaxCoeffs = 12;
 constexpr int kDecay = 0;                 // Coeffs::c[0]: weight_decay
@@ -285,16 +285,32 @@ struct SgdRule {
 //   amsgrad: v_hat = max(v_hat, v), and v_hat replaces v below
 //   var -= m * alpha / (sqrt(v) + epsilon)
 // Bytes/element: 7T (amsgrad 9T).
+// Variants kTfKerasSparse + (0 adam, 1 amsgrad): tf_keras' legacy sparse
+// Adam (Note [tf_keras sparse forms]), m = m * beta_1 + g * (1 - beta_1),
+// v = v * beta_2 + (g * g) * (1 - beta_2), with
+// alpha = lr * (sqrt(1 - beta_2^t) / (1 - beta_1^t)); kTfKerasSparseGrappler
+// + (0, 1): the same in a tf.function, where Grappler's MinimizeBroadcasts
+// makes v's product g * (g * (1 - beta_2)).
 struct AdamRule {
-  enum : int { kOneMinusB1 = 1, kOneMinusB2 = 2, kAlpha = 3, kEps = 4 };
-  static constexpr int kNumVariants = 2;
-  FUSEDOPT_HD static constexpr int Slots(int v) { return v == 0 ? 2 : 3; }
+  enum : int { kOneMinusB1 = 1, kOneMinusB2 = 2, kAlpha = 3, kEps = 4, kB1 = 5, kB2 = 6 };
+  static constexpr int kTfKerasSparse = 2;
+  static constexpr int kTfKerasSparseGrappler = 4;
+  static constexpr int kNumVariants = 6;
+  FUSEDOPT_HD static constexpr int Slots(int v) { return (v & 1) == 0 ? 2 : 3; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
-    s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+    if constexpr (V >= kTfKerasSparseGrappler) {
+      s[0] = s[0] * c[kB1] + g * c[kOneMinusB1];
+      s[1] = s[1] * c[kB2] + g * (g * c[kOneMinusB2]);
+    } else if constexpr (V >= kTfKerasSparse) {
+      s[0] = s[0] * c[kB1] + g * c[kOneMinusB1];
+      s[1] = s[1] * c[kB2] + (g * g) * c[kOneMinusB2];
+    } else {
+      s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+      s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
+    }
     M denom_v = s[1];
-    if constexpr (V == 1) {
+    if constexpr ((V & 1) == 1) {
       s[2] = Max(s[2], s[1]);
       denom_v = s[2];
     }
@@ -362,15 +378,24 @@ struct NadamRule {
 // Bytes/element: 7T.
 // Variant 1: TensorFlow's ResourceApplyAdaMax (tf_keras' legacy Adamax),
 //   var -= (lr / (1 - beta_1^t)) * (m / (u + epsilon))
+// Variant 2: tf_keras' legacy sparse Adamax (Note [tf_keras sparse forms]):
+//   variant 1 with m = m * beta_1 + g * (1 - beta_1).
 struct AdamaxRule {
-  enum : int { kOneMinusB1 = 1, kB2 = 2, kLr = 3, kOneMinusB1Pow = 4, kEps = 5, kLrOverBc = 6 };
-  static constexpr int kNumVariants = 2;
+  enum : int {
+    kOneMinusB1 = 1, kB2 = 2, kLr = 3, kOneMinusB1Pow = 4, kEps = 5, kLrOverBc = 6, kB1 = 7
+  };
+  static constexpr int kTfKerasSparse = 2;
+  static constexpr int kNumVariants = 3;
   FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+    if constexpr (V == kTfKerasSparse) {
+      s[0] = s[0] * c[kB1] + g * c[kOneMinusB1];
+    } else {
+      s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
+    }
     s[1] = Max(c[kB2] * s[1], Abs(g));
-    if constexpr (V == 1) {
+    if constexpr (V >= 1) {
       var = var - c[kLrOverBc] * (s[0] / (s[1] + c[kEps]));
     } else {
       var = var - (c[kLr] * s[0]) / (c[kOneMinusB1Pow] * (s[1] + c[kEps]));
@@ -400,16 +425,25 @@ struct RmspropRule {
   // gradient alike), the rest as below; division form only. They sit after
   // the CPU-internal probe and injected forms (InternalVariant).
   static constexpr int kTfOpBase = kRsqrtStride * (kInjectedRsqrt + 1);
-  static constexpr int kNumVariants = kTfOpBase + 4;
+  // Variants kTfKerasSparseGrappler + (centered bit): tf_keras' legacy sparse
+  // RMSprop without momentum (Note [tf_keras sparse forms]) in a
+  // tf.function, where Grappler's MinimizeBroadcasts makes its
+  // (g * g) * (1 - rho) into g * (g * (1 - rho)); division form only. (Out of
+  // a tf.function its form is the default variant's.)
+  static constexpr int kTfKerasSparseGrappler = kTfOpBase + 4;
+  static constexpr int kNumVariants = kTfKerasSparseGrappler + 3;
   FUSEDOPT_HD static constexpr int Slots(int v) { return 1 + (v & 1) + ((v >> 1) & 1); }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
     constexpr bool kMom = (V & 1) != 0;
     constexpr bool kCentered = (V & 2) != 0;
-    constexpr bool kTfOp = V >= kTfOpBase;
-    constexpr int kForm = kTfOp ? kDivSqrt : V / kRsqrtStride;
+    constexpr bool kTfKerasGrappler = V >= kTfKerasSparseGrappler;
+    constexpr bool kTfOp = V >= kTfOpBase && !kTfKerasGrappler;
+    constexpr int kForm = (kTfOp || kTfKerasGrappler) ? kDivSqrt : V / kRsqrtStride;
     constexpr int kAvg = kMom ? 2 : 1;
-    if constexpr (kTfOp) {
+    if constexpr (kTfKerasGrappler) {
+      s[0] = c[kRho] * s[0] + g * (g * c[kOneMinusRho]);
+    } else if constexpr (kTfOp) {
       s[0] = s[0] + (g * g - s[0]) * c[kOneMinusRho];
     } else {
       s[0] = c[kRho] * s[0] + c[kOneMinusRho] * (g * g);

@@ -20,7 +20,7 @@ absl::Status ReadRuleAttrs(tensorflow::OpKernelConstruction* c, Rule rule, RuleA
     TF_RETURN_IF_ERROR(c->GetAttr("epsilon_outside_sqrt", &attrs->epsilon_outside_sqrt));
   }
   if (rule == Rule::kRmsprop || rule == Rule::kAdadelta || rule == Rule::kAdamax ||
-      rule == Rule::kNadam) {
+      rule == Rule::kNadam || rule == Rule::kAdam) {
     TF_RETURN_IF_ERROR(c->GetAttr("tf_training_op_form", &attrs->tf_training_op_form));
   }
   if (rule == Rule::kLamb) TF_RETURN_IF_ERROR(c->GetAttr("tf_norms", &attrs->tf_norms));

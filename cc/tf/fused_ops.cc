@@ -378,6 +378,7 @@ class SparseApplyOp : public OpKernel {
     in.f64 = std::is_same_v<T, double>;
     in.grappler_form = grappler_form_;
     in.constant_folding = constant_folding_;
+    in.sparse = true;  // Note [tf_keras sparse forms] (cc/core/plan.cc)
     GradOptions options;
     VariableSet vars(ctx);
     int var0 = 0;

@@ -173,7 +173,8 @@ Bytes per element (T = element size): 3T plain, 5T with momentum.
   .Input("epsilon: Tscalar") \
   .Input("weight_decay: Tscalar") \
   .Input("step: int64") \
-  .Attr("K: int >= 0")
+  .Attr("K: int >= 0") \
+  .Attr("tf_training_op_form: bool = false")
 FUSEDOPT_REGISTER_FUSED_OP("Adam", FUSEDOPT_ADAM_SIGNATURE,
                            FUSEDOPT_SHAPE_FN("lr", "beta_1", "beta_2", "epsilon", "weight_decay", "step"),
                            R"doc(
@@ -186,6 +187,13 @@ Adam, AMSGrad and (with weight_decay) AdamW (keras.optimizers.Adam, AdamW).
   var = var - m * alpha / (sqrt(v) + epsilon)
 
 epsilon is Keras' (added to sqrt(v)), step counts from 1.
+tf_training_op_form (the sparse op only; the dense op refuses it, since
+TensorFlow's ResourceApplyAdam computes the formula above): tf_keras' legacy
+sparse Adam, its own ops in their order (no weight decay; the betas used as
+given, in the variables' dtype):
+  alpha = lr * (sqrt(1 - beta_2^step) / (1 - beta_1^step))
+  m = m * beta_1 + g * (1 - beta_1);  v = v * beta_2 + (g * g) * (1 - beta_2)
+  var = var - alpha * m / (sqrt(v) + epsilon)
 Bytes per element: 7T (amsgrad 9T).
 )doc");
 
@@ -253,7 +261,8 @@ Adamax (keras.optimizers.Adamax).
 
 tf_training_op_form: TensorFlow's ResourceApplyAdaMax arithmetic, which
 tf_keras' legacy Adamax uses: var = var - (lr / (1 - beta_1^step)) *
-(m / (u + epsilon)).
+(m / (u + epsilon)); for the sparse op tf_keras' legacy sparse Adamax, the
+same with m = m * beta_1 + g * (1 - beta_1).
 
 Bytes per element: 7T.
 )doc");

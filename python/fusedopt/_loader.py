@@ -115,8 +115,29 @@ def build_info() -> dict[str, Any]:
     import tensorflow as tf
 
     lib = load()
-    with tf.init_scope():
-        info = json.loads(lib.fusedopt_build_info().numpy().decode("utf-8"))
+    info = json.loads(_evaluate(lib.fusedopt_build_info).decode("utf-8"))
     info["tensorflow_running"] = tf.__version__
     info["library_path"] = str(library_path())
     return info
+
+
+def _evaluate(make_tensor) -> Any:
+    """The value of the tensor ``make_tensor()`` builds, in any TF context.
+
+    Note [evaluating outside the caller's graph]: ``tf.init_scope()`` lifts
+    out of a ``tf.function`` but not out of a TF1-style ``tf.Graph()`` (there
+    it stays in graph mode, and ``.numpy()`` does not exist), nor out of a
+    program that disabled eager execution. So the op is built in eager mode
+    when the context allows it, else in a private graph run by a private
+    Session: the caller's graph never sees it.
+    """
+    import tensorflow as tf
+
+    with tf.init_scope():
+        if tf.executing_eagerly():
+            return make_tensor().numpy()
+    graph = tf.Graph()
+    with graph.as_default():
+        tensor = make_tensor()
+    with tf.compat.v1.Session(graph=graph) as session:
+        return session.run(tensor)

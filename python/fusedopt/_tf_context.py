@@ -36,11 +36,30 @@ def grappler_rewrites() -> tuple[bool, bool]:
             options.get("constant_folding", True) is not False)
 
 
+def function_graph_rewrites() -> bool:
+    """Whether Grappler's arithmetic optimizer will rewrite the graph being
+    built: a tf.function's, unless switched off. (A TF1-style graph run by a
+    ``tf.compat.v1.Session`` keeps tf_keras' written products: measured,
+    ``(g * g) * s`` stays as written there and becomes ``g * (g * s)`` in a
+    tf.function.)"""
+    return grappler_rewrites()[0] and bool(
+        getattr(tf_ops.get_default_graph(), "building_function", False))
+
+
 @functools.lru_cache(maxsize=None)
 def _device_is_cpu(device: str) -> bool:
     if device:
         return (tf.DeviceSpec.from_string(device).device_type or "CPU").upper() == "CPU"
     return not tf.config.list_logical_devices("GPU")
+
+
+KERNEL_DTYPES = frozenset({tf.float16, tf.bfloat16, tf.float32, tf.float64})
+
+
+def has_kernels_for(dtype) -> bool:
+    """Whether the fused kernels exist for variables of ``dtype`` (not for
+    complex64/complex128: the optimizers run the built-in's update there)."""
+    return tf.as_dtype(dtype).base_dtype in KERNEL_DTYPES
 
 
 def _on_cpu(var) -> bool:

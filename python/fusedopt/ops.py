@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorflow as tf
 
-from fusedopt import _loader
+from fusedopt import _atomic, _loader
 
 __all__ = [
     "apply_sgd", "apply_adam", "apply_nadam", "apply_adamax", "apply_rmsprop", "apply_adagrad",
@@ -63,9 +63,15 @@ def _scalar_dtype(grads: Sequence[tf.Tensor]) -> tf.DType:
 
 def _scalar(x: TensorLike, dtype: tf.DType) -> tf.Tensor:
     # Python numbers go straight to `dtype` (tf.cast would round them through
-    # float32 first); tensors and variables are cast.
-    if isinstance(x, (int, float, np.floating, np.integer)):
-        return tf.constant(x, dtype)
+    # float32 first); tensors and variables are cast. Within an optimizer step
+    # each constant and each cast of a tensor is built once (Note [one check
+    # per kind] in fusedopt/_atomic.py).
+    if isinstance(x, (np.floating, np.integer)):
+        x = x.item()
+    if isinstance(x, (int, float)):
+        return _atomic.constant(x, dtype)
+    if isinstance(x, tf.Tensor) and not tf.executing_eagerly():
+        return _atomic.memo(("cast", x.ref(), tf.as_dtype(dtype)), lambda: tf.cast(x, dtype))
     return tf.cast(x, dtype)
 
 
@@ -147,7 +153,7 @@ __doc__ += """
 
 def _clip_input(value: TensorLike | None, name: str, dtype: tf.DType) -> tf.Tensor:
     if value is None:
-        return tf.constant(_INF, dtype)
+        return _atomic.constant(_INF, dtype)
     if isinstance(value, (int, float)) and not value > 0:
         raise _invalid(f"{name} must be > 0 (or None to disable it), got {value}")
     return _scalar(value, dtype)
@@ -211,7 +217,8 @@ def _apply(
     for scalar_name, value in scalars.items():
         kwargs[scalar_name] = _scalar(value, sdt)
     if step is not None:
-        kwargs["step"] = tf.cast(step, tf.int64)
+        kwargs["step"] = _scalar(step, tf.int64) if isinstance(step, tf.Tensor) else tf.cast(
+            step, tf.int64)
     kwargs["grad_scale"] = _scalar(grad_scale, sdt)
     kwargs["clip_value"] = _clip_input(clipvalue, "clipvalue", sdt)
     kwargs["clip_norm"] = _clip_input(clipnorm, "clipnorm", sdt)
@@ -279,6 +286,7 @@ def apply_adam(
     beta_2: TensorLike = 0.999,
     epsilon: TensorLike = 1e-7,
     weight_decay: TensorLike = 0.0,
+    tf_training_op_form: bool = False,
     name: str | None = None,
     **options: Any,
 ) -> tf.Tensor:
@@ -290,12 +298,19 @@ def apply_adam(
         m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
         vhat = max(vhat, v)                      # AMSGrad, when vhat is given
         var -= m * lr * sqrt(1 - beta_2^step) / (1 - beta_1^step) / (sqrt(v or vhat) + epsilon)
+
+    ``tf_training_op_form=True`` (IndexedSlices gradients only; no weight
+    decay): tf_keras' legacy sparse Adam, its ops in their order (``m = m *
+    beta_1 + g * (1 - beta_1)``, ``v = v * beta_2 + (g * g) * (1 - beta_2)``,
+    ``lr * (sqrt(1 - beta_2^step) / (1 - beta_1^step))``; the op's doc), the
+    bits of that class.
     """
+    attrs = {"tf_training_op_form": True} if tf_training_op_form else {}
     return _apply(
         "fusedopt_apply_adam", variables, gradients, {"m": m, "v": v, "vhat": vhat},
         {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
          "weight_decay": weight_decay},
-        step=step, name=name, **options,
+        step=step, name=name, **options, **attrs,
     )
 
 

@@ -45,8 +45,11 @@ from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 
 
-def _cast_grad(g, dtype):
+def _cast_grad(g, var, dtype):
+    # (An IndexedSlices gets its variable's shape as dense_shape: Keras' own
+    # update ignores the gradient's and uses the indices; Note [atomic steps].)
     if isinstance(g, tf.IndexedSlices):
+        g = _atomic.with_dense_shape_of(g, var)
         return tf.IndexedSlices(tf.cast(g.values, dtype), g.indices, g.dense_shape)
     return tf.cast(g, dtype)
 
@@ -57,6 +60,19 @@ def _refuse_parameter_server() -> None:
     if tf.distribute.has_strategy() and _ctx.is_parameter_server_strategy(
             tf.distribute.get_strategy()):
         _ctx.check_strategy()
+
+
+def _as_tf_gradient(g):
+    """A gradient as the fused step takes it: tf.Tensor or tf.IndexedSlices.
+
+    Keras' optimizers accept what its ops accept: NumPy arrays, Python
+    numbers and lists, Keras and TF variables, tensors of other backends'
+    array types that TensorFlow converts (Note [gradient forms])."""
+    if g is None or isinstance(g, (tf.Tensor, tf.IndexedSlices)):
+        return g
+    if isinstance(g, keras.Variable):
+        return tf.convert_to_tensor(g.value)
+    return tf.convert_to_tensor(g)
 
 
 class FusedOptimizerMixin:
@@ -112,10 +128,18 @@ class FusedOptimizerMixin:
         [atomic steps] in fusedopt/_atomic.py)."""
 
     def _fused_supports(self, variables) -> bool:
-        """Whether the fused op can run this step at all (not for GPU
+        """Whether the fused op can run this step at all (not for variables
+        of a dtype the kernels lack, complex64/complex128; not for GPU
         variables when fusedopt's CUDA kernels cannot run in this process;
         Adafactor: CPU variables outside XLA); otherwise the built-in's update
         runs, after a warning, with the same numbers."""
+        other = sorted({v.dtype.base_dtype.name for v in variables
+                        if not _ctx.has_kernels_for(v.dtype)})
+        if other:
+            _ctx.warn_fallback_once(
+                f"fusedopt has no kernels for {', '.join(other)} variables: a step with "
+                "them runs Keras' built-in update (same results, no fused kernel)")
+            return False
         reason = _ctx.gpu_fallback_reason(variables)
         if reason is not None:
             _ctx.warn_fallback_once(reason)
@@ -131,6 +155,14 @@ class FusedOptimizerMixin:
     _fused_step_enabled = True
 
     def _backend_apply_gradients(self, grads, trainable_variables):
+        # Note [gradient forms]: Keras takes NumPy arrays (and anything its
+        # ops convert) as gradients; the fused step and its checks need
+        # TensorFlow values, and the built-in's ops convert them the same way.
+        grads = [_as_tf_gradient(g) for g in grads]
+        with _atomic.step_scope():  # Note [one check per kind] (fusedopt/_atomic.py)
+            return self._fused_backend_apply_gradients(grads, trainable_variables)
+
+    def _fused_backend_apply_gradients(self, grads, trainable_variables):
         # Marks the extent of one step (Keras calls _clip_gradients,
         # _apply_weight_decay and _backend_update_step from here), so that the
         # weight decay is deferred to the fused update only inside it; a direct
@@ -265,7 +297,7 @@ class FusedOptimizerMixin:
             def apply_group(_first, group_grads, variables=variables, dtype=dtype, wd=weight_decay,
                             sparse=sparse):
                 # Inside the update context, v.handle is this replica's component.
-                group_grads = [_cast_grad(g, dtype) for g in group_grads]
+                group_grads = [_cast_grad(g, v, dtype) for g, v in zip(group_grads, variables)]
                 arithmetic, folding = _ctx.grappler_rewrites()
                 options = {"grappler_form": arithmetic, "grappler_constant_folding": folding}
                 if sparse:

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 from fusedopt import ops
 from fusedopt.keras._base import FusedOptimizerMixin
@@ -21,7 +22,8 @@ def _slots(opt, slot_list, variables):
 
 
 def _step(opt):
-    return opt.iterations + 1
+    # (Once per step: Note [one check per kind] in fusedopt/_atomic.py.)
+    return _atomic.memo(("step", id(opt)), lambda: opt.iterations + 1)
 
 
 def _register(cls):
@@ -347,7 +349,7 @@ class Adafactor(FusedOptimizerMixin, keras.optimizers.Adafactor):
                 "fusedopt.keras.Adafactor has a CPU kernel only: this step (GPU variables) "
                 "runs Keras' built-in Adafactor update (same results, no fused kernel)")
             return False
-        return True
+        return super()._fused_supports(variables)
 
     def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         return ops.apply_adafactor(

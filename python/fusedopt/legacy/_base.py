@@ -90,6 +90,18 @@ class FusedLegacyMixin:
     def _effective_sparse_mode(self) -> str | None:
         return self.sparse_mode if self.sparse_mode is not None else self._builtin_sparse_mode
 
+    def _sparse_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The op options of a call: for IndexedSlices (``options`` has a
+        sparse_mode) in the default sparse mode, tf_keras' own sparse order
+        (the ops' tf_training_op_form, Note [tf_keras sparse forms] in
+        cc/core/plan.cc), with Grappler's rewrite of it in a tf.function. An
+        explicit sparse_mode keeps the kernels' form: "exact" is the dense
+        update of the densified gradient (as under XLA), "lazy" its rows."""
+        if "sparse_mode" not in options or self.sparse_mode is not None:
+            return options
+        return dict(options, tf_training_op_form=True,
+                    grappler_form=_ctx.function_graph_rewrites())
+
     def _unfused_dense(self, grad, var, apply_state):
         """The update without fused kernels (inside XLA): the built-in's."""
         return super()._resource_apply_dense(grad, var, apply_state=apply_state)
@@ -105,14 +117,27 @@ class FusedLegacyMixin:
         the built-in's order is kept)."""
         return self.multi_tensor and not _ctx.in_xla_context()
 
-    def _fused_finish_step(self, update_ops: Sequence[Any]) -> None:
-        """Assigns deferred per-step state after ``update_ops``."""
+    def _fused_finish_step(self, update_ops: Sequence[Any]) -> list[Any]:
+        """Assigns deferred per-step state after ``update_ops``; returns the
+        assignments (graph ops, which the op ``apply_gradients`` returns must
+        wait for: in a TF1 graph run by a Session nothing else runs them)."""
+        return []
 
     # ---- OptimizerV2 hooks ---------------------------------------------------
 
+    def apply_gradients(self, grads_and_vars, name=None, experimental_aggregate_gradients=True):
+        with _atomic.step_scope():  # Note [one check per kind] (fusedopt/_atomic.py)
+            return super().apply_gradients(grads_and_vars, name=name,
+                                           experimental_aggregate_gradients=(
+                                               experimental_aggregate_gradients))
+
+    apply_gradients.__doc__ = optimizer_v2.OptimizerV2.apply_gradients.__doc__
+
     def _prepare_local(self, var_device, var_dtype, apply_state):
         super()._prepare_local(var_device, var_dtype, apply_state)
-        apply_state[(var_device, var_dtype)]["fused_step"] = self.iterations + 1
+        # (Once per step, not per (device, dtype): Note [one check per kind].)
+        apply_state[(var_device, var_dtype)]["fused_step"] = _atomic.memo(
+            ("fused_step", id(self)), lambda: self.iterations + 1)
 
     def _coefficients(self, var_device, var_dtype, apply_state) -> dict[str, Any]:
         return (apply_state or {}).get((var_device, var_dtype)) or self._fallback_apply_state(
@@ -120,6 +145,8 @@ class FusedLegacyMixin:
         )
 
     def _resource_apply_dense(self, grad, var, apply_state=None):
+        if not _fused_dtype(var):
+            return self._unfused_dense(grad, var, apply_state)
         if _ctx.in_xla_context() and not _ctx.xla_lowering_available([grad], [var]):
             _ctx.warn_xla_once("tf_keras' built-in update ops")
             return self._unfused_dense(grad, var, apply_state)
@@ -130,15 +157,19 @@ class FusedLegacyMixin:
 
     def _resource_apply_sparse_duplicate_indices(self, grad, var, indices, **kwargs):
         apply_state = kwargs.get("apply_state")
+        if not _fused_dtype(var):
+            return self._unfused_sparse(grad, var, indices, apply_state)
         mode = self._effective_sparse_mode()
-        if _ctx.in_xla_context() and mode == "exact" and _ctx.xla_lowering_available(
+        # Under XLA an explicit "exact" runs fused on the densified gradient;
+        # the default mode runs the built-in's sparse ops (its bits, compiled).
+        if _ctx.in_xla_context() and self.sparse_mode == "exact" and _ctx.xla_lowering_available(
                 [], [var], densify_sparse=True):
             # Note [sparse under XLA] (_tf_context.densify_for_xla).
             c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
             dense = _ctx.densify_for_xla(tf.IndexedSlices(grad, indices), var)
             return self._fused_update([var], [dense], c)
         if mode is None or _ctx.in_xla_context():
-            if mode is not None:
+            if self.sparse_mode is not None:
                 _ctx.warn_xla_once("tf_keras' built-in update ops")
             return self._unfused_sparse(grad, var, indices, apply_state)
         if _gpu_fallback([var]):
@@ -160,9 +191,10 @@ class FusedLegacyMixin:
             _parameter_server.check_servers(distribution)
         grads_and_vars = list(grads_and_vars)
         mode = self._effective_sparse_mode()
-        # Note [sparse under XLA] (_tf_context.densify_for_xla): "exact"
-        # IndexedSlices run the dense lowering on their sum (without a strategy).
-        densify = mode == "exact" and not tf.distribute.has_strategy()
+        # Note [sparse under XLA] (_tf_context.densify_for_xla): an explicit
+        # "exact" runs the dense lowering on the IndexedSlices' sum (without a
+        # strategy); the default mode the built-in's sparse ops (its bits).
+        densify = self.sparse_mode == "exact" and not tf.distribute.has_strategy()
         xla_fallback = _ctx.in_xla_context() and not _ctx.xla_lowering_available(
             [g for g, _ in grads_and_vars], [v for _, v in grads_and_vars],
             densify_sparse=densify)
@@ -170,7 +202,10 @@ class FusedLegacyMixin:
         # per-variable hooks run the built-in's update for them.)
         if not self.multi_tensor or xla_fallback or _gpu_fallback([v for _, v in grads_and_vars]):
             result = super()._distributed_apply(distribution, grads_and_vars, apply_state, name)
-            self._fused_finish_step(_flat_ops([result]))  # (deferred state, if any)
+            finish = self._fused_finish_step(_flat_ops([result]))  # (deferred state, if any)
+            if finish and not tf.executing_eagerly():
+                with backend._current_graph([result]).as_default():
+                    return tf.group([result] + finish)
             return result
 
         groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
@@ -191,13 +226,20 @@ class FusedLegacyMixin:
                 )
             if sparse and _ctx.in_xla_context():  # (densify: no fallback here)
                 grad, sparse = _ctx.densify_for_xla(grad, var), False
-            if sparse and mode is None:
+            if (sparse and mode is None) or not _fused_dtype(var):
+                # (Dtypes without kernels, complex ones: the built-in's update.)
                 per_variable.append((grad, var))
             else:
                 groups.setdefault((var.device, var.dtype.base_dtype, sparse), []).append(
                     (grad, var)
                 )
 
+        with _atomic.step_scope():  # Note [one check per kind] (fusedopt/_atomic.py)
+            return self._fused_distributed_apply(distribution, groups, per_variable,
+                                                 grads_and_vars, apply_state, name, mode)
+
+    def _fused_distributed_apply(self, distribution, groups, per_variable, grads_and_vars,
+                                 apply_state, name, mode):
         # Note [atomic steps] (fusedopt/_atomic.py): with several update calls
         # every pair is checked before any of them writes; they wait for the
         # checks (a single fused op checks all of its own inputs first).
@@ -226,7 +268,8 @@ class FusedLegacyMixin:
                     # to this replica's component; `first` is variables[0]'s.
                     c = self._coefficients(first.device, dtype, apply_state)
                     options = {"sparse_mode": mode} if sparse else {}
-                    op = self._fused_update(variables, list(grads), c, **options)
+                    grads = [_atomic.with_dense_shape_of(g, v) for g, v in zip(grads, variables)]
+                    op = self._fused_update(variables, grads, c, **options)
                     constrained = [v for v in variables if v.constraint is not None]
                     if not constrained:
                         return op
@@ -246,6 +289,8 @@ class FusedLegacyMixin:
 
                 def apply_one(v, g):
                     with tf.control_dependencies(_flat_ops(fused_ops) or None):
+                        if not isinstance(g, tf.IndexedSlices):
+                            return self._resource_apply_dense(g, v, apply_state=apply_state)
                         return self._resource_apply_sparse_duplicate_indices(
                             g.values, v, g.indices, apply_state=apply_state
                         )
@@ -256,14 +301,14 @@ class FusedLegacyMixin:
 
             # (update results are tuples of ops: control dependencies on a tuple
             # are silently dropped in a tf.function, so they are flattened.)
-            self._fused_finish_step(_flat_ops(update_ops))
+            finish = self._fused_finish_step(_flat_ops(update_ops))
             any_symbolic = any(
                 isinstance(i, tf.Operation) or tf_utils.is_symbolic_tensor(i)
                 for i in update_ops
             )
             if not tf.executing_eagerly() or any_symbolic:
                 with backend._current_graph(update_ops).as_default():
-                    with tf.control_dependencies([tf.group(update_ops)]):
+                    with tf.control_dependencies([tf.group(update_ops + finish)]):
                         return self.iterations.assign_add(1, read_value=False)
             return self.iterations.assign_add(1)
 
@@ -273,6 +318,17 @@ def _flat_ops(results: Sequence[Any]) -> list[Any]:
     they have run)."""
     return [r for r in tf.nest.flatten(results)
             if isinstance(r, tf.Operation) or tf_utils.is_symbolic_tensor(r)]
+
+
+def _fused_dtype(var: Any) -> bool:
+    """Whether the fused kernels have this variable's dtype; for the others
+    (complex64, complex128) the built-in's update runs, after one warning."""
+    if _ctx.has_kernels_for(var.dtype):
+        return True
+    _ctx.warn_fallback_once(
+        f"fusedopt has no kernels for {var.dtype.base_dtype.name} variables: they take "
+        "tf_keras' built-in update (same results, no fused kernel)")
+    return False
 
 
 def _gpu_fallback(variables: Sequence[Any]) -> bool:

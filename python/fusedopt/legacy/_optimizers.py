@@ -26,7 +26,7 @@ from tf_keras.src.optimizers.legacy import (
 )
 
 from fusedopt import ops
-from fusedopt.legacy._base import FusedLegacyMixin, densify, slots
+from fusedopt.legacy._base import FusedLegacyMixin, _flat_ops, densify, slots
 
 
 def _register(cls):
@@ -52,7 +52,21 @@ def _doc(name: str, op: str, builtin: str | None) -> str:
 @_register
 class SGD(FusedLegacyMixin, gradient_descent.SGD):
     __doc__ = _doc("SGD", "Fusedopt>ApplySGD", "SGD")
-    _builtin_sparse_mode = "lazy"  # ResourceSparseApplyKerasMomentum / ScatterAdd
+
+    def _effective_sparse_mode(self):
+        if self.sparse_mode is not None:
+            return self.sparse_mode
+        # With momentum the built-in sums duplicate indices and calls
+        # ResourceSparseApplyKerasMomentum (listed rows: "lazy"). Without, it
+        # is one ResourceScatterAdd of -g * lr that adds duplicate rows one by
+        # one, whose bits a summed row cannot give: that op itself runs.
+        return "lazy" if self._momentum else None
+
+    def _unfused_sparse(self, grad, var, indices, apply_state):
+        if not self._momentum:  # (no duplicate summing: ResourceScatterAdd)
+            return gradient_descent.SGD._resource_apply_sparse_duplicate_indices(
+                self, grad, var, indices, apply_state=apply_state or {})
+        return super()._unfused_sparse(grad, var, indices, apply_state)
 
     def _fused_update(self, variables, grads, c, **options):
         momenta = slots(self, variables, "momentum") if self._momentum else None
@@ -74,7 +88,7 @@ class Adam(FusedLegacyMixin, adam.Adam):
             m=slots(self, variables, "m"), v=slots(self, variables, "v"),
             vhat=slots(self, variables, "vhat") if self.amsgrad else None,
             step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
-            epsilon=c["epsilon"], **options,
+            epsilon=c["epsilon"], **self._sparse_options(options),
         )
 
 
@@ -119,20 +133,24 @@ class Nadam(FusedLegacyMixin, nadam.Nadam):
     def _fused_finish_step(self, update_ops):
         pending, self._fused_next_m_cache = self._fused_next_m_cache, None
         if not pending:
-            return
+            return []
         with tf.control_dependencies(update_ops):
             if not tf.distribute.has_strategy():
                 # (Variables on several devices all computed the same value.)
-                self._m_cache.assign(next(iter(pending.values())))
-                return
-            # Cross-replica context (_distributed_apply): each component takes
-            # the value its own replica computed (they are equal).
-            any_value = next(iter(pending.values()))
+                done = self._m_cache.assign(next(iter(pending.values())), read_value=False)
+            else:
+                # Cross-replica context (_distributed_apply): each component
+                # takes the value its own replica computed (they are equal).
+                any_value = next(iter(pending.values()))
 
-            def assign(component):
-                return component.assign(pending.get(component.device, any_value))
+                def assign(component):
+                    return component.assign(pending.get(component.device, any_value),
+                                            read_value=False)
 
-            tf.distribute.get_strategy().extended.update(self._m_cache, assign, group=False)
+                done = tf.distribute.get_strategy().extended.update(self._m_cache, assign,
+                                                                    group=False)
+        # (The op apply_gradients returns waits for these: Note [atomic steps].)
+        return _flat_ops([done])
 
     def _fused_update(self, variables, grads, c, **options):
         return ops.apply_nadam(
@@ -157,8 +175,9 @@ class Adamax(FusedLegacyMixin, adamax.Adamax):
             m=slots(self, variables, "m"), u=slots(self, variables, "v"),
             step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
             epsilon=c["epsilon"],
-            tf_training_op_form=True,  # the built-in calls ResourceApplyAdaMax
-            **options,
+            # Dense: the built-in calls ResourceApplyAdaMax; sparse (default
+            # mode): its own ops (Note [tf_keras sparse forms] in cc/core/plan.cc).
+            **dict(self._sparse_options(options), tf_training_op_form=True),
         )
 
 
@@ -169,11 +188,22 @@ class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
     def _effective_sparse_mode(self):
         if self.sparse_mode is not None:
             return self.sparse_mode
-        # With momentum the built-in uses ResourceSparseApply(Centered)RMSProp
-        # (listed rows only); without, it decays every rms row.
-        return "lazy" if self._momentum else "exact"
+        # Without momentum the built-in decays every rms row, with its own
+        # ops ("exact", their form). With momentum it calls
+        # ResourceSparseApply(Centered)RMSProp, one op updating the listed
+        # rows, whose packet rsqrt per row the kernels do not reproduce: that
+        # op runs (sparse_mode="lazy" runs the fused kernel instead).
+        return None if self._momentum else "exact"
 
     def _fused_update(self, variables, grads, c, **options):
+        if "sparse_mode" in options and not self._momentum and self.sparse_mode is None:
+            # (tf_keras' sparse ops: epsilon outside the square root.)
+            return ops.apply_rmsprop(
+                variables, grads, c["lr_t"], velocity=slots(self, variables, "rms"),
+                average_gradient=slots(self, variables, "mg") if self.centered else None,
+                rho=c["rho"], epsilon=c["epsilon"], epsilon_outside_sqrt=True,
+                **self._sparse_options(options),
+            )
         return ops.apply_rmsprop(
             variables, grads, c["lr_t"],
             velocity=slots(self, variables, "rms"),
@@ -204,7 +234,10 @@ class Adagrad(FusedLegacyMixin, adagrad.Adagrad):
 @_register
 class Adadelta(FusedLegacyMixin, adadelta.Adadelta):
     __doc__ = _doc("Adadelta", "Fusedopt>ApplyAdadelta", "Adadelta")
-    _builtin_sparse_mode = "lazy"
+    # The built-in's sparse update is one ResourceSparseApplyAdadelta per
+    # variable (the listed rows), with Eigen's packet rsqrt per row, which the
+    # kernels do not reproduce: that op runs by default ("lazy" for fused).
+    _builtin_sparse_mode = None
 
     def _fused_update(self, variables, grads, c, **options):
         return ops.apply_adadelta(
@@ -220,7 +253,11 @@ class Adadelta(FusedLegacyMixin, adadelta.Adadelta):
 @_register
 class Ftrl(FusedLegacyMixin, ftrl.Ftrl):
     __doc__ = _doc("Ftrl", "Fusedopt>ApplyFtrl", "Ftrl")
-    _builtin_sparse_mode = "lazy"
+    # The built-in's sparse update is one ResourceSparseApplyFtrl(V2) per
+    # variable (the listed rows), with Eigen's powers per row, which the
+    # sparse kernels (the C library's pow) do not reproduce: that op runs by
+    # default ("lazy" for fused).
+    _builtin_sparse_mode = None
 
     def _fused_update(self, variables, grads, c, **options):
         return ops.apply_ftrl(
