@@ -402,9 +402,18 @@ def _assert_same_state(r: dict[str, np.ndarray], prefix: str) -> None:
         np.testing.assert_array_equal(r[k], r[b], err_msg=f"fused and built-in differ in {k}")
 
 
+# Classes whose default sparse update is tf_keras' own op, which the sparse
+# kernels do not reproduce bit for bit (Ftrl: Eigen's per-row powers and
+# square roots; docs/parity.md): their table shards take that op on their
+# servers, the dense variables the fused kernels.
+BUILTIN_SPARSE_BY_DEFAULT = {"Ftrl"}
+
+
 def _assert_placed_on_servers(r: dict[str, np.ndarray], prefix: str) -> None:
     """The fused ops ran on the ps task holding their variables; the two
-    table shards on two servers, each through a sparse kernel."""
+    table shards on two servers, each through a sparse kernel (or, for the
+    classes in BUILTIN_SPARSE_BY_DEFAULT, not through a fused op at all)."""
+    fused_tables = prefix not in BUILTIN_SPARSE_BY_DEFAULT
     records = json.loads(str(r[f"{prefix}/records"]))
     names, devices = list(r[f"{prefix}/fused/names"]), list(r[f"{prefix}/fused/devices"])
     shards = [d for n, d in zip(names, devices) if "embeddings/part_" in n]
@@ -422,7 +431,7 @@ def _assert_placed_on_servers(r: dict[str, np.ndarray], prefix: str) -> None:
             assert rec["type"].startswith("Fusedopt>SparseApply") == sparse, rec
             if is_table:
                 sparse_seen.add(d)
-    assert sparse_seen == set(shards)
+    assert sparse_seen == (set(shards) if fused_tables else set()), (sparse_seen, shards)
 
 
 @pytest.mark.parametrize("name", COMPARED)
@@ -438,15 +447,6 @@ def test_one_worker_fit_equals_builtin_bit_for_bit(one_worker, name):
     # defect).
     for i in (0, 1):
         assert not np.array_equal(r[f"{name}/fused/w{i}"], r[f"{name}/fused/init{i}"])
-    if name == "Adam":
-        mismatched = [k for k in r if k.startswith("Adam/fused/")
-                      and not np.array_equal(r[k], r[k.replace("/fused/", "/builtin/")])]
-        if mismatched:
-            worst = max(float(np.max(np.abs(r[k].astype(np.float64) - r[k.replace(
-                "/fused/", "/builtin/")]))) for k in mismatched)
-            assert worst < 1e-5, (mismatched, worst)  # the last bits only
-            pytest.xfail(f"legacy sparse Adam differs from tf_keras' in the last bits "
-                         f"(issue #32; max difference {worst:.3g} in {mismatched})")
     _assert_same_state(r, name)
 
 
