@@ -138,6 +138,9 @@ def test_check_reports_an_injected_wrong_contender_and_does_not_time_it(tmp_path
         (["--models", "gpt5"], "unknown model 'gpt5'"),
         (["--many", "ten-by-five"], "--many takes COUNTxSIZE"),
         (["--json", "/nonexistent-dir/x.json"], "cannot write --json output"),
+        (["--suite", "ps", "--ps-table", "1000"], "--ps-table takes two positive integers"),
+        (["--suite", "ps", "--ps-batch", "0x8"], "--ps-batch takes two positive integers"),
+        (["--suite", "ps", "--ps-steps", "0"], "--ps-steps must be >= 1"),
     ],
 )
 def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
@@ -147,3 +150,74 @@ def test_bad_input_exits_2_with_a_message(tmp_path, args, message):
     assert r.returncode == 2
     assert message in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _live_processes_mentioning(text: str) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline[:200])
+    return found
+
+
+def test_ps_suite_on_a_tiny_local_cluster(tmp_path):
+    """--suite ps end to end at a tiny size: 2 parameter servers and a worker
+    started and killed, every contender checked then timed, the time split,
+    an injected wrong contender caught and not timed."""
+    r, data = bench(tmp_path, "--suite", "ps", "--ps-table", "10000x8", "--ps-batch", "32x4",
+                    "--ps-steps", "3", "--repeats", "2", "--warmup", "1", "--inject-wrong")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    check_schema(data)
+    assert "suite: ps" in r.stdout and "ps: check fusedopt lazy (adam): ok" in r.stdout
+    rows = data["rows"]
+    assert {x["suite"] for x in rows} == {"ps"}
+    assert rows[0]["case"] == "10,000 x 8 table on 2 ps, batch 32 x 4 ids, 1 worker"
+    by = {(x["algorithm"], x["contender"]): x for x in rows}
+    steps = [("adam", "fusedopt lazy"), ("adam", "fusedopt exact"), ("adam", "tf_keras"),
+             ("adagrad", "fusedopt"), ("adagrad", "tf_keras")]
+    splits = [("-", "split: empty closure"), ("-", "split: lookup only"),
+              ("-", "split: step without update")] + [
+        (a, f"split: update alone on ps:0, {c}") for a, c in steps]
+    assert set(by) == set(steps + splits + [("adam", "injected-wrong")])
+    for key in steps:
+        x = by[key]
+        assert x["check"] == "ok", x
+        assert x["extra"]["kind"] == "step" and x["extra"]["ps"] == 2
+        assert x["ms"] > 0 and len(x["extra"]["ms_per_round"]) == 2
+        assert x["ms_min"] <= x["ms"] <= x["ms_max"]
+        assert abs(x["extra"]["steps_per_s"] * x["ms"] - 1000) < 1e-6
+        # 8 x 10,000 table rows (2 shards) + the tower 32 -> 256 -> 64 -> 1
+        assert x["tensors"] == 2 + 6 and x["elements"] == 80_000 + 32 * 256 + 256 + 256 * 64 + 64 + 65
+        assert x["speedup_vs_keras"] > 0
+    assert by[("adam", "tf_keras")]["speedup_vs_keras"] == 1.0
+    assert by[("adam", "fusedopt lazy")]["extra"]["semantics"] == "lazy"
+    for key in splits:
+        assert by[key]["check"] == "n/a" and by[key]["ms"] is not None, by[key]
+    # The lazy Adam judged against the exact semantics: caught, not timed.
+    wrong = by[("adam", "injected-wrong")]
+    assert wrong["check"].startswith("WRONG") and "table" in wrong["check"], wrong
+    assert wrong["ms"] is None
+    # Every server process is gone.
+    for address in rows[0]["extra"]["cluster"]["ps"] + rows[0]["extra"]["cluster"]["worker"]:
+        assert not _live_processes_mentioning(address), address
+
+
+def test_ps_suite_is_not_part_of_quick():
+    from fusedopt.bench import cli
+
+    args = cli.parse_args(["--quick"])
+    cli.validate(args)
+    assert "ps" not in args.suite
+    args = cli.parse_args([])
+    cli.validate(args)
+    assert "ps" not in args.suite
+    args = cli.parse_args(["--suite", "ps"])
+    cli.validate(args)
+    assert (args.ps_repeats, args.ps_warmup, args.ps_steps) == (5, 1, 20)
+    assert args.ps_table == (1_000_000, 64) and args.ps_batch == (512, 8)

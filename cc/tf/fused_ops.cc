@@ -443,7 +443,7 @@ class SparseApplyOp : public OpKernel {
       skipped->scalar<bool>()() = true;
       return absl::OkStatus();
     }
-    TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
+    TF_RETURN_IF_ERROR(vars.PrepareForSparseWrite(&CpuCopy));  // Note [sparse access]
 
     // A shared zero gradient for exact mode's gradient-less rows.
     tensorflow::Tensor zeros;

@@ -133,6 +133,37 @@ absl::Status VariableSet::PrepareForWrite(DeviceCopyFn copy) {
   return absl::OkStatus();
 }
 
+// Note [sparse access]: PrepareForWrite's rule (copy whenever the variable
+// is in copy-on-read mode) is TF's for dense updates (PrepareToUpdateVariable).
+// For the sparse ops it would copy the whole table on every step of any model
+// whose lookup is a ResourceGather (tf_keras' Embedding, tf.nn.embedding_lookup
+// of a variable, every ParameterServerStrategy shard): ResourceGather sets
+// copy-on-read mode, so every update copied each shard, var and slots (12 ms
+// instead of 0.6 ms for a lazy Adam step on a 500,000 x 64 table;
+// docs/benchmarks.md, "Parameter servers"). TF's sparse training ops instead
+// keep the mode and write in place, which is safe: in copy-on-read mode every
+// ReadVariableOp copies the buffer under the variable's lock, ResourceGather
+// reads under the shared lock, and this op holds the exclusive lock.
+absl::Status VariableSet::PrepareForSparseWrite(DeviceCopyFn copy) {
+  for (auto& var : vars_) {
+    if (var->copy_on_read_mode.load()) continue;
+    Tensor* t = var->tensor();
+    if (!t->RefCountIsOne()) {
+      Tensor fresh;
+      tensorflow::AllocatorAttributes attr;
+      attr.set_gpu_compatible(true);
+      attr.set_nic_compatible(true);
+      TF_RETURN_IF_ERROR(ctx_->allocate_temp(t->dtype(), t->shape(), &fresh, attr));
+      TF_RETURN_IF_ERROR(copy(ctx_, const_cast<char*>(fresh.tensor_data().data()),
+                              t->tensor_data().data(),
+                              static_cast<int64_t>(t->tensor_data().size())));
+      *t = fresh;
+    }
+    var->copy_on_read_mode.store(true);
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ReadScalar(OpKernelContext* ctx, const std::string& name, double* out) {
   const Tensor* t = nullptr;
   TF_RETURN_IF_ERROR(ctx->input(name, &t));

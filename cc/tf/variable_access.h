@@ -50,6 +50,13 @@ class VariableSet {
   // in copy-on-read mode) a private copy, so no reader sees it change.
   absl::Status PrepareForWrite(DeviceCopyFn copy);
 
+  // The sparse ops' access, TensorFlow's EnsureSparseVariableAccess: a
+  // variable in copy-on-read mode (set by any sparse op, ResourceGather
+  // included: an embedding lookup) is written in place, because its readers
+  // copy it; otherwise a shared buffer is copied once and the variable enters
+  // copy-on-read mode. Note [sparse access] in variable_access.cc.
+  absl::Status PrepareForSparseWrite(DeviceCopyFn copy);
+
   int size() const { return static_cast<int>(vars_.size()); }
   tensorflow::Tensor* tensor(int i) { return vars_[i]->tensor(); }
   const tensorflow::Tensor& tensor(int i) const { return *vars_[i]->tensor(); }

@@ -18,6 +18,10 @@ step is compiled, and a separate uncompiled loop calls it K times (see
 fusedopt.bench.runner.fit_style_loop), so each step is one XLA launch.
 The fit suite times model.fit itself: each round trains every contender's
 model for one epoch, and its check compares each loss curve with Keras'.
+The ps suite (only when asked for: it starts server processes) times training
+steps of a recommender under ParameterServerStrategy on a local cluster,
+fusedopt.legacy against tf_keras' built-ins, each contender's first step
+checked against the float64 reference; see fusedopt.bench.ps for its method.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-SUITES = ["sizes", "many", "models", "sparse", "fit"]
+SUITES = ["sizes", "many", "models", "sparse", "fit", "ps"]
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
 # --quick must finish in under 2 minutes on 2 cores: fewer rounds, and the fit
 # suite (one model.fit call per epoch, ~0.3 s of Keras overhead each) fewer still.
@@ -44,6 +48,12 @@ FULL = dict(
     many=[(10, 10_000), (200, 10_000), (2_000, 1_000)],
     repeats=15,
 )
+
+
+# The ps suite (never in --quick, nor in the default run: it starts a local
+# cluster of server processes): rounds and their steps, short by default
+# (about a minute on 2 cores; --repeats/--warmup/--ps-steps change them).
+PS_DEFAULTS = dict(repeats=5, warmup=1, steps=20, table=(1_000_000, 64), batch=(512, 8))
 
 
 class UsageError(Exception):
@@ -77,8 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(with and without XLA) and the memory-bandwidth roofline.",
     )
     p.add_argument("--suite", action="append", default=None,
-                   help=f"suite to run, repeatable: {', '.join(SUITES)} (default: all; --quick: all "
-                   "but models)")
+                   help=f"suite to run, repeatable: {', '.join(SUITES)} (default: all but ps; "
+                   "--quick: all but models and ps)")
     p.add_argument("--algorithms", default="adam",
                    help="comma-separated algorithms for sizes/many/models (default: adam; "
                    "'all' for every one)")
@@ -95,6 +105,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--fit-models", default=None,
                    help="comma-separated models for 'fit': mlp, resnet50 (default both; "
                         "--quick: mlp)")
+    p.add_argument("--ps-steps", type=int, default=PS_DEFAULTS["steps"], metavar="N",
+                   help="ps suite: steps each contender runs per round (default "
+                        f"{PS_DEFAULTS['steps']}; rounds: --repeats, default "
+                        f"{PS_DEFAULTS['repeats']}, after --warmup, default {PS_DEFAULTS['warmup']})")
+    p.add_argument("--ps-table", default="x".join(map(str, PS_DEFAULTS["table"])),
+                   metavar="ROWSxDIM", help="ps suite: the embedding table (default "
+                   "%(default)s), sharded over the 2 parameter servers")
+    p.add_argument("--ps-batch", default="x".join(map(str, PS_DEFAULTS["batch"])),
+                   metavar="BATCHxIDS", help="ps suite: examples per step x ids per example "
+                   "(default %(default)s)")
+    p.add_argument("--ps-workers", type=int, default=1, choices=[1, 2],
+                   help="ps suite: worker processes (default 1)")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the correctness check before timing")
     p.add_argument("--no-xla", dest="xla", action="store_false", help="skip the XLA contender")
@@ -162,6 +184,23 @@ def validate(args: argparse.Namespace) -> None:
     args.fit_warmup = args.warmup if explicit_warmup else preset.get("fit_warmup", args.warmup)
     if args.repeats < 1 or args.warmup < 0:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+    # The ps suite's rounds: as given, else its own (short) defaults.
+    args.ps_repeats = args.repeats if explicit_repeats else PS_DEFAULTS["repeats"]
+    args.ps_warmup = args.warmup if explicit_warmup else PS_DEFAULTS["warmup"]
+    if args.ps_steps < 1:
+        raise UsageError("--ps-steps must be >= 1")
+    for name in ("ps_table", "ps_batch"):
+        text = getattr(args, name)
+        flag = "--" + name.replace("_", "-")
+        try:
+            a, b = (int(v) for v in str(text).split("x"))
+            assert a > 0 and b > 0
+        except (ValueError, AssertionError):
+            raise UsageError(f"{flag} takes two positive integers like "
+                             f"{'1000000x64' if name == 'ps_table' else '512x8'}, got {text!r}")
+        setattr(args, name, (a, b))
+    if args.ps_table[0] < 2:
+        raise UsageError("--ps-table needs at least 2 rows (one per parameter server)")
     for label, path in [("--json", args.json), ("--plot", args.plot)]:
         if not path:
             continue

@@ -550,6 +550,64 @@ def run_fit(args, rows: list[Row]) -> None:
         del models
 
 
+def run_ps(args, rows: list[Row], progress: Callable[[str], None]) -> None:
+    """The ps suite (fusedopt.bench.ps): a local cluster, a chief process;
+    its results as rows. A step row's speedup_vs_keras is tf_keras' built-in
+    step time (same algorithm) over the contender's; an 'update alone' row's
+    is the built-in's update alone over the contender's."""
+    from fusedopt.bench import ps
+
+    config = ps.PSConfig(rows=args.ps_table[0], dim=args.ps_table[1], batch=args.ps_batch[0],
+                         ids=args.ps_batch[1], steps=args.ps_steps, repeats=args.ps_repeats,
+                         warmup=args.ps_warmup, workers=args.ps_workers, check=args.check,
+                         inject_wrong=args.inject_wrong)
+    result = ps.run_cluster_benchmark(config, progress=progress)
+    med = {(r["algorithm"], r["name"]): statistics.median(r["seconds_per_step"]) * 1e3
+           for r in result["results"] if r["seconds_per_step"]}
+    for r in result["results"]:
+        row = Row(suite="ps", case=result["label"], algorithm=r["algorithm"], dtype="float32",
+                  tensors=r["tensors"], elements=r["elements"], contender=r["name"],
+                  check=r["check"],
+                  extra=dict(kind=r["kind"], semantics=r["semantics"], workers=config.workers,
+                             ps=config.ps, steps_per_round=config.steps,
+                             cluster=result["cluster"], ms_per_round=None))
+        times = r["seconds_per_step"]
+        if times:
+            row.ms = med[(r["algorithm"], r["name"])]
+            row.ms_min, row.ms_max = min(times) * 1e3, max(times) * 1e3
+            row.extra["steps_per_s"] = 1e3 / row.ms
+            row.extra["ms_per_round"] = [t * 1e3 for t in times]
+            if r["kind"] == "step":
+                builtin = med.get((r["algorithm"], ps.BUILTIN))
+            elif r["name"].startswith("split: update alone"):
+                builtin = med.get((r["algorithm"], f"split: update alone on ps:0, {ps.BUILTIN}"))
+            else:
+                builtin = None
+            if builtin:
+                row.speedup_vs_keras = builtin / row.ms
+        rows.append(row)
+
+
+def print_ps_table(rows: list[Row]) -> None:
+    table = Table(title="suite: ps (ParameterServerStrategy, local cluster)", show_lines=False)
+    for col in ["case", "algorithm", "contender", "check", "steps/s", "ms/step", "min-max",
+                "vs tf_keras"]:
+        table.add_column(col, justify="left" if col in ("case", "algorithm", "contender",
+                                                         "check") else "right")
+    last = None
+    for r in rows:
+        if r.suite != "ps":
+            continue
+        case = r.case if r.case != last else ""
+        last = r.case
+        f = lambda v, fmt: "-" if v is None else format(v, fmt)  # noqa: E731
+        table.add_row(case, r.algorithm, r.contender, r.check,
+                      f(r.extra.get("steps_per_s"), ".1f"), f(r.ms, ".2f"),
+                      "-" if r.ms_min is None else f"{r.ms_min:.2f}-{r.ms_max:.2f}",
+                      f(r.speedup_vs_keras, ".2f"))
+    console.print(table)
+
+
 def print_table(rows: list[Row], suite: str) -> None:
     table = Table(title=f"suite: {suite}", show_lines=False)
     for col in ["case", "contender", "check", "ms/step", "min-max", "GB/s", "% roof", "vs raw",
@@ -637,11 +695,13 @@ def _run(args: argparse.Namespace) -> int:
         rows_, dim, k = (200_000, 64, 4096) if args.quick else (1_000_000, 64, 4096)
         sparse_cases.append((f"{rows_:,} x {dim} table, {k} rows", rows_, dim, k))
     rows: list[Row] = []
+    ps_failed = False
     todo = [(s, label, shapes, a, d) for s, label, shapes in plans for a in args.algorithms
             for d in args.dtypes]
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("benchmarking",
-                                 total=len(todo) + len(sparse_cases) + ("fit" in args.suite))
+                                 total=len(todo) + len(sparse_cases) + ("fit" in args.suite)
+                                 + ("ps" in args.suite))
         for suite, label, shapes, a, d in todo:
             progress.update(task, description=f"{suite}: {label} {a} {d}")
             case = Case(ALGORITHMS[a], d, shapes(), rng, args.xla, args.inject_wrong,
@@ -658,8 +718,22 @@ def _run(args: argparse.Namespace) -> int:
             progress.update(task, description="fit: model.fit, MLP and ResNet-50 variables")
             run_fit(args, rows)
             progress.advance(task)
+        if "ps" in args.suite:
+            def say(message: str) -> None:
+                progress.update(task, description=f"ps: {message}")
+                console.print(f"ps: {message}")
+
+            try:
+                run_ps(args, rows, say)
+            except RuntimeError as e:  # (a server or the chief failed: said, not raised)
+                console.print(f"[red]ps suite failed[/red]: {e}")
+                ps_failed = True
+            progress.advance(task)
     for suite in args.suite:
-        print_table(rows, suite)
+        if suite == "ps":
+            print_ps_table(rows)
+        else:
+            print_table(rows, suite)
     wrong = [r for r in rows if r.check.startswith("WRONG")]
     for r in wrong:
         console.print(f"[red]WRONG[/red] {r.suite} {r.case} {r.algorithm} {r.dtype} "
@@ -674,4 +748,4 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         plot(rows, args.plot)
         console.print(f"wrote {args.plot}")
-    return 1 if any(r.contender.startswith("fusedopt") for r in wrong) else 0
+    return 1 if ps_failed or any(r.contender.startswith("fusedopt") for r in wrong) else 0
