@@ -37,22 +37,42 @@ def run(cls, strategy, cfg):
 
 mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 single = tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+def after_sum(lr, **cfg):
+    return fk.Adam(lr, clip_after_aggregation=True, **cfg)
+
+
+class BuiltinUpdate(fk.Adam):  # runs Keras' own update (as for a dtype without kernels)
+    def _fused_supports(self, variables):
+        return False
+
+
+def after_sum_builtin_update(lr, **cfg):
+    return BuiltinUpdate(lr, clip_after_aggregation=True, **cfg)
+
+
 out = {}
 for name, cfg in [("none", {}), ("global_clipnorm", {"global_clipnorm": 1.0}),
                   ("clipnorm", {"clipnorm": 0.5}), ("clipvalue", {"clipvalue": 0.05})]:
     res, on_mirrored = {}, {}
-    for label, cls in [("fused", fk.Adam), ("keras", keras.optimizers.Adam)]:
+    runs = [("fused", fk.Adam), ("keras", keras.optimizers.Adam)]
+    if cfg:  # clip_after_aggregation=True (the built-in's update too, once)
+        runs.append(("after_sum", after_sum))
+        if name == "global_clipnorm":
+            runs.append(("after_sum_builtin_update", after_sum_builtin_update))
+    for label, cls in runs:
         a, b = run(cls, mirrored, cfg), run(cls, single, cfg)
         on_mirrored[label] = a
         res[label] = max(float(np.abs(p.numpy() - q.numpy()).max()) for p, q in zip(a.weights, b.weights))
-        if label == "fused":
+        if label != "keras":
             # Every replica's copy of every variable and slot is the same bits.
             same = all(
                 np.array_equal(v.value.values[0].numpy(), v.value.values[1].numpy())
                 for v in a.weights + a.optimizer.variables
                 if hasattr(v.value, "values")
             )
-            res["replicas_identical"] = same
+            res["replicas_identical" if label == "fused" else label + "_replicas_identical"] = same
     # The fused optimizer against the built-in, both under MirroredStrategy:
     # weights and every optimizer variable, number of differing elements.
     res["fused_vs_keras_differ"] = sum(
@@ -124,6 +144,26 @@ def test_keras_clips_before_the_all_reduce(mirrored_results):
     assert mirrored_results["global_clipnorm"]["keras"] > 1e-3
     assert mirrored_results["global_clipnorm"]["fused"] > 1e-3
     assert mirrored_results["none"]["keras"] < 1e-5
+
+
+@pytest.mark.parametrize("clip", ["global_clipnorm", "clipnorm", "clipvalue"])
+def test_clip_after_aggregation_matches_single_device(mirrored_results, clip):
+    """clip_after_aggregation=True clips the summed gradient in the fused
+    call (tf_keras' semantics): two replicas end where one device does, where
+    by default (Keras' clipping of each replica's partial gradient) they do
+    not; replicas stay bit-identical."""
+    res = mirrored_results[clip]
+    assert res["fused"] > 1e-3, res  # default: Keras' numbers
+    assert res["after_sum"] < 1e-5, res
+    assert res["after_sum_replicas_identical"], res
+
+
+def test_clip_after_aggregation_with_builtin_update(mirrored_results):
+    """A step that runs Keras' own update (here forced; e.g. a dtype without
+    kernels) clips after the sum as well."""
+    res = mirrored_results["global_clipnorm"]
+    assert res["after_sum_builtin_update"] < 1e-5, res
+    assert res["after_sum_builtin_update_replicas_identical"], res
 
 
 # Sparse gradients (an Embedding) and failing steps under MirroredStrategy.

@@ -450,3 +450,77 @@ def test_new_class_keras_file_round_trip(tmp_path, name):
     loaded.fit(x, y, epochs=1, batch_size=32, verbose=0, shuffle=False)
     for a, b in zip(model.weights, loaded.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+# clip_after_aggregation (Note [clip after aggregation]); under strategies in
+# tests/test_distribute.py and tests/test_multiworker.py.
+
+def test_clip_after_aggregation_config_round_trip():
+    """Saved only when True (configs equal the built-in's otherwise); from_config
+    and Keras' serialization bring it back."""
+    builtin = _config(keras.optimizers.Adam(global_clipnorm=1.0))
+    assert _config(fk.Adam(global_clipnorm=1.0)) == builtin
+    assert _config(fk.Adam(global_clipnorm=1.0, clip_after_aggregation=False)) == builtin
+    opt = fk.Adam(global_clipnorm=1.0, clip_after_aggregation=True)
+    assert _config(opt) == dict(builtin, clip_after_aggregation=True)
+    again = fk.Adam.from_config(opt.get_config())
+    assert again.clip_after_aggregation is True and _config(again) == _config(opt)
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert type(restored) is fk.Adam and restored.clip_after_aggregation is True
+    assert fk.from_keras(keras.optimizers.Adam(clipnorm=1.0)).clip_after_aggregation is False
+
+
+def test_clip_after_aggregation_needs_a_clipping():
+    with pytest.raises(ValueError,
+                       match="no clipping is set.*clipnorm, global_clipnorm or clipvalue"):
+        fk.Adam(clip_after_aggregation=True)
+    with pytest.raises(TypeError, match="True or False"):
+        fk.Adam(clipnorm=1.0, clip_after_aggregation="yes")
+
+
+class BuiltinUpdateAdam(fk.Adam):
+    """Runs the built-in's update (as for a dtype without kernels)."""
+
+    def _fused_supports(self, variables):
+        return False
+
+
+CLIP_ONE_DEVICE = [
+    # (fused class, built-in, config, bit for bit); weight decay with one
+    # variable excluded: two fused calls, one global norm.
+    (fk.Adam, keras.optimizers.Adam, dict(weight_decay=0.05, global_clipnorm=1.0), True),
+    (fk.AdamW, keras.optimizers.AdamW, dict(clipvalue=0.1), True),
+    (fk.Adam, keras.optimizers.Adam, dict(clipnorm=0.5), False),  # the kernel's norm
+    (fk.Muon, keras.optimizers.Muon, dict(clipnorm=0.5), False),  # AdamW path: the kernel's
+    (fk.Muon, keras.optimizers.Muon, dict(global_clipnorm=1.0), True),
+    (fk.Adafactor, keras.optimizers.Adafactor, dict(clipnorm=0.5), True),  # Keras' ops
+    (BuiltinUpdateAdam, keras.optimizers.Adam, dict(global_clipnorm=1.0), True),
+]
+
+
+@pytest.mark.parametrize("fused,builtin,cfg,exact", CLIP_ONE_DEVICE,
+                         ids=[f"{f.__name__}-{'+'.join(c)}"
+                              for f, _, c, _ in CLIP_ONE_DEVICE])
+def test_clip_after_aggregation_on_one_device_is_keras_clipping(rng, fused, builtin, cfg, exact):
+    """With one replica the summed gradient is the gradient: the option gives
+    the built-in's numbers, bit for bit but for the kernel's clipnorm (its
+    norm is a double sum: the last bit of the scale), also where the step
+    splits into several op calls (global norm) or runs Keras' own ops."""
+    shapes = [(7,), (33, 5), (), (2, 3, 4), (6, 4)]
+    init = [random_array(rng, s, "float32").astype(np.float32) for s in shapes]
+    grads = [[3 * random_array(rng, s, "float32").astype(np.float32) for s in shapes]
+             for _ in range(8)]
+    cfg = dict(cfg, learning_rate=0.01)
+    ours, ov = _train(fused, dict(cfg, clip_after_aggregation=True), init, grads, True)
+    _, tv = _train(builtin, cfg, init, grads, True)
+    _, unclipped = _train(builtin, {k: v for k, v in cfg.items() if "clip" not in k}, init,
+                          grads, True)
+    theirs = [v.numpy() for v in tv]
+    if exact:
+        for a, b in zip(ov, theirs):
+            np.testing.assert_array_equal(a.numpy(), b, err_msg=a.name)
+    else:
+        for a, b in zip(ov, theirs):
+            assert_close(a.numpy(), b, "float32", a.name, 3.0)
+    # The clipping acted.
+    assert max(float(np.abs(a.numpy() - b.numpy()).max()) for a, b in zip(ov, unclipped)) > 1e-4

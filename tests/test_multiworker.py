@@ -48,9 +48,9 @@ def keras_model(opt=None):
     keras.utils.set_random_seed(0)
     m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
                           keras.layers.Dense(10)])
-    # No clipping: Keras 3 (and so fusedopt.keras) clips each replica's
-    # gradient before the cross-replica sum, which two workers and one process
-    # do not share (tests/test_distribute.py covers clipping under a strategy).
+    # No clipping by default: Keras 3 (and so fusedopt.keras) clips each
+    # replica's gradient before the cross-replica sum, which two workers and
+    # one process do not share; clip_after_aggregation=True clips the sum.
     m.compile(optimizer=opt or fk.Adam(0.01, weight_decay=0.004),
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return m
@@ -110,6 +110,15 @@ if mode in ("mwms", "single"):
     with strategy.scope():
         sm = keras_model(fk.SGD(0.1, momentum=0.9))
     custom_loop(sm)
+    # global_clipnorm, with the clipping after the sum and by default.
+    with strategy.scope():
+        cm = keras_model(fk.Adam(0.01, global_clipnorm=0.2, clip_after_aggregation=True))
+    custom_loop(cm)
+    with strategy.scope():
+        dm = keras_model(fk.Adam(0.01, global_clipnorm=0.2))
+    custom_loop(dm)
+    result["clipsum"] = weights(cm, [v.value for v in cm.optimizer.variables])
+    result["clipdefault"] = weights(dm, [v.value for v in dm.optimizer.variables])
     result["keras"] = weights(km, [v.value for v in km.optimizer.variables])
     result["legacy"] = weights(lm, legacy_opt_vars(lm))
     result["sgd"] = weights(sm, [v.value for v in sm.optimizer.variables])
@@ -204,8 +213,10 @@ def multiworker_results(script, tmp_path_factory):
     return [_load(tmp / f"worker{i}.npz") for i in range(2)], _load(tmp / "single.npz")
 
 
-@pytest.mark.parametrize("family", ["keras", "legacy", "sgd"])
+@pytest.mark.parametrize("family", ["keras", "legacy", "sgd", "clipsum"])
 def test_two_workers_end_identical_and_equal_to_one_process(multiworker_results, family):
+    """("clipsum": fusedopt.keras.Adam with global_clipnorm and
+    clip_after_aggregation=True.)"""
     (w0, w1), single = multiworker_results
     assert int(w0["replicas_0"]) == 2 and int(single["replicas_0"]) == 1
     keys = sorted(k for k in w0 if k.startswith(family + "_"))
@@ -216,6 +227,18 @@ def test_two_workers_end_identical_and_equal_to_one_process(multiworker_results,
                                    err_msg=f"2 workers vs 1 process differ in {k}")
     # Training happened: the weights moved from their initial values' scale.
     assert float(np.abs(w0[keys[-1]]).max()) > 0
+
+
+def test_two_workers_clip_partial_gradients_by_default(multiworker_results):
+    """Without clip_after_aggregation, global_clipnorm clips each worker's
+    partial gradient (Keras' numbers): two workers end away from one process,
+    where with it they end within the test above's tolerance."""
+    (w0, w1), single = multiworker_results
+    keys = sorted(k for k in w0 if k.startswith("clipdefault_"))
+    assert keys
+    for k in keys:
+        np.testing.assert_array_equal(w0[k], w1[k], err_msg=k)
+    assert max(float(np.abs(w0[k] - single[k]).max()) for k in keys) > 1e-3
 
 
 def test_killed_run_resumes_with_backup_and_restore(script, tmp_path):

@@ -17,7 +17,38 @@ two hooks of the TensorFlow backend:
 Gradient clipping (clipnorm, global_clipnorm, clipvalue) is Keras' own
 ``_clip_gradients``, unchanged: its norms are TensorFlow reductions, whose
 summation order decides the last bits, so only Keras' own ops give Keras'
-numbers. The ops' fused clipping is for ``fusedopt.ops`` callers.
+numbers. Under a strategy that clips each replica's partial gradient before
+the cross-replica sum, as the built-in does; ``clip_after_aggregation=True``
+moves the clipping after the sum (Note [clip after aggregation]).
+
+Note [clip after aggregation]: with ``clip_after_aggregation=True`` Keras'
+``_clip_gradients`` does nothing during a step, and ``_backend_update_step``
+clips the summed gradients (each replica its own copy of the sum, after
+``_all_reduce_sum_gradients``), as tf_keras' optimizers do:
+
+* ``global_clipnorm``: a norm pass first, Keras' ``global_norm`` and
+  ``clip_by_global_norm`` scale over all of the step's summed gradients (so
+  the norm stays global however the step splits into groups and op calls);
+  the scale goes into every fused call as its ``grad_scale``, which multiplies
+  each gradient in the update pass (``g * scale``, Keras' own product);
+* ``clipnorm``, ``clipvalue``: the fused calls' own per-variable norm and
+  elementwise clipping for dense gradients (``clipnorm``'s norm is the
+  kernel's fixed-order double sum, so its scale may differ from
+  ``tf.clip_by_norm``'s in the last bit); IndexedSlices gradients are clipped
+  with Keras' ops on their values as given (a row per lookup, as Keras clips
+  them; the sparse kernels would clip the rows after summing duplicates, the
+  densified gradient: another number);
+* ops that take no gradient options (Adafactor; Muon's Newton-Schulz path,
+  whose second op takes the orthogonalized update) and steps that run the
+  built-in's update (``_fused_supports``, XLA without a lowering) clip the
+  summed gradients with Keras' own ops first (``_clip_in_tf``,
+  ``_all_reduce_sum_gradients``).
+
+Without a strategy (or with one replica) the summed gradient is the gradient,
+and the numbers are the built-in's bit for bit, but for ``clipnorm`` on dense
+gradients (within the last bit of its scale). Under a strategy the summed
+IndexedSlices hold every replica's rows, so their norms and clipping are one
+device's too.
 
 The coefficients are computed in the op the way Keras' update_step computes
 them (Note [Keras arithmetic] in cc/rules/coefficients.h), so float32 and
@@ -40,6 +71,8 @@ from typing import Any, Sequence
 import keras
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
+
+from keras.src.optimizers import base_optimizer as _keras_base
 
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
@@ -75,22 +108,109 @@ def _as_tf_gradient(g):
     return tf.convert_to_tensor(g)
 
 
+def _global_clip_scale(grads: Sequence[Any], clip_norm: float) -> tf.Tensor:
+    """Keras' ``clip_by_global_norm`` factor for ``grads`` (its ``global_norm``
+    and its expression, so the same bits): ``clip / max(norm, clip)``, NaN
+    when the norm is not finite."""
+    use_norm = _keras_base.global_norm([g for g in grads if g is not None])
+    scale_for_finite = clip_norm * keras.ops.minimum(1.0 / use_norm, 1.0 / clip_norm)
+    return scale_for_finite + (use_norm - use_norm)
+
+
+def _scale_gradient(g, scale):
+    if isinstance(g, tf.IndexedSlices):
+        return tf.IndexedSlices(g.values * tf.cast(scale, g.values.dtype), g.indices, g.dense_shape)
+    return g * tf.cast(scale, g.dtype)
+
+
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class.
 
-    Adds one constructor argument, ``sparse_mode`` ("exact" or "lazy"), saved in
-    the config only when it is not the default, so configs equal the built-in's.
+    Adds two constructor arguments, each saved in the config only when it is
+    not the default, so configs equal the built-in's:
+
+    * ``sparse_mode`` ("exact" or "lazy"): how IndexedSlices gradients update;
+    * ``clip_after_aggregation`` (bool, default False): with True, ``clipnorm``,
+      ``global_clipnorm`` or ``clipvalue`` clip the gradient summed over the
+      replicas of a ``tf.distribute`` strategy, inside the fused update, as
+      tf_keras does, so N replicas train like one device; with False (the
+      built-in's behaviour and numbers) each replica's partial gradient is
+      clipped before the sum. It needs one of the three clipping options
+      (Note [clip after aggregation]).
     """
 
-    def __init__(self, *args, sparse_mode: str = "exact", **kwargs):
+    def __init__(self, *args, sparse_mode: str = "exact", clip_after_aggregation: bool = False,
+                 **kwargs):
         _refuse_parameter_server()
         if sparse_mode not in ("exact", "lazy"):
             raise ValueError(f"sparse_mode must be 'exact' or 'lazy', got {sparse_mode!r}")
         if sparse_mode == "lazy" and isinstance(self, keras.optimizers.Lamb):
             raise ValueError("Lamb has no lazy sparse mode: its trust ratio needs the whole "
                              "variable; use sparse_mode='exact'")
+        if not isinstance(clip_after_aggregation, bool):
+            raise TypeError("clip_after_aggregation must be True or False, got "
+                            f"{clip_after_aggregation!r}")
         super().__init__(*args, **kwargs)
         self.sparse_mode = sparse_mode
+        self.clip_after_aggregation = clip_after_aggregation
+        if clip_after_aggregation and not self._clip_setting():
+            raise ValueError(
+                "clip_after_aggregation=True moves gradient clipping after the cross-replica "
+                "sum, but no clipping is set: also pass one of clipnorm, global_clipnorm or "
+                "clipvalue (> 0)")
+
+    def _clip_setting(self) -> dict[str, float]:
+        """The one clipping option in effect, as Keras' _clip_gradients picks
+        it ({} for none)."""
+        for name in ("clipnorm", "global_clipnorm", "clipvalue"):
+            value = getattr(self, name, None)
+            if value and value > 0:
+                return {name: value}
+        return {}
+
+    def _clip_deferred(self) -> bool:
+        """Whether this step clips after the cross-replica sum (Note [clip
+        after aggregation]): Keras' _clip_gradients then does nothing."""
+        return bool(self.clip_after_aggregation and self._fused_step_active)
+
+    def _clip_gradients(self, grads):
+        if self._clip_deferred():
+            return grads  # clipped after the sum (Note [clip after aggregation])
+        return super()._clip_gradients(grads)
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        # Called by Keras' own _backend_update_step, i.e. when this step runs
+        # the built-in's update: Keras' clipping, on the sums.
+        summed = list(super()._all_reduce_sum_gradients(grads_and_vars))
+        if not self._clip_deferred() or not summed:
+            return summed
+        clipped = super()._clip_gradients([g for g, _ in summed])
+        return [(g, v) for g, (_, v) in zip(clipped, summed)]
+
+    def _fused_clip_options(self, summed_grads: Sequence[Any]) -> dict[str, Any]:
+        """Gradient options that clip the summed gradients in the fused calls
+        ({} unless clipping is deferred; Note [clip after aggregation])."""
+        if not self._clip_deferred():
+            return {}
+        setting = self._clip_setting()
+        if "global_clipnorm" in setting:
+            return {"grad_scale": _global_clip_scale(summed_grads, setting["global_clipnorm"])}
+        return setting
+
+    def _clip_in_tf(self, grads: Sequence[Any], options: dict[str, Any]) -> list[Any]:
+        """For ops that take no gradient options: removes the clipping from
+        ``options`` and applies it to ``grads`` with Keras' own ops."""
+        scale = options.pop("grad_scale", None)
+        clipnorm = options.pop("clipnorm", None)
+        clipvalue = options.pop("clipvalue", None)
+        grads = list(grads)
+        if scale is not None:
+            grads = [_scale_gradient(g, scale) for g in grads]
+        if clipnorm is not None:
+            grads = [self._clip_by_norm(g) for g in grads]
+        if clipvalue is not None:
+            grads = [keras.ops.clip(g, -clipvalue, clipvalue) for g in grads]
+        return grads
 
     def build(self, variables):
         _refuse_parameter_server()
@@ -100,6 +220,8 @@ class FusedOptimizerMixin:
         config = super().get_config()
         if self.sparse_mode != "exact":
             config["sparse_mode"] = self.sparse_mode
+        if self.clip_after_aggregation:
+            config["clip_after_aggregation"] = True
         return config
 
     def _fused_apply(
@@ -114,7 +236,10 @@ class FusedOptimizerMixin:
         and sparseness) in one op.
 
         ``options`` are passed to the fusedopt.ops function: gradient options
-        (clipping) and, for IndexedSlices gradients, ``sparse_mode``.
+        (``grad_scale``, ``clipnorm``, ``clipvalue`` with
+        ``clip_after_aggregation``; Grappler's forms) and, for IndexedSlices
+        gradients, ``sparse_mode``. An op without gradient options takes the
+        clipping from ``_clip_in_tf`` instead.
         """
         raise NotImplementedError
 
@@ -153,6 +278,7 @@ class FusedOptimizerMixin:
 
     _fused_step_active = False
     _fused_step_enabled = True
+    clip_after_aggregation = False
 
     def _backend_apply_gradients(self, grads, trainable_variables):
         # Note [gradient forms]: Keras takes NumPy arrays (and anything its
@@ -226,6 +352,7 @@ class FusedOptimizerMixin:
         trainable_variables = [
             v.value if isinstance(v, keras.Variable) else v for v in trainable_variables
         ]
+        summed = grads
         if _ctx.in_xla_context():
             # Note [sparse under XLA] (_tf_context.densify_for_xla): "exact"
             # IndexedSlices run the dense lowering on their sum.
@@ -233,13 +360,17 @@ class FusedOptimizerMixin:
         grads_and_vars = list(zip(grads, trainable_variables))
         if tf.distribute.has_strategy():
             # (Without a strategy the sum over one replica is an Identity per
-            # gradient: skipped, the same values for less work.)
-            grads_and_vars = self._all_reduce_sum_gradients(grads_and_vars)
+            # gradient: skipped, the same values for less work.) The plain
+            # sum: the fused calls clip it (Note [clip after aggregation]).
+            grads_and_vars = super()._all_reduce_sum_gradients(grads_and_vars)
+            summed = [g for g, _ in grads_and_vars]
+        clip_options = self._fused_clip_options(summed)
         updates = tf.__internal__.distribute.interim.maybe_merge_call(
             self._fused_distributed_update,
             self._distribution_strategy,
             grads_and_vars,
             learning_rate,
+            clip_options,
         )
         done = [u for u in tf.nest.flatten(updates) if isinstance(u, (tf.Tensor, tf.Operation))]
         self._fused_finish_step(done)
@@ -269,7 +400,8 @@ class FusedOptimizerMixin:
                 return super()._backend_reset_gradient_accumulators()
         return super()._backend_reset_gradient_accumulators()
 
-    def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate):
+    def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate,
+                                  clip_options=None):
         groups: dict[tuple[Any, ...], list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
             # Under a strategy a gradient is a distributed value: its kind
@@ -285,23 +417,32 @@ class FusedOptimizerMixin:
                      else None)
             checks = _atomic.step_checks(grads_and_vars, local)
         with tf.control_dependencies(checks):
-            return self._fused_group_updates(distribution, groups, learning_rate)
+            return self._fused_group_updates(distribution, groups, learning_rate,
+                                             clip_options or {})
 
-    def _fused_group_updates(self, distribution, groups, learning_rate):
+    def _fused_group_updates(self, distribution, groups, learning_rate, clip_options):
+        # clip_options (Note [clip after aggregation]) may hold a per-replica
+        # grad_scale: extended.update gives each device's call its own.
         updates = []
         for key, items in groups.items():
             _, dtype, decays, sparse = key[:4]
             variables = [v for _, v in items]
             weight_decay = self._group_weight_decay(key, variables) if decays else 0.0
 
-            def apply_group(_first, group_grads, variables=variables, dtype=dtype, wd=weight_decay,
-                            sparse=sparse):
+            def apply_group(_first, group_grads, clip, variables=variables, dtype=dtype,
+                            wd=weight_decay, sparse=sparse):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [_cast_grad(g, v, dtype) for g, v in zip(group_grads, variables)]
                 arithmetic, folding = _ctx.grappler_rewrites()
-                options = {"grappler_form": arithmetic, "grappler_constant_folding": folding}
+                options = {"grappler_form": arithmetic, "grappler_constant_folding": folding,
+                           **clip}
                 if sparse:
                     options["sparse_mode"] = self.sparse_mode
+                    if "clipnorm" in clip or "clipvalue" in clip:
+                        # Keras clips an IndexedSlices' values as given (a row
+                        # per lookup), the kernels the rows after summing
+                        # duplicates: Keras' ops (Note [clip after aggregation]).
+                        group_grads = self._clip_in_tf(group_grads, options)
                 return self._fused_apply(variables, group_grads, learning_rate, wd, **options)
 
             group_grads = [g for g, _ in items]
@@ -309,9 +450,9 @@ class FusedOptimizerMixin:
                 # No strategy: call directly. (The default strategy's update
                 # would add an Identity op per gradient: ~1 us each per step.)
                 with tf_ops.colocate_with(variables[0]):
-                    updates.append(apply_group(variables[0], group_grads))
+                    updates.append(apply_group(variables[0], group_grads, clip_options))
             else:
                 updates.append(distribution.extended.update(
-                    variables[0], apply_group, args=(group_grads,), group=False
+                    variables[0], apply_group, args=(group_grads, clip_options), group=False
                 ))
         return updates

@@ -38,8 +38,17 @@ def _fused_doc(name: str, op: str) -> str:
         f"Drop-in for ``keras.optimizers.{name}`` running fused kernels.\n\n"
         f"Same constructor, defaults, ``get_config()``, slot variables and numbers as the\n"
         f"built-in; each step makes one ``{op}`` call per (device, dtype) group of\n"
-        f"variables, with weight decay fused in.\n"
+        f"variables, with weight decay fused in.\n\n{_EXTRA_ARGS}"
     )
+
+
+_EXTRA_ARGS = (
+    "Two arguments beyond the built-in's (in ``get_config()`` only when not default):\n"
+    "``sparse_mode`` (\"exact\" or \"lazy\") for IndexedSlices gradients, and\n"
+    "``clip_after_aggregation`` (default False): True clips the gradient summed over a\n"
+    "strategy's replicas (with ``clipnorm``, ``global_clipnorm`` or ``clipvalue``) instead\n"
+    "of each replica's part, as tf_keras does (see ``FusedOptimizerMixin``).\n"
+)
 
 
 class _AdamLike:
@@ -241,6 +250,7 @@ class Muon(FusedOptimizerMixin, keras.optimizers.Muon):
     multiplication), the fused update computes Keras' formula in the
     variable's precision.
     """
+    __doc__ += "\n" + _EXTRA_ARGS
 
     def _uses_adamw(self, var) -> bool:
         return self.adam_velocities[self._get_variable_index(var)] is not None
@@ -304,6 +314,9 @@ class Muon(FusedOptimizerMixin, keras.optimizers.Muon):
     def _fused_muon(self, variables, grads, learning_rate, weight_decay, **options):
         options.pop("sparse_mode", None)
         grads = [tf.convert_to_tensor(g) for g in grads]  # Keras densifies too
+        # apply_muon takes the orthogonalized update, not the gradient: any
+        # clipping of the summed gradient comes first (Note [clip after aggregation]).
+        grads = self._clip_in_tf(grads, options)
         momenta = _slots(self, self.momentums, variables)
         # Two op calls: the second one's hyperparameter checks are made first,
         # so that a failing step writes nothing (Note [atomic steps]).
@@ -342,6 +355,7 @@ class Adafactor(FusedOptimizerMixin, keras.optimizers.Adafactor):
     custom call like the other ops; GPU variables run the built-in's update (a
     warning says so once).
     """
+    __doc__ += "\n" + _EXTRA_ARGS
 
     def _fused_supports(self, variables):
         if not all(_ctx._on_cpu(v) for v in variables):
@@ -352,6 +366,7 @@ class Adafactor(FusedOptimizerMixin, keras.optimizers.Adafactor):
         return super()._fused_supports(variables)
 
     def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
+        grads = self._clip_in_tf(grads, options)  # the op takes no gradient options
         return ops.apply_adafactor(
             variables, grads, learning_rate,
             r=_slots(self, self._r, variables), c=_slots(self, self._c, variables),

@@ -14,6 +14,10 @@ class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
     created only when ``momentum != 0``) and numbers as the built-in class;
     each training step makes one ``Fusedopt>ApplySGD`` call per
     (device, dtype) group of variables, with weight decay fused in.
+
+    Two arguments beyond the built-in's (in ``get_config()`` only when not
+    default): ``sparse_mode`` and ``clip_after_aggregation`` (see
+    ``FusedOptimizerMixin``).
     """
 
     def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
