@@ -116,19 +116,30 @@ absl::Status VariableSet::ValidateShape(int i, const TensorShape& shape,
   return absl::OkStatus();
 }
 
+namespace {
+
+// Gives the variable's tensor `t` a private buffer holding its values (the
+// copy step of TF's copy-on-write), so readers of the old buffer keep it.
+absl::Status CopyToPrivateBuffer(OpKernelContext* ctx, DeviceCopyFn copy, Tensor* t) {
+  Tensor fresh;
+  tensorflow::AllocatorAttributes attr;
+  attr.set_gpu_compatible(true);
+  attr.set_nic_compatible(true);
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(t->dtype(), t->shape(), &fresh, attr));
+  TF_RETURN_IF_ERROR(copy(ctx, const_cast<char*>(fresh.tensor_data().data()),
+                          t->tensor_data().data(),
+                          static_cast<int64_t>(t->tensor_data().size())));
+  *t = fresh;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status VariableSet::PrepareForWrite(DeviceCopyFn copy) {
   for (auto& var : vars_) {
     Tensor* t = var->tensor();
     if (!var->copy_on_read_mode.load() && t->RefCountIsOne()) continue;
-    Tensor fresh;
-    tensorflow::AllocatorAttributes attr;
-    attr.set_gpu_compatible(true);
-    attr.set_nic_compatible(true);
-    TF_RETURN_IF_ERROR(ctx_->allocate_temp(t->dtype(), t->shape(), &fresh, attr));
-    TF_RETURN_IF_ERROR(copy(ctx_, const_cast<char*>(fresh.tensor_data().data()),
-                            t->tensor_data().data(),
-                            static_cast<int64_t>(t->tensor_data().size())));
-    *t = fresh;
+    TF_RETURN_IF_ERROR(CopyToPrivateBuffer(ctx_, copy, t));
   }
   return absl::OkStatus();
 }
@@ -148,17 +159,7 @@ absl::Status VariableSet::PrepareForSparseWrite(DeviceCopyFn copy) {
   for (auto& var : vars_) {
     if (var->copy_on_read_mode.load()) continue;
     Tensor* t = var->tensor();
-    if (!t->RefCountIsOne()) {
-      Tensor fresh;
-      tensorflow::AllocatorAttributes attr;
-      attr.set_gpu_compatible(true);
-      attr.set_nic_compatible(true);
-      TF_RETURN_IF_ERROR(ctx_->allocate_temp(t->dtype(), t->shape(), &fresh, attr));
-      TF_RETURN_IF_ERROR(copy(ctx_, const_cast<char*>(fresh.tensor_data().data()),
-                              t->tensor_data().data(),
-                              static_cast<int64_t>(t->tensor_data().size())));
-      *t = fresh;
-    }
+    if (!t->RefCountIsOne()) TF_RETURN_IF_ERROR(CopyToPrivateBuffer(ctx_, copy, t));
     var->copy_on_read_mode.store(true);
   }
   return absl::OkStatus();
