@@ -366,6 +366,39 @@ CASE_IDS = [c.name for c in CASES]
 CASE_BY_NAME = {c.name: c for c in CASES}
 
 
+# --- Adafactor (not elementwise: its own reference loop) ------------------------------------
+
+# Keras' default Adafactor hyperparameters but lr and weight_decay.
+ADAFACTOR_HP = dict(beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0)
+
+
+def assert_adafactor_close(init: list, grads: list, dtype: str, lr: float, weight_decay: float,
+                           var: list, r: list, c: list, v: list) -> None:
+    """Checks an Adafactor run (var, r, c, v per tensor, any array type, after
+    len(grads) steps from init and zero moments) against the float64
+    reference, each stored value rounded to `dtype` as the kernel stores it;
+    r and c only for rank >= 2. The tolerance carries a factor 8: the
+    reconstructed v and the update's RMS take a few roundings more than an
+    elementwise rule."""
+    for i, x in enumerate(init):
+        shape = np.shape(x)
+        factored = len(shape) >= 2
+        vv = np.zeros(shape)
+        rr = np.zeros(shape[:-1]) if factored else np.zeros(())
+        cc = np.zeros(shape[:-2] + shape[-1:]) if factored else np.zeros(())
+        for k, g in enumerate(grads):
+            x, r2, c2, vv = ref.adafactor_step(x, g[i], lr, rr, cc, vv, k + 1,
+                                               weight_decay=weight_decay, **ADAFACTOR_HP)
+            if factored:
+                rr, cc = rounded(r2, dtype), rounded(c2, dtype)
+            x, vv = rounded(x, dtype), rounded(vv, dtype)
+        assert_close(np.asarray(var[i]).astype(np.float64), x, dtype, f"var {shape}", 8.0)
+        assert_close(np.asarray(v[i]).astype(np.float64), vv, dtype, f"v {shape}", 8.0)
+        if factored:
+            assert_close(np.asarray(r[i]).astype(np.float64), rr, dtype, f"r {shape}", 8.0)
+            assert_close(np.asarray(c[i]).astype(np.float64), cc, dtype, f"c {shape}", 8.0)
+
+
 # --- problems: inputs of several steps, the reference, the native run -----------------------
 
 

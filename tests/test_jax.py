@@ -27,7 +27,6 @@ import numpy as np
 import pytest
 
 import native_harness as H
-from fusedopt.bench import reference as ref
 
 try:
     import jax
@@ -234,7 +233,7 @@ def test_params_of_several_dtypes_in_a_pytree(rng):
 # --- Adafactor (its own handler) ---------------------------------------------------------
 
 ADAFACTOR_SHAPES = [(), (7,), (4097,), (3, 5, 7), (300, 257)]
-ADAFACTOR_HP = dict(beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0)
+ADAFACTOR_HP = H.ADAFACTOR_HP
 
 
 @pytest.mark.parametrize("dtype", H.DTYPES)
@@ -264,22 +263,8 @@ def test_adafactor_same_bits_as_the_tensorflow_op_and_close_to_float64(rng, dtyp
                                  slots, jnp.asarray(k + 1))
         got = {"var": [np.asarray(x) for x in params]}
         got.update({name: [np.asarray(x) for x in xs] for name, xs in slots.items()})
-    for i, shape in enumerate(ADAFACTOR_SHAPES):  # the float64 reference
-        factored = len(shape) >= 2
-        x, vv = init[i], np.zeros(shape)
-        rr = np.zeros(shape[:-1]) if factored else np.zeros(())
-        cc = np.zeros(shape[:-2] + shape[-1:]) if factored else np.zeros(())
-        for k in range(steps):
-            x, r2, c2, vv = ref.adafactor_step(x, grads[k][i], lr, rr, cc, vv, k + 1,
-                                               weight_decay=wd, **ADAFACTOR_HP)
-            if factored:
-                rr, cc = H.rounded(r2, dtype), H.rounded(c2, dtype)
-            x, vv = H.rounded(x, dtype), H.rounded(vv, dtype)
-        H.assert_close(got["var"][i].astype(np.float64), x, dtype, f"var {shape}", 8.0)
-        H.assert_close(got["v"][i].astype(np.float64), vv, dtype, f"v {shape}", 8.0)
-        if factored:
-            H.assert_close(got["r"][i].astype(np.float64), rr, dtype, f"r {shape}", 8.0)
-            H.assert_close(got["c"][i].astype(np.float64), cc, dtype, f"c {shape}", 8.0)
+    H.assert_adafactor_close(init, grads, dtype, lr, wd, got["var"], got["r"], got["c"],
+                             got["v"])  # the float64 reference
     if dtype == "float16":
         return  # (the TF op's Adafactor comparison runs in float32, bfloat16 and float64)
     tf, fops = _tf_and_ops("the float64 comparison")

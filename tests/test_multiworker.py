@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from fusedopt.bench.ps import free_ports
 
 WORKER = r'''
 import json, os, signal, sys
@@ -155,16 +156,6 @@ np.savez(out, **{f"{k}_{i}": a for k, arrays in result.items() for i, a in enume
 '''
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _env(**extra):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", **extra)
@@ -185,7 +176,7 @@ def script(tmp_path_factory):
 
 def _start_workers(script, mode, out_dir, *extra, **env):
     """Two worker processes of one cluster on free 127.0.0.1 ports."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     procs = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 import native_harness as H
-from fusedopt.bench import reference as ref
 from native_harness import CASE_IDS, CASES, DTYPES, SHAPES
 
 import fusedopt._native as nat  # noqa: E402  (the wheel always ships it: CI fails without)
@@ -828,7 +827,7 @@ def test_same_bits_as_the_tensorflow_op_with_norm_clipping(rng, name, clip):
 # --- Adafactor (fusedopt_adafactor_apply: its own entry, three passes) -------------------
 
 ADAFACTOR_SHAPES = [(), (0,), (7,), (4097,), (3, 5, 7), (2, 0, 3), (300, 257), (1, 40000)]
-ADAFACTOR_HP = dict(beta_2_decay=-0.8, epsilon_1=1e-30, epsilon_2=1e-3, clip_threshold=1.0)
+ADAFACTOR_HP = H.ADAFACTOR_HP
 
 
 def _adafactor_arrays(init, dtype):
@@ -864,24 +863,7 @@ def test_adafactor_matches_reference(rng, dtype, weight_decay):
     init = [H.random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES]
     grads = [[H.random_array(rng, s, dtype) for s in ADAFACTOR_SHAPES] for _ in range(steps)]
     vars_, rs, cs, vs = _adafactor_native(init, grads, dtype, lr, weight_decay)
-    for i, shape in enumerate(ADAFACTOR_SHAPES):
-        factored = len(shape) >= 2
-        x, v = init[i], np.zeros(shape)
-        r = np.zeros(shape[:-1]) if factored else np.zeros(())
-        c = np.zeros(shape[:-2] + shape[-1:]) if factored else np.zeros(())
-        for k in range(steps):
-            x, r2, c2, v = ref.adafactor_step(x, grads[k][i], lr, r, c, v, k + 1,
-                                              weight_decay=weight_decay, **ADAFACTOR_HP)
-            if factored:
-                r, c = H.rounded(r2, dtype), H.rounded(c2, dtype)
-            x, v = H.rounded(x, dtype), H.rounded(v, dtype)
-        # (the reconstructed v and the update's RMS: a few roundings more than
-        # an elementwise rule)
-        H.assert_close(vars_[i].astype(np.float64), x, dtype, f"var {shape}", 8.0)
-        H.assert_close(vs[i].astype(np.float64), v, dtype, f"v {shape}", 8.0)
-        if factored:
-            H.assert_close(rs[i].astype(np.float64), r, dtype, f"r {shape}", 8.0)
-            H.assert_close(cs[i].astype(np.float64), c, dtype, f"c {shape}", 8.0)
+    H.assert_adafactor_close(init, grads, dtype, lr, weight_decay, vars_, rs, cs, vs)
     assert not np.array_equal(vars_[3], H.to_storage(init[3], dtype))
 
 

@@ -12,8 +12,6 @@ file that the tests compare.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from fusedopt.bench.ps import cluster_env, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -294,30 +294,11 @@ server.join()
 TIMEOUT = 240  # seconds, for one chief (a scenario takes ~10-40 s on 2 cores)
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    # The servers and the chief import this checkout's fusedopt.
-    path = str(Path(__import__("fusedopt").__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([path] + [p for p in [env.get("PYTHONPATH")] if p])
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    return env
-
-
 class Cluster:
     """A chief address and worker and ps server processes on 127.0.0.1."""
 
     def __init__(self, workers: int, ps: int, plain: tuple[str, ...] = ()):
-        ports = iter(_free_ports(1 + workers + ps))
+        ports = iter(free_ports(1 + workers + ps))
         self.spec = {"chief": [f"127.0.0.1:{next(ports)}"],
                      "worker": [f"127.0.0.1:{next(ports)}" for _ in range(workers)],
                      "ps": [f"127.0.0.1:{next(ports)}" for _ in range(ps)]}
@@ -333,7 +314,7 @@ class Cluster:
                         cmd = [sys.executable, "-m", "fusedopt.server", "--cluster",
                                json.dumps(self.spec), "--task", task]
                     self.procs[task] = subprocess.Popen(
-                        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        cmd, env=cluster_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         text=True)
             self.banners = {task: self._banner(task, p) for task, p in self.procs.items()}
         except BaseException:
@@ -354,10 +335,38 @@ class Cluster:
     def run_chief(self, script: Path, mode: str, out: Path, *args: str) -> dict[str, np.ndarray]:
         chief = subprocess.run(
             [sys.executable, str(script), mode, json.dumps(self.spec), str(out), *args],
-            env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+            env=cluster_env(), capture_output=True, text=True, timeout=TIMEOUT)
         assert chief.returncode == 0, chief.stderr[-4000:]
         with np.load(out) as f:
             return {k: f[k] for k in f.files}
+
+    def run_chief_killing(self, script: Path, mode: str, out: Path, *args: str, marker: str,
+                          victim: str) -> str:
+        """Runs a chief that prints `marker` and then waits for a line on its
+        stdin; SIGKILLs the server `victim` ("worker:1") in between. Returns
+        the chief's stderr (its exit status must be 0)."""
+        chief = subprocess.Popen(
+            [sys.executable, str(script), mode, json.dumps(self.spec), str(out), *args],
+            env=cluster_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            line = ""
+            while marker not in line and time.monotonic() < deadline:
+                line = chief.stdout.readline()
+                if not line and chief.poll() is not None:
+                    break
+            assert marker in line, chief.stderr.read()[-4000:]
+            proc = self.procs[victim]
+            proc.kill()
+            assert proc.wait(timeout=30) == -9
+            _, err = chief.communicate("go\n", timeout=TIMEOUT)
+            assert chief.returncode == 0, err[-4000:]
+            return err
+        finally:
+            if chief.poll() is None:
+                chief.kill()
+                chief.communicate()
 
     def close(self) -> None:
         for p in self.procs.values():
@@ -499,31 +508,11 @@ def test_killed_worker_coordinator_finishes_every_step_once(chief_script, tmp_pa
     cluster = Cluster(workers=2, ps=2)
     out = tmp_path / "fault.npz"
     try:
-        chief = subprocess.Popen(
-            [sys.executable, str(chief_script), "worker_fault", json.dumps(cluster.spec),
-             str(out), str(steps)],
-            env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            line = ""
-            while "HALF" not in line and time.monotonic() < deadline:
-                line = chief.stdout.readline()
-                if not line and chief.poll() is not None:
-                    break
-            assert "HALF" in line, chief.stderr.read()[-4000:]
-            worker = cluster.procs["worker:1"]
-            worker.kill()
-            assert worker.wait(timeout=30) == -9
-            _, err = chief.communicate("go\n", timeout=TIMEOUT)
-            assert chief.returncode == 0, err[-4000:]
-            # The coordinator did see worker 1 fail (a closure went to it and
-            # was put back), so the retry was exercised.
-            assert "Worker /job:worker/replica:0/task:1 failed" in err, err[-4000:]
-        finally:
-            if chief.poll() is None:
-                chief.kill()
-                chief.communicate()
+        err = cluster.run_chief_killing(chief_script, "worker_fault", out, str(steps),
+                                        marker="HALF", victim="worker:1")
+        # The coordinator did see worker 1 fail (a closure went to it and was
+        # put back), so the retry was exercised.
+        assert "Worker /job:worker/replica:0/task:1 failed" in err, err[-4000:]
     finally:
         cluster.close()
     with np.load(out) as f:
@@ -538,27 +527,8 @@ def test_killed_parameter_server_resumes_from_checkpoint(chief_script, tmp_path)
     cluster = Cluster(workers=1, ps=2)
     out = tmp_path / "save.npz"
     try:
-        chief = subprocess.Popen(
-            [sys.executable, str(chief_script), "ps_save", json.dumps(cluster.spec), str(out),
-             "Adagrad", str(directory)],
-            env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        try:
-            line = ""
-            while "SAVED" not in line:
-                line = chief.stdout.readline()
-                if not line and chief.poll() is not None:
-                    break
-            assert "SAVED" in line, chief.stderr.read()[-4000:]
-            ps = cluster.procs["ps:1"]
-            ps.kill()
-            assert ps.wait(timeout=30) == -9
-            _, err = chief.communicate("go\n", timeout=TIMEOUT)
-            assert chief.returncode == 0, err[-4000:]
-        finally:
-            if chief.poll() is None:
-                chief.kill()
-                chief.communicate()
+        cluster.run_chief_killing(chief_script, "ps_save", out, "Adagrad", str(directory),
+                                  marker="SAVED", victim="ps:1")
     finally:
         cluster.close()
     with np.load(out) as f:
@@ -623,6 +593,6 @@ def test_server_arguments():
     with pytest.raises(ValueError, match="no cluster"):
         server.server_config(args, {})
     # Run as a program without a cluster: exit status 2 and the reason.
-    done = subprocess.run([sys.executable, "-m", "fusedopt.server"], env=_env(),
+    done = subprocess.run([sys.executable, "-m", "fusedopt.server"], env=cluster_env(),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no cluster" in done.stderr, done.stderr

@@ -132,9 +132,10 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _env() -> dict[str, str]:
-    """The environment of the servers and the chief: this process's fusedopt
-    first on the path, quiet TensorFlow, no TF_CONFIG."""
+def cluster_env() -> dict[str, str]:
+    """The environment of a local cluster's servers and chief: this process's
+    fusedopt first on the path, quiet TensorFlow, no TF_CONFIG (the tests
+    start their clusters with it too)."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     import fusedopt
 
@@ -166,7 +167,7 @@ class LocalCluster:
                         self.procs[task] = subprocess.Popen(
                             [sys.executable, "-m", "fusedopt.server", "--cluster",
                              json.dumps(self.spec), "--task", task],
-                            env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                            env=cluster_env(), stdout=log, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL)
             self._wait_serving(start_timeout)
         except BaseException:
@@ -236,7 +237,7 @@ def run_cluster_benchmark(config: PSConfig, progress: Callable[[str], None] = pr
                    json.dumps(cluster.spec), "--config", json.dumps(asdict(config)),
                    "--out", str(out)]
             with open(chief_log, "w") as err:
-                chief = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=err,
+                chief = subprocess.Popen(cmd, env=cluster_env(), stdout=subprocess.PIPE, stderr=err,
                                          stdin=subprocess.DEVNULL, text=True)
                 try:
                     deadline = time.monotonic() + timeout
