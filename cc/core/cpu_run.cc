@@ -19,7 +19,7 @@ std::vector<Item> DenseItems(const Operands& ops, int elem_bytes) {
 }
 
 void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const Operands& ops,
-                 const Plan& plan, bool lamb, Algo algo, int dt, int elem_bytes,
+                 const Plan& plan, bool lamb, Rule rule, int dt, int elem_bytes,
                  const LambNormsFn& lamb_norms) {
   std::vector<cpu::Chunk> chunks;  // chunk.tensor is the item's index
   chunks.reserve(items.size());
@@ -37,7 +37,7 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
   const bool decay = plan.Decays();
   const int bytes = elem_bytes * (3 + 2 * ops.num_slots);
   if (!lamb) {
-    const auto& fns = table.elementwise[static_cast<int>(algo)][dt];
+    const auto& fns = table.elementwise[static_cast<int>(rule)][dt];
     if (plan.rsqrt_stride == 0) {
       pfor(chunks, bytes, [&](const cpu::Chunk& c) {
         const Item& it = items[c.tensor];

@@ -74,7 +74,7 @@ struct TfForms {
 };
 using TfFormsMaker = std::function<TfForms(const Operands& ops, const Plan& plan)>;
 void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const Operands& ops,
-                 const Plan& plan, bool lamb, Algo algo, int dt, int elem_bytes,
+                 const Plan& plan, bool lamb, Rule rule, int dt, int elem_bytes,
                  const LambNormsFn& lamb_norms = nullptr);
 
 // Pass 0: per-tensor sum of squares of ops.grads[i][0, ops.sizes[i]) and

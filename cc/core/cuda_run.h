@@ -17,7 +17,7 @@
 namespace fusedopt {
 
 // Returns 0 or the first CUDA error code.
-inline int RunElementwiseCuda(const Operands& ops, const Plan& plan, Algo algo, int dt,
+inline int RunElementwiseCuda(const Operands& ops, const Plan& plan, Rule rule, int dt,
                               bool decay, void* stream) {
   std::vector<void*> vars, slots;
   std::vector<const void*> grads;
@@ -41,7 +41,7 @@ inline int RunElementwiseCuda(const Operands& ops, const Plan& plan, Algo algo, 
     }
     if (vars.empty()) continue;
     const int err = fusedopt_cuda_elementwise_multi(
-        static_cast<int>(algo), dt, plan.VariantFor(rank0 == 1) + plan.rsqrt_stride * kPacketRsqrt,
+        static_cast<int>(rule), dt, plan.VariantFor(rank0 == 1) + plan.rsqrt_stride * kPacketRsqrt,
         decay ? 1 : 0, plan.For(rank0 == 1).c, ops.transform ? 1 : 0,
         static_cast<int>(vars.size()), vars.data(), slots.data(), grads.data(), sizes.data(),
         scales.data(), clips.data(), stream);

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "cc/rules/update_rules.h"
+#include "cc/rules/registry.h"
 
 namespace fusedopt {
 namespace cpu {
@@ -74,8 +74,8 @@ using TriadFn = void (*)(float* a, const float* b, float s, int64_t begin, int64
 
 struct KernelTable {
   const char* isa;  // "baseline", "avx2", "avx512"
-  // [algo][dtype][variant][decay][gradient transform]
-  ElementwiseFn elementwise[kNumAlgos][kNumDTypes][kMaxVariants][2][2];
+  // [rule][dtype][variant][decay][gradient transform] (two-pass rules: null)
+  ElementwiseFn elementwise[kNumRules][kNumDTypes][kMaxVariants][2][2];
   LambPass1Fn lamb_pass1[kNumDTypes][2][2];  // [dtype][decay][transform]
   LambPass2Fn lamb_pass2[kNumDTypes][2];
   GradStatsFn grad_stats[kNumDTypes];

@@ -11,7 +11,7 @@
 #include <type_traits>
 
 #include "cc/cpu/kernels.h"
-#include "cc/rules/update_rules.h"
+#include "cc/rules/registry.h"
 
 #ifndef FUSEDOPT_ISA
 #error "FUSEDOPT_ISA must be defined by the build (baseline, avx2 or avx512)"
@@ -377,13 +377,16 @@ void FillVariants(ElementwiseFn (&row)[kMaxVariants][2][2]) {
   }
 }
 
-template <typename Rule>
-void FillAlgo(KernelTable& t, Algo algo) {
-  auto& rows = t.elementwise[static_cast<int>(algo)];
-  FillVariants<Rule, Half, 0>(rows[static_cast<int>(DType::kFloat16)]);
-  FillVariants<Rule, BFloat16, 0>(rows[static_cast<int>(DType::kBFloat16)]);
-  FillVariants<Rule, float, 0>(rows[static_cast<int>(DType::kFloat32)]);
-  FillVariants<Rule, double, 0>(rows[static_cast<int>(DType::kFloat64)]);
+template <Rule R>
+void FillRule(KernelTable& t) {
+  using S = typename RuleStruct<R>::type;
+  if constexpr (!IsTwoPass<S>::value) {
+    auto& rows = t.elementwise[static_cast<int>(R)];
+    FillVariants<S, Half, 0>(rows[static_cast<int>(DType::kFloat16)]);
+    FillVariants<S, BFloat16, 0>(rows[static_cast<int>(DType::kBFloat16)]);
+    FillVariants<S, float, 0>(rows[static_cast<int>(DType::kFloat32)]);
+    FillVariants<S, double, 0>(rows[static_cast<int>(DType::kFloat64)]);
+  }
 }
 
 template <typename T>
@@ -405,18 +408,9 @@ void FillLamb(KernelTable& t, DType d) {
 KernelTable MakeTable() {
   KernelTable t{};
   t.isa = FUSEDOPT_STR(FUSEDOPT_ISA);
-  FillAlgo<SgdRule>(t, Algo::kSgd);
-  FillAlgo<AdamRule>(t, Algo::kAdam);
-  FillAlgo<NadamRule>(t, Algo::kNadam);
-  FillAlgo<AdamaxRule>(t, Algo::kAdamax);
-  FillAlgo<RmspropRule>(t, Algo::kRmsprop);
-  FillAlgo<AdagradRule>(t, Algo::kAdagrad);
-  FillAlgo<AdadeltaRule>(t, Algo::kAdadelta);
-  FillAlgo<FtrlRule>(t, Algo::kFtrl);
-  FillAlgo<LionRule>(t, Algo::kLion);
-  FillAlgo<ScheduleFreeRule>(t, Algo::kScheduleFree);
-  FillAlgo<MuonMomentumRule>(t, Algo::kMuonMomentum);
-  FillAlgo<MuonRule>(t, Algo::kMuon);
+#define FUSEDOPT_FILL_RULE(ID, ...) FillRule<Rule::ID>(t);
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_FILL_RULE)
+#undef FUSEDOPT_FILL_RULE
   FillLamb<Half>(t, DType::kFloat16);
   FillLamb<BFloat16>(t, DType::kBFloat16);
   FillLamb<float>(t, DType::kFloat32);

@@ -29,32 +29,13 @@ int MultiTensorGrid(int64_t total_chunks) {
 
 namespace {
 
-int Dispatch(int algo, int dtype, int variant, const LaunchArgs& a) {
-  switch (static_cast<Algo>(algo)) {
-    case Algo::kSgd:
-      return LaunchSgd(dtype, variant, a);
-    case Algo::kAdam:
-      return LaunchAdam(dtype, variant, a);
-    case Algo::kNadam:
-      return LaunchNadam(dtype, variant, a);
-    case Algo::kAdamax:
-      return LaunchAdamax(dtype, variant, a);
-    case Algo::kRmsprop:
-      return LaunchRmsprop(dtype, variant, a);
-    case Algo::kAdagrad:
-      return LaunchAdagrad(dtype, variant, a);
-    case Algo::kAdadelta:
-      return LaunchAdadelta(dtype, variant, a);
-    case Algo::kFtrl:
-      return LaunchFtrl(dtype, variant, a);
-    case Algo::kLion:
-      return LaunchLion(dtype, variant, a);
-    case Algo::kScheduleFree:
-      return LaunchScheduleFree(dtype, variant, a);
-    case Algo::kMuonMomentum:
-      return LaunchMuonMomentum(dtype, variant, a);
-    case Algo::kMuon:
-      return LaunchMuon(dtype, variant, a);
+int Dispatch(int rule, int dtype, int variant, const LaunchArgs& a) {
+  switch (static_cast<Rule>(rule)) {
+#define FUSEDOPT_DISPATCH_RULE(ID, ...) \
+  case Rule::ID:                        \
+    return LaunchFor<Rule::ID>(dtype, variant, a);
+    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DISPATCH_RULE)
+#undef FUSEDOPT_DISPATCH_RULE
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }
@@ -63,7 +44,7 @@ int Dispatch(int algo, int dtype, int variant, const LaunchArgs& a) {
 }  // namespace cuda
 }  // namespace fusedopt
 
-extern "C" int fusedopt_cuda_elementwise_multi(int algo, int dtype, int variant, int decay,
+extern "C" int fusedopt_cuda_elementwise_multi(int rule, int dtype, int variant, int decay,
                                                const double* coeffs, int transform,
                                                int num_tensors, void* const* vars,
                                                void* const* slots, const void* const* grads,
@@ -87,5 +68,5 @@ extern "C" int fusedopt_cuda_elementwise_multi(int algo, int dtype, int variant,
   a.scales = grad_scales;
   a.clips = clip_values;
   a.stream = static_cast<cudaStream_t>(stream);
-  return cuda::Dispatch(algo, dtype, variant, a);
+  return cuda::Dispatch(rule, dtype, variant, a);
 }

@@ -33,7 +33,7 @@ int fusedopt_cuda_copy(void* dst, const void* src, int64_t bytes, void* stream);
 // One elementwise update rule over num_tensors tensors in as few launches as
 // the kernel's parameter block allows (Note [multi-tensor launch] in
 // elementwise.cuh: up to 224 tensors per launch).
-// algo: fusedopt::Algo; dtype: fusedopt::DType (0 float16, 1 bfloat16,
+// rule: fusedopt::Rule (cc/rules/registry.h; not a two-pass rule); dtype: fusedopt::DType (0 float16, 1 bfloat16,
 // 2 float32, 3 float64); variant: the rule's variant index; decay: 0 or 1;
 // coeffs: kMaxCoeffs (12) doubles from cc/rules/coefficients.h (copied before
 // return); transform: 1 to apply g = clip(g * grad_scale, +-clip_value) first
@@ -43,7 +43,7 @@ int fusedopt_cuda_copy(void* dst, const void* src, int64_t bytes, void* stream);
 // NULL when transform is 0). Empty tensors are skipped. The kernels read and
 // write 16-byte vectors where all of a tensor's pointers are 16-byte aligned;
 // the bits do not depend on it.
-int fusedopt_cuda_elementwise_multi(int algo, int dtype, int variant, int decay,
+int fusedopt_cuda_elementwise_multi(int rule, int dtype, int variant, int decay,
                                     const double* coeffs, int transform, int num_tensors,
                                     void* const* vars, void* const* slots,
                                     const void* const* grads, const int64_t* sizes,

@@ -142,18 +142,36 @@ Status CheckRuleOptions(const fusedopt_call* call, Rule rule, const RuleInfo& in
     return Invalid("the option " + std::string(option) + " (" + value + ") is not one of " +
                    info.name + "'s; it applies to " + rules + " only: leave it at its default");
   };
-  if (call->nesterov != 0 && rule != Rule::kSgd) return refuse("nesterov", "set", "sgd");
-  if (call->epsilon_outside_sqrt != 0 && rule != Rule::kAdagrad && rule != Rule::kRmsprop) {
-    return refuse("epsilon_outside_sqrt", "set", "adagrad and rmsprop");
+  // The rules that take an option, from the registry: "adagrad and rmsprop".
+  auto rules_with = [](auto has) {
+    std::vector<std::string> names;
+    for (const RuleInfo& r : kRuleInfos) {
+      if (has(r)) names.push_back(r.name);
+    }
+    std::string out;
+    for (size_t k = 0; k < names.size(); ++k) {
+      out += (k == 0 ? "" : (k + 1 == names.size() ? " and " : ", ")) + names[k];
+    }
+    return out;
+  };
+  auto with_attr = [&](unsigned bit) {
+    return rules_with([bit](const RuleInfo& r) { return (r.attrs & bit) != 0; });
+  };
+  if (call->nesterov != 0 && !(info.attrs & kAttrNesterov)) {
+    return refuse("nesterov", "set", with_attr(kAttrNesterov).c_str());
   }
-  if (!(call->schedule_decay == 1.0) && rule != Rule::kNadam) {
+  if (call->epsilon_outside_sqrt != 0 && !(info.attrs & kAttrEpsilonOutsideSqrt)) {
+    return refuse("epsilon_outside_sqrt", "set", with_attr(kAttrEpsilonOutsideSqrt).c_str());
+  }
+  if (!(call->schedule_decay == 1.0) && !(info.attrs & kAttrScheduleDecay)) {
     char v[32];
     std::snprintf(v, sizeof(v), "%.17g", call->schedule_decay);
-    return refuse("schedule_decay", v, "nadam");
+    return refuse("schedule_decay", v, with_attr(kAttrScheduleDecay).c_str());
   }
   if (call->step != 0 && !info.has_step) {
-    return refuse("step", std::to_string(call->step),
-                  "the bias-corrected rules (adam, nadam, adamax, lamb, schedule_free_adamw)");
+    const std::string stepped =
+        "the bias-corrected rules (" + rules_with([](const RuleInfo& r) { return r.has_step; });
+    return refuse("step", std::to_string(call->step), (stepped + ")").c_str());
   }
   return Status{};
 }
@@ -587,7 +605,7 @@ Status RunCuda(const Operands& ops, const Plan& plan, Rule rule, int dt, void* s
     }
     return Status{};
   }
-  return CudaError(RunElementwiseCuda(ops, plan, info.algo, dt, decay != 0, stream),
+  return CudaError(RunElementwiseCuda(ops, plan, info.rule, dt, decay != 0, stream),
                    std::string("the ") + info.name + " kernel");
 }
 #endif  // FUSEDOPT_WITH_CUDA
@@ -642,7 +660,7 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
       forms.run();
       return Status{};
     }
-    RunItemsCpu(pfor, DenseItems(ops, eb), ops, plan, InfoOf(rule).two_pass, InfoOf(rule).algo,
+    RunItemsCpu(pfor, DenseItems(ops, eb), ops, plan, InfoOf(rule).two_pass, rule,
                 call->dtype, eb, forms.lamb_norms);
     return Status{};
   }
@@ -782,7 +800,7 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
     PlanSparseItems(i, sp->exact != 0, sp->rows[i], sp->row_sizes[i], unique[i], compact[i].data(),
                     zero_elements > 0 ? zeros.data() : nullptr, zero_elements, eb, &items);
   }
-  RunItemsCpu(pfor, items, ops, plan, info.two_pass, info.algo, call->dtype, eb);
+  RunItemsCpu(pfor, items, ops, plan, info.two_pass, info.rule, call->dtype, eb);
   return Status{};
 }
 

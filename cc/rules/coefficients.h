@@ -24,7 +24,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <string>
+#include <vector>
 
+#include "cc/rules/plan_input.h"
 #include "cc/rules/update_rules.h"
 
 namespace fusedopt {
@@ -321,6 +324,207 @@ inline Coeffs ScheduleFree(double lr, double b1, double b2, double eps, double w
 }
 
 }  // namespace coeffs
+
+// ---- Plans ------------------------------------------------------------------
+//
+// Each rule's plan: its own checks (beyond every scalar being finite, which
+// MakeCallPlan checks first), the variant a call's attributes and slot lists
+// select, and its coefficients in the variables' opmath (Note [Keras
+// arithmetic]). MakeCallPlan (cc/core/plan.cc) calls the one of the rule.
+// Returns "" or what is wrong (an invalid-argument message; nothing has been
+// written). in.scalars is in the registry's order (registry.h).
+namespace plans {
+
+// A rule's coefficients computed in the variables' opmath.
+#define FUSEDOPT_COEFFS(in, fn, ...) \
+  ((in).f64 ? coeffs::fn<double>(__VA_ARGS__) : coeffs::fn<float>(__VA_ARGS__))
+
+// The rules with tf_training_op_form (kAttrTfTrainingOpForm), for errors.
+constexpr char kTfTrainingOpFormRules[] =
+    "tf_training_op_form is for adamax, rmsprop, adadelta and nadam (TensorFlow's "
+    "ResourceApply* arithmetic; tf_keras' legacy Nadam) and adam's sparse op (tf_keras' "
+    "legacy sparse Adam)";
+
+inline std::string NotBelowZero(const PlanInput& in, int k, const char* name) {
+  if (in.scalars[k] >= 0) return "";
+  return Msg("'", name, "' must be >= 0, got ", in.scalars[k], "; nothing was updated");
+}
+
+inline std::string Of(SgdRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  if (!(s[1] >= 0 && s[1] <= 1)) {
+    return Msg("'momentum' must be in [0, 1], got ", s[1], "; nothing was updated");
+  }
+  if (in.attrs.nesterov && !in.slot_given[0]) {
+    return "nesterov=True needs momentum slots (momenta is empty)";
+  }
+  p->variant = !in.slot_given[0] ? 0 : (in.attrs.nesterov ? 2 : 1);
+  p->coeffs = FUSEDOPT_COEFFS(in, Sgd, s[0], s[1], s[2], in.MinimizeBroadcasts());
+  return "";
+}
+
+// Note [tf_keras sparse forms]: tf_keras' legacy Adam and Adamax update
+// IndexedSlices with TF ops of their own (DESIGN.md: m.assign(m * beta_1),
+// then scatter_add(m, idx, g * (1 - beta_1)), ...), not with the training
+// ops their dense updates call, so their sparse ops' tf_training_op_form
+// is that order (the other rules' sparse training ops share their dense
+// ones' arithmetic). tf_keras sums duplicate indices before (unsorted
+// segment sum, in position order), as the sparse kernels do.
+inline bool TfKerasSparse(const PlanInput& in) { return in.attrs.tf_training_op_form && in.sparse; }
+
+inline std::string Of(AdamRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  const bool tf_keras_sparse = TfKerasSparse(in);
+  if (in.attrs.tf_training_op_form && !in.sparse) return kTfTrainingOpFormRules;
+  if (tf_keras_sparse && s[4] != 0) {
+    return Msg("tf_training_op_form (tf_keras' legacy Adam) takes no weight_decay, got ", s[4]);
+  }
+  p->variant = (in.slot_given[2] ? 1 : 0) +
+               (!tf_keras_sparse ? 0
+                : in.grappler_form ? AdamRule::kTfKerasSparseGrappler
+                                   : AdamRule::kTfKerasSparse);
+  p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step,
+                              in.MinimizeBroadcasts(), tf_keras_sparse);
+  return "";
+}
+
+inline std::string Of(NadamRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  if (!(std::isfinite(in.attrs.schedule_decay) && in.attrs.schedule_decay > 0)) {
+    return Msg("'schedule_decay' must be finite and > 0, got ", in.attrs.schedule_decay,
+               "; nothing was updated");
+  }
+  if (in.attrs.tf_training_op_form) {
+    if (s[4] != 0) {
+      return Msg("tf_training_op_form (tf_keras' legacy Nadam) takes no weight_decay, got ", s[4]);
+    }
+    p->variant = 1;
+  }
+  p->coeffs = FUSEDOPT_COEFFS(in, Nadam, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
+                              in.attrs.schedule_decay, in.MinimizeBroadcasts(),
+                              in.attrs.tf_training_op_form);
+  return "";
+}
+
+inline std::string Of(AdamaxRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  p->variant = TfKerasSparse(in) ? AdamaxRule::kTfKerasSparse
+                                 : (in.attrs.tf_training_op_form ? 1 : 0);
+  p->coeffs = FUSEDOPT_COEFFS(in, Adamax, s[0], s[1], s[2], s[3], s[4], in.step,
+                              in.MinimizeBroadcasts());
+  return "";
+}
+
+inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  const bool mb = in.MinimizeBroadcasts();
+  p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
+  if (TfKerasSparse(in)) {
+    // tf_keras' legacy sparse RMSprop without momentum (its own ops; with
+    // momentum it calls ResourceSparseApply(Centered)RMSProp, whose per-row
+    // packet rsqrt the kernels do not reproduce).
+    if (in.slot_given[1] || !in.attrs.epsilon_outside_sqrt) {
+      return "the sparse tf_training_op_form of rmsprop is tf_keras' legacy RMSprop "
+             "without momentum (epsilon_outside_sqrt, no momenta)";
+    }
+    if (in.grappler_form) p->variant += RmspropRule::kTfKerasSparseGrappler;
+    p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], true, mb);
+    return "";
+  }
+  if (in.attrs.tf_training_op_form) {
+    if (in.attrs.epsilon_outside_sqrt) {
+      return "tf_training_op_form and epsilon_outside_sqrt exclude each other";
+    }
+    p->variant += RmspropRule::kTfOpBase;
+  } else if (in.grappler_form && !in.attrs.epsilon_outside_sqrt) {
+    p->rsqrt_stride = RmspropRule::kRsqrtStride;
+  }
+  p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4],
+                              in.attrs.epsilon_outside_sqrt, mb);
+  return "";
+}
+
+inline std::string Of(AdagradRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  if (in.grappler_form && !in.attrs.epsilon_outside_sqrt) {
+    p->rsqrt_stride = AdagradRule::kRsqrtStride;
+  }
+  p->coeffs = FUSEDOPT_COEFFS(in, Adagrad, s[0], s[1], s[2], in.attrs.epsilon_outside_sqrt,
+                              in.MinimizeBroadcasts());
+  return "";
+}
+
+inline std::string Of(AdadeltaRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  if (in.attrs.tf_training_op_form) {
+    p->variant = 1;  // TF's op always divides through its Rsqrt
+    p->rsqrt_stride = AdadeltaRule::kRsqrtStride;
+  } else if (in.grappler_form) {
+    p->rsqrt_stride = AdadeltaRule::kRsqrtStride;
+  }
+  p->coeffs = FUSEDOPT_COEFFS(in, Adadelta, s[0], s[1], s[2], s[3], in.MinimizeBroadcasts());
+  return "";
+}
+
+inline std::string Of(FtrlRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  for (int k : {2, 3, 4}) {
+    const char* names[] = {"", "", "l1", "l2", "l2_shrinkage"};
+    const std::string e = NotBelowZero(in, k, names[k]);
+    if (!e.empty()) return e;
+  }
+  if (s[0] <= 0) return Msg("Ftrl needs lr > 0, got ", s[0]);
+  if (s[1] > 0) return Msg("learning_rate_power must be <= 0, got ", s[1]);
+  p->variant = s[1] == -0.5 ? 1 : 0;
+  p->coeffs = FUSEDOPT_COEFFS(in, Ftrl, s[0], s[1], s[2], s[3], s[4], s[5], s[6],
+                              in.MinimizeBroadcasts());
+  return "";
+}
+
+inline std::string Of(LionRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  if (!(s[1] > 0 && s[1] <= 1)) {
+    return Msg("'beta_1' must be in (0, 1], got ", s[1], "; nothing was updated");
+  }
+  p->coeffs = FUSEDOPT_COEFFS(in, Lion, s[0], s[1], s[2], s[3], in.MinimizeBroadcasts());
+  return "";
+}
+
+inline std::string Of(LambRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  p->coeffs = FUSEDOPT_COEFFS(in, Lamb, s[0], s[1], s[2], s[3], s[4], in.step,
+                              in.MinimizeBroadcasts());
+  return "";
+}
+
+inline std::string Of(ScheduleFreeRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  const bool mb = in.MinimizeBroadcasts();
+  if (!(s[1] > 0)) return Msg("'beta_1' must be > 0, got ", s[1]);
+  if (!(s[4] >= 0)) return Msg("'warmup_steps' must be >= 0, got ", s[4]);
+  p->variant = !in.constant_folding ? 0 : (mb ? 1 : 2);
+  p->coeffs = FUSEDOPT_COEFFS(in, ScheduleFree, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
+                              in.constant_folding, mb);
+  return "";
+}
+
+inline std::string Of(MuonMomentumRule, const PlanInput& in, Plan* p) {
+  p->coeffs = FUSEDOPT_COEFFS(in, MuonMomentum, in.scalars[0]);
+  return "";
+}
+
+inline std::string Of(MuonRule, const PlanInput& in, Plan* p) {
+  const std::vector<double>& s = in.scalars;
+  const bool mb = in.MinimizeBroadcasts();
+  if (!(s[1] > 0)) return Msg("'scale' must be > 0, got ", s[1]);
+  p->variant = mb ? 1 : 0;
+  p->coeffs = FUSEDOPT_COEFFS(in, Muon, s[0], s[1], s[2], s[3], mb);
+  return "";
+}
+
+#undef FUSEDOPT_COEFFS
+
+}  // namespace plans
 }  // namespace fusedopt
 
 #endif  // FUSEDOPT_CC_RULES_COEFFICIENTS_H_

@@ -34,23 +34,6 @@
 
 namespace fusedopt {
 
-// Algorithms with an elementwise rule, in the order of the dispatch tables.
-// (AdamW is Adam with weight decay; LAMB has its own two-pass loops.)
-enum class Algo : int {
-  kSgd = 0,
-  kAdam,
-  kNadam,
-  kAdamax,
-  kRmsprop,
-  kAdagrad,
-  kAdadelta,
-  kFtrl,
-  kLion,
-  kScheduleFree,
-  kMuonMomentum,
-  kMuon,
-};
-constexpr int kNumAlgos = 12;
 constexpr int kMaxVariants = 28;
 constexpr int kMaxSlots = 3;
 constexpr int kMaxCoeffs = 12;
@@ -259,6 +242,17 @@ FUSEDOPT_HD void UpdateElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_
 //   nesterov:  m = momentum * m - lr * g;  var += momentum * m - lr * g
 // Bytes/element (T = element size): plain 3T, momentum 5T.
 struct SgdRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Stochastic gradient descent with optional (Nesterov) momentum (keras.optimizers.SGD).
+
+  M == 0 (plain):   var = var - lr * g
+  M == N:           m = momentum * m - lr * g
+                    var = var + m                        (nesterov=false)
+                    var = var + momentum * m - lr * g    (nesterov=true)
+
+Bytes per element (T = element size): 3T plain, 5T with momentum.
+)doc";
   enum : int { kLr = 1, kMomentum = 2 };
   static constexpr int kNumVariants = 3;
   FUSEDOPT_HD static constexpr int Slots(int v) { return v == 0 ? 0 : 1; }
@@ -292,6 +286,26 @@ struct SgdRule {
 // + (0, 1): the same in a tf.function, where Grappler's MinimizeBroadcasts
 // makes v's product g * (g * (1 - beta_2)).
 struct AdamRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Adam, AMSGrad and (with weight_decay) AdamW (keras.optimizers.Adam, AdamW).
+
+  alpha = lr * sqrt(1 - beta_2^step) / (1 - beta_1^step)    (once per call, double)
+  m = m + (g - m) * (1 - beta_1)
+  v = v + (g^2 - v) * (1 - beta_2)
+  K == N (amsgrad): vhat = max(vhat, v); use vhat for v below
+  var = var - m * alpha / (sqrt(v) + epsilon)
+
+epsilon is Keras' (added to sqrt(v)), step counts from 1.
+tf_training_op_form (the sparse op only; the dense op refuses it, since
+TensorFlow's ResourceApplyAdam computes the formula above): tf_keras' legacy
+sparse Adam, its own ops in their order (no weight decay; the betas used as
+given, in the variables' dtype):
+  alpha = lr * (sqrt(1 - beta_2^step) / (1 - beta_1^step))
+  m = m * beta_1 + g * (1 - beta_1);  v = v * beta_2 + (g * g) * (1 - beta_2)
+  var = var - alpha * m / (sqrt(v) + epsilon)
+Bytes per element: 7T (amsgrad 9T).
+)doc";
   enum : int { kOneMinusB1 = 1, kOneMinusB2 = 2, kAlpha = 3, kEps = 4, kB1 = 5, kB2 = 6 };
   static constexpr int kTfKerasSparse = 2;
   static constexpr int kTfKerasSparseGrappler = 4;
@@ -330,6 +344,30 @@ struct AdamRule {
 //   var -= m_hat * lr / (sqrt(v_hat) + epsilon)
 // Bytes/element: 7T.
 struct NadamRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Nadam, Keras' formulation (keras.optimizers.Nadam), not the paper's.
+
+  u_t = beta_1 * (1 - 0.5 * 0.96^(d * step))
+  u_t1 = beta_1 * (1 - 0.5 * 0.96^(d * (step + 1)))
+  d is the attr schedule_decay: 1 as in Keras 3, 0.004 for tf_keras' legacy Nadam
+  u_product: the optimizer's running product of u_t including this step
+  m = m + (g - m) * (1 - beta_1);  v = v + (g^2 - v) * (1 - beta_2)
+  m_hat = u_t1 * m / (1 - u_product * u_t1) + (1 - u_t) * g / (1 - u_product)
+  v_hat = v / (1 - beta_2^step)
+  var = var - m_hat * lr / (sqrt(v_hat) + epsilon)
+
+schedule_decay_bits: when not 0, the schedule decay exactly, as the bits of
+a float64 (a float attribute holds only a float32; fusedopt.ops passes both).
+tf_training_op_form: tf_keras' legacy Nadam's own ops, in their order (no
+weight decay; the betas used as given, in the variables' dtype):
+  g' = g / (1 - u_product);  m = beta_1 * m + (1 - beta_1) * g
+  m' = m / (1 - u_product * u_t1)
+  v = beta_2 * v + (1 - beta_2) * g^2;  v' = v / (1 - beta_2^step)
+  var = var - lr * ((1 - u_t) * g' + u_t1 * m') / (sqrt(v') + epsilon)
+
+Bytes per element: 7T.
+)doc";
   enum : int {
     kOneMinusB1 = 1,
     kOneMinusB2 = 2,
@@ -381,6 +419,21 @@ struct NadamRule {
 // Variant 2: tf_keras' legacy sparse Adamax (Note [tf_keras sparse forms]):
 //   variant 1 with m = m * beta_1 + g * (1 - beta_1).
 struct AdamaxRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Adamax (keras.optimizers.Adamax).
+
+  m = m + (g - m) * (1 - beta_1)
+  u = max(beta_2 * u, |g|)
+  var = var - lr * m / ((1 - beta_1^step) * (u + epsilon))
+
+tf_training_op_form: TensorFlow's ResourceApplyAdaMax arithmetic, which
+tf_keras' legacy Adamax uses: var = var - (lr / (1 - beta_1^step)) *
+(m / (u + epsilon)); for the sparse op tf_keras' legacy sparse Adamax, the
+same with m = m * beta_1 + g * (1 - beta_1).
+
+Bytes per element: 7T.
+)doc";
   enum : int {
     kOneMinusB1 = 1, kB2 = 2, kLr = 3, kOneMinusB1Pow = 4, kEps = 5, kLrOverBc = 6, kB1 = 7
   };
@@ -414,6 +467,29 @@ struct AdamaxRule {
 //   else:     var -= inc
 // Bytes/element: 5T, +2T each for momentum and centered.
 struct RmspropRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+RMSprop, with optional momentum (M == N) and centering (C == N)
+(keras.optimizers.RMSprop).
+
+  velocity = rho * velocity + (1 - rho) * g^2
+  centered: average_gradient = rho * average_gradient + (1 - rho) * g
+            denom = velocity - average_gradient^2 + epsilon
+  else:     denom = velocity + epsilon
+  increment = lr * g / sqrt(denom)
+    (epsilon_outside_sqrt: denom without epsilon, and
+     increment = lr * g / (sqrt(denom) + epsilon), as tf_keras' legacy RMSprop
+     without momentum)
+  momentum: m = momentum * m + increment;  var = var - m
+  else:     var = var - increment
+
+tf_training_op_form: TensorFlow's ResourceApply(Centered)RMSProp arithmetic,
+which tf_keras' legacy RMSprop uses with momentum: velocity = velocity +
+(g^2 - velocity) * (1 - rho), average_gradient = average_gradient +
+(g - average_gradient) * (1 - rho), the rest as above.
+
+Bytes per element: 5T, plus 2T each for momentum and centering.
+)doc";
   // kEps is added inside the square root, kEpsOut outside it; the caller sets
   // one and leaves the other 0 (x + 0 == x, so the other form keeps its bits).
   // The rsqrt forms (variant / kRsqrtStride, Note [TF rsqrt]) need kEpsOut 0.
@@ -481,6 +557,18 @@ struct RmspropRule {
 // the caller sets one of kEps and kEpsOut and leaves the other 0.)
 // Bytes/element: 5T.
 struct AdagradRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Adagrad (keras.optimizers.Adagrad; the accumulator starts at
+initial_accumulator_value, set by the caller).
+
+  accumulator = accumulator + g^2
+  var = var - lr * g / sqrt(accumulator + epsilon)
+  (epsilon_outside_sqrt: var = var - lr * g / (sqrt(accumulator) + epsilon), as
+   tf_keras' legacy Adagrad)
+
+Bytes per element: 5T.
+)doc";
   enum : int { kLr = 1, kEps = 2, kEpsOut = 3 };
   static constexpr int kRsqrtStride = 1;  // variant = rsqrt form (Note [TF rsqrt])
   static constexpr int kNumVariants = kNumRsqrtForms;
@@ -509,6 +597,22 @@ struct AdagradRule {
 //   adv = adv * rho + u^2 * (1 - rho)
 // Variant = tf_op + 2 * rsqrt form. Bytes/element: 7T.
 struct AdadeltaRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Adadelta (keras.optimizers.Adadelta).
+
+  accumulated_grad = rho * accumulated_grad + (1 - rho) * g^2
+  delta = -sqrt(accumulated_delta_var + epsilon) * g / sqrt(accumulated_grad + epsilon)
+  accumulated_delta_var = rho * accumulated_delta_var + (1 - rho) * delta^2
+  var = var + lr * delta
+
+tf_training_op_form: TensorFlow's ResourceApplyAdadelta arithmetic, which
+tf_keras' legacy Adadelta uses: u = sqrt(accumulated_delta_var + epsilon) *
+rsqrt(accumulated_grad + epsilon) * g (TF's CPU Rsqrt), var = var - u * lr,
+accumulated_delta_var = rho * accumulated_delta_var + (1 - rho) * u^2.
+
+Bytes per element: 7T.
+)doc";
   enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4 };
   static constexpr int kRsqrtStride = 2;  // variant = tf_op + 2 * rsqrt form
   static constexpr int kNumVariants = kRsqrtStride * kNumRsqrtForms;
@@ -540,6 +644,33 @@ struct AdadeltaRule {
 //   var = (clip(linear, -l1, l1) - linear) / quadratic;  acc = new_acc
 // Bytes/element: 7T.
 struct FtrlRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+FTRL-proximal, Keras' formulation (keras.optimizers.Ftrl).
+
+  p = -learning_rate_power;  l2' = l2 + beta / (2 * lr)
+  g_s = g + 2 * l2_shrinkage * var
+  new_acc = accumulator + g^2
+  linear = linear + g_s - (new_acc^p - accumulator^p) / lr * var
+  quadratic = new_acc^p / lr + 2 * l2'
+  var = (clip(linear, -l1, l1) - linear) / quadratic
+  accumulator = new_acc
+
+learning_rate_power = -0.5 uses sqrt; other powers use the C library's pow.
+Requires lr > 0 and learning_rate_power <= 0.
+Bytes per element: 7T.
+
+tf_pow: the powers as keras.optimizers.Ftrl's ops compute them, with
+TensorFlow's own CPU Pow kernel (Eigen's vectorized pow), except where
+Grappler rewrites Keras' graph (grappler_form: power 0.5 is Sqrt, 2 Square).
+Dense float32 and float64 CPU calls (elsewhere ignored); four passes instead
+of one (7T + 2T + 4T + 4T bytes per element).
+
+tf_training_op_form (with tf_pow): the powers as TensorFlow's
+ResourceApplyFtrl(V2) computes them (tf_keras' legacy Ftrl): Eigen's unary
+x.pow(p), repeated squaring for integer powers in [-3, 7], and sqrt for power
+0.5. The elementwise arithmetic is the same as without it.
+)doc";
   enum : int { kLr = 1, kPower = 2, kTwoL2Shrinkage = 3, kTwoL2 = 4, kL1 = 5 };
   static constexpr int kNumVariants = 2;
   FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
@@ -582,6 +713,15 @@ struct FtrlRule {
 //   m = m * beta_2 + g * (1 - beta_2)
 // Bytes/element: 5T.
 struct LionRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Lion (keras.optimizers.Lion).
+
+  var = var - lr * sign(m * beta_1 + g * (1 - beta_1))
+  m = m * beta_2 + g * (1 - beta_2)
+
+Bytes per element: 5T.
+)doc";
   enum : int { kLr = 1, kB1 = 2, kOneMinusB1 = 3, kB2 = 4, kOneMinusB2 = 5 };
   static constexpr int kNumVariants = 1;
   FUSEDOPT_HD static constexpr int Slots(int) { return 1; }
@@ -612,6 +752,22 @@ struct LionRule {
 //   2: x = (1 - w) * ((var - c1 * z) * (1 / beta_1)) + w * z
 // Bytes/element: 7T.
 struct ScheduleFreeRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+Schedule-free AdamW (keras.optimizers.ScheduleFreeAdamW). momentum holds the
+base iterate z (initialised to the variable), velocity Adam's second moment;
+step counts from 1; warmup_steps = 0 disables the warmup.
+
+  lr_t = lr * min(step / warmup_steps, 1)            (warmup_steps > 0)
+  w = 1 / step
+  v = v + (g^2 - v) * (1 - beta_2)
+  z = z - lr_t * g / (sqrt(v / (1 - beta_2^step)) + epsilon)
+  x = (var - (1 - beta_1) * z) / beta_1      (z after its update, as Keras)
+  x = (1 - w) * x + w * z
+  var = (1 - beta_1) * z + beta_1 * x
+
+Bytes per element: 7T.
+)doc";
   enum : int {
     kLr = 1,
     kOneMinusB2 = 2,
@@ -654,6 +810,18 @@ struct ScheduleFreeRule {
 // every option of keras.optimizers.Muon, tests/test_keras_parity.py.)
 // Bytes/element: 3T.
 struct MuonMomentumRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+The momentum half of Muon (keras.optimizers.Muon, the variables it does not
+send to its AdamW path): vars are Muon's momentum buffers m.
+
+  m = m + (g + m * (momentum - 1))
+
+(Keras' graph computes the same: Grappler leaves this expression alone in
+Muon's graph.) The Newton-Schulz iterations on m (or Nesterov's
+g + momentum * m) stay TensorFlow matmuls; Fusedopt>ApplyMuon applies their
+result. Takes no weight decay. Bytes per element: 3T.
+)doc";
   enum : int { kMomentumMinusOne = 1 };
   static constexpr int kNumVariants = 1;
   FUSEDOPT_HD static constexpr int Slots(int) { return 0; }
@@ -670,6 +838,17 @@ struct MuonMomentumRule {
 //   1 (MinimizeBroadcasts):    var = var - g * ((lr * s) * rms_rate)   (host)
 // Bytes/element: 3T.
 struct MuonRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+The update half of Muon (keras.optimizers.Muon): grads are the orthogonalized
+updates (the Newton-Schulz output), scale is Keras' sqrt(max(rows, cols)) as a
+float32 value, rms_rate its rms_rate (Keras' rms_rate=None: scale = rms_rate = 1).
+
+  var = var - ((lr * g) * scale) * rms_rate
+
+With grappler_form=true: var = var - g * ((lr * scale) * rms_rate), Keras'
+graph after MinimizeBroadcasts. Requires scale > 0. Bytes per element: 3T.
+)doc";
   enum : int { kLr = 1, kScale = 2, kRmsRate = 3, kFactor = 4 };
   static constexpr int kNumVariants = 2;
   FUSEDOPT_HD static constexpr int Slots(int) { return 0; }
@@ -695,6 +874,28 @@ struct MuonRule {
 //     var -= ratio * lr * u
 // Bytes/element: 6T + 4T = 10T.
 struct LambRule {
+  // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
+  static constexpr char kOpDoc[] = R"doc(
+LAMB (keras.optimizers.Lamb), with a per-variable trust ratio.
+
+  m = m + (g - m) * (1 - beta_1);  v = v + (g^2 - v) * (1 - beta_2)
+  u = (m / (1 - beta_1^step)) / (sqrt(v / (1 - beta_2^step)) + epsilon)
+  ratio = ||var|| / ||u|| if both norms > 0, else 1   (per variable)
+  var = var - ratio * lr * u
+
+Two passes, because no element of a variable can be written before the norms
+over all of it are known: pass 1 reads var, m, v, g and writes m, v while
+summing var^2 and u^2 (deterministic fixed-order sums in double); pass 2 reads
+var, m, v and writes var. Bytes per element: 6T + 4T = 10T.
+
+tf_norms: the two norms as keras.optimizers.Lamb's TensorFlow ops compute them,
+sqrt(sum(pow(x, 2))) in the variable's dtype with TF's own CPU Pow (Grappler's
+Square with grappler_form) and Sum kernels, on the op's thread pool: their
+summation order depends on the pool's size, as TF's does. Float32 and float64
+variables on the CPU (elsewhere ignored: 16-bit types, GPU and XLA keep the
+double sums). Costs two more reads and writes of each tensor (4T + 4T).
+)doc";
+  static constexpr bool kTwoPass = true;  // its own two-pass loops (no Apply)
   enum : int { kOneMinusB1 = 1, kOneMinusB2 = 2, kOneMinusB1Pow = 3, kOneMinusB2Pow = 4,
                kEps = 5, kLr = 6 };
   template <typename M>

@@ -15,21 +15,21 @@ namespace fusedopt {
 namespace tf {
 
 absl::Status ReadRuleAttrs(tensorflow::OpKernelConstruction* c, Rule rule, RuleAttrs* attrs) {
-  if (rule == Rule::kSgd) TF_RETURN_IF_ERROR(c->GetAttr("nesterov", &attrs->nesterov));
-  if (rule == Rule::kRmsprop || rule == Rule::kAdagrad) {
+  const unsigned has = InfoOf(rule).attrs;
+  if (has & kAttrNesterov) TF_RETURN_IF_ERROR(c->GetAttr("nesterov", &attrs->nesterov));
+  if (has & kAttrEpsilonOutsideSqrt) {
     TF_RETURN_IF_ERROR(c->GetAttr("epsilon_outside_sqrt", &attrs->epsilon_outside_sqrt));
   }
-  if (rule == Rule::kRmsprop || rule == Rule::kAdadelta || rule == Rule::kAdamax ||
-      rule == Rule::kNadam || rule == Rule::kAdam) {
+  if (has & kAttrTfTrainingOpForm) {
     TF_RETURN_IF_ERROR(c->GetAttr("tf_training_op_form", &attrs->tf_training_op_form));
   }
-  if (rule == Rule::kLamb) TF_RETURN_IF_ERROR(c->GetAttr("tf_norms", &attrs->tf_norms));
-  if (rule == Rule::kFtrl) {
+  if (has & kAttrTfNorms) TF_RETURN_IF_ERROR(c->GetAttr("tf_norms", &attrs->tf_norms));
+  if (has & kAttrTfPow) {
     TF_RETURN_IF_ERROR(c->GetAttr("tf_pow", &attrs->tf_pow));
     // A TF form only (Note [TF pow]): the kernels' plan never sees it.
     TF_RETURN_IF_ERROR(c->GetAttr("tf_training_op_form", &attrs->tf_tensor_pow));
   }
-  if (rule == Rule::kNadam) {
+  if (has & kAttrScheduleDecay) {
     float d = 1.0f;
     TF_RETURN_IF_ERROR(c->GetAttr("schedule_decay", &d));
     attrs->schedule_decay = d;

@@ -3,9 +3,9 @@
 // One generic kernel, FusedApplyOp, does what every op shares (Note
 // [variable semantics]): look up variables and slots, lock, validate, copy on
 // write, then run the rule over a flat chunk list (CPU) or launch it per
-// tensor (GPU). Each algorithm contributes a Spec: its slot and scalar input
-// names, and a Plan() that turns the scalars and attrs into the variant and
-// the per-call coefficients (Note [coefficients]).
+// tensor (GPU). Each rule of the registry (cc/rules/registry.h) is a Spec:
+// its slot and scalar inputs and the attributes that change its form; its
+// plan (variant and coefficients, Note [coefficients]) is MakeCallPlan's.
 #define EIGEN_USE_THREADS
 
 #include <algorithm>
@@ -63,25 +63,12 @@ struct StorageOf<Eigen::bfloat16> {
 template <Rule R>
 struct Spec {
   static constexpr Rule kRule = R;
-  static constexpr bool kTwoPass = R == Rule::kLamb;
+  static constexpr bool kTwoPass = InfoOf(R).two_pass;
   RuleAttrs attrs;
   explicit Spec(OpKernelConstruction* c) { OP_REQUIRES_OK(c, ReadRuleAttrs(c, R, &attrs)); }
   static const RuleInfo& Info() { return InfoOf(R); }
 };
 
-using SgdSpec = Spec<Rule::kSgd>;
-using AdamSpec = Spec<Rule::kAdam>;
-using NadamSpec = Spec<Rule::kNadam>;
-using AdamaxSpec = Spec<Rule::kAdamax>;
-using RmspropSpec = Spec<Rule::kRmsprop>;
-using AdagradSpec = Spec<Rule::kAdagrad>;
-using AdadeltaSpec = Spec<Rule::kAdadelta>;
-using FtrlSpec = Spec<Rule::kFtrl>;
-using LionSpec = Spec<Rule::kLion>;
-using LambSpec = Spec<Rule::kLamb>;
-using ScheduleFreeSpec = Spec<Rule::kScheduleFree>;
-using MuonMomentumSpec = Spec<Rule::kMuonMomentum>;
-using MuonSpec = Spec<Rule::kMuon>;
 
 absl::Status ReadGradOptions(OpKernelContext* ctx, bool skip_nonfinite, GradOptions* o) {
   TF_RETURN_IF_ERROR(ReadScalar(ctx, "grad_scale", &o->grad_scale));
@@ -94,7 +81,7 @@ absl::Status ReadGradOptions(OpKernelContext* ctx, bool skip_nonfinite, GradOpti
 }
 
 template <Backend B, typename T>
-absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo, const Plan& plan,
+absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, const Plan& plan,
                             bool decay, int dt, Rule rule, const RuleAttrs& attrs,
                             bool grappler_form) {
   if constexpr (B == Backend::kCpu) {
@@ -107,11 +94,11 @@ absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, Algo algo
       FtrlTfPow(ctx, ops, plan, attrs, grappler_form, &scratch)();
       return absl::OkStatus();
     }
-    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, false, algo, dt, eb);
+    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, false, rule, dt, eb);
     return absl::OkStatus();
   } else {
 #if defined(FUSEDOPT_WITH_CUDA)
-    return CudaStatus(RunElementwiseCuda(ops, plan, algo, dt, decay, GpuStream(ctx)),
+    return CudaStatus(RunElementwiseCuda(ops, plan, rule, dt, decay, GpuStream(ctx)),
                       "elementwise update");
 #else
     return absl::InternalError("fusedopt was built without CUDA");
@@ -145,7 +132,7 @@ absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Plan& plan
     LambNormsFn norms;
     TF_RETURN_IF_ERROR(
         LambNormsHook<T>(ctx, ops, plan, decay, tf_norms, square_form, &scratch, &norms));
-    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, true, Algo::kAdam, dt, eb, norms);
+    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, true, Rule::kLamb, dt, eb, norms);
     return absl::OkStatus();
   } else {
 #if defined(FUSEDOPT_WITH_CUDA)
@@ -298,7 +285,7 @@ class FusedApplyOp : public OpKernel {
     if constexpr (Spec::kTwoPass) {
       return RunLamb<B, T>(ctx, ops, plan, decay, dt, spec_.attrs.tf_norms, grappler_form_);
     } else {
-      return RunElementwise<B, T>(ctx, ops, Spec::Info().algo, plan, decay, dt, Spec::kRule,
+      return RunElementwise<B, T>(ctx, ops, plan, decay, dt, Spec::kRule,
                                   spec_.attrs, grappler_form_);
     }
   }
@@ -473,7 +460,7 @@ class SparseApplyOp : public OpKernel {
       TF_RETURN_IF_ERROR(LambNormsHook<T>(ctx, ops, plan, plan.Decays(), spec_.attrs.tf_norms,
                                           grappler_form_, &scratch, &norms));
     }
-    RunItemsCpu(PoolOf(ctx), items, ops, plan, Spec::kTwoPass, Spec::Info().algo, dt,
+    RunItemsCpu(PoolOf(ctx), items, ops, plan, Spec::kTwoPass, Spec::kRule, dt,
                 static_cast<int>(sizeof(S)), norms);
     return absl::OkStatus();
   }
@@ -486,107 +473,75 @@ class SparseApplyOp : public OpKernel {
 };
 
 // ---- Registration --------------------------------------------------------------
+//
+// Every rule's kernels, from the registry (Note [rule registry]): for each rule
+// Fusedopt>Apply<Op> on the CPU and the GPU and Fusedopt>SparseApply<Op> on the
+// CPU, for every element type (and index type). What REGISTER_KERNEL_BUILDER
+// does, in a loop.
 
-#define FUSEDOPT_REGISTER_CPU(OP, SPEC, T)                                               \
-  REGISTER_KERNEL_BUILDER(                                                              \
-      Name("Fusedopt>" OP).Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T"),       \
-      FusedApplyOp<Backend::kCpu, T, SPEC>);
+template <typename Kernel>
+tensorflow::OpKernel* Create(OpKernelConstruction* c) {
+  return new Kernel(c);
+}
 
-#define FUSEDOPT_REGISTER_ALL_CPU(OP, SPEC)          \
-  FUSEDOPT_REGISTER_CPU(OP, SPEC, Eigen::half)       \
-  FUSEDOPT_REGISTER_CPU(OP, SPEC, Eigen::bfloat16)   \
-  FUSEDOPT_REGISTER_CPU(OP, SPEC, float)             \
-  FUSEDOPT_REGISTER_CPU(OP, SPEC, double)
+void Register(tensorflow::KernelDefBuilder& def, const char* class_name,
+              tensorflow::OpKernel* (*create)(OpKernelConstruction*)) {
+  tensorflow::kernel_factory::OpKernelRegistrar(def.Build(), class_name, create);
+}
 
-FUSEDOPT_REGISTER_ALL_CPU("ApplySGD", SgdSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyAdam", AdamSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyNadam", NadamSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyAdamax", AdamaxSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyRmsprop", RmspropSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyAdagrad", AdagradSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyAdadelta", AdadeltaSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyFtrl", FtrlSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyLion", LionSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyLamb", LambSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyScheduleFreeAdamW", ScheduleFreeSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyMuonMomentum", MuonMomentumSpec)
-FUSEDOPT_REGISTER_ALL_CPU("ApplyMuon", MuonSpec)
-
-#define FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, T, I)                                     \
-  REGISTER_KERNEL_BUILDER(Name("Fusedopt>Sparse" OP)                                    \
-                              .Device(tensorflow::DEVICE_CPU)                           \
-                              .TypeConstraint<T>("T")                                   \
-                              .TypeConstraint<I>("Tindices"),                           \
-                          SparseApplyOp<T, SPEC, I>);
-#define FUSEDOPT_REGISTER_SPARSE_ALL_CPU(OP, SPEC)                   \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::half, int32_t)       \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::bfloat16, int32_t)   \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, float, int32_t)             \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, double, int32_t)            \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::half, int64_t)       \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, Eigen::bfloat16, int64_t)   \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, float, int64_t)             \
-  FUSEDOPT_REGISTER_SPARSE_CPU(OP, SPEC, double, int64_t)
-
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplySGD", SgdSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdam", AdamSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyNadam", NadamSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdamax", AdamaxSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyRmsprop", RmspropSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdagrad", AdagradSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyAdadelta", AdadeltaSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyFtrl", FtrlSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyLion", LionSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyLamb", LambSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyScheduleFreeAdamW", ScheduleFreeSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyMuonMomentum", MuonMomentumSpec)
-FUSEDOPT_REGISTER_SPARSE_ALL_CPU("ApplyMuon", MuonSpec)
-
+template <Rule R, typename T>
+void RegisterRuleType() {
+  const RuleInfo& info = InfoOf(R);
+  const std::string dense = std::string("Fusedopt>Apply") + info.op;
+  const std::string sparse = std::string("Fusedopt>SparseApply") + info.op;
+  {
+    tensorflow::KernelDefBuilder def(dense.c_str());
+    def.Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T");
+    Register(def, "FusedApplyOp", &Create<FusedApplyOp<Backend::kCpu, T, Spec<R>>>);
+  }
+  {
+    tensorflow::KernelDefBuilder def(sparse.c_str());
+    def.Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T");
+    def.TypeConstraint<int32_t>("Tindices");
+    Register(def, "SparseApplyOp", &Create<SparseApplyOp<T, Spec<R>, int32_t>>);
+  }
+  {
+    tensorflow::KernelDefBuilder def(sparse.c_str());
+    def.Device(tensorflow::DEVICE_CPU).TypeConstraint<T>("T");
+    def.TypeConstraint<int64_t>("Tindices");
+    Register(def, "SparseApplyOp", &Create<SparseApplyOp<T, Spec<R>, int64_t>>);
+  }
 #if defined(FUSEDOPT_WITH_CUDA)
-// Note [GPU hyperparameters]: for now the scalar hyperparameters (and the
-// step) are host-memory inputs, turned into coefficients on the host and
-// passed to the launchers by value.
-#define FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, T)                                          \
-  REGISTER_KERNEL_BUILDER(                                                               \
-      Name("Fusedopt>" OP).Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T") HOST,  \
-      FusedApplyOp<Backend::kGpu, T, SPEC>);
-#define FUSEDOPT_REGISTER_ALL_GPU(OP, SPEC, HOST)         \
-  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, Eigen::half)      \
-  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, Eigen::bfloat16)  \
-  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, float)            \
-  FUSEDOPT_REGISTER_GPU(OP, SPEC, HOST, double)
-
-#define H(x) .HostMemory(x)
-#define OPTS H("grad_scale") H("clip_value") H("clip_norm") H("global_clip_norm") H("skipped")
-FUSEDOPT_REGISTER_ALL_GPU("ApplySGD", SgdSpec, OPTS H("lr") H("momentum") H("weight_decay"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyAdam", AdamSpec,
-                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyNadam", NadamSpec,
-                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay")
-                              H("u_product") H("step"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyAdamax", AdamaxSpec,
-                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyRmsprop", RmspropSpec,
-                          OPTS H("lr") H("rho") H("momentum") H("epsilon") H("weight_decay"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyAdagrad", AdagradSpec, OPTS H("lr") H("epsilon") H("weight_decay"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyAdadelta", AdadeltaSpec,
-                          OPTS H("lr") H("rho") H("epsilon") H("weight_decay"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyFtrl", FtrlSpec,
-                          OPTS H("lr") H("learning_rate_power") H("l1") H("l2") H("l2_shrinkage")
-                              H("beta") H("weight_decay"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyLion", LionSpec,
-                          OPTS H("lr") H("beta_1") H("beta_2") H("weight_decay"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyLamb", LambSpec,
-                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("weight_decay") H("step"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyScheduleFreeAdamW", ScheduleFreeSpec,
-                          OPTS H("lr") H("beta_1") H("beta_2") H("epsilon") H("warmup_steps")
-                              H("weight_decay") H("step"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyMuonMomentum", MuonMomentumSpec, OPTS H("momentum"))
-FUSEDOPT_REGISTER_ALL_GPU("ApplyMuon", MuonSpec,
-                          OPTS H("lr") H("scale") H("rms_rate") H("weight_decay"))
-#undef OPTS
-#undef H
+  // Note [GPU hyperparameters]: for now the scalar hyperparameters (and the
+  // step) are host-memory inputs, turned into coefficients on the host and
+  // passed to the launchers by value.
+  {
+    tensorflow::KernelDefBuilder def(dense.c_str());
+    def.Device(tensorflow::DEVICE_GPU).TypeConstraint<T>("T");
+    for (const char* name : {"grad_scale", "clip_value", "clip_norm", "global_clip_norm", "skipped"}) {
+      def.HostMemory(name);
+    }
+    for (int k = 0; k < info.num_scalars; ++k) def.HostMemory(info.scalars[k]);
+    if (info.has_step) def.HostMemory("step");
+    Register(def, "FusedApplyOp", &Create<FusedApplyOp<Backend::kGpu, T, Spec<R>>>);
+  }
 #endif
+}
+
+template <Rule R>
+void RegisterRule() {
+  RegisterRuleType<R, Eigen::half>();
+  RegisterRuleType<R, Eigen::bfloat16>();
+  RegisterRuleType<R, float>();
+  RegisterRuleType<R, double>();
+}
+
+[[maybe_unused]] const bool kRegistered = [] {
+#define FUSEDOPT_REGISTER_RULE(ID, ...) RegisterRule<Rule::ID>();
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_REGISTER_RULE)
+#undef FUSEDOPT_REGISTER_RULE
+  return true;
+}();
 
 }  // namespace
 }  // namespace tf

@@ -262,23 +262,25 @@ class AdafactorXlaOp : public XlaOpKernel {
 REGISTER_KERNEL_BUILDER(Name("Fusedopt>ApplyAdafactor").Device(tensorflow::DEVICE_CPU_XLA_JIT),
                         AdafactorXlaOp);
 
-#define FUSEDOPT_REGISTER_XLA(OP, RULE)                                                   \
-  REGISTER_KERNEL_BUILDER(Name("Fusedopt>" OP).Device(tensorflow::DEVICE_CPU_XLA_JIT),   \
-                          FusedApplyXlaOp<RULE>);
+// Every rule of the registry (Note [rule registry]), as REGISTER_KERNEL_BUILDER
+// would, in a loop.
+template <Rule R>
+tensorflow::OpKernel* CreateXla(tensorflow::OpKernelConstruction* c) {
+  return new FusedApplyXlaOp<R>(c);
+}
 
-FUSEDOPT_REGISTER_XLA("ApplySGD", Rule::kSgd)
-FUSEDOPT_REGISTER_XLA("ApplyAdam", Rule::kAdam)
-FUSEDOPT_REGISTER_XLA("ApplyNadam", Rule::kNadam)
-FUSEDOPT_REGISTER_XLA("ApplyAdamax", Rule::kAdamax)
-FUSEDOPT_REGISTER_XLA("ApplyRmsprop", Rule::kRmsprop)
-FUSEDOPT_REGISTER_XLA("ApplyAdagrad", Rule::kAdagrad)
-FUSEDOPT_REGISTER_XLA("ApplyAdadelta", Rule::kAdadelta)
-FUSEDOPT_REGISTER_XLA("ApplyFtrl", Rule::kFtrl)
-FUSEDOPT_REGISTER_XLA("ApplyLion", Rule::kLion)
-FUSEDOPT_REGISTER_XLA("ApplyLamb", Rule::kLamb)
-FUSEDOPT_REGISTER_XLA("ApplyScheduleFreeAdamW", Rule::kScheduleFree)
-FUSEDOPT_REGISTER_XLA("ApplyMuonMomentum", Rule::kMuonMomentum)
-FUSEDOPT_REGISTER_XLA("ApplyMuon", Rule::kMuon)
+[[maybe_unused]] const bool kXlaRegistered = [] {
+  auto add = [](Rule rule, tensorflow::OpKernel* (*create)(tensorflow::OpKernelConstruction*)) {
+    const std::string op = std::string("Fusedopt>Apply") + InfoOf(rule).op;
+    tensorflow::KernelDefBuilder def(op.c_str());
+    def.Device(tensorflow::DEVICE_CPU_XLA_JIT);
+    tensorflow::kernel_factory::OpKernelRegistrar(def.Build(), "FusedApplyXlaOp", create);
+  };
+#define FUSEDOPT_REGISTER_XLA(ID, ...) add(Rule::ID, &CreateXla<Rule::ID>);
+  FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_REGISTER_XLA)
+#undef FUSEDOPT_REGISTER_XLA
+  return true;
+}();
 
 }  // namespace
 }  // namespace tf

@@ -71,24 +71,24 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
     grad[i] = normal(gen);
   }
   struct RuleCase {
-    Algo algo;
+    Rule rule;
     int variant;
     Coeffs c;
   };
   const RuleCase cases[] = {
-      {Algo::kSgd, 2, coeffs::Sgd(0.1, 0.9, 0.01)},
-      {Algo::kAdam, 1, coeffs::Adam(1e-3, 0.9, 0.999, 1e-7, 0.01, 3)},
-      {Algo::kNadam, 0, coeffs::Nadam(1e-3, 0.9, 0.999, 1e-7, 0.0, 0.4, 3)},
-      {Algo::kAdamax, 0, coeffs::Adamax(1e-3, 0.9, 0.999, 1e-7, 0.0, 3)},
-      {Algo::kRmsprop, 1, coeffs::Rmsprop(1e-3, 0.9, 0.5, 1e-7, 0.0)},
-      {Algo::kAdagrad, 0, coeffs::Adagrad(1e-3, 1e-7, 0.0)},
-      {Algo::kAdadelta, 0, coeffs::Adadelta(1.0, 0.95, 1e-7, 0.0)},
-      {Algo::kFtrl, 1, coeffs::Ftrl(1e-3, -0.5, 0.01, 0.01, 0.0, 0.0, 0.0)},
-      {Algo::kLion, 0, coeffs::Lion(1e-4, 0.9, 0.99, 0.0)},
+      {Rule::kSgd, 2, coeffs::Sgd(0.1, 0.9, 0.01)},
+      {Rule::kAdam, 1, coeffs::Adam(1e-3, 0.9, 0.999, 1e-7, 0.01, 3)},
+      {Rule::kNadam, 0, coeffs::Nadam(1e-3, 0.9, 0.999, 1e-7, 0.0, 0.4, 3)},
+      {Rule::kAdamax, 0, coeffs::Adamax(1e-3, 0.9, 0.999, 1e-7, 0.0, 3)},
+      {Rule::kRmsprop, 1, coeffs::Rmsprop(1e-3, 0.9, 0.5, 1e-7, 0.0)},
+      {Rule::kAdagrad, 0, coeffs::Adagrad(1e-3, 1e-7, 0.0)},
+      {Rule::kAdadelta, 0, coeffs::Adadelta(1.0, 0.95, 1e-7, 0.0)},
+      {Rule::kFtrl, 1, coeffs::Ftrl(1e-3, -0.5, 0.01, 0.01, 0.0, 0.0, 0.0)},
+      {Rule::kLion, 0, coeffs::Lion(1e-4, 0.9, 0.99, 0.0)},
   };
   const int dt = static_cast<int>(DType::kFloat32);
   for (const RuleCase& rc : cases) {
-    const cpu::ElementwiseFn fn = k.elementwise[static_cast<int>(rc.algo)][dt][rc.variant][1][1];
+    const cpu::ElementwiseFn fn = k.elementwise[static_cast<int>(rc.rule)][dt][rc.variant][1][1];
     const GradXform gx{0.5, 1.5};
     // Reference: indices [0, n) on the real buffers.
     std::vector<float> rv = var0, r0 = s0, r1 = s1, r2 = s2;
@@ -104,7 +104,7 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
       void* slots[3] = {shift(a.data()), shift(b.data()), shift(c.data())};
       fn(rc.c, gx, shift(v.data()), slots, shift(grad.data()), offset, offset + n);
       Check(SameBits(v, rv) && SameBits(a, r0) && SameBits(b, r1) && SameBits(c, r2),
-            std::string(k.isa) + ": algo " + std::to_string(static_cast<int>(rc.algo)) +
+            std::string(k.isa) + ": rule " + std::string(InfoOf(rc.rule).name) +
                 " at offset " + std::to_string(offset));
     }
   }
