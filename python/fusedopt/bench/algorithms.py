@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 import fusedopt.keras as fk
-from fusedopt.bench import reference as ref
+from fusedopt import reference as ref
 
 
 @dataclass

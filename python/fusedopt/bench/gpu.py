@@ -19,7 +19,7 @@ torch.optim's fused and foreach implementations of the same rule run on the
 same sizes and dtype as comparisons.
 
 Before timing, every contender takes one step from a known state and is
-compared with the float64 NumPy reference (fusedopt.bench.reference; sampled
+compared with the float64 NumPy reference (fusedopt.reference; sampled
 elements of large tensors, LAMB in full): a contender that fails is marked
 WRONG in the output and not timed.
 
@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fusedopt.bench import reference as ref
+from fusedopt import reference as ref
 
 DTYPE_NAMES = ["float16", "bfloat16", "float32", "float64"]
 ELEM_SIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}

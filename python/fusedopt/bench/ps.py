@@ -523,7 +523,7 @@ class Chief:
 
     def _rule(self, algorithm, var, grad, slots, step):
         """The float64 reference of one update (tf_keras' legacy formulas)."""
-        from fusedopt.bench import reference as ref
+        from fusedopt import reference as ref
 
         f = lambda x: float(self.np.float32(x))  # noqa: E731  (hyperparameters as float32)
         if algorithm == "adam":

@@ -298,7 +298,7 @@ class SparseCase:
         c = self.contenders[name]
         if c.get("step") is None:
             return "n/a"
-        from fusedopt.bench import reference as ref
+        from fusedopt import reference as ref
 
         var0 = c["var"].numpy().astype(np.float64)
         m0 = c["opt"]._momentums[0].numpy().astype(np.float64)
