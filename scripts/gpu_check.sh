@@ -179,7 +179,7 @@ PYEOF
   run_step host_overhead 40 190 "$OUT/host_overhead.log" \
     "$PY" scripts/gpu_host_overhead.py --json "$OUT/host_overhead.json"  # a measurement: not a check
   run_step bench 180 15 "$OUT/bench.log" \
-    "$PY" -m fusedopt.bench.gpu --json "$OUT/bench.json" --markdown "$OUT/bench.md" || FAILED=1
+    "$PY" -m fusedopt.bench --suite gpu --json "$OUT/bench.json" --markdown "$OUT/bench.md" || FAILED=1
 fi
 
 # --- 4. device facts and summary --------------------------------------------------------------

@@ -2,7 +2,7 @@
 and on CUDA devices (tests/gpu): the case table (every rule and variant), the
 per-dtype tolerances, seeded random inputs, and a runner that applies several
 steps with fresh inputs through ``nat.apply`` and through the float64
-references of fusedopt.bench.reference.
+references of fusedopt.reference.
 
 It mirrors tests/test_family_ops.py (same cases, same references, same
 tolerances) but must never import TensorFlow: the GPU check runs it on machines
@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fusedopt.bench import reference as ref
+from fusedopt import reference as ref
 
 try:
     import ml_dtypes

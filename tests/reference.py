@@ -1,4 +1,4 @@
-"""The float64 references live in the package (fusedopt.bench.reference) so the
+"""The float64 references live in the package (fusedopt.reference) so the
 benchmark's --check uses the very same code as the tests."""
 
-from fusedopt.bench.reference import *  # noqa: F401,F403
+from fusedopt.reference import *  # noqa: F401,F403

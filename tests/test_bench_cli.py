@@ -221,3 +221,62 @@ def test_ps_suite_is_not_part_of_quick():
     cli.validate(args)
     assert (args.ps_repeats, args.ps_warmup, args.ps_steps) == (5, 1, 20)
     assert args.ps_table == (1_000_000, 64) and args.ps_batch == (512, 8)
+
+
+def test_resnet50_shapes_are_keras_resnet50():
+    """The one table of model shapes (fusedopt.bench.shapes, plain Python so
+    the gpu suite needs no TensorFlow) is ResNet-50's trainable variables as
+    Keras builds them, in Keras' order."""
+    import keras
+
+    from fusedopt.bench import shapes
+
+    want = [tuple(v.shape) for v in keras.applications.ResNet50(weights=None).trainable_variables]
+    assert shapes.resnet50() == want
+    assert len(want) == 214 and shapes.elements(want) == 25_583_592
+
+
+def test_bench_tables_fail_loudly_on_a_rule_they_do_not_know(monkeypatch):
+    """Every suite's rule table names every registry rule (timed or skipped,
+    with a reason); a registry rule unknown to a table is an error, not a
+    silent gap."""
+    from fusedopt.bench import gpu, rules
+
+    gpu.check_rules()  # the tables as they are: every registry rule placed
+    real = rules.registry()
+    fake = dict(real, new_rule=rules.RuleInfo("new_rule", ("lr",), (), (), False))
+    monkeypatch.setattr(rules, "registry", lambda: fake)
+    with pytest.raises(rules.UnknownRuleError, match="new_rule"):
+        gpu.check_rules()
+    with pytest.raises(rules.UnknownRuleError, match="new_rule"):
+        rules.require_known({name: None for name in real}, "a table")
+
+
+def test_bench_modules_import_no_circle():
+    """fusedopt.bench's modules (and fusedopt.reference) import each other
+    as a DAG: no module imports one that imports it back."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "python" / "fusedopt"
+    files = {f"fusedopt.bench.{f.stem}": f for f in (root / "bench").glob("*.py")}
+    files["fusedopt.reference"] = root / "reference.py"
+    graph = {}
+    for name, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {d for d in files if d in deps and d != name}
+    done: set[str] = set()
+
+    def visit(name, path):
+        assert name not in path, " -> ".join(path + [name])
+        if name not in done:
+            for dep in graph[name]:
+                visit(dep, path + [name])
+            done.add(name)
+
+    for name in graph:
+        visit(name, [])

@@ -1,6 +1,6 @@
 """scripts/gpu_check.sh on a machine without a GPU: it stops before building
 anything, exit 2, naming each missing tool; and the GPU benchmark's logic
-(python -m fusedopt.bench.gpu): exit 2 without a GPU, a CPU smoke run."""
+(fusedopt-bench --suite gpu): exit 2 without a GPU, a CPU smoke run."""
 
 from __future__ import annotations
 
@@ -66,13 +66,13 @@ def test_usage(tmp_path):
     assert "usage" in r.stderr
 
 
-# --- the GPU benchmark's own logic (python -m fusedopt.bench.gpu) -------------------------
+# --- the GPU benchmark's own logic (python -m fusedopt.bench --suite gpu) -----------------
 
 
 def _bench(tmp_path, *args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    return subprocess.run([sys.executable, "-m", "fusedopt.bench.gpu", *args], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-m", "fusedopt.bench", "--suite", "gpu", *args],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
 
 
 def test_bench_without_a_gpu_exits_2(tmp_path):
@@ -89,11 +89,13 @@ def test_bench_smoke_run_on_the_cpu_checks_and_writes_every_row(tmp_path):
     """--device cpu: the whole pipeline (contenders checked against the
     reference, then timed) on tiny CPU arrays."""
     pytest.importorskip("fusedopt._native")
-    from fusedopt.bench.gpu import mixed_shapes, resnet50_shapes
+    from fusedopt.bench.shapes import mixed, resnet50
 
-    shapes = resnet50_shapes()
-    assert len(shapes) == 161 and sum(int(np.prod(s)) for s in shapes) == 25_557_032
-    mixed = mixed_shapes()
+    # ResNet-50 as Keras builds it (convolutions with biases), the one table of
+    # fusedopt.bench.shapes (was 161 tensors, 25,557,032: torchvision's layout).
+    shapes = resnet50()
+    assert len(shapes) == 214 and sum(int(np.prod(s)) for s in shapes) == 25_583_592
+    mixed = mixed()
     assert len(mixed) == 1000 and min(mixed) >= (16,) and max(mixed) <= (2**18,)
     r = _bench(tmp_path, "--device", "cpu", "--scale", "1e-4", "--repeats", "2", "--warmup", "1",
                "--dtypes", "float32", "--no-torch-optim", "--json", str(tmp_path / "b.json"),

@@ -683,7 +683,7 @@ import json, sys
 sys.path[:0] = json.loads(sys.argv[1])
 import numpy as np
 import native_harness as H
-from fusedopt.bench import reference as ref
+from fusedopt import reference as ref
 import fusedopt._native as nat
 rng = np.random.default_rng(int(sys.argv[2]))
 out = {"isa": nat.build_info()["cpu_isa"], "hashes": {}}

@@ -1,43 +1,46 @@
-"""fusedopt-bench: fused kernels side by side with tf.raw_ops, Keras (with and
-without XLA) and the memory-bandwidth roofline, in one process.
+"""fusedopt-bench: the one command line of fusedopt's benchmarks.
 
-Method: every contender updates its own copy of the same variables with the
-same gradients. Before timing, each contender takes one step from a known
-state and is compared with the float64 reference (--check, on by default): a
-wrong contender is reported as WRONG and not timed. Then, after warm-up, the
-contenders run interleaved for --repeats rounds; each round is one
-tf.function call running K steps in a graph loop (K grows as the problem
-shrinks, so Python's per-call cost does not swamp small problems); the median
-and the spread (min-max) of the per-step times are reported. GB/s uses the
-rule's bytes per element; the roofline is an in-place triad probe
-(a = a * s + b, 12 bytes/element) over as many bytes as the rule moves, on the
-same thread pool, timed in the same rounds.
+Every suite is a ``--suite`` of this command (also ``python -m fusedopt.bench``),
+timed by one timer (fusedopt.bench.timing: warm-up rounds, then the median of
+interleaved timed rounds) on one table of model shapes (fusedopt.bench.shapes),
+with the rule list read from the registry (fusedopt.bench.rules). This module
+imports neither TensorFlow nor a suite until the suite runs, so the gpu suite
+runs where TensorFlow is not installed.
 
-Keras contenders with XLA are built as Keras 3's `model.fit` builds them: the
-step is compiled, and a separate uncompiled loop calls it K times (see
-fusedopt.bench.runner.fit_style_loop), so each step is one XLA launch.
-The fit suite times model.fit itself: each round trains every contender's
-model for one epoch, and its check compares each loss curve with Keras'.
-The ps suite (only when asked for: it starts server processes) times training
-steps of a recommender under ParameterServerStrategy on a local cluster,
-fusedopt.legacy against tf_keras' built-ins, each contender's first step
-checked against the float64 reference; see fusedopt.bench.ps for its method.
+The table suites (sizes, many, models, sparse, fit, ps; fusedopt.bench.runner,
+its docstring has the method) run together in one process and write rich
+tables, JSON (schema fusedopt-bench/1) and a plot: fused kernels side by side
+with tf.raw_ops, Keras (with and without XLA) and the memory-bandwidth roofline,
+each contender checked against the float64 reference before it is timed. The
+ps suite (only when asked for: it starts server processes) times training steps
+of a recommender under ParameterServerStrategy on a local cluster; see
+fusedopt.bench.ps for its method.
+
+The focused suites each run alone, with their own output: dense (every fused
+rule on one 16M variable against tf.raw_ops; fusedopt.bench.dense), multi (one
+fused call over many variables; fusedopt.bench.multi), keras-apply (Keras'
+``optimizer.apply``, fusedopt against keras.optimizers, with and without XLA;
+fusedopt.bench.keras_apply) and gpu (fusedopt._native on a CUDA device, without
+TensorFlow; fusedopt.bench.gpu).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import sys
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
-SUITES = ["sizes", "many", "models", "sparse", "fit", "ps"]
+from fusedopt.bench.shapes import MODELS
+
+# The table suites (fusedopt.bench.runner), run together.
+TABLE_SUITES = ["sizes", "many", "models", "sparse", "fit", "ps"]
+# The focused suites: each runs alone, by its module's run function.
+ALONE_SUITES = {"dense": ("fusedopt.bench.dense", "run"),
+                "multi": ("fusedopt.bench.multi", "run"),
+                "keras-apply": ("fusedopt.bench.keras_apply", "run"),
+                "gpu": ("fusedopt.bench.gpu", "run_suite")}
+SUITES = TABLE_SUITES + list(ALONE_SUITES)
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
 # --quick must finish in under 2 minutes on 2 cores: fewer rounds, and the fit
 # suite (one model.fit call per epoch, ~0.3 s of Keras overhead each) fewer still.
@@ -60,26 +63,6 @@ class UsageError(Exception):
     """Bad command-line input: reported without a traceback, exit code 2."""
 
 
-@dataclass
-class Row:
-    suite: str
-    case: str
-    algorithm: str
-    dtype: str
-    tensors: int
-    elements: int
-    contender: str
-    check: str  # "ok", "WRONG: ...", "skipped"
-    ms: float | None = None
-    ms_min: float | None = None
-    ms_max: float | None = None
-    gb_per_s: float | None = None
-    pct_roofline: float | None = None
-    speedup_vs_raw: float | None = None
-    speedup_vs_keras: float | None = None
-    extra: dict = field(default_factory=dict)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="fusedopt-bench",
@@ -87,17 +70,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(with and without XLA) and the memory-bandwidth roofline.",
     )
     p.add_argument("--suite", action="append", default=None,
-                   help=f"suite to run, repeatable: {', '.join(SUITES)} (default: all but ps; "
-                   "--quick: all but models and ps)")
-    p.add_argument("--algorithms", default="adam",
-                   help="comma-separated algorithms for sizes/many/models (default: adam; "
-                   "'all' for every one)")
-    p.add_argument("--dtypes", default="float32", help=f"comma-separated: {', '.join(DTYPES)}")
-    p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on 2 cores)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per case")
+                   help=f"suite to run, repeatable: {', '.join(TABLE_SUITES)} (default: all but "
+                   "ps; --quick: all but models and ps); or one of "
+                   f"{', '.join(ALONE_SUITES)}, alone")
+    p.add_argument("--algorithms", default=None,
+                   help="comma-separated algorithms (registry names) for sizes/many/models "
+                   "(default: adam), or the gpu suite's cases (default: all); 'all' for every one")
+    p.add_argument("--dtypes", default=None,
+                   help=f"comma-separated: {', '.join(DTYPES)} (default: float32; gpu: "
+                   "float32,bfloat16)")
+    p.add_argument("--quick", action="store_true",
+                   help="a short run of the table suites (under 2 minutes on 2 cores)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed rounds per case (default: the suite's)")
     p.add_argument("--warmup", type=int, default=None,
-                   help="untimed rounds per case (default 2; --quick: 1 for the fit suite)")
-    p.add_argument("--sizes", default=None, help="comma-separated element counts for 'sizes'")
+                   help="untimed rounds per case (default 2; --quick: 1 for the fit suite; "
+                   "dense, multi, gpu: 3)")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated element counts for 'sizes'; for 'dense' one count "
+                   "(default 16777216)")
     p.add_argument("--many", default=None,
                    help="comma-separated COUNTxSIZE cases for 'many' (e.g. 200x10000)")
     p.add_argument("--models", default="resnet50,bert-base,recommender",
@@ -120,33 +111,53 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the correctness check before timing")
     p.add_argument("--no-xla", dest="xla", action="store_false", help="skip the XLA contender")
-    p.add_argument("--json", default="fusedopt-bench.json", help="JSON output path")
-    p.add_argument("--plot", default="fusedopt-bench.png", help="PNG plot path ('' for none)")
+    p.add_argument("--json", default=None,
+                   help="JSON output path (default: fusedopt-bench.json for the table suites, "
+                   "none for the others)")
+    p.add_argument("--plot", default=None,
+                   help="PNG plot path of the table suites ('' for none; default "
+                   "fusedopt-bench.png)")
+    g = p.add_argument_group("gpu suite (fusedopt._native on a CUDA device, no TensorFlow)")
+    g.add_argument("--markdown", default=None,
+                   help="write a Markdown table here (default: print it)")
+    g.add_argument("--backend", choices=["cupy", "torch"], default=None,
+                   help="array library (default: CuPy if importable, else PyTorch)")
+    g.add_argument("--no-torch-optim", action="store_true", help="skip the torch.optim rows")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: a smoke test of the suite on tiny CPU arrays, not a benchmark")
+    g.add_argument("--scale", type=float, default=None,
+                   help="multiply the sizes (default 1 on cuda, 1e-3 on cpu)")
     p.add_argument("--inject-wrong", action="store_true", help=argparse.SUPPRESS)
+    # The ps suite's chief process (fusedopt.bench.ps.run_cluster_benchmark starts it).
+    p.add_argument("--ps-chief", default=None, metavar="JSON", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     return args
 
 
-def validate(args: argparse.Namespace) -> None:
-    from fusedopt.bench.algorithms import ALGORITHMS
+def _names(text: str, known: list[str], what: str) -> list[str]:
+    names = list(known) if text == "all" else [x for x in text.split(",") if x]
+    for n in names:
+        if n not in known:
+            raise UsageError(f"unknown {what} {n!r}; choose from {', '.join(known)}"
+                             + (" or all" if what == "algorithm" else ""))
+    return names
 
-    suites = args.suite or (["sizes", "many", "sparse", "fit"] if args.quick else
-                            ["sizes", "many", "models", "sparse", "fit"])
-    for s in suites:
-        if s not in SUITES:
-            raise UsageError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
-    args.suite = suites
-    algos = list(ALGORITHMS) if args.algorithms == "all" else args.algorithms.split(",")
-    for a in algos:
-        if a not in ALGORITHMS:
-            raise UsageError(f"unknown algorithm {a!r}; choose from {', '.join(ALGORITHMS)} or all")
-    args.algorithms = algos
-    dtypes = args.dtypes.split(",")
-    for d in dtypes:
-        if d not in DTYPES:
-            raise UsageError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
-    args.dtypes = dtypes
-    preset = QUICK if args.quick else FULL
+
+def _outputs(args: argparse.Namespace) -> None:
+    for label, path in [("--json", args.json), ("--plot", args.plot),
+                        ("--markdown", args.markdown)]:
+        if not path:
+            continue
+        target = Path(path)
+        parent = target.parent if str(target.parent) else Path(".")
+        if not parent.is_dir():
+            raise UsageError(f"cannot write {label} output {path!r}: no directory {str(parent)!r}")
+        if target.is_dir() or not os.access(target if target.exists() else parent, os.W_OK):
+            raise UsageError(f"cannot write {label} output {path!r}: not writable")
+
+
+def _sizes(args: argparse.Namespace) -> None:
     if args.sizes:
         try:
             args.sizes = [int(x) for x in args.sizes.split(",")]
@@ -154,7 +165,59 @@ def validate(args: argparse.Namespace) -> None:
             raise UsageError(f"--sizes takes comma-separated integers, got {args.sizes!r}")
         if any(n < 1 for n in args.sizes):
             raise UsageError("--sizes must be positive")
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.ps_chief is not None:
+        return
+    suites = args.suite or (["sizes", "many", "sparse", "fit"] if args.quick else
+                            ["sizes", "many", "models", "sparse", "fit"])
+    for s in suites:
+        if s not in SUITES:
+            raise UsageError(f"unknown suite {s!r}; choose from {', '.join(SUITES)}")
+    alone = [s for s in suites if s in ALONE_SUITES]
+    if alone and len(suites) > 1:
+        raise UsageError(f"--suite {alone[0]} runs alone, not with "
+                         f"{', '.join(s for s in suites if s != alone[0])}")
+    args.suite = suites
+    if alone:
+        _validate_alone(args, alone[0])
     else:
+        _validate_tables(args)
+    _outputs(args)
+
+
+def _validate_alone(args: argparse.Namespace, suite: str) -> None:
+    if args.repeats is not None and args.repeats < 1 or args.warmup is not None and args.warmup < 0:
+        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
+    _sizes(args)
+    if suite == "dense" and args.sizes and len(args.sizes) != 1:
+        raise UsageError("--suite dense takes one size (--sizes N)")
+    if suite != "gpu":
+        return
+    from fusedopt.bench import gpu  # (no TensorFlow)
+
+    args.rules = _names(args.algorithms or "all", list(gpu.RULES), "algorithm")
+    args.dtypes = (_names(args.dtypes, DTYPES, "dtype") if args.dtypes
+                   else list(gpu.DEFAULTS["dtypes"]))
+    args.repeats = args.repeats or gpu.DEFAULTS["repeats"]
+    args.warmup = gpu.DEFAULTS["warmup"] if args.warmup is None else args.warmup
+    if args.scale is None:
+        args.scale = 1.0 if args.device == "cuda" else 1e-3
+
+
+def _validate_tables(args: argparse.Namespace) -> None:
+    from fusedopt.bench.algorithms import ALGORITHMS
+
+    args.algorithms = _names(args.algorithms or "adam", list(ALGORITHMS), "algorithm")
+    args.dtypes = _names(args.dtypes or "float32", DTYPES, "dtype")
+    if args.json is None:
+        args.json = "fusedopt-bench.json"
+    if args.plot is None:
+        args.plot = "fusedopt-bench.png"
+    preset = QUICK if args.quick else FULL
+    _sizes(args)
+    if not args.sizes:
         args.sizes = preset["sizes"]
     if args.many:
         try:
@@ -171,19 +234,19 @@ def validate(args: argparse.Namespace) -> None:
         if m not in ("mlp", "resnet50"):
             raise UsageError(f"unknown fit model {m!r}; choose from mlp, resnet50")
     args.models = args.models.split(",")
-    known_models = ["resnet50", "bert-base", "recommender"]
+    known_models = list(MODELS)
     for m in args.models:
         if m not in known_models:
             raise UsageError(f"unknown model {m!r}; choose from {', '.join(known_models)}")
     explicit_repeats, explicit_warmup = args.repeats is not None, args.warmup is not None
     args.repeats = args.repeats or preset["repeats"]
     args.warmup = 2 if args.warmup is None else args.warmup
+    if args.repeats < 1 or args.warmup < 0:
+        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     # The fit suite's rounds (epochs): as given, else the preset's.
     args.fit_repeats = args.repeats if explicit_repeats else preset.get("fit_repeats",
                                                                         args.repeats)
     args.fit_warmup = args.warmup if explicit_warmup else preset.get("fit_warmup", args.warmup)
-    if args.repeats < 1 or args.warmup < 0:
-        raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     # The ps suite's rounds: as given, else its own (short) defaults.
     args.ps_repeats = args.repeats if explicit_repeats else PS_DEFAULTS["repeats"]
     args.ps_warmup = args.warmup if explicit_warmup else PS_DEFAULTS["warmup"]
@@ -201,41 +264,6 @@ def validate(args: argparse.Namespace) -> None:
         setattr(args, name, (a, b))
     if args.ps_table[0] < 2:
         raise UsageError("--ps-table needs at least 2 rows (one per parameter server)")
-    for label, path in [("--json", args.json), ("--plot", args.plot)]:
-        if not path:
-            continue
-        target = Path(path)
-        parent = target.parent if str(target.parent) else Path(".")
-        if not parent.is_dir():
-            raise UsageError(f"cannot write {label} output {path!r}: no directory {str(parent)!r}")
-        if target.is_dir() or not os.access(target if target.exists() else parent, os.W_OK):
-            raise UsageError(f"cannot write {label} output {path!r}: not writable")
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    import tensorflow as tf
-
-    import fusedopt
-
-    return dict(cpu=cpu, cores=os.cpu_count(), memory_gib=mem_gib, python=platform.python_version(),
-                tensorflow=tf.__version__, fusedopt=fusedopt.build_info(),
-                gpus=[d.name for d in tf.config.list_physical_devices("GPU")],
-                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"fusedopt-bench: error: {e}", file=sys.stderr)
         return 2
+    if args.ps_chief is not None:
+        from fusedopt.bench import ps
+
+        return ps.chief_main(args.ps_chief)
+    suite = args.suite[0]
+    if suite in ALONE_SUITES:
+        import importlib
+
+        module, function = ALONE_SUITES[suite]
+        return getattr(importlib.import_module(module), function)(args)
     from fusedopt.bench import runner
 
     return runner.run(args)

@@ -1,15 +1,19 @@
 """GPU benchmark of fusedopt._native, without TensorFlow.
 
-    python -m fusedopt.bench.gpu --json OUT.json --markdown OUT.md
+    fusedopt-bench --suite gpu --json OUT.json --markdown OUT.md
+    (python -m fusedopt.bench --suite gpu ...: the CLI imports TensorFlow
+    only for the suites that need it, never for this one)
 
 Device arrays come from CuPy when it is importable, else PyTorch (bfloat16
 needs PyTorch: CuPy has no bfloat16). For each rule (adam, adamw, sgd with
-momentum, lion, rmsprop, lamb) and dtype it times one ``nat.apply`` step on
-(a) one tensor of 64M elements and (b) the 161 tensors of ResNet-50 (53
-convolution kernels, 53 batch-norm scales and offsets, the classifier's kernel
-and bias; 25,557,032 elements), with CUDA events: 3 warm-up steps, then the median
-of 20 (the events enclose the host call, so Python's and the module's per-call
-cost count).
+momentum, lion, rmsprop, lamb: CASES places every registry rule) and dtype it
+times one ``nat.apply`` step on (a) one tensor of 64M elements, (b) the 214
+trainable tensors of ResNet-50 as Keras builds it (fusedopt.bench.shapes: 53
+convolutions' kernels and biases, 53 batch-norm scales and offsets, the
+classifier's kernel and bias; 25,583,592 elements) and (c) 1,000 tensors of
+mixed sizes, with CUDA events as the clock of fusedopt.bench.timing: 3 warm-up
+steps, then the median of 20 (the events enclose the host call, so Python's
+and the module's per-call cost count).
 
 GB/s is the bytes a step must move (reads + writes per element, e.g. Adam:
 var, m, v read and written, grad read = 7 x element size) over its time; the
@@ -19,7 +23,7 @@ torch.optim's fused and foreach implementations of the same rule run on the
 same sizes and dtype as comparisons.
 
 Before timing, every contender takes one step from a known state and is
-compared with the float64 NumPy reference (fusedopt.bench.reference; sampled
+compared with the float64 NumPy reference (fusedopt.reference; sampled
 elements of large tensors, LAMB in full): a contender that fails is marked
 WRONG in the output and not timed.
 
@@ -32,12 +36,11 @@ tensors or NumPy): a smoke test of this script, not a benchmark.
 
 from __future__ import annotations
 
-import argparse
 import datetime
+import itertools
 import json
 import math
 import platform
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,7 +48,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fusedopt.bench import reference as ref
+from fusedopt import reference as ref
+from fusedopt.bench import shapes as model_shapes
+from fusedopt.bench import timing
+from fusedopt.bench.rules import Skip, check_slots, registry, require_known
 
 DTYPE_NAMES = ["float16", "bfloat16", "float32", "float64"]
 ELEM_SIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -265,7 +271,8 @@ class CupyArrays:
 
 class Timer:
     """Times a callable with CUDA events on the current stream (perf_counter
-    on the CPU): returns milliseconds."""
+    on the CPU): returns milliseconds. This suite's clock for
+    fusedopt.bench.timing."""
 
     def __init__(self, arrays):
         self.a = arrays
@@ -382,56 +389,66 @@ class NumpyArrays(TorchArrays):
 # --- workloads and rules ------------------------------------------------------------------------
 
 
-def resnet50_shapes() -> list[tuple[int, ...]]:
-    """The 161 trainable tensors of ResNet-50 without convolution biases (as
-    torchvision's: 25,557,032 parameters), in Keras' kernel layout: 53
-    convolution kernels, 53 batch norms (gamma, beta), the classifier."""
-    shapes: list[tuple[int, ...]] = [(7, 7, 3, 64), (64,), (64,)]
-    cin = 64
-    for blocks, mid, out in [(3, 64, 256), (4, 128, 512), (6, 256, 1024), (3, 512, 2048)]:
-        for b in range(blocks):
-            if b == 0:
-                shapes += [(1, 1, cin, out), (out,), (out,)]  # projection shortcut
-            shapes += [(1, 1, cin, mid), (mid,), (mid,), (3, 3, mid, mid), (mid,), (mid,),
-                       (1, 1, mid, out), (out,), (out,)]
-            cin = out
-    shapes += [(2048, 1000), (1000,)]
-    return shapes
-
-
-def mixed_shapes(scale: float = 1.0, count: int = 1000, seed: int = 1) -> list[tuple[int, ...]]:
-    """`count` tensors with sizes log-uniform from 16 to 2**18 elements (times
-    `scale`), a fixed draw: the many-tensor workload of the CUDA issue."""
-    r = np.random.default_rng(seed)
-    sizes = np.exp(r.uniform(np.log(16), np.log(2**18), size=count)) * scale
-    return [(max(1, int(n)),) for n in sizes]
-
-
 @dataclass
 class RuleSpec:
-    name: str  # the bench's name
-    rule: str  # nat.rules() name
+    name: str  # the bench's name (a row's rule)
+    rule: str  # the registry's name (nat.rules())
     hparams: dict
-    slots: list[str]
-    bytes_per_element: int  # reads + writes, in elements
+    slots: list[str]  # the registry slots this configuration uses, in op order
+    # Element accesses beyond one read and write of var and of each slot and
+    # one read of grad (LAMB's second pass).
+    extra_accesses: int = 0
     options: dict = field(default_factory=dict)
 
+    @property
+    def bytes_per_element(self) -> int:
+        """Reads + writes per element, in elements."""
+        return 2 * (1 + len(self.slots)) + 1 + self.extra_accesses
 
-RULES = {
-    "adam": RuleSpec("adam", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
-                     ["m", "v"], 7),
-    "adamw": RuleSpec("adamw", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                                            weight_decay=0.01), ["m", "v"], 7),
-    "sgd_momentum": RuleSpec("sgd_momentum", "sgd", dict(lr=1e-2, momentum=0.9), ["momenta"], 5),
-    "lion": RuleSpec("lion", "lion", dict(lr=1e-4, beta_1=0.9, beta_2=0.99), ["m"], 5),
-    "rmsprop": RuleSpec("rmsprop", "rmsprop", dict(lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7),
-                        ["velocity"], 5),
+    @property
+    def step(self) -> bool:
+        """Whether the rule takes the step (from the registry)."""
+        return registry()[self.rule].step
+
+
+# Per registry rule: the cases this suite times, or Skip(why).
+CASES: dict[str, list[RuleSpec] | Skip] = {
+    "adam": [RuleSpec("adam", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
+                      ["m", "v"]),
+             RuleSpec("adamw", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                                            weight_decay=0.01), ["m", "v"])],
+    "sgd": [RuleSpec("sgd_momentum", "sgd", dict(lr=1e-2, momentum=0.9), ["momenta"])],
+    "lion": [RuleSpec("lion", "lion", dict(lr=1e-4, beta_1=0.9, beta_2=0.99), ["m"])],
+    "rmsprop": [RuleSpec("rmsprop", "rmsprop", dict(lr=1e-3, rho=0.9, momentum=0.0,
+                                                    epsilon=1e-7), ["velocity"])],
     # Two passes: moments (read var, m, v, g; write m, v), then the update
     # (read var, m, v, g; write var): 10 element accesses.
-    "lamb": RuleSpec("lamb", "lamb", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-6),
-                     ["m", "v"], 10),
+    "lamb": [RuleSpec("lamb", "lamb", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-6),
+                      ["m", "v"], extra_accesses=3)],
+    "adagrad": Skip("not in the GPU suite yet"),
+    "adadelta": Skip("not in the GPU suite yet"),
+    "adamax": Skip("not in the GPU suite yet"),
+    "ftrl": Skip("not in the GPU suite yet"),
+    "nadam": Skip("not in the GPU suite yet"),
+    "schedule_free_adamw": Skip("not in the GPU suite yet"),
+    "muon": Skip("a matrix rule, not an elementwise one"),
+    "muon_momentum": Skip("Muon's momentum stage, a part of the muon rule"),
 }
-STEP_RULES = {"adam", "nadam", "adamax", "lamb", "schedule_free_adamw"}
+# The cases by the bench's name, in the table's order.
+RULES: dict[str, RuleSpec] = {spec.name: spec for cases in CASES.values()
+                              if not isinstance(cases, Skip) for spec in cases}
+
+
+def check_rules() -> None:
+    """Fails loudly (fusedopt.bench.rules.UnknownRuleError) where CASES and
+    the registry disagree: a rule it does not place, slots it does not have.
+    Run before the suite, not at import (importing this module needs no
+    fusedopt._native)."""
+    require_known(CASES, "fusedopt.bench.gpu.CASES")
+    for spec in RULES.values():
+        check_slots(spec.rule, spec.slots, f"fusedopt.bench.gpu.RULES[{spec.name!r}]")
+
+
 TOLERANCE = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 2e-2, "float16": 2e-3}
 
 
@@ -503,7 +520,7 @@ class FusedoptContender(Contender):
 
     def step(self, t: int) -> None:
         kw = dict(self.spec.options)
-        if self.spec.rule in STEP_RULES:
+        if self.spec.step:
             kw["step"] = t
         self.nat.apply(self.spec.rule, self.vars, self.grads, self.slots, self.spec.hparams,
                        stream=self.stream, **kw)
@@ -518,7 +535,7 @@ class TorchOptimContender(Contender):
     def __init__(self, arrays, spec: RuleSpec, impl: str, dtype: str, shapes, seed: int):
         torch = arrays.torch
         self.a, self.spec, self.label = arrays, spec, f"torch.optim ({impl})"
-        like = FusedoptContender(None, arrays, RuleSpec(spec.name, spec.rule, spec.hparams, [], 0),
+        like = FusedoptContender(None, arrays, RuleSpec(spec.name, spec.rule, spec.hparams, []),
                                  dtype, shapes, seed)
         self.init = [v.detach().clone() for v in like.vars]
         self.params = [torch.nn.Parameter(v) for v in like.vars]
@@ -630,11 +647,12 @@ class Row:
 
 
 def time_steps(arrays, fn: Callable[[int], None], warmup: int, repeats: int) -> list[float]:
-    timer = arrays.timer()
-    for t in range(warmup):
-        fn(t + 2)
-    arrays.synchronize()
-    return [timer(lambda t=t: fn(t + 2 + warmup)) for t in range(repeats)]
+    """Milliseconds of each of `repeats` steps after `warmup` steps
+    (fusedopt.bench.timing, CUDA events as the clock, a device sync after the
+    warm-up); the steps are numbered from 2 on."""
+    steps = itertools.count(2)
+    return timing.rounds({"step": lambda: fn(next(steps))}, repeats, warmup,
+                         clock=arrays.timer(), settle=arrays.synchronize)["step"]
 
 
 def kernel_ms_per_step(arrays, fn: Callable[[int], None], steps: int) -> float | None:
@@ -669,7 +687,7 @@ def copy_bandwidth(arrays, nbytes: int, warmup: int, repeats: int) -> dict:
     n = nbytes // 4
     src, dst = arrays.zeros(n, "float32"), arrays.zeros(n, "float32")
     ms = time_steps(arrays, lambda t: arrays.copy(dst, src), warmup, repeats)
-    med = statistics.median(ms)
+    med = timing.median(ms)
     src = dst = None  # noqa: F841 - frees the buffers before the release
     arrays.release()
     return {"bytes": 4 * n, "median_ms": med, "gb_per_s": 2 * 4 * n / (med * 1e-3) / 1e9,
@@ -679,6 +697,7 @@ def copy_bandwidth(arrays, nbytes: int, warmup: int, repeats: int) -> dict:
 def run(args) -> tuple[dict, list[Row]]:
     import fusedopt._native as nat
 
+    check_rules()
     main_arrays = device_arrays(args.backend, device=args.device)
     if args.device == "cpu" and main_arrays is None:
         main_arrays = NumpyArrays()
@@ -688,11 +707,9 @@ def run(args) -> tuple[dict, list[Row]]:
         torch_arrays = None
     scale = args.scale
     single = [(max(1, int(SINGLE_ELEMENTS * scale)),)]
-    resnet = resnet50_shapes()
-    if scale < 1:
-        resnet = [tuple(max(1, int(round(d * scale ** (1 / len(s))))) for d in s) for s in resnet]
+    resnet = model_shapes.scaled(model_shapes.resnet50(), scale)
     workloads = {"single-64M" if scale == 1 else f"single-{single[0][0]}": single,
-                 "resnet50-161": resnet, "mixed-1000": mixed_shapes(scale)}
+                 f"resnet50-{len(resnet)}": resnet, "mixed-1000": model_shapes.mixed(scale)}
     copy = copy_bandwidth(main_arrays, max(4096, int(COPY_BYTES * scale)), args.warmup,
                           args.repeats)
     log(f"copy bandwidth {copy['gb_per_s']:.1f} GB/s ({copy['bytes'] / 2**30:.3g} GiB buffer)")
@@ -719,7 +736,7 @@ def run(args) -> tuple[dict, list[Row]]:
                               check)
                     if check == "ok":
                         ms = time_steps(c.a, c.step, args.warmup, args.repeats)
-                        row.median_ms = statistics.median(ms)
+                        row.median_ms = timing.median(ms)
                         row.min_ms, row.max_ms = min(ms), max(ms)
                         row.gb_per_s = nbytes / (row.median_ms * 1e-3) / 1e9
                         row.fraction_of_copy = row.gb_per_s / copy["gb_per_s"]
@@ -787,40 +804,8 @@ def markdown(meta: dict, rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m fusedopt.bench.gpu",
-                                description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--json", help="write the results as JSON here")
-    p.add_argument("--markdown", help="write a Markdown table here")
-    p.add_argument("--rules", default=",".join(RULES),
-                   help=f"comma-separated, from {', '.join(RULES)} (default: all)")
-    p.add_argument("--dtypes", default="float32,bfloat16",
-                   help="comma-separated dtypes (default: float32,bfloat16)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=20)
-    p.add_argument("--backend", choices=["cupy", "torch"], default=None,
-                   help="array library (default: CuPy if importable, else PyTorch)")
-    p.add_argument("--no-torch-optim", action="store_true", help="skip the torch.optim rows")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                   help="cpu: a smoke test of this script on tiny CPU arrays, not a benchmark")
-    p.add_argument("--scale", type=float, default=None,
-                   help="multiply the sizes (default 1 on cuda, 1e-3 on cpu)")
-    args = p.parse_args(argv)
-    args.rules = [r for r in args.rules.split(",") if r]
-    args.dtypes = [d for d in args.dtypes.split(",") if d]
-    for r in args.rules:
-        if r not in RULES:
-            p.error(f"unknown rule {r!r}; choose from {', '.join(RULES)}")
-    for d in args.dtypes:
-        if d not in DTYPE_NAMES:
-            p.error(f"unknown dtype {d!r}; choose from {', '.join(DTYPE_NAMES)}")
-    if args.scale is None:
-        args.scale = 1.0 if args.device == "cuda" else 1e-3
-    if args.repeats < 1 or args.warmup < 0:
-        p.error("--repeats must be >= 1 and --warmup >= 0")
-    return args
+# The CLI's defaults for this suite (fusedopt.bench.cli).
+DEFAULTS = dict(dtypes=["float32", "bfloat16"], warmup=3, repeats=20)
 
 
 def gpu_unavailable(args) -> str | None:
@@ -841,8 +826,10 @@ def gpu_unavailable(args) -> str | None:
     return None
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def run_suite(args) -> int:
+    """``fusedopt-bench --suite gpu`` (args from fusedopt.bench.cli: rules,
+    dtypes, warmup, repeats, backend, no_torch_optim, seed, device, scale,
+    json, markdown)."""
     why = gpu_unavailable(args)
     if why:
         log(why)
@@ -867,6 +854,3 @@ def main(argv=None) -> int:
         log(f"{r.rule} {r.dtype} {r.workload} {r.contender}: {r.check}")
     return 1 if wrong else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

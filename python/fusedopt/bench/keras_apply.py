@@ -16,9 +16,11 @@ Two ways of running the steps, both reported:
     its default steps_per_execution=1. Every contender pays Python's cost of
     feeding the captured variables and gradients on every step.
 
-Rounds are interleaved; the median per-step time is reported.
+Rounds are interleaved (fusedopt.bench.timing); the median per-step time is
+reported.
 
-Usage: python -m fusedopt.bench.keras_apply [--repeats R] [--json PATH]
+Usage: fusedopt-bench --suite keras-apply [--repeats R] [--warmup W] [--json PATH]
+(default: 10 rounds after 2 warm-up rounds).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -40,6 +41,7 @@ from fusedopt.bench.multi import measure  # noqa: E402
 from fusedopt.bench.runner import fit_style_loop  # noqa: E402
 
 STEPS_PER_CALL = 20
+DEFAULTS = dict(repeats=10, warmup=2)
 BASE = "fusedopt.keras.Adam"
 
 
@@ -70,12 +72,10 @@ def contender(cls, shapes, rng, jit: bool, mode: str):
     return one
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="fusedopt Keras optimizer benchmark")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--json", type=str, default=None)
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``fusedopt-bench --suite keras-apply`` (args from fusedopt.bench.cli)."""
+    args.repeats = args.repeats or DEFAULTS["repeats"]
+    args.warmup = DEFAULTS["warmup"] if args.warmup is None else args.warmup
     rng = np.random.default_rng(0)
     info = fusedopt.build_info()
     print(f"fusedopt {info['fusedopt_version']}, TensorFlow {info['tensorflow_running']}, "
@@ -106,6 +106,3 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(dict(build_info=info, per_step_ms=results), fh, indent=1)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,8 @@ the same for every contender, does not dilute the comparison); contenders run
 interleaved per round, after warm-up; the median per-step time is reported. The roofline is the in-place triad probe
 (12 B/element) over one buffer as large as all the variables together.
 
-Usage: python -m fusedopt.bench.multi [--repeats R] [--json PATH]
+Usage: fusedopt-bench --suite multi [--repeats R] [--warmup W] [--json PATH]
+(default: 20 rounds after 3 warm-up rounds, timed by fusedopt.bench.timing).
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,10 +30,12 @@ import tensorflow as tf  # noqa: E402
 
 import fusedopt  # noqa: E402
 import fusedopt.ops as fops  # noqa: E402
-from fusedopt.bench.runner import resnet50_shapes  # noqa: E402
+from fusedopt.bench import shapes as model_shapes  # noqa: E402
+from fusedopt.bench import timing  # noqa: E402
 
 
 STEPS_PER_CALL = 20
+DEFAULTS = dict(repeats=20, warmup=3)
 
 
 def make_suite(shapes, rng):
@@ -81,34 +82,29 @@ def make_suite(shapes, rng):
 
 def measure(fns: dict, repeats: int, warmup: int, label: str,
             steps_per_call: int = STEPS_PER_CALL) -> dict[str, float]:
-    """Warm-up, then `repeats` interleaved rounds; median seconds per step."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    for r in range(repeats):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-        print(f"\r{label}: round {r + 1}/{repeats}", end="", file=sys.stderr, flush=True)
+    """Warm-up, then `repeats` interleaved rounds (fusedopt.bench.timing);
+    median seconds per step."""
+    def progress(r: int, total: int, timed: bool) -> None:
+        if timed:
+            print(f"\r{label}: round {r - warmup}/{repeats}", end="", file=sys.stderr, flush=True)
+
+    times = timing.rounds(fns, repeats, warmup, per=steps_per_call, on_round=progress)
     print(file=sys.stderr)
-    return {k: statistics.median(v) / steps_per_call for k, v in times.items()}
+    return timing.medians(times)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="fusedopt multi-tensor benchmark")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--json", type=str, default=None)
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """``fusedopt-bench --suite multi`` (args from fusedopt.bench.cli)."""
+    args.repeats = args.repeats or DEFAULTS["repeats"]
+    args.warmup = DEFAULTS["warmup"] if args.warmup is None else args.warmup
     rng = np.random.default_rng(0)
     info = fusedopt.build_info()
     print(f"fusedopt {info['fusedopt_version']}, TensorFlow {info['tensorflow_running']}, "
           f"CPU kernels {info['cpu_simd_selected']}, {os.cpu_count()} cores; float32 Adam, "
           f"median of {args.repeats} interleaved rounds\n")
     results = {}
-    for name, shapes in [("200 x 10,000", [(10_000,)] * 200), ("ResNet-50 shapes", resnet50_shapes())]:
+    for name, shapes in [("200 x 10,000", [(10_000,)] * 200),
+                         ("ResNet-50 shapes", model_shapes.resnet50())]:
         fns, total = make_suite(shapes, rng)
         med = measure(fns, args.repeats, args.warmup, name)
         bw = 12 * total / med["triad"] / 1e9
@@ -133,6 +129,3 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(dict(build_info=info, repeats=args.repeats, results=results), fh, indent=1)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

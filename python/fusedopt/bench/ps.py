@@ -49,17 +49,17 @@ A full step minus ``step without update`` is the cost of sending the gradients
 to the servers and applying them; the ``update alone`` rows say how much of that
 is the update itself.
 
-Run as a program (``python -m fusedopt.bench.ps``) this module is the chief: it
-connects to the cluster named by ``--cluster``, runs the plan in ``--config``
-and writes its results to ``--out``. :func:`run_ps_suite` (what
-``fusedopt-bench --suite ps`` calls) starts the servers, runs the chief in a
-fresh process (a process connects to one cluster for its lifetime) and kills
-every process it started.
+:func:`run_cluster_benchmark` (what ``fusedopt-bench --suite ps`` calls)
+starts the servers, runs the chief in a fresh process (a process connects to
+one cluster for its lifetime: ``python -m fusedopt.bench --ps-chief JSON``, the
+CLI's hidden entry to :func:`chief_main`, which connects to the cluster, runs
+the plan and writes its results) and kills every process it started. The
+rounds are timed by fusedopt.bench.timing, each contender timing itself (a
+round's scheduled steps and join).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -70,6 +70,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from fusedopt.bench import timing
 
 # ---- the plan -------------------------------------------------------------------
 
@@ -220,7 +222,7 @@ class LocalCluster:
 
 def run_cluster_benchmark(config: PSConfig, progress: Callable[[str], None] = print,
                           timeout: float = 1800.0) -> dict[str, Any]:
-    """Starts a local cluster, runs the chief (``python -m fusedopt.bench.ps``)
+    """Starts a local cluster, runs the chief (``python -m fusedopt.bench --ps-chief``)
     on it and returns the chief's results; every process started is killed.
 
     ``progress`` receives the chief's progress lines. Raises RuntimeError
@@ -233,9 +235,8 @@ def run_cluster_benchmark(config: PSConfig, progress: Callable[[str], None] = pr
         with LocalCluster(config.workers, config.ps, logdir) as cluster:
             out = logdir / "result.json"
             chief_log = logdir / "chief.log"
-            cmd = [sys.executable, "-m", "fusedopt.bench.ps", "--cluster",
-                   json.dumps(cluster.spec), "--config", json.dumps(asdict(config)),
-                   "--out", str(out)]
+            cmd = [sys.executable, "-m", "fusedopt.bench", "--ps-chief",
+                   json.dumps(dict(cluster=cluster.spec, config=asdict(config), out=str(out)))]
             with open(chief_log, "w") as err:
                 chief = subprocess.Popen(cmd, env=cluster_env(), stdout=subprocess.PIPE, stderr=err,
                                          stdin=subprocess.DEVNULL, text=True)
@@ -523,7 +524,7 @@ class Chief:
 
     def _rule(self, algorithm, var, grad, slots, step):
         """The float64 reference of one update (tf_keras' legacy formulas)."""
-        from fusedopt.bench import reference as ref
+        from fusedopt import reference as ref
 
         f = lambda x: float(self.np.float32(x))  # noqa: E731  (hyperparameters as float32)
         if algorithm == "adam":
@@ -646,15 +647,12 @@ class Chief:
                                 elements=int(sum(int(self.np.prod(v.shape))
                                                  for v in base["variables"]))))
             timed[f"-/{label}"] = self._scheduled(self._train_fn(base, mode))
-        times: dict[str, list[float]] = {k: [] for k in timed}
-        rounds = cfg.warmup + cfg.repeats
-        for r in range(rounds):
-            what = "warm-up" if r < cfg.warmup else "timed"
-            _say(f"round {r + 1}/{rounds} ({what}): {len(timed)} contenders x {cfg.steps} steps")
-            for key, fn in timed.items():
-                seconds = fn()
-                if r >= cfg.warmup:
-                    times[key].append(seconds / cfg.steps)
+        def progress(r: int, rounds: int, is_timed: bool) -> None:
+            what = "timed" if is_timed else "warm-up"
+            _say(f"round {r}/{rounds} ({what}): {len(timed)} contenders x {cfg.steps} steps")
+
+        times = timing.rounds(timed, cfg.repeats, cfg.warmup, clock=timing.reported,
+                              per=cfg.steps, on_round=progress)
         for res in results:
             res["seconds_per_step"] = times.get(f"{res['algorithm']}/{res['name']}")
         return dict(config=asdict(cfg), label=cfg.label, results=results)
@@ -687,24 +685,16 @@ class Chief:
         return go
 
 
-def chief_main(argv: list[str] | None = None) -> int:
-    """``python -m fusedopt.bench.ps --cluster JSON --config JSON --out PATH``."""
-    p = argparse.ArgumentParser(prog="python -m fusedopt.bench.ps",
-                                description="The chief of fusedopt-bench's ps suite (started by "
-                                            "`fusedopt-bench --suite ps`).")
-    p.add_argument("--cluster", required=True, help="cluster spec (JSON)")
-    p.add_argument("--config", required=True, help="PSConfig fields (JSON)")
-    p.add_argument("--out", required=True, help="results JSON path")
-    args = p.parse_args(argv)
+def chief_main(spec: str) -> int:
+    """The chief process: ``python -m fusedopt.bench --ps-chief JSON`` with
+    JSON = {"cluster": cluster spec, "config": PSConfig fields, "out": results
+    path} (started by run_cluster_benchmark)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")
-    config = PSConfig(**json.loads(args.config))
-    result = Chief(json.loads(args.cluster), config).run()
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    plan = json.loads(spec)
+    config = PSConfig(**plan["config"])
+    result = Chief(plan["cluster"], config).run()
+    Path(plan["out"]).write_text(json.dumps(result, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(chief_main())

@@ -1,12 +1,34 @@
-"""Runs the fusedopt-bench suites (see fusedopt.bench.cli for the method)."""
+"""fusedopt-bench's table suites: fused kernels side by side with tf.raw_ops, Keras (with and
+without XLA) and the memory-bandwidth roofline, in one process.
+
+Method: every contender updates its own copy of the same variables with the
+same gradients. Before timing, each contender takes one step from a known
+state and is compared with the float64 reference (--check, on by default): a
+wrong contender is reported as WRONG and not timed. Then, after warm-up, the
+contenders run interleaved for --repeats rounds; each round is one
+tf.function call running K steps in a graph loop (K grows as the problem
+shrinks, so Python's per-call cost does not swamp small problems); the median
+and the spread (min-max) of the per-step times are reported. GB/s uses the
+rule's bytes per element; the roofline is an in-place triad probe
+(a = a * s + b, 12 bytes/element) over as many bytes as the rule moves, on the
+same thread pool, timed in the same rounds.
+
+Keras contenders with XLA are built as Keras 3's `model.fit` builds them: the
+step is compiled, and a separate uncompiled loop calls it K times (see
+fusedopt.bench.runner.fit_style_loop), so each step is one XLA launch.
+The fit suite times model.fit itself: each round trains every contender's
+model for one epoch, and its check compares each loss curve with Keras'.
+The ps suite (only when asked for: it starts server processes) times training
+steps of a recommender under ParameterServerStrategy on a local cluster,
+fusedopt.legacy against tf_keras' built-ins, each contender's first step
+checked against the float64 reference; see fusedopt.bench.ps for its method.
+"""
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
-import statistics
 import time
 from dataclasses import asdict
 from typing import Any, Callable
@@ -22,42 +44,14 @@ from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import fusedopt.ops as fops  # noqa: E402
+from fusedopt.bench import shapes as model_shapes  # noqa: E402
+from fusedopt.bench import timing  # noqa: E402
 from fusedopt.bench.algorithms import ALGORITHMS, Algorithm  # noqa: E402
-from fusedopt.bench.cli import Row, machine_info  # noqa: E402
+from fusedopt.bench.results import Row, machine_info  # noqa: E402
 
 # A wide table even when stdout is a pipe or a file (CI logs, tests).
 console = Console(width=None if os.isatty(1) else 150)
 tf.get_logger().setLevel("ERROR")
-
-# ---- shapes of the model suite ----------------------------------------------------
-
-
-@functools.lru_cache(maxsize=None)
-def resnet50_shapes() -> tuple[tuple[int, ...], ...]:
-    """ResNet-50's trainable-variable shapes (built once per process: the models
-    and fit suites both use them)."""
-    return tuple(tuple(v.shape)
-                 for v in keras.applications.ResNet50(weights=None).trainable_variables)
-
-
-def bert_base_shapes() -> list[tuple[int, ...]]:
-    h, f = 768, 3072
-    shapes: list[tuple[int, ...]] = [(30522, h), (512, h), (2, h), (h,), (h,)]
-    for _ in range(12):
-        shapes += [(h, h), (h,)] * 4 + [(h,), (h,), (h, f), (f,), (f, h), (h,), (h,), (h,)]
-    return shapes + [(h, h), (h,)]
-
-
-def recommender_shapes() -> list[tuple[int, ...]]:
-    return [(1_000_000, 64), (200_000, 32), (50_000, 16), (112, 512), (512,), (512, 256), (256,),
-            (256, 1), (1,)]
-
-
-MODELS = {
-    "resnet50": ("ResNet-50", resnet50_shapes),
-    "bert-base": ("BERT-base", bert_base_shapes),
-    "recommender": ("recommender", recommender_shapes),
-}
 
 # ---- contenders ----------------------------------------------------------------------
 
@@ -217,11 +211,12 @@ class Case:
         worst = 0.0
         bad = total = 0
         for i, g in enumerate(self.grads_np):
-            slots = {attr: before_slots[k][i] for k, attr in enumerate(self.algo.slots)}
+            slots = {name: before_slots[k][i] for k, name in enumerate(self.algo.slot_names)}
             want_var, want_slots = self.algo.reference(before_vars[i], g.astype(np.float64), slots,
                                                        lr, 1)
             pairs = [(c["vars"][i], want_var)] + [
-                (c["slots"][k][i], want_slots[attr]) for k, attr in enumerate(self.algo.slots)]
+                (c["slots"][k][i], want_slots[name])
+                for k, name in enumerate(self.algo.slot_names)]
             for got_v, want in pairs:
                 got = got_v.numpy().astype(np.float64)
                 scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
@@ -298,7 +293,7 @@ class SparseCase:
         c = self.contenders[name]
         if c.get("step") is None:
             return "n/a"
-        from fusedopt.bench import reference as ref
+        from fusedopt import reference as ref
 
         var0 = c["var"].numpy().astype(np.float64)
         m0 = c["opt"]._momentums[0].numpy().astype(np.float64)
@@ -344,7 +339,7 @@ def run_sparse_case(label: str, case: SparseCase, args, rows_out: list[Row]) -> 
     status = {n: (case.check(n) if args.check else "skipped") for n in case.contenders}
     timed = [n for n in case.contenders if not status[n].startswith("WRONG")]
     times = time_contenders(case, timed, args.repeats, args.warmup)
-    med = {n: statistics.median(t) for n, t in times.items()}
+    med = timing.medians(times)
     for name in case.contenders:
         row = Row(suite="sparse", case=label, algorithm="adam", dtype="float32", tensors=1,
                   elements=case.elements, contender=name, check=status[name],
@@ -362,16 +357,11 @@ def run_sparse_case(label: str, case: SparseCase, args, rows_out: list[Row]) -> 
 
 
 def time_contenders(case, names: list[str], repeats: int, warmup: int) -> dict[str, list]:
-    for _ in range(warmup):
-        for n in names:
-            case.contenders[n]["run"]()
-    times = {n: [] for n in names}
-    for _ in range(repeats):
-        for n in names:
-            t0 = time.perf_counter()
-            case.contenders[n]["run"]()
-            times[n].append((time.perf_counter() - t0) / int(case.k) * 1e3)
-    return times
+    """The contenders' rounds (fusedopt.bench.timing), in ms per step (a
+    call runs case.k steps)."""
+    times = timing.rounds({n: case.contenders[n]["run"] for n in names}, repeats, warmup,
+                          per=int(case.k))
+    return {n: [t * 1e3 for t in ts] for n, ts in times.items()}
 
 
 def run_case(suite: str, label: str, case: Case, args, rows: list[Row]) -> None:
@@ -380,7 +370,7 @@ def run_case(suite: str, label: str, case: Case, args, rows: list[Row]) -> None:
         status[name] = case.check(name) if args.check else "skipped"
     timed = [n for n in case.contenders if not status[n].startswith("WRONG")]
     times = time_contenders(case, timed, args.repeats, args.warmup)
-    med = {n: statistics.median(t) for n, t in times.items()}
+    med = timing.medians(times)
     roof_ms = med["roofline"] * (case.bytes / 12) / max(1, case.bytes // 12) if "roofline" in med else None
     for name in case.contenders:
         row = Row(suite=suite, case=label, algorithm=case.algo.name, dtype=case.dtype,
@@ -452,14 +442,14 @@ def _fit_cases(quick: bool, models: list[str]):
                keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     if "resnet50" not in models:
         return
-    shapes = resnet50_shapes()
+    shapes = model_shapes.resnet50()
     rng = np.random.default_rng(0)
     n = 128 if quick else 512
     xr = rng.standard_normal((n, 8)).astype(np.float32)
     # The target needs the weights' means to sum to 0.5 (they start near 0), so
     # the loss curve follows every step of the optimizer and a wrong update shows.
     yr = 0.5 * xr.sum(axis=1, keepdims=True)
-    yield ("ResNet-50 variables (214), dummy forward, batch 32",
+    yield (f"ResNet-50 variables ({len(shapes)}), dummy forward, batch 32",
            lambda: keras.Sequential([keras.Input((8,)), ShapesLayer(shapes)]), xr, yr, 32,
            keras.losses.MeanSquaredError())
 
@@ -516,24 +506,28 @@ def run_fit(args, rows: list[Row]) -> None:
     if args.inject_wrong:  # twice the learning rate: the check must catch it
         contenders.append(("injected-wrong", lambda: fused(2e-3), False))
     for label, make_model, x, y, batch, loss in _fit_cases(args.quick, args.fit_models):
-        models, timers, losses = {}, {}, {}
+        models, timers, curves = {}, {}, {}
         for name, make_optimizer, jit in contenders:
             keras.utils.set_random_seed(0)
             model = make_model()
             model.compile(optimizer=make_optimizer(), jit_compile=jit, loss=loss)
-            # Warm-up (--warmup epochs, each its own fit() call): traces the
-            # train function and settles what a model's first fit() calls set up.
-            for _ in range(args.fit_warmup):
-                model.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False,
-                          callbacks=[_EpochTimer()])
-            models[name], timers[name], losses[name] = model, _EpochTimer(), []
-        for _ in range(args.fit_repeats):
-            for name in models:
-                hist = models[name].fit(x, y, batch_size=batch, epochs=1, verbose=0,
-                                        shuffle=False, callbacks=[timers[name]])
-                losses[name] += hist.history["loss"]
+            models[name], timers[name], curves[name] = model, _EpochTimer(), []
+
+        def epoch(name):
+            """One epoch (one fit() call) of a contender; returns its time."""
+            hist = models[name].fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False,
+                                    callbacks=[timers[name]])
+            curves[name] += hist.history["loss"]
+            return timers[name].times[-1]
+
+        # The warm-up epochs (each its own fit() call) trace the train function
+        # and settle what a model's first fit() calls set up; they are not timed
+        # and their losses are not part of the curve.
+        times = timing.rounds({name: (lambda name=name: epoch(name)) for name in models},
+                              args.fit_repeats, args.fit_warmup, clock=timing.reported)
+        losses = {name: curve[args.fit_warmup:] for name, curve in curves.items()}
         steps = int(np.ceil(len(x) / batch))
-        ms = {k: statistics.median(t.times) / steps * 1e3 for k, t in timers.items()}
+        ms = {k: timing.median(t) / steps * 1e3 for k, t in times.items()}
         weights = models["keras"].trainable_variables
         elements = int(sum(int(np.prod(v.shape)) for v in weights))
         checks = _fit_checks(losses)
@@ -543,8 +537,8 @@ def run_fit(args, rows: list[Row]) -> None:
                             tensors=len(weights), elements=elements, contender=name,
                             check=checks[name],
                             ms=ms[name] if same else None,
-                            ms_min=min(timers[name].times) / steps * 1e3 if same else None,
-                            ms_max=max(timers[name].times) / steps * 1e3 if same else None,
+                            ms_min=min(times[name]) / steps * 1e3 if same else None,
+                            ms_max=max(times[name]) / steps * 1e3 if same else None,
                             speedup_vs_keras=ms["keras"] / ms[name] if same else None,
                             extra=dict(losses=[float(v) for v in losses[name]])))
         del models
@@ -562,7 +556,7 @@ def run_ps(args, rows: list[Row], progress: Callable[[str], None]) -> None:
                          warmup=args.ps_warmup, workers=args.ps_workers, check=args.check,
                          inject_wrong=args.inject_wrong)
     result = ps.run_cluster_benchmark(config, progress=progress)
-    med = {(r["algorithm"], r["name"]): statistics.median(r["seconds_per_step"]) * 1e3
+    med = {(r["algorithm"], r["name"]): timing.median(r["seconds_per_step"]) * 1e3
            for r in result["results"] if r["seconds_per_step"]}
     for r in result["results"]:
         row = Row(suite="ps", case=result["label"], algorithm=r["algorithm"], dtype="float32",
@@ -689,7 +683,7 @@ def _run(args: argparse.Namespace) -> int:
             for count, size in args.many:
                 plans.append((suite, f"{count} x {size:,}", lambda c=count, s=size: [(s,)] * c))
         elif suite == "models":
-            plans += [(suite, MODELS[m][0], MODELS[m][1]) for m in args.models]
+            plans += [(suite, *model_shapes.MODELS[m]) for m in args.models]
     sparse_cases = []
     if "sparse" in args.suite:
         rows_, dim, k = (200_000, 64, 4096) if args.quick else (1_000_000, 64, 4096)
@@ -742,7 +736,7 @@ def _run(args: argparse.Namespace) -> int:
         with open(args.json, "w") as fh:
             json.dump(dict(schema="fusedopt-bench/1", machine=info,
                            args={k: v for k, v in vars(args).items()},
-                           method=__import__("fusedopt.bench.cli").bench.cli.__doc__,
+                           method=__doc__,
                            rows=[asdict(r) for r in rows]), fh, indent=1, default=str)
         console.print(f"wrote {args.json}")
     if args.plot:

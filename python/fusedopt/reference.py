@@ -1,5 +1,8 @@
-"""Float64 NumPy references of the update rules, written from the Keras 3 docs
-and source semantics (keras.optimizers.*), independent of the kernels.
+"""The float64 reference of every rule: NumPy functions written from the
+Keras 3 docs and source semantics (keras.optimizers.*), independent of the
+kernels. The tests (tests/reference.py, tests/native_harness.py) and the
+benchmark's correctness checks (fusedopt.bench) use this one module. It imports
+NumPy only: no TensorFlow, no op library, so the GPU check runs it anywhere.
 
 Each reference takes and returns float64 arrays; the tests round the stored
 state to the variable's dtype after every step, as the kernels' storage does.
