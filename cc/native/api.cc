@@ -24,7 +24,7 @@
 #include "cc/core/adafactor.h"
 #include "cc/core/checked_size.h"
 #include "cc/core/cpu_run.h"
-#include "cc/core/cuda_run.h"
+#include "cc/core/driver.h"
 #include "cc/core/grad_options.h"
 #include "cc/core/plan.h"
 #include "cc/cpu/kernels.h"
@@ -471,159 +471,10 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
   return Status{};
 }
 
-#if defined(FUSEDOPT_WITH_CUDA)
-Status CudaError(int code, const std::string& what) {
-  if (code == 0) return Status{};
-  return Status{FUSEDOPT_DEVICE_ERROR,
-                what + " failed: " + fusedopt_cuda_error_string(code)};
-}
+// A status of the call pipeline (cc/core/driver.h), whose codes are ours.
+Status FromCall(CallStatus c) { return Status{c.code, std::move(c.message)}; }
 
-Status CudaUsable() {
-  const int code = fusedopt_cuda_check_usable();
-  if (code == 0) return Status{};
-  const int drv = fusedopt_cuda_driver_version();
-  return Status{FUSEDOPT_UNAVAILABLE,
-                std::string("no usable CUDA device: ") + fusedopt_cuda_error_string(code) +
-                    " (fusedopt's CUDA runtime " +
-                    std::to_string(fusedopt_cuda_runtime_version()) + ", the driver supports " +
-                    (drv == 0 ? std::string("no CUDA (no driver)") : std::to_string(drv)) + ")"};
-}
-
-// Every pointer with elements must be device memory of one device; makes it
-// the current device for the launches.
-Status CudaDeviceOf(const Operands& ops, int* device) {
-  *device = -1;
-  auto visit = [&](const void* p, int i, const char* what) {
-    if (p == nullptr) return Status{};
-    const int d = fusedopt_cuda_pointer_device(p);
-    if (d >= 0 && (*device < 0 || d == *device)) {
-      *device = d;
-      return Status{};
-    }
-    const std::string label = std::string(what) + " of tensor " + std::to_string(i);
-    if (d < 0) return Invalid(label + " is not CUDA device memory");
-    return Invalid(label + " is on device " + std::to_string(d) + ", others on device " +
-                   std::to_string(*device));
-  };
-  for (int i = 0; i < ops.n; ++i) {
-    if (ops.sizes[i] == 0) continue;
-    // A statistics call's operands hold gradients alone (no vars, no slots).
-    if (static_cast<size_t>(i) < ops.vars.size()) {
-      RETURN_IF_ERROR(visit(ops.vars[i], i, "the variable"));
-    }
-    RETURN_IF_ERROR(visit(ops.grads[i], i, "the gradient"));
-    if (static_cast<size_t>(i) < ops.slots.size()) {
-      for (int k = 0; k < ops.num_slots; ++k) RETURN_IF_ERROR(visit(ops.slots[i][k], i, "a slot"));
-    }
-  }
-  if (*device >= 0) RETURN_IF_ERROR(CudaError(fusedopt_cuda_set_device(*device), "cudaSetDevice"));
-  return Status{};
-}
-
-// A stream-ordered device buffer, freed on the stream when it goes out of scope.
-struct DeviceBuffer {
-  void* ptr = nullptr;
-  void* stream = nullptr;
-  ~DeviceBuffer() { fusedopt_cuda_free_async(ptr, stream); }
-};
-
-// Per-tensor sums of squares and the non-finite flag on the device, read back.
-Status GradStatsCuda(const Operands& ops, int dt, void* stream, std::vector<double>* sum_sq,
-                     bool* nonfinite) {
-  const int n = ops.n;
-  sum_sq->assign(n, 0.0);
-  *nonfinite = false;
-  if (n == 0) return Status{};
-  DeviceBuffer out{nullptr, stream}, scratch{nullptr, stream};
-  RETURN_IF_ERROR(CudaError(
-      fusedopt_cuda_malloc_async(&out.ptr, int64_t{16} * n, stream), "cudaMallocAsync"));
-  RETURN_IF_ERROR(CudaError(fusedopt_cuda_malloc_async(
-                                &scratch.ptr, fusedopt_cuda_grad_stats_scratch_bytes(0), stream),
-                            "cudaMallocAsync"));
-  std::vector<double> host(2 * n, 0.0);
-  for (int i = 0; i < n; ++i) {
-    if (ops.sizes[i] == 0) continue;
-    RETURN_IF_ERROR(CudaError(
-        fusedopt_cuda_grad_stats(dt, ops.grads[i], ops.sizes[i], scratch.ptr,
-                                 static_cast<double*>(out.ptr) + 2 * i, stream),
-        "the gradient statistics kernel"));
-  }
-  RETURN_IF_ERROR(CudaError(
-      fusedopt_cuda_copy_to_host(host.data(), out.ptr, int64_t{16} * n, stream), "cudaMemcpy"));
-  for (int i = 0; i < n; ++i) {
-    if (ops.sizes[i] == 0) continue;
-    (*sum_sq)[i] = host[2 * i];
-    *nonfinite |= host[2 * i + 1] != 0.0;
-  }
-  return Status{};
-}
-
-// Note [skip after transform] on the GPU: the statistics decide most steps;
-// a tensor that needs the element check is copied to the host for it (the
-// rare path of a step with an inf, a NaN or a near-overflow).
-Status SkipStepCuda(const Operands& ops, int dt, bool raw_nonfinite,
-                    const std::vector<double>& sum_sq, void* stream, bool* skip) {
-  *skip = false;
-  if (!ops.transform) {
-    *skip = raw_nonfinite;
-    return Status{};
-  }
-  const int eb = ElemBytes(dt);
-  for (int i = 0; i < ops.n; ++i) {
-    if (ops.sizes[i] == 0) continue;
-    if (!std::isfinite(ops.xforms[i].scale)) {
-      *skip = true;
-      return Status{};
-    }
-    if (!NeedsElementCheck(ops.xforms[i], sum_sq[i], raw_nonfinite, dt == 3)) continue;
-    std::vector<char> host(static_cast<size_t>(ops.sizes[i] * eb));
-    RETURN_IF_ERROR(CudaError(
-        fusedopt_cuda_copy_to_host(host.data(), ops.grads[i], ops.sizes[i] * eb, stream),
-        "cudaMemcpy"));
-    if (AnyTransformedNonfinite(host.data(), ops.sizes[i], dt, ops.xforms[i])) {
-      *skip = true;
-      return Status{};
-    }
-  }
-  return Status{};
-}
-
-Status RunCuda(const Operands& ops, const Plan& plan, Rule rule, int dt, void* stream) {
-  const RuleInfo& info = InfoOf(rule);
-  const int decay = plan.Decays() ? 1 : 0;
-  if (info.two_pass) {
-    DeviceBuffer scratch{nullptr, stream};
-    RETURN_IF_ERROR(CudaError(
-        fusedopt_cuda_malloc_async(&scratch.ptr, fusedopt_cuda_lamb_scratch_bytes(0), stream),
-        "cudaMallocAsync"));
-    for (int i = 0; i < ops.n; ++i) {
-      RETURN_IF_ERROR(CudaError(
-          fusedopt_cuda_lamb(dt, decay, plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
-                             ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
-                             ops.slots[i].data(), ops.grads[i], ops.sizes[i], scratch.ptr, stream),
-          "the LAMB kernels"));
-    }
-    return Status{};
-  }
-  return CudaError(RunElementwiseCuda(ops, plan, info.rule, dt, decay != 0, stream),
-                   std::string("the ") + info.name + " kernel");
-}
-#endif  // FUSEDOPT_WITH_CUDA
-
-Status CudaUnavailableStatus() {
-#if defined(FUSEDOPT_WITH_CUDA)
-  return CudaUsable();
-#else
-  return Status{FUSEDOPT_UNAVAILABLE,
-                "this fusedopt build has no CUDA kernels (built without nvcc); rebuild with "
-                "FUSEDOPT_CUDA=ON"};
-#endif
-}
-
-Status OutOfMemory(const std::string& what) {
-  return Status{FUSEDOPT_OUT_OF_MEMORY,
-                "out of host memory for " + what + "; nothing was updated"};
-}
+Status CudaUnavailableStatus() { return FromCall(CudaUsableStatus()); }
 
 // fusedopt_apply; `strict`: a public C ABI call (Note [options of a rule],
 // Note [finite state], Note [concurrent calls]).
@@ -634,65 +485,30 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
   GradOptions options;
   RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/true, strict, &plan, &options));
   const Rule rule = static_cast<Rule>(call->rule);
-  const int eb = ElemBytes(call->dtype);
   Operands ops;
   if (t->n > 0 && t->sizes == nullptr) return Invalid("sizes must not be NULL");
   std::vector<int64_t> sizes(t->sizes, t->sizes + t->n);
   std::vector<Span> spans;
   RETURN_IF_ERROR(GatherOperands(call, t, sizes, &ops, &spans));
   ops.sizes = sizes;
+  CallDesc d;
+  d.rule = rule;
+  d.dt = call->dtype;
+  d.options = options;
+  CallHooks hooks;
+  bool skip = false;
   if (call->device == FUSEDOPT_DEVICE_CPU) {
     const CallScope scope(strict ? &spans : nullptr);
-    const ParallelFor pfor = cpu_pool != nullptr ? *cpu_pool : ThreadsFor(call->num_threads);
-    if (PrepareGradOptionsCpu(pfor, options, call->dtype, eb, &ops)) {
-      if (skipped != nullptr) *skipped = 1;
-      return Status{};
-    }
-    TfForms forms;
-    if (tf_forms != nullptr && *tf_forms) {
-      try {
-        forms = (*tf_forms)(ops, plan);
-      } catch (const std::bad_alloc&) {
-        return OutOfMemory("the TF forms' scratch");
-      }
-    }
-    if (forms.run) {
-      forms.run();
-      return Status{};
-    }
-    RunItemsCpu(pfor, DenseItems(ops, eb), ops, plan, InfoOf(rule).two_pass, rule,
-                call->dtype, eb, forms.lamb_norms);
-    return Status{};
+    hooks.pfor = cpu_pool != nullptr ? *cpu_pool : ThreadsFor(call->num_threads);
+    if (tf_forms != nullptr) hooks.tf_forms = *tf_forms;
+    RETURN_IF_ERROR(FromCall(RunDenseCall(d, plan, &ops, hooks, &skip)));
+  } else {
+    d.device = CallDevice::kCuda;
+    d.stream = call->stream;
+    RETURN_IF_ERROR(FromCall(RunDenseCall(d, plan, &ops, hooks, &skip)));
   }
-#if defined(FUSEDOPT_WITH_CUDA)
-  RETURN_IF_ERROR(CudaUsable());
-  int device = -1;
-  RETURN_IF_ERROR(CudaDeviceOf(ops, &device));
-  std::vector<double> sum_sq(ops.n, 0.0);
-  bool nonfinite = false;
-  if (options.NeedsStats()) {
-    RETURN_IF_ERROR(GradStatsCuda(ops, call->dtype, call->stream, &sum_sq, &nonfinite));
-  }
-  ops.xforms = MakeXforms(options, sum_sq);
-  ops.transform = options.Transforms();
-  if (options.skip_nonfinite) {
-    bool skip = false;
-    RETURN_IF_ERROR(SkipStepCuda(ops, call->dtype, nonfinite, sum_sq, call->stream, &skip));
-    if (skip) {
-      if (skipped != nullptr) *skipped = 1;
-      return Status{};
-    }
-  }
-  return RunCuda(ops, plan, rule, call->dtype, call->stream);
-#else
-  return CudaUnavailableStatus();
-#endif
-}
-
-template <typename S>
-void SumRowsTyped(const void* src, int64_t row_size, const std::vector<int64_t>& order,
-                  const std::vector<int64_t>& seg, void* dst) {
-  SumRows(static_cast<const S*>(src), row_size, order, seg, static_cast<S*>(dst));
+  if (skipped != nullptr) *skipped = skip ? 1 : 0;
+  return Status{};
 }
 
 Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const fusedopt_sparse* sp,
@@ -703,9 +519,15 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/false, /*strict=*/true, &plan, &options));
   plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
   const Rule rule = static_cast<Rule>(call->rule);
-  const RuleInfo& info = InfoOf(rule);
   if (sp == nullptr) return Invalid("the sparse description must not be NULL");
-  if (info.two_pass && !sp->exact) {
+  CallDesc d;
+  d.rule = rule;
+  d.dt = call->dtype;
+  d.options = options;
+  d.device = call->device == FUSEDOPT_DEVICE_CPU ? CallDevice::kCpu : CallDevice::kCuda;
+  SparseDesc desc;
+  desc.exact = sp->exact != 0;
+  if (InfoOf(rule).two_pass && !desc.exact) {
     return Invalid(
         "LAMB has no lazy sparse mode (its trust ratio needs the whole variable); use exact");
   }
@@ -714,7 +536,6 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
                   "sparse updates run on the CPU only for now (GPU sparse kernels: issue #15)"};
   }
   const int n = t->n;
-  const int eb = ElemBytes(call->dtype);
   if (n > 0 && (t->sizes == nullptr || sp->indices == nullptr || sp->counts == nullptr ||
                 sp->rows == nullptr || sp->row_sizes == nullptr)) {
     return Invalid("sizes, indices, counts, rows and row_sizes must not be NULL");
@@ -737,70 +558,23 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
                      std::to_string(sp->counts[i]) + ") x row_size (" +
                      std::to_string(sp->row_sizes[i]) + ") elements: more than int64 counts");
     }
+    desc.indices.push_back(sp->indices[i]);
+    desc.counts.push_back(sp->counts[i]);
+    desc.rows.push_back(sp->rows[i]);
+    desc.row_sizes.push_back(sp->row_sizes[i]);
+    desc.labels.push_back("vars[" + std::to_string(i) + "]");
   }
   Operands ops;
   std::vector<Span> spans;
   RETURN_IF_ERROR(GatherOperands(call, t, grad_elements, &ops, &spans));
-  // Index checks first (they read only the indices), then, registered (Note
-  // [concurrent calls]), the duplicate sums into compact buffers: nothing
-  // written yet.
-  std::vector<std::vector<int64_t>> unique(n), orders(n), segments(n);
-  for (int i = 0; i < n; ++i) {
-    const std::string err = SortRows(sp->indices[i], sp->counts[i], sp->rows[i], i,
-                                     "vars[" + std::to_string(i) + "]", &orders[i], &unique[i],
-                                     &segments[i]);
-    if (!err.empty()) return Invalid(err);
-  }
+  // The pipeline sums the duplicates into compact buffers, registered (Note
+  // [concurrent calls]); nothing is written before its index checks.
   const CallScope scope(&spans);
-  std::vector<std::vector<char>> compact(n);
-  // The shared zero gradient of exact mode is as long as the longest run of
-  // gradient-less elements needs, at most SparseZeroElements: nothing for a
-  // lazy call, an empty table or one whose every row has a gradient (an
-  // allocation sized by the row length alone could fail for a table that
-  // holds no element, such as shape (0, 2^40)).
-  int64_t max_row = 0, zero_need = 0;
-  for (int i = 0; i < n; ++i) {
-    const int64_t elements = static_cast<int64_t>(unique[i].size()) * sp->row_sizes[i];
-    compact[i].resize(static_cast<size_t>(elements * eb) + 1);
-    const std::vector<int64_t>& order = orders[i];
-    const std::vector<int64_t>& seg = segments[i];
-    switch (call->dtype) {
-      case 0:
-        SumRowsTyped<Half>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
-        break;
-      case 1:
-        SumRowsTyped<BFloat16>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
-        break;
-      case 2:
-        SumRowsTyped<float>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
-        break;
-      default:
-        SumRowsTyped<double>(t->grads[i], sp->row_sizes[i], order, seg, compact[i].data());
-    }
-    ops.grads[i] = compact[i].data();
-    ops.sizes.push_back(elements);
-    max_row = std::max(max_row, sp->row_sizes[i]);
-    if (sp->exact && sp->row_sizes[i] > 0) {
-      // unique[i] rows have gradients, so every zero run is shorter than this.
-      zero_need = std::max(zero_need, t->sizes[i] - elements);
-    }
-  }
-  const ParallelFor pfor = ThreadsFor(call->num_threads);
-  if (PrepareGradOptionsCpu(pfor, options, call->dtype, eb, &ops)) {
-    if (skipped != nullptr) *skipped = 1;
-    return Status{};
-  }
-  // Every zero run is at most zero_need elements long, so a buffer of
-  // min(SparseZeroElements, zero_need) splits the runs exactly as one of
-  // SparseZeroElements would (the same items, the same bits).
-  const int64_t zero_elements = std::min(SparseZeroElements(max_row), zero_need);
-  std::vector<char> zeros(static_cast<size_t>(zero_elements * eb), 0);
-  std::vector<Item> items;
-  for (int i = 0; i < n; ++i) {
-    PlanSparseItems(i, sp->exact != 0, sp->rows[i], sp->row_sizes[i], unique[i], compact[i].data(),
-                    zero_elements > 0 ? zeros.data() : nullptr, zero_elements, eb, &items);
-  }
-  RunItemsCpu(pfor, items, ops, plan, info.two_pass, info.rule, call->dtype, eb);
+  CallHooks hooks;
+  hooks.pfor = ThreadsFor(call->num_threads);
+  bool skip = false;
+  RETURN_IF_ERROR(FromCall(RunSparseCall(d, plan, &ops, desc, hooks, &skip)));
+  if (skipped != nullptr) *skipped = skip ? 1 : 0;
   return Status{};
 }
 
@@ -839,15 +613,10 @@ Status GradStats(int dtype, int device, void* stream, int num_threads, int n,
     const CallScope scope(&spans);
     GradStatsCpu(ThreadsFor(num_threads), ops, dtype, eb, &sums, &bad);
   } else if (device == FUSEDOPT_DEVICE_CUDA) {
-#if defined(FUSEDOPT_WITH_CUDA)
-    RETURN_IF_ERROR(CudaUsable());
+    RETURN_IF_ERROR(FromCall(CudaUsableStatus()));
     int d = -1;
-    RETURN_IF_ERROR(CudaDeviceOf(ops, &d));
-    RETURN_IF_ERROR(GradStatsCuda(ops, dtype, stream, &sums, &bad));
-#else
-    (void)stream;
-    return CudaUnavailableStatus();
-#endif
+    RETURN_IF_ERROR(FromCall(CudaDeviceOfOperands(ops, &d)));
+    RETURN_IF_ERROR(FromCall(GradStatsOnCuda(ops, dtype, stream, &sums, &bad)));
   } else {
     return Invalid("unknown device code " + std::to_string(device));
   }

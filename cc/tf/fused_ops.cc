@@ -12,11 +12,14 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "cc/core/cpu_run.h"
+#include "cc/core/driver.h"
 #include "cc/core/grad_options.h"
 #include "cc/core/plan.h"
 #include "cc/cpu/chunking.h"
@@ -42,20 +45,6 @@ using tensorflow::OpKernelContext;
 
 absl::Status Invalid(const std::string& msg) { return absl::InvalidArgumentError(msg); }
 
-// The fusedopt storage type of a TensorFlow element type (same bits).
-template <typename T>
-struct StorageOf {
-  using type = T;
-};
-template <>
-struct StorageOf<Eigen::half> {
-  using type = Half;
-};
-template <>
-struct StorageOf<Eigen::bfloat16> {
-  using type = BFloat16;
-};
-
 // ---- Specs -------------------------------------------------------------------
 
 // An op's rule (its slots, scalars and plans live in cc/core/plan.h) and the
@@ -80,80 +69,51 @@ absl::Status ReadGradOptions(OpKernelContext* ctx, bool skip_nonfinite, GradOpti
   return err.empty() ? absl::OkStatus() : Invalid(err);
 }
 
-template <Backend B, typename T>
-absl::Status RunElementwise(OpKernelContext* ctx, const Operands& ops, const Plan& plan,
-                            bool decay, int dt, Rule rule, const RuleAttrs& attrs,
-                            bool grappler_form) {
-  if constexpr (B == Backend::kCpu) {
-    const int eb = static_cast<int>(sizeof(T));
-    if (rule == Rule::kFtrl && HasTfForm(rule, attrs, plan, dt, grappler_form)) {
-      // Note [TF pow]: scratch first, before anything is written.
-      tensorflow::Tensor scratch;
-      TF_RETURN_IF_ERROR(
-          AllocateFtrlPowScratch(ctx, ops, tensorflow::DataTypeToEnum<T>::value, &scratch));
-      FtrlTfPow(ctx, ops, plan, attrs, grappler_form, &scratch)();
+// A status of the call pipeline (cc/core/driver.h) as TensorFlow's.
+absl::Status ToTf(const CallStatus& s) {
+  switch (s.code) {
+    case CallStatus::kOk:
       return absl::OkStatus();
-    }
-    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, false, rule, dt, eb);
-    return absl::OkStatus();
-  } else {
-#if defined(FUSEDOPT_WITH_CUDA)
-    return CudaStatus(RunElementwiseCuda(ops, plan, rule, dt, decay, GpuStream(ctx)),
-                      "elementwise update");
-#else
-    return absl::InternalError("fusedopt was built without CUDA");
-#endif
+    case CallStatus::kInvalidArgument:
+      return absl::InvalidArgumentError(s.message);
+    case CallStatus::kUnavailable:
+      return absl::FailedPreconditionError(s.message);
+    case CallStatus::kOutOfMemory:
+      return absl::ResourceExhaustedError(s.message);
+    default:
+      return absl::InternalError("fusedopt: " + s.message);
   }
 }
 
-// LAMB's norms as Keras' TF ops compute them (Note [TF norms]), when the op's
-// `tf_norms` asks for them: float and double CPU variables. The scratch is
-// allocated here, before anything is written.
+// Keras' bits where TF's own kernels give them (Note [TF norms], Note [TF
+// pow] in tf_numerics.h): LAMB's sums of squares with `tf_norms`, Ftrl's run
+// with `tf_pow`, for float and double CPU variables. Their scratch is
+// allocated when the pipeline asks, before anything is written (a failed
+// allocation: std::bad_alloc, reported as out of memory).
 template <typename T>
-absl::Status LambNormsHook(OpKernelContext* ctx, const Operands& ops, const Plan& plan, bool decay,
-                           bool tf_norms, bool square_form, tensorflow::Tensor* scratch,
-                           LambNormsFn* hook) {
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
-    if (tf_norms) {
-      TF_RETURN_IF_ERROR(AllocateLambNormScratch(ctx, ops, tensorflow::DataTypeToEnum<T>::value,
-                                                 scratch));
-      *hook = LambTfNorms(ctx, ops, plan, decay, square_form, scratch);
+TfFormsMaker TfFormsOf(OpKernelContext* ctx, Rule rule, const RuleAttrs& attrs,
+                       bool grappler_form, int dt) {
+  return [=](const Operands& ops, const Plan& plan) {
+    TfForms forms;
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      if (!HasTfForm(rule, attrs, plan, dt, grappler_form)) return forms;
+      auto scratch = std::make_shared<tensorflow::Tensor>();
+      const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::value;
+      if (InfoOf(rule).two_pass) {
+        if (!AllocateLambNormScratch(ctx, ops, dtype, scratch.get()).ok()) throw std::bad_alloc();
+        LambNormsFn norms =
+            LambTfNorms(ctx, ops, plan, plan.Decays(), grappler_form, scratch.get());
+        forms.lamb_norms = [norms, scratch](std::vector<double>* w, std::vector<double>* u) {
+          norms(w, u);
+        };
+      } else {
+        if (!AllocateFtrlPowScratch(ctx, ops, dtype, scratch.get()).ok()) throw std::bad_alloc();
+        std::function<void()> run = FtrlTfPow(ctx, ops, plan, attrs, grappler_form, scratch.get());
+        forms.run = [run, scratch] { run(); };
+      }
     }
-  }
-  return absl::OkStatus();
-}
-
-template <Backend B, typename T>
-absl::Status RunLamb(OpKernelContext* ctx, const Operands& ops, const Plan& plan, bool decay,
-                     int dt, bool tf_norms, bool square_form) {
-  if constexpr (B == Backend::kCpu) {
-    const int eb = static_cast<int>(sizeof(T));
-    tensorflow::Tensor scratch;
-    LambNormsFn norms;
-    TF_RETURN_IF_ERROR(
-        LambNormsHook<T>(ctx, ops, plan, decay, tf_norms, square_form, &scratch, &norms));
-    RunItemsCpu(PoolOf(ctx), DenseItems(ops, eb), ops, plan, true, Rule::kLamb, dt, eb, norms);
-    return absl::OkStatus();
-  } else {
-#if defined(FUSEDOPT_WITH_CUDA)
-    void* stream = GpuStream(ctx);
-    for (int i = 0; i < ops.n; ++i) {
-      const int64_t scratch_bytes = fusedopt_cuda_lamb_scratch_bytes(ops.sizes[i]);
-      tensorflow::Tensor scratch;
-      TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DT_INT8,
-                                            tensorflow::TensorShape({scratch_bytes}), &scratch));
-      TF_RETURN_IF_ERROR(CudaStatus(
-          fusedopt_cuda_lamb(dt, decay ? 1 : 0, plan.For(ops.IsRank0(i)).c, ops.transform ? 1 : 0,
-                             ops.xforms[i].scale, ops.xforms[i].clip_value, ops.vars[i],
-                             ops.slots[i].data(), ops.grads[i], ops.sizes[i],
-                             const_cast<char*>(scratch.tensor_data().data()), stream),
-          "LAMB update"));
-    }
-    return absl::OkStatus();
-#else
-    return absl::InternalError("fusedopt was built without CUDA");
-#endif
-  }
+    return forms;
+  };
 }
 
 // Reads a call's scalars, step and options, and looks up its variables and
@@ -249,45 +209,48 @@ class FusedApplyOp : public OpKernel {
     }
     const int dt = DTypeIndex(dtype);
 
-    // Pass 0, only when an option needs it: norms and the non-finite check,
-    // before anything is written (a skipped step writes nothing at all).
-    // Note [skip after transform] (cc/core/cpu_run.h) judges a skip.
+    // The rest is the call pipeline's (Note [call pipeline]): statistics,
+    // transform and skip, then the copy-on-write below, then the update.
+    CallDesc d;
+    d.rule = Spec::kRule;
+    d.dt = dt;
+    d.in = in;
+    d.options = options;
+    CallHooks hooks;
+    absl::Status write_status;
+    auto prepare = [&](DeviceCopyFn copy) {
+      return [&, copy](Operands* o) -> CallStatus {
+        write_status = vars.PrepareForWrite(copy);
+        if (!write_status.ok()) return CallStatus{CallStatus::kInternal, "copy-on-write"};
+        for (int i = 0; i < n; ++i) {
+          o->vars.push_back(vars.data(var0 + i));
+          std::array<void*, kMaxSlots> s{};
+          for (int k = 0; k < o->num_slots; ++k) s[k] = vars.data(slot_first[k] + i);
+          o->slots.push_back(s);
+        }
+        return CallStatus{};
+      };
+    };
     if constexpr (B == Backend::kCpu) {
-      if (PrepareGradOptionsCpu(PoolOf(ctx), options, dt, static_cast<int>(sizeof(T)), &ops)) {
-        skipped->scalar<bool>()() = true;
-        return absl::OkStatus();
-      }
-    } else {
-      if (options.NeedsStats()) {
-        return absl::UnimplementedError(
-            "clip_norm, global_clip_norm and skip_nonfinite are not implemented on GPU yet; "
-            "clip in TensorFlow before the call, or run the update on CPU");
-      }
-      ops.xforms = MakeXforms(options, std::vector<double>(n, 0.0));
-      ops.transform = options.Transforms();
-    }
-
-    if constexpr (B == Backend::kCpu) {
-      TF_RETURN_IF_ERROR(vars.PrepareForWrite(&CpuCopy));
+      hooks.pfor = PoolOf(ctx);
+      hooks.tf_forms = TfFormsOf<T>(ctx, Spec::kRule, spec_.attrs, grappler_form_, dt);
+      hooks.prepare_for_write = prepare(&CpuCopy);
     } else {
 #if defined(FUSEDOPT_WITH_CUDA)
       TF_RETURN_IF_ERROR(CheckGpuUsable());
-      TF_RETURN_IF_ERROR(vars.PrepareForWrite(&GpuCopy));
+      d.device = CallDevice::kCuda;
+      d.stream = GpuStream(ctx);
+      hooks.prepare_for_write = prepare(&GpuCopy);
+#else
+      return absl::InternalError("fusedopt was built without CUDA");
 #endif
     }
-    for (int i = 0; i < n; ++i) {
-      ops.vars.push_back(vars.data(var0 + i));
-      std::array<void*, kMaxSlots> s{};
-      for (int k = 0; k < ops.num_slots; ++k) s[k] = vars.data(slot_first[k] + i);
-      ops.slots.push_back(s);
-    }
-    const bool decay = plan.Decays();
-    if constexpr (Spec::kTwoPass) {
-      return RunLamb<B, T>(ctx, ops, plan, decay, dt, spec_.attrs.tf_norms, grappler_form_);
-    } else {
-      return RunElementwise<B, T>(ctx, ops, plan, decay, dt, Spec::kRule,
-                                  spec_.attrs, grappler_form_);
-    }
+    bool skip = false;
+    const CallStatus st = RunDenseCall(d, plan, &ops, hooks, &skip);
+    TF_RETURN_IF_ERROR(write_status);
+    TF_RETURN_IF_ERROR(ToTf(st));
+    skipped->scalar<bool>()() = skip;
+    return absl::OkStatus();
   }
 
   Spec spec_;
@@ -315,25 +278,6 @@ class FusedApplyOp : public OpKernel {
 // variable.
 
 
-template <typename T, typename Index>
-absl::Status DedupRows(OpKernelContext* ctx, int i, const tensorflow::Tensor& values,
-                       const tensorflow::Tensor& indices, int64_t rows, int64_t row_size,
-                       const std::string& var_label, std::vector<int64_t>* unique_rows,
-                       tensorflow::Tensor* compact) {
-  using S = typename StorageOf<T>::type;
-  const auto idx = indices.flat<Index>();
-  std::vector<int64_t> order, segment_end;
-  const std::string err = SortRows(idx.data(), idx.size(), rows, i, var_label, &order,
-                                   unique_rows, &segment_end);
-  if (!err.empty()) return Invalid(err);
-  const int64_t u = static_cast<int64_t>(unique_rows->size());
-  TF_RETURN_IF_ERROR(ctx->allocate_temp(tensorflow::DataTypeToEnum<T>::value,
-                                        tensorflow::TensorShape({u * row_size}), compact));
-  SumRows(reinterpret_cast<const S*>(values.tensor_data().data()), row_size, order, segment_end,
-          reinterpret_cast<S*>(const_cast<char*>(compact->tensor_data().data())));
-  return absl::OkStatus();
-}
-
 template <typename T, typename Spec, typename Index>
 class SparseApplyOp : public OpKernel {
  public:
@@ -354,7 +298,6 @@ class SparseApplyOp : public OpKernel {
 
  private:
   absl::Status DoCompute(OpKernelContext* ctx) {
-    using S = typename StorageOf<T>::type;
     const tensorflow::DataType dtype = tensorflow::DataTypeToEnum<T>::value;
     OpInputList values, indices;
     TF_RETURN_IF_ERROR(ctx->input_list("grad_values", &values));
@@ -411,57 +354,50 @@ class SparseApplyOp : public OpKernel {
       row_size[i] = rows[i] == 0 ? 0 : shape.num_elements() / rows[i];
     }
 
-    // Index validation and duplicate summing: still nothing written.
-    std::vector<std::vector<int64_t>> unique(n);
-    std::vector<tensorflow::Tensor> compact(n);
+    // The rest is the call pipeline's (Note [call pipeline]): index checks
+    // and duplicate sums, statistics, transform and skip, then the
+    // copy-on-write below (Note [sparse access]), then the update.
     Operands ops;
     ops.n = n;
     ops.num_slots = static_cast<int>(slot_first.size());
-    int64_t max_row = 0;
+    SparseDesc sp;
+    sp.exact = exact_;
+    sp.index32 = std::is_same_v<Index, int32_t>;
     for (int i = 0; i < n; ++i) {
-      TF_RETURN_IF_ERROR(DedupRows<T, Index>(ctx, i, values[i], indices[i], rows[i], row_size[i],
-                                             vars.label(var0 + i), &unique[i], &compact[i]));
-      ops.grads.push_back(compact[i].tensor_data().data());
-      ops.sizes.push_back(compact[i].NumElements());
-      max_row = std::max(max_row, row_size[i]);
+      ops.grads.push_back(values[i].tensor_data().data());
+      sp.indices.push_back(indices[i].tensor_data().data());
+      sp.counts.push_back(indices[i].NumElements());
+      sp.rows.push_back(rows[i]);
+      sp.row_sizes.push_back(row_size[i]);
+      sp.labels.push_back(vars.label(var0 + i));
     }
-    const int dt = DTypeIndex(dtype);
-    if (PrepareGradOptionsCpu(PoolOf(ctx), options, dt, static_cast<int>(sizeof(S)), &ops)) {
-      skipped->scalar<bool>()() = true;
-      return absl::OkStatus();
-    }
-    TF_RETURN_IF_ERROR(vars.PrepareForSparseWrite(&CpuCopy));  // Note [sparse access]
-
-    // A shared zero gradient for exact mode's gradient-less rows.
-    tensorflow::Tensor zeros;
-    const int64_t zero_elements = SparseZeroElements(max_row);
-    if (exact_) {
-      TF_RETURN_IF_ERROR(ctx->allocate_temp(dtype, tensorflow::TensorShape({zero_elements}),
-                                            &zeros));
-      std::memset(const_cast<char*>(zeros.tensor_data().data()), 0, zeros.tensor_data().size());
-    }
-    std::vector<Item> items;
-    for (int i = 0; i < n; ++i) {
-      PlanSparseItems(i, exact_, rows[i], row_size[i], unique[i], compact[i].tensor_data().data(),
-                exact_ ? zeros.tensor_data().data() : nullptr, zero_elements,
-                static_cast<int>(sizeof(S)), &items);
-    }
-    for (int i = 0; i < n; ++i) {
-      ops.vars.push_back(vars.data(var0 + i));
-      std::array<void*, kMaxSlots> base{};
-      for (int k = 0; k < ops.num_slots; ++k) base[k] = vars.data(slot_first[k] + i);
-      ops.slots.push_back(base);
-    }
-    tensorflow::Tensor scratch;
-    LambNormsFn norms;
+    CallDesc d;
+    d.rule = Spec::kRule;
+    d.dt = DTypeIndex(dtype);
+    d.in = in;
+    d.options = options;
+    CallHooks hooks;
+    hooks.pfor = PoolOf(ctx);
     if constexpr (Spec::kTwoPass) {
-      ops.sizes.clear();  // the hook reads whole tensors
-      for (int i = 0; i < n; ++i) ops.sizes.push_back(rows[i] * row_size[i]);
-      TF_RETURN_IF_ERROR(LambNormsHook<T>(ctx, ops, plan, plan.Decays(), spec_.attrs.tf_norms,
-                                          grappler_form_, &scratch, &norms));
+      hooks.tf_forms = TfFormsOf<T>(ctx, Spec::kRule, spec_.attrs, grappler_form_, d.dt);
     }
-    RunItemsCpu(PoolOf(ctx), items, ops, plan, Spec::kTwoPass, Spec::kRule, dt,
-                static_cast<int>(sizeof(S)), norms);
+    absl::Status write_status;
+    hooks.prepare_for_write = [&](Operands* o) -> CallStatus {
+      write_status = vars.PrepareForSparseWrite(&CpuCopy);
+      if (!write_status.ok()) return CallStatus{CallStatus::kInternal, "copy-on-write"};
+      for (int i = 0; i < n; ++i) {
+        o->vars.push_back(vars.data(var0 + i));
+        std::array<void*, kMaxSlots> base{};
+        for (int k = 0; k < o->num_slots; ++k) base[k] = vars.data(slot_first[k] + i);
+        o->slots.push_back(base);
+      }
+      return CallStatus{};
+    };
+    bool skip = false;
+    const CallStatus st = RunSparseCall(d, plan, &ops, sp, hooks, &skip);
+    TF_RETURN_IF_ERROR(write_status);
+    TF_RETURN_IF_ERROR(ToTf(st));
+    skipped->scalar<bool>()() = skip;
     return absl::OkStatus();
   }
 
