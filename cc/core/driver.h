@@ -74,8 +74,6 @@ struct CallHooks {
   TfFormsMaker tf_forms;
 };
 
-inline int ElemBytesOf(int dt) { return dt == 3 ? 8 : (dt == 2 ? 4 : 2); }
-
 // The call's plan (Note [coefficients]); an invalid argument if its scalars,
 // step or attributes are bad. `rank0_plan`: also the rank-0 variables' plan.
 CallStatus PlanDenseCall(const CallDesc& d, bool rank0_plan, Plan* plan);

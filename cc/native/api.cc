@@ -97,7 +97,7 @@ int Guarded(char* err, size_t err_len, const Body& body) noexcept {
     if (!_s.ok()) return _s;       \
   } while (0)
 
-int ElemBytes(int dtype) { return dtype == 3 ? 8 : (dtype == 2 ? 4 : 2); }
+int ElemBytes(int dtype) { return ElemBytesOf(dtype); }
 
 // Runs chunks on num_threads std::threads (a shared counter hands them out);
 // results never depend on the thread count (Note [chunks]).

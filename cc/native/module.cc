@@ -15,6 +15,7 @@
 
 #include "cc/core/checked_size.h"
 #include "cc/native/fusedopt_native.h"
+#include "cc/rules/numeric.h"
 #if defined(FUSEDOPT_XLA_FFI)
 #include "cc/xla/ffi_handler.h"
 #endif
@@ -212,7 +213,7 @@ Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const Lab
            " strides for " + std::to_string(b.shape.size()) + " dimensions");
     }
     std::vector<int64_t> strides;
-    const int64_t item = b.dtype == 3 ? 8 : (b.dtype == 2 ? 4 : 2);
+    const int64_t item = fusedopt::ElemBytesOf(b.dtype);
     for (const int64_t bytes : byte_strides) {
       if (bytes % item != 0) Fail(what.str() + " has strides that are not whole elements");
       strides.push_back(bytes / item);

@@ -34,6 +34,12 @@ static_assert(sizeof(Half) == 2 && sizeof(BFloat16) == 2, "16-bit storage");
 enum class DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64 = 3 };
 constexpr int kNumDTypes = 4;
 
+// Bytes per element of a DType (given as its index).
+constexpr int ElemBytesOf(DType d) {
+  return d == DType::kFloat64 ? 8 : (d == DType::kFloat32 ? 4 : 2);
+}
+constexpr int ElemBytesOf(int dt) { return ElemBytesOf(static_cast<DType>(dt)); }
+
 // opmath: the type arithmetic is done in. float for the 16-bit types, the type
 // itself otherwise.
 template <typename T>
