@@ -351,12 +351,17 @@ def _wrapper(
         raise ImportError(
             f"fusedopt.ops.{name} and the op {spec.op} disagree: the op takes "
             f"{sorted(takes)}, the function {sorted(given)}. {_loader.REBUILD_HINT}")
+    slot_names = {s for s, _ in spec.slots}
+
+    def annotation(keyword: str) -> str:  # (attributes: their op type, "bool" or "float")
+        if keyword in slot_names:
+            return ("Sequence[VariableLike] | None" if keyword in optional
+                    else "Sequence[VariableLike]")
+        return spec.attrs.get(keyword, "TensorLike")
+
     annotations = {
         positional[0]: "Sequence[VariableLike]", positional[1]: "Sequence[TensorLike]",
-        **{p: "TensorLike" for p in positional[2:]},
-        **{k: ("Sequence[VariableLike] | None" if k in optional else "Sequence[VariableLike]")
-           if k in {s for s, _ in spec.slots} else spec.attrs.get(k, "TensorLike")
-           for k in keywords},
+        **{p: "TensorLike" for p in positional[2:]}, **{k: annotation(k) for k in keywords},
         **(annotations or {}), "name": "str | None", "options": "Any", "return": "tf.Tensor",
     }
     params = [*positional, "*"]
