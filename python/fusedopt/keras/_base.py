@@ -76,6 +76,7 @@ from keras.src.optimizers import base_optimizer as _keras_base
 
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
+from fusedopt import ops
 
 
 class GroupKey(NamedTuple):
@@ -91,19 +92,21 @@ class FusedCall(NamedTuple):
     """How a class's step maps onto its ``fusedopt.ops`` function, which the
     generic ``_fused_apply`` calls once per group (Note [fused call tables])::
 
-        op(variables, grads, learning_rate, <slots>, step=<iterations + 1>,
-           <hypers>, weight_decay=..., <flags>, **options)
+        ops.<op>(variables, grads, learning_rate, <slots>, step=<iterations + 1>,
+                 <hypers>, weight_decay=..., <flags>, **options)
 
     Note [fused call tables]: a class declares its op call instead of writing
-    it. ``slots`` maps an op keyword to the optimizer's slot list attribute
-    (the group's variables' entries are passed), or to (attribute, condition)
-    for an optional slot list, None when ``condition(optimizer)`` is false;
+    it. ``op`` names the ``fusedopt.ops`` function, looked up at each call (so
+    that a replacement of it is called, as a written call's would be);
+    ``slots`` maps an op keyword to the optimizer's slot list attribute (the
+    group's variables' entries are passed), or to (attribute, condition) for
+    an optional slot list, None when ``condition(optimizer)`` is false;
     ``hypers`` maps an op keyword to an optimizer attribute or to a function
     of the optimizer; ``flags`` are constant op arguments. A step that needs
     more than one call keeps a method of its own (Muon, Adafactor).
     """
 
-    op: Callable[..., Any]
+    op: str
     slots: Mapping[str, str | tuple[str, Callable[[Any], bool]]]
     hypers: Mapping[str, str | Callable[[Any], Any]] = {}
     step: bool = False
@@ -302,8 +305,8 @@ class FusedOptimizerMixin:
             kwargs["step"] = _step(self)
         for keyword, source in call.hypers.items():
             kwargs[keyword] = getattr(self, source) if isinstance(source, str) else source(self)
-        return call.op(variables, grads, learning_rate, **kwargs, weight_decay=weight_decay,
-                       **call.flags, **options)
+        return getattr(ops, call.op)(variables, grads, learning_rate, **kwargs,
+                                     weight_decay=weight_decay, **call.flags, **options)
 
     def _fused_prepare_step(self) -> None:
         """Computes per-step optimizer state the update needs (Nadam's next

@@ -46,7 +46,7 @@ _EXTRA_ARGS = (
 
 class _AdamLike:
     _fused_call = FusedCall(
-        ops.apply_adam,
+        "apply_adam",
         slots={"m": "_momentums", "v": "_velocities",
                "vhat": ("_velocity_hats", lambda opt: opt.amsgrad)},
         step=True, hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon"},
@@ -84,7 +84,7 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
             self.assign(self._u_product, self._fused_next_u_product)
 
     _fused_call = FusedCall(
-        ops.apply_nadam,
+        "apply_nadam",
         slots={"m": "_momentums", "v": "_velocities"},
         step=True,
         hypers={"u_product": "_fused_next_u_product", "beta_1": "beta_1", "beta_2": "beta_2",
@@ -97,7 +97,7 @@ class Adamax(FusedOptimizerMixin, keras.optimizers.Adamax):
     __doc__ = _fused_doc("Adamax", "Fusedopt>ApplyAdamax")
 
     _fused_call = FusedCall(
-        ops.apply_adamax, slots={"m": "_m", "u": "_u"}, step=True,
+        "apply_adamax", slots={"m": "_m", "u": "_u"}, step=True,
         hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon"},
     )
 
@@ -107,7 +107,7 @@ class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
     __doc__ = _fused_doc("RMSprop", "Fusedopt>ApplyRmsprop")
 
     _fused_call = FusedCall(
-        ops.apply_rmsprop,
+        "apply_rmsprop",
         slots={"velocity": "_velocities",
                "momenta": ("_momentums", lambda opt: opt.momentum > 0),
                "average_gradient": ("_average_gradients", lambda opt: opt.centered)},
@@ -119,7 +119,7 @@ class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
 class Adagrad(FusedOptimizerMixin, keras.optimizers.Adagrad):
     __doc__ = _fused_doc("Adagrad", "Fusedopt>ApplyAdagrad")
 
-    _fused_call = FusedCall(ops.apply_adagrad, slots={"accumulator": "_accumulators"},
+    _fused_call = FusedCall("apply_adagrad", slots={"accumulator": "_accumulators"},
                             hypers={"epsilon": "epsilon"})
 
 
@@ -128,7 +128,7 @@ class Adadelta(FusedOptimizerMixin, keras.optimizers.Adadelta):
     __doc__ = _fused_doc("Adadelta", "Fusedopt>ApplyAdadelta")
 
     _fused_call = FusedCall(
-        ops.apply_adadelta,
+        "apply_adadelta",
         slots={"accumulated_grad": "_accumulated_grads",
                "accumulated_delta_var": "_accumulated_delta_vars"},
         hypers={"rho": "rho", "epsilon": "epsilon"},
@@ -140,7 +140,7 @@ class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
     __doc__ = _fused_doc("Ftrl", "Fusedopt>ApplyFtrl")
 
     _fused_call = FusedCall(
-        ops.apply_ftrl,
+        "apply_ftrl",
         slots={"accumulator": "_accumulators", "linear": "_linears"},
         hypers={"learning_rate_power": "learning_rate_power",
                 "l1": "l1_regularization_strength", "l2": "l2_regularization_strength",
@@ -153,7 +153,7 @@ class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
 class Lion(FusedOptimizerMixin, keras.optimizers.Lion):
     __doc__ = _fused_doc("Lion", "Fusedopt>ApplyLion")
 
-    _fused_call = FusedCall(ops.apply_lion, slots={"m": "_momentums"},
+    _fused_call = FusedCall("apply_lion", slots={"m": "_momentums"},
                             hypers={"beta_1": "beta_1", "beta_2": "beta_2"})
 
 
@@ -162,7 +162,7 @@ class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
     __doc__ = _fused_doc("Lamb", "Fusedopt>ApplyLamb")
 
     _fused_call = FusedCall(
-        ops.apply_lamb, slots={"m": "_momentums", "v": "_velocities"}, step=True,
+        "apply_lamb", slots={"m": "_momentums", "v": "_velocities"}, step=True,
         hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon"},
         flags={"tf_norms": True},  # Keras' norms are TF's Pow and Sum (Note [TF norms])
     )
@@ -173,7 +173,7 @@ class ScheduleFreeAdamW(FusedOptimizerMixin, keras.optimizers.ScheduleFreeAdamW)
     __doc__ = _fused_doc("ScheduleFreeAdamW", "Fusedopt>ApplyScheduleFreeAdamW")
 
     _fused_call = FusedCall(
-        ops.apply_schedule_free_adamw,
+        "apply_schedule_free_adamw",
         slots={"momentum": "_momentums", "velocity": "_velocities"}, step=True,
         hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon",
                 "warmup_steps": "warmup_steps"},
@@ -193,7 +193,7 @@ class MuonGroupKey(NamedTuple):
 
 # Muon's AdamW path: Keras' _adamw_update_step with Muon's own attributes.
 _MUON_ADAMW = FusedCall(
-    ops.apply_adam, slots={"m": "momentums", "v": "adam_velocities"}, step=True,
+    "apply_adam", slots={"m": "momentums", "v": "adam_velocities"}, step=True,
     hypers={"beta_1": "adam_beta_1", "beta_2": "adam_beta_2", "epsilon": "epsilon"},
 )
 

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import keras
 
-from fusedopt import ops
 from fusedopt.keras._base import FusedCall, FusedOptimizerMixin
 
 
@@ -21,7 +20,7 @@ class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
     """
 
     _fused_call = FusedCall(
-        ops.apply_sgd,
+        "apply_sgd",
         # (Keras makes the momentum slots only when momentum != 0.)
         slots={"momenta": ("momentums", lambda opt: opt.momentum != 0)},
         hypers={"momentum": "momentum",

@@ -38,6 +38,7 @@ from tf_keras.src.utils import tf_utils
 
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
+from fusedopt import ops
 from fusedopt.legacy import _parameter_server
 
 _SPARSE_MODES = (None, "exact", "lazy")
@@ -55,19 +56,21 @@ class FusedCall(NamedTuple):
     """How a class's update maps onto its ``fusedopt.ops`` function, which the
     generic ``_fused_update`` calls (Note [fused call tables] in keras/_base)::
 
-        op(variables, grads, c["lr_t"], <slots>, step=c["fused_step"], <hypers>,
-           **options, <flags>)
+        ops.<op>(variables, grads, c["lr_t"], <slots>, step=c["fused_step"], <hypers>,
+                 **options, <flags>)
 
-    ``slots`` maps an op keyword to a slot name (each variable's slot of that
-    name is passed), or to (name, condition) for an optional slot list, None
-    when ``condition(optimizer)`` is false; ``hypers`` maps an op keyword to a
+    ``op`` names the ``fusedopt.ops`` function, looked up at each call (so that
+    a replacement of it is called, as a written call's would be); ``slots``
+    maps an op keyword to a slot name (each variable's slot of that name is
+    passed), or to (name, condition) for an optional slot list, None when
+    ``condition(optimizer)`` is false; ``hypers`` maps an op keyword to a
     key of the (device, dtype)'s coefficients ``c`` or to a function of the
     optimizer and ``c``; ``flags`` are constant op arguments, which take
     precedence over ``options``. ``sparse_form``: in the default sparse mode
     IndexedSlices take tf_keras' own sparse order (``_sparse_options``).
     """
 
-    op: Callable[..., Any]
+    op: str
     slots: Mapping[str, str | tuple[str, Callable[[Any], bool]]]
     hypers: Mapping[str, str | Callable[[Any, dict[str, Any]], Any]] = {}
     step: bool = False
@@ -140,7 +143,8 @@ class FusedLegacyMixin:
             kwargs[keyword] = c[source] if isinstance(source, str) else source(self, c)
         if call.sparse_form:
             options = self._sparse_options(options)
-        return call.op(variables, grads, c["lr_t"], **kwargs, **{**options, **call.flags})
+        op = getattr(ops, call.op)
+        return op(variables, grads, c["lr_t"], **kwargs, **{**options, **call.flags})
 
     def _effective_sparse_mode(self) -> str | None:
         return self.sparse_mode if self.sparse_mode is not None else self._builtin_sparse_mode

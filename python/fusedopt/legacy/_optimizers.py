@@ -70,7 +70,7 @@ class SGD(FusedLegacyMixin, gradient_descent.SGD):
         return super()._unfused_sparse(grad, var, indices, apply_state)
 
     _fused_call = FusedCall(
-        ops.apply_sgd,
+        "apply_sgd",
         slots={"momenta": ("momentum", lambda opt: opt._momentum)},
         hypers={"momentum": lambda opt, c: c["momentum"] if opt._momentum else 0.0,
                 "nesterov": lambda opt, c: bool(opt.nesterov and opt._momentum)},
@@ -83,7 +83,7 @@ class Adam(FusedLegacyMixin, adam.Adam):
     _builtin_sparse_mode = "exact"  # decays every m, v row and moves every var row
 
     _fused_call = FusedCall(
-        ops.apply_adam,
+        "apply_adam",
         slots={"m": "m", "v": "v", "vhat": ("vhat", lambda opt: opt.amsgrad)},
         step=True, hypers={"beta_1": "beta_1_t", "beta_2": "beta_2_t", "epsilon": "epsilon"},
         sparse_form=True,
@@ -150,7 +150,7 @@ class Nadam(FusedLegacyMixin, nadam.Nadam):
         return _flat_ops([done])
 
     _fused_call = FusedCall(
-        ops.apply_nadam,
+        "apply_nadam",
         slots={"m": "m", "v": "v"},
         step=True,
         hypers={"u_product": "fused_u_product", "beta_1": "beta_1_t", "beta_2": "beta_2_t",
@@ -165,7 +165,7 @@ class Adamax(FusedLegacyMixin, adamax.Adamax):
     _builtin_sparse_mode = "lazy"
 
     _fused_call = FusedCall(
-        ops.apply_adamax,
+        "apply_adamax",
         slots={"m": "m", "u": "v"},
         step=True, hypers={"beta_1": "beta_1_t", "beta_2": "beta_2_t", "epsilon": "epsilon"},
         # Dense: the built-in calls ResourceApplyAdaMax; sparse (default
@@ -189,7 +189,7 @@ class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
         return None if self._momentum else "exact"
 
     _fused_call = FusedCall(
-        ops.apply_rmsprop,
+        "apply_rmsprop",
         slots={"velocity": "rms", "momenta": ("momentum", lambda opt: opt._momentum),
                "average_gradient": ("mg", lambda opt: opt.centered)},
         hypers={"rho": "rho", "momentum": lambda opt, c: c["momentum"] if opt._momentum else 0.0,
@@ -203,7 +203,7 @@ class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
     # IndexedSlices without momentum in the default sparse mode: tf_keras'
     # sparse ops (epsilon outside the square root).
     _fused_sparse_call = FusedCall(
-        ops.apply_rmsprop,
+        "apply_rmsprop",
         slots={"velocity": "rms", "average_gradient": ("mg", lambda opt: opt.centered)},
         hypers={"rho": "rho", "epsilon": "epsilon"},
         flags={"epsilon_outside_sqrt": True}, sparse_form=True,
@@ -220,7 +220,7 @@ class Adagrad(FusedLegacyMixin, adagrad.Adagrad):
     __doc__ = _doc("Adagrad", "Fusedopt>ApplyAdagrad", "Adagrad")
     _builtin_sparse_mode = "lazy"
 
-    _fused_call = FusedCall(ops.apply_adagrad, slots={"accumulator": "accumulator"},
+    _fused_call = FusedCall("apply_adagrad", slots={"accumulator": "accumulator"},
                             hypers={"epsilon": "epsilon"}, flags={"epsilon_outside_sqrt": True})
 
 
@@ -233,7 +233,7 @@ class Adadelta(FusedLegacyMixin, adadelta.Adadelta):
     _builtin_sparse_mode = None
 
     _fused_call = FusedCall(
-        ops.apply_adadelta,
+        "apply_adadelta",
         slots={"accumulated_grad": "accum_grad", "accumulated_delta_var": "accum_var"},
         hypers={"rho": "rho", "epsilon": "epsilon"},
         flags={"tf_training_op_form": True},  # the built-in calls ResourceApplyAdadelta
@@ -250,7 +250,7 @@ class Ftrl(FusedLegacyMixin, ftrl.Ftrl):
     _builtin_sparse_mode = None
 
     _fused_call = FusedCall(
-        ops.apply_ftrl,
+        "apply_ftrl",
         slots={"accumulator": "accumulator", "linear": "linear"},
         hypers={"learning_rate_power": "learning_rate_power",
                 "l1": "l1_regularization_strength", "l2": "l2_regularization_strength",
@@ -348,7 +348,7 @@ class AdamW(_NewOptimizer):
         return config
 
     _fused_call = FusedCall(
-        ops.apply_adam,
+        "apply_adam",
         slots={"m": "m", "v": "v", "vhat": ("vhat", lambda opt: opt.amsgrad)},
         step=True, hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon",
                            "weight_decay": "weight_decay"},
@@ -379,7 +379,7 @@ class Lion(_NewOptimizer):
     def _new_slot_names(self):
         return ("m",)
 
-    _fused_call = FusedCall(ops.apply_lion, slots={"m": "m"},
+    _fused_call = FusedCall("apply_lion", slots={"m": "m"},
                             hypers={"beta_1": "beta_1", "beta_2": "beta_2",
                                     "weight_decay": "weight_decay"})
 
@@ -406,7 +406,7 @@ class Lamb(_NewOptimizer):
                          epsilon=epsilon, **kwargs)
 
     _fused_call = FusedCall(
-        ops.apply_lamb, slots={"m": "m", "v": "v"}, step=True,
+        "apply_lamb", slots={"m": "m", "v": "v"}, step=True,
         hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon",
                 "weight_decay": "weight_decay"},
     )
