@@ -26,7 +26,6 @@ from tf_keras.src.optimizers.legacy import (
     rmsprop,
 )
 
-from fusedopt import ops
 from fusedopt.legacy._base import FusedCall, FusedLegacyMixin, _flat_ops, densify
 
 
