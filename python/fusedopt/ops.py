@@ -16,10 +16,11 @@ arguments (``**options``).
 from __future__ import annotations
 
 import struct
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework import op_def_registry
 
 from fusedopt import _atomic, _loader
 
@@ -230,19 +231,167 @@ def _apply(
     return getattr(_loader.load(), op_name)(name=name, **kwargs)
 
 
-def apply_sgd(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
+# ---- The rules' functions, made from the registry ----------------------------
+#
+# Note [wrappers from the registry]: a rule's op definition (REGISTER_OP, which
+# the rule registry generates) says what its function takes: its slot lists
+# (and which are optional: a count attribute of their own instead of N), its
+# hyperparameter scalars in order, whether it takes a step, and its own
+# attributes. _wrapper adds what the registry cannot say: the positional
+# parameters, the keyword defaults in signature order, annotations other than
+# the attributes' types, the public keyword names that differ from the op's
+# (_PUBLIC_NAMES), checks of option combinations (a ``prepare`` hook) and the
+# docstring. It makes a real function of that signature, so that
+# inspect.signature, help() and Python's own argument errors are a written
+# function's; every keyword parameter must be an op input or attribute, and
+# every op input and attribute a parameter (or derived by the hook), else the
+# import fails. The call passes the slots and the scalars in the op's input
+# order (the order their constants and casts are built). The op definitions,
+# not fusedopt._native.rules() (the same registry), are read because they are
+# the library this module calls: present in every build, also the one
+# FUSEDOPT_LIBRARY names (tests/test_ops_registry.py checks the two agree).
+
+_PUBLIC_NAMES = {"lr": "learning_rate"}  # op input -> public keyword, where they differ
+_COMMON_ATTRS = frozenset({"N", "T", "Tscalar", "Tindices", "mode", "skip_nonfinite",
+                           "grappler_form", "grappler_constant_folding"})
+_OPTION_INPUTS = frozenset({"grad_scale", "clip_value", "clip_norm", "global_clip_norm"})
+_ATTR_TYPES: dict[str, Callable[[Any], Any]] = {"bool": bool, "float": float, "int": int}
+
+
+class _OpInputs(NamedTuple):
+    """What a rule's dense op takes besides variables, gradients and gradient
+    options (its sparse twin takes the same), read from its op definition."""
+
+    op: str  # the op library's Python function
+    slots: tuple[tuple[str, bool], ...]  # (name, optional), in input order
+    scalars: tuple[str, ...]  # hyperparameter inputs, in input order
+    step: bool
+    attrs: dict[str, str]  # the rule's own attributes: name -> type ("bool", "float", ...)
+
+
+def _op_inputs(rule: str) -> _OpInputs:
+    """Reads rule ``rule``'s op (``Fusedopt>Apply...``, matched by the rule's
+    name without underscores, case-insensitively) from the loaded library."""
+    library = _loader.load()
+    key, prefix = "apply" + rule.replace("_", ""), len("fusedopt_")
+    # The library's functions: Fusedopt_ApplySGD (the op "Fusedopt>ApplySGD") and
+    # fusedopt_apply_sgd.
+    raw = [n for n in dir(library) if n.startswith("Fusedopt_") and n[prefix:].lower() == key]
+    python = [n for n in dir(library)
+              if n.startswith("fusedopt_") and n[prefix:].replace("_", "") == key]
+    op_def = op_def_registry.get("Fusedopt>" + raw[0][prefix:]) if len(raw) == 1 else None
+    if op_def is None or len(python) != 1:
+        raise ImportError(f"fusedopt's op library {_loader.library_path()} has no op for the "
+                          f"rule {rule!r}: {_loader.REBUILD_HINT}")
+    slots, scalars, step = [], [], False
+    for arg in op_def.input_arg:
+        if arg.name in ("vars", "grads") or arg.name in _OPTION_INPUTS:
+            continue
+        if arg.type == tf.resource.as_datatype_enum:
+            slots.append((arg.name, arg.number_attr != "N"))
+        elif arg.name == "step":
+            step = True
+        else:
+            scalars.append(arg.name)
+    counts = {arg.number_attr for arg in op_def.input_arg}
+    attrs = {a.name: a.type for a in op_def.attr if a.name not in _COMMON_ATTRS | counts}
+    return _OpInputs(python[0], tuple(slots), tuple(scalars), step, attrs)
+
+
+class _Rule(NamedTuple):
+    """A rule's function: its op's inputs and the Python table entry."""
+
+    inputs: _OpInputs
+    positional: tuple[str, ...]  # variables, gradients, then public scalar names
+    prepare: Callable[[dict[str, Any]], None] | None
+
+
+def _call(rule: _Rule, arguments: dict[str, Any]) -> tf.Tensor:
+    if rule.prepare is not None:
+        rule.prepare(arguments)  # option checks, derived attributes
+    spec = rule.inputs
+    options = arguments.pop("options")
+    return _apply(
+        spec.op, arguments[rule.positional[0]], arguments[rule.positional[1]],
+        {s: arguments[s] for s, _ in spec.slots},
+        {s: arguments[_PUBLIC_NAMES.get(s, s)] for s in spec.scalars},
+        step=arguments["step"] if spec.step else None, name=arguments["name"], **options,
+        **{a: _ATTR_TYPES.get(t, lambda x: x)(arguments[a]) for a, t in spec.attrs.items()},
+    )
+
+
+def _wrapper(
+    rule: str,
     *,
-    momenta: Sequence[VariableLike] | None = None,
-    momentum: TensorLike = 0.0,
-    nesterov: bool = False,
-    weight_decay: TensorLike = 0.0,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """SGD (keras.optimizers.SGD), optionally with (Nesterov) momentum.
+    defaults: dict[str, Any],
+    doc: str,
+    positional: tuple[str, ...] = ("variables", "gradients", "learning_rate"),
+    annotations: dict[str, str] | None = None,
+    prepare: Callable[[dict[str, Any]], None] | None = None,
+    derived: tuple[str, ...] = (),
+) -> Callable[..., tf.Tensor]:
+    """The function ``apply_<rule>`` (Note [wrappers from the registry]).
+
+    Its keyword-only parameters: the required slots, ``step``, the scalars
+    without a default, the optional slots (None by default), then
+    ``defaults`` in order; then ``name`` and ``**options``. ``derived`` lists
+    attributes ``prepare`` computes from the others.
+    """
+    spec = _op_inputs(rule)
+    name = "apply_" + rule
+    optional = {s for s, opt in spec.slots if opt}
+    public_scalars = [_PUBLIC_NAMES.get(s, s) for s in spec.scalars]
+    keywords = [s for s, opt in spec.slots if not opt] + (["step"] if spec.step else [])
+    keywords += [s for s in public_scalars if s not in defaults and s not in positional]
+    keywords += [s for s, opt in spec.slots if opt] + list(defaults)
+    takes = (set(public_scalars) | {s for s, _ in spec.slots} | set(spec.attrs)
+             | ({"step"} if spec.step else set()))
+    given = set(positional[2:]) | set(keywords) | set(derived)
+    if given != takes or len(keywords) != len(set(keywords)):
+        raise ImportError(
+            f"fusedopt.ops.{name} and the op {spec.op} disagree: the op takes "
+            f"{sorted(takes)}, the function {sorted(given)}. {_loader.REBUILD_HINT}")
+    slot_names = {s for s, _ in spec.slots}
+
+    def annotation(keyword: str) -> str:  # (attributes: their op type, "bool" or "float")
+        if keyword in slot_names:
+            return ("Sequence[VariableLike] | None" if keyword in optional
+                    else "Sequence[VariableLike]")
+        return spec.attrs.get(keyword, "TensorLike")
+
+    annotations = {
+        positional[0]: "Sequence[VariableLike]", positional[1]: "Sequence[TensorLike]",
+        **{p: "TensorLike" for p in positional[2:]}, **{k: annotation(k) for k in keywords},
+        **(annotations or {}), "name": "str | None", "options": "Any", "return": "tf.Tensor",
+    }
+    params = [*positional, "*"]
+    params += [f"{k}=_defaults[{k!r}]" if k in defaults else
+               f"{k}=None" if k in optional else k for k in keywords]
+    params += ["name=None", "**options"]
+    passed = ", ".join(f"{p}={p}" for p in [*positional, *keywords, "name", "options"])
+    source = (f"def _make(_call, _rule, _defaults):\n"
+              f"    def {name}({', '.join(params)}):\n"
+              f"        return _call(_rule, dict({passed}))\n"
+              f"    return {name}\n")
+    namespace: dict[str, Any] = {}
+    exec(source, globals(), namespace)  # noqa: S102 - a signature made from the registry
+    function = namespace["_make"](_call, _Rule(spec, positional, prepare), defaults)
+    function.__qualname__ = name
+    function.__doc__ = doc
+    function.__annotations__ = annotations
+    return function
+
+
+def _nesterov_needs_momenta(arguments: dict[str, Any]) -> None:
+    if arguments["nesterov"] and arguments["momenta"] is None:
+        raise _invalid("nesterov=True needs momenta (one momentum slot per variable)")
+
+
+apply_sgd = _wrapper(
+    "sgd",
+    defaults={"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
+    prepare=_nesterov_needs_momenta,
+    doc="""SGD (keras.optimizers.SGD), optionally with (Nesterov) momentum.
 
     Per element, with ``lr = learning_rate``::
 
@@ -263,34 +412,14 @@ def apply_sgd(
 
     Returns:
         The ``skipped`` flag (see the gradient options in the module doc).
-    """
-    if nesterov and momenta is None:
-        raise _invalid("nesterov=True needs momenta (one momentum slot per variable)")
-    return _apply(
-        "fusedopt_apply_sgd", variables, gradients, {"momenta": momenta},
-        {"lr": learning_rate, "momentum": momentum, "weight_decay": weight_decay},
-        name=name, **options, nesterov=bool(nesterov),
-    )
+    """,
+)
 
-
-def apply_adam(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    m: Sequence[VariableLike],
-    v: Sequence[VariableLike],
-    step: TensorLike,
-    vhat: Sequence[VariableLike] | None = None,
-    beta_1: TensorLike = 0.9,
-    beta_2: TensorLike = 0.999,
-    epsilon: TensorLike = 1e-7,
-    weight_decay: TensorLike = 0.0,
-    tf_training_op_form: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """Adam / AMSGrad / AdamW (keras.optimizers.Adam, AdamW) in one pass.
+apply_adam = _wrapper(
+    "adam",
+    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
+              "tf_training_op_form": False},
+    doc="""Adam / AMSGrad / AdamW (keras.optimizers.Adam, AdamW) in one pass.
 
     ``step`` counts from 1 (Keras' ``iterations + 1``). Per element::
 
@@ -304,14 +433,8 @@ def apply_adam(
     beta_1 + g * (1 - beta_1)``, ``v = v * beta_2 + (g * g) * (1 - beta_2)``,
     ``lr * (sqrt(1 - beta_2^step) / (1 - beta_1^step))``; the op's doc), the
     bits of that class.
-    """
-    attrs = {"tf_training_op_form": True} if tf_training_op_form else {}
-    return _apply(
-        "fusedopt_apply_adam", variables, gradients, {"m": m, "v": v, "vhat": vhat},
-        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
-         "weight_decay": weight_decay},
-        step=step, name=name, **options, **attrs,
-    )
+    """,
+)
 
 
 def _float64_bits(x: float) -> int:
@@ -319,25 +442,17 @@ def _float64_bits(x: float) -> int:
     return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
-def apply_nadam(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    m: Sequence[VariableLike],
-    v: Sequence[VariableLike],
-    step: TensorLike,
-    u_product: TensorLike,
-    beta_1: TensorLike = 0.9,
-    beta_2: TensorLike = 0.999,
-    epsilon: TensorLike = 1e-7,
-    weight_decay: TensorLike = 0.0,
-    schedule_decay: float = 1.0,
-    tf_training_op_form: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """Nadam as Keras computes it (keras.optimizers.Nadam).
+def _schedule_decay_bits(arguments: dict[str, Any]) -> None:
+    arguments["schedule_decay_bits"] = _float64_bits(arguments["schedule_decay"])
+
+
+apply_nadam = _wrapper(
+    "nadam",
+    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
+              "schedule_decay": 1.0, "tf_training_op_form": False},
+    prepare=_schedule_decay_bits,
+    derived=("schedule_decay_bits",),
+    doc="""Nadam as Keras computes it (keras.optimizers.Nadam).
 
     ``u_product`` is the running product of
     ``u_t = beta_1 * (1 - 0.5 * 0.96^(schedule_decay * t))`` over steps 1..step
@@ -346,34 +461,14 @@ def apply_nadam(
     ``tf_training_op_form=True``: tf_keras' legacy Nadam's own element order
     (``m = beta_1 * m + (1 - beta_1) * g``, ``g / (1 - u_product)`` first, ...;
     the op's doc), the bits of that class; no weight decay.
-    """
-    return _apply(
-        "fusedopt_apply_nadam", variables, gradients, {"m": m, "v": v},
-        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
-         "weight_decay": weight_decay, "u_product": u_product},
-        step=step, name=name, **options, schedule_decay=float(schedule_decay),
-        schedule_decay_bits=_float64_bits(schedule_decay),
-        tf_training_op_form=bool(tf_training_op_form),
-    )
+    """,
+)
 
-
-def apply_adamax(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    m: Sequence[VariableLike],
-    u: Sequence[VariableLike],
-    step: TensorLike,
-    beta_1: TensorLike = 0.9,
-    beta_2: TensorLike = 0.999,
-    epsilon: TensorLike = 1e-7,
-    weight_decay: TensorLike = 0.0,
-    tf_training_op_form: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """Adamax (keras.optimizers.Adamax)::
+apply_adamax = _wrapper(
+    "adamax",
+    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
+              "tf_training_op_form": False},
+    doc="""Adamax (keras.optimizers.Adamax)::
 
         m += (g - m) * (1 - beta_1);  u = max(beta_2 * u, |g|)
         var -= lr * m / ((1 - beta_1^step) * (u + epsilon))
@@ -381,33 +476,14 @@ def apply_adamax(
     ``tf_training_op_form=True``: TensorFlow's ``ResourceApplyAdaMax`` order,
     ``var -= (lr / (1 - beta_1^step)) * (m / (u + epsilon))`` (tf_keras' legacy
     Adamax).
-    """
-    return _apply(
-        "fusedopt_apply_adamax", variables, gradients, {"m": m, "u": u},
-        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
-         "weight_decay": weight_decay},
-        step=step, name=name, **options, tf_training_op_form=bool(tf_training_op_form),
-    )
+    """,
+)
 
-
-def apply_rmsprop(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    velocity: Sequence[VariableLike],
-    momenta: Sequence[VariableLike] | None = None,
-    average_gradient: Sequence[VariableLike] | None = None,
-    rho: TensorLike = 0.9,
-    momentum: TensorLike = 0.0,
-    epsilon: TensorLike = 1e-7,
-    weight_decay: TensorLike = 0.0,
-    epsilon_outside_sqrt: bool = False,
-    tf_training_op_form: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """RMSprop (keras.optimizers.RMSprop); momentum when ``momenta`` is given,
+apply_rmsprop = _wrapper(
+    "rmsprop",
+    defaults={"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "weight_decay": 0.0,
+              "epsilon_outside_sqrt": False, "tf_training_op_form": False},
+    doc="""RMSprop (keras.optimizers.RMSprop); momentum when ``momenta`` is given,
     centered when ``average_gradient`` is given::
 
         velocity = rho * velocity + (1 - rho) * g^2
@@ -420,58 +496,25 @@ def apply_rmsprop(
     ``tf_training_op_form=True`` computes ``velocity += (g^2 - velocity) * (1 -
     rho)`` (and ``avg`` alike), as TensorFlow's ``ResourceApply(Centered)RMSProp``
     do: tf_keras' legacy RMSprop with momentum.
-    """
-    return _apply(
-        "fusedopt_apply_rmsprop", variables, gradients,
-        {"velocity": velocity, "momenta": momenta, "average_gradient": average_gradient},
-        {"lr": learning_rate, "rho": rho, "momentum": momentum, "epsilon": epsilon,
-         "weight_decay": weight_decay},
-        name=name, **options, epsilon_outside_sqrt=bool(epsilon_outside_sqrt),
-        tf_training_op_form=bool(tf_training_op_form),
-    )
+    """,
+)
 
-
-def apply_adagrad(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    accumulator: Sequence[VariableLike],
-    epsilon: TensorLike = 1e-7,
-    weight_decay: TensorLike = 0.0,
-    epsilon_outside_sqrt: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """Adagrad (keras.optimizers.Adagrad)::
+apply_adagrad = _wrapper(
+    "adagrad",
+    defaults={"epsilon": 1e-7, "weight_decay": 0.0, "epsilon_outside_sqrt": False},
+    doc="""Adagrad (keras.optimizers.Adagrad)::
 
         acc += g^2;  var -= lr * g / sqrt(acc + epsilon)
 
     ``epsilon_outside_sqrt=True`` gives ``var -= lr * g / (sqrt(acc) + epsilon)``,
     tf_keras' legacy Adagrad.
-    """
-    return _apply(
-        "fusedopt_apply_adagrad", variables, gradients, {"accumulator": accumulator},
-        {"lr": learning_rate, "epsilon": epsilon, "weight_decay": weight_decay},
-        name=name, **options, epsilon_outside_sqrt=bool(epsilon_outside_sqrt),
-    )
+    """,
+)
 
-
-def apply_adadelta(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    accumulated_grad: Sequence[VariableLike],
-    accumulated_delta_var: Sequence[VariableLike],
-    rho: TensorLike = 0.95,
-    epsilon: TensorLike = 1e-7,
-    weight_decay: TensorLike = 0.0,
-    tf_training_op_form: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """Adadelta (keras.optimizers.Adadelta)::
+apply_adadelta = _wrapper(
+    "adadelta",
+    defaults={"rho": 0.95, "epsilon": 1e-7, "weight_decay": 0.0, "tf_training_op_form": False},
+    doc="""Adadelta (keras.optimizers.Adadelta)::
 
         ag = rho * ag + (1 - rho) * g^2
         delta = -sqrt(adv + eps) * g / sqrt(ag + eps)
@@ -481,34 +524,14 @@ def apply_adadelta(
     arithmetic (tf_keras' legacy Adadelta): ``u = sqrt(adv + eps) *
     rsqrt(ag + eps) * g`` with TF's CPU Rsqrt, ``var -= u * lr``, ``adv`` from
     ``u``.
-    """
-    return _apply(
-        "fusedopt_apply_adadelta", variables, gradients,
-        {"accumulated_grad": accumulated_grad, "accumulated_delta_var": accumulated_delta_var},
-        {"lr": learning_rate, "rho": rho, "epsilon": epsilon, "weight_decay": weight_decay},
-        name=name, **options, tf_training_op_form=bool(tf_training_op_form),
-    )
+    """,
+)
 
-
-def apply_ftrl(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    accumulator: Sequence[VariableLike],
-    linear: Sequence[VariableLike],
-    learning_rate_power: TensorLike = -0.5,
-    l1: TensorLike = 0.0,
-    l2: TensorLike = 0.0,
-    l2_shrinkage: TensorLike = 0.0,
-    beta: TensorLike = 0.0,
-    weight_decay: TensorLike = 0.0,
-    tf_pow: bool = False,
-    tf_training_op_form: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """FTRL-proximal as Keras computes it (keras.optimizers.Ftrl); see the op doc.
+apply_ftrl = _wrapper(
+    "ftrl",
+    defaults={"learning_rate_power": -0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0,
+              "beta": 0.0, "weight_decay": 0.0, "tf_pow": False, "tf_training_op_form": False},
+    doc="""FTRL-proximal as Keras computes it (keras.optimizers.Ftrl); see the op doc.
 
     The accumulators' powers use ``sqrt`` for ``learning_rate_power=-0.5``
     and the C library's ``pow`` otherwise (one pass). ``tf_pow=True`` uses
@@ -519,56 +542,23 @@ def apply_ftrl(
     ``ResourceApplyFtrl(V2)`` does (Eigen's unary ``x.pow(p)``: repeated
     squaring for integer powers in [-3, 7]; ``sqrt`` for -0.5): tf_keras'
     legacy Ftrl's bits.
-    """
-    return _apply(
-        "fusedopt_apply_ftrl", variables, gradients, {"accumulator": accumulator, "linear": linear},
-        {"lr": learning_rate, "learning_rate_power": learning_rate_power, "l1": l1, "l2": l2,
-         "l2_shrinkage": l2_shrinkage, "beta": beta, "weight_decay": weight_decay},
-        name=name, **options, tf_pow=bool(tf_pow),
-        tf_training_op_form=bool(tf_training_op_form),
-    )
+    """,
+)
 
-
-def apply_lion(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    m: Sequence[VariableLike],
-    beta_1: TensorLike = 0.9,
-    beta_2: TensorLike = 0.99,
-    weight_decay: TensorLike = 0.0,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """Lion (keras.optimizers.Lion)::
+apply_lion = _wrapper(
+    "lion",
+    defaults={"beta_1": 0.9, "beta_2": 0.99, "weight_decay": 0.0},
+    doc="""Lion (keras.optimizers.Lion)::
 
         var -= lr * sign(m * beta_1 + g * (1 - beta_1));  m = m * beta_2 + g * (1 - beta_2)
-    """
-    return _apply(
-        "fusedopt_apply_lion", variables, gradients, {"m": m},
-        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "weight_decay": weight_decay},
-        name=name, **options,
-    )
+    """,
+)
 
-
-def apply_schedule_free_adamw(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    momentum: Sequence[VariableLike],
-    velocity: Sequence[VariableLike],
-    step: TensorLike,
-    beta_1: TensorLike = 0.9,
-    beta_2: TensorLike = 0.999,
-    epsilon: TensorLike = 1e-8,
-    warmup_steps: TensorLike = 0,
-    weight_decay: TensorLike = 0.0,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """Schedule-free AdamW (keras.optimizers.ScheduleFreeAdamW) in one pass.
+apply_schedule_free_adamw = _wrapper(
+    "schedule_free_adamw",
+    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "warmup_steps": 0,
+              "weight_decay": 0.0},
+    doc="""Schedule-free AdamW (keras.optimizers.ScheduleFreeAdamW) in one pass.
 
     ``momentum`` holds the base iterate z (Keras initialises it to the
     variable), ``velocity`` Adam's second moment; ``step`` counts from 1.
@@ -580,33 +570,14 @@ def apply_schedule_free_adamw(
         z -= lr_t * g / (sqrt(v / (1 - beta_2^step)) + epsilon)
         x = (var - (1 - beta_1) * z) / beta_1
         var = (1 - beta_1) * z + beta_1 * ((1 - w) * x + w * z)
-    """
-    return _apply(
-        "fusedopt_apply_schedule_free_adam_w", variables, gradients,
-        {"momentum": momentum, "velocity": velocity},
-        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
-         "warmup_steps": warmup_steps, "weight_decay": weight_decay},
-        step=step, name=name, **options,
-    )
+    """,
+)
 
-
-def apply_lamb(
-    variables: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    m: Sequence[VariableLike],
-    v: Sequence[VariableLike],
-    step: TensorLike,
-    beta_1: TensorLike = 0.9,
-    beta_2: TensorLike = 0.999,
-    epsilon: TensorLike = 1e-7,
-    weight_decay: TensorLike = 0.0,
-    tf_norms: bool = False,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """LAMB (keras.optimizers.Lamb), per-variable trust ratio, two passes::
+apply_lamb = _wrapper(
+    "lamb",
+    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
+              "tf_norms": False},
+    doc="""LAMB (keras.optimizers.Lamb), per-variable trust ratio, two passes::
 
         m, v as Adam;  u = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
         var -= (|var| / |u| if both > 0 else 1) * lr * u
@@ -617,24 +588,14 @@ def apply_lamb(
     kernels on the op's thread pool, whose summation order depends on the
     pool's size (float32/float64 CPU variables; Note [TF norms]):
     keras.optimizers.Lamb's bits, at the cost of two more passes.
-    """
-    return _apply(
-        "fusedopt_apply_lamb", variables, gradients, {"m": m, "v": v},
-        {"lr": learning_rate, "beta_1": beta_1, "beta_2": beta_2, "epsilon": epsilon,
-         "weight_decay": weight_decay},
-        step=step, name=name, **options, tf_norms=bool(tf_norms),
-    )
+    """,
+)
 
-
-def apply_muon_momentum(
-    momenta: Sequence[VariableLike],
-    gradients: Sequence[TensorLike],
-    *,
-    momentum: TensorLike = 0.95,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """The momentum half of Muon (keras.optimizers.Muon), in place on the
+apply_muon_momentum = _wrapper(
+    "muon_momentum",
+    positional=("momenta", "gradients"),
+    defaults={"momentum": 0.95},
+    doc="""The momentum half of Muon (keras.optimizers.Muon), in place on the
     momentum buffers ``momenta``::
 
         m = m + (g + m * (momentum - 1))
@@ -642,11 +603,8 @@ def apply_muon_momentum(
     (also in Keras' graph: Grappler leaves it alone there). Muon's Newton-Schulz iterations then run on ``m``
     (or on Nesterov's ``g + momentum * m``) as TensorFlow matmuls, and
     :func:`apply_muon` applies their result. Takes no weight decay.
-    """
-    return _apply(
-        "fusedopt_apply_muon_momentum", momenta, gradients, {}, {"momentum": momentum},
-        name=name, **options,
-    )
+    """,
+)
 
 
 def muon_scale(shape: Sequence[int]) -> float:
@@ -657,18 +615,18 @@ def muon_scale(shape: Sequence[int]) -> float:
     return float(np.sqrt(np.float32(max(int(shape[0]), int(shape[1])))))
 
 
-def apply_muon(
-    variables: Sequence[VariableLike],
-    updates: Sequence[TensorLike],
-    learning_rate: TensorLike,
-    *,
-    scale: TensorLike,
-    rms_rate: TensorLike | None = 0.2,
-    weight_decay: TensorLike = 0.0,
-    name: str | None = None,
-    **options: Any,
-) -> tf.Tensor:
-    """The update half of Muon (keras.optimizers.Muon): ``updates`` are the
+def _no_rms_adjustment(arguments: dict[str, Any]) -> None:
+    if arguments["rms_rate"] is None:
+        arguments["scale"], arguments["rms_rate"] = 1.0, 1.0
+
+
+apply_muon = _wrapper(
+    "muon",
+    positional=("variables", "updates", "learning_rate"),
+    defaults={"rms_rate": 0.2, "weight_decay": 0.0},
+    annotations={"rms_rate": "TensorLike | None"},
+    prepare=_no_rms_adjustment,
+    doc="""The update half of Muon (keras.optimizers.Muon): ``updates`` are the
     orthogonalized momenta (the Newton-Schulz output). Per element::
 
         var -= var * weight_decay * lr
@@ -679,14 +637,8 @@ def apply_muon(
     adjustment) applies ``var -= lr * u``. With ``grappler_form=True`` the
     update is ``var - u * ((lr * scale) * rms_rate)``, Keras' graph after
     Grappler.
-    """
-    if rms_rate is None:
-        scale, rms_rate = 1.0, 1.0
-    return _apply(
-        "fusedopt_apply_muon", variables, updates, {},
-        {"lr": learning_rate, "scale": scale, "rms_rate": rms_rate, "weight_decay": weight_decay},
-        name=name, **options,
-    )
+    """,
+)
 
 
 def apply_adafactor(

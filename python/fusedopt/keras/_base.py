@@ -66,7 +66,7 @@ path runs instead, with the same numbers (a warning says so once).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import keras
 import tensorflow as tf
@@ -76,6 +76,50 @@ from keras.src.optimizers import base_optimizer as _keras_base
 
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
+from fusedopt import ops
+
+
+class GroupKey(NamedTuple):
+    """The variables of one fused call share a key (``_group_key``)."""
+
+    device: str
+    dtype: tf.DType
+    decays: bool  # whether weight decay applies
+    sparse: bool  # IndexedSlices gradients
+
+
+class FusedCall(NamedTuple):
+    """How a class's step maps onto its ``fusedopt.ops`` function, which the
+    generic ``_fused_apply`` calls once per group (Note [fused call tables])::
+
+        ops.<op>(variables, grads, learning_rate, <slots>, step=<iterations + 1>,
+                 <hypers>, weight_decay=..., <flags>, **options)
+
+    Note [fused call tables]: a class declares its op call instead of writing
+    it. ``op`` names the ``fusedopt.ops`` function, looked up at each call (so
+    that a replacement of it is called, as a written call's would be);
+    ``slots`` maps an op keyword to the optimizer's slot list attribute (the
+    group's variables' entries are passed), or to (attribute, condition) for
+    an optional slot list, None when ``condition(optimizer)`` is false;
+    ``hypers`` maps an op keyword to an optimizer attribute or to a function
+    of the optimizer; ``flags`` are constant op arguments. A step that needs
+    more than one call keeps a method of its own (Muon, Adafactor).
+    """
+
+    op: str
+    slots: Mapping[str, str | tuple[str, Callable[[Any], bool]]]
+    hypers: Mapping[str, str | Callable[[Any], Any]] = {}
+    step: bool = False
+    flags: Mapping[str, Any] = {}
+
+
+def _slots(opt, slot_list, variables):
+    return [slot_list[opt._get_variable_index(v)] for v in variables]
+
+
+def _step(opt):
+    # (Once per step: Note [one check per kind] in fusedopt/_atomic.py.)
+    return _atomic.memo(("step", id(opt)), lambda: opt.iterations + 1)
 
 
 def _cast_grad(g, var, dtype):
@@ -224,6 +268,9 @@ class FusedOptimizerMixin:
             config["clip_after_aggregation"] = True
         return config
 
+    # The class's op call (Note [fused call tables]); None: _fused_apply is its own.
+    _fused_call: FusedCall | None = None
+
     def _fused_apply(
         self,
         variables: Sequence[tf.Variable],
@@ -233,7 +280,7 @@ class FusedOptimizerMixin:
         **options: Any,
     ) -> Any:
         """Applies the update to one group (same device, dtype, weight-decay use
-        and sparseness) in one op.
+        and sparseness) in one op: the class's ``_fused_call``.
 
         ``options`` are passed to the fusedopt.ops function: gradient options
         (``grad_scale``, ``clipnorm``, ``clipvalue`` with
@@ -241,7 +288,25 @@ class FusedOptimizerMixin:
         gradients, ``sparse_mode``. An op without gradient options takes the
         clipping from ``_clip_in_tf`` instead.
         """
-        raise NotImplementedError
+        if self._fused_call is None:
+            raise NotImplementedError
+        return self._fused_run(self._fused_call, variables, grads, learning_rate, weight_decay,
+                               **options)
+
+    def _fused_run(self, call: FusedCall, variables, grads, learning_rate, weight_decay,
+                   **options: Any) -> Any:
+        """Makes the op call ``call`` declares for one group."""
+        kwargs: dict[str, Any] = {}
+        for keyword, source in call.slots.items():
+            attribute, condition = source if isinstance(source, tuple) else (source, None)
+            kwargs[keyword] = (None if condition is not None and not condition(self)
+                               else _slots(self, getattr(self, attribute), variables))
+        if call.step:
+            kwargs["step"] = _step(self)
+        for keyword, source in call.hypers.items():
+            kwargs[keyword] = getattr(self, source) if isinstance(source, str) else source(self)
+        return getattr(ops, call.op)(variables, grads, learning_rate, **kwargs,
+                                     weight_decay=weight_decay, **call.flags, **options)
 
     def _fused_prepare_step(self) -> None:
         """Computes per-step optimizer state the update needs (Nadam's next
@@ -324,14 +389,15 @@ class FusedOptimizerMixin:
             return  # fused into this step's update op (Note [fused Keras step])
         super()._apply_weight_decay(variables)
 
-    def _group_key(self, var, grad) -> tuple[Any, ...]:
-        """(device, dtype, whether weight decay applies, sparse), and for
-        classes that need it more (Muon: its path and update scale); one fused
-        call per distinct key."""
+    def _group_key(self, var, grad) -> GroupKey:
+        """A GroupKey, or for classes that need more a named tuple with its
+        fields and others (Muon: its path and update scale); one fused call per
+        distinct key."""
         decays = self.weight_decay is not None and self._use_weight_decay(var)
-        return (var.device, var.dtype.base_dtype, decays, isinstance(grad, tf.IndexedSlices))
+        return GroupKey(device=var.device, dtype=var.dtype.base_dtype, decays=decays,
+                        sparse=isinstance(grad, tf.IndexedSlices))
 
-    def _group_weight_decay(self, key: tuple[Any, ...], variables) -> Any:
+    def _group_weight_decay(self, key: GroupKey, variables) -> Any:
         """The weight decay of a decaying group (Muon: per path)."""
         del key, variables
         return self.weight_decay
@@ -402,7 +468,7 @@ class FusedOptimizerMixin:
 
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate,
                                   clip_options=None):
-        groups: dict[tuple[Any, ...], list[tuple[Any, Any]]] = {}
+        groups: dict[GroupKey, list[tuple[Any, Any]]] = {}
         for grad, var in grads_and_vars:
             # Under a strategy a gradient is a distributed value: its kind
             # (dense or IndexedSlices) is its components'.
@@ -425,9 +491,9 @@ class FusedOptimizerMixin:
         # grad_scale: extended.update gives each device's call its own.
         updates = []
         for key, items in groups.items():
-            _, dtype, decays, sparse = key[:4]
+            dtype, sparse = key.dtype, key.sparse
             variables = [v for _, v in items]
-            weight_decay = self._group_weight_decay(key, variables) if decays else 0.0
+            weight_decay = self._group_weight_decay(key, variables) if key.decays else 0.0
 
             def apply_group(_first, group_grads, clip, variables=variables, dtype=dtype,
                             wd=weight_decay, sparse=sparse):

@@ -1,29 +1,22 @@
 """Drop-in Keras 3 optimizers on the fused kernels (Note [fused Keras step]).
 
-Each class subclasses the built-in of the same name and only says how one
+Each class subclasses the built-in of the same name and only declares how one
 group of variables (same device, dtype and weight-decay use) maps onto its
-fused op: which slot lists, which hyperparameters.
+fused op: which slot lists, which hyperparameters (its ``_fused_call``, Note
+[fused call tables] in _base).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 from fusedopt import ops
-from fusedopt.keras._base import FusedOptimizerMixin
-
-
-def _slots(opt, slot_list, variables):
-    return [slot_list[opt._get_variable_index(v)] for v in variables]
-
-
-def _step(opt):
-    # (Once per step: Note [one check per kind] in fusedopt/_atomic.py.)
-    return _atomic.memo(("step", id(opt)), lambda: opt.iterations + 1)
+from fusedopt.keras._base import FusedCall, FusedOptimizerMixin, _slots, _step
 
 
 def _register(cls):
@@ -52,17 +45,12 @@ _EXTRA_ARGS = (
 
 
 class _AdamLike:
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        vhat = _slots(self, self._velocity_hats, variables) if self.amsgrad else None
-        return ops.apply_adam(
-            variables, grads, learning_rate,
-            m=_slots(self, self._momentums, variables),
-            v=_slots(self, self._velocities, variables),
-            vhat=vhat, step=_step(self),
-            beta_1=self.beta_1, beta_2=self.beta_2,
-            epsilon=self.epsilon, weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_adam",
+        slots={"m": "_momentums", "v": "_velocities",
+               "vhat": ("_velocity_hats", lambda opt: opt.amsgrad)},
+        step=True, hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon"},
+    )
 
 
 @_register
@@ -95,141 +83,119 @@ class Nadam(FusedOptimizerMixin, keras.optimizers.Nadam):
         with tf.control_dependencies(updates):  # ([] keeps the step's checks; None would not)
             self.assign(self._u_product, self._fused_next_u_product)
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_nadam(
-            variables, grads, learning_rate,
-            m=_slots(self, self._momentums, variables),
-            v=_slots(self, self._velocities, variables),
-            step=_step(self), u_product=self._fused_next_u_product,
-            beta_1=self.beta_1, beta_2=self.beta_2,
-            epsilon=self.epsilon, weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_nadam",
+        slots={"m": "_momentums", "v": "_velocities"},
+        step=True,
+        hypers={"u_product": "_fused_next_u_product", "beta_1": "beta_1", "beta_2": "beta_2",
+                "epsilon": "epsilon"},
+    )
 
 
 @_register
 class Adamax(FusedOptimizerMixin, keras.optimizers.Adamax):
     __doc__ = _fused_doc("Adamax", "Fusedopt>ApplyAdamax")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_adamax(
-            variables, grads, learning_rate,
-            m=_slots(self, self._m, variables), u=_slots(self, self._u, variables),
-            step=_step(self),
-            beta_1=self.beta_1, beta_2=self.beta_2,
-            epsilon=self.epsilon, weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_adamax", slots={"m": "_m", "u": "_u"}, step=True,
+        hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon"},
+    )
 
 
 @_register
 class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
     __doc__ = _fused_doc("RMSprop", "Fusedopt>ApplyRmsprop")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        momenta = _slots(self, self._momentums, variables) if self.momentum > 0 else None
-        average = _slots(self, self._average_gradients, variables) if self.centered else None
-        return ops.apply_rmsprop(
-            variables, grads, learning_rate,
-            velocity=_slots(self, self._velocities, variables),
-            momenta=momenta, average_gradient=average,
-            rho=self.rho, momentum=self.momentum,
-            epsilon=self.epsilon, weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_rmsprop",
+        slots={"velocity": "_velocities",
+               "momenta": ("_momentums", lambda opt: opt.momentum > 0),
+               "average_gradient": ("_average_gradients", lambda opt: opt.centered)},
+        hypers={"rho": "rho", "momentum": "momentum", "epsilon": "epsilon"},
+    )
 
 
 @_register
 class Adagrad(FusedOptimizerMixin, keras.optimizers.Adagrad):
     __doc__ = _fused_doc("Adagrad", "Fusedopt>ApplyAdagrad")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_adagrad(
-            variables, grads, learning_rate,
-            accumulator=_slots(self, self._accumulators, variables),
-            epsilon=self.epsilon, weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall("apply_adagrad", slots={"accumulator": "_accumulators"},
+                            hypers={"epsilon": "epsilon"})
 
 
 @_register
 class Adadelta(FusedOptimizerMixin, keras.optimizers.Adadelta):
     __doc__ = _fused_doc("Adadelta", "Fusedopt>ApplyAdadelta")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_adadelta(
-            variables, grads, learning_rate,
-            accumulated_grad=_slots(self, self._accumulated_grads, variables),
-            accumulated_delta_var=_slots(self, self._accumulated_delta_vars, variables),
-            rho=self.rho, epsilon=self.epsilon,
-            weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_adadelta",
+        slots={"accumulated_grad": "_accumulated_grads",
+               "accumulated_delta_var": "_accumulated_delta_vars"},
+        hypers={"rho": "rho", "epsilon": "epsilon"},
+    )
 
 
 @_register
 class Ftrl(FusedOptimizerMixin, keras.optimizers.Ftrl):
     __doc__ = _fused_doc("Ftrl", "Fusedopt>ApplyFtrl")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_ftrl(
-            variables, grads, learning_rate,
-            accumulator=_slots(self, self._accumulators, variables),
-            linear=_slots(self, self._linears, variables),
-            learning_rate_power=self.learning_rate_power,
-            l1=self.l1_regularization_strength,
-            l2=self.l2_regularization_strength,
-            l2_shrinkage=self.l2_shrinkage_regularization_strength,
-            beta=self.beta, weight_decay=weight_decay,
-            tf_pow=True,  # Keras' powers are TF's Pow (Note [TF pow])
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_ftrl",
+        slots={"accumulator": "_accumulators", "linear": "_linears"},
+        hypers={"learning_rate_power": "learning_rate_power",
+                "l1": "l1_regularization_strength", "l2": "l2_regularization_strength",
+                "l2_shrinkage": "l2_shrinkage_regularization_strength", "beta": "beta"},
+        flags={"tf_pow": True},  # Keras' powers are TF's Pow (Note [TF pow])
+    )
 
 
 @_register
 class Lion(FusedOptimizerMixin, keras.optimizers.Lion):
     __doc__ = _fused_doc("Lion", "Fusedopt>ApplyLion")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_lion(
-            variables, grads, learning_rate, m=_slots(self, self._momentums, variables),
-            beta_1=self.beta_1, beta_2=self.beta_2,
-            weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall("apply_lion", slots={"m": "_momentums"},
+                            hypers={"beta_1": "beta_1", "beta_2": "beta_2"})
 
 
 @_register
 class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
     __doc__ = _fused_doc("Lamb", "Fusedopt>ApplyLamb")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_lamb(
-            variables, grads, learning_rate,
-            m=_slots(self, self._momentums, variables),
-            v=_slots(self, self._velocities, variables),
-            step=_step(self),
-            beta_1=self.beta_1, beta_2=self.beta_2,
-            epsilon=self.epsilon, weight_decay=weight_decay,
-            tf_norms=True,  # Keras' norms are TF's Pow and Sum (Note [TF norms])
-            **options,
-        )
-
+    _fused_call = FusedCall(
+        "apply_lamb", slots={"m": "_momentums", "v": "_velocities"}, step=True,
+        hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon"},
+        flags={"tf_norms": True},  # Keras' norms are TF's Pow and Sum (Note [TF norms])
+    )
 
 
 @_register
 class ScheduleFreeAdamW(FusedOptimizerMixin, keras.optimizers.ScheduleFreeAdamW):
     __doc__ = _fused_doc("ScheduleFreeAdamW", "Fusedopt>ApplyScheduleFreeAdamW")
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        return ops.apply_schedule_free_adamw(
-            variables, grads, learning_rate,
-            momentum=_slots(self, self._momentums, variables),
-            velocity=_slots(self, self._velocities, variables),
-            step=_step(self), beta_1=self.beta_1, beta_2=self.beta_2, epsilon=self.epsilon,
-            warmup_steps=self.warmup_steps, weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_schedule_free_adamw",
+        slots={"momentum": "_momentums", "velocity": "_velocities"}, step=True,
+        hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon",
+                "warmup_steps": "warmup_steps"},
+    )
+
+
+class MuonGroupKey(NamedTuple):
+    """Muon's group key: a GroupKey's fields, its path and its update scale."""
+
+    device: str
+    dtype: tf.DType
+    decays: bool
+    sparse: bool
+    adamw: bool  # Muon's AdamW path (else the Newton-Schulz one)
+    scale: float | None  # sqrt(max(rows, cols)) on the Newton-Schulz path (one per call)
+
+
+# Muon's AdamW path: Keras' _adamw_update_step with Muon's own attributes.
+_MUON_ADAMW = FusedCall(
+    "apply_adam", slots={"m": "momentums", "v": "adam_velocities"}, step=True,
+    hypers={"beta_1": "adam_beta_1", "beta_2": "adam_beta_2", "epsilon": "epsilon"},
+)
 
 
 @_register
@@ -259,15 +225,14 @@ class Muon(FusedOptimizerMixin, keras.optimizers.Muon):
         adamw = self._uses_adamw(var)
         wd = self.adam_weight_decay if adamw else self.weight_decay
         decays = wd is not None and self._use_weight_decay(var)
-        if adamw:
-            path = "adamw"
-        else:
-            path = 1.0 if self.rms_rate is None else ops.muon_scale(var.shape)
-        return (var.device, var.dtype.base_dtype, decays, isinstance(grad, tf.IndexedSlices),
-                path)
+        scale = None
+        if not adamw:
+            scale = 1.0 if self.rms_rate is None else ops.muon_scale(var.shape)
+        return MuonGroupKey(device=var.device, dtype=var.dtype.base_dtype, decays=decays,
+                            sparse=isinstance(grad, tf.IndexedSlices), adamw=adamw, scale=scale)
 
     def _group_weight_decay(self, key, variables):
-        return self.adam_weight_decay if key[4] == "adamw" else self.weight_decay
+        return self.adam_weight_decay if key.adamw else self.weight_decay
 
     def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
         if self._uses_adamw(variables[0]):
@@ -293,15 +258,8 @@ class Muon(FusedOptimizerMixin, keras.optimizers.Muon):
         # (An empty list keeps the step's checks: control_dependencies(None)
         # would clear them.)
         with tf.control_dependencies(deps):
-            return ops.apply_adam(
-                variables, grads, adam_lr,
-                m=_slots(self, self.momentums, variables),
-                v=_slots(self, self.adam_velocities, variables),
-                step=_step(self),
-                beta_1=self.adam_beta_1, beta_2=self.adam_beta_2,
-                epsilon=self.epsilon, weight_decay=weight_decay,
-                **options,
-            )
+            return self._fused_run(_MUON_ADAMW, variables, grads, adam_lr, weight_decay,
+                                   **options)
 
     def _decay_now(self, variables, weight_decay):
         out = []

@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import keras
 
-from fusedopt import ops
-from fusedopt.keras._base import FusedOptimizerMixin
+from fusedopt.keras._base import FusedCall, FusedOptimizerMixin
 
 
 @keras.saving.register_keras_serializable(package="fusedopt")
@@ -20,20 +19,13 @@ class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
     ``FusedOptimizerMixin``).
     """
 
-    def _fused_apply(self, variables, grads, learning_rate, weight_decay, **options):
-        momenta = None
-        if self.momentum != 0:
-            momenta = [self.momentums[self._get_variable_index(v)] for v in variables]
-        return ops.apply_sgd(
-            variables,
-            grads,
-            learning_rate,
-            momenta=momenta,
-            momentum=self.momentum,
-            nesterov=bool(self.nesterov) and momenta is not None,
-            weight_decay=weight_decay,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_sgd",
+        # (Keras makes the momentum slots only when momentum != 0.)
+        slots={"momenta": ("momentums", lambda opt: opt.momentum != 0)},
+        hypers={"momentum": "momentum",
+                "nesterov": lambda opt: bool(opt.nesterov) and opt.momentum != 0},
+    )
 
 
 SGD.__doc__ = (SGD.__doc__ or "") + "\n" + (keras.optimizers.SGD.__doc__ or "")

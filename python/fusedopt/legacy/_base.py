@@ -29,7 +29,7 @@ under XLA the built-in ops run (a warning says so once).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import tensorflow as tf
 from tf_keras.src import backend
@@ -38,9 +38,44 @@ from tf_keras.src.utils import tf_utils
 
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
+from fusedopt import ops
 from fusedopt.legacy import _parameter_server
 
 _SPARSE_MODES = (None, "exact", "lazy")
+
+
+class GroupKey(NamedTuple):
+    """The variables of one fused call share a key (``_distributed_apply``)."""
+
+    device: str
+    dtype: tf.DType
+    sparse: bool  # IndexedSlices gradients
+
+
+class FusedCall(NamedTuple):
+    """How a class's update maps onto its ``fusedopt.ops`` function, which the
+    generic ``_fused_update`` calls (Note [fused call tables] in keras/_base)::
+
+        ops.<op>(variables, grads, c["lr_t"], <slots>, step=c["fused_step"], <hypers>,
+                 **options, <flags>)
+
+    ``op`` names the ``fusedopt.ops`` function, looked up at each call (so that
+    a replacement of it is called, as a written call's would be); ``slots``
+    maps an op keyword to a slot name (each variable's slot of that name is
+    passed), or to (name, condition) for an optional slot list, None when
+    ``condition(optimizer)`` is false; ``hypers`` maps an op keyword to a
+    key of the (device, dtype)'s coefficients ``c`` or to a function of the
+    optimizer and ``c``; ``flags`` are constant op arguments, which take
+    precedence over ``options``. ``sparse_form``: in the default sparse mode
+    IndexedSlices take tf_keras' own sparse order (``_sparse_options``).
+    """
+
+    op: str
+    slots: Mapping[str, str | tuple[str, Callable[[Any], bool]]]
+    hypers: Mapping[str, str | Callable[[Any, dict[str, Any]], Any]] = {}
+    step: bool = False
+    flags: Mapping[str, Any] = {}
+    sparse_form: bool = False
 
 
 class FusedLegacyMixin:
@@ -78,6 +113,16 @@ class FusedLegacyMixin:
 
     # ---- what each class provides ------------------------------------------
 
+    # The class's op call (FusedCall); None: _fused_update is its own.
+    _fused_call: FusedCall | None = None
+
+    def _fused_call_for(self, options: dict[str, Any]) -> FusedCall:
+        """The op call for a group with these options (RMSprop: its sparse form)."""
+        del options
+        if self._fused_call is None:
+            raise NotImplementedError
+        return self._fused_call
+
     def _fused_update(self, variables: Sequence[tf.Variable], grads: Sequence[Any],
                       coefficients: dict[str, Any], **options: Any) -> Any:
         """One fused op call for variables of one device and dtype.
@@ -85,7 +130,21 @@ class FusedLegacyMixin:
         ``coefficients`` is this (device, dtype)'s apply_state entry; ``options``
         holds ``sparse_mode`` for IndexedSlices gradients.
         """
-        raise NotImplementedError
+        call = self._fused_call_for(options)
+        c = coefficients
+        kwargs: dict[str, Any] = {}
+        for keyword, source in call.slots.items():
+            name, condition = source if isinstance(source, tuple) else (source, None)
+            kwargs[keyword] = (None if condition is not None and not condition(self)
+                               else slots(self, variables, name))
+        if call.step:
+            kwargs["step"] = c["fused_step"]
+        for keyword, source in call.hypers.items():
+            kwargs[keyword] = c[source] if isinstance(source, str) else source(self, c)
+        if call.sparse_form:
+            options = self._sparse_options(options)
+        op = getattr(ops, call.op)
+        return op(variables, grads, c["lr_t"], **kwargs, **{**options, **call.flags})
 
     def _effective_sparse_mode(self) -> str | None:
         return self.sparse_mode if self.sparse_mode is not None else self._builtin_sparse_mode
@@ -208,7 +267,7 @@ class FusedLegacyMixin:
                     return tf.group([result] + finish)
             return result
 
-        groups: dict[tuple[str, tf.DType, bool], list[tuple[Any, Any]]] = {}
+        groups: dict[GroupKey, list[tuple[Any, Any]]] = {}
         per_variable: list[tuple[Any, Any]] = []
         for grad, var in grads_and_vars:
             if isinstance(var, tf.Tensor):
@@ -230,9 +289,8 @@ class FusedLegacyMixin:
                 # (Dtypes without kernels, complex ones: the built-in's update.)
                 per_variable.append((grad, var))
             else:
-                groups.setdefault((var.device, var.dtype.base_dtype, sparse), []).append(
-                    (grad, var)
-                )
+                key = GroupKey(device=var.device, dtype=var.dtype.base_dtype, sparse=sparse)
+                groups.setdefault(key, []).append((grad, var))
 
         with _atomic.step_scope():  # Note [one check per kind] (fusedopt/_atomic.py)
             return self._fused_distributed_apply(distribution, groups, per_variable,
@@ -259,7 +317,8 @@ class FusedLegacyMixin:
 
         with optimizer_v2.name_scope_only_in_function_or_graph(name or self._name), \
                 tf.control_dependencies(checks):
-            for (_, dtype, sparse), items in groups.items():
+            for key, items in groups.items():
+                dtype, sparse = key.dtype, key.sparse
                 variables = [v for _, v in items]
                 group_grads = [g for g, _ in items]
 

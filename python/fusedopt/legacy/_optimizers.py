@@ -1,7 +1,8 @@
 """The fused tf_keras optimizers (Note [fused legacy step] in _base).
 
-Each class that has a tf_keras legacy built-in subclasses it and only maps the
-built-in's ``_prepare_local`` coefficients and slots onto its fused op. AdamW,
+Each class that has a tf_keras legacy built-in subclasses it and only declares
+how the built-in's ``_prepare_local`` coefficients and slots map onto its fused
+op (its ``_fused_call``, a FusedCall of _base). AdamW,
 Lion and Lamb have none: they are OptimizerV2 classes written here, with
 Keras 3's update rules (and a TensorFlow-ops form of the same rule for XLA).
 """
@@ -25,8 +26,7 @@ from tf_keras.src.optimizers.legacy import (
     rmsprop,
 )
 
-from fusedopt import ops
-from fusedopt.legacy._base import FusedLegacyMixin, _flat_ops, densify, slots
+from fusedopt.legacy._base import FusedCall, FusedLegacyMixin, _flat_ops, densify
 
 
 def _register(cls):
@@ -68,13 +68,12 @@ class SGD(FusedLegacyMixin, gradient_descent.SGD):
                 self, grad, var, indices, apply_state=apply_state or {})
         return super()._unfused_sparse(grad, var, indices, apply_state)
 
-    def _fused_update(self, variables, grads, c, **options):
-        momenta = slots(self, variables, "momentum") if self._momentum else None
-        return ops.apply_sgd(
-            variables, grads, c["lr_t"], momenta=momenta,
-            momentum=c["momentum"] if self._momentum else 0.0,
-            nesterov=bool(self.nesterov and self._momentum), **options,
-        )
+    _fused_call = FusedCall(
+        "apply_sgd",
+        slots={"momenta": ("momentum", lambda opt: opt._momentum)},
+        hypers={"momentum": lambda opt, c: c["momentum"] if opt._momentum else 0.0,
+                "nesterov": lambda opt, c: bool(opt.nesterov and opt._momentum)},
+    )
 
 
 @_register
@@ -82,15 +81,12 @@ class Adam(FusedLegacyMixin, adam.Adam):
     __doc__ = _doc("Adam", "Fusedopt>ApplyAdam", "Adam")
     _builtin_sparse_mode = "exact"  # decays every m, v row and moves every var row
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_adam(
-            variables, grads, c["lr_t"],
-            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
-            vhat=slots(self, variables, "vhat") if self.amsgrad else None,
-            step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
-            epsilon=c["epsilon"], **self._sparse_options(options),
-        )
-
+    _fused_call = FusedCall(
+        "apply_adam",
+        slots={"m": "m", "v": "v", "vhat": ("vhat", lambda opt: opt.amsgrad)},
+        step=True, hypers={"beta_1": "beta_1_t", "beta_2": "beta_2_t", "epsilon": "epsilon"},
+        sparse_form=True,
+    )
 
 class _NoAssign:
     """Stands in for legacy Nadam's momentum cache in _prepare_local."""
@@ -152,16 +148,14 @@ class Nadam(FusedLegacyMixin, nadam.Nadam):
         # (The op apply_gradients returns waits for these: Note [atomic steps].)
         return _flat_ops([done])
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_nadam(
-            variables, grads, c["lr_t"],
-            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
-            step=c["fused_step"], u_product=c["fused_u_product"],
-            beta_1=c["beta_1_t"], beta_2=c["beta_2_t"], epsilon=c["epsilon"],
-            schedule_decay=self._initial_decay,
-            tf_training_op_form=True,  # the built-in's own ops, in their order
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_nadam",
+        slots={"m": "m", "v": "v"},
+        step=True,
+        hypers={"u_product": "fused_u_product", "beta_1": "beta_1_t", "beta_2": "beta_2_t",
+                "epsilon": "epsilon", "schedule_decay": lambda opt, c: opt._initial_decay},
+        flags={"tf_training_op_form": True},  # the built-in's own ops, in their order
+    )
 
 
 @_register
@@ -169,16 +163,14 @@ class Adamax(FusedLegacyMixin, adamax.Adamax):
     __doc__ = _doc("Adamax", "Fusedopt>ApplyAdamax", "Adamax")
     _builtin_sparse_mode = "lazy"
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_adamax(
-            variables, grads, c["lr_t"],
-            m=slots(self, variables, "m"), u=slots(self, variables, "v"),
-            step=c["fused_step"], beta_1=c["beta_1_t"], beta_2=c["beta_2_t"],
-            epsilon=c["epsilon"],
-            # Dense: the built-in calls ResourceApplyAdaMax; sparse (default
-            # mode): its own ops (Note [tf_keras sparse forms] in cc/core/plan.cc).
-            **dict(self._sparse_options(options), tf_training_op_form=True),
-        )
+    _fused_call = FusedCall(
+        "apply_adamax",
+        slots={"m": "m", "u": "v"},
+        step=True, hypers={"beta_1": "beta_1_t", "beta_2": "beta_2_t", "epsilon": "epsilon"},
+        # Dense: the built-in calls ResourceApplyAdaMax; sparse (default
+        # mode): its own ops (Note [tf_keras sparse forms] in cc/core/plan.cc).
+        sparse_form=True, flags={"tf_training_op_form": True},
+    )
 
 
 @_register
@@ -195,28 +187,31 @@ class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
         # op runs (sparse_mode="lazy" runs the fused kernel instead).
         return None if self._momentum else "exact"
 
-    def _fused_update(self, variables, grads, c, **options):
+    _fused_call = FusedCall(
+        "apply_rmsprop",
+        slots={"velocity": "rms", "momenta": ("momentum", lambda opt: opt._momentum),
+               "average_gradient": ("mg", lambda opt: opt.centered)},
+        hypers={"rho": "rho", "momentum": lambda opt, c: c["momentum"] if opt._momentum else 0.0,
+                "epsilon": "epsilon",
+                # With momentum the built-in calls TF's ResourceApply(Centered)RMSProp
+                # (epsilon inside the square root, their own moment arithmetic);
+                # without, its TF ops add epsilon outside the square root.
+                "epsilon_outside_sqrt": lambda opt, c: not opt._momentum,
+                "tf_training_op_form": lambda opt, c: bool(opt._momentum)},
+    )
+    # IndexedSlices without momentum in the default sparse mode: tf_keras'
+    # sparse ops (epsilon outside the square root).
+    _fused_sparse_call = FusedCall(
+        "apply_rmsprop",
+        slots={"velocity": "rms", "average_gradient": ("mg", lambda opt: opt.centered)},
+        hypers={"rho": "rho", "epsilon": "epsilon"},
+        flags={"epsilon_outside_sqrt": True}, sparse_form=True,
+    )
+
+    def _fused_call_for(self, options):
         if "sparse_mode" in options and not self._momentum and self.sparse_mode is None:
-            # (tf_keras' sparse ops: epsilon outside the square root.)
-            return ops.apply_rmsprop(
-                variables, grads, c["lr_t"], velocity=slots(self, variables, "rms"),
-                average_gradient=slots(self, variables, "mg") if self.centered else None,
-                rho=c["rho"], epsilon=c["epsilon"], epsilon_outside_sqrt=True,
-                **self._sparse_options(options),
-            )
-        return ops.apply_rmsprop(
-            variables, grads, c["lr_t"],
-            velocity=slots(self, variables, "rms"),
-            momenta=slots(self, variables, "momentum") if self._momentum else None,
-            average_gradient=slots(self, variables, "mg") if self.centered else None,
-            rho=c["rho"], momentum=c["momentum"] if self._momentum else 0.0,
-            epsilon=c["epsilon"],
-            # With momentum the built-in calls TF's ResourceApply(Centered)RMSProp
-            # (epsilon inside the square root, their own moment arithmetic);
-            # without, its TF ops add epsilon outside the square root.
-            epsilon_outside_sqrt=not self._momentum, tf_training_op_form=bool(self._momentum),
-            **options,
-        )
+            return self._fused_sparse_call
+        return self._fused_call
 
 
 @_register
@@ -224,11 +219,8 @@ class Adagrad(FusedLegacyMixin, adagrad.Adagrad):
     __doc__ = _doc("Adagrad", "Fusedopt>ApplyAdagrad", "Adagrad")
     _builtin_sparse_mode = "lazy"
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_adagrad(
-            variables, grads, c["lr_t"], accumulator=slots(self, variables, "accumulator"),
-            epsilon=c["epsilon"], epsilon_outside_sqrt=True, **options,
-        )
+    _fused_call = FusedCall("apply_adagrad", slots={"accumulator": "accumulator"},
+                            hypers={"epsilon": "epsilon"}, flags={"epsilon_outside_sqrt": True})
 
 
 @_register
@@ -239,15 +231,12 @@ class Adadelta(FusedLegacyMixin, adadelta.Adadelta):
     # kernels do not reproduce: that op runs by default ("lazy" for fused).
     _builtin_sparse_mode = None
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_adadelta(
-            variables, grads, c["lr_t"],
-            accumulated_grad=slots(self, variables, "accum_grad"),
-            accumulated_delta_var=slots(self, variables, "accum_var"),
-            rho=c["rho"], epsilon=c["epsilon"],
-            tf_training_op_form=True,  # the built-in calls ResourceApplyAdadelta
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_adadelta",
+        slots={"accumulated_grad": "accum_grad", "accumulated_delta_var": "accum_var"},
+        hypers={"rho": "rho", "epsilon": "epsilon"},
+        flags={"tf_training_op_form": True},  # the built-in calls ResourceApplyAdadelta
+    )
 
 
 @_register
@@ -259,18 +248,15 @@ class Ftrl(FusedLegacyMixin, ftrl.Ftrl):
     # default ("lazy" for fused).
     _builtin_sparse_mode = None
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_ftrl(
-            variables, grads, c["lr_t"],
-            accumulator=slots(self, variables, "accumulator"),
-            linear=slots(self, variables, "linear"),
-            learning_rate_power=c["learning_rate_power"],
-            l1=c["l1_regularization_strength"], l2=c["l2_regularization_strength"],
-            l2_shrinkage=c["l2_shrinkage_regularization_strength"], beta=c["beta"],
-            # The built-in calls ResourceApplyFtrl(V2): its powers (Note [TF pow])
-            tf_pow=True, tf_training_op_form=True,
-            **options,
-        )
+    _fused_call = FusedCall(
+        "apply_ftrl",
+        slots={"accumulator": "accumulator", "linear": "linear"},
+        hypers={"learning_rate_power": "learning_rate_power",
+                "l1": "l1_regularization_strength", "l2": "l2_regularization_strength",
+                "l2_shrinkage": "l2_shrinkage_regularization_strength", "beta": "beta"},
+        # The built-in calls ResourceApplyFtrl(V2): its powers (Note [TF pow])
+        flags={"tf_pow": True, "tf_training_op_form": True},
+    )
 
 
 # ---- Optimizers without a tf_keras built-in ---------------------------------
@@ -360,14 +346,12 @@ class AdamW(_NewOptimizer):
         config["amsgrad"] = self.amsgrad
         return config
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_adam(
-            variables, grads, c["lr_t"],
-            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
-            vhat=slots(self, variables, "vhat") if self.amsgrad else None,
-            step=c["fused_step"], beta_1=c["beta_1"], beta_2=c["beta_2"],
-            epsilon=c["epsilon"], weight_decay=c["weight_decay"], **options,
-        )
+    _fused_call = FusedCall(
+        "apply_adam",
+        slots={"m": "m", "v": "v", "vhat": ("vhat", lambda opt: opt.amsgrad)},
+        step=True, hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon",
+                           "weight_decay": "weight_decay"},
+    )
 
     def _tf_update(self, grad, var, c):
         m, v = self._tf_decay_and_moments(grad, var, c)
@@ -394,11 +378,9 @@ class Lion(_NewOptimizer):
     def _new_slot_names(self):
         return ("m",)
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_lion(
-            variables, grads, c["lr_t"], m=slots(self, variables, "m"),
-            beta_1=c["beta_1"], beta_2=c["beta_2"], weight_decay=c["weight_decay"], **options,
-        )
+    _fused_call = FusedCall("apply_lion", slots={"m": "m"},
+                            hypers={"beta_1": "beta_1", "beta_2": "beta_2",
+                                    "weight_decay": "weight_decay"})
 
     def _tf_update(self, grad, var, c):
         lr, b1, b2 = c["lr_t"], c["beta_1"], c["beta_2"]
@@ -422,13 +404,11 @@ class Lamb(_NewOptimizer):
                          dict(weight_decay=weight_decay, beta_1=beta_1, beta_2=beta_2),
                          epsilon=epsilon, **kwargs)
 
-    def _fused_update(self, variables, grads, c, **options):
-        return ops.apply_lamb(
-            variables, grads, c["lr_t"],
-            m=slots(self, variables, "m"), v=slots(self, variables, "v"),
-            step=c["fused_step"], beta_1=c["beta_1"], beta_2=c["beta_2"],
-            epsilon=c["epsilon"], weight_decay=c["weight_decay"], **options,
-        )
+    _fused_call = FusedCall(
+        "apply_lamb", slots={"m": "m", "v": "v"}, step=True,
+        hypers={"beta_1": "beta_1", "beta_2": "beta_2", "epsilon": "epsilon",
+                "weight_decay": "weight_decay"},
+    )
 
     def _tf_update(self, grad, var, c):
         m, v = self._tf_decay_and_moments(grad, var, c)
