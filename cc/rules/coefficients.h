@@ -419,11 +419,13 @@ inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
   p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
-  if (TfKerasSparse(in)) {
-    // tf_keras' legacy sparse RMSprop without momentum (its own ops; with
-    // momentum it calls ResourceSparseApply(Centered)RMSProp, whose per-row
-    // packet rsqrt the kernels do not reproduce).
-    if (in.slot_given[1] || !in.attrs.epsilon_outside_sqrt) {
+  if (TfKerasSparse(in) && !in.slot_given[1]) {
+    // tf_keras' legacy sparse RMSprop without momentum: its own ops. (With
+    // momentum it calls ResourceSparseApply(Centered)RMSProp, the dense
+    // training op's arithmetic on the listed rows: the tf_training_op_form
+    // below, whose per-row packet rsqrt the kernels do not reproduce bit for
+    // bit, so fusedopt.legacy runs that op unless asked for sparse_mode.)
+    if (!in.attrs.epsilon_outside_sqrt) {
       return "the sparse tf_training_op_form of rmsprop is tf_keras' legacy RMSprop "
              "without momentum (epsilon_outside_sqrt, no momenta)";
     }
