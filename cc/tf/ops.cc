@@ -58,9 +58,9 @@ gradient the update would use (after grad_scale and clipping) is inf or NaN,
 or whose scale is not finite, writes nothing and returns skipped = true.
 
 Every hyperparameter must be finite, and the ranges Keras' constructors
-enforce hold (SGD momentum in [0, 1], Lion beta_1 in (0, 1], Ftrl l1, l2 and
-l2_shrinkage >= 0, learning_rate_power <= 0); otherwise the op fails with
-InvalidArgument naming the input, and nothing is written.
+enforce hold (each rule checks its own, such as a momentum in [0, 1] or a
+regularization strength >= 0); otherwise the op fails with InvalidArgument
+naming the input, and nothing is written.
 
 Every op of this family updates N variables in one call, in one pass over
 memory (LAMB: two), computing in float32 for 16-bit variables and in the
