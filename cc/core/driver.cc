@@ -308,10 +308,23 @@ CallStatus RunSparseCpu(const CallDesc& d, const Plan& plan, Operands* ops, cons
   return CallStatus{};
 }
 
-}  // namespace
+// Runs a pipeline body; a failed host allocation (every one happens before
+// the first write: sorted indices, compact rows, work lists, scratch) is
+// kOutOfMemory, never an exception through an adapter (a TF kernel, the C
+// ABI).
+template <typename Body>
+CallStatus Guard(const Body& body) {
+  try {
+    return body();
+  } catch (const std::bad_alloc&) {
+    return OutOfMemory("the call's scratch space");
+  } catch (const std::length_error&) {
+    return OutOfMemory("the call's scratch space (more than one allocation holds)");
+  }
+}
 
-CallStatus RunSparseCall(const CallDesc& d, const Plan& plan, Operands* ops, const SparseDesc& sp,
-                         const CallHooks& hooks, bool* skipped) {
+CallStatus RunSparse(const CallDesc& d, const Plan& plan, Operands* ops, const SparseDesc& sp,
+                     const CallHooks& hooks, bool* skipped) {
   *skipped = false;
   if (InfoOf(d.rule).two_pass && !sp.exact) {
     return CallStatus::Invalid(
@@ -324,6 +337,13 @@ CallStatus RunSparseCall(const CallDesc& d, const Plan& plan, Operands* ops, con
   return RunSparseCpu(d, plan, ops, sp, hooks, skipped);
 }
 
+}  // namespace
+
+CallStatus RunSparseCall(const CallDesc& d, const Plan& plan, Operands* ops, const SparseDesc& sp,
+                         const CallHooks& hooks, bool* skipped) {
+  return Guard([&] { return RunSparse(d, plan, ops, sp, hooks, skipped); });
+}
+
 CallStatus PlanDenseCall(const CallDesc& d, bool rank0_plan, Plan* plan) {
   const std::string err = MakeCallPlan(d.rule, d.in, rank0_plan, plan);
   if (!err.empty()) return CallStatus::Invalid(err);
@@ -333,13 +353,14 @@ CallStatus PlanDenseCall(const CallDesc& d, bool rank0_plan, Plan* plan) {
 CallStatus RunDenseCall(const CallDesc& d, const Plan& plan, Operands* ops, const CallHooks& hooks,
                         bool* skipped) {
   *skipped = false;
-  if (d.device == CallDevice::kCpu) return RunDenseCpu(d, plan, ops, hooks, skipped);
+  return Guard([&]() -> CallStatus {
+    if (d.device == CallDevice::kCpu) return RunDenseCpu(d, plan, ops, hooks, skipped);
 #if defined(FUSEDOPT_WITH_CUDA)
-  return RunDenseOnCuda(d, plan, ops, hooks, skipped);
+    return RunDenseOnCuda(d, plan, ops, hooks, skipped);
 #else
-  (void)plan;
-  return CudaUsableStatus();
+    return CudaUsableStatus();
 #endif
+  });
 }
 
 CallStatus CudaUsableStatus() {
