@@ -37,7 +37,9 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
   const bool decay = plan.Decays();
   const int bytes = elem_bytes * (3 + 2 * ops.num_slots);
   if (!lamb) {
-    const auto& fns = table.elementwise[static_cast<int>(rule)][dt];
+    auto fn = [&](int variant) {
+      return table.Elementwise(rule, dt, variant, decay, ops.transform);
+    };
     if (plan.rsqrt_stride == 0) {
       pfor(chunks, bytes, [&](const cpu::Chunk& c) {
         const Item& it = items[c.tensor];
@@ -45,7 +47,7 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
         std::array<void*, kMaxSlots> slots{};
         pointers(it, &var, &slots);
         const bool rank0 = ops.IsRank0(it.tensor);
-        fns[plan.VariantFor(rank0)][decay][ops.transform](
+        fn(plan.VariantFor(rank0))(
             plan.For(rank0), ops.xforms[it.tensor], var, slots.data(), it.grad, 0, it.length);
       });
       return;
@@ -59,10 +61,8 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
       std::array<void*, kMaxSlots> slots{};
       pointers(it, &var, &slots);
       const int variant = plan.VariantFor(ops.IsRank0(it.tensor));
-      const cpu::ElementwiseFn packet =
-          fns[variant + plan.rsqrt_stride * kPacketRsqrt][decay][ops.transform];
-      const cpu::ElementwiseFn scalar =
-          fns[variant + plan.rsqrt_stride * kScalarRsqrt][decay][ops.transform];
+      const cpu::ElementwiseFn packet = fn(variant + plan.rsqrt_stride * kPacketRsqrt);
+      const cpu::ElementwiseFn scalar = fn(variant + plan.rsqrt_stride * kScalarRsqrt);
       const int64_t n = ops.sizes[it.tensor];
       const int64_t split = std::clamp<int64_t>(n - n % kTfRsqrtPacket - it.offset, 0, it.length);
       const Coeffs& co = plan.For(ops.IsRank0(it.tensor));

@@ -74,8 +74,9 @@ using TriadFn = void (*)(float* a, const float* b, float s, int64_t begin, int64
 
 struct KernelTable {
   const char* isa;  // "baseline", "avx2", "avx512"
-  // [rule][dtype][variant][decay][gradient transform] (two-pass rules: null)
-  ElementwiseFn elementwise[kNumRules][kNumDTypes][kMaxVariants][2][2];
+  // [kVariantOffsets[rule] + variant][dtype][decay][gradient transform]: only
+  // the variants that exist (registry.h); read through Elementwise().
+  ElementwiseFn elementwise[kNumTableVariants][kNumDTypes][2][2];
   LambPass1Fn lamb_pass1[kNumDTypes][2][2];  // [dtype][decay][transform]
   LambPass2Fn lamb_pass2[kNumDTypes][2];
   GradStatsFn grad_stats[kNumDTypes];
@@ -83,6 +84,12 @@ struct KernelTable {
   AdafactorVFn adafactor_v[kNumDTypes];
   AdafactorUpdateFn adafactor_update[kNumDTypes][2];  // [dtype][decay]
   TriadFn triad;
+
+  // The loop of `rule`'s variant (null: no such variant, or an internal one).
+  ElementwiseFn Elementwise(Rule rule, int dt, int variant, bool decay, bool transform) const {
+    if (variant < 0 || variant >= NumVariants(rule)) return nullptr;
+    return elementwise[kVariantOffsets.at[static_cast<int>(rule)] + variant][dt][decay][transform];
+  }
 };
 
 // The table for the running CPU (or the one named by the FUSEDOPT_CPU_ISA

@@ -364,16 +364,17 @@ void Triad(float* __restrict a, const float* __restrict b, float s, int64_t begi
   for (int64_t i = begin; i < end; ++i) a[i] = a[i] * s + b[i];
 }
 
+// Fills rows[V][d] for every variant V of Rule (rows: the rule's first row).
 template <typename Rule, typename T, int V>
-void FillVariants(ElementwiseFn (&row)[kMaxVariants][2][2]) {
+void FillVariants(ElementwiseFn (*rows)[kNumDTypes][2][2], int d) {
   if constexpr (V < Rule::kNumVariants) {
     if constexpr (!InternalVariant<Rule>::Is(V)) {
-      row[V][0][0] = LoopFor<Rule, T, V, false, false>();
-      row[V][0][1] = LoopFor<Rule, T, V, false, true>();
-      row[V][1][0] = LoopFor<Rule, T, V, true, false>();
-      row[V][1][1] = LoopFor<Rule, T, V, true, true>();
+      rows[V][d][0][0] = LoopFor<Rule, T, V, false, false>();
+      rows[V][d][0][1] = LoopFor<Rule, T, V, false, true>();
+      rows[V][d][1][0] = LoopFor<Rule, T, V, true, false>();
+      rows[V][d][1][1] = LoopFor<Rule, T, V, true, true>();
     }
-    FillVariants<Rule, T, V + 1>(row);
+    FillVariants<Rule, T, V + 1>(rows, d);
   }
 }
 
@@ -381,11 +382,12 @@ template <Rule R>
 void FillRule(KernelTable& t) {
   using S = typename RuleStruct<R>::type;
   if constexpr (!IsTwoPass<S>::value) {
-    auto& rows = t.elementwise[static_cast<int>(R)];
-    FillVariants<S, Half, 0>(rows[static_cast<int>(DType::kFloat16)]);
-    FillVariants<S, BFloat16, 0>(rows[static_cast<int>(DType::kBFloat16)]);
-    FillVariants<S, float, 0>(rows[static_cast<int>(DType::kFloat32)]);
-    FillVariants<S, double, 0>(rows[static_cast<int>(DType::kFloat64)]);
+    static_assert(S::kNumVariants == NumVariants(R));
+    auto* rows = &t.elementwise[kVariantOffsets.at[static_cast<int>(R)]];
+    FillVariants<S, Half, 0>(rows, static_cast<int>(DType::kFloat16));
+    FillVariants<S, BFloat16, 0>(rows, static_cast<int>(DType::kBFloat16));
+    FillVariants<S, float, 0>(rows, static_cast<int>(DType::kFloat32));
+    FillVariants<S, double, 0>(rows, static_cast<int>(DType::kFloat64));
   }
 }
 

@@ -104,6 +104,35 @@ struct IsTwoPass : std::false_type {};
 template <typename S>
 struct IsTwoPass<S, std::void_t<decltype(S::kTwoPass)>> : std::bool_constant<S::kTwoPass> {};
 
+// The variants a rule's dispatch tables hold: its struct's kNumVariants (a
+// two-pass rule: none). Each rule's variants start at kVariantOffsets[rule]
+// of a table that holds only the variants that exist (kNumTableVariants).
+template <typename S, typename = void>
+struct NumVariantsOf : std::integral_constant<int, 0> {};
+template <typename S>
+struct NumVariantsOf<S, std::void_t<decltype(S::kNumVariants)>>
+    : std::integral_constant<int, IsTwoPass<S>::value ? 0 : S::kNumVariants> {};
+
+struct VariantOffsets {
+  int at[kNumRules + 1];
+};
+constexpr VariantOffsets MakeVariantOffsets() {
+  constexpr int counts[kNumRules] = {
+#define FUSEDOPT_RULE_VARIANTS(ID, STRUCT, ...) NumVariantsOf<STRUCT>::value,
+      FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_VARIANTS)
+#undef FUSEDOPT_RULE_VARIANTS
+  };
+  VariantOffsets o{};
+  for (int r = 0; r < kNumRules; ++r) o.at[r + 1] = o.at[r] + counts[r];
+  return o;
+}
+inline constexpr VariantOffsets kVariantOffsets = MakeVariantOffsets();
+constexpr int kNumTableVariants = kVariantOffsets.at[kNumRules];
+// The variants of `rule` (0 for a two-pass rule).
+constexpr int NumVariants(Rule rule) {
+  return kVariantOffsets.at[static_cast<int>(rule) + 1] - kVariantOffsets.at[static_cast<int>(rule)];
+}
+
 struct SlotInfo {
   const char* name;        // the op's input name (and fusedopt.ops keyword)
   const char* count_attr;  // optional lists: the op's attribute counting them (else null)

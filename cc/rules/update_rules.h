@@ -34,7 +34,6 @@
 
 namespace fusedopt {
 
-constexpr int kMaxVariants = 28;
 constexpr int kMaxSlots = 3;
 constexpr int kMaxCoeffs = 12;
 constexpr int kDecay = 0;                 // Coeffs::c[0]: weight_decay

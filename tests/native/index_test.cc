@@ -88,7 +88,7 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
   };
   const int dt = static_cast<int>(DType::kFloat32);
   for (const RuleCase& rc : cases) {
-    const cpu::ElementwiseFn fn = k.elementwise[static_cast<int>(rc.rule)][dt][rc.variant][1][1];
+    const cpu::ElementwiseFn fn = k.Elementwise(rc.rule, dt, rc.variant, true, true);
     const GradXform gx{0.5, 1.5};
     // Reference: indices [0, n) on the real buffers.
     std::vector<float> rv = var0, r0 = s0, r1 = s1, r2 = s2;
