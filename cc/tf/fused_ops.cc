@@ -47,7 +47,7 @@ absl::Status Invalid(const std::string& msg) { return absl::InvalidArgumentError
 
 // ---- Specs -------------------------------------------------------------------
 
-// An op's rule (its slots, scalars and plans live in cc/core/plan.h) and the
+// An op's rule (its slots and scalars: cc/rules/registry.h) and the
 // attributes that change its form.
 template <Rule R>
 struct Spec {
