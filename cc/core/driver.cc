@@ -167,6 +167,20 @@ CallStatus OutOfMemory(const std::string& what) {
                     "out of host memory for " + what + "; nothing was updated"};
 }
 
+// The last steps before the first write: the adapter's TF forms (their
+// scratch allocated), then its prepare_for_write.
+CallStatus FormsThenPrepare(const CallHooks& h, const Plan& plan, Operands* ops, TfForms* forms) {
+  if (h.tf_forms) {
+    try {
+      *forms = h.tf_forms(*ops, plan);
+    } catch (const std::bad_alloc&) {
+      return OutOfMemory("the TF forms' scratch");
+    }
+  }
+  if (h.prepare_for_write) RETURN_IF_ERROR(h.prepare_for_write(ops));
+  return CallStatus{};
+}
+
 CallStatus RunDenseCpu(const CallDesc& d, const Plan& plan, Operands* ops, const CallHooks& h,
                        bool* skipped) {
   const int eb = ElemBytesOf(d.dt);
@@ -175,14 +189,7 @@ CallStatus RunDenseCpu(const CallDesc& d, const Plan& plan, Operands* ops, const
     return CallStatus{};
   }
   TfForms forms;
-  if (h.tf_forms) {
-    try {
-      forms = h.tf_forms(*ops, plan);
-    } catch (const std::bad_alloc&) {
-      return OutOfMemory("the TF forms' scratch");
-    }
-  }
-  if (h.prepare_for_write) RETURN_IF_ERROR(h.prepare_for_write(ops));
+  RETURN_IF_ERROR(FormsThenPrepare(h, plan, ops, &forms));
   if (forms.run) {
     forms.run();
     return CallStatus{};
@@ -296,14 +303,7 @@ CallStatus RunSparseCpu(const CallDesc& d, const Plan& plan, Operands* ops, cons
     for (int i = 0; i < n; ++i) ops->sizes[i] = sp.rows[i] * sp.row_sizes[i];
   }
   TfForms forms;
-  if (h.tf_forms) {
-    try {
-      forms = h.tf_forms(*ops, plan);
-    } catch (const std::bad_alloc&) {
-      return OutOfMemory("the TF forms' scratch");
-    }
-  }
-  if (h.prepare_for_write) RETURN_IF_ERROR(h.prepare_for_write(ops));
+  RETURN_IF_ERROR(FormsThenPrepare(h, plan, ops, &forms));
   RunItemsCpu(h.pfor, items, *ops, plan, info.two_pass, d.rule, d.dt, eb, forms.lamb_norms);
   return CallStatus{};
 }

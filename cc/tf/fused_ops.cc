@@ -116,6 +116,27 @@ TfFormsMaker TfFormsOf(OpKernelContext* ctx, Rule rule, const RuleAttrs& attrs,
   };
 }
 
+// The pipeline's prepare_for_write for the TF kernels: TF's copy-on-write of
+// the looked-up, locked, validated variables (dense: Note [variable
+// semantics]; sparse: Note [sparse access]), then their buffers into the
+// operands. Its error lands in *status (the pipeline stops at kInternal).
+std::function<CallStatus(Operands*)> WriteHook(VariableSet* vars, int var0,
+                                               const std::vector<int>& slot_first, int n,
+                                               bool sparse, DeviceCopyFn copy,
+                                               absl::Status* status) {
+  return [=, &slot_first](Operands* o) -> CallStatus {
+    *status = sparse ? vars->PrepareForSparseWrite(copy) : vars->PrepareForWrite(copy);
+    if (!status->ok()) return CallStatus{CallStatus::kInternal, "copy-on-write"};
+    for (int i = 0; i < n; ++i) {
+      o->vars.push_back(vars->data(var0 + i));
+      std::array<void*, kMaxSlots> s{};
+      for (int k = 0; k < o->num_slots; ++k) s[k] = vars->data(slot_first[k] + i);
+      o->slots.push_back(s);
+    }
+    return CallStatus{};
+  };
+}
+
 // Reads a call's scalars, step and options, and looks up its variables and
 // slot lists (checking the list lengths); shared by the dense and sparse ops.
 template <typename Spec>
@@ -219,17 +240,7 @@ class FusedApplyOp : public OpKernel {
     CallHooks hooks;
     absl::Status write_status;
     auto prepare = [&](DeviceCopyFn copy) {
-      return [&, copy](Operands* o) -> CallStatus {
-        write_status = vars.PrepareForWrite(copy);
-        if (!write_status.ok()) return CallStatus{CallStatus::kInternal, "copy-on-write"};
-        for (int i = 0; i < n; ++i) {
-          o->vars.push_back(vars.data(var0 + i));
-          std::array<void*, kMaxSlots> s{};
-          for (int k = 0; k < o->num_slots; ++k) s[k] = vars.data(slot_first[k] + i);
-          o->slots.push_back(s);
-        }
-        return CallStatus{};
-      };
+      return WriteHook(&vars, var0, slot_first, n, /*sparse=*/false, copy, &write_status);
     };
     if constexpr (B == Backend::kCpu) {
       hooks.pfor = PoolOf(ctx);
@@ -382,17 +393,8 @@ class SparseApplyOp : public OpKernel {
       hooks.tf_forms = TfFormsOf<T>(ctx, Spec::kRule, spec_.attrs, grappler_form_, d.dt);
     }
     absl::Status write_status;
-    hooks.prepare_for_write = [&](Operands* o) -> CallStatus {
-      write_status = vars.PrepareForSparseWrite(&CpuCopy);
-      if (!write_status.ok()) return CallStatus{CallStatus::kInternal, "copy-on-write"};
-      for (int i = 0; i < n; ++i) {
-        o->vars.push_back(vars.data(var0 + i));
-        std::array<void*, kMaxSlots> base{};
-        for (int k = 0; k < o->num_slots; ++k) base[k] = vars.data(slot_first[k] + i);
-        o->slots.push_back(base);
-      }
-      return CallStatus{};
-    };
+    hooks.prepare_for_write =
+        WriteHook(&vars, var0, slot_first, n, /*sparse=*/true, &CpuCopy, &write_status);
     bool skip = false;
     const CallStatus st = RunSparseCall(d, plan, &ops, sp, hooks, &skip);
     TF_RETURN_IF_ERROR(write_status);
