@@ -344,12 +344,6 @@ CallStatus RunSparseCall(const CallDesc& d, const Plan& plan, Operands* ops, con
   return Guard([&] { return RunSparse(d, plan, ops, sp, hooks, skipped); });
 }
 
-CallStatus PlanDenseCall(const CallDesc& d, bool rank0_plan, Plan* plan) {
-  const std::string err = MakeCallPlan(d.rule, d.in, rank0_plan, plan);
-  if (!err.empty()) return CallStatus::Invalid(err);
-  return CallStatus{};
-}
-
 CallStatus RunDenseCall(const CallDesc& d, const Plan& plan, Operands* ops, const CallHooks& hooks,
                         bool* skipped) {
   *skipped = false;

@@ -4,7 +4,7 @@
 // Note [call pipeline]: the TF op kernels (cc/tf/fused_ops.cc), the C ABI
 // (cc/native/api.cc) and through it the XLA handler (cc/xla) are adapters:
 // each reads its operands (TF tensors and resource variables, raw pointers,
-// XLA FFI buffers) into a CallDesc, plans with PlanDenseCall and validates
+// XLA FFI buffers) into a CallDesc, plans with MakeCallPlan and validates
 // what only it can check (shapes, dtypes, pointers), writing nothing. Then
 // RunDenseCall does the rest, the same on every path:
 //   1. the gradient statistics, when an option needs them (clip_norm,
@@ -73,10 +73,6 @@ struct CallHooks {
   // kCpu: Keras' bits where TF's kernels give them (cc/tf/tf_numerics.h).
   TfFormsMaker tf_forms;
 };
-
-// The call's plan (Note [coefficients]); an invalid argument if its scalars,
-// step or attributes are bad. `rank0_plan`: also the rank-0 variables' plan.
-CallStatus PlanDenseCall(const CallDesc& d, bool rank0_plan, Plan* plan);
 
 // Steps 1-4 of Note [call pipeline] for a planned, validated call. `ops`
 // holds the gradients, sizes and rank-0 flags (and the variables and slots

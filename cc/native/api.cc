@@ -97,7 +97,6 @@ int Guarded(char* err, size_t err_len, const Body& body) noexcept {
     if (!_s.ok()) return _s;       \
   } while (0)
 
-int ElemBytes(int dtype) { return ElemBytesOf(dtype); }
 
 // Runs chunks on num_threads std::threads (a shared counter hands them out);
 // results never depend on the thread count (Note [chunks]).
@@ -425,7 +424,7 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
                       const std::vector<int64_t>& grad_elements, Operands* ops,
                       std::vector<Span>* spans) {
   const RuleInfo& info = InfoOf(static_cast<Rule>(call->rule));
-  const int eb = ElemBytes(call->dtype);
+  const int eb = ElemBytesOf(call->dtype);
   const int n = t->n;
   if (n > 0 && (t->vars == nullptr || t->grads == nullptr || t->sizes == nullptr)) {
     return Invalid("vars, grads and sizes must not be NULL");
@@ -525,16 +524,9 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   d.dt = call->dtype;
   d.options = options;
   d.device = call->device == FUSEDOPT_DEVICE_CPU ? CallDevice::kCpu : CallDevice::kCuda;
+  // (RunSparseCall refuses lazy LAMB and a GPU call before it reads anything.)
   SparseDesc desc;
   desc.exact = sp->exact != 0;
-  if (InfoOf(rule).two_pass && !desc.exact) {
-    return Invalid(
-        "LAMB has no lazy sparse mode (its trust ratio needs the whole variable); use exact");
-  }
-  if (call->device != FUSEDOPT_DEVICE_CPU) {
-    return Status{FUSEDOPT_UNAVAILABLE,
-                  "sparse updates run on the CPU only for now (GPU sparse kernels: issue #15)"};
-  }
   const int n = t->n;
   if (n > 0 && (t->sizes == nullptr || sp->indices == nullptr || sp->counts == nullptr ||
                 sp->rows == nullptr || sp->row_sizes == nullptr)) {
@@ -586,7 +578,7 @@ Status GradStats(int dtype, int device, void* stream, int num_threads, int n,
     return Invalid("grads, sizes and sum_sq must not be NULL");
   }
   if (nonfinite == nullptr) return Invalid("nonfinite must not be NULL");
-  const int eb = ElemBytes(dtype);
+  const int eb = ElemBytesOf(dtype);
   Operands ops;
   ops.n = n;
   std::vector<Span> spans;
@@ -664,7 +656,7 @@ Status AdafactorApply(int dtype, int device, int num_threads, const double* scal
                    "; nothing was updated");
   }
 
-  const int eb = ElemBytes(dtype);
+  const int eb = ElemBytesOf(dtype);
   static const char* const kRoles[5] = {"the variable", "the gradient", "r", "c", "v"};
   BufferSpans buffers(eb);  // roles: (tensor, index into kRoles)
   auto name = [&](int tag) {
