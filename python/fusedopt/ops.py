@@ -15,20 +15,20 @@ arguments (``**options``).
 
 from __future__ import annotations
 
+import inspect
+import re
 import struct
+import textwrap
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import op_def_registry
 
-from fusedopt import _atomic, _loader
+from fusedopt import _atomic, _loader, reference
 
-__all__ = [
-    "apply_sgd", "apply_adam", "apply_nadam", "apply_adamax", "apply_rmsprop", "apply_adagrad",
-    "apply_adadelta", "apply_ftrl", "apply_lion", "apply_lamb", "apply_schedule_free_adamw",
-    "apply_muon_momentum", "apply_muon", "muon_scale", "apply_adafactor", "stream_triad",
-]
+# (The rule functions apply_<rule> are added below, in fusedopt.reference.RULES' order.)
+__all__ = ["muon_scale", "apply_adafactor", "stream_triad"]
 
 VariableLike = Any  # tf.Variable, keras.Variable, or a resource tensor
 TensorLike = Any
@@ -128,11 +128,11 @@ __doc__ += """
     - ``grappler_form``: compute the weight decay as ``var - var * (wd * lr)``,
       the form Grappler's arithmetic optimizer gives Keras' graph in a
       tf.function (default: Keras' written ``(var * wd) * lr``), and
-      ``x / sqrt(y)`` as Grappler's ``x * rsqrt(y)`` (RMSprop, Adagrad,
-      Adadelta; TF's approximate CPU Rsqrt).
+      ``x / sqrt(y)`` as Grappler's ``x * rsqrt(y)`` (in the rules that divide
+      by a square root; TF's approximate CPU Rsqrt).
     - ``grappler_constant_folding``: divisions by constants as multiplications
       by their reciprocals, as Grappler's constant folding rewrites them
-      (ScheduleFreeAdamW). The fusedopt.keras optimizers set both while
+      (where a rule divides by a constant). The fusedopt.keras optimizers set both while
       tracing a tf.function, as Grappler's configuration says.
 
     Hyperparameters are computed exactly as Keras' update_step computes them
@@ -237,25 +237,33 @@ def _apply(
 # the rule registry generates) says what its function takes: its slot lists
 # (and which are optional: a count attribute of their own instead of N), its
 # hyperparameter scalars in order, whether it takes a step, and its own
-# attributes. _wrapper adds what the registry cannot say: the positional
-# parameters, the keyword defaults in signature order, annotations other than
-# the attributes' types, the public keyword names that differ from the op's
-# (_PUBLIC_NAMES), checks of option combinations (a ``prepare`` hook) and the
-# docstring. It makes a real function of that signature, so that
-# inspect.signature, help() and Python's own argument errors are a written
-# function's; every keyword parameter must be an op input or attribute, and
-# every op input and attribute a parameter (or derived by the hook), else the
-# import fails. The call passes the slots and the scalars in the op's input
-# order (the order their constants and casts are built). The op definitions,
-# not fusedopt._native.rules() (the same registry), are read because they are
-# the library this module calls: present in every build, also the one
-# FUSEDOPT_LIBRARY names (tests/test_ops_registry.py checks the two agree).
+# attributes with their defaults; its op doc (the rule's formula and its
+# attributes' docs) becomes the function's docstring. What the registry cannot
+# say comes from the rule's float64 reference (fusedopt.reference.RULES, the
+# Python side's list of the rules): the keyword defaults of its scalars,
+# Keras' defaults, in the reference's order. Conventions fill the rest: the
+# positional parameters (variables, gradients, learning_rate), the public
+# keyword names that differ from the op's (_PUBLIC_NAMES), and an attribute
+# `x_bits` (int) that carries the float attribute `x` exactly (its float64
+# bits: a float attribute holds only a float32). _ARGUMENTS lists the
+# functions whose arguments do not follow them. _wrapper makes a real function
+# of that signature, so that inspect.signature, help() and Python's own
+# argument errors are a written function's; every keyword parameter must be
+# an op input or attribute, and every op input and attribute a parameter (or
+# derived), else the import fails, as it does when the op library and
+# fusedopt.reference disagree on the rules. The call passes the slots and the
+# scalars in the op's input order (the order their constants and casts are
+# built). The op definitions, not fusedopt._native.rules() (the same
+# registry), are read because they are the library this module calls: present
+# in every build, also the one FUSEDOPT_LIBRARY names
+# (tests/test_ops_registry.py checks the two agree).
 
 _PUBLIC_NAMES = {"lr": "learning_rate"}  # op input -> public keyword, where they differ
 _COMMON_ATTRS = frozenset({"N", "T", "Tscalar", "Tindices", "mode", "skip_nonfinite",
                            "grappler_form", "grappler_constant_folding"})
 _OPTION_INPUTS = frozenset({"grad_scale", "clip_value", "clip_norm", "global_clip_norm"})
 _ATTR_TYPES: dict[str, Callable[[Any], Any]] = {"bool": bool, "float": float, "int": int}
+_BITS = "_bits"  # an int attribute `x_bits`: the float64 bits of the float attribute `x`
 
 
 class _OpInputs(NamedTuple):
@@ -267,13 +275,21 @@ class _OpInputs(NamedTuple):
     scalars: tuple[str, ...]  # hyperparameter inputs, in input order
     step: bool
     attrs: dict[str, str]  # the rule's own attributes: name -> type ("bool", "float", ...)
+    attr_defaults: dict[str, Any]  # the rule's own attributes' defaults (those that have one)
+
+
+def _rule_key(name: str) -> str:
+    """A rule's name as the op library spells it, case and underscores aside
+    (the registry's "a_bc" is the op Fusedopt>ApplyABc, its Python function
+    fusedopt_apply_a_bc)."""
+    return name.replace("_", "").lower()
 
 
 def _op_inputs(rule: str) -> _OpInputs:
     """Reads rule ``rule``'s op (``Fusedopt>Apply...``, matched by the rule's
     name without underscores, case-insensitively) from the loaded library."""
     library = _loader.load()
-    key, prefix = "apply" + rule.replace("_", ""), len("fusedopt_")
+    key, prefix = "apply" + _rule_key(rule), len("fusedopt_")
     # The library's functions: Fusedopt_ApplySGD (the op "Fusedopt>ApplySGD") and
     # fusedopt_apply_sgd.
     raw = [n for n in dir(library) if n.startswith("Fusedopt_") and n[prefix:].lower() == key]
@@ -294,25 +310,70 @@ def _op_inputs(rule: str) -> _OpInputs:
         else:
             scalars.append(arg.name)
     counts = {arg.number_attr for arg in op_def.input_arg}
-    attrs = {a.name: a.type for a in op_def.attr if a.name not in _COMMON_ATTRS | counts}
-    return _OpInputs(python[0], tuple(slots), tuple(scalars), step, attrs)
+    own = [a for a in op_def.attr if a.name not in _COMMON_ATTRS | counts]
+    defaults = {a.name: getattr(a.default_value, a.default_value.WhichOneof("value"))
+                for a in own if a.HasField("default_value")}
+    return _OpInputs(python[0], tuple(slots), tuple(scalars), step,
+                     {a.name: a.type for a in own}, defaults)
+
+
+def _library_rules() -> set[str]:
+    """The rules of the op library, as _rule_key spells them: each dense op
+    ``Fusedopt>Apply<Op>`` that has a sparse twin ``Fusedopt>SparseApply<Op>``."""
+    names = {n[len("Fusedopt_"):] for n in dir(_loader.load()) if n.startswith("Fusedopt_")}
+    return {_rule_key(n[len("Apply"):]) for n in names
+            if n.startswith("Apply") and "Sparse" + n in names}
+
+
+class _Arguments(NamedTuple):
+    """A rule function's arguments where the conventions do not give them."""
+
+    positional: tuple[str, ...]  # the op's vars, grads, then public scalar names
+    # A keyword that may be None, and the arguments None stands for.
+    none_means: dict[str, dict[str, Any]] = {}
+    docs: dict[str, str] = {}  # arguments' docs, where the generic one says too little
+
+
+_CONVENTIONAL = _Arguments(("variables", "gradients", "learning_rate"))
+
+# Keras' Muon (fusedopt/keras/_family.py) makes two op calls around its
+# Newton-Schulz iterations: the first updates the momentum buffers in place,
+# the second takes the orthogonalized updates in the place of gradients, and
+# Keras' rms_rate=None (no adjustment) means scale = rms_rate = 1.
+_ARGUMENTS = {
+    "muon_momentum": _Arguments(("momenta", "gradients")),
+    "muon": _Arguments(
+        ("variables", "updates", "learning_rate"),
+        none_means={"rms_rate": {"scale": 1.0, "rms_rate": 1.0}},
+        docs={"scale": "Keras' ``sqrt(max(rows, cols))`` (:func:`muon_scale`); one value "
+                       "per call, so group variables by it.",
+              "rms_rate": "Keras' rms_rate."}),
+}
 
 
 class _Rule(NamedTuple):
-    """A rule's function: its op's inputs and the Python table entry."""
+    """A rule's function: its op's inputs and its arguments."""
 
     inputs: _OpInputs
-    positional: tuple[str, ...]  # variables, gradients, then public scalar names
-    prepare: Callable[[dict[str, Any]], None] | None
+    arguments: _Arguments
+
+
+def _float64_bits(x: float) -> int:
+    """The bits of float(x) as a signed int64 (an exact float64 op attribute)."""
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def _call(rule: _Rule, arguments: dict[str, Any]) -> tf.Tensor:
-    if rule.prepare is not None:
-        rule.prepare(arguments)  # option checks, derived attributes
-    spec = rule.inputs
+    spec, positional = rule.inputs, rule.arguments.positional
+    for keyword, means in rule.arguments.none_means.items():
+        if arguments[keyword] is None:
+            arguments.update(means)
+    for attr in spec.attrs:
+        if attr.endswith(_BITS) and attr[:-len(_BITS)] in spec.attrs:
+            arguments[attr] = _float64_bits(arguments[attr[:-len(_BITS)]])
     options = arguments.pop("options")
     return _apply(
-        spec.op, arguments[rule.positional[0]], arguments[rule.positional[1]],
+        spec.op, arguments[positional[0]], arguments[positional[1]],
         {s: arguments[s] for s, _ in spec.slots},
         {s: arguments[_PUBLIC_NAMES.get(s, s)] for s in spec.scalars},
         step=arguments["step"] if spec.step else None, name=arguments["name"], **options,
@@ -320,33 +381,118 @@ def _call(rule: _Rule, arguments: dict[str, Any]) -> tf.Tensor:
     )
 
 
-def _wrapper(
-    rule: str,
-    *,
-    defaults: dict[str, Any],
-    doc: str,
-    positional: tuple[str, ...] = ("variables", "gradients", "learning_rate"),
-    annotations: dict[str, str] | None = None,
-    prepare: Callable[[dict[str, Any]], None] | None = None,
-    derived: tuple[str, ...] = (),
-) -> Callable[..., tf.Tensor]:
+def _op_doc(function: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """A rule op's own documentation, from the op library's docstring (TF
+    renders the op's doc): its description (the formula; the family's shared
+    text after it is this module's doc) and each attribute's doc."""
+    doc = inspect.getdoc(function) or ""
+    head, _, rest = doc.partition("\nArgs:\n")
+    head = head.split("\nGradient options")[0].strip()
+    # TF sets the doc's first line apart as a summary, also mid-sentence.
+    first, _, more = head.partition("\n\n")
+    if more and not first.endswith("."):
+        head = f"{first}\n{more}"
+    attr_docs: dict[str, list[str]] = {}
+    current = None
+    for line in rest.partition("\nReturns:")[0].splitlines():
+        match = re.match(r"  (\w+): ", line)
+        if match:
+            current = match.group(1)
+            attr_docs[current] = []
+        elif current is not None:
+            if line.strip().startswith("Gradient options"):
+                current = None  # the family's shared text
+            else:
+                attr_docs[current].append(line)
+    return head, {k: textwrap.dedent("\n".join(v)).strip() for k, v in attr_docs.items()}
+
+
+_ARG_DOCS = {
+    "step": "the step, counting from 1 (Keras' ``iterations + 1``).",
+    "weight_decay": "Keras' decoupled weight decay, applied first; 0 disables it.",
+}
+
+
+def _doc(rule: str, spec: _OpInputs, arguments: _Arguments, keywords: list[str],
+         defaults: dict[str, Any]) -> str:
+    """The docstring of ``apply_<rule>``: its op's doc, then its arguments."""
+    library = _loader.load()
+    head, attr_docs = _op_doc(getattr(library, spec.op))
+    op = next(n[len("Fusedopt_"):] for n in dir(library) if n.startswith("Fusedopt_Apply")
+              and _rule_key(n[len("Fusedopt_Apply"):]) == _rule_key(rule))
+    slots = dict(spec.slots)
+    public = {_PUBLIC_NAMES.get(s, s): s for s in spec.scalars}
+
+    def describe(keyword: str) -> str:
+        if keyword in slots:
+            text = ("None, or N slot variables (given, they select a variant)"
+                    if slots[keyword] else "N slot variables")
+            text += ", each of its variable's shape and dtype."
+        elif keyword in arguments.docs:
+            text = arguments.docs[keyword]
+        elif keyword in _ARG_DOCS:
+            text = _ARG_DOCS[keyword]
+        elif keyword in spec.attrs:
+            text = f"{spec.attrs[keyword]}, an attribute of the op."
+        else:
+            op_name = public.get(keyword, keyword)
+            text = "scalar hyperparameter" + (
+                f" (the op's ``{op_name}``)." if op_name != keyword else ".")
+        if keyword in arguments.none_means:
+            means = ", ".join(f"{k} = {v!r}" for k, v in arguments.none_means[keyword].items())
+            text += f" None: {means}."
+        if keyword in defaults:
+            text += f" Default: {defaults[keyword]!r}."
+        return text
+
+    entries = [
+        (arguments.positional[0], "the N variables the op updates (its ``vars``)."),
+        (arguments.positional[1], "N tensors, each of its variable's shape and dtype (the op's "
+                                  "``grads``); tf.IndexedSlices run the sparse op."),
+        *[(k, describe(k)) for k in [*arguments.positional[2:], *keywords]],
+        ("name", "optional op name."),
+        ("**options", "the gradient options (``grad_scale``, clipping, ``skip_nonfinite``, "
+                      "``sparse_mode``, Grappler's forms; see the module doc)."),
+    ]
+    args = []
+    for keyword, text in entries:
+        args.append(textwrap.fill(f"{keyword}: {text}", 88, initial_indent="    ",
+                                  subsequent_indent="        "))
+        if attr_docs.get(keyword):  # the op's own doc of the attribute, as written
+            args.append(textwrap.indent(attr_docs[keyword], "        "))
+    call = textwrap.fill(f"One call of ``Fusedopt>{op}`` (``Fusedopt>Sparse{op}`` for "
+                         f"tf.IndexedSlices gradients) updates the N variables.", 88)
+    return (f"{head}\n\n{call}\n\nArgs:\n" + "\n".join(args) + "\n\nReturns:\n"
+            "    The op's ``skipped`` output: a scalar bool tensor, True when "
+            "``skip_nonfinite``\n    found a non-finite gradient and nothing was written.\n")
+
+
+def _wrapper(rule: str) -> Callable[..., tf.Tensor]:
     """The function ``apply_<rule>`` (Note [wrappers from the registry]).
 
     Its keyword-only parameters: the required slots, ``step``, the scalars
-    without a default, the optional slots (None by default), then
-    ``defaults`` in order; then ``name`` and ``**options``. ``derived`` lists
-    attributes ``prepare`` computes from the others.
+    without a default, the optional slots (None by default), then the
+    defaults in order (the reference's, then the op's other attributes');
+    then ``name`` and ``**options``.
     """
     spec = _op_inputs(rule)
+    arguments = _ARGUMENTS.get(rule, _CONVENTIONAL)
+    positional = arguments.positional
     name = "apply_" + rule
     optional = {s for s, opt in spec.slots if opt}
     public_scalars = [_PUBLIC_NAMES.get(s, s) for s in spec.scalars]
+    derived = {a for a in spec.attrs if a.endswith(_BITS) and a[:-len(_BITS)] in spec.attrs}
+    settable = set(public_scalars) | set(spec.attrs)
+    defaults = {k: v for k, v in reference.rule_defaults(rule).items() if k in settable}
+    defaults.update({a: _ATTR_TYPES.get(spec.attrs[a], lambda x: x)(v)
+                     for a, v in spec.attr_defaults.items()
+                     if a not in defaults and a not in derived})
     keywords = [s for s, opt in spec.slots if not opt] + (["step"] if spec.step else [])
     keywords += [s for s in public_scalars if s not in defaults and s not in positional]
     keywords += [s for s, opt in spec.slots if opt] + list(defaults)
     takes = (set(public_scalars) | {s for s, _ in spec.slots} | set(spec.attrs)
              | ({"step"} if spec.step else set()))
-    given = set(positional[2:]) | set(keywords) | set(derived)
+    given = set(positional[2:]) | set(keywords) | derived
     if given != takes or len(keywords) != len(set(keywords)):
         raise ImportError(
             f"fusedopt.ops.{name} and the op {spec.op} disagree: the op takes "
@@ -357,12 +503,14 @@ def _wrapper(
         if keyword in slot_names:
             return ("Sequence[VariableLike] | None" if keyword in optional
                     else "Sequence[VariableLike]")
+        if keyword in arguments.none_means:
+            return "TensorLike | None"
         return spec.attrs.get(keyword, "TensorLike")
 
     annotations = {
         positional[0]: "Sequence[VariableLike]", positional[1]: "Sequence[TensorLike]",
         **{p: "TensorLike" for p in positional[2:]}, **{k: annotation(k) for k in keywords},
-        **(annotations or {}), "name": "str | None", "options": "Any", "return": "tf.Tensor",
+        "name": "str | None", "options": "Any", "return": "tf.Tensor",
     }
     params = [*positional, "*"]
     params += [f"{k}=_defaults[{k!r}]" if k in defaults else
@@ -375,236 +523,29 @@ def _wrapper(
               f"    return {name}\n")
     namespace: dict[str, Any] = {}
     exec(source, globals(), namespace)  # noqa: S102 - a signature made from the registry
-    function = namespace["_make"](_call, _Rule(spec, positional, prepare), defaults)
+    function = namespace["_make"](_call, _Rule(spec, arguments), defaults)
     function.__qualname__ = name
-    function.__doc__ = doc
+    function.__doc__ = _doc(rule, spec, arguments, keywords, defaults)
     function.__annotations__ = annotations
     return function
 
 
-def _nesterov_needs_momenta(arguments: dict[str, Any]) -> None:
-    if arguments["nesterov"] and arguments["momenta"] is None:
-        raise _invalid("nesterov=True needs momenta (one momentum slot per variable)")
+def _rule_functions() -> dict[str, Callable[..., tf.Tensor]]:
+    """``apply_<rule>`` for every rule of fusedopt.reference.RULES, which must
+    be the op library's rules."""
+    ours, library = {_rule_key(r): r for r in reference.RULES}, _library_rules()
+    if set(ours) != library:
+        raise ImportError(
+            f"fusedopt's op library {_loader.library_path()} and fusedopt.reference.RULES "
+            f"disagree on the rules: the library's {sorted(library - set(ours))} have no "
+            f"reference, the references {sorted(ours[k] for k in set(ours) - library)} no op. "
+            f"{_loader.REBUILD_HINT}")
+    return {f"apply_{rule}": _wrapper(rule) for rule in reference.RULES}
 
 
-apply_sgd = _wrapper(
-    "sgd",
-    defaults={"momentum": 0.0, "nesterov": False, "weight_decay": 0.0},
-    prepare=_nesterov_needs_momenta,
-    doc="""SGD (keras.optimizers.SGD), optionally with (Nesterov) momentum.
-
-    Per element, with ``lr = learning_rate``::
-
-        var -= var * weight_decay * lr          # when weight_decay != 0
-        var -= lr * g                           # momenta is None
-        m = momentum * m - lr * g; var += m     # momenta given
-        var += momentum * m - lr * g            # ... with nesterov=True
-
-    Args:
-        variables: the N variables to update.
-        gradients: N gradients, each of its variable's shape and dtype.
-        learning_rate: scalar learning rate.
-        momenta: None for plain SGD, or N momentum slot variables.
-        momentum: scalar momentum coefficient (used with ``momenta``).
-        nesterov: Nesterov momentum; needs ``momenta``.
-        weight_decay: scalar decoupled weight decay; 0 disables it.
-        name: optional op name.
-
-    Returns:
-        The ``skipped`` flag (see the gradient options in the module doc).
-    """,
-)
-
-apply_adam = _wrapper(
-    "adam",
-    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
-              "tf_training_op_form": False},
-    doc="""Adam / AMSGrad / AdamW (keras.optimizers.Adam, AdamW) in one pass.
-
-    ``step`` counts from 1 (Keras' ``iterations + 1``). Per element::
-
-        var -= var * weight_decay * lr
-        m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
-        vhat = max(vhat, v)                      # AMSGrad, when vhat is given
-        var -= m * lr * sqrt(1 - beta_2^step) / (1 - beta_1^step) / (sqrt(v or vhat) + epsilon)
-
-    ``tf_training_op_form=True`` (IndexedSlices gradients only; no weight
-    decay): tf_keras' legacy sparse Adam, its ops in their order (``m = m *
-    beta_1 + g * (1 - beta_1)``, ``v = v * beta_2 + (g * g) * (1 - beta_2)``,
-    ``lr * (sqrt(1 - beta_2^step) / (1 - beta_1^step))``; the op's doc), the
-    bits of that class.
-    """,
-)
-
-
-def _float64_bits(x: float) -> int:
-    """The bits of float(x) as a signed int64 (an exact float64 op attribute)."""
-    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
-
-
-def _schedule_decay_bits(arguments: dict[str, Any]) -> None:
-    arguments["schedule_decay_bits"] = _float64_bits(arguments["schedule_decay"])
-
-
-apply_nadam = _wrapper(
-    "nadam",
-    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
-              "schedule_decay": 1.0, "tf_training_op_form": False},
-    prepare=_schedule_decay_bits,
-    derived=("schedule_decay_bits",),
-    doc="""Nadam as Keras computes it (keras.optimizers.Nadam).
-
-    ``u_product`` is the running product of
-    ``u_t = beta_1 * (1 - 0.5 * 0.96^(schedule_decay * t))`` over steps 1..step
-    (Keras' ``_u_product`` after its update for this step). ``schedule_decay``
-    is 1 in Keras 3; tf_keras' legacy Nadam uses its ``schedule_decay`` (0.004).
-    ``tf_training_op_form=True``: tf_keras' legacy Nadam's own element order
-    (``m = beta_1 * m + (1 - beta_1) * g``, ``g / (1 - u_product)`` first, ...;
-    the op's doc), the bits of that class; no weight decay.
-    """,
-)
-
-apply_adamax = _wrapper(
-    "adamax",
-    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
-              "tf_training_op_form": False},
-    doc="""Adamax (keras.optimizers.Adamax)::
-
-        m += (g - m) * (1 - beta_1);  u = max(beta_2 * u, |g|)
-        var -= lr * m / ((1 - beta_1^step) * (u + epsilon))
-
-    ``tf_training_op_form=True``: TensorFlow's ``ResourceApplyAdaMax`` order,
-    ``var -= (lr / (1 - beta_1^step)) * (m / (u + epsilon))`` (tf_keras' legacy
-    Adamax).
-    """,
-)
-
-apply_rmsprop = _wrapper(
-    "rmsprop",
-    defaults={"rho": 0.9, "momentum": 0.0, "epsilon": 1e-7, "weight_decay": 0.0,
-              "epsilon_outside_sqrt": False, "tf_training_op_form": False},
-    doc="""RMSprop (keras.optimizers.RMSprop); momentum when ``momenta`` is given,
-    centered when ``average_gradient`` is given::
-
-        velocity = rho * velocity + (1 - rho) * g^2
-        avg = rho * avg + (1 - rho) * g                 # centered
-        inc = lr * g / sqrt(velocity [- avg^2] + epsilon)
-        m = momentum * m + inc; var -= m                 # or var -= inc
-
-    ``epsilon_outside_sqrt=True`` gives ``inc = lr * g / (sqrt(velocity [- avg^2])
-    + epsilon)``, tf_keras' legacy RMSprop without momentum.
-    ``tf_training_op_form=True`` computes ``velocity += (g^2 - velocity) * (1 -
-    rho)`` (and ``avg`` alike), as TensorFlow's ``ResourceApply(Centered)RMSProp``
-    do: tf_keras' legacy RMSprop with momentum.
-    """,
-)
-
-apply_adagrad = _wrapper(
-    "adagrad",
-    defaults={"epsilon": 1e-7, "weight_decay": 0.0, "epsilon_outside_sqrt": False},
-    doc="""Adagrad (keras.optimizers.Adagrad)::
-
-        acc += g^2;  var -= lr * g / sqrt(acc + epsilon)
-
-    ``epsilon_outside_sqrt=True`` gives ``var -= lr * g / (sqrt(acc) + epsilon)``,
-    tf_keras' legacy Adagrad.
-    """,
-)
-
-apply_adadelta = _wrapper(
-    "adadelta",
-    defaults={"rho": 0.95, "epsilon": 1e-7, "weight_decay": 0.0, "tf_training_op_form": False},
-    doc="""Adadelta (keras.optimizers.Adadelta)::
-
-        ag = rho * ag + (1 - rho) * g^2
-        delta = -sqrt(adv + eps) * g / sqrt(ag + eps)
-        adv = rho * adv + (1 - rho) * delta^2;  var += lr * delta
-
-    ``tf_training_op_form=True``: TensorFlow's ``ResourceApplyAdadelta``
-    arithmetic (tf_keras' legacy Adadelta): ``u = sqrt(adv + eps) *
-    rsqrt(ag + eps) * g`` with TF's CPU Rsqrt, ``var -= u * lr``, ``adv`` from
-    ``u``.
-    """,
-)
-
-apply_ftrl = _wrapper(
-    "ftrl",
-    defaults={"learning_rate_power": -0.5, "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0,
-              "beta": 0.0, "weight_decay": 0.0, "tf_pow": False, "tf_training_op_form": False},
-    doc="""FTRL-proximal as Keras computes it (keras.optimizers.Ftrl); see the op doc.
-
-    The accumulators' powers use ``sqrt`` for ``learning_rate_power=-0.5``
-    and the C library's ``pow`` otherwise (one pass). ``tf_pow=True`` uses
-    TensorFlow's own CPU Pow kernel instead (and Grappler's forms with
-    ``grappler_form``), as Keras' ops do: keras.optimizers.Ftrl's bits for
-    dense float32/float64 CPU variables, in four passes (Note [TF pow]).
-    ``tf_pow=True, tf_training_op_form=True`` raises as TensorFlow's
-    ``ResourceApplyFtrl(V2)`` does (Eigen's unary ``x.pow(p)``: repeated
-    squaring for integer powers in [-3, 7]; ``sqrt`` for -0.5): tf_keras'
-    legacy Ftrl's bits.
-    """,
-)
-
-apply_lion = _wrapper(
-    "lion",
-    defaults={"beta_1": 0.9, "beta_2": 0.99, "weight_decay": 0.0},
-    doc="""Lion (keras.optimizers.Lion)::
-
-        var -= lr * sign(m * beta_1 + g * (1 - beta_1));  m = m * beta_2 + g * (1 - beta_2)
-    """,
-)
-
-apply_schedule_free_adamw = _wrapper(
-    "schedule_free_adamw",
-    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-8, "warmup_steps": 0,
-              "weight_decay": 0.0},
-    doc="""Schedule-free AdamW (keras.optimizers.ScheduleFreeAdamW) in one pass.
-
-    ``momentum`` holds the base iterate z (Keras initialises it to the
-    variable), ``velocity`` Adam's second moment; ``step`` counts from 1.
-    Per element, with ``lr_t = lr * min(step / warmup_steps, 1)`` (no warmup
-    when ``warmup_steps`` is 0) and ``w = 1 / step``::
-
-        var -= var * weight_decay * lr
-        v += (g^2 - v) * (1 - beta_2)
-        z -= lr_t * g / (sqrt(v / (1 - beta_2^step)) + epsilon)
-        x = (var - (1 - beta_1) * z) / beta_1
-        var = (1 - beta_1) * z + beta_1 * ((1 - w) * x + w * z)
-    """,
-)
-
-apply_lamb = _wrapper(
-    "lamb",
-    defaults={"beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7, "weight_decay": 0.0,
-              "tf_norms": False},
-    doc="""LAMB (keras.optimizers.Lamb), per-variable trust ratio, two passes::
-
-        m, v as Adam;  u = (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
-        var -= (|var| / |u| if both > 0 else 1) * lr * u
-
-    The norms' sums of squares are fixed-order sums in double (the same bits
-    on every thread count). ``tf_norms=True`` computes them as Keras' ops do,
-    with TensorFlow's own CPU Pow (Square with ``grappler_form``) and Sum
-    kernels on the op's thread pool, whose summation order depends on the
-    pool's size (float32/float64 CPU variables; Note [TF norms]):
-    keras.optimizers.Lamb's bits, at the cost of two more passes.
-    """,
-)
-
-apply_muon_momentum = _wrapper(
-    "muon_momentum",
-    positional=("momenta", "gradients"),
-    defaults={"momentum": 0.95},
-    doc="""The momentum half of Muon (keras.optimizers.Muon), in place on the
-    momentum buffers ``momenta``::
-
-        m = m + (g + m * (momentum - 1))
-
-    (also in Keras' graph: Grappler leaves it alone there). Muon's Newton-Schulz iterations then run on ``m``
-    (or on Nesterov's ``g + momentum * m``) as TensorFlow matmuls, and
-    :func:`apply_muon` applies their result. Takes no weight decay.
-    """,
-)
+_RULE_FUNCTIONS = _rule_functions()
+globals().update(_RULE_FUNCTIONS)
+__all__[:0] = list(_RULE_FUNCTIONS)
 
 
 def muon_scale(shape: Sequence[int]) -> float:
@@ -613,32 +554,6 @@ def muon_scale(shape: Sequence[int]) -> float:
     if len(shape) < 2:
         raise ValueError(f"Muon's update needs a variable of rank >= 2, got shape {tuple(shape)}")
     return float(np.sqrt(np.float32(max(int(shape[0]), int(shape[1])))))
-
-
-def _no_rms_adjustment(arguments: dict[str, Any]) -> None:
-    if arguments["rms_rate"] is None:
-        arguments["scale"], arguments["rms_rate"] = 1.0, 1.0
-
-
-apply_muon = _wrapper(
-    "muon",
-    positional=("variables", "updates", "learning_rate"),
-    defaults={"rms_rate": 0.2, "weight_decay": 0.0},
-    annotations={"rms_rate": "TensorLike | None"},
-    prepare=_no_rms_adjustment,
-    doc="""The update half of Muon (keras.optimizers.Muon): ``updates`` are the
-    orthogonalized momenta (the Newton-Schulz output). Per element::
-
-        var -= var * weight_decay * lr
-        var -= ((lr * u) * scale) * rms_rate
-
-    ``scale`` is Keras' ``sqrt(max(rows, cols))`` (:func:`muon_scale`; one
-    value per call, so group variables by it); ``rms_rate=None`` (Keras: no
-    adjustment) applies ``var -= lr * u``. With ``grappler_form=True`` the
-    update is ``var - u * ((lr * scale) * rms_rate)``, Keras' graph after
-    Grappler.
-    """,
-)
 
 
 def apply_adafactor(

@@ -6,9 +6,20 @@ NumPy only: no TensorFlow, no op library, so the GPU check runs it anywhere.
 
 Each reference takes and returns float64 arrays; the tests round the stored
 state to the variable's dtype after every step, as the kernels' storage does.
+
+``RULES`` places each reference in the rule registry's terms (its slot and
+scalar names, ``fusedopt._native.rules()``): :func:`apply_rule` calls a rule's
+reference by those names, and :func:`rule_defaults` gives its default
+hyperparameters (Keras' defaults: each reference's keyword defaults), which
+``fusedopt.ops`` and the benchmark take from here. This is the one Python
+table of the rules that is not a class: the rest derives from the registry,
+this table and the optimizer classes.
 """
 
 from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -56,6 +67,15 @@ NADAM_DECAY_BASE = float(np.float32(0.96))
 def nadam_u(step, beta_1=0.9, schedule_decay=1.0):
     """u_t; schedule_decay 1 is Keras 3, 0.004 tf_keras' legacy Nadam."""
     return beta_1 * (1.0 - 0.5 * NADAM_DECAY_BASE ** (schedule_decay * step))
+
+
+def nadam_u_product(step, beta_1=0.9, schedule_decay=1.0):
+    """Keras' running product of u_t over steps 1..step (u_product after its
+    update for this step)."""
+    u = 1.0
+    for k in range(1, int(step) + 1):
+        u *= nadam_u(k, beta_1, schedule_decay)
+    return u
 
 
 def nadam_step(var, grad, lr, m, v, step, u_product, *, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
@@ -234,3 +254,84 @@ def adafactor_step(var, grad, lr, r, c, v, step, *, beta_2_decay=-0.8, epsilon_1
     u = grad / np.sqrt(v)
     u = u / max(1.0, float(np.sqrt(np.mean(u * u))) / clip_threshold)
     return var - alpha * u, r, c, v
+
+
+# ---- The rules in the registry's terms ------------------------------------------
+
+
+class Reference(NamedTuple):
+    """A registry rule's float64 reference (Note [rule references]).
+
+    ``step(var, grad, ...)`` takes the op's variable and gradient first and
+    everything else by keyword: ``lr`` and the other scalars by their registry
+    names, ``step`` when the rule takes it, and each slot as its argument in
+    ``slots``; it returns the new variable, then each slot in ``slots``' order
+    (a rule without slots: the variable alone).
+    """
+
+    step: Callable[..., Any]
+    # The registry's slots, in its order -> the reference's argument for each.
+    slots: Mapping[str, str] = {}
+    # Scalars derived from the step and the other scalars where a caller
+    # gives none: name -> function(step, **the scalars it names).
+    derived: Mapping[str, Callable[..., float]] = {}
+    # The update scales by norms over each whole tensor: the kernels make a
+    # second pass over it (var and every slot read again), and a check must
+    # compare whole tensors, not samples.
+    whole_tensor: bool = False
+
+
+# Note [rule references]: one entry per registry rule, the Python side's list
+# of them (fusedopt.ops makes a function for each, and checks the op library
+# has exactly these rules; the benchmark's tables are keyed by it). A rule's
+# default hyperparameters are its reference's keyword defaults, Keras' own.
+RULES: dict[str, Reference] = {
+    "sgd": Reference(sgd_step, {"momenta": "m"}),
+    "adam": Reference(adam_step, {"m": "m", "v": "v", "vhat": "vhat"}),
+    "nadam": Reference(nadam_step, {"m": "m", "v": "v"}, derived={"u_product": nadam_u_product}),
+    "adamax": Reference(adamax_step, {"m": "m", "u": "u"}),
+    "rmsprop": Reference(rmsprop_step, {"velocity": "velocity", "momenta": "mom",
+                                        "average_gradient": "avg"}),
+    "adagrad": Reference(adagrad_step, {"accumulator": "acc"}),
+    "adadelta": Reference(adadelta_step, {"accumulated_grad": "ag",
+                                          "accumulated_delta_var": "adv"}),
+    "ftrl": Reference(ftrl_step, {"accumulator": "acc", "linear": "linear"}),
+    "lion": Reference(lion_step, {"m": "m"}),
+    "lamb": Reference(lamb_step, {"m": "m", "v": "v"}, whole_tensor=True),
+    "schedule_free_adamw": Reference(schedule_free_adamw_step, {"momentum": "z", "velocity": "v"}),
+    "muon_momentum": Reference(muon_momentum_step),
+    "muon": Reference(muon_update_step),
+}
+
+
+def rule_defaults(rule: str) -> dict[str, Any]:
+    """The default of each of ``rule``'s keyword hyperparameters and forms
+    (e.g. ``nesterov``), in the reference's order; its slots left out."""
+    slot_args = set(RULES[rule].slots.values())
+    return {p.name: p.default for p in inspect.signature(RULES[rule].step).parameters.values()
+            if p.default is not inspect.Parameter.empty and p.name not in slot_args}
+
+
+def apply_rule(rule: str, var, grad, slots: Mapping[str, Any] | None = None, *, step=None,
+               **scalars) -> tuple[Any, dict[str, Any]]:
+    """One step of ``rule``'s reference in the registry's terms: ``slots`` by
+    registry slot name (an optional slot may be left out), ``scalars`` by
+    registry scalar name (missing ones take their defaults or are derived);
+    ``step`` reaches the rules that take it. Returns ``(var, {slot: array})`` for every slot of the rule (None for an
+    optional slot not given)."""
+    ref = RULES[rule]
+    slots = dict(slots or {})
+    unknown = set(slots) - set(ref.slots)
+    if unknown:
+        raise ValueError(f"{rule} has no slot(s) {sorted(unknown)}; its slots: {list(ref.slots)}")
+    kwargs = dict(scalars)
+    for name, derive in ref.derived.items():
+        if name not in kwargs:
+            wanted = inspect.signature(derive).parameters
+            kwargs[name] = derive(step, **{k: v for k, v in scalars.items() if k in wanted})
+    if step is not None and "step" in inspect.signature(ref.step).parameters:
+        kwargs["step"] = step
+    kwargs.update({ref.slots[name]: value for name, value in slots.items()})
+    out = ref.step(var, grad, **kwargs)
+    out = out if isinstance(out, tuple) else (out,)
+    return out[0], dict(zip(ref.slots, out[1:]))
