@@ -4,7 +4,9 @@ Hand-written CPU (and CUDA) kernels that apply an optimizer update to many
 variables in one pass over memory, and drop-in Keras optimizers that use them::
 
     import fusedopt.keras
-    model.compile(optimizer=fusedopt.keras.SGD(0.1, momentum=0.9), ...)
+    # fusedopt.keras.<Name>(...) in the place of keras.optimizers.<Name>(...),
+    # or the fused twin of a Keras optimizer instance:
+    model.compile(optimizer=fusedopt.keras.from_keras(keras_optimizer), ...)
 
 Importing this package is cheap: TensorFlow and the op library are loaded on
 first use of :mod:`fusedopt.ops` or :mod:`fusedopt.keras`. :mod:`fusedopt.jax`

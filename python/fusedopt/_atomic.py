@@ -15,9 +15,10 @@ input in a later group cannot leave an earlier group written, every
 
 Every group's op waits for those assertions (control dependencies; in eager
 mode they have already run). Per-step optimizer state that the fused path
-itself advances (Keras Nadam's u_product, tf_keras Nadam's momentum cache, under
-a strategy too), Keras' gradient-accumulator reset and the built-in's own
-per-variable ops (tf_keras Nadam's sparse update) wait for every group's op.
+itself advances (a class's ``_fused_prepare_step`` / ``_fused_finish_step``
+state, under a strategy too), Keras' gradient-accumulator reset and the
+built-in's own per-variable ops (a sparse update kept as tf_keras' own) wait
+for every group's op.
 Hyperparameter errors are identical across groups, so the first group's op
 fails before anything is written. (Update results are flattened before they
 become control inputs: a tuple there is silently dropped in a tf.function.)

@@ -201,7 +201,8 @@ def check_strategy(strategy: tf.distribute.Strategy | None = None, *,
         raise NotImplementedError(
             "fusedopt.keras does not support ParameterServerStrategy: Keras 3 does not support "
             "that strategy (its built-in optimizers included). Train with tf_keras and the "
-            "fusedopt.legacy optimizers instead (e.g. fusedopt.legacy.Adam), which run their "
+            "fusedopt.legacy optimizers instead (fusedopt.legacy.<Name> for "
+            "tf_keras.optimizers.legacy.<Name>), which run their "
             "fused updates on the parameter servers; start every server with `fusedopt-server` "
             "(see the README, 'Distributed training')."
         )

@@ -145,7 +145,7 @@ __doc__ += """
     run the op's sparse twin (``Fusedopt>SparseApply*``, CPU): indices are
     validated before anything is written and duplicates summed;
     ``sparse_mode="exact"`` (default) gives the dense result on the densified
-    gradient, ``"lazy"`` updates only the rows present (LazyAdam semantics).
+    gradient, ``"lazy"`` updates only the rows present (TF Addons' lazy semantics).
 
     Returns the op's ``skipped`` output: a scalar bool tensor, True when
     ``skip_nonfinite`` found a non-finite gradient and nothing was written.
@@ -290,8 +290,8 @@ def _op_inputs(rule: str) -> _OpInputs:
     name without underscores, case-insensitively) from the loaded library."""
     library = _loader.load()
     key, prefix = "apply" + _rule_key(rule), len("fusedopt_")
-    # The library's functions: Fusedopt_ApplySGD (the op "Fusedopt>ApplySGD") and
-    # fusedopt_apply_sgd.
+    # The library's functions: Fusedopt_ApplyABc (the op "Fusedopt>ApplyABc") and
+    # fusedopt_apply_a_bc.
     raw = [n for n in dir(library) if n.startswith("Fusedopt_") and n[prefix:].lower() == key]
     python = [n for n in dir(library)
               if n.startswith("fusedopt_") and n[prefix:].replace("_", "") == key]

@@ -1,54 +1,21 @@
 """Drop-in Keras 3 (tf.keras in TensorFlow 2.21) optimizers on fused kernels.
 
-Swap the import and nothing else::
-
-    optimizer = fusedopt.keras.SGD(learning_rate=0.1, momentum=0.9)
-
-Each class subclasses the built-in of the same name: same arguments, defaults,
-config, slot variables and checkpoints. See Note [fused Keras step] in
+Swap the import and nothing else: ``fusedopt.keras.<Name>`` takes the place of
+``keras.optimizers.<Name>``, with the same arguments. Each class subclasses
+the built-in of the same name: same arguments, defaults, config, slot
+variables and checkpoints. See Note [fused Keras step] in
 ``fusedopt/keras/_base.py`` for when the fused kernels run.
 """
 
-from fusedopt.keras._family import (
-    Adadelta,
-    Adafactor,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Ftrl,
-    Lamb,
-    Lion,
-    Muon,
-    Nadam,
-    RMSprop,
-    ScheduleFreeAdamW,
-)
-from fusedopt.keras._sgd import SGD
+from fusedopt.keras import _family
+from fusedopt.keras._family import *  # noqa: F401,F403
 
-__all__ = [
-    "SGD", "Adam", "AdamW", "Nadam", "Adamax", "RMSprop", "Adagrad", "Adadelta", "Ftrl", "Lion",
-    "Lamb", "ScheduleFreeAdamW", "Muon", "Adafactor",
-]
+__all__ = list(_family.__all__)
 
-import keras as _keras
+import keras as _keras  # noqa: E402
 
-_FUSED_BY_BUILTIN = {
-    _keras.optimizers.SGD: SGD,
-    _keras.optimizers.Adam: Adam,
-    _keras.optimizers.AdamW: AdamW,
-    _keras.optimizers.Nadam: Nadam,
-    _keras.optimizers.Adamax: Adamax,
-    _keras.optimizers.RMSprop: RMSprop,
-    _keras.optimizers.Adagrad: Adagrad,
-    _keras.optimizers.Adadelta: Adadelta,
-    _keras.optimizers.Ftrl: Ftrl,
-    _keras.optimizers.Lion: Lion,
-    _keras.optimizers.Lamb: Lamb,
-    _keras.optimizers.ScheduleFreeAdamW: ScheduleFreeAdamW,
-    _keras.optimizers.Muon: Muon,
-    _keras.optimizers.Adafactor: Adafactor,
-}
+# Each class's built-in (its _fused_builtin()), in __all__'s order.
+_FUSED_BY_BUILTIN = {cls._fused_builtin(): cls for cls in (globals()[n] for n in __all__)}
 
 
 def from_keras(optimizer: _keras.optimizers.Optimizer) -> _keras.optimizers.Optimizer:

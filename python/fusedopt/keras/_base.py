@@ -38,8 +38,9 @@ clips the summed gradients (each replica its own copy of the sum, after
   with Keras' ops on their values as given (a row per lookup, as Keras clips
   them; the sparse kernels would clip the rows after summing duplicates, the
   densified gradient: another number);
-* ops that take no gradient options (Adafactor; Muon's Newton-Schulz path,
-  whose second op takes the orthogonalized update) and steps that run the
+* ops that take no gradient options (those a class calls with a method of
+  its own, e.g. the second op of a class that makes two calls around TF ops
+  of its own, which takes their result) and steps that run the
   built-in's update (``_fused_supports``, XLA without a lowering) clip the
   summed gradients with Keras' own ops first (``_clip_in_tf``,
   ``_all_reduce_sum_gradients``).
@@ -56,7 +57,8 @@ float64 results equal the built-in's bit for bit (tests/test_keras_parity.py).
 
 Sparse (IndexedSlices) gradients, e.g. from Embedding layers, go to the sparse
 ops (their own group and call), with ``sparse_mode`` "exact" (default: the
-built-in's numbers) or "lazy" (only the rows present; LazyAdam semantics).
+built-in's numbers) or "lazy" (only the rows present, as TF Addons' lazy
+optimizers update them).
 
 Inside XLA compilation (jit_compile=True) the fused ops lower to an in-place
 custom call (Note [XLA lowering] in cc/tf/xla_ops.cc) for dense gradients of
@@ -103,7 +105,8 @@ class FusedCall(NamedTuple):
     an optional slot list, None when ``condition(optimizer)`` is false;
     ``hypers`` maps an op keyword to an optimizer attribute or to a function
     of the optimizer; ``flags`` are constant op arguments. A step that needs
-    more than one call keeps a method of its own (Muon, Adafactor).
+    more than one call, or an op outside the rule registry, keeps a method of
+    its own (``_fused_apply``).
     """
 
     op: str
@@ -111,6 +114,11 @@ class FusedCall(NamedTuple):
     hypers: Mapping[str, str | Callable[[Any], Any]] = {}
     step: bool = False
     flags: Mapping[str, Any] = {}
+
+    @property
+    def rule(self) -> str:
+        """The registry's name of the rule the call runs (``apply_<rule>``)."""
+        return self.op[len("apply_"):]
 
 
 def _slots(opt, slot_list, variables):
@@ -188,9 +196,8 @@ class FusedOptimizerMixin:
         _refuse_parameter_server()
         if sparse_mode not in ("exact", "lazy"):
             raise ValueError(f"sparse_mode must be 'exact' or 'lazy', got {sparse_mode!r}")
-        if sparse_mode == "lazy" and isinstance(self, keras.optimizers.Lamb):
-            raise ValueError("Lamb has no lazy sparse mode: its trust ratio needs the whole "
-                             "variable; use sparse_mode='exact'")
+        if sparse_mode == "lazy" and self._no_lazy_sparse_mode is not None:
+            raise ValueError(f"{self._no_lazy_sparse_mode}; use sparse_mode='exact'")
         if not isinstance(clip_after_aggregation, bool):
             raise TypeError("clip_after_aggregation must be True or False, got "
                             f"{clip_after_aggregation!r}")
@@ -271,6 +278,15 @@ class FusedOptimizerMixin:
     # The class's op call (Note [fused call tables]); None: _fused_apply is its own.
     _fused_call: FusedCall | None = None
 
+    # Why the class has no sparse_mode="lazy" (None: it has one).
+    _no_lazy_sparse_mode: str | None = None
+
+    @classmethod
+    def _fused_builtin(cls) -> type:
+        """The built-in Keras optimizer this class is a drop-in for (the first
+        Keras class it subclasses)."""
+        return next(b for b in cls.__mro__[1:] if b.__module__.startswith("keras"))
+
     def _fused_apply(
         self,
         variables: Sequence[tf.Variable],
@@ -309,8 +325,9 @@ class FusedOptimizerMixin:
                                      weight_decay=weight_decay, **call.flags, **options)
 
     def _fused_prepare_step(self) -> None:
-        """Computes per-step optimizer state the update needs (Nadam's next
-        u_product), without assigning it: see _fused_finish_step."""
+        """Computes per-step optimizer state the update needs (a running
+        product of the rule's, say), without assigning it: see
+        _fused_finish_step."""
 
     def _fused_finish_step(self, updates: Sequence[Any]) -> None:
         """Assigns the state _fused_prepare_step computed, after ``updates``
@@ -391,14 +408,14 @@ class FusedOptimizerMixin:
 
     def _group_key(self, var, grad) -> GroupKey:
         """A GroupKey, or for classes that need more a named tuple with its
-        fields and others (Muon: its path and update scale); one fused call per
-        distinct key."""
+        fields and others (e.g. a class with two update paths: its path); one
+        fused call per distinct key."""
         decays = self.weight_decay is not None and self._use_weight_decay(var)
         return GroupKey(device=var.device, dtype=var.dtype.base_dtype, decays=decays,
                         sparse=isinstance(grad, tf.IndexedSlices))
 
     def _group_weight_decay(self, key: GroupKey, variables) -> Any:
-        """The weight decay of a decaying group (Muon: per path)."""
+        """The weight decay of a decaying group (a class may decay per path)."""
         del key, variables
         return self.weight_decay
 

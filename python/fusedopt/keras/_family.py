@@ -18,11 +18,14 @@ from fusedopt import _tf_context as _ctx
 from fusedopt import ops
 from fusedopt.keras._base import FusedCall, FusedOptimizerMixin, _slots, _step
 
+__all__: list[str] = []  # every class _register registers, in order
+
 
 def _register(cls):
-    """Registers for Keras serialization and appends the built-in's docs."""
-    builtin = next(b for b in cls.__mro__[1:] if b.__module__.startswith("keras"))
-    cls.__doc__ = (cls.__doc__ or "") + "\n" + (builtin.__doc__ or "")
+    """Registers for Keras serialization, appends the built-in's docs and
+    exports the class."""
+    cls.__doc__ = (cls.__doc__ or "") + "\n" + (cls._fused_builtin().__doc__ or "")
+    __all__.append(cls.__name__)
     return keras.saving.register_keras_serializable(package="fusedopt")(cls)
 
 
@@ -42,6 +45,29 @@ _EXTRA_ARGS = (
     "strategy's replicas (with ``clipnorm``, ``global_clipnorm`` or ``clipvalue``) instead\n"
     "of each replica's part, as tf_keras does (see ``FusedOptimizerMixin``).\n"
 )
+
+
+@_register
+class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
+    """Drop-in for ``keras.optimizers.SGD`` running fused kernels.
+
+    Same constructor, defaults, ``get_config()``, slot variables ("momentum",
+    created only when ``momentum != 0``) and numbers as the built-in class;
+    each training step makes one ``Fusedopt>ApplySGD`` call per
+    (device, dtype) group of variables, with weight decay fused in.
+
+    Two arguments beyond the built-in's (in ``get_config()`` only when not
+    default): ``sparse_mode`` and ``clip_after_aggregation`` (see
+    ``FusedOptimizerMixin``).
+    """
+
+    _fused_call = FusedCall(
+        "apply_sgd",
+        # (Keras makes the momentum slots only when momentum != 0.)
+        slots={"momenta": ("momentums", lambda opt: opt.momentum != 0)},
+        hypers={"momentum": "momentum",
+                "nesterov": lambda opt: bool(opt.nesterov) and opt.momentum != 0},
+    )
 
 
 class _AdamLike:
@@ -160,6 +186,8 @@ class Lion(FusedOptimizerMixin, keras.optimizers.Lion):
 @_register
 class Lamb(FusedOptimizerMixin, keras.optimizers.Lamb):
     __doc__ = _fused_doc("Lamb", "Fusedopt>ApplyLamb")
+
+    _no_lazy_sparse_mode = "Lamb has no lazy sparse mode: its trust ratio needs the whole variable"
 
     _fused_call = FusedCall(
         "apply_lamb", slots={"m": "_momentums", "v": "_velocities"}, step=True,

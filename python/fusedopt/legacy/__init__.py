@@ -1,19 +1,17 @@
 """Fused optimizers for tf_keras (Keras 2): OptimizerV2 subclasses.
 
-``fusedopt.legacy.Adam`` is a drop-in for ``tf_keras.optimizers.legacy.Adam``
-(and for ``tf.keras.optimizers.legacy.Adam`` under ``TF_USE_LEGACY_KERAS=1``):
+``fusedopt.legacy.<Name>`` is a drop-in for ``tf_keras.optimizers.legacy.<Name>``
+(and for ``tf.keras.optimizers.legacy.<Name>`` under ``TF_USE_LEGACY_KERAS=1``):
 same constructor, ``get_config()``, slot names and numbers, so checkpoints are
 interchangeable. Each step makes one fused op call per (device, dtype) group of
 variables (Note [fused legacy step] in ``_base``).
-
-Classes: SGD, Adam, AdamW, Nadam, Adamax, RMSprop, Adagrad, Adadelta, Ftrl,
-Lion, Lamb. AdamW, Lion and Lamb have no tf_keras legacy built-in; they follow
-Keras 3's update rules with OptimizerV2's conventions.
 
 Needs the optional ``tf-keras`` package: ``pip install "fusedopt[legacy]"``.
 """
 
 from __future__ import annotations
+
+import textwrap as _textwrap
 
 try:
     import tf_keras  # noqa: F401
@@ -25,19 +23,12 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
         f"without it. ({e})"
     ) from e
 
-from fusedopt.legacy._optimizers import (  # noqa: E402
-    SGD,
-    Adadelta,
-    Adagrad,
-    Adam,
-    Adamax,
-    AdamW,
-    Ftrl,
-    Lamb,
-    Lion,
-    Nadam,
-    RMSprop,
-)
+from fusedopt.legacy import _optimizers  # noqa: E402
+from fusedopt.legacy._optimizers import *  # noqa: E402,F401,F403
 
-__all__ = ["SGD", "Adam", "AdamW", "Nadam", "Adamax", "RMSprop", "Adagrad", "Adadelta", "Ftrl",
-           "Lion", "Lamb"]
+__all__ = list(_optimizers.__all__)
+
+__doc__ += "\n" + _textwrap.fill(  # noqa: A001
+    f"Classes: {', '.join(__all__)}. Those without a tf_keras legacy built-in ("
+    + ", ".join(n for n in __all__ if issubclass(globals()[n], _optimizers._NewOptimizer))
+    + ") follow Keras 3's update rules with OptimizerV2's conventions.", 79) + "\n"

@@ -19,9 +19,10 @@ are tf_keras' own. It changes three hooks:
 tf_keras clips gradients after the cross-replica sum already, so clipping
 stays tf_keras' own. Sparse gradients go to the sparse ops in the mode that
 gives the built-in's numbers (``lazy`` where the built-in touches only the
-listed rows, ``exact`` where it decays every row); Nadam's built-in sparse
-update is neither (it decays every slot row but moves only the listed
-variable rows), so it keeps tf_keras' own ops unless ``sparse_mode`` is given.
+listed rows, ``exact`` where it decays every row); a built-in whose sparse
+update is neither (one that decays every slot row but moves only the listed
+variable rows) keeps tf_keras' own ops unless ``sparse_mode`` is given
+(``_builtin_sparse_mode`` None).
 Inside XLA compilation the fused ops lower to an in-place custom call for dense
 gradients of CPU variables (Note [XLA lowering] in cc/tf/xla_ops.cc); elsewhere
 under XLA the built-in ops run (a warning says so once).
@@ -117,7 +118,8 @@ class FusedLegacyMixin:
     _fused_call: FusedCall | None = None
 
     def _fused_call_for(self, options: dict[str, Any]) -> FusedCall:
-        """The op call for a group with these options (RMSprop: its sparse form)."""
+        """The op call for a group with these options (a class whose sparse form
+        is another call chooses here)."""
         del options
         if self._fused_call is None:
             raise NotImplementedError
@@ -170,8 +172,8 @@ class FusedLegacyMixin:
         return super()._resource_apply_sparse(summed, var, unique, apply_state=apply_state)
 
     def _fused_defers_state(self) -> bool:
-        """Whether per-step state this class advances (Nadam's momentum cache)
-        is assigned after the groups' ops (Note [atomic steps]): on the fused
+        """Whether per-step state this class advances (a running cache of the
+        rule's, say) is assigned after the groups' ops (Note [atomic steps]): on the fused
         multi-tensor path, with or without a strategy (outside XLA, where
         the built-in's order is kept)."""
         return self.multi_tensor and not _ctx.in_xla_context()
@@ -340,8 +342,8 @@ class FusedLegacyMixin:
                         variables[0], apply_group, args=(group_grads,), group=False
                     ))
 
-            # The built-in's own per-variable ops (tf_keras Nadam's sparse
-            # update) check no hyperparameter: they run after the fused groups,
+            # The built-in's own per-variable ops (a sparse update kept as
+            # tf_keras' own) check no hyperparameter: they run after the fused groups,
             # whose ops reject what they would accept (a NaN learning rate).
             fused_ops = list(update_ops)
             for grad, var in per_variable:

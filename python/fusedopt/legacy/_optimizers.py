@@ -28,6 +28,9 @@ from tf_keras.src.optimizers.legacy import (
 
 from fusedopt.legacy._base import FusedCall, FusedLegacyMixin, _flat_ops, densify
 
+__all__ = ["SGD", "Adam", "AdamW", "Nadam", "Adamax", "RMSprop", "Adagrad", "Adadelta", "Ftrl",
+           "Lion", "Lamb"]
+
 
 def _register(cls):
     """Registers with tf_keras' serialization (package "fusedopt"), so that
