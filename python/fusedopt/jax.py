@@ -7,8 +7,9 @@ when the caller donates them::
 
     @jax.jit(donate_argnums=(0, 2))  # params and slots
     def update(params, grads, slots, lr, t):
-        return fusedopt.jax.apply("adam", params, grads, slots, learning_rate=lr,
-                                  beta_1=0.9, beta_2=0.999, epsilon=1e-7, step=t)
+        # rule: a name from fusedopt.jax.rules(), with its slots and scalars
+        return fusedopt.jax.apply(rule, params, grads, slots, learning_rate=lr, step=t,
+                                  **hyperparameters)
 
 The call runs the same typed-FFI handler (XLA's "Host" platform) that
 TensorFlow's XLA runs for the fusedopt ops under ``jit_compile=True``, so it
@@ -25,7 +26,9 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import string
 import struct
+import textwrap
 import threading
 from typing import Any, Mapping
 
@@ -35,7 +38,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-from fusedopt import _native
+from fusedopt import _native, reference
 
 __all__ = ["apply", "rules", "ffi_info"]
 
@@ -44,14 +47,16 @@ ArrayLike = Any  # jax.Array, a tracer, a NumPy array or a Python number
 
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
-# Rule-specific options: which rules take them (the handler plans through the
-# same code as the TF ops, which never set another rule's option).
-_OPTION_RULES = {
-    "nesterov": ("sgd",),
-    "epsilon_outside_sqrt": ("adagrad", "rmsprop"),
-    "tf_training_op_form": ("adadelta", "adamax", "nadam", "rmsprop"),
-    "schedule_decay": ("nadam",),
-}
+# Rule-specific options (the handler plans through the same code as the TF
+# ops, which never set another rule's option). An option that changes a rule's
+# math is a form of its float64 reference: a keyword of it that is not one of
+# the rule's scalars (fusedopt.reference.RULES), so the rules that take it are
+# found there (_option_rules). tf_training_op_form changes only the order of
+# TensorFlow's operations, which no float64 reference shows: its dense forms
+# are listed here, until fusedopt._native.rules() reports each rule's options
+# (the registry's attributes).
+_REFERENCE_OPTIONS = ("nesterov", "epsilon_outside_sqrt", "schedule_decay")
+_TF_TRAINING_OP_FORM_RULES = ("adadelta", "adamax", "nadam", "rmsprop")
 
 # Adafactor has its own handler ("fusedopt_adafactor") and is not in
 # _native.rules(); its defaults are keras.optimizers.Adafactor's (and
@@ -78,6 +83,17 @@ def _rules() -> dict[str, dict[str, Any]]:
     out["adafactor"] = {"scalars": list(_ADAFACTOR_SCALARS),
                         "slots": [("r", False), ("c", False), ("v", False)],
                         "step": True, "index": -1}
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _option_rules() -> dict[str, tuple[str, ...]]:
+    """Each rule-specific option -> the rules that take it, sorted."""
+    forms = {rule: set(reference.rule_defaults(rule)) - set(info["scalars"])
+             for rule, info in _rules().items() if rule in reference.RULES}
+    out = {option: tuple(sorted(r for r, f in forms.items() if option in f))
+           for option in _REFERENCE_OPTIONS}
+    out["tf_training_op_form"] = _TF_TRAINING_OP_FORM_RULES
     return out
 
 
@@ -287,38 +303,41 @@ def apply(
     custom call per dtype.
 
     Args:
-        rule: a name from :func:`rules` ("sgd", "adam", "nadam", "adamax",
-            "rmsprop", "adagrad", "adadelta", "ftrl", "lion", "lamb",
-            "schedule_free_adamw", "muon_momentum", "muon", "adafactor").
-            AdamW is "adam" with ``weight_decay``, AMSGrad "adam" with a
-            ``vhat`` slot.
+        rule: a name from :func:`rules`:
+            $rules.
+            A variant of a rule is an optional slot (given, it selects the
+            variant) or a hyperparameter (``weight_decay`` 0: no decay).
         params: a pytree of arrays (float16, bfloat16, float32 or float64,
             on the CPU).
         grads: a pytree of the same structure, each gradient of its
             parameter's shape and dtype.
-        slots: ``{slot name: pytree like params}`` with the rule's slots
-            (optional slots select variants: "momenta" for SGD momentum,
-            "vhat" for AMSGrad, "momenta" / "average_gradient" for RMSprop's
-            momentum / centered forms). Adafactor's "r" and "c" hold, for a
-            parameter of rank >= 2 and shape [..., R, C], arrays of shape
-            [..., R] and [..., C]; for lower ranks any array (left as it is).
-        step: the 1-based step of the bias-corrected rules (adam, nadam,
-            adamax, lamb, schedule_free_adamw, adafactor); an int or a traced
-            integer scalar (int64 with jax_enable_x64, else int32).
+        slots: ``{slot name: pytree like params}`` with the rule's slots.
+            The optional slots, which select variants:
+            $optional_slots.
+            Adafactor's "r" and "c" hold, for a parameter of rank >= 2 and
+            shape [..., R, C], arrays of shape [..., R] and [..., C]; for
+            lower ranks any array (left as it is).
+        step: the 1-based step of the bias-corrected rules,
+            $stepped:
+            an int or a traced integer scalar (int64 with jax_enable_x64,
+            else int32).
         grad_scale, clipvalue, clipnorm, global_clipnorm, skip_nonfinite: the
             gradient options of fusedopt.ops (unscale, at most one clipping,
             and skipping a step with a non-finite gradient; not Adafactor).
-        nesterov: SGD's Nesterov momentum. epsilon_outside_sqrt: Adagrad's and
-            RMSprop's legacy form. tf_training_op_form: TF's training-op
-            element order (RMSprop, Adadelta, Adamax, Nadam).
-            schedule_decay: Nadam's (tf_keras' legacy 0.004; 1 in Keras 3).
+        nesterov: Nesterov momentum ($nesterov).
+        epsilon_outside_sqrt: epsilon outside the square root, tf_keras'
+            legacy form ($epsilon_outside_sqrt).
+        tf_training_op_form: TF's training-op element order
+            ($tf_training_op_form).
+        schedule_decay: the decay d of u_t's schedule (tf_keras' legacy
+            0.004; 1 in Keras 3) ($schedule_decay).
         return_skipped: also return ``skipped``, a bool scalar, True when
             ``skip_nonfinite`` found a non-finite gradient and nothing changed.
         **hyperparameters: the rule's scalars by name (``learning_rate`` is an
             alias of ``lr``); Python numbers or traced scalars, passed to the
             custom call as operands, so changing them never recompiles.
             ``weight_decay`` defaults to 0 (Adafactor: Keras' defaults too).
-            Nadam's ``u_product`` is the running product of Keras'
+            ``u_product`` ($u_product) is the running product of Keras'
             ``u_t = beta_1 * (1 - 0.5 * 0.96^(schedule_decay * t))`` over 1..step.
 
     Returns:
@@ -340,13 +359,13 @@ def apply(
         raise ValueError(f"unknown rule {rule!r}; the rules are {', '.join(table)}")
     info = table[rule]
     options = {"nesterov": nesterov, "epsilon_outside_sqrt": epsilon_outside_sqrt,
-               "tf_training_op_form": tf_training_op_form}
+               "tf_training_op_form": tf_training_op_form,
+               "schedule_decay": not schedule_decay == 1.0}
+    option_rules = _option_rules()
     for option, value in options.items():
-        if value and rule not in _OPTION_RULES[option]:
-            raise ValueError(f"{option} applies to {', '.join(_OPTION_RULES[option])} only, "
+        if value and rule not in option_rules[option]:
+            raise ValueError(f"{option} applies to {', '.join(option_rules[option])} only, "
                              f"not {rule}")
-    if not schedule_decay == 1.0 and rule != "nadam":
-        raise ValueError(f"schedule_decay applies to nadam only, not {rule}")
     if nesterov and not (slots and "momenta" in slots):
         raise ValueError("nesterov=True needs the 'momenta' slot")
 
@@ -449,6 +468,27 @@ def apply(
     if return_skipped:
         return out_params, out_slots, skipped
     return out_params, out_slots
+
+
+def _apply_doc() -> str:
+    """apply's docstring with the registry's rules, their variants and options."""
+    table = _rules()
+
+    def names(rules) -> str:  # wrapped for a line of its own in an Args entry
+        return "\n            ".join(textwrap.wrap(", ".join(rules) or "none", 67))
+
+    optional = [f'{rule}\'s "{slot}"' for rule, info in table.items()
+                for slot, opt in info["slots"] if opt]
+    text = string.Template(apply.__doc__).substitute(
+        rules=names(f'"{r}"' for r in table),
+        optional_slots=names(optional),
+        stepped=names(r for r, info in table.items() if info["step"]),
+        u_product=names(r for r, info in table.items() if "u_product" in info["scalars"]),
+        **{option: names(rules) for option, rules in _option_rules().items()})
+    return text
+
+
+apply.__doc__ = _apply_doc()
 
 
 def _fused_call(info, idx, leaves, grad_leaves, given, slot_leaves, new_leaves, new_slots,
