@@ -64,6 +64,19 @@ def adam_step(var, grad, lr, m, v, step, *, vhat=None, beta_1=0.9, beta_2=0.999,
 NADAM_DECAY_BASE = float(np.float32(0.96))
 
 
+def adam_keras_indexed_slices_step(var, grad, grad_sq, lr, m, v, step, *, beta_1=0.9,
+                                   beta_2=0.999, epsilon=1e-7, weight_decay=0.0):
+    """keras.optimizers.Adam on an IndexedSlices gradient: m sees the summed
+    rows (``grad``, densified), v the sum of each row's squared duplicates
+    (``grad_sq``: Keras squares the slices before they are summed). Returns
+    var, m, v."""
+    var = _decay(var, lr, weight_decay)
+    m = m + (grad - m) * (1 - beta_1)
+    v = v + (grad_sq - v) * (1 - beta_2)
+    alpha = lr * np.sqrt(1 - beta_2**step) / (1 - beta_1**step)
+    return var - m * alpha / (np.sqrt(v) + epsilon), m, v
+
+
 def nadam_u(step, beta_1=0.9, schedule_decay=1.0):
     """u_t; schedule_decay 1 is Keras 3, 0.004 tf_keras' legacy Nadam."""
     return beta_1 * (1.0 - 0.5 * NADAM_DECAY_BASE ** (schedule_decay * step))
@@ -279,6 +292,10 @@ class Reference(NamedTuple):
     # second pass over it (var and every slot read again), and a check must
     # compare whole tensors, not samples.
     whole_tensor: bool = False
+    # The built-in Keras optimizer on an IndexedSlices gradient where that is
+    # not the update of the densified gradient: ``step``'s convention with
+    # ``grad_sq`` (the sum of each row's squared duplicates) after ``grad``.
+    keras_indexed_slices: Callable[..., Any] | None = None
 
 
 # Note [rule references]: one entry per registry rule, the Python side's list
@@ -287,7 +304,8 @@ class Reference(NamedTuple):
 # default hyperparameters are its reference's keyword defaults, Keras' own.
 RULES: dict[str, Reference] = {
     "sgd": Reference(sgd_step, {"momenta": "m"}),
-    "adam": Reference(adam_step, {"m": "m", "v": "v", "vhat": "vhat"}),
+    "adam": Reference(adam_step, {"m": "m", "v": "v", "vhat": "vhat"},
+                      keras_indexed_slices=adam_keras_indexed_slices_step),
     "nadam": Reference(nadam_step, {"m": "m", "v": "v"}, derived={"u_product": nadam_u_product}),
     "adamax": Reference(adamax_step, {"m": "m", "u": "u"}),
     "rmsprop": Reference(rmsprop_step, {"velocity": "velocity", "momenta": "mom",
@@ -317,8 +335,24 @@ def apply_rule(rule: str, var, grad, slots: Mapping[str, Any] | None = None, *, 
     """One step of ``rule``'s reference in the registry's terms: ``slots`` by
     registry slot name (an optional slot may be left out), ``scalars`` by
     registry scalar name (missing ones take their defaults or are derived);
-    ``step`` reaches the rules that take it. Returns ``(var, {slot: array})`` for every slot of the rule (None for an
-    optional slot not given)."""
+    ``step`` reaches the rules that take it. Returns ``(var, {slot: array})``
+    for every slot of the rule (None for an optional slot not given)."""
+    return _apply(rule, RULES[rule].step, (var, grad), slots, step, scalars)
+
+
+def apply_keras_indexed_slices(rule: str, var, grad, grad_sq, slots: Mapping[str, Any] | None = None,
+                               *, step=None, **scalars) -> tuple[Any, dict[str, Any]]:
+    """:func:`apply_rule` for the built-in Keras optimizer's update of an
+    IndexedSlices gradient (``grad``: its rows summed and densified;
+    ``grad_sq``: each row's squared duplicates summed, densified)."""
+    fn = RULES[rule].keras_indexed_slices
+    if fn is None:
+        raise NotImplementedError(f"fusedopt.reference has no reference of Keras' {rule} on "
+                                  f"IndexedSlices gradients")
+    return _apply(rule, fn, (var, grad, grad_sq), slots, step, scalars)
+
+
+def _apply(rule, fn, args, slots, step, scalars):
     ref = RULES[rule]
     slots = dict(slots or {})
     unknown = set(slots) - set(ref.slots)
@@ -332,6 +366,6 @@ def apply_rule(rule: str, var, grad, slots: Mapping[str, Any] | None = None, *, 
     if step is not None and "step" in inspect.signature(ref.step).parameters:
         kwargs["step"] = step
     kwargs.update({ref.slots[name]: value for name, value in slots.items()})
-    out = ref.step(var, grad, **kwargs)
+    out = fn(*args, **kwargs)
     out = out if isinstance(out, tuple) else (out,)
     return out[0], dict(zip(ref.slots, out[1:]))

@@ -31,6 +31,7 @@ import os
 import sys
 from pathlib import Path
 
+from fusedopt.bench.cases import DEFAULT_ALGORITHM
 from fusedopt.bench.shapes import MODELS
 
 # The table suites (fusedopt.bench.runner), run together.
@@ -75,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    f"{', '.join(ALONE_SUITES)}, alone")
     p.add_argument("--algorithms", default=None,
                    help="comma-separated algorithms (registry names) for sizes/many/models "
-                   "(default: adam), or the gpu suite's cases (default: all); 'all' for every one")
+                   f"(default: {DEFAULT_ALGORITHM}), or the gpu suite's cases (default: all); "
+                   "'all' for every one")
     p.add_argument("--dtypes", default=None,
                    help=f"comma-separated: {', '.join(DTYPES)} (default: float32; gpu: "
                    "float32,bfloat16)")
@@ -209,7 +211,7 @@ def _validate_alone(args: argparse.Namespace, suite: str) -> None:
 def _validate_tables(args: argparse.Namespace) -> None:
     from fusedopt.bench.algorithms import ALGORITHMS
 
-    args.algorithms = _names(args.algorithms or "adam", list(ALGORITHMS), "algorithm")
+    args.algorithms = _names(args.algorithms or DEFAULT_ALGORITHM, list(ALGORITHMS), "algorithm")
     args.dtypes = _names(args.dtypes or "float32", DTYPES, "dtype")
     if args.json is None:
         args.json = "fusedopt-bench.json"

@@ -31,18 +31,16 @@ import tensorflow as tf  # noqa: E402
 
 import fusedopt  # noqa: E402
 import fusedopt.ops as fops  # noqa: E402
-from fusedopt.bench import timing  # noqa: E402
-from fusedopt.bench.rules import Skip, require_known  # noqa: E402
+from fusedopt import reference as ref  # noqa: E402
+from fusedopt.bench import cases, timing  # noqa: E402
+from fusedopt.bench.rules import Skip, registry, require_known  # noqa: E402
 
 DEFAULTS = dict(size=16 * 1024 * 1024, repeats=20, warmup=3)
 
-# The registry rules this suite leaves out, and why (every other registry rule
-# must have a pair in build(): checked when it runs).
-SKIPPED = {
-    "schedule_free_adamw": Skip("not in this suite yet"),
-    "muon": Skip("a matrix rule, not an elementwise one"),
-    "muon_momentum": Skip("Muon's momentum stage, a part of the muon rule"),
-}
+# The rules of fusedopt.reference this suite leaves out (its cases are
+# fusedopt.bench.cases.DENSE; the registry's rules are checked when it runs).
+SKIPPED = {rule: Skip("not in this suite yet") for rule in ref.RULES
+           if rule not in {c.rule for c in cases.DENSE}}
 
 
 @dataclass
@@ -65,14 +63,48 @@ def _var(rng, n, positive=False):
     return tf.Variable(np.abs(x) + 0.1 if positive else x)
 
 
+def bytes_per_element(case: cases.DenseCase) -> int:
+    """float32 bytes a step moves per element: var and each slot read and
+    written, grad read (a whole-tensor rule reads var and its slots again)."""
+    accesses = 2 * (1 + len(case.slots)) + 1
+    if ref.RULES[case.rule].whole_tensor:
+        accesses += 1 + len(case.slots)
+    return 4 * accesses
+
+
+def fused_call(case: cases.DenseCase, variables: list, grads: list, slots: dict,
+               step: int | None, **options):
+    """A no-argument call of the case's fusedopt.ops function on the lists
+    ``variables``, ``grads`` and ``slots`` (by registry name)."""
+    fn = getattr(fops, f"apply_{case.rule}")
+    hp = dict(case.hparams)
+    lr = hp.pop("lr")
+    kw = dict(hp, **({"step": step} if step is not None else {}), **options)
+    return lambda: fn(variables, grads, lr, **slots, **kw)
+
+
+def raw_call(case: cases.DenseCase, var, grad, slots: dict, step: int | None):
+    """A no-argument call of TensorFlow's training op for the case (its
+    hyperparameters over the reference's defaults, float32 constants made at
+    each call), or None where TensorFlow has none."""
+    op = cases.raw_op(case.rule, case.slots)
+    if op is None:
+        return None
+    hp = dict(ref.rule_defaults(case.rule), **case.hparams)
+    c = lambda x: tf.constant(x, tf.float32)  # noqa: E731
+    handles = {k: v.handle for k, v in slots.items()}
+    return lambda: op.call(tf.raw_ops, var.handle, grad, handles, scalar=lambda k: c(hp[k]),
+                           power=lambda k: c(hp[k] ** step))
+
+
+def step_of(case: cases.DenseCase) -> int | None:
+    """The step the case's op takes (None: the rule takes none)."""
+    return cases.DENSE_STEP if registry()[case.rule].step else None
+
+
 def build(n: int, rng: np.random.Generator) -> tuple[list[RuleBench], Contender]:
     g = tf.constant(rng.standard_normal(n).astype(np.float32))
-    c = lambda x: tf.constant(x, tf.float32)  # noqa: E731
     benches = []
-
-    def pair(registry, rule, bpe, fused_fn, raw_fn=None):
-        benches.append(RuleBench(registry, rule, bpe, Contender("fusedopt", fused_fn),
-                                 Contender("tf.raw_ops", raw_fn) if raw_fn else None))
 
     # Each contender gets its own variables (same initial values), so neither
     # warms the other's cache lines.
@@ -84,71 +116,19 @@ def build(n: int, rng: np.random.Generator) -> tuple[list[RuleBench], Contender]
             out.append(_var(r, n, i in positive))
         return out
 
-    v, m, s = vars_(3, positive=(2,))
-    rv, rm, rs = vars_(3, positive=(2,))
-    pair("adam", "Adam", 28,
-         lambda: fops.apply_adam([v], [g], 1e-3, m=[m], v=[s], step=10),
-         lambda: tf.raw_ops.ResourceApplyAdam(var=rv.handle, m=rm.handle, v=rs.handle,
-                                              beta1_power=c(0.9**10), beta2_power=c(0.999**10),
-                                              lr=c(1e-3), beta1=c(0.9), beta2=c(0.999),
-                                              epsilon=c(1e-7), grad=g))
-    v2, m2, s2, h2 = vars_(4, positive=(2, 3))
-    rv2, rm2, rs2, rh2 = vars_(4, positive=(2, 3))
-    pair("adam", "AMSGrad", 36,
-         lambda: fops.apply_adam([v2], [g], 1e-3, m=[m2], v=[s2], vhat=[h2], step=10),
-         lambda: tf.raw_ops.ResourceApplyAdamWithAmsgrad(
-             var=rv2.handle, m=rm2.handle, v=rs2.handle, vhat=rh2.handle, beta1_power=c(0.9**10),
-             beta2_power=c(0.999**10), lr=c(1e-3), beta1=c(0.9), beta2=c(0.999), epsilon=c(1e-7),
-             grad=g))
-    v3, m3 = vars_(2)
-    rv3, rm3 = vars_(2)
-    pair("sgd", "SGD momentum", 20,
-         lambda: fops.apply_sgd([v3], [g], 0.01, momenta=[m3], momentum=0.9),
-         lambda: tf.raw_ops.ResourceApplyKerasMomentum(var=rv3.handle, accum=rm3.handle, lr=c(0.01),
-                                                       grad=g, momentum=c(0.9)))
-    v4, ms4, mo4 = vars_(3, positive=(1,))
-    rv4, rms4, rmo4 = vars_(3, positive=(1,))
-    pair("rmsprop", "RMSprop momentum", 28,
-         lambda: fops.apply_rmsprop([v4], [g], 1e-3, velocity=[ms4], momenta=[mo4], momentum=0.9),
-         lambda: tf.raw_ops.ResourceApplyRMSProp(var=rv4.handle, ms=rms4.handle, mom=rmo4.handle,
-                                                 lr=c(1e-3), rho=c(0.9), momentum=c(0.9),
-                                                 epsilon=c(1e-7), grad=g))
-    v5, a5 = vars_(2, positive=(1,))
-    rv5, ra5 = vars_(2, positive=(1,))
-    pair("adagrad", "Adagrad", 20,
-         lambda: fops.apply_adagrad([v5], [g], 1e-3, accumulator=[a5], epsilon=0.0),
-         lambda: tf.raw_ops.ResourceApplyAdagradV2(var=rv5.handle, accum=ra5.handle, lr=c(1e-3),
-                                                   epsilon=c(0.0), grad=g))
-    v6, a6, d6 = vars_(3, positive=(1, 2))
-    rv6, ra6, rd6 = vars_(3, positive=(1, 2))
-    pair("adadelta", "Adadelta", 28,
-         lambda: fops.apply_adadelta([v6], [g], 1.0, accumulated_grad=[a6],
-                                     accumulated_delta_var=[d6]),
-         lambda: tf.raw_ops.ResourceApplyAdadelta(var=rv6.handle, accum=ra6.handle,
-                                                  accum_update=rd6.handle, lr=c(1.0), rho=c(0.95),
-                                                  epsilon=c(1e-7), grad=g))
-    v7, a7, l7 = vars_(3, positive=(1,))
-    rv7, ra7, rl7 = vars_(3, positive=(1,))
-    pair("ftrl", "Ftrl", 28,
-         lambda: fops.apply_ftrl([v7], [g], 1e-3, accumulator=[a7], linear=[l7], l1=0.01, l2=0.01),
-         lambda: tf.raw_ops.ResourceApplyFtrl(var=rv7.handle, accum=ra7.handle, linear=rl7.handle,
-                                              grad=g, lr=c(1e-3), l1=c(0.01), l2=c(0.01),
-                                              lr_power=c(-0.5)))
-    v8, m8, u8 = vars_(3, positive=(2,))
-    rv8, rm8, ru8 = vars_(3, positive=(2,))
-    pair("adamax", "Adamax", 28,
-         lambda: fops.apply_adamax([v8], [g], 1e-3, m=[m8], u=[u8], step=10),
-         lambda: tf.raw_ops.ResourceApplyAdaMax(var=rv8.handle, m=rm8.handle, v=ru8.handle,
-                                                beta1_power=c(0.9**10), lr=c(1e-3), beta1=c(0.9),
-                                                beta2=c(0.999), epsilon=c(1e-7), grad=g))
-    v9, m9, s9 = vars_(3, positive=(2,))
-    pair("nadam", "Nadam", 28,
-         lambda: fops.apply_nadam([v9], [g], 1e-3, m=[m9], v=[s9], step=10, u_product=0.3))
-    v10, m10 = vars_(2)
-    pair("lion", "Lion", 20, lambda: fops.apply_lion([v10], [g], 1e-4, m=[m10]))
-    v11, m11, s11 = vars_(3, positive=(2,))
-    pair("lamb", "LAMB (2 passes)", 40,
-         lambda: fops.apply_lamb([v11], [g], 1e-3, m=[m11], v=[s11], step=10))
+    for case in cases.DENSE:
+        step = step_of(case)
+        positive = tuple(1 + case.slots.index(s) for s in case.positive)
+        v, *fused_slots = vars_(1 + len(case.slots), positive)
+        fused = fused_call(case, [v], [g], {k: [x] for k, x in zip(case.slots, fused_slots)},
+                           step)
+        raw = None
+        if cases.raw_op(case.rule, case.slots) is not None:
+            rv, *raw_slots = vars_(1 + len(case.slots), positive)
+            raw = raw_call(case, rv, g, dict(zip(case.slots, raw_slots)), step)
+        benches.append(RuleBench(case.rule, case.label, bytes_per_element(case),
+                                 Contender("fusedopt", fused),
+                                 Contender("tf.raw_ops", raw) if raw else None))
 
     ta = tf.Variable(rng.standard_normal(n).astype(np.float32))
     tb = tf.constant(rng.standard_normal(n).astype(np.float32))

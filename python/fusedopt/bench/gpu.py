@@ -5,8 +5,8 @@
     only for the suites that need it, never for this one)
 
 Device arrays come from CuPy when it is importable, else PyTorch (bfloat16
-needs PyTorch: CuPy has no bfloat16). For each rule (adam, adamw, sgd with
-momentum, lion, rmsprop, lamb: CASES places every registry rule) and dtype it
+needs PyTorch: CuPy has no bfloat16). For each case (fusedopt.bench.cases.GPU;
+CASES places every registry rule, timed or skipped) and dtype it
 times one ``nat.apply`` step on (a) one tensor of 64M elements, (b) the 214
 trainable tensors of ResNet-50 as Keras builds it (fusedopt.bench.shapes: 53
 convolutions' kernels and biases, 53 batch-norm scales and offsets, the
@@ -15,8 +15,8 @@ mixed sizes, with CUDA events as the clock of fusedopt.bench.timing: 3 warm-up
 steps, then the median of 20 (the events enclose the host call, so Python's
 and the module's per-call cost count).
 
-GB/s is the bytes a step must move (reads + writes per element, e.g. Adam:
-var, m, v read and written, grad read = 7 x element size) over its time; the
+GB/s is the bytes a step must move (reads + writes per element, e.g. for two
+slots: var and both slots read and written, grad read = 7 x element size) over its time; the
 roofline is a device-to-device copy of a 1 GiB buffer (read + write counted),
 and every row shows its fraction of that. With PyTorch present,
 torch.optim's fused and foreach implementations of the same rule run on the
@@ -24,7 +24,7 @@ same sizes and dtype as comparisons.
 
 Before timing, every contender takes one step from a known state and is
 compared with the float64 NumPy reference (fusedopt.reference; sampled
-elements of large tensors, LAMB in full): a contender that fails is marked
+elements of large tensors, whole-tensor rules in full): a contender that fails is marked
 WRONG in the output and not timed.
 
 Progress goes to stderr. Exit status: 0, 1 if a contender was wrong, 2 if
@@ -49,9 +49,10 @@ from typing import Any, Callable
 import numpy as np
 
 from fusedopt import reference as ref
+from fusedopt.bench import cases
 from fusedopt.bench import shapes as model_shapes
 from fusedopt.bench import timing
-from fusedopt.bench.rules import Skip, check_slots, registry, require_known
+from fusedopt.bench.rules import Skip, UnknownRuleError, check_slots, registry, require_known
 
 DTYPE_NAMES = ["float16", "bfloat16", "float32", "float64"]
 ELEM_SIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -396,9 +397,10 @@ class RuleSpec:
     hparams: dict
     slots: list[str]  # the registry slots this configuration uses, in op order
     # Element accesses beyond one read and write of var and of each slot and
-    # one read of grad (LAMB's second pass).
+    # one read of grad (a whole-tensor rule's second pass).
     extra_accesses: int = 0
     options: dict = field(default_factory=dict)
+    torch: cases.TorchOptim | None = None  # torch.optim's implementation, if it has one
 
     @property
     def bytes_per_element(self) -> int:
@@ -411,32 +413,18 @@ class RuleSpec:
         return registry()[self.rule].step
 
 
-# Per registry rule: the cases this suite times, or Skip(why).
+def _spec(case: cases.GpuCase) -> RuleSpec:
+    whole = ref.RULES[case.rule].whole_tensor
+    return RuleSpec(case.name, case.rule, dict(case.hparams), list(case.slots),
+                    extra_accesses=1 + len(case.slots) if whole else 0, torch=case.torch)
+
+
+# Per rule of fusedopt.reference: the cases this suite times, or Skip(why).
 CASES: dict[str, list[RuleSpec] | Skip] = {
-    "adam": [RuleSpec("adam", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8),
-                      ["m", "v"]),
-             RuleSpec("adamw", "adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
-                                            weight_decay=0.01), ["m", "v"])],
-    "sgd": [RuleSpec("sgd_momentum", "sgd", dict(lr=1e-2, momentum=0.9), ["momenta"])],
-    "lion": [RuleSpec("lion", "lion", dict(lr=1e-4, beta_1=0.9, beta_2=0.99), ["m"])],
-    "rmsprop": [RuleSpec("rmsprop", "rmsprop", dict(lr=1e-3, rho=0.9, momentum=0.0,
-                                                    epsilon=1e-7), ["velocity"])],
-    # Two passes: moments (read var, m, v, g; write m, v), then the update
-    # (read var, m, v, g; write var): 10 element accesses.
-    "lamb": [RuleSpec("lamb", "lamb", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-6),
-                      ["m", "v"], extra_accesses=3)],
-    "adagrad": Skip("not in the GPU suite yet"),
-    "adadelta": Skip("not in the GPU suite yet"),
-    "adamax": Skip("not in the GPU suite yet"),
-    "ftrl": Skip("not in the GPU suite yet"),
-    "nadam": Skip("not in the GPU suite yet"),
-    "schedule_free_adamw": Skip("not in the GPU suite yet"),
-    "muon": Skip("a matrix rule, not an elementwise one"),
-    "muon_momentum": Skip("Muon's momentum stage, a part of the muon rule"),
-}
-# The cases by the bench's name, in the table's order.
-RULES: dict[str, RuleSpec] = {spec.name: spec for cases in CASES.values()
-                              if not isinstance(cases, Skip) for spec in cases}
+    rule: [_spec(c) for c in cases.GPU if c.rule == rule] or Skip("not in the GPU suite yet")
+    for rule in ref.RULES}
+# The cases by the bench's name, in fusedopt.bench.cases.GPU's order.
+RULES: dict[str, RuleSpec] = {c.name: _spec(c) for c in cases.GPU}
 
 
 def check_rules() -> None:
@@ -445,6 +433,10 @@ def check_rules() -> None:
     Run before the suite, not at import (importing this module needs no
     fusedopt._native)."""
     require_known(CASES, "fusedopt.bench.gpu.CASES")
+    unknown = {c.rule for c in cases.GPU} - set(CASES)
+    if unknown:
+        raise UnknownRuleError(f"fusedopt.bench.cases.GPU names rules fusedopt.reference does "
+                               f"not know: {sorted(unknown)}")
     for spec in RULES.values():
         check_slots(spec.rule, spec.slots, f"fusedopt.bench.gpu.RULES[{spec.name!r}]")
 
@@ -454,25 +446,8 @@ TOLERANCE = {"float32": 1e-5, "float64": 1e-10, "bfloat16": 2e-2, "float16": 2e-
 
 def reference_step(spec: RuleSpec, var, grad, slots: dict, t: int, torch_semantics: bool = False):
     """One float64 reference step on host arrays: (var, slots)."""
-    hp = dict(spec.hparams)
-    lr, wd = hp.pop("lr"), hp.pop("weight_decay", 0.0)
-    if spec.rule == "adam":
-        v, m, vv, _ = ref.adam_step(var, grad, lr, slots["m"], slots["v"], t, weight_decay=wd, **hp)
-        return v, {"m": m, "v": vv}
-    if spec.rule == "sgd":
-        v, m = ref.sgd_step(var, grad, lr, m=slots["momenta"], momentum=hp["momentum"],
-                            weight_decay=wd)
-        return v, {"momenta": m}
-    if spec.rule == "lion":
-        v, m = ref.lion_step(var, grad, lr, slots["m"], weight_decay=wd, **hp)
-        return v, {"m": m}
-    if spec.rule == "rmsprop":
-        v, vel, _, _ = ref.rmsprop_step(var, grad, lr, slots["velocity"], weight_decay=wd, **hp)
-        return v, {"velocity": vel}
-    if spec.rule == "lamb":
-        v, m, vv = ref.lamb_step(var, grad, lr, slots["m"], slots["v"], t, weight_decay=wd, **hp)
-        return v, {"m": m, "v": vv}
-    raise ValueError(spec.rule)
+    var, new = ref.apply_rule(spec.rule, var, grad, slots, step=t, **spec.hparams)
+    return var, {k: new[k] for k in slots}
 
 
 def _close(got: np.ndarray, want: np.ndarray, tol: float) -> tuple[bool, float]:
@@ -530,7 +505,7 @@ class TorchOptimContender(Contender):
     """torch.optim's implementation (fused or foreach) of the same rule, on
     PyTorch tensors of the same shapes and dtype (its own random values)."""
 
-    checks_slots = False  # torch's slots mean other things (SGD: the buffer is g, not -lr g)
+    checks_slots = False  # torch's slots mean other things (a momentum buffer of g, not -lr g)
 
     def __init__(self, arrays, spec: RuleSpec, impl: str, dtype: str, shapes, seed: int):
         torch = arrays.torch
@@ -541,22 +516,12 @@ class TorchOptimContender(Contender):
         self.params = [torch.nn.Parameter(v) for v in like.vars]
         for p, g in zip(self.params, like.grads):
             p.grad = g
-        hp = spec.hparams
-        kw = {impl: True}
-        if spec.name == "adam":
-            self.opt = torch.optim.Adam(self.params, lr=hp["lr"],
-                                        betas=(hp["beta_1"], hp["beta_2"]), eps=hp["epsilon"], **kw)
-        elif spec.name == "adamw":
-            self.opt = torch.optim.AdamW(self.params, lr=hp["lr"],
-                                         betas=(hp["beta_1"], hp["beta_2"]), eps=hp["epsilon"],
-                                         weight_decay=hp["weight_decay"], **kw)
-        elif spec.name == "sgd_momentum":
-            self.opt = torch.optim.SGD(self.params, lr=hp["lr"], momentum=hp["momentum"], **kw)
-        elif spec.name == "rmsprop":
-            self.opt = torch.optim.RMSprop(self.params, lr=hp["lr"], alpha=hp["rho"],
-                                           eps=hp["epsilon"], **kw)
-        else:
+        if spec.torch is None:
             raise ValueError(f"torch.optim has no {spec.name}")
+        hp = spec.hparams
+        args = {k: tuple(hp[n] for n in v) if isinstance(v, tuple) else hp[v]
+                for k, v in spec.torch.args.items()}
+        self.opt = getattr(torch.optim, spec.torch.cls)(self.params, **args, **{impl: True})
 
     def reset(self) -> None:
         """Back to the initial values and a fresh (zero) optimizer state."""
@@ -575,8 +540,7 @@ class TorchOptimContender(Contender):
 def torch_contenders(arrays, spec: RuleSpec, dtype: str, shapes, seed: int) -> list:
     """torch.optim's fused and foreach versions of the rule, those that exist."""
     out = []
-    if arrays is None or arrays.name != "torch" or spec.name not in (
-            "adam", "adamw", "sgd_momentum", "rmsprop"):
+    if arrays is None or arrays.name != "torch" or spec.torch is None:
         return out
     for impl in ("fused", "foreach"):
         try:
@@ -594,11 +558,11 @@ def validate(contender: Contender, arrays, spec: RuleSpec, dtype: str, rng) -> s
     """One step from the contender's current state (slots zero) against the
     float64 reference: 'ok', or what is wrong."""
     vars_, grads, slots = contender.arrays()
-    lamb = spec.rule == "lamb"
+    whole = ref.RULES[spec.rule].whole_tensor
     idx = []
     for v in vars_:
         n = int(np.prod(tuple(v.shape)))
-        idx.append(None if lamb or n <= 65_536 else np.sort(rng.choice(n, 65_536, replace=False)))
+        idx.append(None if whole or n <= 65_536 else np.sort(rng.choice(n, 65_536, replace=False)))
     before_v = [arrays.gather_f64(v, ix) for v, ix in zip(vars_, idx)]
     before_g = [arrays.gather_f64(g, ix) for g, ix in zip(grads, idx)]
     contender.step(1)

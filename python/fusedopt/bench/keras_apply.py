@@ -1,6 +1,7 @@
-"""Keras-level benchmark: ``optimizer.apply`` of fusedopt.keras.Adam against
-keras.optimizers.Adam, in tf.function without XLA (Keras' CPU default) and
-with XLA (jit_compile=True), float32.
+"""Keras-level benchmark: ``optimizer.apply`` of the fusedopt.keras class of
+fusedopt.bench.cases.KERAS_APPLY_RULE against its Keras built-in, in
+tf.function without XLA (Keras' CPU default) and with XLA (jit_compile=True),
+float32.
 
 Suites: one variable of 16M elements; 200 variables x 10,000 elements.
 
@@ -9,7 +10,7 @@ Two ways of running the steps, both reported:
     in a graph loop, structured as Keras 3's model.fit structures its train
     function (fusedopt.bench.runner.fit_style_loop: under XLA each step is one
     launch of the compiled step). Python's per-call cost is paid once per
-    STEPS_PER_CALL steps. For reference, Keras' Adam is also timed with the
+    STEPS_PER_CALL steps. For reference, the Keras built-in is also timed with the
     whole loop compiled as one XLA cluster, a structure Keras never runs
     (it looks up the variables once per call instead of once per step);
   * one step per call: a tf.function call per step, as model.fit runs with
@@ -36,13 +37,16 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import fusedopt  # noqa: E402
-import fusedopt.keras  # noqa: E402
+from fusedopt.bench import cases  # noqa: E402
+from fusedopt.bench.algorithms import fused_class  # noqa: E402
 from fusedopt.bench.multi import measure  # noqa: E402
 from fusedopt.bench.runner import fit_style_loop  # noqa: E402
 
 STEPS_PER_CALL = 20
 DEFAULTS = dict(repeats=10, warmup=2)
-BASE = "fusedopt.keras.Adam"
+FUSED = fused_class(cases.KERAS_APPLY_RULE)
+BUILTIN = FUSED._fused_builtin()
+BASE = f"fusedopt.keras.{FUSED.__name__}"
 
 
 def contender(cls, shapes, rng, jit: bool, mode: str):
@@ -79,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     info = fusedopt.build_info()
     print(f"fusedopt {info['fusedopt_version']}, TensorFlow {info['tensorflow_running']}, "
-          f"Keras {keras.__version__}, {os.cpu_count()} cores; float32 Adam.apply, per-step median")
-    adam, fused = keras.optimizers.Adam, fusedopt.keras.Adam
+          f"Keras {keras.__version__}, {os.cpu_count()} cores; float32 {BUILTIN.__name__}.apply, "
+          "per-step median")
+    builtin, fused, name_of = BUILTIN, FUSED, BUILTIN.__name__
     results = {}
     for name, shapes in [("1 x 16M", [(16 * 1024 * 1024,)]), ("200 x 10,000", [(10_000,)] * 200)]:
         for mode, label, steps in [("loop", f"in-graph loop, {STEPS_PER_CALL} steps per call",
@@ -88,12 +93,12 @@ def run(args: argparse.Namespace) -> int:
                                    ("per call", "one step per call", 1)]:
             fns = {
                 BASE: contender(fused, shapes, rng, False, mode),
-                "keras.optimizers.Adam": contender(adam, shapes, rng, False, mode),
-                "keras.optimizers.Adam + XLA": contender(adam, shapes, rng, True, mode),
+                f"keras.optimizers.{name_of}": contender(builtin, shapes, rng, False, mode),
+                f"keras.optimizers.{name_of} + XLA": contender(builtin, shapes, rng, True, mode),
             }
             if mode == "loop":
-                fns["keras Adam, whole loop one XLA cluster"] = contender(
-                    adam, shapes, rng, True, "one cluster")
+                fns[f"keras {name_of}, whole loop one XLA cluster"] = contender(
+                    builtin, shapes, rng, True, "one cluster")
             med = {k: v * 1e3 for k, v in
                    measure(fns, args.repeats, args.warmup, f"{name}, {label}", steps).items()}
             results[f"{name}, {label}"] = med

@@ -2,7 +2,7 @@
 tf.function loop of tf.raw_ops (one op per variable), and the cost of fused
 global-norm clipping.
 
-Suites (float32, Adam):
+Suites (float32; the first dense case of fusedopt.bench.cases.MULTI_RULE):
   * 200 variables x 10,000 elements;
   * the trainable-variable shapes of ResNet-50 (keras.applications.ResNet50,
     weights=None: built offline, 214 tensors, ~25.6M parameters).
@@ -30,6 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 import fusedopt  # noqa: E402
 import fusedopt.ops as fops  # noqa: E402
+from fusedopt.bench import cases, dense  # noqa: E402
 from fusedopt.bench import shapes as model_shapes  # noqa: E402
 from fusedopt.bench import timing  # noqa: E402
 
@@ -38,35 +39,45 @@ STEPS_PER_CALL = 20
 DEFAULTS = dict(repeats=20, warmup=3)
 
 
+# The suite's case: its rule's first dense case (hyperparameters, slots, step).
+CASE = next(c for c in cases.DENSE if c.rule == cases.MULTI_RULE)
+
+
 def make_suite(shapes, rng):
     mk = lambda pos=False: [  # noqa: E731
         tf.Variable((np.abs(rng.standard_normal(s)) + 0.1 if pos else rng.standard_normal(s)).astype(np.float32))
         for s in shapes
     ]
     grads = [tf.constant(rng.standard_normal(s).astype(np.float32)) for s in shapes]
-    fv, fm, fs = mk(), mk(), mk(True)
-    cv, cm, cs = mk(), mk(), mk(True)
-    rv, rm, rs = mk(), mk(), mk(True)
-    c = lambda x: tf.constant(x, tf.float32)  # noqa: E731
+
+    def lists():  # the variables, then each slot's list
+        return mk(), {k: mk(k in CASE.positive) for k in CASE.slots}
+
+    step = dense.step_of(CASE)
+    fv, fs = lists()
+    cv, cs = lists()
+    rv, rs = lists()
+    fused_once = dense.fused_call(CASE, fv, grads, fs, step)
+    clip_once = dense.fused_call(CASE, cv, grads, cs, step, global_clipnorm=1.0)
 
     @tf.function
     def fused():
         for _ in tf.range(STEPS_PER_CALL):
-            fops.apply_adam(fv, grads, 1e-3, m=fm, v=fs, step=10)
+            fused_once()
 
     @tf.function
     def fused_clip():
         for _ in tf.range(STEPS_PER_CALL):
-            fops.apply_adam(cv, grads, 1e-3, m=cm, v=cs, step=10, global_clipnorm=1.0)
+            clip_once()
+
+    raws = [dense.raw_call(CASE, v, g, {k: rs[k][i] for k in CASE.slots}, step)
+            for i, (v, g) in enumerate(zip(rv, grads))]
 
     @tf.function
     def raw_loop():
         for _ in tf.range(STEPS_PER_CALL):
-            for v, m, s, g in zip(rv, rm, rs, grads):
-                tf.raw_ops.ResourceApplyAdam(var=v.handle, m=m.handle, v=s.handle,
-                                             beta1_power=c(0.9**10), beta2_power=c(0.999**10),
-                                             lr=c(1e-3), beta1=c(0.9), beta2=c(0.999),
-                                             epsilon=c(1e-7), grad=g)
+            for raw in raws:
+                raw()
 
     total = sum(int(np.prod(s)) for s in shapes)
     ta = tf.Variable(rng.standard_normal(total).astype(np.float32))
@@ -100,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     info = fusedopt.build_info()
     print(f"fusedopt {info['fusedopt_version']}, TensorFlow {info['tensorflow_running']}, "
-          f"CPU kernels {info['cpu_simd_selected']}, {os.cpu_count()} cores; float32 Adam, "
+          f"CPU kernels {info['cpu_simd_selected']}, {os.cpu_count()} cores; float32 "
+          f"{CASE.label}, "
           f"median of {args.repeats} interleaved rounds\n")
     results = {}
     for name, shapes in [("200 x 10,000", [(10_000,)] * 200),
@@ -108,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         fns, total = make_suite(shapes, rng)
         med = measure(fns, args.repeats, args.warmup, name)
         bw = 12 * total / med["triad"] / 1e9
-        gbs = 28 * total / med["fused"] / 1e9
+        gbs = dense.bytes_per_element(CASE) * total / med["fused"] / 1e9
         row = dict(
             tensors=len(shapes), elements=total, fused_ms=med["fused"] * 1e3,
             fused_global_clipnorm_ms=med["fused_global_clipnorm"] * 1e3,

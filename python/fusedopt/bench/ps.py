@@ -11,17 +11,14 @@ loop: the chief (the ``ClusterCoordinator``) schedules the step, a worker runs
 the forward and backward passes, and each variable's update runs on the
 parameter server that holds it.
 
-Contenders, each on its own copy of the model in the same cluster:
-
-* Adam: ``fusedopt.legacy.Adam(sparse_mode="lazy")`` (only the rows in the
-  batch move, as TF Addons' LazyAdam), ``fusedopt.legacy.Adam()`` (the
-  built-in's semantics: every row of m and v decays, every table row moves)
-  and ``tf_keras.optimizers.legacy.Adam``.
-* Adagrad: ``fusedopt.legacy.Adagrad()`` and ``tf_keras.optimizers.legacy.Adagrad``
-  (both lazy: Adagrad's sparse rule touches only the listed rows).
+Contenders, each on its own copy of the model in the same cluster
+(fusedopt.bench.cases.PS_CONTENDERS): per rule, the fusedopt.legacy class with
+``sparse_mode="lazy"`` (only the rows in the batch move, as TF Addons' lazy
+optimizers) or with the built-in's semantics, and the tf_keras legacy
+built-in it is a drop-in for.
 
 Method, as the rest of fusedopt-bench: each contender first takes one step from
-a known state (non-zero moments, so lazy and exact Adam differ) on a known
+a known state (non-zero slots, so the lazy and exact semantics differ) on a known
 batch, and the rows that batch touched, 256 rows it did not, and every dense
 variable (and all their slots) are compared with a float64 reference computed
 on the chief (the gradient by float64 autodiff of the same forward pass, then
@@ -71,7 +68,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fusedopt.bench import timing
+from fusedopt.bench import cases, timing
 
 # ---- the plan -------------------------------------------------------------------
 
@@ -99,22 +96,12 @@ class PSConfig:
                 f"{self.ids} ids, {self.workers} worker{'s' if self.workers > 1 else ''}")
 
 
-# (name, algorithm, semantics of its sparse update, what builds the optimizer)
-# The builders are named, not lambdas, so the plan can be printed.
-CONTENDERS: list[tuple[str, str, str, str]] = [
-    ("fusedopt lazy", "adam", "lazy", "fused_adam_lazy"),
-    ("fusedopt exact", "adam", "exact", "fused_adam"),
-    ("tf_keras", "adam", "exact", "builtin_adam"),
-    ("fusedopt", "adagrad", "lazy", "fused_adagrad"),
-    ("tf_keras", "adagrad", "lazy", "builtin_adagrad"),
-]
-# --inject-wrong: the lazy Adam judged against the exact semantics (the check
-# must reject it).
-INJECTED = ("injected-wrong", "adam", "exact", "fused_adam_lazy")
-BUILTIN = "tf_keras"
+# The contenders (fusedopt.bench.cases: name, rule, semantics of its sparse
+# update, the class and its arguments), and --inject-wrong's.
+CONTENDERS = cases.PS_CONTENDERS
+INJECTED = cases.PS_INJECTED
+BUILTIN = cases.PS_BUILTIN
 
-ADAM = dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7)
-ADAGRAD = dict(learning_rate=0.05, initial_accumulator_value=0.1, epsilon=1e-7)
 HIDDEN = (256, 64)
 CHECK_UNTOUCHED = 256  # rows the check batch does not touch, compared too
 
@@ -366,20 +353,25 @@ class Chief:
         return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels,
                                                                       logits=logits))
 
-    def _optimizer(self, builder: str):
-        import tf_keras
-
+    @staticmethod
+    def _fused_class(rule: str) -> type:
+        """The first fusedopt.legacy class whose FusedCall runs ``rule``."""
         import fusedopt.legacy as fl
 
-        return {
-            "fused_adam_lazy": lambda: fl.Adam(**ADAM, sparse_mode="lazy"),
-            "fused_adam": lambda: fl.Adam(**ADAM),
-            "builtin_adam": lambda: tf_keras.optimizers.legacy.Adam(**ADAM),
-            "fused_adagrad": lambda: fl.Adagrad(**ADAGRAD),
-            "builtin_adagrad": lambda: tf_keras.optimizers.legacy.Adagrad(**ADAGRAD),
-        }[builder]()
+        return next(getattr(fl, n) for n in fl.__all__
+                    if getattr(getattr(fl, n), "_fused_call", None) is not None
+                    and getattr(fl, n)._fused_call.rule == rule)
 
-    def build(self, key: str, algorithm: str, builder: str) -> dict[str, Any]:
+    def _optimizer(self, contender: cases.PsContender):
+        cls = self._fused_class(contender.rule)
+        kwargs = dict(cases.PS_CONFIGS[contender.rule])
+        if contender.builtin:
+            cls = cls._fused_builtin()
+        elif contender.sparse_mode is not None:
+            kwargs["sparse_mode"] = contender.sparse_mode
+        return cls(**kwargs)
+
+    def build(self, key: str, contender: cases.PsContender) -> dict[str, Any]:
         """A fresh model and optimizer; slots set to a non-zero state."""
         tf, cfg = self.tf, self.cfg
         index = len(self.models)
@@ -402,20 +394,29 @@ class Chief:
             for layer, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
                 dense.append(tf.Variable(dense_init((a, b), 2 * layer + 1), name=f"w{layer}"))
                 dense.append(tf.Variable(dense_init((b,), 2 * layer + 2), name=f"b{layer}"))
-            opt = self._optimizer(builder)
+            opt = self._optimizer(contender)
             variables = list(table.variables) + dense
             opt._create_all_weights(variables)
-        slot_names = ["m", "v"] if algorithm == "adam" else ["accumulator"]
-        # Non-zero starting moments (so the check tells lazy from exact Adam),
-        # drawn on each slot's own server.
+        algorithm = contender.rule
+        # The optimizer's slot of each registry slot it uses (its fused class's
+        # FusedCall, whose conditions the optimizer answers).
+        registry_slots = {}
+        for op_slot, source in self._fused_class(algorithm)._fused_call.slots.items():
+            name, condition = source if isinstance(source, tuple) else (source, None)
+            if condition is None or condition(opt):
+                registry_slots[name] = op_slot
+        slot_names = list(registry_slots)
+        positive = cases.positive_slots(algorithm)
+        # Non-zero starting slots (so the check tells the lazy semantics from the
+        # exact ones), drawn on each slot's own server.
         for i, var in enumerate(variables):
             for j, name in enumerate(slot_names):
                 slot = opt.get_slot(var, name)
                 with tf.device(slot.device):
                     z = tf.random.stateless_normal(slot.shape, [seed + 100 + i, j])
-                    slot.assign(0.1 * z if name == "m" else 0.1 + tf.abs(z))
+                    slot.assign(0.1 + tf.abs(z) if registry_slots[name] in positive else 0.1 * z)
         model = dict(table=table, dense=dense, variables=variables, opt=opt,
-                     slot_names=slot_names, algorithm=algorithm)
+                     slot_names=slot_names, registry_slots=registry_slots, algorithm=algorithm)
         model["step"] = self._train_fn(model, "full")
         self.models[key] = model
         return model
@@ -522,25 +523,27 @@ class Chief:
                      **{s: model["opt"].get_slot(v, s).numpy().astype(np.float64)
                         for s in model["slot_names"]}) for v in model["dense"]]
 
-    def _rule(self, algorithm, var, grad, slots, step):
-        """The float64 reference of one update (tf_keras' legacy formulas)."""
+    def _rule(self, model, var, grad, slots, step):
+        """The float64 reference of one update (tf_keras' legacy formulas: the
+        forms its fused class sets)."""
         from fusedopt import reference as ref
 
         f = lambda x: float(self.np.float32(x))  # noqa: E731  (hyperparameters as float32)
-        if algorithm == "adam":
-            var, m, v, _ = ref.adam_step(var, grad, f(ADAM["learning_rate"]), slots["m"],
-                                         slots["v"], step, beta_1=f(ADAM["beta_1"]),
-                                         beta_2=f(ADAM["beta_2"]), epsilon=f(ADAM["epsilon"]))
-            return var, dict(m=m, v=v)
-        var, acc = ref.adagrad_step(var, grad, f(ADAGRAD["learning_rate"]), slots["accumulator"],
-                                    epsilon=f(ADAGRAD["epsilon"]), epsilon_outside_sqrt=True)
-        return var, dict(accumulator=acc)
+        rule, to_registry = model["algorithm"], model["registry_slots"]
+        defaults = ref.rule_defaults(rule)
+        config = cases.PS_CONFIGS[rule]
+        hp = {k: f(v) for k, v in config.items() if k in defaults}
+        forms = {k: v for k, v in self._fused_class(rule)._fused_call.flags.items()
+                 if k in defaults}
+        var, new = ref.apply_rule(rule, var, grad, {to_registry[k]: v for k, v in slots.items()},
+                                  step=step, lr=f(config["learning_rate"]), **hp, **forms)
+        return var, {k: new[to_registry[k]] for k in slots}
 
     @staticmethod
     def _compare(np, got, want, before) -> tuple[int, int, float]:
         """(bad, total, worst): values off by more than 1e-4 of the largest
         change in the array plus 2e-6 of their size. Deltas, not values, are
-        compared: a lazy Adagrad step moves a row by ~1e-5."""
+        compared: a lazy step moves a row by as little as ~1e-5."""
         moved = float(np.max(np.abs(want - before))) if want.size else 0.0
         err = np.abs(got - want)
         tol = 1e-4 * moved + 2e-6 * np.abs(want) + 1e-12
@@ -577,7 +580,7 @@ class Chief:
             sel = np.isin(rows, touched)
         else:  # exact: every row, the untouched ones with a zero gradient
             sel = np.ones(len(rows), bool)
-        var, slots = self._rule(model["algorithm"], before["var"][sel], g_rows[sel],
+        var, slots = self._rule(model, before["var"][sel], g_rows[sel],
                                 {s: before[s][sel] for s in model["slot_names"]}, step)
         want["var"][sel] = var
         for s in model["slot_names"]:
@@ -597,7 +600,7 @@ class Chief:
             if b:
                 problems.append(f"table {name}")
         for i, (d_before, d_after, g) in enumerate(zip(before_dense, after_dense, grads[1:])):
-            var, slots = self._rule(model["algorithm"], d_before["var"], g.numpy(),
+            var, slots = self._rule(model, d_before["var"], g.numpy(),
                                     {s: d_before[s] for s in model["slot_names"]}, step)
             for name, value in [("var", var), *slots.items()]:
                 b, t, w = self._compare(np, d_after[name], value, d_before[name])
@@ -618,10 +621,11 @@ class Chief:
         plan = list(CONTENDERS) + ([INJECTED] if cfg.inject_wrong else [])
         results: list[dict[str, Any]] = []
         timed: dict[str, Callable[[], float]] = {}
-        for name, algorithm, semantics, builder in plan:
+        for contender in plan:
+            name, algorithm, semantics = contender.name, contender.rule, contender.semantics
             key = f"{algorithm}/{name}"
             _say(f"building {name} ({algorithm}): {cfg.rows:,} x {cfg.dim} table")
-            model = self.build(key, algorithm, builder)
+            model = self.build(key, contender)
             status = self.check(key, semantics) if cfg.check else "skipped"
             _say(f"check {name} ({algorithm}): {status}")
             results.append(dict(name=name, algorithm=algorithm, semantics=semantics, kind="step",
@@ -639,7 +643,7 @@ class Chief:
                                 elements=int(self.np.prod(model["table"].variables[0].shape))))
             timed[f"{algorithm}/{split}"] = self._called(update)
         # The step's parts, on the first contender's model (the same shapes for all).
-        base = self.models[f"{plan[0][1]}/{plan[0][0]}"]
+        base = self.models[f"{plan[0].rule}/{plan[0].name}"]
         for mode, label in [("empty", "split: empty closure"), ("lookup", "split: lookup only"),
                             ("no_update", "split: step without update")]:
             results.append(dict(name=label, algorithm="-", semantics="-", kind="split",

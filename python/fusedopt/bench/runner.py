@@ -44,6 +44,7 @@ from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import fusedopt.ops as fops  # noqa: E402
+from fusedopt.bench import cases  # noqa: E402
 from fusedopt.bench import shapes as model_shapes  # noqa: E402
 from fusedopt.bench import timing  # noqa: E402
 from fusedopt.bench.algorithms import ALGORITHMS, Algorithm  # noqa: E402
@@ -225,7 +226,7 @@ class Case:
                 total += want.size
                 if want.size:
                     worst = max(worst, float(np.max(np.abs(got - want) / (np.abs(want) + scale))))
-        # sign() in Lion can flip on exact-tie elements at float32 rounding: allow a
+        # A rule's sign() can flip on exact-tie elements at float32 rounding: allow a
         # vanishing fraction of mismatches, never a systematic error.
         if bad > max(0, total * 1e-5):
             return f"WRONG: {bad} of {total} values off (max rel err {worst:.1e})"
@@ -233,11 +234,12 @@ class Case:
 
 
 class SparseCase:
-    """Adam on one embedding table with an IndexedSlices gradient of `k` rows
-    (with duplicates): fusedopt exact and lazy, Keras' built-in, roofline."""
+    """The sparse suite's rule (fusedopt.bench.cases.SPARSE_RULE) on one
+    embedding table with an IndexedSlices gradient of `k` rows (with
+    duplicates): fusedopt exact and lazy, Keras' built-in, roofline."""
 
     def __init__(self, rows: int, dim: int, k: int, rng, xla: bool, inject_wrong: bool):
-        self.algo = ALGORITHMS["adam"]
+        self.algo = algo = ALGORITHMS[cases.SPARSE_RULE]
         self.dtype, self.shapes = "float32", [(rows, dim)]
         self.elements = rows * dim
         self.init = rng.standard_normal((rows, dim)).astype(np.float32)
@@ -247,21 +249,26 @@ class SparseCase:
         self.vals = rng.standard_normal((k, dim)).astype(np.float32)
         self.grad = tf.IndexedSlices(tf.constant(self.vals), tf.constant(self.idx),
                                      tf.constant([rows, dim], tf.int64))
-        self.bytes = 28 * self.elements  # exact mode and the built-in touch the whole table
-        self.lazy_bytes = 28 * len(np.unique(self.idx)) * dim
-        # Non-zero starting moments, the same for every contender, so the
-        # check tells the exact and lazy semantics apart (from zero moments,
-        # rows without a gradient would not move in either).
-        self.m0 = (0.1 * rng.standard_normal((rows, dim))).astype(np.float32)
-        self.v0 = (0.1 + np.abs(rng.standard_normal((rows, dim)))).astype(np.float32)
+        # Exact mode and the built-in touch the whole table.
+        self.bytes = algo.bytes_per_element * self.elements
+        self.lazy_bytes = algo.bytes_per_element * len(np.unique(self.idx)) * dim
+        # Non-zero starting slots, the same for every contender, so the check
+        # tells the exact and lazy semantics apart (from zero moments, rows
+        # without a gradient would not move in either).
+        positive = cases.positive_slots(algo.name)
+        self.slots0 = {
+            name: ((0.1 + np.abs(rng.standard_normal((rows, dim)))) if name in positive
+                   else 0.1 * rng.standard_normal((rows, dim))).astype(np.float32)
+            for name in algo.slot_names}
         self.k = tf.constant(int(max(1, min(50, 2e9 // self.bytes))))
         self.contenders: dict[str, dict[str, Any]] = {}
+        fused, builtin = algo.fused_cls, algo.keras_cls
         for name, cls, cfg, jit in [
-            ("fusedopt exact", fk_adam(), dict(sparse_mode="exact"), False),
-            ("fusedopt lazy", fk_adam(), dict(sparse_mode="lazy"), False),
-            ("keras", keras.optimizers.Adam, {}, False),
-        ] + ([("keras+XLA", keras.optimizers.Adam, {}, True)] if xla else []) + (
-                [("injected-wrong", fk_adam(), dict(sparse_mode="lazy"), False)]
+            ("fusedopt exact", fused, dict(sparse_mode="exact"), False),
+            ("fusedopt lazy", fused, dict(sparse_mode="lazy"), False),
+            ("keras", builtin, {}, False),
+        ] + ([("keras+XLA", builtin, {}, True)] if xla else []) + (
+                [("injected-wrong", fused, dict(sparse_mode="lazy"), False)]
                 if inject_wrong else []):
             self._add(name, cls, cfg, jit)
         n = max(1, self.bytes // 12)
@@ -276,10 +283,10 @@ class SparseCase:
 
     def _add(self, name, cls, cfg, jit):
         var = keras.Variable(self.init)
-        opt = cls(learning_rate=1e-3, **cfg)
+        opt = cls(**self.algo.config, **cfg)
         opt.build([var])
-        opt._momentums[0].assign(self.m0)
-        opt._velocities[0].assign(self.v0)
+        for slot, attr in self.algo.slot_attrs.items():
+            getattr(opt, attr)[0].assign(self.slots0[slot])
         grad = self.grad
         if name == "injected-wrong":  # the lazy op applied to the exact mode's question
             name_check = "exact"
@@ -295,9 +302,10 @@ class SparseCase:
             return "n/a"
         from fusedopt import reference as ref
 
+        algo = self.algo
         var0 = c["var"].numpy().astype(np.float64)
-        m0 = c["opt"]._momentums[0].numpy().astype(np.float64)
-        v0 = c["opt"]._velocities[0].numpy().astype(np.float64)
+        slots0 = {slot: getattr(c["opt"], attr)[0].numpy().astype(np.float64)
+                  for slot, attr in algo.slot_attrs.items()}
         c["step"]()
         rows = np.unique(self.idx)
         summed = np.zeros((len(rows), self.vals.shape[1]))
@@ -306,33 +314,26 @@ class SparseCase:
         np.add.at(summed, pos, self.vals.astype(np.float64))
         np.add.at(sq, pos, self.vals.astype(np.float64) ** 2)
         f = lambda x: float(np.float32(x))  # noqa: E731
-        lr, b1, b2, eps = f(1e-3), f(0.9), f(0.999), f(1e-7)
+        hp = dict(lr=f(algo.config["learning_rate"]), **{k: f(v) for k, v in algo.hparams.items()})
         want = var0.copy()
         if c["semantics"] == "lazy":
-            want[rows], _, _, _ = ref.adam_step(var0[rows], summed, lr, m0[rows], v0[rows], 1,
-                                                beta_1=b1, beta_2=b2, epsilon=eps)
+            want[rows], _ = ref.apply_rule(algo.name, var0[rows], summed,
+                                           {k: v[rows] for k, v in slots0.items()}, step=1, **hp)
         else:
             dense = np.zeros_like(var0)
             dense[rows] = summed
             if c["semantics"] == "exact":
-                want, _, _, _ = ref.adam_step(var0, dense, lr, m0, v0, 1, beta_1=b1, beta_2=b2,
-                                              epsilon=eps)
+                want, _ = ref.apply_rule(algo.name, var0, dense, slots0, step=1, **hp)
             else:
-                # Keras' built-in on IndexedSlices: m sees the summed rows, v the
-                # sum of the squared duplicates (it squares before densifying).
+                # Keras' built-in on IndexedSlices (e.g. squaring the slices
+                # before their duplicates are summed).
                 dense_sq = np.zeros_like(var0)
                 dense_sq[rows] = sq
-                m = m0 + (dense - m0) * (1 - b1)
-                v = v0 + (dense_sq - v0) * (1 - b2)
-                alpha = lr * np.sqrt(1 - b2) / (1 - b1)
-                want = var0 - m * alpha / (np.sqrt(v) + eps)
+                want, _ = ref.apply_keras_indexed_slices(algo.name, var0, dense, dense_sq, slots0,
+                                                         step=1, **hp)
         got = c["var"].numpy().astype(np.float64)
         bad = int(np.sum(np.abs(got - want) > 1e-5 * (np.abs(want) + 1.0)))
         return "ok" if bad == 0 else f"WRONG: {bad} of {got.size} values off"
-
-
-def fk_adam():
-    return ALGORITHMS["adam"].fused_cls
 
 
 def run_sparse_case(label: str, case: SparseCase, args, rows_out: list[Row]) -> None:
@@ -341,7 +342,7 @@ def run_sparse_case(label: str, case: SparseCase, args, rows_out: list[Row]) -> 
     times = time_contenders(case, timed, args.repeats, args.warmup)
     med = timing.medians(times)
     for name in case.contenders:
-        row = Row(suite="sparse", case=label, algorithm="adam", dtype="float32", tensors=1,
+        row = Row(suite="sparse", case=label, algorithm=case.algo.name, dtype="float32", tensors=1,
                   elements=case.elements, contender=name, check=status[name],
                   extra=dict(gradient_rows=len(case.idx), unique_rows=int(len(np.unique(case.idx)))))
         if name in med:
@@ -489,16 +490,17 @@ def _fit_checks(losses: dict[str, list[float]]) -> dict[str, str]:
 
 
 def run_fit(args, rows: list[Row]) -> None:
-    """model.fit step time, Adam: fusedopt and Keras, each without and with
+    """model.fit step time of the fit suite's rule (fusedopt.bench.cases.FIT_RULE):
+    fusedopt and Keras, each without and with
     jit_compile, one model each, trained one epoch at a time in --repeats
     interleaved rounds after --warmup epochs. The check compares each loss
     curve with Keras' (after the run): fusedopt's must be identical (the fused
-    Adam gives Keras' numbers bit for bit), or at most within the tolerance
+    optimizer gives Keras' numbers bit for bit), or at most within the tolerance
     measured from Keras vs Keras + XLA (10x its largest relative difference,
     at least 1e-7), which the check states; the two XLA contenders (whose
     forward and backward passes XLA compiles) within _XLA_CHECK_RTOL of Keras';
     a wrong update is far off."""
-    fused, builtin = ALGORITHMS["adam"].fused_cls, ALGORITHMS["adam"].keras_cls
+    fused, builtin = ALGORITHMS[cases.FIT_RULE].fused_cls, ALGORITHMS[cases.FIT_RULE].keras_cls
     contenders = [("fusedopt", lambda: fused(1e-3), False), ("keras", lambda: builtin(1e-3), False)]
     if args.xla:
         contenders.append(("fusedopt+XLA", lambda: fused(1e-3), True))
@@ -533,7 +535,7 @@ def run_fit(args, rows: list[Row]) -> None:
         checks = _fit_checks(losses)
         for name in models:
             same = not checks[name].startswith("WRONG")
-            rows.append(Row(suite="fit", case=label, algorithm="adam", dtype="float32",
+            rows.append(Row(suite="fit", case=label, algorithm=cases.FIT_RULE, dtype="float32",
                             tensors=len(weights), elements=elements, contender=name,
                             check=checks[name],
                             ms=ms[name] if same else None,

@@ -30,5 +30,5 @@ __all__ = list(_optimizers.__all__)
 
 __doc__ += "\n" + _textwrap.fill(  # noqa: A001
     f"Classes: {', '.join(__all__)}. Those without a tf_keras legacy built-in ("
-    + ", ".join(n for n in __all__ if issubclass(globals()[n], _optimizers._NewOptimizer))
+    + ", ".join(n for n in __all__ if globals()[n]._fused_builtin() is None)
     + ") follow Keras 3's update rules with OptimizerV2's conventions.", 79) + "\n"

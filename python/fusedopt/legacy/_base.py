@@ -78,6 +78,11 @@ class FusedCall(NamedTuple):
     flags: Mapping[str, Any] = {}
     sparse_form: bool = False
 
+    @property
+    def rule(self) -> str:
+        """The registry's name of the rule the call runs (``apply_<rule>``)."""
+        return self.op[len("apply_"):]
+
 
 class FusedLegacyMixin:
     """Mixin placed before an OptimizerV2 class.
@@ -116,6 +121,13 @@ class FusedLegacyMixin:
 
     # The class's op call (FusedCall); None: _fused_update is its own.
     _fused_call: FusedCall | None = None
+
+    @classmethod
+    def _fused_builtin(cls) -> type | None:
+        """The tf_keras legacy built-in this class is a drop-in for; None for a
+        class without one (a new OptimizerV2 class)."""
+        builtin = next(b for b in cls.__mro__[1:] if b.__module__.startswith("tf_keras"))
+        return None if builtin is optimizer_v2.OptimizerV2 else builtin
 
     def _fused_call_for(self, options: dict[str, Any]) -> FusedCall:
         """The op call for a group with these options (a class whose sparse form
