@@ -8,8 +8,34 @@
 
 namespace fusedopt {
 
-std::vector<Item> DenseItems(const Operands& ops, int elem_bytes) {
+std::vector<Item> DenseItems(const Operands& ops, int elem_bytes, StateFormat format) {
   std::vector<Item> items;
+  if (format == StateFormat::kInt8) {
+    // Note [quantization blocks]: an item never splits a block. Rows of at
+    // least a chunk are cut at multiples of kChunkElements (a multiple of
+    // kQuantBlock); shorter rows are grouped, whole, up to a chunk.
+    for (int t = 0; t < ops.n; ++t) {
+      const QuantLayout& l = ops.layouts[t];
+      const char* g = static_cast<const char*>(ops.grads[t]);
+      auto add = [&](int64_t begin, int64_t length) {
+        items.push_back(Item{t, begin, g + begin * elem_bytes, length});
+      };
+      if (l.row_size == 0 || l.rows == 0) continue;
+      if (l.row_size >= cpu::kChunkElements) {
+        for (int64_t r = 0; r < l.rows; ++r) {
+          for (int64_t c = 0; c < l.row_size; c += cpu::kChunkElements) {
+            add(r * l.row_size + c, std::min(cpu::kChunkElements, l.row_size - c));
+          }
+        }
+      } else {
+        const int64_t per = cpu::kChunkElements / l.row_size;
+        for (int64_t r = 0; r < l.rows; r += per) {
+          add(r * l.row_size, std::min(per, l.rows - r) * l.row_size);
+        }
+      }
+    }
+    return items;
+  }
   for (const cpu::Chunk& c : cpu::PlanChunks(ops.sizes)) {
     items.push_back(Item{c.tensor, c.begin,
                          static_cast<const char*>(ops.grads[c.tensor]) + c.begin * elem_bytes,
@@ -26,13 +52,43 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
   for (size_t k = 0; k < items.size(); ++k) {
     chunks.push_back(cpu::Chunk{static_cast<int32_t>(k), 0, items[k].length});
   }
+  const int slot_bytes = SlotElemBytes(plan.state_format, elem_bytes);
   auto pointers = [&](const Item& it, void** var, std::array<void*, kMaxSlots>* slots) {
-    const int64_t off = it.offset * elem_bytes;
-    *var = static_cast<char*>(ops.vars[it.tensor]) + off;
+    *var = static_cast<char*>(ops.vars[it.tensor]) + it.offset * elem_bytes;
     for (int k = 0; k < ops.num_slots; ++k) {
-      (*slots)[k] = static_cast<char*>(ops.slots[it.tensor][k]) + off;
+      (*slots)[k] = static_cast<char*>(ops.slots[it.tensor][k]) + it.offset * slot_bytes;
     }
   };
+  if (plan.LowPrecision()) {
+    // Note [low-precision state]: Keras' forms only (no rsqrt forms, no TF
+    // forms), the gradient transform always applied (identity without one).
+    const cpu::KernelTable& table = cpu::SelectedKernels();
+    const cpu::StateElementwiseFn fn = table.StateElementwise(
+        rule, dt, plan.variant, plan.state_format, plan.stochastic_weights, plan.Decays());
+    const int bytes = elem_bytes * 3 + 2 * slot_bytes * ops.num_slots;
+    pfor(chunks, bytes, [&](const cpu::Chunk& c) {
+      const Item& it = items[c.tensor];
+      void* var;
+      std::array<void*, kMaxSlots> slots{};
+      pointers(it, &var, &slots);
+      cpu::StateArgs sa;
+      sa.seed = plan.rounding_seed;
+      sa.tensor = it.tensor;
+      sa.offset = it.offset;
+      if (plan.state_format == StateFormat::kInt8) {
+        const QuantLayout& l = ops.layouts[it.tensor];
+        sa.row_size = l.row_size;
+        const int64_t first_block =
+            (it.offset / l.row_size) * l.BlocksPerRow() + (it.offset % l.row_size) / kQuantBlock;
+        for (int k = 0; k < ops.num_slots; ++k) sa.absmax[k] = ops.absmax[it.tensor][k] + first_block;
+      }
+      const bool rank0 = ops.IsRank0(it.tensor);
+      const GradXform gx =
+          ops.transform ? ops.xforms[it.tensor] : GradXform{1.0, HUGE_VAL};
+      fn(plan.For(rank0), gx, sa, var, slots.data(), it.grad, 0, it.length);
+    });
+    return;
+  }
   const cpu::KernelTable& table = cpu::SelectedKernels();
   const bool decay = plan.Decays();
   const int bytes = elem_bytes * (3 + 2 * ops.num_slots);
@@ -40,7 +96,7 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
     auto fn = [&](int variant) {
       return table.Elementwise(rule, dt, variant, decay, ops.transform);
     };
-    if (plan.rsqrt_stride == 0) {
+    if (!plan.rsqrt_forms) {
       pfor(chunks, bytes, [&](const cpu::Chunk& c) {
         const Item& it = items[c.tensor];
         void* var;
@@ -61,8 +117,8 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
       std::array<void*, kMaxSlots> slots{};
       pointers(it, &var, &slots);
       const int variant = plan.VariantFor(ops.IsRank0(it.tensor));
-      const cpu::ElementwiseFn packet = fn(variant + plan.rsqrt_stride * kPacketRsqrt);
-      const cpu::ElementwiseFn scalar = fn(variant + plan.rsqrt_stride * kScalarRsqrt);
+      const cpu::ElementwiseFn packet = fn(WithRsqrtForm(rule, variant, kPacketRsqrt));
+      const cpu::ElementwiseFn scalar = fn(WithRsqrtForm(rule, variant, kScalarRsqrt));
       const int64_t n = ops.sizes[it.tensor];
       const int64_t split = std::clamp<int64_t>(n - n % kTfRsqrtPacket - it.offset, 0, it.length);
       const Coeffs& co = plan.For(ops.IsRank0(it.tensor));
@@ -189,13 +245,16 @@ bool PrepareGradOptionsCpu(const ParallelFor& pfor, const GradOptions& options, 
 void PlanSparseItems(int i, bool exact, int64_t rows, int64_t row_size,
                      const std::vector<int64_t>& unique_rows, const char* compact,
                      const char* zeros, int64_t zero_elements, int elem_bytes,
-                     std::vector<Item>* items) {
+                     std::vector<Item>* items, bool whole_rows) {
   if (row_size == 0) return;
   const int64_t max_len = std::max<int64_t>(cpu::kChunkElements, row_size);
+  // whole_rows: items of whole rows (kInt8 state, Note [quantization
+  // blocks]); every run is rows long and each limit is at least a row.
+  auto rows_of = [&](int64_t limit) { return whole_rows ? limit / row_size * row_size : limit; };
   auto emit = [&](int64_t offset, const char* grad, int64_t length, bool zero) {
     // Zero-gradient runs restart at the buffer's start; gradient runs advance.
     for (int64_t done = 0; done < length;) {
-      const int64_t limit = zero ? zero_elements : max_len;
+      const int64_t limit = rows_of(zero ? zero_elements : max_len);
       const int64_t len = std::min(length - done, limit);
       items->push_back(Item{i, offset + done, zero ? zeros : grad + done * elem_bytes, len});
       done += len;

@@ -37,6 +37,10 @@ struct Operands {
   std::vector<int64_t> sizes;                       // [n]
   std::vector<GradXform> xforms;                    // [n]
   std::vector<char> rank0;                          // [n]: a scalar variable
+  // Low-precision state, kInt8 (Note [quantization blocks]): each slot's
+  // absmax array [n][num_slots] and each variable's layout [n].
+  std::vector<std::array<float*, kMaxSlots>> absmax;
+  std::vector<QuantLayout> layouts;
   bool transform = false;
   bool IsRank0(int i) const { return !rank0.empty() && rank0[i] != 0; }
 };
@@ -50,8 +54,16 @@ struct Item {
   int64_t length;
 };
 
-// The dense calls' items: fixed-size chunks (Note [chunks]) of every tensor.
-std::vector<Item> DenseItems(const Operands& ops, int elem_bytes);
+// The dense calls' items: fixed-size chunks (Note [chunks]) of every tensor;
+// with kInt8 state, chunks of whole quantization blocks (a row's blocks, or
+// whole rows).
+std::vector<Item> DenseItems(const Operands& ops, int elem_bytes,
+                             StateFormat format = StateFormat::kSame);
+
+// Bytes per element of a slot in `format` for variables of elem_bytes.
+inline int SlotElemBytes(StateFormat format, int elem_bytes) {
+  return format == StateFormat::kSame ? elem_bytes : (format == StateFormat::kBFloat16 ? 2 : 1);
+}
 
 // Runs a call's items: an elementwise rule in one pass, or LAMB's two passes
 // with per-item partial norms combined per tensor in item order (Note
@@ -169,7 +181,7 @@ void SumRows(const S* src, int64_t row_size, const std::vector<int64_t>& order,
 void PlanSparseItems(int i, bool exact, int64_t rows, int64_t row_size,
                      const std::vector<int64_t>& unique_rows, const char* compact,
                      const char* zeros, int64_t zero_elements, int elem_bytes,
-                     std::vector<Item>* items);
+                     std::vector<Item>* items, bool whole_rows = false);
 
 // Elements of the shared zero gradient exact sparse calls need.
 inline int64_t SparseZeroElements(int64_t max_row_size) {

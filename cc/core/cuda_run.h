@@ -41,7 +41,9 @@ inline int RunElementwiseCuda(const Operands& ops, const Plan& plan, Rule rule, 
     }
     if (vars.empty()) continue;
     const int err = fusedopt_cuda_elementwise_multi(
-        static_cast<int>(rule), dt, plan.VariantFor(rank0 == 1) + plan.rsqrt_stride * kPacketRsqrt,
+        static_cast<int>(rule), dt,
+        plan.rsqrt_forms ? WithRsqrtForm(rule, plan.VariantFor(rank0 == 1), kPacketRsqrt)
+                         : plan.VariantFor(rank0 == 1),
         decay ? 1 : 0, plan.For(rank0 == 1).c, ops.transform ? 1 : 0,
         static_cast<int>(vars.size()), vars.data(), slots.data(), grads.data(), sizes.data(),
         scales.data(), clips.data(), stream);

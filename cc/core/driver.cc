@@ -178,6 +178,9 @@ CallStatus FormsThenPrepare(const CallHooks& h, const Plan& plan, Operands* ops,
     }
   }
   if (h.prepare_for_write) RETURN_IF_ERROR(h.prepare_for_write(ops));
+  if (plan.state_format == StateFormat::kInt8 && static_cast<int>(ops->absmax.size()) != ops->n) {
+    return CallStatus{CallStatus::kInternal, "int8 state without its absmax operands"};
+  }
   return CallStatus{};
 }
 
@@ -194,7 +197,7 @@ CallStatus RunDenseCpu(const CallDesc& d, const Plan& plan, Operands* ops, const
     forms.run();
     return CallStatus{};
   }
-  RunItemsCpu(h.pfor, DenseItems(*ops, eb), *ops, plan, InfoOf(d.rule).two_pass, d.rule, d.dt, eb,
+  RunItemsCpu(h.pfor, DenseItems(*ops, eb, plan.state_format), *ops, plan, InfoOf(d.rule).two_pass, d.rule, d.dt, eb,
               forms.lamb_norms);
   return CallStatus{};
 }
@@ -296,7 +299,8 @@ CallStatus RunSparseCpu(const CallDesc& d, const Plan& plan, Operands* ops, cons
   std::vector<Item> items;
   for (int i = 0; i < n; ++i) {
     PlanSparseItems(i, sp.exact, sp.rows[i], sp.row_sizes[i], unique[i], compact[i].data(),
-                    zero_elements > 0 ? zeros.data() : nullptr, zero_elements, eb, &items);
+                    zero_elements > 0 ? zeros.data() : nullptr, zero_elements, eb, &items,
+                    plan.state_format == StateFormat::kInt8);
   }
   if (info.two_pass) {
     // LAMB's norms read whole tensors.
@@ -334,6 +338,9 @@ CallStatus RunSparse(const CallDesc& d, const Plan& plan, Operands* ops, const S
     return CallStatus{CallStatus::kUnavailable,
                       "sparse updates run on the CPU only for now (GPU sparse kernels: issue #15)"};
   }
+  if (plan.state_format == StateFormat::kInt8 && static_cast<int>(ops->layouts.size()) != ops->n) {
+    return CallStatus{CallStatus::kInternal, "int8 state without its layouts"};
+  }
   return RunSparseCpu(d, plan, ops, sp, hooks, skipped);
 }
 
@@ -347,6 +354,14 @@ CallStatus RunSparseCall(const CallDesc& d, const Plan& plan, Operands* ops, con
 CallStatus RunDenseCall(const CallDesc& d, const Plan& plan, Operands* ops, const CallHooks& hooks,
                         bool* skipped) {
   *skipped = false;
+  if (plan.LowPrecision() && d.device != CallDevice::kCpu) {
+    return CallStatus{CallStatus::kUnavailable,
+                      "low-precision state (state_format, stochastic_rounding) has CPU kernels "
+                      "only so far; nothing was updated"};
+  }
+  if (plan.state_format == StateFormat::kInt8 && static_cast<int>(ops->layouts.size()) != ops->n) {
+    return CallStatus{CallStatus::kInternal, "int8 state without its layouts"};
+  }
   return Guard([&]() -> CallStatus {
     if (d.device == CallDevice::kCpu) return RunDenseCpu(d, plan, ops, hooks, skipped);
 #if defined(FUSEDOPT_WITH_CUDA)

@@ -22,7 +22,12 @@ bool RuleByName(const std::string& name, Rule* rule);
 // rank-0 variables, which Grappler's MinimizeBroadcasts leaves in Keras'
 // written form (Note [Grappler form]). Returns "" or what is wrong with the
 // input (an invalid-argument message, nothing has been written).
-std::string MakeCallPlan(Rule rule, const PlanInput& in, bool rank0_plan, Plan* plan);
+// dt: the variables' DType index (low-precision state takes float32 and
+// bfloat16; -1 skips that check).
+std::string MakeCallPlan(Rule rule, const PlanInput& in, bool rank0_plan, Plan* plan,
+                         int dt = -1);
+// "same", "bfloat16", "int8".
+const char* StateFormatName(StateFormat f);
 
 }  // namespace fusedopt
 

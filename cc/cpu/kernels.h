@@ -20,7 +20,7 @@ namespace fusedopt {
 namespace cpu {
 
 // One elementwise rule over [begin, end) of one tensor. var, slots[k] and
-// grad point at element 0 of their tensors; slots holds Rule::Slots(variant)
+// grad point at element 0 of their tensors; slots holds SlotsOf<Rule>(variant)
 // pointers in the rule's slot order. gx is used by the table entries with the
 // transform flag set (Note [gradient transform]).
 using ElementwiseFn = void (*)(const Coeffs& c, const GradXform& gx, void* var, void* const* slots,
@@ -69,6 +69,30 @@ using AdafactorVFn = void (*)(const AdafactorCoeffs& c, const void* grad, void* 
 using AdafactorUpdateFn = void (*)(const AdafactorCoeffs& c, void* var, const void* grad,
                                    const void* v, int64_t begin, int64_t end);
 
+// Low-precision state (Note [low-precision state] in cc/rules/state_format.h):
+// one item of a call whose slots are bfloat16 or int8, or whose bfloat16
+// variables round stochastically. var, slots and grad point at the item's
+// first element, which is element `offset` of tensor `tensor`; the loop runs
+// elements [begin, end) of the item. kInt8 items start at a block start and
+// end at a block end (Note [quantization blocks]); absmax[k] points at the
+// absmax of slot k's first block of the item.
+struct StateArgs {
+  uint64_t seed = 0;    // the call's rounding seed (the step folded in)
+  int tensor = 0;       // the tensor's position in the call
+  int64_t offset = 0;
+  int64_t row_size = 0;  // kInt8: QuantLayout::row_size
+  float* absmax[kMaxSlots] = {nullptr, nullptr, nullptr};
+};
+using StateElementwiseFn = void (*)(const Coeffs& c, const GradXform& gx, const StateArgs& sa,
+                                    void* var, void* const* slots, const void* grad,
+                                    int64_t begin, int64_t end);
+// The variables' dtypes low-precision state takes: float32 and bfloat16.
+inline int StateDTypeIndex(int dt) {
+  return dt == static_cast<int>(DType::kFloat32) ? 0
+         : dt == static_cast<int>(DType::kBFloat16) ? 1
+                                                     : -1;
+}
+
 // Bandwidth probe for benchmarks: a[i] = a[i] * s + b[i] (float32, in place).
 using TriadFn = void (*)(float* a, const float* b, float s, int64_t begin, int64_t end);
 
@@ -84,11 +108,25 @@ struct KernelTable {
   AdafactorVFn adafactor_v[kNumDTypes];
   AdafactorUpdateFn adafactor_update[kNumDTypes][2];  // [dtype][decay]
   TriadFn triad;
+  // [kStateVariantOffsets[rule] + variant][StateDTypeIndex][StateFormat]
+  // [stochastic weights][decay]: the rules with low-precision state
+  // (registry.h), their Keras variants; read through StateElementwise(). The
+  // gradient transform always runs (identity without one).
+  StateElementwiseFn state_elementwise[kNumStateTableVariants][2][kNumStateFormats][2][2];
 
   // The loop of `rule`'s variant (null: no such variant, or an internal one).
   ElementwiseFn Elementwise(Rule rule, int dt, int variant, bool decay, bool transform) const {
     if (variant < 0 || variant >= NumVariants(rule)) return nullptr;
     return elementwise[kVariantOffsets.at[static_cast<int>(rule)] + variant][dt][decay][transform];
+  }
+  // The low-precision-state loop (null: the rule, variant, dtype or
+  // combination has none).
+  StateElementwiseFn StateElementwise(Rule rule, int dt, int variant, StateFormat format,
+                                      bool stochastic_weights, bool decay) const {
+    const int d = StateDTypeIndex(dt);
+    if (d < 0 || variant < 0 || variant >= NumStateVariants(rule)) return nullptr;
+    return state_elementwise[kStateVariantOffsets.at[static_cast<int>(rule)] + variant][d]
+                            [static_cast<int>(format)][stochastic_weights][decay];
   }
 };
 

@@ -44,7 +44,7 @@ template <typename Rule, typename T, int V, bool D, bool X>
 void Elementwise(const Coeffs& hc, const GradXform& gx, void* var_p, void* const* slots,
                  const void* grad_p, int64_t begin, int64_t end) {
   using M = opmath_t<T>;
-  constexpr int K = Rule::Slots(V);
+  constexpr int K = SlotsOf<Rule>(V);
   const LocalCoeffs<M> lc(hc);
   const M* c = lc.c;
   const M gscale = static_cast<M>(gx.scale);
@@ -88,11 +88,9 @@ void ElementwisePacketRsqrt(const Coeffs& hc, const GradXform& gx, void* var_p,
                             void* const* slots, const void* grad_p, int64_t begin, int64_t end) {
   using M = opmath_t<T>;
   static_assert(std::is_same_v<M, float>);
-  constexpr int kStride = Rule::kRsqrtStride;
-  constexpr int kBase = V - kStride * kPacketRsqrt;
-  constexpr int kProbe = kBase + kStride * kProbeRsqrt;
-  constexpr int kInjected = kBase + kStride * kInjectedRsqrt;
-  constexpr int K = Rule::Slots(V);
+  constexpr int kProbe = WithRsqrtFormOf<Rule>(V, kProbeRsqrt);
+  constexpr int kInjected = WithRsqrtFormOf<Rule>(V, kInjectedRsqrt);
+  constexpr int K = SlotsOf<Rule>(V);
   constexpr int kBlock = 256;
   const LocalCoeffs<M> lc(hc);
   const M* c = lc.c;
@@ -127,16 +125,12 @@ void ElementwisePacketRsqrt(const Coeffs& hc, const GradXform& gx, void* var_p,
 
 // The loop for variant V of Rule: the blocked one for the packet rsqrt form
 // on float opmath, the plain one otherwise.
-template <typename Rule, typename = void>
-struct HasRsqrtForms : std::false_type {};
-template <typename Rule>
-struct HasRsqrtForms<Rule, std::void_t<decltype(Rule::kRsqrtStride)>> : std::true_type {};
 
 template <typename Rule, typename T, int V, bool D, bool X>
 constexpr ElementwiseFn LoopFor() {
 #if defined(FUSEDOPT_HAVE_SSE_RSQRT)
   if constexpr (HasRsqrtForms<Rule>::value && std::is_same_v<opmath_t<T>, float>) {
-    if constexpr (V / Rule::kRsqrtStride == kPacketRsqrt) {
+    if constexpr (Rule::Variant::At(V).rsqrt == kPacketRsqrt) {
       return &ElementwisePacketRsqrt<Rule, T, V, D, X>;
     }
   }
@@ -364,16 +358,219 @@ void Triad(float* __restrict a, const float* __restrict b, float s, int64_t begi
   for (int64_t i = begin; i < end; ++i) a[i] = a[i] * s + b[i];
 }
 
+// ---- Low-precision state (Note [low-precision state]) -------------------------
+
+// A slot's storage type in format F for variables of type T.
+template <StateFormat F, typename T>
+using SlotStorage = std::conditional_t<F == StateFormat::kSame, T,
+                                       std::conditional_t<F == StateFormat::kBFloat16, BFloat16,
+                                                          uint8_t>>;
+
+// Stores an updated variable element: stochastically rounded (W, bfloat16
+// variables: hash B's high bits) or to nearest.
+template <typename T, bool W>
+inline T StoreVar(opmath_t<T> v, uint32_t key_b, int64_t idx) {
+  if constexpr (W) {
+    static_assert(std::is_same_v<T, BFloat16>, "stochastic weights are bfloat16");
+    return StochasticBFloat16(v, VarRoundingBits(RoundingBits(key_b, idx)));
+  } else {
+    return Store<T>(v);
+  }
+}
+
+// Formats kSame (with W) and kBFloat16: element by element.
+template <typename Rule, typename T, int V, bool D, StateFormat F, bool W>
+void StateElementwise(const Coeffs& hc, const GradXform& gx, const StateArgs& sa, void* var_p,
+                      void* const* slots, const void* grad_p, int64_t begin, int64_t end) {
+  static_assert(F != StateFormat::kInt8);
+  using M = opmath_t<T>;
+  using S = SlotStorage<F, T>;
+  constexpr int K = SlotsOf<Rule>(V);
+  const LocalCoeffs<M> lc(hc);
+  const M* c = lc.c;
+  const M gscale = static_cast<M>(gx.scale);
+  const M gclip = static_cast<M>(gx.clip_value);
+  T* __restrict var = static_cast<T*>(var_p);
+  const T* __restrict grad = static_cast<const T*>(grad_p);
+  S* __restrict s0 = SlotPtr<S>(slots, 0, K);
+  S* __restrict s1 = SlotPtr<S>(slots, 1, K);
+  S* __restrict s2 = SlotPtr<S>(slots, 2, K);
+  // Keys per 2^32 elements (RoundingKey); a chunk never straddles 2^32.
+  const uint32_t hi = static_cast<uint32_t>(static_cast<uint64_t>(sa.offset + begin) >> 32);
+  const uint32_t ka = RoundingKey(sa.seed, sa.tensor, kStreamA, hi);
+  const uint32_t kb = RoundingKey(sa.seed, sa.tensor, kStreamB, hi);
+  constexpr bool kSr = F == StateFormat::kBFloat16;
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t idx = sa.offset + i;
+    M v = Load(var[i]);
+    if constexpr (D) v = Decay(c, v);
+    M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
+    if constexpr (K > 0) s[0] = Load(s0[i]);
+    if constexpr (K > 1) s[1] = Load(s1[i]);
+    if constexpr (K > 2) s[2] = Load(s2[i]);
+    const M g = TransformGrad(Load(grad[i]), gscale, gclip);
+    Rule::template Apply<V>(c, v, s, g);
+    // Hash A only with slot 0 or 1 rounded, B with slot 2 or the variable.
+    const uint32_t ha = (kSr && K > 0) ? RoundingBits(ka, idx) : 0u;
+    const uint32_t hb = ((kSr && K > 2) || W) ? RoundingBits(kb, idx) : 0u;
+    if constexpr (W) {
+      var[i] = StochasticBFloat16(v, VarRoundingBits(hb));
+    } else {
+      var[i] = Store<T>(v);
+    }
+    if constexpr (kSr) {
+      if constexpr (K > 0) s0[i] = StochasticBFloat16(s[0], SlotRoundingBits(0, ha, hb));
+      if constexpr (K > 1) s1[i] = StochasticBFloat16(s[1], SlotRoundingBits(1, ha, hb));
+      if constexpr (K > 2) s2[i] = StochasticBFloat16(s[2], SlotRoundingBits(2, ha, hb));
+    } else {
+      if constexpr (K > 0) s0[i] = Store<T>(s[0]);
+      if constexpr (K > 1) s1[i] = Store<T>(s[1]);
+      if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+    }
+  }
+}
+
+template <typename Rule, int k>
+constexpr bool kNonNeg = ((Rule::kNonNegSlots >> k) & 1u) != 0;
+
+// Decodes one block of codes into values (decode(code) * absmax).
+template <bool Unsigned>
+inline void DecodeBlock(const uint8_t* __restrict codes, int n, float absmax,
+                        float* __restrict buf) {
+  for (int j = 0; j < n; ++j) buf[j] = DecodeCode<Unsigned>(codes[j]) * absmax;
+}
+
+// Encodes one block of values (buf) with its new absmax, the largest |value|
+// (NaN if any is NaN).
+template <bool Unsigned>
+inline void EncodeBlock(const float* __restrict buf, uint8_t* __restrict codes, int n,
+                        float* absmax) {
+  uint32_t max_bits = 0;
+  for (int j = 0; j < n; ++j) max_bits = std::max(max_bits, AbsOrderBits(buf[j]));
+  const float amax = BitsFloat(max_bits);
+  const float inv = EncodeScale(amax);
+  for (int j = 0; j < n; ++j) codes[j] = EncodeCode<Unsigned>(buf[j] * inv);
+  *absmax = amax;
+}
+
+// Format kInt8: block by block; a block's new values wait in buf until its
+// absmax is known.
+template <typename Rule, typename T, int V, bool D, bool W>
+void StateElementwiseInt8(const Coeffs& hc, const GradXform& gx, const StateArgs& sa,
+                          void* var_p, void* const* slots, const void* grad_p, int64_t begin,
+                          int64_t end) {
+  using M = opmath_t<T>;
+  static_assert(std::is_same_v<M, float>);
+  constexpr int K = SlotsOf<Rule>(V);
+  const LocalCoeffs<M> lc(hc);
+  const M* c = lc.c;
+  const M gscale = static_cast<M>(gx.scale);
+  const M gclip = static_cast<M>(gx.clip_value);
+  T* __restrict var = static_cast<T*>(var_p);
+  const T* __restrict grad = static_cast<const T*>(grad_p);
+  uint8_t* __restrict q0 = SlotPtr<uint8_t>(slots, 0, K);
+  uint8_t* __restrict q1 = SlotPtr<uint8_t>(slots, 1, K);
+  uint8_t* __restrict q2 = SlotPtr<uint8_t>(slots, 2, K);
+  const uint32_t hi = static_cast<uint32_t>(static_cast<uint64_t>(sa.offset + begin) >> 32);
+  const uint32_t kb = RoundingKey(sa.seed, sa.tensor, kStreamB, hi);
+  alignas(64) float b0[kQuantBlock], b1[kQuantBlock], b2[kQuantBlock];
+  // The item starts at a block start: find the first block of [begin, end).
+  int64_t block = 0;
+  int64_t i = 0;
+  while (i < begin) {  // callers pass begin 0; stay correct otherwise
+    const int64_t col = (sa.offset + i) % sa.row_size;
+    i += std::min<int64_t>(kQuantBlock, sa.row_size - col);
+    ++block;
+  }
+  for (; i < end; ++block) {
+    const int64_t col = (sa.offset + i) % sa.row_size;
+    const int n = static_cast<int>(std::min<int64_t>({kQuantBlock, sa.row_size - col, end - i}));
+    // Three passes over the block, each a loop that vectorizes, the block's
+    // values in L1 between them: decode, update, then absmax and encode.
+    if constexpr (K > 0) DecodeBlock<kNonNeg<Rule, 0>>(q0 + i, n, sa.absmax[0][block], b0);
+    if constexpr (K > 1) DecodeBlock<kNonNeg<Rule, 1>>(q1 + i, n, sa.absmax[1][block], b1);
+    if constexpr (K > 2) DecodeBlock<kNonNeg<Rule, 2>>(q2 + i, n, sa.absmax[2][block], b2);
+    T* __restrict vb = var + i;
+    const T* __restrict gb = grad + i;
+    for (int j = 0; j < n; ++j) {
+      M v = Load(vb[j]);
+      if constexpr (D) v = Decay(c, v);
+      M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
+      if constexpr (K > 0) s[0] = b0[j];
+      if constexpr (K > 1) s[1] = b1[j];
+      if constexpr (K > 2) s[2] = b2[j];
+      const M g = TransformGrad(Load(gb[j]), gscale, gclip);
+      Rule::template Apply<V>(c, v, s, g);
+      vb[j] = StoreVar<T, W>(v, kb, sa.offset + i + j);
+      if constexpr (K > 0) b0[j] = s[0];
+      if constexpr (K > 1) b1[j] = s[1];
+      if constexpr (K > 2) b2[j] = s[2];
+    }
+    if constexpr (K > 0) EncodeBlock<kNonNeg<Rule, 0>>(b0, q0 + i, n, &sa.absmax[0][block]);
+    if constexpr (K > 1) EncodeBlock<kNonNeg<Rule, 1>>(b1, q1 + i, n, &sa.absmax[1][block]);
+    if constexpr (K > 2) EncodeBlock<kNonNeg<Rule, 2>>(b2, q2 + i, n, &sa.absmax[2][block]);
+    i += n;
+  }
+}
+
+template <typename Rule, typename T, int V, bool D, StateFormat F, bool W>
+constexpr StateElementwiseFn StateLoopFor() {
+  if constexpr (F == StateFormat::kInt8) {
+    return &StateElementwiseInt8<Rule, T, V, D, W>;
+  } else {
+    return &StateElementwise<Rule, T, V, D, F, W>;
+  }
+}
+
+// Fills the state rows of every state variant of Rule: float32 variables
+// with bfloat16 or int8 state, bfloat16 variables with any state, rounded to
+// nearest or stochastically.
+template <typename Rule, int V>
+void FillStateVariants(StateElementwiseFn (*rows)[2][kNumStateFormats][2][2]) {
+  if constexpr (V < NumStateVariantsOf<Rule>::value) {
+    constexpr int kBf16 = static_cast<int>(StateFormat::kBFloat16);
+    constexpr int kInt8 = static_cast<int>(StateFormat::kInt8);
+    constexpr int kSame = static_cast<int>(StateFormat::kSame);
+    auto& f32 = rows[V][0];
+    auto& bf16 = rows[V][1];
+    for (int d = 0; d < 2; ++d) {
+      f32[kBf16][0][d] = d ? StateLoopFor<Rule, float, V, true, StateFormat::kBFloat16, false>()
+                           : StateLoopFor<Rule, float, V, false, StateFormat::kBFloat16, false>();
+      f32[kInt8][0][d] = d ? StateLoopFor<Rule, float, V, true, StateFormat::kInt8, false>()
+                           : StateLoopFor<Rule, float, V, false, StateFormat::kInt8, false>();
+    }
+#define FUSEDOPT_BF16_STATE(F, W)                                                           \
+  bf16[static_cast<int>(F)][W][0] = StateLoopFor<Rule, BFloat16, V, false, F, W>();         \
+  bf16[static_cast<int>(F)][W][1] = StateLoopFor<Rule, BFloat16, V, true, F, W>();
+    FUSEDOPT_BF16_STATE(StateFormat::kSame, true)
+    FUSEDOPT_BF16_STATE(StateFormat::kBFloat16, false)
+    FUSEDOPT_BF16_STATE(StateFormat::kBFloat16, true)
+    FUSEDOPT_BF16_STATE(StateFormat::kInt8, false)
+    FUSEDOPT_BF16_STATE(StateFormat::kInt8, true)
+#undef FUSEDOPT_BF16_STATE
+    (void)kSame;
+    FillStateVariants<Rule, V + 1>(rows);
+  }
+}
+
+template <Rule R>
+void FillStateRule(KernelTable& t) {
+  using S = typename RuleStruct<R>::type;
+  if constexpr (NumStateVariantsOf<S>::value > 0) {
+    static_assert(NumStateVariantsOf<S>::value <= S::Variant::kCount);
+    FillStateVariants<S, 0>(&t.state_elementwise[kStateVariantOffsets.at[static_cast<int>(R)]]);
+  }
+}
+
 // Fills rows[V][d] for every variant V of Rule (rows: the rule's first row).
 template <typename Rule, typename T, int V>
 void FillVariants(ElementwiseFn (*rows)[kNumDTypes][2][2], int d) {
-  if constexpr (V < Rule::kNumVariants) {
-    if constexpr (!InternalVariant<Rule>::Is(V)) {
-      rows[V][d][0][0] = LoopFor<Rule, T, V, false, false>();
-      rows[V][d][0][1] = LoopFor<Rule, T, V, false, true>();
-      rows[V][d][1][0] = LoopFor<Rule, T, V, true, false>();
-      rows[V][d][1][1] = LoopFor<Rule, T, V, true, true>();
-    }
+  if constexpr (V < Rule::Variant::kCount) {
+    static_assert(Rule::Variant::At(V).Index() == V, "Variant::At and Index disagree");
+    rows[V][d][0][0] = LoopFor<Rule, T, V, false, false>();
+    rows[V][d][0][1] = LoopFor<Rule, T, V, false, true>();
+    rows[V][d][1][0] = LoopFor<Rule, T, V, true, false>();
+    rows[V][d][1][1] = LoopFor<Rule, T, V, true, true>();
     FillVariants<Rule, T, V + 1>(rows, d);
   }
 }
@@ -382,7 +579,7 @@ template <Rule R>
 void FillRule(KernelTable& t) {
   using S = typename RuleStruct<R>::type;
   if constexpr (!IsTwoPass<S>::value) {
-    static_assert(S::kNumVariants == NumVariants(R));
+    static_assert(S::Variant::kCount == NumVariants(R));
     auto* rows = &t.elementwise[kVariantOffsets.at[static_cast<int>(R)]];
     FillVariants<S, Half, 0>(rows, static_cast<int>(DType::kFloat16));
     FillVariants<S, BFloat16, 0>(rows, static_cast<int>(DType::kBFloat16));
@@ -410,7 +607,9 @@ void FillLamb(KernelTable& t, DType d) {
 KernelTable MakeTable() {
   KernelTable t{};
   t.isa = FUSEDOPT_STR(FUSEDOPT_ISA);
-#define FUSEDOPT_FILL_RULE(ID, ...) FillRule<Rule::ID>(t);
+#define FUSEDOPT_FILL_RULE(ID, ...) \
+  FillRule<Rule::ID>(t);            \
+  FillStateRule<Rule::ID>(t);
   FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_FILL_RULE)
 #undef FUSEDOPT_FILL_RULE
   FillLamb<Half>(t, DType::kFloat16);

@@ -82,7 +82,7 @@ __global__ void __launch_bounds__(kThreads)
     MultiTensorKernel(const __grid_constant__ MtParams p, const OpCoeffs<opmath_t<T>> oc,
                       const int64_t total_chunks) {
   using M = opmath_t<T>;
-  constexpr int K = Rule::Slots(V);
+  constexpr int K = SlotsOf<Rule>(V);
   constexpr int VE = VecElems<T>();
   constexpr int64_t kChunk = ChunkElems<T>();
   for (int64_t c = blockIdx.x; c < total_chunks; c += gridDim.x) {
@@ -158,7 +158,7 @@ int MultiTensorGrid(int64_t total_chunks);
 template <typename Rule, typename T, int V, bool D, bool X>
 int LaunchMulti(const LaunchArgs& a) {
   using M = opmath_t<T>;
-  constexpr int K = Rule::Slots(V);
+  constexpr int K = SlotsOf<Rule>(V);
   const OpCoeffs<M> oc = OpCoeffs<M>::From(a.c);
   MtParams p;
   p.count = 0;
@@ -210,10 +210,8 @@ int LaunchVariant(const LaunchArgs& a) {
 
 template <typename Rule, typename T, int V = 0>
 int LaunchDtype(int variant, const LaunchArgs& a) {
-  if constexpr (V < Rule::kNumVariants) {
-    if constexpr (!InternalVariant<Rule>::Is(V)) {
-      if (variant == V) return LaunchVariant<Rule, T, V>(a);
-    }
+  if constexpr (V < Rule::Variant::kCount) {
+    if (variant == V) return LaunchVariant<Rule, T, V>(a);
     return LaunchDtype<Rule, T, V + 1>(variant, a);
   } else {
     return static_cast<int>(cudaErrorInvalidValue);

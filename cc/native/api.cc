@@ -516,7 +516,7 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   Plan plan;
   GradOptions options;
   RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/false, /*strict=*/true, &plan, &options));
-  plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
+  plan.rsqrt_forms = false;  // Keras' sparse updates are other ops: no rsqrt form
   const Rule rule = static_cast<Rule>(call->rule);
   if (sp == nullptr) return Invalid("the sparse description must not be NULL");
   CallDesc d;

@@ -85,7 +85,7 @@ inline Coeffs Sgd(double lr, double momentum, double weight_decay, bool grappler
 //   alpha = lr * sqrt(1 - cast(b2)^t) / (1 - cast(b1)^t)   (in S)
 //   m += (g - m) * (1 - b1)                                 (1 - b1 in double)
 //
-// tf_keras_sparse (AdamRule::kTfKerasSparse, Note [tf_keras sparse forms]):
+// tf_keras_sparse (AdamRule::Variant::kTfKerasSparse, Note [tf_keras sparse forms]):
 // tf_keras' legacy Adam._prepare_local, with the betas as it hands them
 // over (its float32 hyperparameters cast to S, used as given):
 //   lr = lr_t * (sqrt(1 - b2^t) / (1 - b1^t)); one_minus_beta_1_t = 1 - b1
@@ -120,7 +120,7 @@ inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_de
 //   as the variable dtype sees it.
 // schedule_decay: tf_keras' legacy Nadam raises 0.96 to schedule_decay * t
 // (0.004 * t); 1 (Keras 3) raises it to t itself.
-// tf_form (tf_keras' legacy Nadam, NadamRule variant 1): the same
+// tf_form (tf_keras' legacy Nadam, NadamRule's tf_training_op variant): the same
 // coefficients plus the cast betas themselves (beta_2 in the place of the
 // weight decay's learning rate: that form takes no decay).
 template <typename S = double>
@@ -295,7 +295,7 @@ inline Coeffs Lamb(double lr, double b1, double b2, double eps, double weight_de
 // turns divisions by constants (warmup_steps, beta_1) into multiplications by
 // their reciprocals; minimize_broadcasts (Grappler's arithmetic optimizer, not
 // for rank-0 variables) also folds the weight decay and
-// (1 - w) * (1 / beta_1) (ScheduleFreeRule, variant 1).
+// (1 - w) * (1 / beta_1) (ScheduleFreeRule's kMinimizeBroadcasts form).
 template <typename S = double>
 inline Coeffs ScheduleFree(double lr, double b1, double b2, double eps, double warmup_steps,
                            double weight_decay, int64_t step, bool constant_folding,
@@ -358,7 +358,10 @@ inline std::string Of(SgdRule, const PlanInput& in, Plan* p) {
   if (in.attrs.nesterov && !in.slot_given[0]) {
     return "nesterov=True needs momentum slots (momenta is empty)";
   }
-  p->variant = !in.slot_given[0] ? 0 : (in.attrs.nesterov ? 2 : 1);
+  SgdRule::Variant v;
+  v.momentum = in.slot_given[0];
+  v.nesterov = in.attrs.nesterov;
+  p->variant = v.Index();
   p->coeffs = FUSEDOPT_COEFFS(in, Sgd, s[0], s[1], s[2], in.MinimizeBroadcasts());
   return "";
 }
@@ -379,10 +382,13 @@ inline std::string Of(AdamRule, const PlanInput& in, Plan* p) {
   if (tf_keras_sparse && s[4] != 0) {
     return Msg("tf_training_op_form (tf_keras' legacy Adam) takes no weight_decay, got ", s[4]);
   }
-  p->variant = (in.slot_given[2] ? 1 : 0) +
-               (!tf_keras_sparse ? 0
-                : in.grappler_form ? AdamRule::kTfKerasSparseGrappler
-                                   : AdamRule::kTfKerasSparse);
+  using V = AdamRule::Variant;
+  V v;
+  v.amsgrad = in.slot_given[2];
+  v.form = !tf_keras_sparse ? V::kKeras
+           : in.grappler_form ? V::kTfKerasSparseGrappler
+                              : V::kTfKerasSparse;
+  p->variant = v.Index();
   p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step,
                               in.MinimizeBroadcasts(), tf_keras_sparse);
   return "";
@@ -398,7 +404,9 @@ inline std::string Of(NadamRule, const PlanInput& in, Plan* p) {
     if (s[4] != 0) {
       return Msg("tf_training_op_form (tf_keras' legacy Nadam) takes no weight_decay, got ", s[4]);
     }
-    p->variant = 1;
+    NadamRule::Variant v;
+    v.tf_training_op = true;
+    p->variant = v.Index();
   }
   p->coeffs = FUSEDOPT_COEFFS(in, Nadam, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
                               in.attrs.schedule_decay, in.MinimizeBroadcasts(),
@@ -408,8 +416,12 @@ inline std::string Of(NadamRule, const PlanInput& in, Plan* p) {
 
 inline std::string Of(AdamaxRule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
-  p->variant = TfKerasSparse(in) ? AdamaxRule::kTfKerasSparse
-                                 : (in.attrs.tf_training_op_form ? 1 : 0);
+  using V = AdamaxRule::Variant;
+  V v;
+  v.form = TfKerasSparse(in) ? V::kTfKerasSparse
+           : in.attrs.tf_training_op_form ? V::kTfOp
+                                          : V::kKeras;
+  p->variant = v.Index();
   p->coeffs = FUSEDOPT_COEFFS(in, Adamax, s[0], s[1], s[2], s[3], s[4], in.step,
                               in.MinimizeBroadcasts());
   return "";
@@ -418,7 +430,11 @@ inline std::string Of(AdamaxRule, const PlanInput& in, Plan* p) {
 inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
-  p->variant = (in.slot_given[1] ? 1 : 0) | (in.slot_given[2] ? 2 : 0);
+  using V = RmspropRule::Variant;
+  V v;
+  v.momentum = in.slot_given[1];
+  v.centered = in.slot_given[2];
+  p->variant = v.Index();
   if (TfKerasSparse(in) && !in.slot_given[1]) {
     // tf_keras' legacy sparse RMSprop without momentum: its own ops. (With
     // momentum it calls ResourceSparseApply(Centered)RMSProp, the dense
@@ -429,7 +445,10 @@ inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
       return "the sparse tf_training_op_form of rmsprop is tf_keras' legacy RMSprop "
              "without momentum (epsilon_outside_sqrt, no momenta)";
     }
-    if (in.grappler_form) p->variant += RmspropRule::kTfKerasSparseGrappler;
+    if (in.grappler_form) {
+      v.form = V::kTfKerasSparseGrappler;
+      p->variant = v.Index();
+    }
     p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], true, mb);
     return "";
   }
@@ -437,9 +456,10 @@ inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
     if (in.attrs.epsilon_outside_sqrt) {
       return "tf_training_op_form and epsilon_outside_sqrt exclude each other";
     }
-    p->variant += RmspropRule::kTfOpBase;
+    v.form = V::kTfOp;
+    p->variant = v.Index();
   } else if (in.grappler_form && !in.attrs.epsilon_outside_sqrt) {
-    p->rsqrt_stride = RmspropRule::kRsqrtStride;
+    p->rsqrt_forms = true;
   }
   p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4],
                               in.attrs.epsilon_outside_sqrt, mb);
@@ -448,9 +468,7 @@ inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
 
 inline std::string Of(AdagradRule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
-  if (in.grappler_form && !in.attrs.epsilon_outside_sqrt) {
-    p->rsqrt_stride = AdagradRule::kRsqrtStride;
-  }
+  p->rsqrt_forms = in.grappler_form && !in.attrs.epsilon_outside_sqrt;
   p->coeffs = FUSEDOPT_COEFFS(in, Adagrad, s[0], s[1], s[2], in.attrs.epsilon_outside_sqrt,
                               in.MinimizeBroadcasts());
   return "";
@@ -458,12 +476,11 @@ inline std::string Of(AdagradRule, const PlanInput& in, Plan* p) {
 
 inline std::string Of(AdadeltaRule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
-  if (in.attrs.tf_training_op_form) {
-    p->variant = 1;  // TF's op always divides through its Rsqrt
-    p->rsqrt_stride = AdadeltaRule::kRsqrtStride;
-  } else if (in.grappler_form) {
-    p->rsqrt_stride = AdadeltaRule::kRsqrtStride;
-  }
+  AdadeltaRule::Variant v;
+  v.tf_op = in.attrs.tf_training_op_form;
+  p->variant = v.Index();
+  // TF's op always divides through its Rsqrt.
+  p->rsqrt_forms = in.attrs.tf_training_op_form || in.grappler_form;
   p->coeffs = FUSEDOPT_COEFFS(in, Adadelta, s[0], s[1], s[2], s[3], in.MinimizeBroadcasts());
   return "";
 }
@@ -477,7 +494,9 @@ inline std::string Of(FtrlRule, const PlanInput& in, Plan* p) {
   }
   if (s[0] <= 0) return Msg("Ftrl needs lr > 0, got ", s[0]);
   if (s[1] > 0) return Msg("learning_rate_power must be <= 0, got ", s[1]);
-  p->variant = s[1] == -0.5 ? 1 : 0;
+  FtrlRule::Variant v;
+  v.sqrt_power = s[1] == -0.5;
+  p->variant = v.Index();
   p->coeffs = FUSEDOPT_COEFFS(in, Ftrl, s[0], s[1], s[2], s[3], s[4], s[5], s[6],
                               in.MinimizeBroadcasts());
   return "";
@@ -504,7 +523,10 @@ inline std::string Of(ScheduleFreeRule, const PlanInput& in, Plan* p) {
   const bool mb = in.MinimizeBroadcasts();
   if (!(s[1] > 0)) return Msg("'beta_1' must be > 0, got ", s[1]);
   if (!(s[4] >= 0)) return Msg("'warmup_steps' must be >= 0, got ", s[4]);
-  p->variant = !in.constant_folding ? 0 : (mb ? 1 : 2);
+  using V = ScheduleFreeRule::Variant;
+  V v;
+  v.form = !in.constant_folding ? V::kKeras : (mb ? V::kMinimizeBroadcasts : V::kConstantFolding);
+  p->variant = v.Index();
   p->coeffs = FUSEDOPT_COEFFS(in, ScheduleFree, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
                               in.constant_folding, mb);
   return "";
@@ -519,7 +541,9 @@ inline std::string Of(MuonRule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
   if (!(s[1] > 0)) return Msg("'scale' must be > 0, got ", s[1]);
-  p->variant = mb ? 1 : 0;
+  MuonRule::Variant v;
+  v.minimize_broadcasts = mb;
+  p->variant = v.Index();
   p->coeffs = FUSEDOPT_COEFFS(in, Muon, s[0], s[1], s[2], s[3], mb);
   return "";
 }

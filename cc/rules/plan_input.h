@@ -23,6 +23,11 @@ struct RuleAttrs {
   bool tf_norms = false;              // TF's Pow and Sum for the norms (Note [TF norms])
   bool tf_pow = false;                // TF's Pow (Note [TF pow])
   bool tf_tensor_pow = false;         // with tf_pow: the training ops' x.pow(p) instead
+  // Low-precision state (Note [low-precision state]; the rules with
+  // kStateVariants): the slots' format, and bfloat16 variables rounded
+  // stochastically.
+  StateFormat state_format = StateFormat::kSame;
+  bool stochastic_rounding = false;
 };
 
 // What a plan is made from: scalar hyperparameters in RuleInfo::scalars
@@ -41,13 +46,19 @@ struct PlanInput {
   std::vector<double> scalars;
   int64_t step = 0;
   std::vector<bool> slot_given;  // [RuleInfo::num_slots]
+  uint64_t rounding_seed = 0;    // stochastic rounding (the step folded in by the caller)
+  bool LowPrecision() const {
+    return attrs.state_format != StateFormat::kSame || attrs.stochastic_rounding;
+  }
 };
 
 struct Plan {
+  // The index of the rule's Variant (Note [typed variants]: a plan fills the
+  // rule's Variant struct and stores Variant::Index()).
   int variant = 0;
-  // Rules that divide by a square root, under grappler_form: the variant
-  // stride of the rsqrt forms (Note [TF rsqrt]); 0 keeps the division.
-  int rsqrt_stride = 0;
+  // Rules that divide by a square root, under grappler_form: the CPU runs
+  // TF's rsqrt forms (Note [TF rsqrt]) of the variant; false keeps the division.
+  bool rsqrt_forms = false;
   bool f64 = false;
   Coeffs coeffs{};
   // For rank-0 variables: Grappler's MinimizeBroadcasts leaves a chain of
@@ -55,6 +66,12 @@ struct Plan {
   // decay (and their rank-0 variant).
   Coeffs rank0_coeffs{};
   int rank0_variant = 0;
+  // Low-precision state (Note [low-precision state]): the loops of
+  // cpu::KernelTable::state_elementwise.
+  StateFormat state_format = StateFormat::kSame;
+  bool stochastic_weights = false;
+  uint64_t rounding_seed = 0;
+  bool LowPrecision() const { return state_format != StateFormat::kSame || stochastic_weights; }
   const Coeffs& For(bool rank0) const { return rank0 ? rank0_coeffs : coeffs; }
   int VariantFor(bool rank0) const { return rank0 ? rank0_variant : variant; }
   bool Decays() const { return coeffs.c[kDecay] != 0.0 || rank0_coeffs.c[kDecay] != 0.0; }

@@ -104,33 +104,105 @@ struct IsTwoPass : std::false_type {};
 template <typename S>
 struct IsTwoPass<S, std::void_t<decltype(S::kTwoPass)>> : std::bool_constant<S::kTwoPass> {};
 
-// The variants a rule's dispatch tables hold: its struct's kNumVariants (a
-// two-pass rule: none). Each rule's variants start at kVariantOffsets[rule]
-// of a table that holds only the variants that exist (kNumTableVariants).
+// The variants a rule's dispatch tables hold: its struct's Variant::kCount
+// (Note [typed variants] in update_rules.h; a two-pass rule: none). Each
+// rule's variants start at kVariantOffsets[rule] of a table that holds only
+// the variants that exist (kNumTableVariants).
 template <typename S, typename = void>
 struct NumVariantsOf : std::integral_constant<int, 0> {};
 template <typename S>
-struct NumVariantsOf<S, std::void_t<decltype(S::kNumVariants)>>
-    : std::integral_constant<int, IsTwoPass<S>::value ? 0 : S::kNumVariants> {};
+struct NumVariantsOf<S, std::void_t<decltype(S::Variant::kCount)>>
+    : std::integral_constant<int, IsTwoPass<S>::value ? 0 : S::Variant::kCount> {};
 
+// Where each rule's rows start in a table that holds CountOf<Struct> rows
+// per rule (at[kNumRules]: the table's size).
 struct VariantOffsets {
   int at[kNumRules + 1];
 };
-constexpr VariantOffsets MakeVariantOffsets() {
+template <template <typename, typename> class CountOf>
+constexpr VariantOffsets MakeOffsets() {
   constexpr int counts[kNumRules] = {
-#define FUSEDOPT_RULE_VARIANTS(ID, STRUCT, ...) NumVariantsOf<STRUCT>::value,
-      FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_VARIANTS)
-#undef FUSEDOPT_RULE_VARIANTS
+#define FUSEDOPT_RULE_ROWS(ID, STRUCT, ...) CountOf<STRUCT, void>::value,
+      FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_ROWS)
+#undef FUSEDOPT_RULE_ROWS
   };
   VariantOffsets o{};
   for (int r = 0; r < kNumRules; ++r) o.at[r + 1] = o.at[r] + counts[r];
   return o;
 }
-inline constexpr VariantOffsets kVariantOffsets = MakeVariantOffsets();
+inline constexpr VariantOffsets kVariantOffsets = MakeOffsets<NumVariantsOf>();
 constexpr int kNumTableVariants = kVariantOffsets.at[kNumRules];
 // The variants of `rule` (0 for a two-pass rule).
 constexpr int NumVariants(Rule rule) {
   return kVariantOffsets.at[static_cast<int>(rule) + 1] - kVariantOffsets.at[static_cast<int>(rule)];
+}
+
+// The table index of variant `variant` of `rule` in rsqrt form `form` (Note
+// [TF rsqrt]; the same index for a rule without rsqrt forms).
+inline int WithRsqrtForm(Rule rule, int variant, RsqrtForm form) {
+  switch (rule) {
+#define FUSEDOPT_RULE_RSQRT(ID, STRUCT, ...) \
+  case Rule::ID:                             \
+    if constexpr (IsTwoPass<STRUCT>::value) { \
+      return variant;                        \
+    } else {                                 \
+      return WithRsqrtFormOf<STRUCT>(variant, form); \
+    }
+    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_RSQRT)
+#undef FUSEDOPT_RULE_RSQRT
+  }
+  return variant;
+}
+
+// Low-precision state (Note [low-precision state]): a rule that takes it
+// declares kStateVariants, the number of its leading variants (its Keras
+// forms) with state loops, and kNonNegSlots, the slot positions holding
+// non-negative values (bit k: slot k; the unsigned 8-bit code).
+template <typename S, typename = void>
+struct NumStateVariantsOf : std::integral_constant<int, 0> {};
+template <typename S>
+struct NumStateVariantsOf<S, std::void_t<decltype(S::kStateVariants)>>
+    : std::integral_constant<int, S::kStateVariants> {};
+// The leading variants that also take int8 state (a rule may allow fewer:
+// kInt8StateVariants).
+template <typename S, typename = void>
+struct NumInt8StateVariantsOf : NumStateVariantsOf<S> {};
+template <typename S>
+struct NumInt8StateVariantsOf<S, std::void_t<decltype(S::kInt8StateVariants)>>
+    : std::integral_constant<int, S::kInt8StateVariants> {};
+inline int NumInt8StateVariants(Rule rule) {
+  switch (rule) {
+#define FUSEDOPT_RULE_INT8(ID, STRUCT, ...) \
+  case Rule::ID:                            \
+    return NumInt8StateVariantsOf<STRUCT>::value;
+    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_INT8)
+#undef FUSEDOPT_RULE_INT8
+  }
+  return 0;
+}
+
+inline constexpr VariantOffsets kStateVariantOffsets = MakeOffsets<NumStateVariantsOf>();
+constexpr int kNumStateTableVariants = kStateVariantOffsets.at[kNumRules];
+constexpr int NumStateVariants(Rule rule) {
+  return kStateVariantOffsets.at[static_cast<int>(rule) + 1] -
+         kStateVariantOffsets.at[static_cast<int>(rule)];
+}
+
+// A rule's kNonNegSlots (0 for a rule without low-precision state).
+template <typename S, typename = void>
+struct NonNegSlotsOfStruct : std::integral_constant<unsigned, 0u> {};
+template <typename S>
+struct NonNegSlotsOfStruct<S, std::void_t<decltype(S::kNonNegSlots)>>
+    : std::integral_constant<unsigned, S::kNonNegSlots> {};
+inline unsigned NonNegSlotsOf(Rule rule) {
+  switch (rule) {
+#define FUSEDOPT_RULE_NONNEG(ID, STRUCT, ...) \
+  case Rule::ID:                              \
+    return NonNegSlotsOfStruct<STRUCT>::value;
+    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NONNEG)
+#undef FUSEDOPT_RULE_NONNEG
+  }
+  return 0u;
 }
 
 struct SlotInfo {

@@ -26,6 +26,7 @@
 #include <type_traits>
 
 #include "cc/rules/numeric.h"
+#include "cc/rules/state_format.h"
 
 #if !defined(__CUDA_ARCH__) && (defined(__SSE__) || defined(__x86_64__))
 #include <xmmintrin.h>
@@ -105,29 +106,62 @@ FUSEDOPT_HD M SignOf(M u) {
 // rsqrtss gives the same approximation as the packed instruction on the same
 // CPU, so the bits are the CPU model's, as TF's are. On the GPU (and hosts
 // without SSE) kPacketRsqrt is the platform's rsqrt.
-enum RsqrtForm : int { kDivSqrt = 0, kPacketRsqrt = 1, kScalarRsqrt = 2 };
+//
+// kProbeRsqrt and kInjectedRsqrt are CPU-internal forms of kPacketRsqrt, so
+// its loop vectorizes (cc/cpu): a probe pass records each element's y in the
+// rsqrt channel (and stores nothing), the block's rsqrts are computed with
+// packed instructions, and the update pass multiplies by the value it finds
+// in the channel.
+enum RsqrtForm : int {
+  kDivSqrt = 0,
+  kPacketRsqrt = 1,
+  kScalarRsqrt = 2,
+  kProbeRsqrt = 3,
+  kInjectedRsqrt = 4,
+};
 constexpr int kNumRsqrtForms = 3;  // the forms a dispatch table holds
-// CPU-internal forms of kPacketRsqrt, so its loop vectorizes (cc/cpu): a
-// probe pass records each element's y in the rsqrt channel (and stores
-// nothing), the block's rsqrts are computed with packed instructions, and the
-// update pass multiplies by the value it finds in the channel.
-constexpr int kProbeRsqrt = 3;
-constexpr int kInjectedRsqrt = 4;
 constexpr int kRsqrtChannel = kMaxSlots;  // s[kRsqrtChannel] in Apply's slot array
 constexpr int kTfRsqrtPacket = 8;  // floats per Eigen packet in TF's CPU kernels
 
-// Variants a rule uses only inside the CPU packet-rsqrt loop (its probe and
-// injected forms, Note [TF rsqrt]): never a table entry nor a launch.
+// Note [typed variants]: a rule's compile-time forms (momentum or not, an
+// rsqrt form, TensorFlow's or Keras' operation order, ...) are a struct of
+// named fields, Rule::Variant. Its Index() numbers the forms a dispatch table
+// holds densely in [0, Variant::kCount); the loops and kernels take that index
+// as their template parameter (C++17 has no class-type template parameters)
+// and decode it with Variant::At. A plan fills a Variant and stores its index
+// (Plan::variant); nothing else packs or unpacks the number. The CPU-internal
+// rsqrt forms (kProbeRsqrt, kInjectedRsqrt) index from kCount on and have no
+// table row.
+struct NoVariant {  // a rule with one form
+  static constexpr int kCount = 1;
+  FUSEDOPT_HD constexpr int Index() const { return 0; }
+  FUSEDOPT_HD static constexpr NoVariant At(int) { return {}; }
+};
+
+// Rules whose Variant has an rsqrt form (Note [TF rsqrt]).
 template <typename Rule, typename = void>
-struct InternalVariant {
-  static constexpr bool Is(int) { return false; }
-};
+struct HasRsqrtForms : std::false_type {};
 template <typename Rule>
-struct InternalVariant<Rule, std::void_t<decltype(Rule::kRsqrtStride)>> {
-  static constexpr bool Is(int v) {
-    return v / Rule::kRsqrtStride == kProbeRsqrt || v / Rule::kRsqrtStride == kInjectedRsqrt;
+struct HasRsqrtForms<Rule, std::void_t<decltype(Rule::Variant::At(0).rsqrt)>> : std::true_type {};
+
+// The index of variant `index` of Rule in rsqrt form `form` (the same index
+// for a rule without rsqrt forms).
+template <typename Rule>
+FUSEDOPT_HD constexpr int WithRsqrtFormOf(int index, int form) {
+  if constexpr (HasRsqrtForms<Rule>::value) {
+    auto v = Rule::Variant::At(index);
+    v.rsqrt = static_cast<RsqrtForm>(form);
+    return v.Index();
+  } else {
+    return index;
   }
-};
+}
+
+// The slots variant `index` of Rule uses.
+template <typename Rule>
+FUSEDOPT_HD constexpr int SlotsOf(int index) {
+  return Rule::Slots(Rule::Variant::At(index));
+}
 
 template <typename M>
 FUSEDOPT_HD M PacketRsqrt(M y) {
@@ -192,7 +226,7 @@ FUSEDOPT_HD M TransformGrad(M g, M scale, M clip_value) {
 
 // One element of an elementwise rule: load, decay, gradient transform, rule,
 // store. The body of both the CPU loops and the CUDA kernel, so the two cannot
-// drift apart. K = Rule::Slots(V) slot pointers are used (the others may be
+// drift apart. K = SlotsOf<Rule>(V) slot pointers are used (the others may be
 // null); callers pass their __restrict / __restrict__ pointers.
 //
 // UpdateElement = LoadElement, Rule::Apply, StoreElement; the CPU loop of the
@@ -202,7 +236,7 @@ template <typename Rule, int V, bool D, bool X, typename T>
 FUSEDOPT_HD void LoadElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_t<T> gclip,
                              const T* var, const T* s0, const T* s1, const T* s2, const T* grad,
                              int64_t i, opmath_t<T>& v, opmath_t<T>* s, opmath_t<T>& g) {
-  constexpr int K = Rule::Slots(V);
+  constexpr int K = SlotsOf<Rule>(V);
   v = Load(var[i]);
   if constexpr (D) v = Decay(c, v);
   if constexpr (K > 0) s[0] = Load(s0[i]);
@@ -215,7 +249,7 @@ FUSEDOPT_HD void LoadElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_t<
 template <typename Rule, int V, typename T>
 FUSEDOPT_HD void StoreElement(T* var, T* s0, T* s1, T* s2, int64_t i, opmath_t<T> v,
                               const opmath_t<T>* s) {
-  constexpr int K = Rule::Slots(V);
+  constexpr int K = SlotsOf<Rule>(V);
   var[i] = Store<T>(v);
   if constexpr (K > 0) s0[i] = Store<T>(s[0]);
   if constexpr (K > 1) s1[i] = Store<T>(s[1]);
@@ -234,8 +268,8 @@ FUSEDOPT_HD void UpdateElement(const opmath_t<T>* c, opmath_t<T> gscale, opmath_
 }
 
 // ---------------------------------------------------------------------------
-// SGD (keras.optimizers.SGD). Variants: 0 plain, 1 momentum, 2 nesterov.
-// Slots: [momentum] for variants 1, 2.
+// SGD (keras.optimizers.SGD). Variant: momentum, nesterov.
+// Slots: [momentum] with momentum.
 //   plain:     var -= lr * g
 //   momentum:  m = momentum * m - lr * g;  var += m
 //   nesterov:  m = momentum * m - lr * g;  var += momentum * m - lr * g
@@ -253,15 +287,26 @@ Stochastic gradient descent with optional (Nesterov) momentum (keras.optimizers.
 Bytes per element (T = element size): 3T plain, 5T with momentum.
 )doc";
   enum : int { kLr = 1, kMomentum = 2 };
-  static constexpr int kNumVariants = 3;
-  FUSEDOPT_HD static constexpr int Slots(int v) { return v == 0 ? 0 : 1; }
+  struct Variant {  // Note [typed variants]
+    bool momentum = false;
+    bool nesterov = false;  // with momentum
+    static constexpr int kCount = 3;
+    FUSEDOPT_HD constexpr int Index() const { return !momentum ? 0 : (nesterov ? 2 : 1); }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {i >= 1, i == 2}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant v) { return v.momentum ? 1 : 0; }
+  // Low-precision state (Note [low-precision state]): all three variants;
+  // the momentum is signed.
+  static constexpr int kStateVariants = 3;
+  static constexpr unsigned kNonNegSlots = 0;
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    if constexpr (V == 0) {
+    constexpr Variant kV = Variant::At(V);
+    if constexpr (!kV.momentum) {
       var = var - g * c[kLr];
     } else {
       s[0] = s[0] * c[kMomentum] - g * c[kLr];
-      if constexpr (V == 2) {
+      if constexpr (kV.nesterov) {
         var = var + (s[0] * c[kMomentum] - g * c[kLr]);
       } else {
         var = var + s[0];
@@ -271,19 +316,19 @@ Bytes per element (T = element size): 3T plain, 5T with momentum.
 };
 
 // ---------------------------------------------------------------------------
-// Adam / AdamW (keras.optimizers.Adam, AdamW). Variants: 0 adam, 1 amsgrad.
+// Adam / AdamW (keras.optimizers.Adam, AdamW). Variant: amsgrad, form.
 // Slots: [m, v] (+ [v_hat] for amsgrad).
 //   alpha = lr * sqrt(1 - beta_2^t) / (1 - beta_1^t)     (host, double)
 //   m += (g - m) * (1 - beta_1);  v += (g^2 - v) * (1 - beta_2)
 //   amsgrad: v_hat = max(v_hat, v), and v_hat replaces v below
 //   var -= m * alpha / (sqrt(v) + epsilon)
 // Bytes/element: 7T (amsgrad 9T).
-// Variants kTfKerasSparse + (0 adam, 1 amsgrad): tf_keras' legacy sparse
-// Adam (Note [tf_keras sparse forms]), m = m * beta_1 + g * (1 - beta_1),
+// Form kTfKerasSparse: tf_keras' legacy sparse Adam (Note [tf_keras sparse
+// forms]), m = m * beta_1 + g * (1 - beta_1),
 // v = v * beta_2 + (g * g) * (1 - beta_2), with
-// alpha = lr * (sqrt(1 - beta_2^t) / (1 - beta_1^t)); kTfKerasSparseGrappler
-// + (0, 1): the same in a tf.function, where Grappler's MinimizeBroadcasts
-// makes v's product g * (g * (1 - beta_2)).
+// alpha = lr * (sqrt(1 - beta_2^t) / (1 - beta_1^t)); kTfKerasSparseGrappler:
+// the same in a tf.function, where Grappler's MinimizeBroadcasts makes v's
+// product g * (g * (1 - beta_2)).
 struct AdamRule {
   // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
   static constexpr char kOpDoc[] = R"doc(
@@ -306,16 +351,25 @@ given, in the variables' dtype):
 Bytes per element: 7T (amsgrad 9T).
 )doc";
   enum : int { kOneMinusB1 = 1, kOneMinusB2 = 2, kAlpha = 3, kEps = 4, kB1 = 5, kB2 = 6 };
-  static constexpr int kTfKerasSparse = 2;
-  static constexpr int kTfKerasSparseGrappler = 4;
-  static constexpr int kNumVariants = 6;
-  FUSEDOPT_HD static constexpr int Slots(int v) { return (v & 1) == 0 ? 2 : 3; }
+  struct Variant {  // Note [typed variants]
+    enum Form : int { kKeras = 0, kTfKerasSparse = 1, kTfKerasSparseGrappler = 2 };
+    bool amsgrad = false;
+    Form form = kKeras;
+    static constexpr int kCount = 6;
+    FUSEDOPT_HD constexpr int Index() const { return (amsgrad ? 1 : 0) + 2 * form; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {(i & 1) != 0, Form(i / 2)}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant v) { return v.amsgrad ? 3 : 2; }
+  // Low-precision state: Keras' forms (adam, amsgrad); v and vhat >= 0.
+  static constexpr int kStateVariants = 2;
+  static constexpr unsigned kNonNegSlots = 0b110;
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    if constexpr (V >= kTfKerasSparseGrappler) {
+    constexpr Variant kV = Variant::At(V);
+    if constexpr (kV.form == Variant::kTfKerasSparseGrappler) {
       s[0] = s[0] * c[kB1] + g * c[kOneMinusB1];
       s[1] = s[1] * c[kB2] + g * (g * c[kOneMinusB2]);
-    } else if constexpr (V >= kTfKerasSparse) {
+    } else if constexpr (kV.form == Variant::kTfKerasSparse) {
       s[0] = s[0] * c[kB1] + g * c[kOneMinusB1];
       s[1] = s[1] * c[kB2] + (g * g) * c[kOneMinusB2];
     } else {
@@ -323,7 +377,7 @@ Bytes per element: 7T (amsgrad 9T).
       s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
     }
     M denom_v = s[1];
-    if constexpr ((V & 1) == 1) {
+    if constexpr (kV.amsgrad) {
       s[2] = Max(s[2], s[1]);
       denom_v = s[2];
     }
@@ -377,15 +431,23 @@ Bytes per element: 7T.
     kOneMinusB2Pow = 7,
     kLr = 8,
     kEps = 9,
-    kB1 = 10,        // variant 1
-    kB2 = kDecayLr,  // variant 1, which takes no weight decay (tf_keras' Nadam has none):
-                     // c[kDecay] stays 0, so nothing reads the decay's learning rate
+    kB1 = 10,        // tf_training_op
+    kB2 = kDecayLr,  // tf_training_op, which takes no weight decay (tf_keras' Nadam has
+                     // none): c[kDecay] stays 0, so nothing reads the decay's learning rate
   };
-  static constexpr int kNumVariants = 2;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  struct Variant {  // Note [typed variants]
+    bool tf_training_op = false;  // tf_keras' legacy Nadam's ops
+    static constexpr int kCount = 2;
+    FUSEDOPT_HD constexpr int Index() const { return tf_training_op ? 1 : 0; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {i == 1}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 2; }
+  // Low-precision state: Keras' form; v >= 0.
+  static constexpr int kStateVariants = 1;
+  static constexpr unsigned kNonNegSlots = 0b10;
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    if constexpr (V == 1) {
+    if constexpr (Variant::At(V).tf_training_op) {
       // tf_keras' legacy Nadam._resource_apply_dense, op for op:
       //   g' = g / (1 - u_product);  m = b1 * m + (1 - b1) * g;  m' = m / (1 - u_product * u_t1)
       //   v = b2 * v + (1 - b2) * g^2;  v' = v / (1 - b2^t)
@@ -413,10 +475,10 @@ Bytes per element: 7T.
 //   m += (g - m) * (1 - beta_1);  u = max(beta_2 * u, |g|)
 //   var -= lr * m / ((1 - beta_1^t) * (u + epsilon))
 // Bytes/element: 7T.
-// Variant 1: TensorFlow's ResourceApplyAdaMax (tf_keras' legacy Adamax),
+// Form kTfOp: TensorFlow's ResourceApplyAdaMax (tf_keras' legacy Adamax),
 //   var -= (lr / (1 - beta_1^t)) * (m / (u + epsilon))
-// Variant 2: tf_keras' legacy sparse Adamax (Note [tf_keras sparse forms]):
-//   variant 1 with m = m * beta_1 + g * (1 - beta_1).
+// Form kTfKerasSparse: tf_keras' legacy sparse Adamax (Note [tf_keras sparse
+// forms]): kTfOp with m = m * beta_1 + g * (1 - beta_1).
 struct AdamaxRule {
   // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
   static constexpr char kOpDoc[] = R"doc(
@@ -436,18 +498,27 @@ Bytes per element: 7T.
   enum : int {
     kOneMinusB1 = 1, kB2 = 2, kLr = 3, kOneMinusB1Pow = 4, kEps = 5, kLrOverBc = 6, kB1 = 7
   };
-  static constexpr int kTfKerasSparse = 2;
-  static constexpr int kNumVariants = 3;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  struct Variant {  // Note [typed variants]
+    enum Form : int { kKeras = 0, kTfOp = 1, kTfKerasSparse = 2 };
+    Form form = kKeras;
+    static constexpr int kCount = 3;
+    FUSEDOPT_HD constexpr int Index() const { return form; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {Form(i)}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 2; }
+  // Low-precision state: Keras' form; u >= 0.
+  static constexpr int kStateVariants = 1;
+  static constexpr unsigned kNonNegSlots = 0b10;
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    if constexpr (V == kTfKerasSparse) {
+    constexpr Variant kV = Variant::At(V);
+    if constexpr (kV.form == Variant::kTfKerasSparse) {
       s[0] = s[0] * c[kB1] + g * c[kOneMinusB1];
     } else {
       s[0] = s[0] + (g - s[0]) * c[kOneMinusB1];
     }
     s[1] = Max(c[kB2] * s[1], Abs(g));
-    if constexpr (V >= 1) {
+    if constexpr (kV.form != Variant::kKeras) {
       var = var - c[kLrOverBc] * (s[0] / (s[1] + c[kEps]));
     } else {
       var = var - (c[kLr] * s[0]) / (c[kOneMinusB1Pow] * (s[1] + c[kEps]));
@@ -456,7 +527,7 @@ Bytes per element: 7T.
 };
 
 // ---------------------------------------------------------------------------
-// RMSprop (keras.optimizers.RMSprop). Variant bits: 1 momentum, 2 centered.
+// RMSprop (keras.optimizers.RMSprop). Variant: momentum, centered, rsqrt, form.
 // Slots, in Keras' order: [velocity] (+ [momentum]) (+ [average_gradient]).
 //   velocity = rho * velocity + (1 - rho) * g^2
 //   centered: avg = rho * avg + (1 - rho) * g;  denom = velocity - avg^2 + eps
@@ -491,30 +562,57 @@ Bytes per element: 5T, plus 2T each for momentum and centering.
 )doc";
   // kEps is added inside the square root, kEpsOut outside it; the caller sets
   // one and leaves the other 0 (x + 0 == x, so the other form keeps its bits).
-  // The rsqrt forms (variant / kRsqrtStride, Note [TF rsqrt]) need kEpsOut 0.
+  // The rsqrt forms (Note [TF rsqrt]) need kEpsOut 0.
   enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4, kMomentum = 5, kEpsOut = 6 };
-  static constexpr int kRsqrtStride = 4;
-  // Variants kTfOpBase + (momentum, centered bits): TensorFlow's training ops
-  // ResourceApply(Centered)RMSProp, which tf_keras' legacy RMSprop calls with
-  // momentum: velocity += (g^2 - velocity) * (1 - rho) (and the average
-  // gradient alike), the rest as below; division form only. They sit after
-  // the CPU-internal probe and injected forms (InternalVariant).
-  static constexpr int kTfOpBase = kRsqrtStride * (kInjectedRsqrt + 1);
-  // Variants kTfKerasSparseGrappler + (centered bit): tf_keras' legacy sparse
-  // RMSprop without momentum (Note [tf_keras sparse forms]) in a
-  // tf.function, where Grappler's MinimizeBroadcasts makes its
-  // (g * g) * (1 - rho) into g * (g * (1 - rho)); division form only. (Out of
-  // a tf.function its form is the default variant's.)
-  static constexpr int kTfKerasSparseGrappler = kTfOpBase + 4;
-  static constexpr int kNumVariants = kTfKerasSparseGrappler + 3;
-  FUSEDOPT_HD static constexpr int Slots(int v) { return 1 + (v & 1) + ((v >> 1) & 1); }
+  struct Variant {  // Note [typed variants]
+    // kTfOp: TensorFlow's training ops ResourceApply(Centered)RMSProp, which
+    // tf_keras' legacy RMSprop calls with momentum: velocity += (g^2 -
+    // velocity) * (1 - rho) (and the average gradient alike), the rest as
+    // below. kTfKerasSparseGrappler: tf_keras' legacy sparse RMSprop without
+    // momentum (Note [tf_keras sparse forms]) in a tf.function, where
+    // Grappler's MinimizeBroadcasts makes its (g * g) * (1 - rho) into
+    // g * (g * (1 - rho)). (Out of a tf.function its form is Keras'.) Both
+    // divide (rsqrt kDivSqrt).
+    enum Form : int { kKeras = 0, kTfOp = 1, kTfKerasSparseGrappler = 2 };
+    bool momentum = false;
+    bool centered = false;
+    RsqrtForm rsqrt = kDivSqrt;  // form kKeras only
+    Form form = kKeras;
+    // Keras' form: 4 * rsqrt + bits for the table's rsqrt forms, then kTfOp's
+    // and kTfKerasSparseGrappler's four each; the internal rsqrt forms after.
+    static constexpr int kKerasRows = 4 * kNumRsqrtForms;
+    static constexpr int kCount = kKerasRows + 8;
+    FUSEDOPT_HD constexpr int Bits() const { return (momentum ? 1 : 0) | (centered ? 2 : 0); }
+    FUSEDOPT_HD constexpr int Index() const {
+      if (form != kKeras) return kKerasRows + 4 * (form - 1) + Bits();
+      if (rsqrt < kNumRsqrtForms) return 4 * rsqrt + Bits();
+      return kCount + 4 * (rsqrt - kNumRsqrtForms) + Bits();
+    }
+    FUSEDOPT_HD static constexpr Variant At(int i) {
+      const bool mom = (i & 1) != 0, cen = (i & 2) != 0;
+      if (i < kKerasRows) return {mom, cen, RsqrtForm(i / 4), kKeras};
+      if (i < kCount) return {mom, cen, kDivSqrt, Form(1 + (i - kKerasRows) / 4)};
+      return {mom, cen, RsqrtForm(kNumRsqrtForms + (i - kCount) / 4), kKeras};
+    }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant v) {
+    return 1 + (v.momentum ? 1 : 0) + (v.centered ? 1 : 0);
+  }
+  // Low-precision state: Keras' division forms (indices 0-3: momentum and
+  // centered bits); the velocity (slot 0) >= 0. int8 state not centered
+  // (indices 0-1): velocity - average_gradient^2 cancels, and 8-bit errors
+  // of the two turn the denominator negative.
+  static constexpr int kStateVariants = 4;
+  static constexpr int kInt8StateVariants = 2;
+  static constexpr unsigned kNonNegSlots = 0b001;
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    constexpr bool kMom = (V & 1) != 0;
-    constexpr bool kCentered = (V & 2) != 0;
-    constexpr bool kTfKerasGrappler = V >= kTfKerasSparseGrappler;
-    constexpr bool kTfOp = V >= kTfOpBase && !kTfKerasGrappler;
-    constexpr int kForm = (kTfOp || kTfKerasGrappler) ? kDivSqrt : V / kRsqrtStride;
+    constexpr Variant kV = Variant::At(V);
+    constexpr bool kMom = kV.momentum;
+    constexpr bool kCentered = kV.centered;
+    constexpr bool kTfKerasGrappler = kV.form == Variant::kTfKerasSparseGrappler;
+    constexpr bool kTfOp = kV.form == Variant::kTfOp;
+    constexpr int kForm = kV.rsqrt;
     constexpr int kAvg = kMom ? 2 : 1;
     if constexpr (kTfKerasGrappler) {
       s[0] = c[kRho] * s[0] + g * (g * c[kOneMinusRho]);
@@ -569,16 +667,24 @@ initial_accumulator_value, set by the caller).
 Bytes per element: 5T.
 )doc";
   enum : int { kLr = 1, kEps = 2, kEpsOut = 3 };
-  static constexpr int kRsqrtStride = 1;  // variant = rsqrt form (Note [TF rsqrt])
-  static constexpr int kNumVariants = kNumRsqrtForms;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 1; }
+  struct Variant {  // Note [typed variants]
+    RsqrtForm rsqrt = kDivSqrt;  // Note [TF rsqrt]
+    static constexpr int kCount = kNumRsqrtForms;
+    FUSEDOPT_HD constexpr int Index() const { return rsqrt; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {RsqrtForm(i)}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 1; }
+  // Low-precision state: the division form; the accumulator >= 0.
+  static constexpr int kStateVariants = 1;
+  static constexpr unsigned kNonNegSlots = 0b1;
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    constexpr RsqrtForm kForm = Variant::At(V).rsqrt;
     s[0] = s[0] + g * g;
-    if constexpr (V == kDivSqrt) {
+    if constexpr (kForm == kDivSqrt) {
       var = var - (c[kLr] * g) / (Sqrt(s[0] + c[kEps]) + c[kEpsOut]);
     } else {
-      var = var - DivSqrt<V>(c[kLr] * g, s[0] + c[kEps], s);
+      var = var - DivSqrt<kForm>(c[kLr] * g, s[0] + c[kEps], s);
     }
   }
 };
@@ -590,11 +696,11 @@ Bytes per element: 5T.
 //   delta = -(sqrt(adv + eps) * g) / sqrt(ag + eps)
 //   adv = rho * adv + (1 - rho) * delta^2
 //   var += lr * delta
-// Odd variants: TensorFlow's ResourceApplyAdadelta, which tf_keras' legacy
+// Variant tf_op: TensorFlow's ResourceApplyAdadelta, which tf_keras' legacy
 // Adadelta calls (always with TF's Rsqrt, Note [TF rsqrt]):
 //   u = (sqrt(adv + eps) * rsqrt(ag + eps)) * g;  var -= u * lr
 //   adv = adv * rho + u^2 * (1 - rho)
-// Variant = tf_op + 2 * rsqrt form. Bytes/element: 7T.
+// Bytes/element: 7T.
 struct AdadeltaRule {
   // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
   static constexpr char kOpDoc[] = R"doc(
@@ -613,14 +719,20 @@ accumulated_delta_var = rho * accumulated_delta_var + (1 - rho) * u^2.
 Bytes per element: 7T.
 )doc";
   enum : int { kRho = 1, kOneMinusRho = 2, kEps = 3, kLr = 4 };
-  static constexpr int kRsqrtStride = 2;  // variant = tf_op + 2 * rsqrt form
-  static constexpr int kNumVariants = kRsqrtStride * kNumRsqrtForms;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  struct Variant {  // Note [typed variants]
+    bool tf_op = false;  // TensorFlow's ResourceApplyAdadelta
+    RsqrtForm rsqrt = kDivSqrt;  // Note [TF rsqrt]
+    static constexpr int kCount = 2 * kNumRsqrtForms;
+    FUSEDOPT_HD constexpr int Index() const { return (tf_op ? 1 : 0) + 2 * rsqrt; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {(i & 1) != 0, RsqrtForm(i / 2)}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 2; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
-    constexpr int kForm = V / kRsqrtStride;
+    constexpr Variant kV = Variant::At(V);
+    constexpr int kForm = kV.rsqrt;
     s[0] = c[kRho] * s[0] + c[kOneMinusRho] * (g * g);
-    if constexpr ((V & 1) != 0) {
+    if constexpr (kV.tf_op) {
       const M u = DivSqrt<kForm>(Sqrt(s[1] + c[kEps]), s[0] + c[kEps], s) * g;
       var = var - u * c[kLr];
       s[1] = c[kRho] * s[1] + c[kOneMinusRho] * (u * u);
@@ -633,8 +745,8 @@ Bytes per element: 7T.
 };
 
 // ---------------------------------------------------------------------------
-// Ftrl (keras.optimizers.Ftrl). Variants: 0 any learning_rate_power (pow),
-// 1 learning_rate_power == -0.5 (sqrt). Slots: [accumulator, linear].
+// Ftrl (keras.optimizers.Ftrl). Variant: sqrt_power (learning_rate_power ==
+// -0.5: sqrt; else pow). Slots: [accumulator, linear].
 //   p = -learning_rate_power;  l2 = l2_regularization + beta / (2 lr)  (host)
 //   g_s = g + 2 * l2_shrinkage * var
 //   new_acc = acc + g^2
@@ -671,11 +783,16 @@ x.pow(p), repeated squaring for integer powers in [-3, 7], and sqrt for power
 0.5. The elementwise arithmetic is the same as without it.
 )doc";
   enum : int { kLr = 1, kPower = 2, kTwoL2Shrinkage = 3, kTwoL2 = 4, kL1 = 5 };
-  static constexpr int kNumVariants = 2;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  struct Variant {  // Note [typed variants]
+    bool sqrt_power = false;  // learning_rate_power == -0.5
+    static constexpr int kCount = 2;
+    FUSEDOPT_HD constexpr int Index() const { return sqrt_power ? 1 : 0; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {i == 1}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 2; }
   template <int V, typename M>
   FUSEDOPT_HD static M Pow(M x, M p) {
-    if constexpr (V == 1) {
+    if constexpr (Variant::At(V).sqrt_power) {
       return Sqrt(x);
     } else {
       return std::pow(x, p);
@@ -722,8 +839,11 @@ Lion (keras.optimizers.Lion).
 Bytes per element: 5T.
 )doc";
   enum : int { kLr = 1, kB1 = 2, kOneMinusB1 = 3, kB2 = 4, kOneMinusB2 = 5 };
-  static constexpr int kNumVariants = 1;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 1; }
+  using Variant = NoVariant;
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 1; }
+  // Low-precision state; the momentum is signed.
+  static constexpr int kStateVariants = 1;
+  static constexpr unsigned kNonNegSlots = 0;
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
     const M u = s[0] * c[kB1] + g * c[kOneMinusB1];
@@ -742,13 +862,13 @@ Bytes per element: 5T.
 //   x = (var - c1 * z) / beta_1         (Keras reads z after its update here)
 //   x = (1 - w) * x + w * z
 //   var = c1 * z + beta_1 * x
-// Variants 1 and 2, Keras' graph after Grappler (Note [Grappler form]):
-// constant folding turns the division by the constant beta_1 into a
-// multiplication by its reciprocal (2), and the arithmetic optimizer's
-// MinimizeBroadcasts (1, not for rank-0 variables) multiplies that chain's two
-// scalars first:
-//   1: x = ((1 - w) * (1 / beta_1)) * (var - c1 * z) + w * z
-//   2: x = (1 - w) * ((var - c1 * z) * (1 / beta_1)) + w * z
+// Variant forms kMinimizeBroadcasts and kConstantFolding, Keras' graph after
+// Grappler (Note [Grappler form]): constant folding turns the division by the
+// constant beta_1 into a multiplication by its reciprocal (kConstantFolding),
+// and the arithmetic optimizer's MinimizeBroadcasts (not for rank-0
+// variables) then multiplies that chain's two scalars first:
+//   kMinimizeBroadcasts: x = ((1 - w) * (1 / beta_1)) * (var - c1 * z) + w * z
+//   kConstantFolding:    x = (1 - w) * ((var - c1 * z) * (1 / beta_1)) + w * z
 // Bytes/element: 7T.
 struct ScheduleFreeRule {
   // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
@@ -779,17 +899,24 @@ Bytes per element: 7T.
     kOneMinusWeight = 9,
     kInvB1 = 10,
   };
-  static constexpr int kNumVariants = 3;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 2; }
+  struct Variant {  // Note [typed variants]
+    enum Form : int { kKeras = 0, kMinimizeBroadcasts = 1, kConstantFolding = 2 };
+    Form form = kKeras;
+    static constexpr int kCount = 3;
+    FUSEDOPT_HD constexpr int Index() const { return form; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {Form(i)}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 2; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M* s, M g) {
+    constexpr Variant kV = Variant::At(V);
     s[1] = s[1] + (g * g - s[1]) * c[kOneMinusB2];
     const M denom = Sqrt(s[1] / c[kBiasCorrection2]) + c[kEps];
     s[0] = s[0] - (c[kLr] * g) / denom;
     M x;
-    if constexpr (V == 1) {
+    if constexpr (kV.form == Variant::kMinimizeBroadcasts) {
       x = c[kOneMinusWeightOverB1] * (var - c[kOneMinusB1] * s[0]) + c[kWeight] * s[0];
-    } else if constexpr (V == 2) {
+    } else if constexpr (kV.form == Variant::kConstantFolding) {
       x = c[kOneMinusWeight] * ((var - c[kOneMinusB1] * s[0]) * c[kInvB1]) + c[kWeight] * s[0];
     } else {
       x = (var - c[kOneMinusB1] * s[0]) / c[kB1];
@@ -822,8 +949,8 @@ g + momentum * m) stay TensorFlow matmuls; Fusedopt>ApplyMuon applies their
 result. Takes no weight decay. Bytes per element: 3T.
 )doc";
   enum : int { kMomentumMinusOne = 1 };
-  static constexpr int kNumVariants = 1;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 0; }
+  using Variant = NoVariant;
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 0; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M*, M g) {
     var = var + (g + var * c[kMomentumMinusOne]);
@@ -833,8 +960,8 @@ result. Takes no weight decay. Bytes per element: 3T.
 // MuonRule: g is the orthogonalized update (Newton-Schulz output); no slots.
 // Keras' lr_adjust scales it by s = sqrt(max(rows, cols)) (float32) and
 // rms_rate:
-//   0 (Keras' written form):   var = var - ((lr * g) * s) * rms_rate
-//   1 (MinimizeBroadcasts):    var = var - g * ((lr * s) * rms_rate)   (host)
+//   Keras' written form:              var = var - ((lr * g) * s) * rms_rate
+//   Variant minimize_broadcasts:      var = var - g * ((lr * s) * rms_rate)   (host)
 // Bytes/element: 3T.
 struct MuonRule {
   // The doc of its TensorFlow ops (cc/tf/ops.cc adds the options' doc).
@@ -849,11 +976,16 @@ With grappler_form=true: var = var - g * ((lr * scale) * rms_rate), Keras'
 graph after MinimizeBroadcasts. Requires scale > 0. Bytes per element: 3T.
 )doc";
   enum : int { kLr = 1, kScale = 2, kRmsRate = 3, kFactor = 4 };
-  static constexpr int kNumVariants = 2;
-  FUSEDOPT_HD static constexpr int Slots(int) { return 0; }
+  struct Variant {  // Note [typed variants]
+    bool minimize_broadcasts = false;  // Grappler's MinimizeBroadcasts form
+    static constexpr int kCount = 2;
+    FUSEDOPT_HD constexpr int Index() const { return minimize_broadcasts ? 1 : 0; }
+    FUSEDOPT_HD static constexpr Variant At(int i) { return {i == 1}; }
+  };
+  FUSEDOPT_HD static constexpr int Slots(Variant) { return 0; }
   template <int V, typename M>
   FUSEDOPT_HD static void Apply(const M* c, M& var, M*, M g) {
-    if constexpr (V == 1) {
+    if constexpr (Variant::At(V).minimize_broadcasts) {
       var = var - g * c[kFactor];
     } else {
       var = var - ((c[kLr] * g) * c[kScale]) * c[kRmsRate];

@@ -47,6 +47,23 @@ std::vector<std::string> Split(const std::string& s, char sep) {
   return out;
 }
 
+// The rules with low-precision state (Note [low-precision state]) and, for
+// each, its slots that hold non-negative values (the unsigned 8-bit code).
+std::string LowPrecisionStateJson() {
+  std::string j = "{";
+  bool first = true;
+  for (const RuleInfo& r : kRuleInfos) {
+    if (NumStateVariants(r.rule) == 0) continue;
+    std::vector<std::string> nonneg;
+    for (int k = 0; k < r.num_slots; ++k) {
+      if ((NonNegSlotsOf(r.rule) >> k) & 1u) nonneg.push_back(r.slots[k].name);
+    }
+    j += (first ? "" : ", ") + Quote(r.name) + ": {\"nonneg_slots\": " + JsonList(nonneg) + "}";
+    first = false;
+  }
+  return j + "}";
+}
+
 std::string BuildInfoJson() {
   std::string j = "{";
   j += "\"fusedopt_version\": " + Quote(FUSEDOPT_VERSION);
@@ -54,6 +71,7 @@ std::string BuildInfoJson() {
   j += ", \"compiler\": " + Quote(FUSEDOPT_COMPILER);
   j += ", \"cpu_simd_compiled\": " + JsonList(cpu::CompiledIsas());
   j += ", \"cpu_simd_selected\": " + Quote(cpu::SelectedKernels().isa);
+  j += ", \"low_precision_state\": " + LowPrecisionStateJson();
 #if defined(FUSEDOPT_WITH_CUDA)
   j += ", \"cuda\": true";
   j += ", \"cuda_version\": " + Quote(FUSEDOPT_CUDA_VERSION);

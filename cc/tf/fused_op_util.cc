@@ -29,6 +29,14 @@ absl::Status ReadRuleAttrs(tensorflow::OpKernelConstruction* c, Rule rule, RuleA
     // A TF form only (Note [TF pow]): the kernels' plan never sees it.
     TF_RETURN_IF_ERROR(c->GetAttr("tf_training_op_form", &attrs->tf_tensor_pow));
   }
+  if (NumStateVariants(rule) > 0) {
+    std::string format;
+    TF_RETURN_IF_ERROR(c->GetAttr("state_format", &format));
+    attrs->state_format = format == "int8"       ? StateFormat::kInt8
+                          : format == "bfloat16" ? StateFormat::kBFloat16
+                                                 : StateFormat::kSame;
+    TF_RETURN_IF_ERROR(c->GetAttr("stochastic_rounding", &attrs->stochastic_rounding));
+  }
   if (has & kAttrScheduleDecay) {
     float d = 1.0f;
     TF_RETURN_IF_ERROR(c->GetAttr("schedule_decay", &d));
@@ -67,15 +75,19 @@ ParallelFor PoolOf(tensorflow::OpKernelContext* ctx) {
   };
 }
 
-absl::Status ReadStep(tensorflow::OpKernelContext* ctx, int64_t* step) {
+absl::Status ReadInt64(tensorflow::OpKernelContext* ctx, const char* name, int64_t* value) {
   const tensorflow::Tensor* t = nullptr;
-  TF_RETURN_IF_ERROR(ctx->input("step", &t));
+  TF_RETURN_IF_ERROR(ctx->input(name, &t));
   if (!tensorflow::TensorShapeUtils::IsScalar(t->shape())) {
     return absl::InvalidArgumentError(
-        absl::StrCat("'step' must be a scalar, got shape ", t->shape().DebugString()));
+        absl::StrCat("'", name, "' must be a scalar, got shape ", t->shape().DebugString()));
   }
-  *step = t->scalar<int64_t>()();
+  *value = t->scalar<int64_t>()();
   return absl::OkStatus();
+}
+
+absl::Status ReadStep(tensorflow::OpKernelContext* ctx, int64_t* step) {
+  return ReadInt64(ctx, "step", step);
 }
 
 #if defined(FUSEDOPT_WITH_CUDA)

@@ -31,6 +31,8 @@ ParallelFor PoolOf(tensorflow::OpKernelContext* ctx);
 
 // Reads the int64 scalar input "step"; InvalidArgument if it is not a scalar.
 absl::Status ReadStep(tensorflow::OpKernelContext* ctx, int64_t* step);
+// Reads the int64 scalar input `name`.
+absl::Status ReadInt64(tensorflow::OpKernelContext* ctx, const char* name, int64_t* value);
 
 #if defined(FUSEDOPT_WITH_CUDA)
 // The CUDA stream TF runs this op's kernels on.

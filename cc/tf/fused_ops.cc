@@ -120,10 +120,11 @@ TfFormsMaker TfFormsOf(OpKernelContext* ctx, Rule rule, const RuleAttrs& attrs,
 // the looked-up, locked, validated variables (dense: Note [variable
 // semantics]; sparse: Note [sparse access]), then their buffers into the
 // operands. Its error lands in *status (the pipeline stops at kInternal).
+// absmax_first: the first absmax variable (int8 state), else -1.
 std::function<CallStatus(Operands*)> WriteHook(VariableSet* vars, int var0,
                                                const std::vector<int>& slot_first, int n,
                                                bool sparse, DeviceCopyFn copy,
-                                               absl::Status* status) {
+                                               absl::Status* status, int absmax_first = -1) {
   return [=, &slot_first](Operands* o) -> CallStatus {
     *status = sparse ? vars->PrepareForSparseWrite(copy) : vars->PrepareForWrite(copy);
     if (!status->ok()) return CallStatus{CallStatus::kInternal, "copy-on-write"};
@@ -132,9 +133,56 @@ std::function<CallStatus(Operands*)> WriteHook(VariableSet* vars, int var0,
       std::array<void*, kMaxSlots> s{};
       for (int k = 0; k < o->num_slots; ++k) s[k] = vars->data(slot_first[k] + i);
       o->slots.push_back(s);
+      if (absmax_first >= 0) {
+        std::array<float*, kMaxSlots> a{};
+        for (int k = 0; k < o->num_slots; ++k) {
+          a[k] = static_cast<float*>(vars->data(absmax_first + k * n + i));
+        }
+        o->absmax.push_back(a);
+      }
     }
     return CallStatus{};
   };
+}
+
+// The slots' dtype in a state format, for variables of `dtype`.
+tensorflow::DataType SlotDtype(StateFormat f, tensorflow::DataType dtype) {
+  switch (f) {
+    case StateFormat::kBFloat16:
+      return tensorflow::DT_BFLOAT16;
+    case StateFormat::kInt8:
+      return tensorflow::DT_UINT8;
+    default:
+      return dtype;
+  }
+}
+
+// Checks the slots of variable i (dtype by state format, the variable's
+// shape) and, for int8 state, its absmax variables (float32, one per
+// quantization block); sets its layout.
+absl::Status ValidateSlots(const VariableSet& vars, int var0, const std::vector<int>& slot_first,
+                           int absmax_first, int n, int i, tensorflow::DataType dtype,
+                           StateFormat format, const tensorflow::TensorShape& shape,
+                           const std::string& what, std::vector<QuantLayout>* layouts) {
+  const tensorflow::DataType slot_dtype = SlotDtype(format, dtype);
+  for (int first : slot_first) {
+    TF_RETURN_IF_ERROR(vars.ValidateDtype(first + i, slot_dtype));
+    TF_RETURN_IF_ERROR(vars.ValidateShape(first + i, shape, what));
+  }
+  if (format != StateFormat::kInt8) return absl::OkStatus();
+  const QuantLayout l = QuantLayoutOf(shape.dims(), shape.dims() > 0 ? shape.dim_size(0) : 1,
+                                      shape.num_elements());
+  layouts->push_back(l);
+  for (size_t k = 0; k < slot_first.size(); ++k) {
+    const int a = absmax_first + static_cast<int>(k) * n + i;
+    TF_RETURN_IF_ERROR(vars.ValidateDtype(a, tensorflow::DT_FLOAT));
+    TF_RETURN_IF_ERROR(vars.ValidateShape(
+        a, tensorflow::TensorShape({l.NumBlocks()}),
+        absl::StrCat("the int8 blocks of ", vars.label(slot_first[k] + i), " (", l.rows,
+                     " rows of ", l.BlocksPerRow(), " blocks of at most ", kQuantBlock,
+                     " elements)")));
+  }
+  return absl::OkStatus();
 }
 
 // Reads a call's scalars, step and options, and looks up its variables and
@@ -142,7 +190,8 @@ std::function<CallStatus(Operands*)> WriteHook(VariableSet* vars, int var0,
 template <typename Spec>
 absl::Status ReadCall(OpKernelContext* ctx, const Spec& spec, bool skip_nonfinite, int n,
                       PlanInput* in, GradOptions* options, VariableSet* vars, int* var0,
-                      std::vector<int>* slot_first) {
+                      std::vector<int>* slot_first, int* absmax_first) {
+  *absmax_first = -1;
   const RuleInfo& info = Spec::Info();
   in->attrs = spec.attrs;
   in->scalars.resize(info.num_scalars);
@@ -167,6 +216,24 @@ absl::Status ReadCall(OpKernelContext* ctx, const Spec& spec, bool skip_nonfinit
     }
     in->slot_given.push_back(true);
     slot_first->push_back(first);
+  }
+  if (NumStateVariants(Spec::kRule) > 0) {
+    int64_t seed = 0;
+    TF_RETURN_IF_ERROR(ReadInt64(ctx, "rounding_seed", &seed));
+    in->rounding_seed = static_cast<uint64_t>(seed);
+    int first = 0;
+    TF_RETURN_IF_ERROR(vars->Lookup("absmax", &first));
+    const int q = vars->size() - first;
+    const bool int8 = spec.attrs.state_format == StateFormat::kInt8;
+    const int want = int8 ? n * static_cast<int>(slot_first->size()) : 0;
+    if (q != want) {
+      return Invalid(
+          int8 ? absl::StrCat("absmax has ", q, " entries; int8 state takes one per slot "
+                              "variable, slot list by slot list: ", slot_first->size(),
+                              " slot lists x ", n, " variables = ", want)
+               : absl::StrCat("absmax has ", q, " entries; only state_format='int8' takes any"));
+    }
+    if (int8) *absmax_first = first;
   }
   return absl::OkStatus();
 }
@@ -199,10 +266,12 @@ class FusedApplyOp : public OpKernel {
     VariableSet vars(ctx);
     int var0 = 0;
     std::vector<int> slot_first;  // first index in `vars` of each given slot list
+    int absmax_first = -1;
     TF_RETURN_IF_ERROR(ReadCall<Spec>(ctx, spec_, skip_nonfinite_, n, &in, &options, &vars, &var0,
-                                      &slot_first));
+                                      &slot_first, &absmax_first));
     Plan plan;
-    const std::string plan_error = MakeCallPlan(Spec::kRule, in, /*rank0_plan=*/true, &plan);
+    const std::string plan_error =
+        MakeCallPlan(Spec::kRule, in, /*rank0_plan=*/true, &plan, DTypeIndex(dtype));
     if (!plan_error.empty()) return Invalid(plan_error);
 
     tensorflow::Tensor* skipped = nullptr;
@@ -210,17 +279,16 @@ class FusedApplyOp : public OpKernel {
     skipped->scalar<bool>()() = false;
 
     TF_RETURN_IF_ERROR(vars.CheckDistinctAndLock());
+    Operands ops;
     for (int i = 0; i < n; ++i) {
       const std::string gname = absl::StrCat("grads[", i, "]");
       TF_RETURN_IF_ERROR(vars.ValidateDtype(var0 + i, dtype));
       TF_RETURN_IF_ERROR(vars.ValidateShape(var0 + i, grads[i].shape(), gname));
-      for (int first : slot_first) {
-        TF_RETURN_IF_ERROR(vars.ValidateDtype(first + i, dtype));
-        TF_RETURN_IF_ERROR(vars.ValidateShape(first + i, grads[i].shape(), gname));
-      }
+      TF_RETURN_IF_ERROR(ValidateSlots(vars, var0, slot_first, absmax_first, n, i, dtype,
+                                       in.attrs.state_format, grads[i].shape(), gname,
+                                       &ops.layouts));
     }
 
-    Operands ops;
     ops.n = n;
     ops.num_slots = static_cast<int>(slot_first.size());
     for (int i = 0; i < n; ++i) {
@@ -240,7 +308,8 @@ class FusedApplyOp : public OpKernel {
     CallHooks hooks;
     absl::Status write_status;
     auto prepare = [&](DeviceCopyFn copy) {
-      return WriteHook(&vars, var0, slot_first, n, /*sparse=*/false, copy, &write_status);
+      return WriteHook(&vars, var0, slot_first, n, /*sparse=*/false, copy, &write_status,
+                       absmax_first);
     };
     if constexpr (B == Backend::kCpu) {
       hooks.pfor = PoolOf(ctx);
@@ -324,18 +393,21 @@ class SparseApplyOp : public OpKernel {
     VariableSet vars(ctx);
     int var0 = 0;
     std::vector<int> slot_first;
+    int absmax_first = -1;
     TF_RETURN_IF_ERROR(ReadCall<Spec>(ctx, spec_, skip_nonfinite_, n, &in, &options, &vars, &var0,
-                                      &slot_first));
+                                      &slot_first, &absmax_first));
     Plan plan;
     // Sparse variables have rank >= 1: no rank-0 plan.
-    const std::string plan_error = MakeCallPlan(Spec::kRule, in, /*rank0_plan=*/false, &plan);
+    const std::string plan_error =
+        MakeCallPlan(Spec::kRule, in, /*rank0_plan=*/false, &plan, DTypeIndex(dtype));
     if (!plan_error.empty()) return Invalid(plan_error);
-    plan.rsqrt_stride = 0;  // Keras' sparse updates are other ops: no rsqrt form
+    plan.rsqrt_forms = false;  // Keras' sparse updates are other ops: no rsqrt form
     tensorflow::Tensor* skipped = nullptr;
     TF_RETURN_IF_ERROR(ctx->allocate_output("skipped", tensorflow::TensorShape({}), &skipped));
     skipped->scalar<bool>()() = false;
 
     TF_RETURN_IF_ERROR(vars.CheckDistinctAndLock());
+    Operands ops;
     std::vector<int64_t> rows(n), row_size(n);
     for (int i = 0; i < n; ++i) {
       TF_RETURN_IF_ERROR(vars.ValidateDtype(var0 + i, dtype));
@@ -357,10 +429,14 @@ class SparseApplyOp : public OpKernel {
                                     " of shape ", shape.DebugString(), " with ", iv.dim_size(0),
                                     " indices needs ", want.DebugString()));
       }
-      for (int first : slot_first) {
-        TF_RETURN_IF_ERROR(vars.ValidateDtype(first + i, dtype));
-        TF_RETURN_IF_ERROR(vars.ValidateShape(first + i, shape, vars.label(var0 + i)));
+      if (in.attrs.state_format == StateFormat::kInt8 && shape.dims() < 2) {
+        return Invalid(absl::StrCat(
+            vars.label(var0 + i), " has rank 1: int8 state's blocks span a rank-1 variable's "
+            "elements, so its sparse updates need rank >= 2 (use a dense update)"));
       }
+      TF_RETURN_IF_ERROR(ValidateSlots(vars, var0, slot_first, absmax_first, n, i, dtype,
+                                       in.attrs.state_format, shape, vars.label(var0 + i),
+                                       &ops.layouts));
       rows[i] = shape.dim_size(0);
       row_size[i] = rows[i] == 0 ? 0 : shape.num_elements() / rows[i];
     }
@@ -368,7 +444,6 @@ class SparseApplyOp : public OpKernel {
     // The rest is the call pipeline's (Note [call pipeline]): index checks
     // and duplicate sums, statistics, transform and skip, then the
     // copy-on-write below (Note [sparse access]), then the update.
-    Operands ops;
     ops.n = n;
     ops.num_slots = static_cast<int>(slot_first.size());
     SparseDesc sp;
@@ -393,8 +468,8 @@ class SparseApplyOp : public OpKernel {
       hooks.tf_forms = TfFormsOf<T>(ctx, Spec::kRule, spec_.attrs, grappler_form_, d.dt);
     }
     absl::Status write_status;
-    hooks.prepare_for_write =
-        WriteHook(&vars, var0, slot_first, n, /*sparse=*/true, &CpuCopy, &write_status);
+    hooks.prepare_for_write = WriteHook(&vars, var0, slot_first, n, /*sparse=*/true, &CpuCopy,
+                                        &write_status, absmax_first);
     bool skip = false;
     const CallStatus st = RunSparseCall(d, plan, &ops, sp, hooks, &skip);
     TF_RETURN_IF_ERROR(write_status);
@@ -461,6 +536,7 @@ void RegisterRuleType() {
     }
     for (int k = 0; k < info.num_scalars; ++k) def.HostMemory(info.scalars[k]);
     if (info.has_step) def.HostMemory("step");
+    if (NumStateVariants(R) > 0) def.HostMemory("rounding_seed");
     Register(def, "FusedApplyOp", &Create<FusedApplyOp<Backend::kGpu, T, Spec<R>>>);
   }
 #endif

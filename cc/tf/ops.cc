@@ -99,6 +99,25 @@ updated (weight decay included), at a cost proportional to them (the semantics
 of TF Addons' LazyAdam). LAMB supports only 'exact'. CPU only for now.
 )doc";
 
+constexpr char kStateDoc[] = R"doc(
+Low-precision state (state_format; Note [low-precision state] in
+cc/rules/state_format.h): 'same' keeps the slots in the variables' dtype.
+'bfloat16' stores them as bfloat16, computed in float32 and rounded
+stochastically (unbiased). 'int8' stores each slot as uint8 codes of the
+variable's shape plus a float32 absmax per block (absmax: the blocks' absmax
+variables, slot list by slot list, each of shape [rows * ceil(row_size / 256)]
+where rows is the variable's first dimension and row_size the product of the
+others, one row for rank 0 and 1): a signed code for momenta, an unsigned one
+for second moments and accumulators, each a small float relative to the
+block's absmax. Float32 and bfloat16 variables; Keras' forms only (no
+tf_training_op_form, epsilon_outside_sqrt or Grappler forms). With
+stochastic_rounding, bfloat16 variables are stored with stochastic rounding
+too. rounding_seed seeds the rounding bits (a counter-based hash of the seed,
+the tensor's position in the call and the element): the same seed gives the
+same bits; callers fold the step into it. Ignored when nothing rounds
+stochastically.
+)doc";
+
 namespace {
 
 // Every rule's ops, from the registry (Note [rule registry]): for each rule
@@ -141,6 +160,11 @@ void RegisterFusedOp(const RuleInfo& info, bool sparse) {
   }
   for (int k = 0; k < info.num_scalars; ++k) op.Input(absl::StrCat(info.scalars[k], ": Tscalar"));
   if (info.has_step) op.Input("step: int64");
+  // Low-precision state (Note [low-precision state]): for int8, each slot
+  // list's absmax variables (slot-major: Q = N * slot lists given), and
+  // the rounding seed.
+  const bool state = NumStateVariants(info.rule) > 0;
+  if (state) op.Input("absmax: Q * resource").Input("rounding_seed: int64");
   for (int k = 0; k < info.num_slots; ++k) {
     if (info.slots[k].optional) op.Attr(absl::StrCat(info.slots[k].count_attr, ": int >= 0"));
   }
@@ -154,6 +178,11 @@ void RegisterFusedOp(const RuleInfo& info, bool sparse) {
     op.Attr("tf_training_op_form: bool = false");
   }
   if (info.attrs & kAttrTfNorms) op.Attr("tf_norms: bool = false");
+  if (state) {
+    op.Attr("Q: int >= 0 = 0")
+        .Attr("state_format: {'same', 'bfloat16', 'int8'} = 'same'")
+        .Attr("stochastic_rounding: bool = false");
+  }
   op.Input("grad_scale: Tscalar")
       .Input("clip_value: Tscalar")
       .Input("clip_norm: Tscalar")
@@ -170,6 +199,7 @@ void RegisterFusedOp(const RuleInfo& info, bool sparse) {
   op.SetShapeFn([&info](InferenceContext* c) -> absl::Status {
     std::vector<const char*> names(info.scalars, info.scalars + info.num_scalars);
     if (info.has_step) names.push_back("step");
+    if (NumStateVariants(info.rule) > 0) names.push_back("rounding_seed");
     for (const char* o : {"grad_scale", "clip_value", "clip_norm", "global_clip_norm"}) {
       names.push_back(o);
     }
@@ -177,7 +207,9 @@ void RegisterFusedOp(const RuleInfo& info, bool sparse) {
     c->set_output(0, c->Scalar());
     return absl::OkStatus();
   });
-  op.Doc(sparse ? std::string(kSparseDoc) : std::string(OpDoc(info.rule)) + kOptionsDoc);
+  const char* state_doc = state ? kStateDoc : "";
+  op.Doc(sparse ? std::string(kSparseDoc) + state_doc
+                : std::string(OpDoc(info.rule)) + kOptionsDoc + state_doc);
   op();
 }
 

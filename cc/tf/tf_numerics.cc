@@ -109,7 +109,7 @@ PowForm PowFormOf(const RuleAttrs& attrs, bool grappler_form) {
 // out[0, n) = in^p in the given form. kPowOp is TF's BinaryOp for Pow with a
 // scalar right operand (Eigen's binary scalar_pow_op: generic_pow in packets).
 // kGrappler is the same except pow(x, 2), a Square (pow(x, 0.5), Sqrt, is
-// FtrlRule variant 1, not run here; 1 and 0 become Identity and OnesLike,
+// FtrlRule's sqrt_power variant, not run here; 1 and 0 become Identity and OnesLike,
 // which TF's Pow gives exactly). kTensorPow is the training ops' unary
 // scalar_unary_pow_op, which differs from Pow for integer powers: packets of
 // an integer power in [-3, 7] are repeated squaring (x^2 = x * x, x^3 =
@@ -511,11 +511,11 @@ bool HasTfForm(Rule rule, const RuleAttrs& attrs, const Plan& plan, int dt, bool
     return false;
   }
   if (rule == Rule::kLamb) return attrs.tf_norms;
-  // Variant 1 (power 0.5, for rank-0 variables too) is sqrt: Grappler's
-  // form, and the training ops' own special case of power 0.5.
+  // The sqrt_power variant (power 0.5, for rank-0 variables too) is sqrt:
+  // Grappler's form, and the training ops' own special case of power 0.5.
   if (rule == Rule::kFtrl) {
-    return attrs.tf_pow &&
-           (plan.variant == 0 || (!grappler_form && !attrs.tf_tensor_pow));
+    return attrs.tf_pow && (!FtrlRule::Variant::At(plan.variant).sqrt_power ||
+                            (!grappler_form && !attrs.tf_tensor_pow));
   }
   return false;
 }

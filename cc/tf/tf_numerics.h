@@ -54,7 +54,7 @@ LambNormsFn LambTfNorms(tensorflow::OpKernelContext* ctx, const Operands& ops, c
 // -learning_rate_power with `ops.power`, TF's Pow, Eigen's vectorized pow,
 // which is not the C library's (test_tf_pow_is_not_the_c_library_pow) and
 // whose error Ftrl's `new_acc^p - acc^p` amplifies. In a tf.function
-// Grappler makes pow(x, 0.5) a Sqrt (FtrlRule variant 1, already exact), but
+// Grappler makes pow(x, 0.5) a Sqrt (FtrlRule's sqrt_power variant, already exact), but
 // the default power in eager mode and every other power in both modes run
 // TF's Pow. With the Ftrl ops' `tf_pow` attribute (set by
 // fusedopt.keras.Ftrl) a dense float/double CPU call that Grappler has not

@@ -103,6 +103,11 @@ class FusedApplyXlaOp : public XlaOpKernel {
  private:
   absl::Status DoCompile(XlaOpKernelContext* ctx) {
     const RuleInfo& info = InfoOf(R);
+    if (attrs_.state_format != StateFormat::kSame || attrs_.stochastic_rounding) {
+      return absl::UnimplementedError(
+          "fusedopt: low-precision state (state_format, stochastic_rounding) has no XLA "
+          "lowering yet; run the step without jit_compile");
+    }
     xla::XlaBuilder* b = ctx->builder();
     int vstart = 0, vstop = 0;
     TF_RETURN_IF_ERROR(ctx->op_kernel().InputRange("vars", &vstart, &vstop));

@@ -36,7 +36,9 @@ def build_info() -> dict[str, Any]:
     build without CUDA; GPU variables then take the Keras built-in update,
     after one warning), ``cpu_simd_compiled`` (the CPU
     instruction-set variants in the library), ``cpu_simd_selected`` (the one
-    used on this CPU), ``compiler`` and ``library_path``.
+    used on this CPU), ``low_precision_state`` (the rules that take
+    ``state_dtype`` "bfloat16" and "int8", each with its slots that hold
+    non-negative values), ``compiler`` and ``library_path``.
 
     Raises:
         ImportError: if the op library is missing or was built for another

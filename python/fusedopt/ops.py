@@ -147,9 +147,77 @@ __doc__ += """
     ``sparse_mode="exact"`` (default) gives the dense result on the densified
     gradient, ``"lazy"`` updates only the rows present (TF Addons' lazy semantics).
 
+    Low-precision state (the rules whose op takes ``absmax``; Note
+    [low-precision state], ``fusedopt.state``): ``state_dtype="bfloat16"``
+    takes bfloat16 slot variables (stored with stochastic rounding),
+    ``"int8"`` uint8 slot variables plus ``absmax``, a dict from each given
+    slot's name to its N float32 absmax variables of shape
+    ``[fusedopt.state.num_blocks(shape)]``; ``stochastic_rounding=True``
+    stores bfloat16 variables stochastically too. ``rounding_seed`` (an
+    int64) seeds the rounding: fold the step into it. Float32 and bfloat16
+    variables, Keras' forms only.
+
     Returns the op's ``skipped`` output: a scalar bool tensor, True when
     ``skip_nonfinite`` found a non-finite gradient and nothing was written.
 """  # noqa: A001
+
+
+_STATE_FORMATS = {"float32": "same", "bfloat16": "bfloat16", "int8": "int8"}
+
+
+def _op_has_state(op_name: str) -> bool:
+    """Whether the op (its Python function name) takes low-precision state."""
+    raw = "".join(p.capitalize() for p in op_name[len("fusedopt_"):].split("_"))
+    for name in dir(_loader.load()):
+        if name.startswith("Fusedopt_") and name[len("Fusedopt_"):].lower() == raw.lower():
+            op_def = op_def_registry.get("Fusedopt>" + name[len("Fusedopt_"):])
+            return op_def is not None and any(a.name == "absmax" for a in op_def.input_arg)
+    return False
+
+
+def _state_inputs(op_name: str, variables: Sequence[VariableLike],
+                  slots: dict[str, Sequence[VariableLike] | None], state_dtype: str,
+                  absmax: dict[str, Sequence[VariableLike]] | None,
+                  rounding_seed: TensorLike, stochastic_rounding: bool) -> dict[str, Any]:
+    """The op inputs and attributes of low-precision state (Note [low-precision
+    state]; fusedopt.state): nothing for an op without it, else
+    ``state_format``, ``stochastic_rounding``, ``rounding_seed`` and the
+    ``absmax`` list (int8: slot list by slot list, in the op's slot order)."""
+    if state_dtype not in _STATE_FORMATS:
+        raise _invalid(f"state_dtype must be one of {sorted(_STATE_FORMATS)}, got "
+                       f"{state_dtype!r}")
+    low = state_dtype != "float32" or stochastic_rounding
+    if not _op_has_state(op_name):
+        if low:
+            what = (f"state_dtype={state_dtype!r}" if state_dtype != "float32"
+                    else "stochastic_rounding")
+            raise _invalid(f"{what} is not available for {op_name[len('fusedopt_apply_'):]} "
+                           "(see fusedopt.state for the rules that take it)")
+        return {}
+    given = [k for k, v in slots.items() if v]
+    lists: list[Any] = []
+    if state_dtype == "int8":
+        absmax = absmax or {}
+        missing = [k for k in given if k not in absmax]
+        extra = [k for k in absmax if k not in given]
+        if missing or extra:
+            raise _invalid(
+                "int8 state takes one absmax list per slot list given "
+                f"({given}): missing {missing}, unexpected {extra} (make them with "
+                "fusedopt.state.num_blocks)")
+        for k in given:
+            _check_lengths(len(variables), **{f"absmax[{k!r}]": absmax[k]})
+            lists.extend(_handles(absmax[k], f"absmax[{k!r}]"))
+    elif absmax:
+        raise _invalid(f"absmax is for state_dtype='int8', got state_dtype={state_dtype!r}")
+    if isinstance(rounding_seed, (tf.Tensor, tf.Variable)):
+        seed = tf.cast(rounding_seed, tf.int64)
+    else:  # any Python int, as its 64 bits
+        bits = int(rounding_seed) % (1 << 64)
+        seed = _atomic.constant(bits - (1 << 64) if bits >= 1 << 63 else bits, tf.int64)
+    return {"state_format": _STATE_FORMATS[state_dtype],
+            "stochastic_rounding": bool(stochastic_rounding),
+            "absmax": lists, "rounding_seed": seed}
 
 
 def _clip_input(value: TensorLike | None, name: str, dtype: tf.DType) -> tf.Tensor:
@@ -177,12 +245,18 @@ def _apply(
     sparse_mode: str = "exact",
     grappler_form: bool = False,
     grappler_constant_folding: bool = False,
+    state_dtype: str = "float32",
+    absmax: dict[str, Sequence[VariableLike]] | None = None,
+    rounding_seed: TensorLike = 0,
+    stochastic_rounding: bool = False,
     **attrs: Any,
 ) -> tf.Tensor:
     """Validates list lengths, converts inputs and calls one fused op (its
     sparse twin when the gradients are tf.IndexedSlices)."""
     if len(variables) == 0:
         raise _invalid(f"{op_name} needs at least one variable")
+    state_inputs = _state_inputs(op_name, variables, slots, state_dtype, absmax, rounding_seed,
+                                 stochastic_rounding)
     _check_lengths(len(variables), gradients=gradients, **slots)
     sparse = [isinstance(g, tf.IndexedSlices) for g in gradients]
     if any(sparse) and not all(sparse):
@@ -227,6 +301,7 @@ def _apply(
     kwargs["skip_nonfinite"] = bool(skip_nonfinite)
     kwargs["grappler_form"] = bool(grappler_form)
     kwargs["grappler_constant_folding"] = bool(grappler_constant_folding)
+    kwargs.update(state_inputs)
     kwargs.update(attrs)
     return getattr(_loader.load(), op_name)(name=name, **kwargs)
 
@@ -260,8 +335,10 @@ def _apply(
 
 _PUBLIC_NAMES = {"lr": "learning_rate"}  # op input -> public keyword, where they differ
 _COMMON_ATTRS = frozenset({"N", "T", "Tscalar", "Tindices", "mode", "skip_nonfinite",
+                           "state_format", "stochastic_rounding",
                            "grappler_form", "grappler_constant_folding"})
-_OPTION_INPUTS = frozenset({"grad_scale", "clip_value", "clip_norm", "global_clip_norm"})
+_OPTION_INPUTS = frozenset({"grad_scale", "clip_value", "clip_norm", "global_clip_norm",
+                            "absmax", "rounding_seed"})
 _ATTR_TYPES: dict[str, Callable[[Any], Any]] = {"bool": bool, "float": float, "int": int}
 _BITS = "_bits"  # an int attribute `x_bits`: the float64 bits of the float attribute `x`
 

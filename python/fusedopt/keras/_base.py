@@ -70,7 +70,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import functools
+
 import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import ops as tf_ops
 
@@ -79,6 +82,17 @@ from keras.src.optimizers import base_optimizer as _keras_base
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 from fusedopt import ops
+from fusedopt import state as _state
+
+
+@functools.lru_cache(maxsize=None)
+def _low_precision_rules() -> dict[str, tuple[str, ...]]:
+    """The rules with low-precision state and each one's non-negative slots
+    (the op library's build info, from the rule registry)."""
+    import fusedopt
+
+    info = fusedopt.build_info().get("low_precision_state", {})
+    return {rule: tuple(v["nonneg_slots"]) for rule, v in info.items()}
 
 
 class GroupKey(NamedTuple):
@@ -88,6 +102,7 @@ class GroupKey(NamedTuple):
     dtype: tf.DType
     decays: bool  # whether weight decay applies
     sparse: bool  # IndexedSlices gradients
+    state: str = "float32"  # the slots' state_dtype (fusedopt.state)
 
 
 class FusedCall(NamedTuple):
@@ -192,7 +207,8 @@ class FusedOptimizerMixin:
     """
 
     def __init__(self, *args, sparse_mode: str = "exact", clip_after_aggregation: bool = False,
-                 **kwargs):
+                 state_dtype: str = "float32", stochastic_rounding: bool = False,
+                 rounding_seed: int = 0, **kwargs):
         _refuse_parameter_server()
         if sparse_mode not in ("exact", "lazy"):
             raise ValueError(f"sparse_mode must be 'exact' or 'lazy', got {sparse_mode!r}")
@@ -202,6 +218,12 @@ class FusedOptimizerMixin:
             raise TypeError("clip_after_aggregation must be True or False, got "
                             f"{clip_after_aggregation!r}")
         super().__init__(*args, **kwargs)
+        self._fused_check_state_options(state_dtype, stochastic_rounding)
+        self.state_dtype = state_dtype
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.rounding_seed = int(rounding_seed)
+        self._fused_absmax: dict[int, Any] = {}  # id(slot variable) -> its absmax variable
+        self._fused_initial_values: dict[int, np.ndarray] = {}
         self.sparse_mode = sparse_mode
         self.clip_after_aggregation = clip_after_aggregation
         if clip_after_aggregation and not self._clip_setting():
@@ -266,14 +288,148 @@ class FusedOptimizerMixin:
     def build(self, variables):
         _refuse_parameter_server()
         super().build(variables)
+        if self._fused_low_precision():
+            self._fused_encode_initial_slots()
 
     def get_config(self):
         config = super().get_config()
+        if self.state_dtype != "float32":
+            config["state_dtype"] = self.state_dtype
+        if self.stochastic_rounding:
+            config["stochastic_rounding"] = True
+        if self.rounding_seed:
+            config["rounding_seed"] = self.rounding_seed
         if self.sparse_mode != "exact":
             config["sparse_mode"] = self.sparse_mode
         if self.clip_after_aggregation:
             config["clip_after_aggregation"] = True
         return config
+
+    # ---- Low-precision state (Note [low-precision state]; fusedopt.state) ----
+
+    def _fused_check_state_options(self, state_dtype: str, stochastic_rounding: bool) -> None:
+        if state_dtype not in _state.STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {list(_state.STATE_DTYPES)}, got "
+                             f"{state_dtype!r}")
+        if state_dtype == "float32" and not stochastic_rounding:
+            return
+        rules = _low_precision_rules()
+        call = self._fused_call
+        if call is None or call.rule not in rules:
+            what = (f"state_dtype={state_dtype!r}" if state_dtype != "float32"
+                    else "stochastic_rounding=True")
+            raise ValueError(f"{what}: {type(self).__name__} has no low-precision state; "
+                             f"the classes of the rules {sorted(rules)} have it")
+        flags = call.flags
+        if flags.get("tf_training_op_form"):
+            raise ValueError(f"state_dtype={state_dtype!r} takes Keras' form of the rule")
+        if state_dtype == "int8" and self._fused_int8_refusal() is not None:
+            raise ValueError(f"state_dtype='int8': {self._fused_int8_refusal()}; use "
+                             "state_dtype='bfloat16'")
+
+    def _fused_int8_refusal(self) -> str | None:
+        """Why this configuration of the class cannot have int8 state (None:
+        it can)."""
+        return None
+
+    def _fused_low_precision(self) -> bool:
+        return self.state_dtype != "float32" or self.stochastic_rounding
+
+    def _fused_refuse_builtin_with_low_precision(self, variables) -> None:
+        """Keras' built-in update cannot run on bfloat16 or int8 slots (nor
+        round stochastically): a step that would fall back to it raises."""
+        if not self._fused_low_precision():
+            return
+        if any(self._fused_state_of(v) != "float32" for v in variables) or (
+                self.stochastic_rounding and any(
+                    tf.as_dtype(v.dtype).base_dtype == tf.bfloat16 for v in variables)):
+            raise NotImplementedError(
+                f"{type(self).__name__}(state_dtype={self.state_dtype!r}, stochastic_rounding="
+                f"{self.stochastic_rounding}) runs only the fused kernels, and this step cannot "
+                "(see the warning above: XLA, GPU variables or a dtype without kernels); use "
+                "state_dtype='float32' there")
+
+    def _fused_state_of(self, var) -> str:
+        """The state_dtype of ``var``'s slots: this optimizer's, except float32
+        for variables of other dtypes than float32/bfloat16, and (int8) for
+        variables under MIN_QUANTIZED_ELEMENTS elements."""
+        if self.state_dtype == "float32":
+            return "float32"
+        dtype = tf.as_dtype(var.dtype).base_dtype
+        if dtype not in (tf.float32, tf.bfloat16):
+            return "float32"
+        if self.state_dtype == "int8":
+            elements = int(np.prod(var.shape)) if len(var.shape) else 1
+            if elements < _state.MIN_QUANTIZED_ELEMENTS:
+                return "float32"
+        return self.state_dtype
+
+    def add_variable_from_reference(self, reference_variable, name=None, initializer="zeros"):
+        """Keras' slot creation; with ``state_dtype`` "bfloat16" a bfloat16
+        slot, with "int8" a uint8 slot of codes plus a float32 ``<name>_absmax``
+        variable of one value per block (fusedopt.state), holding the
+        initializer's values quantized."""
+        fmt = self._fused_state_of(reference_variable)
+        if fmt == "float32":
+            return super().add_variable_from_reference(reference_variable, name, initializer)
+        shape = tuple(reference_variable.shape)
+        init = keras.initializers.get(initializer)
+        with tf.init_scope():  # (Keras may build in a tf.function: slots are made eagerly)
+            values = np.asarray(init(shape, dtype="float32"), dtype=np.float32)
+        path = reference_variable.path.replace("/", "_")
+        slot_name = f"{path}_{name}"
+        if fmt == "bfloat16":
+            return self.add_variable(shape=shape, dtype="bfloat16", name=slot_name,
+                                     initializer=lambda s, dtype=None: tf.cast(values, tf.bfloat16))
+        # Which code a slot takes (signed, or unsigned for non-negative
+        # values) is the op's, known once build() has filled the slot lists:
+        # zeros are code 0 in both; other initial values (an
+        # accumulators of a constant) are encoded again in build().
+        codes, absmax = _state.quantize(values, signed=True)
+        slot = self.add_variable(shape=shape, dtype="uint8", name=slot_name,
+                                 initializer=lambda s, dtype=None: tf.constant(codes))
+        scale = self.add_variable(shape=absmax.shape, dtype="float32",
+                                  name=f"{slot_name}_absmax",
+                                  initializer=lambda s, dtype=None: tf.constant(absmax))
+        self._fused_absmax[id(slot)] = scale
+        if np.any(values != 0):
+            self._fused_initial_values[id(slot)] = values
+        return slot
+
+    def _fused_encode_initial_slots(self) -> None:
+        """After build(): int8 slots whose initial values are not zero get the
+        code of their op slot (the unsigned one for non-negative slots)."""
+        pending, self._fused_initial_values = self._fused_initial_values, {}
+        if not pending:
+            return
+        call = self._fused_call
+        nonneg = set(_low_precision_rules()[call.rule])
+        for keyword, source in call.slots.items():
+            attribute = source[0] if isinstance(source, tuple) else source
+            for slot in getattr(self, attribute, None) or []:
+                values = pending.get(id(slot))
+                if values is not None:
+                    codes, absmax = _state.quantize(values, signed=keyword not in nonneg)
+                    with tf.init_scope():
+                        slot.assign(codes)
+                        self._fused_absmax[id(slot)].assign(absmax)
+
+    def _fused_state_options(self, key, call: FusedCall, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The fusedopt.ops state arguments of one group's call."""
+        state_dtype = getattr(key, "state", "float32")
+        if state_dtype == "float32" and not self.stochastic_rounding:
+            return {}
+        options: dict[str, Any] = {"state_dtype": state_dtype,
+                                   # The step folded into the seed: new bits each step.
+                                   "rounding_seed": tf.cast(self.iterations, tf.int64) +
+                                   tf.constant(self.rounding_seed * 0x9E3779B97F4A7C15 % (1 << 63),
+                                               tf.int64)}
+        if self.stochastic_rounding and key.dtype == tf.bfloat16:
+            options["stochastic_rounding"] = True
+        if state_dtype == "int8":
+            options["absmax"] = {kw: [self._fused_absmax[id(s)] for s in kwargs[kw]]
+                                 for kw in call.slots if kwargs.get(kw)}
+        return options
 
     # The class's op call (Note [fused call tables]); None: _fused_apply is its own.
     _fused_call: FusedCall | None = None
@@ -321,6 +477,9 @@ class FusedOptimizerMixin:
             kwargs["step"] = _step(self)
         for keyword, source in call.hypers.items():
             kwargs[keyword] = getattr(self, source) if isinstance(source, str) else source(self)
+        key = options.pop("group_key", None)
+        if key is not None:
+            options.update(self._fused_state_options(key, call, kwargs))
         return getattr(ops, call.op)(variables, grads, learning_rate, **kwargs,
                                      weight_decay=weight_decay, **call.flags, **options)
 
@@ -384,6 +543,8 @@ class FusedOptimizerMixin:
             enabled = False
         elif not self._fused_supports(trainable_variables):
             enabled = False
+        if not enabled:
+            self._fused_refuse_builtin_with_low_precision(trainable_variables)
         checks = []
         if enabled and self.gradient_accumulation_steps:
             # Keras densifies the gradients (`g + accumulator`) before the
@@ -412,7 +573,8 @@ class FusedOptimizerMixin:
         fused call per distinct key."""
         decays = self.weight_decay is not None and self._use_weight_decay(var)
         return GroupKey(device=var.device, dtype=var.dtype.base_dtype, decays=decays,
-                        sparse=isinstance(grad, tf.IndexedSlices))
+                        sparse=isinstance(grad, tf.IndexedSlices),
+                        state=self._fused_state_of(var))
 
     def _group_weight_decay(self, key: GroupKey, variables) -> Any:
         """The weight decay of a decaying group (a class may decay per path)."""
@@ -513,12 +675,14 @@ class FusedOptimizerMixin:
             weight_decay = self._group_weight_decay(key, variables) if key.decays else 0.0
 
             def apply_group(_first, group_grads, clip, variables=variables, dtype=dtype,
-                            wd=weight_decay, sparse=sparse):
+                            wd=weight_decay, sparse=sparse, key=key):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [_cast_grad(g, v, dtype) for g, v in zip(group_grads, variables)]
                 arithmetic, folding = _ctx.grappler_rewrites()
                 options = {"grappler_form": arithmetic, "grappler_constant_folding": folding,
                            **clip}
+                if self._fused_low_precision():
+                    options["group_key"] = key
                 if sparse:
                     options["sparse_mode"] = self.sparse_mode
                     if "clipnorm" in clip or "clipvalue" in clip:

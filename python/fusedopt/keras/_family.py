@@ -140,6 +140,12 @@ class RMSprop(FusedOptimizerMixin, keras.optimizers.RMSprop):
         hypers={"rho": "rho", "momentum": "momentum", "epsilon": "epsilon"},
     )
 
+    def _fused_int8_refusal(self):
+        if self.centered:
+            return ("centered RMSprop divides by velocity - average_gradient^2, which 8-bit "
+                    "errors of the two can turn negative")
+        return None
+
 
 @_register
 class Adagrad(FusedOptimizerMixin, keras.optimizers.Adagrad):
