@@ -141,6 +141,12 @@ def test_rules_table():
     assert set(table) == set(nat.rules()) | {"adafactor"}
     assert [table[r]["index"] for r in nat.rules()] == list(range(len(nat.rules())))
     assert table["adam"]["scalars"] == ["lr", "beta_1", "beta_2", "epsilon", "weight_decay"]
+    # Each rule's options: its dense calls' (fusedopt._native.rules()'s "options").
+    assert {r: info["options"] for r, info in table.items() if info["options"]} == {
+        "sgd": ["nesterov"], "nadam": ["schedule_decay", "tf_training_op_form"],
+        "adamax": ["tf_training_op_form"], "adadelta": ["tf_training_op_form"],
+        "rmsprop": ["epsilon_outside_sqrt", "tf_training_op_form"],
+        "adagrad": ["epsilon_outside_sqrt"]}
 
 
 # --- the TensorFlow op's bits, and the float64 reference -----------------------------------
@@ -394,6 +400,9 @@ BAD = [
     ("integer params", dict(params="int32"), TypeError, r"params\[0\] has dtype int32"),
     ("no step", dict(step=None), ValueError, "adam needs step="),
     ("option of another rule", dict(nesterov=True), ValueError, "nesterov applies to sgd only"),
+    # (adam's tf_training_op_form is its sparse op's: the dense handler has none.)
+    ("dense form of another rule", dict(tf_training_op_form=True), ValueError,
+     "tf_training_op_form applies to adadelta, adamax, nadam, rmsprop only, not adam"),
     ("two clippings", dict(clipnorm=1.0, clipvalue=1.0), ValueError, "at most one of"),
     ("bad clip", dict(clipnorm=0.0), ValueError, "clipnorm must be > 0"),
     ("array hyperparameter", dict(beta_1=jnp.ones(2)), ValueError, "beta_1 must be a scalar"),

@@ -63,6 +63,46 @@ def test_rules_table_is_the_documented_one():
         assert set(c.hp) - {"weight_decay"} == set(want[c.rule][0]) - extra, c.name
 
 
+# The options apply takes of each rule (the registry's attributes); sparse_apply
+# takes adam's tf_training_op_form too (tf_keras' legacy sparse Adam).
+RULE_OPTIONS = {"sgd": ["nesterov"], "nadam": ["schedule_decay", "tf_training_op_form"],
+                "adamax": ["tf_training_op_form"],
+                "rmsprop": ["epsilon_outside_sqrt", "tf_training_op_form"],
+                "adagrad": ["epsilon_outside_sqrt"], "adadelta": ["tf_training_op_form"]}
+OPTION_VALUES = {"nesterov": True, "epsilon_outside_sqrt": True, "schedule_decay": 0.004,
+                 "tf_training_op_form": True}
+
+
+def test_rules_table_reports_the_options_apply_takes():
+    """rules()'s "options" are exactly the options apply takes for a rule:
+    another one raises ValueError naming it, and each is taken by some case
+    of the rule."""
+    table = nat.rules()
+    for name, info in table.items():
+        assert info["options"] == RULE_OPTIONS.get(name, []), name
+        sparse = RULE_OPTIONS.get(name, []) + (["tf_training_op_form"] if name == "adam" else [])
+        assert info["sparse_options"] == sparse, name
+    rng = H.seeded_rng("rule options")
+    for case in CASES:
+        for option, value in OPTION_VALUES.items():
+            if option in table[case.rule]["options"] or option in case.options:
+                continue
+            p = H.make_problem(case, "float32", [(3,)], rng, steps=1)
+            with pytest.raises(ValueError, match=option):
+                H.run_native(nat, p, **{option: value})
+    for rule, info in table.items():
+        for option in info["options"]:
+            taken = False
+            for case in (c for c in CASES if c.rule == rule):
+                try:
+                    H.run_native(nat, H.make_problem(case, "float32", [(3,)], rng, steps=1),
+                                 **{option: OPTION_VALUES[option]})
+                    taken = True
+                except ValueError:
+                    pass
+            assert taken, (rule, option)
+
+
 def test_build_and_cuda_info():
     info = nat.build_info()
     for key in ("version", "cuda", "cuda_archs", "cpu_isa", "cpu_isas"):

@@ -1,33 +1,32 @@
 """A rule is named only where it is defined (issue #29): in python/fusedopt, its
-float64 reference (reference.py), its Keras and legacy classes, and the
-benchmark's choice of what to time (bench/cases.py); everything else derives
-from the registry, those references and those classes. The exceptions are
-listed here, with why."""
+float64 reference and benchmark cases (reference.py) and its Keras and legacy
+classes; everything else derives from the registry
+(fusedopt._native.rules(), with each rule's options), those references and
+those classes. So adding a rule touches at most three Python files. The
+exceptions are listed here, with why."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Mapping
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "python" / "fusedopt"
 
-# Where any rule may be named (bench/cases.py: the configurations, labels and
-# comparisons the suites time, choices that no registry entry implies).
-HOMES = {"reference.py", "keras/_family.py", "legacy/_optimizers.py", "bench/cases.py"}
+# Where any rule may be named.
+HOMES = {"reference.py", "keras/_family.py", "legacy/_optimizers.py"}
+# The most files of python/fusedopt that may name one rule (issue #29: with
+# its three C++ files, at most six source files).
+MOST_FILES = 3
 EXCEPTIONS = {
     # Keras' Muon makes two op calls whose functions' arguments follow no
-    # convention, and fusedopt.ops.muon_scale is Keras Muon's scale.
+    # convention (fusedopt.ops._ARGUMENTS), and fusedopt.ops.muon_scale is
+    # Keras Muon's scale. Muon has no tf_keras class, so it stays within
+    # MOST_FILES.
     "muon": {"ops.py"},
     "muon_momentum": {"ops.py"},
-    # tf_training_op_form is TensorFlow's order of operations, which no
-    # float64 reference shows; fusedopt._native.rules() does not report the
-    # registry's attributes yet.
-    "adadelta": {"jax.py"},
-    "adamax": {"jax.py"},
-    "nadam": {"jax.py"},
-    "rmsprop": {"jax.py"},
 }
 
 _PART = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
@@ -61,13 +60,42 @@ def test_the_name_finder():
     assert _names("fusedopt.keras.AdamW; RMSprop's; lambda", rules) == {"adam", "rmsprop"}
 
 
+def _where(texts: Mapping[str, str], rules: list[str]) -> dict[str, set[str]]:
+    """Each rule -> the files (of ``texts``: path -> text) that name it."""
+    where: dict[str, set[str]] = {rule: set() for rule in rules}
+    for path, text in texts.items():
+        for rule in _names(text, rules):
+            where[rule].add(path)
+    return where
+
+
+def _misplaced(texts: Mapping[str, str], rules: list[str]) -> dict[str, list[str]]:
+    """The rules named outside their homes and exceptions (or in more than
+    MOST_FILES files) -> those files."""
+    wrong = {}
+    for rule, files in _where(texts, rules).items():
+        bad = sorted(files - HOMES - EXCEPTIONS.get(rule, set()))
+        if bad or len(files) > MOST_FILES:
+            wrong[rule] = bad or sorted(files)
+    return wrong
+
+
+def test_a_rule_named_elsewhere_is_caught():
+    rules = ["adam", "adamax", "muon"]
+    texts = {"reference.py": "def adam_step(): ...\ndef adamax_step(): ...\ndef muon_step(): ...",
+             "keras/_family.py": "class Adam: ...\nclass Muon: ...",
+             "ops.py": "def muon_scale(): ...",
+             "bench/cases.py": 'DEFAULT = "adam"', "jax.py": "FORMS = ('adamax',)"}
+    assert _misplaced(texts, rules) == {"adam": ["bench/cases.py"], "adamax": ["jax.py"]}
+    # A fourth file, though each is a home or an exception: over the budget.
+    texts["legacy/_optimizers.py"] = "class Muon: ..."
+    assert _misplaced(texts, rules)["muon"] == ["keras/_family.py", "legacy/_optimizers.py",
+                                                "ops.py", "reference.py"]
+
+
 def test_each_rule_is_named_only_where_it_is_defined():
     native = pytest.importorskip("fusedopt._native")
     rules = list(native.rules())
-    where: dict[str, set[str]] = {rule: set() for rule in rules}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        for rule in _names(path.read_text(), rules):
-            where[rule].add(path.relative_to(PACKAGE).as_posix())
-    wrong = {rule: sorted(files - HOMES - EXCEPTIONS.get(rule, set()))
-             for rule, files in where.items()}
-    assert not any(wrong.values()), {r: f for r, f in wrong.items() if f}
+    texts = {path.relative_to(PACKAGE).as_posix(): path.read_text()
+             for path in sorted(PACKAGE.rglob("*.py"))}
+    assert not _misplaced(texts, rules), _misplaced(texts, rules)

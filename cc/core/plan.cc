@@ -10,7 +10,7 @@ namespace fusedopt {
 namespace {
 
 std::string MakePlan(Rule rule, const PlanInput& in, Plan* p) {
-  if (in.attrs.tf_training_op_form && (InfoOf(rule).attrs & kAttrTfTrainingOpForm) == 0) {
+  if (in.attrs.tf_training_op_form && !TakesAttr(InfoOf(rule), kAttrTfTrainingOpForm, in.sparse)) {
     return plans::kTfTrainingOpFormRules;
   }
   switch (rule) {

@@ -780,6 +780,24 @@ int fusedopt_rule_slot_optional(int rule, int k) {
 int fusedopt_rule_has_step(int rule) {
   return ValidRule(rule) ? (InfoOf(static_cast<Rule>(rule)).has_step ? 1 : 0) : -1;
 }
+int fusedopt_rule_takes_option(int rule, const char* option, int sparse) {
+  if (!ValidRule(rule) || option == nullptr) return -1;
+  // The fusedopt_call fields that are a rule's options, and the registry's
+  // attribute of each (Note [options of a rule]).
+  static constexpr struct {
+    const char* name;
+    unsigned attr;
+  } kOptions[] = {{"nesterov", fusedopt::kAttrNesterov},
+                  {"epsilon_outside_sqrt", fusedopt::kAttrEpsilonOutsideSqrt},
+                  {"schedule_decay", fusedopt::kAttrScheduleDecay},
+                  {"tf_training_op_form", fusedopt::kAttrTfTrainingOpForm}};
+  for (const auto& o : kOptions) {
+    if (std::strcmp(option, o.name) == 0) {
+      return fusedopt::TakesAttr(InfoOf(static_cast<Rule>(rule)), o.attr, sparse != 0) ? 1 : 0;
+    }
+  }
+  return -1;
+}
 
 void fusedopt_call_init(fusedopt_call* call) {
   if (call == nullptr) return;

@@ -60,6 +60,12 @@ int fusedopt_rule_num_slots(int rule);
 const char* fusedopt_rule_slot_name(int rule, int k);
 int fusedopt_rule_slot_optional(int rule, int k);
 int fusedopt_rule_has_step(int rule);
+/* Whether the rule's calls take an option of fusedopt_call ("nesterov",
+ * "epsilon_outside_sqrt", "schedule_decay", "tf_training_op_form"): 1 or 0,
+ * -1 for an unknown rule or option. sparse: 0 for fusedopt_apply, 1 for
+ * fusedopt_sparse_apply. A call that sets an option its rule does not take
+ * (away from fusedopt_call_init's default) is refused. */
+int fusedopt_rule_takes_option(int rule, const char* option, int sparse);
 
 /* One call's settings. Start from fusedopt_call_init(), which sets every
  * option to its default (gradient options off: grad_scale 1, clip_* +inf;
@@ -73,15 +79,16 @@ typedef struct fusedopt_call {
   const double* scalars;   /* [fusedopt_rule_num_scalars(rule)], exact Python values */
   int num_scalars;
   int64_t step;            /* bias-corrected rules: >= 1 */
-  int nesterov;            /* sgd */
-  int epsilon_outside_sqrt;/* adagrad, rmsprop: tf_keras' legacy form */
-  double schedule_decay;   /* nadam: 1 (Keras 3) or tf_keras' 0.004 */
+  /* The rule options (fusedopt_rule_takes_option says which rules take each): */
+  int nesterov;            /* Nesterov momentum */
+  int epsilon_outside_sqrt;/* tf_keras' legacy x / (sqrt(y) + eps) form */
+  double schedule_decay;   /* the momentum schedule's 0.96^(d t): 1 (Keras 3), tf_keras' 0.004 */
   int grappler_form;       /* Note [Grappler form]: Keras' tf.function numbers */
   int constant_folding;    /* Grappler's reciprocals (schedule_free_adamw) */
   double grad_scale;       /* multiplies every gradient */
   double clip_value, clip_norm, global_clip_norm; /* > 0; +inf: off; at most one finite */
   int skip_nonfinite;
-  int tf_training_op_form; /* rmsprop: TF's ResourceApply(Centered)RMSProp arithmetic */
+  int tf_training_op_form; /* a rule option: TF's ResourceApply* arithmetic, tf_keras' forms */
 } fusedopt_call;
 
 void fusedopt_call_init(fusedopt_call* call);

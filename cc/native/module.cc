@@ -712,6 +712,10 @@ void AdafactorApply(const py::list& vars, const py::list& grads, const py::list&
   Check(code, err);
 }
 
+// apply's and sparse_apply's keywords that are a rule's options.
+const char* const kRuleOptions[] = {"nesterov", "epsilon_outside_sqrt", "schedule_decay",
+                                    "tf_training_op_form"};
+
 py::dict Rules() {
   py::dict out;
   for (int r = 0; r < fusedopt_rule_count(); ++r) {
@@ -724,6 +728,14 @@ py::dict Rules() {
     d["scalars"] = scalars;
     d["slots"] = slots;
     d["step"] = fusedopt_rule_has_step(r) != 0;
+    // The options apply (and sparse_apply) take of this rule.
+    py::list options, sparse_options;
+    for (const char* option : kRuleOptions) {
+      if (fusedopt_rule_takes_option(r, option, 0) == 1) options.append(option);
+      if (fusedopt_rule_takes_option(r, option, 1) == 1) sparse_options.append(option);
+    }
+    d["options"] = options;
+    d["sparse_options"] = sparse_options;
     out[fusedopt_rule_name(r)] = d;
   }
   return out;
@@ -857,7 +869,11 @@ shape. step counts from 1. Raises ValueError for bad input (nothing written).)do
   m.def("grad_stats", &GradStats, py::arg("grads"), py::kw_only(), py::arg("stream") = 0,
         py::arg("threads") = 0,
         "Per-array sums of squares (double, deterministic) and whether any element is inf/NaN.");
-  m.def("rules", &Rules, "The rules: {name: {'scalars': [...], 'slots': [(name, optional)], 'step': bool}}.");
+  m.def("rules", &Rules,
+        "The rules: {name: {'scalars': [...], 'slots': [(name, optional)], 'step': bool, "
+        "'options': [...], 'sparse_options': [...]}}; options: the keywords among nesterov, "
+        "epsilon_outside_sqrt, schedule_decay and tf_training_op_form that apply takes for "
+        "the rule (sparse_options: sparse_apply; another rule's option is refused).");
   m.def("cuda_built", [] { return fusedopt_native_cuda_built() != 0; },
         "Whether this build has the CUDA kernels.");
   m.def("cuda_available", [] { return CudaStatus() == "ok"; },

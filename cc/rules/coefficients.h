@@ -378,7 +378,6 @@ inline bool TfKerasSparse(const PlanInput& in) { return in.attrs.tf_training_op_
 inline std::string Of(AdamRule, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool tf_keras_sparse = TfKerasSparse(in);
-  if (in.attrs.tf_training_op_form && !in.sparse) return kTfTrainingOpFormRules;
   if (tf_keras_sparse && s[4] != 0) {
     return Msg("tf_training_op_form (tf_keras' legacy Adam) takes no weight_decay, got ", s[4]);
   }

@@ -41,14 +41,17 @@ enum RuleAttr : unsigned {
   kAttrScheduleDecay = 1u << 3,       // schedule_decay, schedule_decay_bits
   kAttrTfNorms = 1u << 4,             // tf_norms
   kAttrTfPow = 1u << 5,               // tf_pow, and tf_training_op_form as its tensor pow
+  // With kAttrTfTrainingOpForm: tf_training_op_form is a form of the sparse op
+  // only (tf_keras' legacy sparse Adam); the dense op refuses it.
+  kAttrTfTrainingOpFormSparseOnly = 1u << 6,
 };
 
 // clang-format off
 #define FUSEDOPT_FOR_EACH_RULE(X)                                                                  \
   X(kSgd, SgdRule, "sgd", "SGD", kAttrNesterov, false, ({"momenta", "M"}),                         \
     ("lr", "momentum", "weight_decay"))                                                            \
-  X(kAdam, AdamRule, "adam", "Adam", kAttrTfTrainingOpForm, true,                                  \
-    ({"m"}, {"v"}, {"vhat", "K"}),                                                                 \
+  X(kAdam, AdamRule, "adam", "Adam", kAttrTfTrainingOpForm | kAttrTfTrainingOpFormSparseOnly,     \
+    true, ({"m"}, {"v"}, {"vhat", "K"}),                                                           \
     ("lr", "beta_1", "beta_2", "epsilon", "weight_decay"))                                         \
   X(kNadam, NadamRule, "nadam", "Nadam", kAttrTfTrainingOpForm | kAttrScheduleDecay, true,         \
     ({"m"}, {"v"}),                                                                                \
@@ -245,6 +248,14 @@ inline constexpr RuleInfo kRuleInfos[kNumRules] = {FUSEDOPT_FOR_EACH_RULE(FUSEDO
 #undef FUSEDOPT_RULE_INFO
 
 constexpr const RuleInfo& InfoOf(Rule rule) { return kRuleInfos[static_cast<int>(rule)]; }
+
+// Whether a rule's dense (sparse: its sparse op's) calls take the form of
+// attribute `attr` (one kAttr* bit).
+constexpr bool TakesAttr(const RuleInfo& info, unsigned attr, bool sparse) {
+  const bool sparse_only = attr == kAttrTfTrainingOpForm &&
+                           (info.attrs & kAttrTfTrainingOpFormSparseOnly) != 0;
+  return (info.attrs & attr) != 0 && (sparse || !sparse_only);
+}
 
 }  // namespace fusedopt
 

@@ -38,7 +38,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import mlir
 
-from fusedopt import _native, reference
+from fusedopt import _native
 
 __all__ = ["apply", "rules", "ffi_info"]
 
@@ -48,15 +48,10 @@ ArrayLike = Any  # jax.Array, a tracer, a NumPy array or a Python number
 _DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # Rule-specific options (the handler plans through the same code as the TF
-# ops, which never set another rule's option). An option that changes a rule's
-# math is a form of its float64 reference: a keyword of it that is not one of
-# the rule's scalars (fusedopt.reference.RULES), so the rules that take it are
-# found there (_option_rules). tf_training_op_form changes only the order of
-# TensorFlow's operations, which no float64 reference shows: its dense forms
-# are listed here, until fusedopt._native.rules() reports each rule's options
-# (the registry's attributes).
-_REFERENCE_OPTIONS = ("nesterov", "epsilon_outside_sqrt", "schedule_decay")
-_TF_TRAINING_OP_FORM_RULES = ("adadelta", "adamax", "nadam", "rmsprop")
+# ops, which never set another rule's option): apply's keywords, each taken by
+# the rules whose _native.rules() entry lists it in "options" (the registry's
+# attributes, as fusedopt._native.apply takes them; _option_rules).
+_OPTIONS = ("nesterov", "epsilon_outside_sqrt", "tf_training_op_form", "schedule_decay")
 
 # Adafactor has its own handler ("fusedopt_adafactor") and is not in
 # _native.rules(); its defaults are keras.optimizers.Adafactor's (and
@@ -69,9 +64,10 @@ _ADAFACTOR_DEFAULTS = {"beta_2_decay": -0.8, "epsilon_1": 1e-30, "epsilon_2": 1e
 
 def rules() -> dict[str, dict[str, Any]]:
     """The rules :func:`apply` takes: ``{name: {"scalars": [...], "slots":
-    [(name, optional)], "step": bool, "index": int}}``, ``_native.rules()``
-    plus ``"adafactor"`` (slots r, c, v); ``index`` is the handler's rule
-    attribute (-1: Adafactor's own handler)."""
+    [(name, optional)], "step": bool, "options": [...], "index": int}}``,
+    ``_native.rules()`` (its dense calls' options) plus ``"adafactor"``
+    (slots r, c, v; no options); ``index`` is the handler's rule attribute
+    (-1: Adafactor's own handler)."""
     return copy.deepcopy(_rules())
 
 
@@ -79,22 +75,19 @@ def rules() -> dict[str, dict[str, Any]]:
 def _rules() -> dict[str, dict[str, Any]]:
     out = {}
     for index, (name, info) in enumerate(_native.rules().items()):
-        out[name] = dict(info, index=index)
+        out[name] = {"scalars": list(info["scalars"]), "slots": list(info["slots"]),
+                     "step": info["step"], "options": list(info["options"]), "index": index}
     out["adafactor"] = {"scalars": list(_ADAFACTOR_SCALARS),
                         "slots": [("r", False), ("c", False), ("v", False)],
-                        "step": True, "index": -1}
+                        "step": True, "options": [], "index": -1}
     return out
 
 
 @functools.lru_cache(maxsize=None)
 def _option_rules() -> dict[str, tuple[str, ...]]:
     """Each rule-specific option -> the rules that take it, sorted."""
-    forms = {rule: set(reference.rule_defaults(rule)) - set(info["scalars"])
-             for rule, info in _rules().items() if rule in reference.RULES}
-    out = {option: tuple(sorted(r for r, f in forms.items() if option in f))
-           for option in _REFERENCE_OPTIONS}
-    out["tf_training_op_form"] = _TF_TRAINING_OP_FORM_RULES
-    return out
+    return {option: tuple(sorted(r for r, info in _rules().items() if option in info["options"]))
+            for option in _OPTIONS}
 
 
 def ffi_info() -> dict[str, Any]:

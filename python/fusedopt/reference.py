@@ -11,9 +11,12 @@ state to the variable's dtype after every step, as the kernels' storage does.
 scalar names, ``fusedopt._native.rules()``): :func:`apply_rule` calls a rule's
 reference by those names, and :func:`rule_defaults` gives its default
 hyperparameters (Keras' defaults: each reference's keyword defaults), which
-``fusedopt.ops`` and the benchmark take from here. This is the one Python
-table of the rules that is not a class: the rest derives from the registry,
-this table and the optimizer classes.
+``fusedopt.ops`` and the benchmark take from here. Each entry also holds what
+the benchmark (``fusedopt.bench``) times of the rule and compares it with
+(:class:`BenchCases`: its configurations, TensorFlow's and torch.optim's
+implementations of it). This is the one Python table of the rules that is not
+a class: the rest derives from the registry, this table and the optimizer
+classes.
 """
 
 from __future__ import annotations
@@ -272,6 +275,74 @@ def adafactor_step(var, grad, lr, r, c, v, step, *, beta_2_decay=-0.8, epsilon_1
 # ---- The rules in the registry's terms ------------------------------------------
 
 
+class TrainingOp(NamedTuple):
+    """A TensorFlow training op computing a rule over the slots it names:
+    ``tf.raw_ops.<op>(var=..., grad=..., ...)`` with each of TF's arguments
+    from a registry slot, a registry scalar, or a scalar raised to the step."""
+
+    op: str
+    slots: Mapping[str, str]  # TF's argument -> registry slot
+    scalars: Mapping[str, str]  # TF's argument -> registry scalar
+    powers: Mapping[str, str] = {}  # TF's argument -> registry scalar ** step
+
+    def call(self, raw_ops: Any, var: Any, grad: Any, slots: Mapping[str, Any],
+             scalar: Callable[[str], Any], power: Callable[[str], Any]) -> Any:
+        """The op from ``raw_ops`` (``tf.raw_ops``) on the resource handles
+        ``var`` and ``slots`` (by registry name); ``scalar(name)`` and
+        ``power(name)`` make the scalar tensors (a caller's own way)."""
+        return getattr(raw_ops, self.op)(
+            var=var, grad=grad, **{a: slots[s] for a, s in self.slots.items()},
+            **{a: power(s) for a, s in self.powers.items()},
+            **{a: scalar(s) for a, s in self.scalars.items()})
+
+
+class TorchOptim(NamedTuple):
+    """torch.optim's implementation of a configuration: ``torch.optim.<cls>(
+    params, **{its argument: the configuration's scalar (a tuple of names: a
+    tuple of them)})``."""
+
+    cls: str
+    args: Mapping[str, str | tuple[str, ...]]
+
+
+class Case(NamedTuple):
+    """A configuration the benchmark times: the op's hyperparameters by
+    registry name (``lr`` included; the others default to the reference's)
+    and the registry slots it uses, in op order."""
+
+    label: str  # its row's name
+    hparams: Mapping[str, float]
+    slots: tuple[str, ...]
+    torch: TorchOptim | None = None  # torch.optim's implementation, where it has one
+
+
+class BenchCases(NamedTuple):
+    """What the benchmark (``fusedopt.bench``) times of a rule and compares it
+    with: its choices, none of which the rule's math implies. A suite that has
+    no choice for a rule skips it; everything else a suite derives (slots and
+    step from the registry, classes from the optimizers' FusedCalls)."""
+
+    # The table suites (sizes, many, models, sparse, fit): the Keras class's
+    # constructor arguments (every contender computes the same rule with them;
+    # None: not timed there), and a note on them for the output.
+    keras: Mapping[str, Any] | None = None
+    notes: str = ""
+    # The rule of the focused suites (sparse, fit, multi, keras-apply) and the
+    # table suites' default --algorithms: exactly one rule.
+    featured: bool = False
+    # TensorFlow's training ops of the rule (the "tf.raw_ops" contenders), each
+    # for the configurations that use exactly its slots.
+    training_ops: tuple[TrainingOp, ...] = ()
+    # The dense suite's rows (fusedopt.ops' arguments besides the variable,
+    # gradient, slots and step).
+    dense: tuple[Case, ...] = ()
+    # The gpu suite's rows (fusedopt._native.apply's hyperparameters, as
+    # given), each named by its label (its --algorithms name).
+    gpu: tuple[Case, ...] = ()
+    # The ps suite: the tf_keras class's constructor arguments (None: not timed there).
+    ps: Mapping[str, Any] | None = None
+
+
 class Reference(NamedTuple):
     """A registry rule's float64 reference (Note [rule references]).
 
@@ -296,27 +367,117 @@ class Reference(NamedTuple):
     # not the update of the densified gradient: ``step``'s convention with
     # ``grad_sq`` (the sum of each row's squared duplicates) after ``grad``.
     keras_indexed_slices: Callable[..., Any] | None = None
+    # The slots that hold positive values (second moments, accumulators): a
+    # random state draws them positive.
+    positive: tuple[str, ...] = ()
+    bench: BenchCases = BenchCases()
 
 
 # Note [rule references]: one entry per registry rule, the Python side's list
 # of them (fusedopt.ops makes a function for each, and checks the op library
 # has exactly these rules; the benchmark's tables are keyed by it). A rule's
 # default hyperparameters are its reference's keyword defaults, Keras' own.
+_ADAM_SCALARS = {"lr": "lr", "beta1": "beta_1", "beta2": "beta_2", "epsilon": "epsilon"}
+_ADAM_POWERS = {"beta1_power": "beta_1", "beta2_power": "beta_2"}
+_TORCH_ADAM = {"lr": "lr", "betas": ("beta_1", "beta_2"), "eps": "epsilon"}
 RULES: dict[str, Reference] = {
-    "sgd": Reference(sgd_step, {"momenta": "m"}),
-    "adam": Reference(adam_step, {"m": "m", "v": "v", "vhat": "vhat"},
-                      keras_indexed_slices=adam_keras_indexed_slices_step),
-    "nadam": Reference(nadam_step, {"m": "m", "v": "v"}, derived={"u_product": nadam_u_product}),
-    "adamax": Reference(adamax_step, {"m": "m", "u": "u"}),
-    "rmsprop": Reference(rmsprop_step, {"velocity": "velocity", "momenta": "mom",
-                                        "average_gradient": "avg"}),
-    "adagrad": Reference(adagrad_step, {"accumulator": "acc"}),
-    "adadelta": Reference(adadelta_step, {"accumulated_grad": "ag",
-                                          "accumulated_delta_var": "adv"}),
-    "ftrl": Reference(ftrl_step, {"accumulator": "acc", "linear": "linear"}),
-    "lion": Reference(lion_step, {"m": "m"}),
-    "lamb": Reference(lamb_step, {"m": "m", "v": "v"}, whole_tensor=True),
-    "schedule_free_adamw": Reference(schedule_free_adamw_step, {"momentum": "z", "velocity": "v"}),
+    "sgd": Reference(
+        sgd_step, {"momenta": "m"},
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-2, momentum=0.9),
+            training_ops=(TrainingOp("ResourceApplyKerasMomentum", {"accum": "momenta"},
+                                     {"lr": "lr", "momentum": "momentum"}),),
+            dense=(Case("SGD momentum", dict(lr=0.01, momentum=0.9), ("momenta",)),),
+            gpu=(Case("sgd_momentum", dict(lr=1e-2, momentum=0.9), ("momenta",),
+                      TorchOptim("SGD", {"lr": "lr", "momentum": "momentum"})),))),
+    "adam": Reference(
+        adam_step, {"m": "m", "v": "v", "vhat": "vhat"},
+        keras_indexed_slices=adam_keras_indexed_slices_step, positive=("v", "vhat"),
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-3), featured=True,
+            training_ops=(
+                TrainingOp("ResourceApplyAdam", {"m": "m", "v": "v"}, _ADAM_SCALARS,
+                           _ADAM_POWERS),
+                TrainingOp("ResourceApplyAdamWithAmsgrad", {"m": "m", "v": "v", "vhat": "vhat"},
+                           _ADAM_SCALARS, _ADAM_POWERS)),
+            dense=(Case("Adam", dict(lr=1e-3), ("m", "v")),
+                   Case("AMSGrad", dict(lr=1e-3), ("m", "v", "vhat"))),
+            gpu=(Case("adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8), ("m", "v"),
+                      TorchOptim("Adam", _TORCH_ADAM)),
+                 Case("adamw", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+                                    weight_decay=0.01), ("m", "v"),
+                      TorchOptim("AdamW", dict(_TORCH_ADAM, weight_decay="weight_decay")))),
+            ps=dict(learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7))),
+    "nadam": Reference(
+        nadam_step, {"m": "m", "v": "v"}, derived={"u_product": nadam_u_product},
+        positive=("v",),
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-3),
+            dense=(Case("Nadam", dict(lr=1e-3, u_product=0.3), ("m", "v")),))),
+    "adamax": Reference(
+        adamax_step, {"m": "m", "u": "u"}, positive=("u",),
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-3),
+            training_ops=(TrainingOp("ResourceApplyAdaMax", {"m": "m", "v": "u"}, _ADAM_SCALARS,
+                                     {"beta1_power": "beta_1"}),),
+            dense=(Case("Adamax", dict(lr=1e-3), ("m", "u")),))),
+    "rmsprop": Reference(
+        rmsprop_step, {"velocity": "velocity", "momenta": "mom", "average_gradient": "avg"},
+        positive=("velocity",),
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-3, momentum=0.9),
+            training_ops=(TrainingOp("ResourceApplyRMSProp", {"ms": "velocity", "mom": "momenta"},
+                                     {"lr": "lr", "rho": "rho", "momentum": "momentum",
+                                      "epsilon": "epsilon"}),),
+            dense=(Case("RMSprop momentum", dict(lr=1e-3, momentum=0.9),
+                        ("velocity", "momenta")),),
+            gpu=(Case("rmsprop", dict(lr=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7),
+                      ("velocity",),
+                      TorchOptim("RMSprop", {"lr": "lr", "alpha": "rho", "eps": "epsilon"})),))),
+    "adagrad": Reference(
+        adagrad_step, {"accumulator": "acc"}, positive=("accumulator",),
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-2, epsilon=0.0),
+            notes="epsilon=0: TF's AdagradV2 adds it outside the sqrt",
+            training_ops=(TrainingOp("ResourceApplyAdagradV2", {"accum": "accumulator"},
+                                     {"lr": "lr", "epsilon": "epsilon"}),),
+            dense=(Case("Adagrad", dict(lr=1e-3, epsilon=0.0), ("accumulator",)),),
+            ps=dict(learning_rate=0.05, initial_accumulator_value=0.1, epsilon=1e-7))),
+    "adadelta": Reference(
+        adadelta_step, {"accumulated_grad": "ag", "accumulated_delta_var": "adv"},
+        positive=("accumulated_grad", "accumulated_delta_var"),
+        bench=BenchCases(
+            keras=dict(learning_rate=1.0),
+            training_ops=(TrainingOp("ResourceApplyAdadelta",
+                                     {"accum": "accumulated_grad",
+                                      "accum_update": "accumulated_delta_var"},
+                                     {"lr": "lr", "rho": "rho", "epsilon": "epsilon"}),),
+            dense=(Case("Adadelta", dict(lr=1.0),
+                        ("accumulated_grad", "accumulated_delta_var")),))),
+    "ftrl": Reference(
+        ftrl_step, {"accumulator": "acc", "linear": "linear"}, positive=("accumulator",),
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-2),
+            training_ops=(TrainingOp("ResourceApplyFtrl",
+                                     {"accum": "accumulator", "linear": "linear"},
+                                     {"lr": "lr", "l1": "l1", "l2": "l2",
+                                      "lr_power": "learning_rate_power"}),),
+            dense=(Case("Ftrl", dict(lr=1e-3, l1=0.01, l2=0.01), ("accumulator", "linear")),))),
+    "lion": Reference(
+        lion_step, {"m": "m"},
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-4),
+            dense=(Case("Lion", dict(lr=1e-4), ("m",)),),
+            gpu=(Case("lion", dict(lr=1e-4, beta_1=0.9, beta_2=0.99), ("m",)),))),
+    "lamb": Reference(
+        lamb_step, {"m": "m", "v": "v"}, whole_tensor=True, positive=("v",),
+        bench=BenchCases(
+            keras=dict(learning_rate=1e-3),
+            dense=(Case("LAMB (2 passes)", dict(lr=1e-3), ("m", "v")),),
+            gpu=(Case("lamb", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-6),
+                      ("m", "v")),))),
+    "schedule_free_adamw": Reference(schedule_free_adamw_step,
+                                     {"momentum": "z", "velocity": "v"}, positive=("velocity",)),
     "muon_momentum": Reference(muon_momentum_step),
     "muon": Reference(muon_update_step),
 }

@@ -3,13 +3,14 @@ rule, keyed by its registry name (fusedopt.bench.rules): its Keras classes, a
 configuration on which every contender computes the same rule, which of the
 registry's slots that configuration uses and the Keras attribute holding each,
 the tf.raw_ops loop (where TensorFlow has the rule) and the float64 reference
-step used by --check. The configuration is the suite's choice
-(fusedopt.bench.cases.TABLE); the rest is derived: the classes from the
+step used by --check. The configuration is the rule's choice
+(fusedopt.reference.RULES[rule].bench.keras, collected in
+fusedopt.bench.cases.TABLE); the rest is derived: the classes from the
 fusedopt.keras class that runs the rule (its FusedCall), the slots from the
 conditions of its FusedCall, the reference and its default hyperparameters
-from fusedopt.reference.RULES, TensorFlow's op from fusedopt.bench.cases. A
-rule the table does not choose is skipped; a registry rule fusedopt.reference
-does not know fails the import."""
+from fusedopt.reference.RULES, TensorFlow's op from the rule's training ops
+(fusedopt.bench.cases.raw_op). A rule without a configuration is skipped; a
+registry rule fusedopt.reference does not know fails the import."""
 
 from __future__ import annotations
 
@@ -144,14 +145,10 @@ def _algorithm(rule: str, case: cases.TableCase) -> Algorithm | Skip:
 
 
 require_known(dict.fromkeys(ref.RULES), "fusedopt.reference.RULES")
-_unknown = set(cases.TABLE) - set(ref.RULES)
-if _unknown:
-    raise ValueError(f"fusedopt.bench.cases.TABLE names rules fusedopt.reference does not "
-                     f"know: {sorted(_unknown)}")
 _TABLE: dict[str, Algorithm | Skip] = {
     rule: _algorithm(rule, cases.TABLE[rule]) if rule in cases.TABLE
-    else Skip("not chosen for the table suites (fusedopt.bench.cases.TABLE)")
-    for rule in [*cases.TABLE, *(r for r in ref.RULES if r not in cases.TABLE)]
+    else Skip("not chosen for the table suites (no bench.keras in fusedopt.reference.RULES)")
+    for rule in ref.RULES
 }
 require_known(_TABLE, "fusedopt.bench.algorithms")
 for _a in _TABLE.values():

@@ -52,7 +52,7 @@ from fusedopt import reference as ref
 from fusedopt.bench import cases
 from fusedopt.bench import shapes as model_shapes
 from fusedopt.bench import timing
-from fusedopt.bench.rules import Skip, UnknownRuleError, check_slots, registry, require_known
+from fusedopt.bench.rules import Skip, check_slots, registry, require_known
 
 DTYPE_NAMES = ["float16", "bfloat16", "float32", "float64"]
 ELEM_SIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
@@ -433,10 +433,6 @@ def check_rules() -> None:
     Run before the suite, not at import (importing this module needs no
     fusedopt._native)."""
     require_known(CASES, "fusedopt.bench.gpu.CASES")
-    unknown = {c.rule for c in cases.GPU} - set(CASES)
-    if unknown:
-        raise UnknownRuleError(f"fusedopt.bench.cases.GPU names rules fusedopt.reference does "
-                               f"not know: {sorted(unknown)}")
     for spec in RULES.values():
         check_slots(spec.rule, spec.slots, f"fusedopt.bench.gpu.RULES[{spec.name!r}]")
 

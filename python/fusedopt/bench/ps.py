@@ -12,10 +12,11 @@ the forward and backward passes, and each variable's update runs on the
 parameter server that holds it.
 
 Contenders, each on its own copy of the model in the same cluster
-(fusedopt.bench.cases.PS_CONTENDERS): per rule, the fusedopt.legacy class with
-``sparse_mode="lazy"`` (only the rows in the batch move, as TF Addons' lazy
-optimizers) or with the built-in's semantics, and the tf_keras legacy
-built-in it is a drop-in for.
+(:func:`contenders`): per rule the suite times (fusedopt.bench.cases.PS_CONFIGS),
+the fusedopt.legacy class with the lazy semantics (only the rows in the batch
+move, as TF Addons' lazy optimizers: ``sparse_mode="lazy"``) and with its
+built-in's semantics (its default), one contender where the two are one, and
+the tf_keras legacy built-in it is a drop-in for.
 
 Method, as the rest of fusedopt-bench: each contender first takes one step from
 a known state (non-zero slots, so the lazy and exact semantics differ) on a known
@@ -96,11 +97,63 @@ class PSConfig:
                 f"{self.ids} ids, {self.workers} worker{'s' if self.workers > 1 else ''}")
 
 
-# The contenders (fusedopt.bench.cases: name, rule, semantics of its sparse
-# update, the class and its arguments), and --inject-wrong's.
-CONTENDERS = cases.PS_CONTENDERS
-INJECTED = cases.PS_INJECTED
-BUILTIN = cases.PS_BUILTIN
+@dataclass(frozen=True)
+class PsContender:
+    """A contender of the ps suite: its row's name, the rule, the semantics
+    of its sparse update ("lazy": only the listed rows move), and whether it
+    is tf_keras' built-in (else fusedopt.legacy's class, with ``sparse_mode``
+    when given)."""
+
+    name: str
+    rule: str
+    semantics: str
+    builtin: bool = False
+    sparse_mode: str | None = None
+
+
+BUILTIN = "tf_keras"  # the built-ins' contender name
+
+
+def legacy_class(rule: str) -> type:
+    """The first fusedopt.legacy class whose FusedCall runs ``rule``."""
+    import fusedopt.legacy as fl
+
+    return next(getattr(fl, n) for n in fl.__all__
+                if getattr(getattr(fl, n), "_fused_call", None) is not None
+                and getattr(fl, n)._fused_call.rule == rule)
+
+
+def _builtin_semantics(rule: str) -> str:
+    """The sparse semantics of ``rule``'s fused class as configured, in its
+    default mode (its built-in's)."""
+    semantics = legacy_class(rule)(**cases.PS_CONFIGS[rule])._effective_sparse_mode()
+    if semantics not in ("lazy", "exact"):
+        raise ValueError(f"the ps suite times {rule} (fusedopt.reference.RULES), whose tf_keras "
+                         f"built-in's sparse update is neither lazy nor exact")
+    return semantics
+
+
+def contenders() -> list[PsContender]:
+    """Per rule of fusedopt.bench.cases.PS_CONFIGS, in its order: the fused
+    class with the lazy semantics and with its built-in's (one contender,
+    "fusedopt", where the built-in's is lazy), then the built-in."""
+    out = []
+    for rule in cases.PS_CONFIGS:
+        semantics = _builtin_semantics(rule)
+        if semantics == "lazy":
+            out.append(PsContender("fusedopt", rule, "lazy"))
+        else:
+            out += [PsContender("fusedopt lazy", rule, "lazy", sparse_mode="lazy"),
+                    PsContender(f"fusedopt {semantics}", rule, semantics)]
+        out.append(PsContender(BUILTIN, rule, semantics, builtin=True))
+    return out
+
+
+def injected() -> PsContender:
+    """--inject-wrong's contender: the first exact rule's lazy update judged
+    against the exact semantics (the check must reject it)."""
+    rule = next(r for r in cases.PS_CONFIGS if _builtin_semantics(r) == "exact")
+    return PsContender("injected-wrong", rule, "exact", sparse_mode="lazy")
 
 HIDDEN = (256, 64)
 CHECK_UNTOUCHED = 256  # rows the check batch does not touch, compared too
@@ -353,17 +406,8 @@ class Chief:
         return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=labels,
                                                                       logits=logits))
 
-    @staticmethod
-    def _fused_class(rule: str) -> type:
-        """The first fusedopt.legacy class whose FusedCall runs ``rule``."""
-        import fusedopt.legacy as fl
-
-        return next(getattr(fl, n) for n in fl.__all__
-                    if getattr(getattr(fl, n), "_fused_call", None) is not None
-                    and getattr(fl, n)._fused_call.rule == rule)
-
-    def _optimizer(self, contender: cases.PsContender):
-        cls = self._fused_class(contender.rule)
+    def _optimizer(self, contender: PsContender):
+        cls = legacy_class(contender.rule)
         kwargs = dict(cases.PS_CONFIGS[contender.rule])
         if contender.builtin:
             cls = cls._fused_builtin()
@@ -371,7 +415,7 @@ class Chief:
             kwargs["sparse_mode"] = contender.sparse_mode
         return cls(**kwargs)
 
-    def build(self, key: str, contender: cases.PsContender) -> dict[str, Any]:
+    def build(self, key: str, contender: PsContender) -> dict[str, Any]:
         """A fresh model and optimizer; slots set to a non-zero state."""
         tf, cfg = self.tf, self.cfg
         index = len(self.models)
@@ -401,7 +445,7 @@ class Chief:
         # The optimizer's slot of each registry slot it uses (its fused class's
         # FusedCall, whose conditions the optimizer answers).
         registry_slots = {}
-        for op_slot, source in self._fused_class(algorithm)._fused_call.slots.items():
+        for op_slot, source in legacy_class(algorithm)._fused_call.slots.items():
             name, condition = source if isinstance(source, tuple) else (source, None)
             if condition is None or condition(opt):
                 registry_slots[name] = op_slot
@@ -533,7 +577,7 @@ class Chief:
         defaults = ref.rule_defaults(rule)
         config = cases.PS_CONFIGS[rule]
         hp = {k: f(v) for k, v in config.items() if k in defaults}
-        forms = {k: v for k, v in self._fused_class(rule)._fused_call.flags.items()
+        forms = {k: v for k, v in legacy_class(rule)._fused_call.flags.items()
                  if k in defaults}
         var, new = ref.apply_rule(rule, var, grad, {to_registry[k]: v for k, v in slots.items()},
                                   step=step, lr=f(config["learning_rate"]), **hp, **forms)
@@ -618,7 +662,7 @@ class Chief:
 
     def run(self) -> dict[str, Any]:
         tf, cfg = self.tf, self.cfg
-        plan = list(CONTENDERS) + ([INJECTED] if cfg.inject_wrong else [])
+        plan = contenders() + ([injected()] if cfg.inject_wrong else [])
         results: list[dict[str, Any]] = []
         timed: dict[str, Callable[[], float]] = {}
         for contender in plan:
