@@ -441,12 +441,10 @@ inline void DecodeBlock(const uint8_t* __restrict codes, int n, float absmax,
 }
 
 // Encodes one block of values (buf) with its new absmax, the largest |value|
-// (NaN if any is NaN).
+// (max_bits: the largest AbsOrderBits, so NaN if any is NaN).
 template <bool Unsigned>
 inline void EncodeBlock(const float* __restrict buf, uint8_t* __restrict codes, int n,
-                        float* absmax) {
-  uint32_t max_bits = 0;
-  for (int j = 0; j < n; ++j) max_bits = std::max(max_bits, AbsOrderBits(buf[j]));
+                        uint32_t max_bits, float* absmax) {
   const float amax = BitsFloat(max_bits);
   const float inv = EncodeScale(amax);
   for (int j = 0; j < n; ++j) codes[j] = EncodeCode<Unsigned>(buf[j] * inv);
@@ -486,12 +484,15 @@ void StateElementwiseInt8(const Coeffs& hc, const GradXform& gx, const StateArgs
     const int64_t col = (sa.offset + i) % sa.row_size;
     const int n = static_cast<int>(std::min<int64_t>({kQuantBlock, sa.row_size - col, end - i}));
     // Three passes over the block, each a loop that vectorizes, the block's
-    // values in L1 between them: decode, update, then absmax and encode.
+    // values in L1 between them: decode; update and absmax; encode. (A
+    // decode inside the update loop is slower: the byte loads mix vector
+    // widths there.)
     if constexpr (K > 0) DecodeBlock<kNonNeg<Rule, 0>>(q0 + i, n, sa.absmax[0][block], b0);
     if constexpr (K > 1) DecodeBlock<kNonNeg<Rule, 1>>(q1 + i, n, sa.absmax[1][block], b1);
     if constexpr (K > 2) DecodeBlock<kNonNeg<Rule, 2>>(q2 + i, n, sa.absmax[2][block], b2);
     T* __restrict vb = var + i;
     const T* __restrict gb = grad + i;
+    uint32_t m0 = 0, m1 = 0, m2 = 0;
     for (int j = 0; j < n; ++j) {
       M v = Load(vb[j]);
       if constexpr (D) v = Decay(c, v);
@@ -502,13 +503,22 @@ void StateElementwiseInt8(const Coeffs& hc, const GradXform& gx, const StateArgs
       const M g = TransformGrad(Load(gb[j]), gscale, gclip);
       Rule::template Apply<V>(c, v, s, g);
       vb[j] = StoreVar<T, W>(v, kb, sa.offset + i + j);
-      if constexpr (K > 0) b0[j] = s[0];
-      if constexpr (K > 1) b1[j] = s[1];
-      if constexpr (K > 2) b2[j] = s[2];
+      if constexpr (K > 0) {
+        b0[j] = s[0];
+        m0 = std::max(m0, AbsOrderBits(s[0]));
+      }
+      if constexpr (K > 1) {
+        b1[j] = s[1];
+        m1 = std::max(m1, AbsOrderBits(s[1]));
+      }
+      if constexpr (K > 2) {
+        b2[j] = s[2];
+        m2 = std::max(m2, AbsOrderBits(s[2]));
+      }
     }
-    if constexpr (K > 0) EncodeBlock<kNonNeg<Rule, 0>>(b0, q0 + i, n, &sa.absmax[0][block]);
-    if constexpr (K > 1) EncodeBlock<kNonNeg<Rule, 1>>(b1, q1 + i, n, &sa.absmax[1][block]);
-    if constexpr (K > 2) EncodeBlock<kNonNeg<Rule, 2>>(b2, q2 + i, n, &sa.absmax[2][block]);
+    if constexpr (K > 0) EncodeBlock<kNonNeg<Rule, 0>>(b0, q0 + i, n, m0, &sa.absmax[0][block]);
+    if constexpr (K > 1) EncodeBlock<kNonNeg<Rule, 1>>(b1, q1 + i, n, m1, &sa.absmax[1][block]);
+    if constexpr (K > 2) EncodeBlock<kNonNeg<Rule, 2>>(b2, q2 + i, n, m2, &sa.absmax[2][block]);
     i += n;
   }
 }
