@@ -130,8 +130,8 @@ ParallelFor ThreadsFor(int num_threads) {
 
 // Note [options of a rule]: a C ABI call's options that its rule does not
 // use must keep fusedopt_call_init's defaults. A caller who sets nesterov for
-// adam, or schedule_decay for anything but nadam, expects an effect it would
-// not get; an unknown option is refused like an unknown hyperparameter name.
+// a rule without momentum, or schedule_decay for a rule without that schedule,
+// expects an effect it would not get; an unknown option is refused like an unknown hyperparameter name.
 // grappler_form and constant_folding describe a whole Grappler-optimized
 // graph (every rule reads what applies to it) and are not checked. The XLA
 // handler, which fills every field from an op's attributes, plans through
@@ -141,7 +141,7 @@ Status CheckRuleOptions(const fusedopt_call* call, Rule rule, const RuleInfo& in
     return Invalid("the option " + std::string(option) + " (" + value + ") is not one of " +
                    info.name + "'s; it applies to " + rules + " only: leave it at its default");
   };
-  // The rules that take an option, from the registry: "adagrad and rmsprop".
+  // The rules that take an option, from the registry: "a, b and c".
   auto rules_with = [](auto has) {
     std::vector<std::string> names;
     for (const RuleInfo& r : kRuleInfos) {

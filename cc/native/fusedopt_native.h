@@ -84,7 +84,7 @@ typedef struct fusedopt_call {
   int epsilon_outside_sqrt;/* tf_keras' legacy x / (sqrt(y) + eps) form */
   double schedule_decay;   /* the momentum schedule's 0.96^(d t): 1 (Keras 3), tf_keras' 0.004 */
   int grappler_form;       /* Note [Grappler form]: Keras' tf.function numbers */
-  int constant_folding;    /* Grappler's reciprocals (schedule_free_adamw) */
+  int constant_folding;    /* Grappler's reciprocals (the rules that divide by a constant) */
   double grad_scale;       /* multiplies every gradient */
   double clip_value, clip_norm, global_clip_norm; /* > 0; +inf: off; at most one finite */
   int skip_nonfinite;

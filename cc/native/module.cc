@@ -342,7 +342,7 @@ std::string JoinNames(int count, NameOf name) {
 }
 
 int RuleIndex(const std::string& rule) {
-  // A name with an embedded NUL is no rule's name ("sgd\0junk" is not "sgd").
+  // A name with an embedded NUL is no rule's name ("name\0junk" is not "name").
   const int r = rule.find('\0') == std::string::npos ? fusedopt_rule_index(rule.c_str()) : -1;
   if (r >= 0) return r;
   std::string shown;

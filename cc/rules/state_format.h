@@ -13,7 +13,7 @@
 namespace fusedopt {
 
 // Note [low-precision state]: at the bandwidth roof only fewer bytes per
-// parameter make a step faster (a float32 Adam step moves 28). A rule's slots
+// parameter make a step faster (a float32 step with two slots moves 28). A rule's slots
 // may be stored as
 //   - kBFloat16: bfloat16, computed in float32, stored with stochastic
 //     rounding (StochasticBFloat16: unbiased, E[stored] = value), 2 bytes;

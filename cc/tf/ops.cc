@@ -77,9 +77,9 @@ grappler_form=true the weight decay is var - var * (weight_decay * lr), the form
 Keras' graph takes after Grappler's arithmetic optimizer (MinimizeBroadcasts);
 Keras' own ops in a tf.function compute that, eager Keras the unrewritten
 (var * weight_decay) * lr; it also selects Grappler's x * rsqrt(y) for x / sqrt(y)
-(RMSprop, Adagrad, Adadelta). grappler_constant_folding=true: divisions by
-constants become multiplications by their reciprocals (ScheduleFreeAdamW), as
-Grappler's constant folding does. Slots have their variable's shape and
+(the rules that divide by a square root). grappler_constant_folding=true:
+divisions by constants become multiplications by their reciprocals (the rules
+that divide by constants), as Grappler's constant folding does. Slots have their variable's shape and
 dtype. All inputs are validated before anything is written: on bad input
 (uninitialized or repeated variable, dtype or shape mismatch, list lengths,
 non-scalar hyperparameter) the op raises InvalidArgument and no variable

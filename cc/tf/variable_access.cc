@@ -150,7 +150,7 @@ absl::Status VariableSet::PrepareForWrite(DeviceCopyFn copy) {
 // whose lookup is a ResourceGather (tf_keras' Embedding, tf.nn.embedding_lookup
 // of a variable, every ParameterServerStrategy shard): ResourceGather sets
 // copy-on-read mode, so every update copied each shard, var and slots (12 ms
-// instead of 0.6 ms for a lazy Adam step on a 500,000 x 64 table;
+// instead of 0.6 ms for a lazy two-slot step on a 500,000 x 64 table;
 // docs/benchmarks.md, "Parameter servers"). TF's sparse training ops instead
 // keep the mode and write in place, which is safe: in copy-on-read mode every
 // ReadVariableOp copies the buffer under the variable's lock, ResourceGather
