@@ -466,3 +466,31 @@ def test_keras_state_dtype_errors():
         step(tf.ones((80, 80)))
     with pytest.raises(ValueError, match="centered"):
         fk.RMSprop(centered=True, state_dtype="int8")
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_from_keras_converts_float32_state(state_dtype):
+    builtin = keras.optimizers.Adam(1e-3)
+    model, _ = _fit(builtin, epochs=1)
+    fused = fk.from_keras(builtin, state_dtype=state_dtype)
+    assert isinstance(fused, fk.Adam) and fused.state_dtype == state_dtype
+    assert int(fused.iterations.numpy()) == int(builtin.iterations.numpy())
+    kernel = model.layers[0].kernel
+    name = kernel.path.replace("/", "_")
+    for slot, signed in (("momentum", True), ("velocity", False)):
+        src = [v for v in builtin.variables if v.path.endswith(f"{name}_{slot}")][0].numpy()
+        dst = [v for v in fused.variables if v.path.endswith(f"{name}_{slot}")][0]
+        if state_dtype == "bfloat16":
+            np.testing.assert_array_equal(
+                tf.cast(dst, tf.float32).numpy(),
+                tf.cast(tf.cast(src, tf.bfloat16), tf.float32).numpy())
+        else:
+            absmax = [v for v in fused.variables
+                      if v.path.endswith(f"{name}_{slot}_absmax")][0].numpy()
+            codes, want_absmax = state.quantize(src, signed=signed)
+            np.testing.assert_array_equal(dst.numpy(), codes)
+            np.testing.assert_array_equal(absmax, want_absmax)
+    # Training goes on with the converted state.
+    x, y = _digits_like(2)
+    model.compile(fused, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x, y, epochs=1, verbose=0)

@@ -396,8 +396,28 @@ class FusedOptimizerMixin:
             self._fused_initial_values[id(slot)] = values
         return slot
 
+    def _fused_take_state(self, source_variables) -> None:
+        """Takes over a built-in optimizer's variables (from_keras): in
+        order, each into the variable this optimizer made in its place;
+        bfloat16 slots take the values rounded, int8 slots quantized (their
+        absmax variables are filled with them)."""
+        absmax_ids = {id(a) for a in self._fused_absmax.values()}
+        mine = [v for v in self.variables if id(v) not in absmax_ids]
+        if len(mine) != len(source_variables):
+            raise ValueError(
+                f"cannot transfer the state of a {self._fused_builtin().__name__}: it has "
+                f"{len(source_variables)} variables, the fused one {len(mine)}")
+        for dst, src in zip(mine, source_variables):
+            if dst.dtype == "uint8":
+                self._fused_initial_values[id(dst)] = np.asarray(src.numpy(), np.float32)
+            else:
+                dst.assign(tf.cast(src.value if isinstance(src, keras.Variable) else src,
+                                   dst.dtype))
+        self._fused_encode_initial_slots()
+
     def _fused_encode_initial_slots(self) -> None:
-        """After build(): int8 slots whose initial values are not zero get the
+        """int8 slots with pending float32 values (initial values that are not
+        zero, after build(); a built-in's state, from_keras) get them in the
         code of their op slot (the unsigned one for non-negative slots)."""
         pending, self._fused_initial_values = self._fused_initial_values, {}
         if not pending:
