@@ -494,3 +494,30 @@ def test_from_keras_converts_float32_state(state_dtype):
     x, y = _digits_like(2)
     model.compile(fused, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(x, y, epochs=1, verbose=0)
+
+
+def test_a_float32_state_save_loads_into_int8_state():
+    """Keras' .keras loading hands each optimizer its saved variables
+    (load_own_variables); a float32-state save loads into int8 state,
+    quantized."""
+    model, _ = _fit(fk.Adam(1e-3), epochs=1)
+    f32 = model.optimizer
+    store = {str(i): v.numpy() for i, v in enumerate(f32.variables)}
+    opt = fk.Adam(1e-3, state_dtype="int8")
+    opt.build(model.trainable_variables)
+    opt.load_own_variables(store)
+    assert int(opt.iterations.numpy()) == int(f32.iterations.numpy())
+    kernel = model.layers[0].kernel.path.replace("/", "_")
+    for slot, signed in (("momentum", True), ("velocity", False)):
+        (src,) = [v for v in f32.variables if v.path.endswith(f"{kernel}_{slot}")]
+        (codes,) = [v for v in opt.variables if v.path.endswith(f"{kernel}_{slot}")]
+        (absmax,) = [v for v in opt.variables if v.path.endswith(f"{kernel}_{slot}_absmax")]
+        want_c, want_a = state.quantize(src.numpy(), signed=signed)
+        np.testing.assert_array_equal(codes.numpy(), want_c)
+        np.testing.assert_array_equal(absmax.numpy(), want_a)
+    # An int8-state save loads as saved.
+    again = fk.Adam(1e-3, state_dtype="int8")
+    again.build(model.trainable_variables)
+    again.load_own_variables({str(i): v.numpy() for i, v in enumerate(opt.variables)})
+    for a, b in zip(again.variables, opt.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())

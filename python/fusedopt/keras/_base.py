@@ -408,12 +408,27 @@ class FusedOptimizerMixin:
                 f"cannot transfer the state of a {self._fused_builtin().__name__}: it has "
                 f"{len(source_variables)} variables, the fused one {len(mine)}")
         for dst, src in zip(mine, source_variables):
+            value = src.numpy() if hasattr(src, "numpy") else np.asarray(src)
             if dst.dtype == "uint8":
-                self._fused_initial_values[id(dst)] = np.asarray(src.numpy(), np.float32)
+                self._fused_initial_values[id(dst)] = np.asarray(value, np.float32)
             else:
-                dst.assign(tf.cast(src.value if isinstance(src, keras.Variable) else src,
-                                   dst.dtype))
+                dst.assign(tf.cast(value, dst.dtype))
         self._fused_encode_initial_slots()
+
+    def load_own_variables(self, store):
+        """Keras' loading of saved optimizer variables (.keras files). With
+        low-precision state it also loads a float32-state save (one without
+        the absmax variables, whose slots are float32): the slots are
+        converted as from_keras converts them (rounded to bfloat16, or
+        quantized)."""
+        absmax_ids = {id(a) for a in self._fused_absmax.values()}
+        mine = [v for v in self.variables if id(v) not in absmax_ids]
+        if (not absmax_ids and self.state_dtype != "bfloat16") or \
+                len(store.keys()) != len(mine) or len(mine) == len(self.variables) and all(
+                    np.dtype(store[str(i)].dtype) == np.dtype(v.dtype)
+                    for i, v in enumerate(mine)):
+            return super().load_own_variables(store)
+        self._fused_take_state([np.asarray(store[str(i)]) for i in range(len(mine))])
 
     def _fused_encode_initial_slots(self) -> None:
         """int8 slots with pending float32 values (initial values that are not
