@@ -20,7 +20,9 @@ The focused suites each run alone, with their own output: dense (every fused
 rule on one 16M variable against tf.raw_ops; fusedopt.bench.dense), multi (one
 fused call over many variables; fusedopt.bench.multi), keras-apply (Keras'
 ``optimizer.apply``, fusedopt against keras.optimizers, with and without XLA;
-fusedopt.bench.keras_apply) and gpu (fusedopt._native on a CUDA device, without
+fusedopt.bench.keras_apply), state (low-precision optimizer state: training
+quality of three small models and the step's speed and memory per state_dtype;
+fusedopt.bench.state) and gpu (fusedopt._native on a CUDA device, without
 TensorFlow; fusedopt.bench.gpu).
 """
 
@@ -40,6 +42,7 @@ TABLE_SUITES = ["sizes", "many", "models", "sparse", "fit", "ps"]
 ALONE_SUITES = {"dense": ("fusedopt.bench.dense", "run"),
                 "multi": ("fusedopt.bench.multi", "run"),
                 "keras-apply": ("fusedopt.bench.keras_apply", "run"),
+                "state": ("fusedopt.bench.state", "run"),
                 "gpu": ("fusedopt.bench.gpu", "run_suite")}
 SUITES = TABLE_SUITES + list(ALONE_SUITES)
 DTYPES = ["float32", "float16", "bfloat16", "float64"]
@@ -82,7 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated: {', '.join(DTYPES)} (default: float32; gpu: "
                    "float32,bfloat16)")
     p.add_argument("--quick", action="store_true",
-                   help="a short run of the table suites (under 2 minutes on 2 cores)")
+                   help="a short run of the table suites (under 2 minutes on 2 cores); "
+                   "state: one seed, a few epochs, a 1M-element step")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds per case (default: the suite's)")
     p.add_argument("--warmup", type=int, default=None,
@@ -119,6 +123,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", default=None,
                    help="PNG plot path of the table suites ('' for none; default "
                    "fusedopt-bench.png)")
+    s = p.add_argument_group("state suite (low-precision optimizer state)")
+    s.add_argument("--seeds", type=int, default=None,
+                   help="training runs per task and state_dtype (default 3; --quick: 1)")
+    s.add_argument("--state-tasks", default=None,
+                   help="comma-separated: digits-mlp, digits-convnet, transformer (default all)")
+    s.add_argument("--state-optimizer", default=None, metavar="NAME[:key=value,...]",
+                   help="the fusedopt.keras class trained (default: the featured rule's, as "
+                   "--algorithms' default), with constructor arguments as Python literals, "
+                   "e.g. NAME:momentum=0.9")
     g = p.add_argument_group("gpu suite (fusedopt._native on a CUDA device, no TensorFlow)")
     g.add_argument("--markdown", default=None,
                    help="write a Markdown table here (default: print it)")
@@ -193,8 +206,10 @@ def _validate_alone(args: argparse.Namespace, suite: str) -> None:
     if args.repeats is not None and args.repeats < 1 or args.warmup is not None and args.warmup < 0:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     _sizes(args)
-    if suite == "dense" and args.sizes and len(args.sizes) != 1:
-        raise UsageError("--suite dense takes one size (--sizes N)")
+    if suite in ("dense", "state") and args.sizes and len(args.sizes) != 1:
+        raise UsageError(f"--suite {suite} takes one size (--sizes N)")
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError("--seeds must be >= 1")
     if suite != "gpu":
         return
     from fusedopt.bench import gpu  # (no TensorFlow)
