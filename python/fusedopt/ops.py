@@ -15,6 +15,7 @@ arguments (``**options``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import struct
@@ -165,6 +166,7 @@ __doc__ += """
 _STATE_FORMATS = {"float32": "same", "bfloat16": "bfloat16", "int8": "int8"}
 
 
+@functools.lru_cache(maxsize=None)
 def _op_has_state(op_name: str) -> bool:
     """Whether the op (its Python function name) takes low-precision state."""
     raw = "".join(p.capitalize() for p in op_name[len("fusedopt_"):].split("_"))
