@@ -83,9 +83,8 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
         for (int k = 0; k < ops.num_slots; ++k) sa.absmax[k] = ops.absmax[it.tensor][k] + first_block;
       }
       const bool rank0 = ops.IsRank0(it.tensor);
-      const GradXform gx =
-          ops.transform ? ops.xforms[it.tensor] : GradXform{1.0, HUGE_VAL};
-      fn(plan.For(rank0), gx, sa, var, slots.data(), it.grad, 0, it.length);
+      // (Without a transform the call's xforms are the identity, {1, inf}.)
+      fn(plan.For(rank0), ops.xforms[it.tensor], sa, var, slots.data(), it.grad, 0, it.length);
     });
     return;
   }

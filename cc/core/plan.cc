@@ -70,7 +70,7 @@ std::string CheckLowPrecision(Rule rule, const PlanInput& in, const Plan& plan, 
   if (plan.variant >= NumStateVariants(rule)) {
     return Msg(what, " takes Keras' form of ", info.name, ", not tf_training_op_form");
   }
-  if (in.attrs.state_format == StateFormat::kInt8 && plan.variant >= NumInt8StateVariants(rule)) {
+  if (in.attrs.state_format == StateFormat::kInt8 && plan.variant >= info.int8_state_variants) {
     return Msg(what, " is not available for this form of ", info.name,
                " (centered: the difference of two quantized moments in the denominator can turn "
                "negative); use state_format='bfloat16'");

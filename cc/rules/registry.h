@@ -173,16 +173,6 @@ struct NumInt8StateVariantsOf : NumStateVariantsOf<S> {};
 template <typename S>
 struct NumInt8StateVariantsOf<S, std::void_t<decltype(S::kInt8StateVariants)>>
     : std::integral_constant<int, S::kInt8StateVariants> {};
-inline int NumInt8StateVariants(Rule rule) {
-  switch (rule) {
-#define FUSEDOPT_RULE_INT8(ID, STRUCT, ...) \
-  case Rule::ID:                            \
-    return NumInt8StateVariantsOf<STRUCT>::value;
-    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_INT8)
-#undef FUSEDOPT_RULE_INT8
-  }
-  return 0;
-}
 
 inline constexpr VariantOffsets kStateVariantOffsets = MakeOffsets<NumStateVariantsOf>();
 constexpr int kNumStateTableVariants = kStateVariantOffsets.at[kNumRules];
@@ -197,16 +187,6 @@ struct NonNegSlotsOfStruct : std::integral_constant<unsigned, 0u> {};
 template <typename S>
 struct NonNegSlotsOfStruct<S, std::void_t<decltype(S::kNonNegSlots)>>
     : std::integral_constant<unsigned, S::kNonNegSlots> {};
-inline unsigned NonNegSlotsOf(Rule rule) {
-  switch (rule) {
-#define FUSEDOPT_RULE_NONNEG(ID, STRUCT, ...) \
-  case Rule::ID:                              \
-    return NonNegSlotsOfStruct<STRUCT>::value;
-    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_NONNEG)
-#undef FUSEDOPT_RULE_NONNEG
-  }
-  return 0u;
-}
 
 struct SlotInfo {
   const char* name;        // the op's input name (and fusedopt.ops keyword)
@@ -225,6 +205,11 @@ struct RuleInfo {
   SlotInfo slots[kMaxSlots];
   int num_scalars;
   const char* scalars[kMaxScalars];  // hyperparameter input names, in order
+  // Low-precision state (Note [low-precision state]): the leading variants
+  // that take int8 state (the struct's kInt8StateVariants, else all its
+  // kStateVariants) and the non-negative slots (kNonNegSlots, bit k: slot k).
+  int int8_state_variants;
+  unsigned nonneg_slots;
 };
 
 // Fills num_slots and num_scalars from the lists (their unnamed tail is null).
@@ -242,7 +227,8 @@ constexpr RuleInfo Counted(RuleInfo r) {
 #define FUSEDOPT_UNPAREN(...) __VA_ARGS__
 #define FUSEDOPT_RULE_INFO(ID, STRUCT, NAME, OP, ATTRS, STEP, SLOTS, SCALARS)                 \
   Counted(RuleInfo{NAME, OP, Rule::ID, IsTwoPass<STRUCT>::value, (ATTRS), STEP, 0,            \
-                   {FUSEDOPT_UNPAREN SLOTS}, 0, {FUSEDOPT_UNPAREN SCALARS}}),
+                   {FUSEDOPT_UNPAREN SLOTS}, 0, {FUSEDOPT_UNPAREN SCALARS},                  \
+                   NumInt8StateVariantsOf<STRUCT>::value, NonNegSlotsOfStruct<STRUCT>::value}),
 
 inline constexpr RuleInfo kRuleInfos[kNumRules] = {FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_RULE_INFO)};
 #undef FUSEDOPT_RULE_INFO

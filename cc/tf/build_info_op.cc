@@ -56,7 +56,7 @@ std::string LowPrecisionStateJson() {
     if (NumStateVariants(r.rule) == 0) continue;
     std::vector<std::string> nonneg;
     for (int k = 0; k < r.num_slots; ++k) {
-      if ((NonNegSlotsOf(r.rule) >> k) & 1u) nonneg.push_back(r.slots[k].name);
+      if ((r.nonneg_slots >> k) & 1u) nonneg.push_back(r.slots[k].name);
     }
     j += (first ? "" : ", ") + Quote(r.name) + ": {\"nonneg_slots\": " + JsonList(nonneg) + "}";
     first = false;
