@@ -124,6 +124,7 @@ std::string MakeCallPlan(Rule rule, const PlanInput& in_given, bool rank0_plan, 
   plan->stochastic_weights = in.attrs.stochastic_rounding;
   plan->rounding_seed = in.rounding_seed;
   plan->rank0_coeffs = plan->coeffs;
+  plan->rank0_form = plan->form;
   plan->rank0_variant = plan->variant;
   if (rank0_plan && in.grappler_form) {
     PlanInput rank0 = in;
@@ -132,6 +133,7 @@ std::string MakeCallPlan(Rule rule, const PlanInput& in_given, bool rank0_plan, 
     err = MakePlan(rule, rank0, &p0);
     if (!err.empty()) return err;
     plan->rank0_coeffs = p0.coeffs;
+    plan->rank0_form = p0.form;
     plan->rank0_variant = p0.variant;
   }
   return "";

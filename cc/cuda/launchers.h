@@ -50,6 +50,20 @@ int fusedopt_cuda_elementwise_multi(int rule, int dtype, int variant, int decay,
                                     const double* grad_scales, const double* clip_values,
                                     void* stream);
 
+// Note [device coefficients]: a rule's coefficients computed on the device
+// from scalars in device memory, with the host's code. scalars[k] points at
+// the rule's k-th scalar (RuleInfo::scalars order) of type scalar_types[k]
+// (fusedopt::ScalarType: 0 float16, 1 bfloat16, 2 float32, 3 float64, 4 int32,
+// 5 int64), step at the step (ignored for rules without one); forms: 2 x 6
+// doubles, the plan's CoeffForm and its rank-0 one (minimize_broadcasts,
+// tf_keras_sparse, tf_form, epsilon_outside_sqrt, constant_folding,
+// schedule_decay). out (device memory, 2 * 12 + 3 doubles): the coefficients,
+// the rank-0 coefficients, then the CoeffStatus (0: in range), the offending
+// scalar's index and its value. One thread; nothing is copied to the host.
+int fusedopt_cuda_device_coeffs(int rule, int f64, const void* const* scalars,
+                                const int* scalar_types, int num_scalars, const void* step,
+                                int step_type, const double* forms, double* out, void* stream);
+
 // LAMB over one tensor (slots = {m, v}), two passes with a deterministic norm
 // reduction. scratch: device memory of fusedopt_cuda_lamb_scratch_bytes(n)
 // bytes, owned by the caller until the stream has run the launch.

@@ -33,19 +33,38 @@
 namespace fusedopt {
 namespace coeffs {
 
+// x^y as Keras' scalar Pow computes it on the processor that runs the step.
+// On the host std::pow (float: the C library's powf, which TF's CPU Pow
+// calls); on a CUDA device CUDA's pow/powf, which TF's GPU Pow and XLA's GPU
+// pow call (Note [device coefficients]: the one place where a coefficient
+// computed on the device can differ from the host's).
+template <typename S>
+FUSEDOPT_HD S Pow(S x, S y) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(S) == 4) {
+    return ::powf(x, y);
+  } else {
+    return ::pow(x, y);
+  }
+#else
+  return std::pow(x, y);
+#endif
+}
+
+
 // `convert_to_tensor(x, S)`: one rounding of the double.
 template <typename S>
-inline S Direct(double x) {
+FUSEDOPT_HD S Direct(double x) {
   return static_cast<S>(x);
 }
 // `ops.cast(x, S)` of a Python float: through float32 first.
 template <typename S>
-inline S ViaFloat(double x) {
+FUSEDOPT_HD S ViaFloat(double x) {
   return static_cast<S>(static_cast<float>(x));
 }
 // `ops.cast(step, S)` of the int64 step.
 template <typename S>
-inline S Step(int64_t step) {
+FUSEDOPT_HD S Step(int64_t step) {
   return static_cast<S>(step);
 }
 
@@ -61,7 +80,7 @@ inline S Step(int64_t step) {
 // c[kDecayLr] = 1, which the same Decay() evaluates exactly as
 // v - v * (wd * lr) (a product with 1 is exact).
 template <typename S>
-inline Coeffs Base(double lr, double weight_decay, bool minimize_broadcasts) {
+FUSEDOPT_HDI Coeffs Base(double lr, double weight_decay, bool minimize_broadcasts) {
   Coeffs c{};
   if (minimize_broadcasts) {
     c.c[kDecay] = ViaFloat<S>(weight_decay) * Direct<S>(lr);
@@ -74,7 +93,7 @@ inline Coeffs Base(double lr, double weight_decay, bool minimize_broadcasts) {
 }
 
 template <typename S = double>
-inline Coeffs Sgd(double lr, double momentum, double weight_decay, bool grappler_form = false) {
+FUSEDOPT_HDI Coeffs Sgd(double lr, double momentum, double weight_decay, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   c.c[SgdRule::kLr] = Direct<S>(lr);
   c.c[SgdRule::kMomentum] = ViaFloat<S>(momentum);
@@ -90,7 +109,7 @@ inline Coeffs Sgd(double lr, double momentum, double weight_decay, bool grappler
 // over (its float32 hyperparameters cast to S, used as given):
 //   lr = lr_t * (sqrt(1 - b2^t) / (1 - b1^t)); one_minus_beta_1_t = 1 - b1
 template <typename S = double>
-inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_decay, int64_t step,
+FUSEDOPT_HDI Coeffs Adam(double lr, double b1, double b2, double eps, double weight_decay, int64_t step,
                    bool grappler_form = false, bool tf_keras_sparse = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   const S t = Step<S>(step);
@@ -100,16 +119,16 @@ inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_de
     c.c[AdamRule::kB2] = beta_2;
     c.c[AdamRule::kOneMinusB1] = S(1) - beta_1;
     c.c[AdamRule::kOneMinusB2] = S(1) - beta_2;
-    c.c[AdamRule::kAlpha] = Direct<S>(lr) * (std::sqrt(S(1) - std::pow(beta_2, t)) /
-                                             (S(1) - std::pow(beta_1, t)));
+    c.c[AdamRule::kAlpha] = Direct<S>(lr) * (Sqrt(S(1) - Pow(beta_2, t)) /
+                                             (S(1) - Pow(beta_1, t)));
     c.c[AdamRule::kEps] = Direct<S>(eps);
     return c;
   }
-  const S b1_power = std::pow(ViaFloat<S>(b1), t);
-  const S b2_power = std::pow(ViaFloat<S>(b2), t);
+  const S b1_power = Pow(ViaFloat<S>(b1), t);
+  const S b2_power = Pow(ViaFloat<S>(b2), t);
   c.c[AdamRule::kOneMinusB1] = Direct<S>(1.0 - b1);
   c.c[AdamRule::kOneMinusB2] = Direct<S>(1.0 - b2);
-  c.c[AdamRule::kAlpha] = Direct<S>(lr) * std::sqrt(S(1) - b2_power) / (S(1) - b1_power);
+  c.c[AdamRule::kAlpha] = Direct<S>(lr) * Sqrt(S(1) - b2_power) / (S(1) - b1_power);
   c.c[AdamRule::kEps] = Direct<S>(eps);
   return c;
 }
@@ -124,7 +143,7 @@ inline Coeffs Adam(double lr, double b1, double b2, double eps, double weight_de
 // coefficients plus the cast betas themselves (beta_2 in the place of the
 // weight decay's learning rate: that form takes no decay).
 template <typename S = double>
-inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_decay,
+FUSEDOPT_HDI Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_decay,
                     double u_product, int64_t step, double schedule_decay = 1.0, bool grappler_form = false,
                     bool tf_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
@@ -140,8 +159,8 @@ inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_d
     t = Direct<S>(schedule_decay) * t;
     t1 = Direct<S>(schedule_decay) * t1;
   }
-  const S u_t = beta_1 * (S(1) - S(0.5) * std::pow(decay, t));
-  const S u_t1 = beta_1 * (S(1) - S(0.5) * std::pow(decay, t1));
+  const S u_t = beta_1 * (S(1) - S(0.5) * Pow(decay, t));
+  const S u_t1 = beta_1 * (S(1) - S(0.5) * Pow(decay, t1));
   const S u_prod = Direct<S>(u_product);
   const S u_prod1 = u_prod * u_t1;
   c.c[NadamRule::kOneMinusB1] = S(1) - beta_1;
@@ -150,7 +169,7 @@ inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_d
   c.c[NadamRule::kOneMinusUProd1] = S(1) - u_prod1;
   c.c[NadamRule::kOneMinusUt] = S(1) - u_t;
   c.c[NadamRule::kOneMinusUProd] = S(1) - u_prod;
-  c.c[NadamRule::kOneMinusB2Pow] = S(1) - std::pow(beta_2, Step<S>(step));
+  c.c[NadamRule::kOneMinusB2Pow] = S(1) - Pow(beta_2, Step<S>(step));
   c.c[NadamRule::kLr] = Direct<S>(lr);
   c.c[NadamRule::kEps] = Direct<S>(eps);
   if (tf_form) {
@@ -163,14 +182,14 @@ inline Coeffs Nadam(double lr, double b1, double b2, double eps, double weight_d
 // keras.optimizers.Adamax.update_step: `ops.multiply(self.beta_2, u)` takes
 // beta_2 directly; the bias correction uses the cast beta_1.
 template <typename S = double>
-inline Coeffs Adamax(double lr, double b1, double b2, double eps, double weight_decay,
+FUSEDOPT_HDI Coeffs Adamax(double lr, double b1, double b2, double eps, double weight_decay,
                      int64_t step, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   c.c[AdamaxRule::kOneMinusB1] = Direct<S>(1.0 - b1);
   c.c[AdamaxRule::kB1] = Direct<S>(b1);  // (the tf_keras sparse form's, as tf_keras hands it)
   c.c[AdamaxRule::kB2] = Direct<S>(b2);
   c.c[AdamaxRule::kLr] = Direct<S>(lr);
-  const S one_minus_b1_pow = S(1) - std::pow(ViaFloat<S>(b1), Step<S>(step));
+  const S one_minus_b1_pow = S(1) - Pow(ViaFloat<S>(b1), Step<S>(step));
   c.c[AdamaxRule::kOneMinusB1Pow] = one_minus_b1_pow;
   c.c[AdamaxRule::kEps] = Direct<S>(eps);
   c.c[AdamaxRule::kLrOverBc] = Direct<S>(lr) / one_minus_b1_pow;  // TF's lr / (1 - beta1_power)
@@ -182,7 +201,7 @@ inline Coeffs Adamax(double lr, double b1, double b2, double eps, double weight_
 // epsilon_outside_sqrt: lr * g / (sqrt(denom) + eps), as tf_keras' legacy
 // RMSprop without momentum does; otherwise lr * g / sqrt(denom + eps).
 template <typename S = double>
-inline Coeffs Rmsprop(double lr, double rho, double momentum, double eps, double weight_decay,
+FUSEDOPT_HDI Coeffs Rmsprop(double lr, double rho, double momentum, double eps, double weight_decay,
                       bool epsilon_outside_sqrt = false, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   c.c[RmspropRule::kRho] = Direct<S>(rho);
@@ -196,7 +215,7 @@ inline Coeffs Rmsprop(double lr, double rho, double momentum, double eps, double
 // epsilon_outside_sqrt: lr * g / (sqrt(acc) + eps), as tf_keras' legacy
 // Adagrad (ResourceApplyAdagradV2) does; otherwise lr * g / sqrt(acc + eps).
 template <typename S = double>
-inline Coeffs Adagrad(double lr, double eps, double weight_decay,
+FUSEDOPT_HDI Coeffs Adagrad(double lr, double eps, double weight_decay,
                       bool epsilon_outside_sqrt = false, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   c.c[AdagradRule::kLr] = Direct<S>(lr);
@@ -205,7 +224,7 @@ inline Coeffs Adagrad(double lr, double eps, double weight_decay,
 }
 
 template <typename S = double>
-inline Coeffs Adadelta(double lr, double rho, double eps, double weight_decay, bool grappler_form = false) {
+FUSEDOPT_HDI Coeffs Adadelta(double lr, double rho, double eps, double weight_decay, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   c.c[AdadeltaRule::kRho] = Direct<S>(rho);
   c.c[AdadeltaRule::kOneMinusRho] = Direct<S>(1.0 - rho);
@@ -219,7 +238,7 @@ inline Coeffs Adadelta(double lr, double rho, double eps, double weight_decay, b
 //   quadratic = new_acc^p / lr + 2 * l2_reg; g_s = g + (2 * l2_shrinkage) * var
 // (2 * l2_shrinkage is Python arithmetic, so in double).
 template <typename S = double>
-inline Coeffs Ftrl(double lr, double lr_power, double l1, double l2, double l2_shrinkage,
+FUSEDOPT_HDI Coeffs Ftrl(double lr, double lr_power, double l1, double l2, double l2_shrinkage,
                    double beta, double weight_decay, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   const S lr_s = Direct<S>(lr);
@@ -234,7 +253,7 @@ inline Coeffs Ftrl(double lr, double lr_power, double l1, double l2, double l2_s
 
 // keras.optimizers.Lion.update_step: cast betas, 1.0 - beta in S.
 template <typename S = double>
-inline Coeffs Lion(double lr, double b1, double b2, double weight_decay, bool grappler_form = false) {
+FUSEDOPT_HDI Coeffs Lion(double lr, double b1, double b2, double weight_decay, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   const S beta_1 = ViaFloat<S>(b1), beta_2 = ViaFloat<S>(b2);
   c.c[LionRule::kLr] = Direct<S>(lr);
@@ -248,7 +267,7 @@ inline Coeffs Lion(double lr, double b1, double b2, double weight_decay, bool gr
 // keras.optimizers.Muon._muon_update_step, momentum half:
 // `m * (self.momentum - 1)`: the Python double rounded once to S.
 template <typename S = double>
-inline Coeffs MuonMomentum(double momentum) {
+FUSEDOPT_HDI Coeffs MuonMomentum(double momentum) {
   Coeffs c{};
   c.c[MuonMomentumRule::kMomentumMinusOne] = Direct<S>(momentum - 1.0);
   return c;
@@ -262,7 +281,7 @@ inline Coeffs MuonMomentum(double momentum) {
 // (Direct). `scale` is that float32 square root (exact in S); rms_rate = None
 // in Keras is scale = rms_rate = 1 here (exact products).
 template <typename S = double>
-inline Coeffs Muon(double lr, double scale, double rms_rate, double weight_decay,
+FUSEDOPT_HDI Coeffs Muon(double lr, double scale, double rms_rate, double weight_decay,
                    bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   const S l = Direct<S>(lr), s = Direct<S>(scale), r = Direct<S>(rms_rate);
@@ -276,14 +295,14 @@ inline Coeffs Muon(double lr, double scale, double rms_rate, double weight_decay
 // keras.optimizers.Lamb.update_step: as Adam for the moments; the bias
 // corrections 1.0 - cast(b)^t in S.
 template <typename S = double>
-inline Coeffs Lamb(double lr, double b1, double b2, double eps, double weight_decay,
+FUSEDOPT_HDI Coeffs Lamb(double lr, double b1, double b2, double eps, double weight_decay,
                    int64_t step, bool grappler_form = false) {
   Coeffs c = Base<S>(lr, weight_decay, grappler_form);
   const S t = Step<S>(step);
   c.c[LambRule::kOneMinusB1] = Direct<S>(1.0 - b1);
   c.c[LambRule::kOneMinusB2] = Direct<S>(1.0 - b2);
-  c.c[LambRule::kOneMinusB1Pow] = S(1) - std::pow(ViaFloat<S>(b1), t);
-  c.c[LambRule::kOneMinusB2Pow] = S(1) - std::pow(ViaFloat<S>(b2), t);
+  c.c[LambRule::kOneMinusB1Pow] = S(1) - Pow(ViaFloat<S>(b1), t);
+  c.c[LambRule::kOneMinusB2Pow] = S(1) - Pow(ViaFloat<S>(b2), t);
   c.c[LambRule::kEps] = Direct<S>(eps);
   c.c[LambRule::kLr] = Direct<S>(lr);
   return c;
@@ -297,7 +316,7 @@ inline Coeffs Lamb(double lr, double b1, double b2, double eps, double weight_de
 // for rank-0 variables) also folds the weight decay and
 // (1 - w) * (1 / beta_1) (ScheduleFreeRule's kMinimizeBroadcasts form).
 template <typename S = double>
-inline Coeffs ScheduleFree(double lr, double b1, double b2, double eps, double warmup_steps,
+FUSEDOPT_HDI Coeffs ScheduleFree(double lr, double b1, double b2, double eps, double warmup_steps,
                            double weight_decay, int64_t step, bool constant_folding,
                            bool minimize_broadcasts) {
   Coeffs c = Base<S>(lr, weight_decay, minimize_broadcasts);
@@ -312,7 +331,7 @@ inline Coeffs ScheduleFree(double lr, double b1, double b2, double eps, double w
   const S weight = S(1) / t;
   c.c[ScheduleFreeRule::kLr] = lr_s;
   c.c[ScheduleFreeRule::kOneMinusB2] = S(1) - beta_2;
-  c.c[ScheduleFreeRule::kBiasCorrection2] = S(1) - std::pow(beta_2, t);
+  c.c[ScheduleFreeRule::kBiasCorrection2] = S(1) - Pow(beta_2, t);
   c.c[ScheduleFreeRule::kEps] = ViaFloat<S>(eps);
   c.c[ScheduleFreeRule::kOneMinusB1] = S(1) - beta_1;
   c.c[ScheduleFreeRule::kB1] = beta_1;
@@ -325,19 +344,127 @@ inline Coeffs ScheduleFree(double lr, double b1, double b2, double eps, double w
 
 }  // namespace coeffs
 
+// ---- Each rule's coefficients and scalar checks, host and device ----------
+//
+// Note [device coefficients]: a rule's coefficients are a function of its
+// scalars, the step and the CoeffForm its plan chose (plan_input.h). The
+// host's plans below and the device (cc/rules/device_coeffs.h, reading the
+// scalars from device memory) call the same CoeffsOf, and decide whether the
+// scalars are in range with the same FirstBadScalar, so the device computes
+// what the host would, bit for bit, except for Pow (CUDA's pow where the host
+// has the C library's: Keras' own numbers differ the same way between its CPU
+// and GPU steps). tests/native/coeffs_test.cc checks host against
+// device code compiled for the host, every rule and form.
+namespace coeffs {
+
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(SgdRule, const double* s, int64_t, const CoeffForm& f) {
+  return Sgd<S>(s[0], s[1], s[2], f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(AdamRule, const double* s, int64_t step, const CoeffForm& f) {
+  return Adam<S>(s[0], s[1], s[2], s[3], s[4], step, f.minimize_broadcasts, f.tf_keras_sparse);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(NadamRule, const double* s, int64_t step, const CoeffForm& f) {
+  return Nadam<S>(s[0], s[1], s[2], s[3], s[4], s[5], step, f.schedule_decay,
+                  f.minimize_broadcasts, f.tf_form);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(AdamaxRule, const double* s, int64_t step, const CoeffForm& f) {
+  return Adamax<S>(s[0], s[1], s[2], s[3], s[4], step, f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(RmspropRule, const double* s, int64_t, const CoeffForm& f) {
+  return Rmsprop<S>(s[0], s[1], s[2], s[3], s[4], f.epsilon_outside_sqrt, f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(AdagradRule, const double* s, int64_t, const CoeffForm& f) {
+  return Adagrad<S>(s[0], s[1], s[2], f.epsilon_outside_sqrt, f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(AdadeltaRule, const double* s, int64_t, const CoeffForm& f) {
+  return Adadelta<S>(s[0], s[1], s[2], s[3], f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(FtrlRule, const double* s, int64_t, const CoeffForm& f) {
+  return Ftrl<S>(s[0], s[1], s[2], s[3], s[4], s[5], s[6], f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(LionRule, const double* s, int64_t, const CoeffForm& f) {
+  return Lion<S>(s[0], s[1], s[2], s[3], f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(LambRule, const double* s, int64_t step, const CoeffForm& f) {
+  return Lamb<S>(s[0], s[1], s[2], s[3], s[4], step, f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(ScheduleFreeRule, const double* s, int64_t step, const CoeffForm& f) {
+  return ScheduleFree<S>(s[0], s[1], s[2], s[3], s[4], s[5], step, f.constant_folding,
+                         f.minimize_broadcasts);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(MuonMomentumRule, const double* s, int64_t, const CoeffForm&) {
+  return MuonMomentum<S>(s[0]);
+}
+template <typename S>
+FUSEDOPT_HDI Coeffs CoeffsOf(MuonRule, const double* s, int64_t, const CoeffForm& f) {
+  return Muon<S>(s[0], s[1], s[2], s[3], f.minimize_broadcasts);
+}
+
+// In the variables' opmath: double for float64, float otherwise.
+template <typename R>
+FUSEDOPT_HDI Coeffs CoeffsIn(R rule, bool f64, const double* s, int64_t step, const CoeffForm& f) {
+  return f64 ? CoeffsOf<double>(rule, s, step, f) : CoeffsOf<float>(rule, s, step, f);
+}
+
+// The first scalar (its index in the registry's order) outside the range the
+// rule (and Keras' constructor) allows, or -1. Finiteness and the step are
+// checked for every rule before (MakeCallPlan; DeviceCoeffs).
+template <typename R>
+FUSEDOPT_HDI int FirstBadScalar(R, const double*, const CoeffForm&) {
+  return -1;
+}
+FUSEDOPT_HDI int FirstBadScalar(SgdRule, const double* s, const CoeffForm&) {
+  return s[1] >= 0 && s[1] <= 1 ? -1 : 1;
+}
+FUSEDOPT_HDI int FirstBadScalar(AdamRule, const double* s, const CoeffForm& f) {
+  return f.tf_keras_sparse && s[4] != 0 ? 4 : -1;  // tf_keras' legacy Adam: no decay
+}
+FUSEDOPT_HDI int FirstBadScalar(NadamRule, const double* s, const CoeffForm& f) {
+  return f.tf_form && s[4] != 0 ? 4 : -1;  // tf_keras' legacy Nadam: no decay
+}
+FUSEDOPT_HDI int FirstBadScalar(FtrlRule, const double* s, const CoeffForm&) {
+  for (int k = 2; k <= 4; ++k) {
+    if (!(s[k] >= 0)) return k;  // l1, l2, l2_shrinkage
+  }
+  if (s[0] <= 0) return 0;
+  if (s[1] > 0) return 1;
+  return -1;
+}
+FUSEDOPT_HDI int FirstBadScalar(LionRule, const double* s, const CoeffForm&) {
+  return s[1] > 0 && s[1] <= 1 ? -1 : 1;
+}
+FUSEDOPT_HDI int FirstBadScalar(ScheduleFreeRule, const double* s, const CoeffForm&) {
+  if (!(s[1] > 0)) return 1;
+  if (!(s[4] >= 0)) return 4;
+  return -1;
+}
+FUSEDOPT_HDI int FirstBadScalar(MuonRule, const double* s, const CoeffForm&) {
+  return s[1] > 0 ? -1 : 1;
+}
+
+}  // namespace coeffs
+
 // ---- Plans ------------------------------------------------------------------
 //
 // Each rule's plan: its own checks (beyond every scalar being finite, which
 // MakeCallPlan checks first), the variant a call's attributes and slot lists
-// select, and its coefficients in the variables' opmath (Note [Keras
-// arithmetic]). MakeCallPlan (cc/core/plan.cc) calls the one of the rule.
-// Returns "" or what is wrong (an invalid-argument message; nothing has been
-// written). in.scalars is in the registry's order (registry.h).
+// select, the CoeffForm, and its coefficients in the variables' opmath (Note
+// [Keras arithmetic]). MakeCallPlan (cc/core/plan.cc) calls the one of the
+// rule. Returns "" or what is wrong (an invalid-argument message; nothing has
+// been written). in.scalars is in the registry's order (registry.h).
 namespace plans {
-
-// A rule's coefficients computed in the variables' opmath.
-#define FUSEDOPT_COEFFS(in, fn, ...) \
-  ((in).f64 ? coeffs::fn<double>(__VA_ARGS__) : coeffs::fn<float>(__VA_ARGS__))
 
 // The rules with tf_training_op_form (kAttrTfTrainingOpForm), for errors.
 constexpr char kTfTrainingOpFormRules[] =
@@ -345,14 +472,22 @@ constexpr char kTfTrainingOpFormRules[] =
     "ResourceApply* arithmetic; tf_keras' legacy Nadam) and adam's sparse op (tf_keras' "
     "legacy sparse Adam)";
 
+// Every plan's last step: the coefficients of the form it chose.
+template <typename R>
+std::string Finish(R rule, const PlanInput& in, Plan* p) {
+  p->coeffs = coeffs::CoeffsIn(rule, in.f64, in.scalars.data(), in.step, p->form);
+  return "";
+}
+
 inline std::string NotBelowZero(const PlanInput& in, int k, const char* name) {
   if (in.scalars[k] >= 0) return "";
   return Msg("'", name, "' must be >= 0, got ", in.scalars[k], "; nothing was updated");
 }
 
-inline std::string Of(SgdRule, const PlanInput& in, Plan* p) {
+inline std::string Of(SgdRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
-  if (!(s[1] >= 0 && s[1] <= 1)) {
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  if (coeffs::FirstBadScalar(r, s.data(), p->form) == 1) {
     return Msg("'momentum' must be in [0, 1], got ", s[1], "; nothing was updated");
   }
   if (in.attrs.nesterov && !in.slot_given[0]) {
@@ -362,8 +497,7 @@ inline std::string Of(SgdRule, const PlanInput& in, Plan* p) {
   v.momentum = in.slot_given[0];
   v.nesterov = in.attrs.nesterov;
   p->variant = v.Index();
-  p->coeffs = FUSEDOPT_COEFFS(in, Sgd, s[0], s[1], s[2], in.MinimizeBroadcasts());
-  return "";
+  return Finish(r, in, p);
 }
 
 // Note [tf_keras sparse forms]: tf_keras' legacy Adam and Adamax update
@@ -375,10 +509,12 @@ inline std::string Of(SgdRule, const PlanInput& in, Plan* p) {
 // segment sum, in position order), as the sparse kernels do.
 inline bool TfKerasSparse(const PlanInput& in) { return in.attrs.tf_training_op_form && in.sparse; }
 
-inline std::string Of(AdamRule, const PlanInput& in, Plan* p) {
+inline std::string Of(AdamRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool tf_keras_sparse = TfKerasSparse(in);
-  if (tf_keras_sparse && s[4] != 0) {
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  p->form.tf_keras_sparse = tf_keras_sparse;
+  if (coeffs::FirstBadScalar(r, s.data(), p->form) == 4) {
     return Msg("tf_training_op_form (tf_keras' legacy Adam) takes no weight_decay, got ", s[4]);
   }
   using V = AdamRule::Variant;
@@ -388,47 +524,42 @@ inline std::string Of(AdamRule, const PlanInput& in, Plan* p) {
            : in.grappler_form ? V::kTfKerasSparseGrappler
                               : V::kTfKerasSparse;
   p->variant = v.Index();
-  p->coeffs = FUSEDOPT_COEFFS(in, Adam, s[0], s[1], s[2], s[3], s[4], in.step,
-                              in.MinimizeBroadcasts(), tf_keras_sparse);
-  return "";
+  return Finish(r, in, p);
 }
 
-inline std::string Of(NadamRule, const PlanInput& in, Plan* p) {
+inline std::string Of(NadamRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   if (!(std::isfinite(in.attrs.schedule_decay) && in.attrs.schedule_decay > 0)) {
     return Msg("'schedule_decay' must be finite and > 0, got ", in.attrs.schedule_decay,
                "; nothing was updated");
   }
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  p->form.tf_form = in.attrs.tf_training_op_form;
+  p->form.schedule_decay = in.attrs.schedule_decay;
+  if (coeffs::FirstBadScalar(r, s.data(), p->form) == 4) {
+    return Msg("tf_training_op_form (tf_keras' legacy Nadam) takes no weight_decay, got ", s[4]);
+  }
   if (in.attrs.tf_training_op_form) {
-    if (s[4] != 0) {
-      return Msg("tf_training_op_form (tf_keras' legacy Nadam) takes no weight_decay, got ", s[4]);
-    }
     NadamRule::Variant v;
     v.tf_training_op = true;
     p->variant = v.Index();
   }
-  p->coeffs = FUSEDOPT_COEFFS(in, Nadam, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
-                              in.attrs.schedule_decay, in.MinimizeBroadcasts(),
-                              in.attrs.tf_training_op_form);
-  return "";
+  return Finish(r, in, p);
 }
 
-inline std::string Of(AdamaxRule, const PlanInput& in, Plan* p) {
-  const std::vector<double>& s = in.scalars;
+inline std::string Of(AdamaxRule r, const PlanInput& in, Plan* p) {
   using V = AdamaxRule::Variant;
   V v;
   v.form = TfKerasSparse(in) ? V::kTfKerasSparse
            : in.attrs.tf_training_op_form ? V::kTfOp
                                           : V::kKeras;
   p->variant = v.Index();
-  p->coeffs = FUSEDOPT_COEFFS(in, Adamax, s[0], s[1], s[2], s[3], s[4], in.step,
-                              in.MinimizeBroadcasts());
-  return "";
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  return Finish(r, in, p);
 }
 
-inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
-  const std::vector<double>& s = in.scalars;
-  const bool mb = in.MinimizeBroadcasts();
+inline std::string Of(RmspropRule r, const PlanInput& in, Plan* p) {
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
   using V = RmspropRule::Variant;
   V v;
   v.momentum = in.slot_given[1];
@@ -448,8 +579,8 @@ inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
       v.form = V::kTfKerasSparseGrappler;
       p->variant = v.Index();
     }
-    p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4], true, mb);
-    return "";
+    p->form.epsilon_outside_sqrt = true;
+    return Finish(r, in, p);
   }
   if (in.attrs.tf_training_op_form) {
     if (in.attrs.epsilon_outside_sqrt) {
@@ -460,94 +591,100 @@ inline std::string Of(RmspropRule, const PlanInput& in, Plan* p) {
   } else if (in.grappler_form && !in.attrs.epsilon_outside_sqrt) {
     p->rsqrt_forms = true;
   }
-  p->coeffs = FUSEDOPT_COEFFS(in, Rmsprop, s[0], s[1], s[2], s[3], s[4],
-                              in.attrs.epsilon_outside_sqrt, mb);
-  return "";
+  p->form.epsilon_outside_sqrt = in.attrs.epsilon_outside_sqrt;
+  return Finish(r, in, p);
 }
 
-inline std::string Of(AdagradRule, const PlanInput& in, Plan* p) {
-  const std::vector<double>& s = in.scalars;
+inline std::string Of(AdagradRule r, const PlanInput& in, Plan* p) {
   p->rsqrt_forms = in.grappler_form && !in.attrs.epsilon_outside_sqrt;
-  p->coeffs = FUSEDOPT_COEFFS(in, Adagrad, s[0], s[1], s[2], in.attrs.epsilon_outside_sqrt,
-                              in.MinimizeBroadcasts());
-  return "";
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  p->form.epsilon_outside_sqrt = in.attrs.epsilon_outside_sqrt;
+  return Finish(r, in, p);
 }
 
-inline std::string Of(AdadeltaRule, const PlanInput& in, Plan* p) {
-  const std::vector<double>& s = in.scalars;
+inline std::string Of(AdadeltaRule r, const PlanInput& in, Plan* p) {
   AdadeltaRule::Variant v;
   v.tf_op = in.attrs.tf_training_op_form;
   p->variant = v.Index();
   // TF's op always divides through its Rsqrt.
   p->rsqrt_forms = in.attrs.tf_training_op_form || in.grappler_form;
-  p->coeffs = FUSEDOPT_COEFFS(in, Adadelta, s[0], s[1], s[2], s[3], in.MinimizeBroadcasts());
-  return "";
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  return Finish(r, in, p);
 }
 
-inline std::string Of(FtrlRule, const PlanInput& in, Plan* p) {
+inline std::string Of(FtrlRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
-  for (int k : {2, 3, 4}) {
-    const char* names[] = {"", "", "l1", "l2", "l2_shrinkage"};
-    const std::string e = NotBelowZero(in, k, names[k]);
-    if (!e.empty()) return e;
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  switch (coeffs::FirstBadScalar(r, s.data(), p->form)) {
+    case 2:
+      return NotBelowZero(in, 2, "l1");
+    case 3:
+      return NotBelowZero(in, 3, "l2");
+    case 4:
+      return NotBelowZero(in, 4, "l2_shrinkage");
+    case 0:
+      return Msg("Ftrl needs lr > 0, got ", s[0]);
+    case 1:
+      return Msg("learning_rate_power must be <= 0, got ", s[1]);
+    default:
+      break;
   }
-  if (s[0] <= 0) return Msg("Ftrl needs lr > 0, got ", s[0]);
-  if (s[1] > 0) return Msg("learning_rate_power must be <= 0, got ", s[1]);
   FtrlRule::Variant v;
   v.sqrt_power = s[1] == -0.5;
   p->variant = v.Index();
-  p->coeffs = FUSEDOPT_COEFFS(in, Ftrl, s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                              in.MinimizeBroadcasts());
-  return "";
+  return Finish(r, in, p);
 }
 
-inline std::string Of(LionRule, const PlanInput& in, Plan* p) {
+inline std::string Of(LionRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
-  if (!(s[1] > 0 && s[1] <= 1)) {
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  if (coeffs::FirstBadScalar(r, s.data(), p->form) == 1) {
     return Msg("'beta_1' must be in (0, 1], got ", s[1], "; nothing was updated");
   }
-  p->coeffs = FUSEDOPT_COEFFS(in, Lion, s[0], s[1], s[2], s[3], in.MinimizeBroadcasts());
-  return "";
+  return Finish(r, in, p);
 }
 
-inline std::string Of(LambRule, const PlanInput& in, Plan* p) {
-  const std::vector<double>& s = in.scalars;
-  p->coeffs = FUSEDOPT_COEFFS(in, Lamb, s[0], s[1], s[2], s[3], s[4], in.step,
-                              in.MinimizeBroadcasts());
-  return "";
+inline std::string Of(LambRule r, const PlanInput& in, Plan* p) {
+  p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  return Finish(r, in, p);
 }
 
-inline std::string Of(ScheduleFreeRule, const PlanInput& in, Plan* p) {
+inline std::string Of(ScheduleFreeRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
-  if (!(s[1] > 0)) return Msg("'beta_1' must be > 0, got ", s[1]);
-  if (!(s[4] >= 0)) return Msg("'warmup_steps' must be >= 0, got ", s[4]);
+  p->form.minimize_broadcasts = mb;
+  p->form.constant_folding = in.constant_folding;
+  switch (coeffs::FirstBadScalar(r, s.data(), p->form)) {
+    case 1:
+      return Msg("'beta_1' must be > 0, got ", s[1]);
+    case 4:
+      return Msg("'warmup_steps' must be >= 0, got ", s[4]);
+    default:
+      break;
+  }
   using V = ScheduleFreeRule::Variant;
   V v;
   v.form = !in.constant_folding ? V::kKeras : (mb ? V::kMinimizeBroadcasts : V::kConstantFolding);
   p->variant = v.Index();
-  p->coeffs = FUSEDOPT_COEFFS(in, ScheduleFree, s[0], s[1], s[2], s[3], s[4], s[5], in.step,
-                              in.constant_folding, mb);
-  return "";
+  return Finish(r, in, p);
 }
 
-inline std::string Of(MuonMomentumRule, const PlanInput& in, Plan* p) {
-  p->coeffs = FUSEDOPT_COEFFS(in, MuonMomentum, in.scalars[0]);
-  return "";
+inline std::string Of(MuonMomentumRule r, const PlanInput& in, Plan* p) {
+  return Finish(r, in, p);
 }
 
-inline std::string Of(MuonRule, const PlanInput& in, Plan* p) {
+inline std::string Of(MuonRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   const bool mb = in.MinimizeBroadcasts();
-  if (!(s[1] > 0)) return Msg("'scale' must be > 0, got ", s[1]);
+  p->form.minimize_broadcasts = mb;
+  if (coeffs::FirstBadScalar(r, s.data(), p->form) == 1) {
+    return Msg("'scale' must be > 0, got ", s[1]);
+  }
   MuonRule::Variant v;
   v.minimize_broadcasts = mb;
   p->variant = v.Index();
-  p->coeffs = FUSEDOPT_COEFFS(in, Muon, s[0], s[1], s[2], s[3], mb);
-  return "";
+  return Finish(r, in, p);
 }
-
-#undef FUSEDOPT_COEFFS
 
 }  // namespace plans
 }  // namespace fusedopt

@@ -15,8 +15,11 @@
 
 #if defined(__CUDACC__)
 #define FUSEDOPT_HD __host__ __device__ __forceinline__
+// Host-device functions too large to force inline (the coefficients).
+#define FUSEDOPT_HDI __host__ __device__ inline
 #else
 #define FUSEDOPT_HD inline __attribute__((always_inline))
+#define FUSEDOPT_HDI inline
 #endif
 
 namespace fusedopt {

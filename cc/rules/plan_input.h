@@ -52,6 +52,20 @@ struct PlanInput {
   }
 };
 
+// Note [device coefficients]: what a rule's coefficients depend on besides
+// the scalar values and the step: the form the host chose from the call's
+// attributes (the plans in coefficients.h fill it). A plain struct, so a
+// device can compute the coefficients from scalars in its own memory with the
+// host's code (coeffs::CoeffsOf, cc/rules/device_coeffs.h).
+struct CoeffForm {
+  bool minimize_broadcasts = false;   // Note [Grappler form]
+  bool tf_keras_sparse = false;       // Note [tf_keras sparse forms]
+  bool tf_form = false;               // tf_keras' legacy Nadam
+  bool epsilon_outside_sqrt = false;  // tf_keras' x / (sqrt(y) + eps)
+  bool constant_folding = false;      // Grappler's reciprocals
+  double schedule_decay = 1.0;        // tf_keras' legacy Nadam schedule
+};
+
 struct Plan {
   // The index of the rule's Variant (Note [typed variants]: a plan fills the
   // rule's Variant struct and stores Variant::Index()).
@@ -61,10 +75,12 @@ struct Plan {
   bool rsqrt_forms = false;
   bool f64 = false;
   Coeffs coeffs{};
+  CoeffForm form;  // what coeffs was computed with, besides the scalars and step
   // For rank-0 variables: Grappler's MinimizeBroadcasts leaves a chain of
   // scalars alone (Note [Grappler form]), so these keep Keras' written weight
   // decay (and their rank-0 variant).
   Coeffs rank0_coeffs{};
+  CoeffForm rank0_form;
   int rank0_variant = 0;
   // Low-precision state (Note [low-precision state]): the loops of
   // cpu::KernelTable::state_elementwise.

@@ -144,7 +144,10 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
 
 }  // namespace
 
+void RunCoeffsTests(void (*check)(bool, const std::string&));  // coeffs_test.cc
+
 int main() {
+  RunCoeffsTests(Check);
   TestChunkPlan();
   int isas = 0;
   for (const std::string& isa : fusedopt::cpu::CompiledIsas()) {
