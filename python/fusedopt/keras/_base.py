@@ -79,10 +79,14 @@ from tensorflow.python.framework import ops as tf_ops
 
 from keras.src.optimizers import base_optimizer as _keras_base
 
+from tensorflow.python.trackable import base as _trackable
+from tensorflow.python.trackable import data_structures as _data_structures
+
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 from fusedopt import ops
 from fusedopt import state as _state
+from fusedopt.keras import _checkpoint
 
 
 @functools.lru_cache(maxsize=None)
@@ -224,6 +228,9 @@ class FusedOptimizerMixin:
         self.rounding_seed = int(rounding_seed)
         self._fused_absmax: dict[int, Any] = {}  # id(slot variable) -> its absmax variable
         self._fused_initial_values: dict[int, np.ndarray] = {}
+        with _trackable.no_automatic_dependency_tracking_scope(self):
+            # (Not a dependency of its own: it stands in for _variables.)
+            self._fused_checkpoint = _checkpoint.StateCheckpoint(self)
         self.sparse_mode = sparse_mode
         self.clip_after_aggregation = clip_after_aggregation
         if clip_after_aggregation and not self._clip_setting():
@@ -290,6 +297,9 @@ class FusedOptimizerMixin:
         super().build(variables)
         if self._fused_low_precision():
             self._fused_encode_initial_slots()
+        if self._fused_has_state_formats():
+            # A checkpoint restored before the build (Note [state checkpoints]).
+            self._fused_checkpoint.restore_deferred()
 
     def get_config(self):
         config = super().get_config()
@@ -379,8 +389,10 @@ class FusedOptimizerMixin:
         path = reference_variable.path.replace("/", "_")
         slot_name = f"{path}_{name}"
         if fmt == "bfloat16":
-            return self.add_variable(shape=shape, dtype="bfloat16", name=slot_name,
+            slot = self.add_variable(shape=shape, dtype="bfloat16", name=slot_name,
                                      initializer=lambda s, dtype=None: tf.cast(values, tf.bfloat16))
+            self._fused_checkpoint.register(slot, reference_variable.dtype)
+            return slot
         # Which code a slot takes (signed, or unsigned for non-negative
         # values) is the op's, known once build() has filled the slot lists:
         # zeros are code 0 in both; other initial values (an
@@ -392,6 +404,7 @@ class FusedOptimizerMixin:
                                   name=f"{slot_name}_absmax",
                                   initializer=lambda s, dtype=None: tf.constant(absmax))
         self._fused_absmax[id(slot)] = scale
+        self._fused_checkpoint.register(slot, reference_variable.dtype)
         if np.any(values != 0):
             self._fused_initial_values[id(slot)] = values
         return slot
@@ -437,17 +450,92 @@ class FusedOptimizerMixin:
         pending, self._fused_initial_values = self._fused_initial_values, {}
         if not pending:
             return
+        for slot in self._fused_op_slots().values():
+            values = pending.get(id(slot))
+            if values is not None:
+                self._fused_write_slot(slot, values)
+
+    def _fused_has_state_formats(self) -> bool:
+        """Whether the class has low-precision state (its rule's op takes it):
+        then its checkpoints go through StateCheckpoint (Note [state
+        checkpoints]), whatever this instance's state_dtype."""
+        call = self._fused_call
+        return call is not None and call.rule in _low_precision_rules()
+
+    def _fused_op_slots(self) -> dict[int, Any]:
+        """id -> slot variable of every slot the op takes (once build() has
+        filled the slot lists)."""
+        call = self._fused_call
+        slots: dict[int, Any] = {}
+        if call is None:
+            return slots
+        for source in call.slots.values():
+            attribute = source[0] if isinstance(source, tuple) else source
+            for slot in getattr(self, attribute, None) or []:
+                if slot is not None:
+                    slots[id(slot)] = slot
+        return slots
+
+    def _fused_slot_signed(self, slot) -> bool:
+        """Whether an int8 ``slot`` takes the signed code (not one of its
+        rule's non-negative slots)."""
         call = self._fused_call
         nonneg = set(_low_precision_rules()[call.rule])
         for keyword, source in call.slots.items():
             attribute = source[0] if isinstance(source, tuple) else source
-            for slot in getattr(self, attribute, None) or []:
-                values = pending.get(id(slot))
-                if values is not None:
-                    codes, absmax = _state.quantize(values, signed=keyword not in nonneg)
-                    with tf.init_scope():
-                        slot.assign(codes)
-                        self._fused_absmax[id(slot)].assign(absmax)
+            if any(s is slot for s in getattr(self, attribute, None) or []):
+                return keyword not in nonneg
+        raise ValueError(f"{slot.path} is not a slot of {type(self).__name__}'s op")
+
+    def _fused_write_slot(self, slot, values: np.ndarray) -> None:
+        """Stores float32 ``values`` into ``slot`` in its format: quantized
+        (int8, with its absmax), rounded to nearest (bfloat16) or cast."""
+        with tf.init_scope():
+            if id(slot) in self._fused_absmax and slot.dtype == "uint8":
+                codes, absmax = _state.quantize(values, signed=self._fused_slot_signed(slot))
+                slot.assign(codes)
+                self._fused_absmax[id(slot)].assign(absmax)
+            else:
+                slot.assign(tf.cast(np.asarray(values, np.float32), slot.dtype))
+
+    # ---- tf.train.Checkpoint (Note [state checkpoints] in _checkpoint.py) ----
+
+    def _fused_is_state_list(self, child) -> bool:
+        """Whether a tracked data structure holds this optimizer's variables
+        (a slot list such as ``_momentums``): those are checkpointed by
+        position, through StateCheckpoint, only."""
+        if not isinstance(child, _data_structures.TrackableDataStructure):
+            return False
+        mine = {id(v) for v in getattr(self, "_variables", ())}
+        return bool(mine) and any(id(c) in mine for c in child._trackable_children(
+            save_type=_trackable.SaveType.CHECKPOINT).values())
+
+    def _trackable_children(self, save_type=_trackable.SaveType.CHECKPOINT, **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != _trackable.SaveType.CHECKPOINT or not self._fused_has_state_formats():
+            return children
+        out = {}
+        for name, child in children.items():
+            if name == "_variables":
+                out[name] = self._fused_checkpoint
+            elif not name.startswith("_fused_") and not self._fused_is_state_list(child):
+                out[name] = child
+        return out
+
+    def _lookup_dependency(self, name, cached_dependencies=None):
+        # (Called without cached_dependencies when an attribute is tracked:
+        # Keras' own dependencies then.)
+        if cached_dependencies is None or not self._fused_has_state_formats():
+            return super()._lookup_dependency(name, cached_dependencies)
+        return cached_dependencies.get(name)
+
+    def _handle_deferred_dependencies(self, name, trackable):
+        if self._fused_is_state_list(trackable) and self._fused_has_state_formats():
+            # A checkpoint's slot list (Keras' _momentums, ...): its variables
+            # are restored by position, converted (Note [state checkpoints]).
+            self._deferred_dependencies.pop(name, None)
+            return
+        super()._handle_deferred_dependencies(name, trackable)
 
     def _fused_state_options(self, key, call: FusedCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The fusedopt.ops state arguments of one group's call."""
