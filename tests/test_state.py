@@ -521,3 +521,26 @@ def test_a_float32_state_save_loads_into_int8_state():
     again.load_own_variables({str(i): v.numpy() for i, v in enumerate(opt.variables)})
     for a, b in zip(again.variables, opt.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("option", [dict(use_ema=True), dict(gradient_accumulation_steps=2)])
+def test_keras_own_per_variable_state_keeps_the_variables_dtype(option):
+    """use_ema's averages and the gradient accumulators are Keras' own
+    arithmetic, not the rule's slots: float32 under state_dtype="int8" too."""
+    opt = fk.Adam(1e-2, state_dtype="int8", **option)
+    rng = np.random.default_rng()
+    var = keras.Variable(rng.standard_normal((80, 80)).astype(np.float32))
+    opt.build([var])
+    name = "average" if "use_ema" in option else "gradient_accumulator"
+    (extra,) = [v for v in opt.variables if v.path.endswith(name)]
+    assert extra.dtype == "float32"
+    assert any(v.dtype == "uint8" for v in opt.variables)  # the slots are int8
+    g = rng.standard_normal((80, 80)).astype(np.float32)
+    for _ in range(2):
+        opt.apply_gradients([(tf.constant(g), var)])
+    if "use_ema" in option:
+        # Keras' EMA of the weights: near them, not codes.
+        np.testing.assert_allclose(extra.numpy(), var.numpy(), atol=0.1)
+    else:
+        np.testing.assert_array_equal(extra.numpy(), 0)  # reset after the second step
+        assert int(opt.iterations.numpy()) == 1

@@ -194,6 +194,12 @@ def _scale_gradient(g, scale):
     return g * tf.cast(scale, g.dtype)
 
 
+# The names of the variables BaseOptimizer.build makes per model variable,
+# which are not the rule's slots: use_ema's averages, gradient_accumulation_steps'
+# accumulators.
+_KERAS_NON_SLOT_NAMES = ("average", "gradient_accumulator")
+
+
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class.
 
@@ -378,9 +384,10 @@ class FusedOptimizerMixin:
         """Keras' slot creation; with ``state_dtype`` "bfloat16" a bfloat16
         slot, with "int8" a uint8 slot of codes plus a float32 ``<name>_absmax``
         variable of one value per block (fusedopt.state), holding the
-        initializer's values quantized."""
+        initializer's values quantized. Keras' own per-variable state (the
+        EMA's averages, gradient accumulators) keeps the variable's dtype."""
         fmt = self._fused_state_of(reference_variable)
-        if fmt == "float32":
+        if fmt == "float32" or name in _KERAS_NON_SLOT_NAMES:
             return super().add_variable_from_reference(reference_variable, name, initializer)
         shape = tuple(reference_variable.shape)
         init = keras.initializers.get(initializer)
