@@ -544,3 +544,137 @@ def test_keras_own_per_variable_state_keeps_the_variables_dtype(option):
     else:
         np.testing.assert_array_equal(extra.numpy(), 0)  # reset after the second step
         assert int(opt.iterations.numpy()) == 1
+
+
+# ---- tf.train.Checkpoint across state formats (Note [state checkpoints]) -------
+
+
+def _slot_values(opt, model):
+    """{(layer, slot name): float32 values} of an optimizer's slots, whatever
+    their format (int8 dequantized with its absmax)."""
+    out = {}
+    for i, layer in enumerate(model.layers):
+        for w in layer.trainable_weights:
+            prefix = w.path.replace("/", "_")
+            for v in opt.variables:
+                if not v.path.startswith(opt.name + "/" + prefix + "_") or \
+                        v.path.endswith("_absmax"):
+                    continue
+                slot = v.path[len(opt.name + "/" + prefix + "_"):]
+                key = (i, w.name, slot)
+                if v.dtype == "uint8":
+                    (a,) = [x for x in opt.variables if x.path == v.path + "_absmax"]
+                    out[key] = (v.numpy(), a.numpy())
+                else:
+                    out[key] = tf.cast(v, tf.float32).numpy()
+    return out
+
+
+def _model_like(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(96, activation="relu"),
+                             keras.layers.Dense(4)])
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["built", "deferred"])
+@pytest.mark.parametrize("source", ["keras", "fused"])
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_a_float32_checkpoint_restores_into_low_precision_state(tmp_path, state_dtype, source,
+                                                                deferred):
+    """tf.train.Checkpoint: float32 state (the built-in's or a fused float32
+    optimizer's) restores into bfloat16 or int8 state converted as from_keras
+    converts it (rounded; quantized with its absmax), before or after the
+    optimizer is built, and assert_consumed holds."""
+    first = (keras.optimizers.Adam if source == "keras" else fk.Adam)(1e-3)
+    model, _ = _fit(first, epochs=1)
+    path = tf.train.Checkpoint(optimizer=first, model=model).write(str(tmp_path / "ck"))
+    want = fk.from_keras(first, state_dtype=state_dtype) if source == "keras" else None
+    restored = _model_like(7)
+    opt = fk.Adam(1e-3, state_dtype=state_dtype)
+    if not deferred:
+        opt.build(restored.trainable_variables)
+    status = tf.train.Checkpoint(optimizer=opt, model=restored).read(path)
+    if deferred:
+        opt.build(restored.trainable_variables)
+    status.assert_consumed()
+    assert int(opt.iterations.numpy()) == int(first.iterations.numpy()) > 0
+    for w, r in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(w.numpy(), r.numpy())
+    source_slots = _slot_values(first, model)
+    got = _slot_values(opt, restored)
+    assert got.keys() == source_slots.keys() and len(got) == 8
+    quantized = 0
+    for key, f32 in source_slots.items():
+        if isinstance(got[key], tuple):  # int8: the codes and absmax of quantize()
+            quantized += 1
+            codes, absmax = state.quantize(f32, signed=key[2] == "momentum")
+            np.testing.assert_array_equal(got[key][0], codes, err_msg=str(key))
+            np.testing.assert_array_equal(got[key][1], absmax, err_msg=str(key))
+        elif state_dtype == "bfloat16":  # rounded to nearest
+            np.testing.assert_array_equal(
+                got[key], tf.cast(tf.cast(f32, tf.bfloat16), tf.float32).numpy())
+        else:  # (variables under MIN_QUANTIZED_ELEMENTS keep float32 state)
+            np.testing.assert_array_equal(got[key], f32)
+    assert quantized == (2 if state_dtype == "int8" else 0)
+    if want is not None:
+        # The same state as from_keras' conversion.
+        converted = _slot_values(want, model)
+        assert converted.keys() == got.keys()
+        for key, value in converted.items():
+            pairs = zip(value, got[key]) if isinstance(value, tuple) else [(value, got[key])]
+            for a, b in pairs:
+                np.testing.assert_array_equal(a, b, err_msg=str(key))
+    # Training goes on from the restored state.
+    x, y = _digits_like(2)
+    restored.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    restored.fit(x, y, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_low_precision_checkpoints_round_trip_bit_exact(tmp_path, state_dtype):
+    opt = fk.Adam(1e-3, state_dtype=state_dtype)
+    model, _ = _fit(opt, epochs=1)
+    path = tf.train.Checkpoint(optimizer=opt, model=model).write(str(tmp_path / "ck"))
+    keys = [k for k, _ in tf.train.list_variables(path) if k.startswith("optimizer/_variables")]
+    suffix = "_int8/.ATTRIBUTES/codes" if state_dtype == "int8" else "_bfloat16/.ATTRIBUTES"
+    assert any(suffix in k for k in keys), keys
+    saved = [v.numpy().copy() for v in opt.variables]
+    x, y = _digits_like(1)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(saved, opt.variables))
+    # Into the same optimizer, and into a new one restored before its build.
+    tf.train.Checkpoint(optimizer=opt, model=model).read(path).assert_consumed()
+    for a, v in zip(saved, opt.variables):
+        np.testing.assert_array_equal(a, v.numpy())
+    fresh_model = _model_like(5)
+    fresh = fk.Adam(1e-3, state_dtype=state_dtype)
+    status = tf.train.Checkpoint(optimizer=fresh, model=fresh_model).read(path)
+    fresh.build(fresh_model.trainable_variables)
+    status.assert_consumed()
+    assert [v.dtype for v in fresh.variables] == [v.dtype for v in opt.variables]
+    for a, v in zip(saved, fresh.variables):
+        np.testing.assert_array_equal(a, v.numpy())
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_a_low_precision_checkpoint_restores_into_float32_state_widened(tmp_path, state_dtype):
+    """The reverse: a fused optimizer with float32 state reads bfloat16 state
+    widened and int8 state dequantized; a built-in optimizer cannot read the
+    low-precision slots, which assert_consumed says."""
+    opt = fk.Adam(1e-3, state_dtype=state_dtype)
+    model, _ = _fit(opt, epochs=1)
+    path = tf.train.Checkpoint(optimizer=opt, model=model).write(str(tmp_path / "ck"))
+    restored = _model_like(3)
+    f32 = fk.Adam(1e-3)
+    f32.build(restored.trainable_variables)
+    tf.train.Checkpoint(optimizer=f32, model=restored).read(path).assert_consumed()
+    got = _slot_values(f32, restored)
+    for key, saved in _slot_values(opt, model).items():
+        if isinstance(saved, tuple):
+            saved = state.dequantize(*saved, signed=key[2] == "momentum")
+        assert got[key].dtype == np.float32
+        np.testing.assert_array_equal(got[key], saved, err_msg=str(key))
+    builtin = keras.optimizers.Adam(1e-3)
+    builtin.build(restored.trainable_variables)
+    with pytest.raises(AssertionError):
+        tf.train.Checkpoint(optimizer=builtin, model=restored).read(path).assert_consumed()
