@@ -7,6 +7,8 @@ errors and all-or-nothing.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -678,3 +680,82 @@ def test_a_low_precision_checkpoint_restores_into_float32_state_widened(tmp_path
     builtin.build(restored.trainable_variables)
     with pytest.raises(AssertionError):
         tf.train.Checkpoint(optimizer=builtin, model=restored).read(path).assert_consumed()
+
+
+# ---- IndexedSlices gradients of rank-1 int8 variables (Note [densified int8 gradients])
+
+
+@pytest.mark.parametrize("mode", ["exact", "lazy"])
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(learning_rate=1e-2)),
+                                         ("SGD", dict(learning_rate=0.05, momentum=0.9)),
+                                         ("Adagrad", dict(learning_rate=0.05)),
+                                         ("RMSprop", dict(learning_rate=1e-2, momentum=0.5))],
+                         ids=["Adam", "SGD", "Adagrad", "RMSprop"])
+def test_rank1_int8_variables_train_from_indexed_slices(name, kwargs, mode):
+    """A rank-1 variable over MIN_QUANTIZED_ELEMENTS with an IndexedSlices
+    gradient (a tf.gather of a bias vector) trains with int8 state: the
+    numbers of the dense int8 update on the densified gradient, bit for bit,
+    beside a rank-2 variable whose IndexedSlices stay sparse."""
+    rng = np.random.default_rng()
+    n = 5000
+    init = {"bias": rng.standard_normal(n).astype(np.float32),
+            "table": rng.standard_normal((40, 300)).astype(np.float32),
+            "w": rng.standard_normal((80, 80)).astype(np.float32)}
+    cls = getattr(fk, name)
+
+    def setup():
+        variables = {k: keras.Variable(v, name=k) for k, v in init.items()}
+        opt = cls(**kwargs, state_dtype="int8", sparse_mode=mode)
+        opt.build(list(variables.values()))
+        bias_slots = [v for v in opt.variables
+                      if v.path.startswith(f"{opt.name}/bias_") and not v.path.endswith("absmax")]
+        assert bias_slots and all(v.dtype == "uint8" for v in bias_slots)
+        return variables, opt
+
+    sparse_vars, sparse_opt = setup()
+    dense_vars, dense_opt = setup()
+
+    def grads(variables, step):
+        idx = tf.constant(np.concatenate([rng.integers(0, n, 300), [7, 7, 7]]))
+        rows = tf.constant([3, 17, 3, 39, step % 40])
+        with tf.GradientTape() as tape:
+            loss = (tf.reduce_sum(tf.sin(tf.gather(variables["bias"].value, idx)))
+                    + tf.reduce_sum(tf.gather(variables["table"].value, rows) ** 2)
+                    + tf.reduce_sum(variables["w"].value ** 3))
+        return tape.gradient(loss, [v.value for v in variables.values()])
+
+    def trainer(opt, variables):
+        return tf.function(lambda g: opt.apply_gradients(zip(g, variables.values())))
+
+    train_sparse, train_dense = trainer(sparse_opt, sparse_vars), trainer(dense_opt, dense_vars)
+    for step in range(4):
+        g = grads(sparse_vars, step)
+        assert isinstance(g[0], tf.IndexedSlices) and isinstance(g[1], tf.IndexedSlices)
+        with warnings.catch_warnings():
+            # (lazy: "no lazy sparse update", once per process)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            train_sparse(g)
+        train_dense([tf.convert_to_tensor(g[0])] + g[1:])
+    for k in init:
+        np.testing.assert_array_equal(sparse_vars[k].numpy(), dense_vars[k].numpy(), err_msg=k)
+        assert not np.array_equal(sparse_vars[k].numpy(), init[k])
+    for a, b in zip(sparse_opt.variables, dense_opt.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_rank1_int8_indexed_slices_indices_are_checked():
+    """A densified IndexedSlices' indices are checked as the sparse ops check
+    them: a bad index raises and nothing changes."""
+    var = keras.Variable(np.ones(5000, np.float32))
+    other = keras.Variable(np.ones((80, 80), np.float32))
+    opt = fk.Adam(1e-2, state_dtype="int8")
+    opt.build([var, other])
+    before = [v.numpy().copy() for v in opt.variables]
+    # (A negative index: densifying alone would drop it silently.)
+    bad = tf.IndexedSlices(tf.ones([2]), tf.constant([1, -1]), tf.constant([5000]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        opt.apply_gradients([(bad, var), (tf.ones((80, 80)), other)])
+    np.testing.assert_array_equal(var.numpy(), 1)
+    np.testing.assert_array_equal(other.numpy(), 1)
+    for a, v in zip(before, opt.variables):
+        np.testing.assert_array_equal(a, v.numpy())

@@ -60,6 +60,18 @@ ops (their own group and call), with ``sparse_mode`` "exact" (default: the
 built-in's numbers) or "lazy" (only the rows present, as TF Addons' lazy
 optimizers update them).
 
+Note [densified int8 gradients]: int8 state's blocks run along a row of the
+first dimension, so a rank-1 variable's blocks span its elements, which
+are the rows of a sparse update, and the sparse kernels refuse it (Note
+[quantization blocks] in cc/rules/state_format.h). Its IndexedSlices
+gradients are densified as Keras' own update densifies them
+(``tf.convert_to_tensor``: duplicates summed) and join the dense group: the
+numbers of "exact" mode, and of the built-in. ``sparse_mode="lazy"`` has no
+such update (it would requantize blocks it leaves alone): those variables
+run the exact update, after a warning. Their indices are checked with the
+step's (Note [atomic steps]); clipping after aggregation clips the densified
+gradient, as it clips a dense one.
+
 Inside XLA compilation (jit_compile=True) the fused ops lower to an in-place
 custom call (Note [XLA lowering] in cc/tf/xla_ops.cc) for dense gradients of
 CPU variables; for GPU variables and IndexedSlices gradients the built-in code
@@ -697,6 +709,20 @@ class FusedOptimizerMixin:
             return  # fused into this step's update op (Note [fused Keras step])
         super()._apply_weight_decay(variables)
 
+    def _fused_densifies(self, var, grad) -> bool:
+        """Whether an IndexedSlices ``grad`` of ``var`` runs the dense update
+        on its densified sum instead of the sparse kernels: for a rank-1
+        variable with int8 state (Note [densified int8 gradients])."""
+        if not isinstance(grad, tf.IndexedSlices) or len(var.shape) > 1 or \
+                self._fused_state_of(var) != "int8":
+            return False
+        if self.sparse_mode == "lazy":
+            _ctx.warn_fallback_once(
+                "a rank-1 variable with int8 state has no lazy sparse update (its "
+                "quantization blocks span the elements a lazy update would leave alone): its "
+                "IndexedSlices gradients run the exact update, densified")
+        return True
+
     def _group_key(self, var, grad) -> GroupKey:
         """A GroupKey, or for classes that need more a named tuple with its
         fields and others (e.g. a class with two update paths: its path); one
@@ -778,16 +804,21 @@ class FusedOptimizerMixin:
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate,
                                   clip_options=None):
         groups: dict[GroupKey, list[tuple[Any, Any]]] = {}
+        densified = False
         for grad, var in grads_and_vars:
             # Under a strategy a gradient is a distributed value: its kind
             # (dense or IndexedSlices) is its components'.
             kind = (distribution.experimental_local_results(grad)[0]
                     if tf.distribute.has_strategy() else grad)
+            if self._fused_densifies(var, kind):
+                densified = True
+                kind = None  # a dense group's (Note [densified int8 gradients])
             groups.setdefault(self._group_key(var, kind), []).append((grad, var))
         # Note [atomic steps]: with several groups every pair is checked before
-        # any group writes (one op checks all of its own inputs first).
+        # any group writes (one op checks all of its own inputs first); so are
+        # densified IndexedSlices, whose indices no op sees.
         checks = []
-        if len(groups) > 1:
+        if len(groups) > 1 or densified:
             local = (distribution.experimental_local_results if tf.distribute.has_strategy()
                      else None)
             checks = _atomic.step_checks(grads_and_vars, local)
@@ -808,6 +839,10 @@ class FusedOptimizerMixin:
                             wd=weight_decay, sparse=sparse, key=key):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [_cast_grad(g, v, dtype) for g, v in zip(group_grads, variables)]
+                if not sparse:
+                    # (Note [densified int8 gradients]: Keras' own densification.)
+                    group_grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices)
+                                   else g for g in group_grads]
                 arithmetic, folding = _ctx.grappler_rewrites()
                 options = {"grappler_form": arithmetic, "grappler_constant_folding": folding,
                            **clip}
