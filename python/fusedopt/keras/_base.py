@@ -215,7 +215,7 @@ _KERAS_NON_SLOT_NAMES = ("average", "gradient_accumulator")
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class.
 
-    Adds two constructor arguments, each saved in the config only when it is
+    Adds constructor arguments, each saved in the config only when it is
     not the default, so configs equal the built-in's:
 
     * ``sparse_mode`` ("exact" or "lazy"): how IndexedSlices gradients update;
@@ -225,7 +225,30 @@ class FusedOptimizerMixin:
       tf_keras does, so N replicas train like one device; with False (the
       built-in's behaviour and numbers) each replica's partial gradient is
       clipped before the sum. It needs one of the three clipping options
-      (Note [clip after aggregation]).
+      (Note [clip after aggregation]);
+    * ``state_dtype`` ("float32", "bfloat16" or "int8"; the classes whose
+      rule has low-precision state, Note [low-precision state] and
+      ``fusedopt.state``): the slots' format. "bfloat16" keeps them in
+      bfloat16; "int8" as uint8 codes plus a float32 ``<slot>_absmax``
+      variable of one scale per block of 256 along a row (variables under
+      ``fusedopt.state.MIN_QUANTIZED_ELEMENTS`` elements keep float32
+      state). Keras' own per-variable state (EMA averages, gradient
+      accumulators) keeps the variable's dtype. IndexedSlices gradients of
+      rank-1 variables with int8 state run the dense update on the
+      densified gradient (Note [densified int8 gradients]);
+    * ``stochastic_rounding`` (bool): bfloat16 variables are stored with
+      stochastic rounding too (bfloat16 state always is); ``rounding_seed``
+      (int) seeds the rounding bits.
+
+    Saved state converts between formats: ``from_keras`` and ``.keras``
+    files (``load_own_variables``) convert float32 state, and a
+    ``tf.train.Checkpoint`` restores any format into any other, also before
+    the optimizer is built (Note [state checkpoints] in _checkpoint.py):
+    float32 values are rounded to bfloat16 or quantized, bfloat16 and int8
+    ones widened or dequantized, the same format is restored bit for bit.
+    A built-in optimizer cannot read bfloat16 or int8 slots from a
+    checkpoint (``assert_consumed`` says so); restore such a checkpoint into
+    the fused class with ``state_dtype="float32"`` first.
     """
 
     def __init__(self, *args, sparse_mode: str = "exact", clip_after_aggregation: bool = False,
