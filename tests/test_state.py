@@ -7,6 +7,8 @@ errors and all-or-nothing.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -521,3 +523,239 @@ def test_a_float32_state_save_loads_into_int8_state():
     again.load_own_variables({str(i): v.numpy() for i, v in enumerate(opt.variables)})
     for a, b in zip(again.variables, opt.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+@pytest.mark.parametrize("option", [dict(use_ema=True), dict(gradient_accumulation_steps=2)])
+def test_keras_own_per_variable_state_keeps_the_variables_dtype(option):
+    """use_ema's averages and the gradient accumulators are Keras' own
+    arithmetic, not the rule's slots: float32 under state_dtype="int8" too."""
+    opt = fk.Adam(1e-2, state_dtype="int8", **option)
+    rng = np.random.default_rng()
+    var = keras.Variable(rng.standard_normal((80, 80)).astype(np.float32))
+    opt.build([var])
+    name = "average" if "use_ema" in option else "gradient_accumulator"
+    (extra,) = [v for v in opt.variables if v.path.endswith(name)]
+    assert extra.dtype == "float32"
+    assert any(v.dtype == "uint8" for v in opt.variables)  # the slots are int8
+    g = rng.standard_normal((80, 80)).astype(np.float32)
+    for _ in range(2):
+        opt.apply_gradients([(tf.constant(g), var)])
+    if "use_ema" in option:
+        # Keras' EMA of the weights: near them, not codes.
+        np.testing.assert_allclose(extra.numpy(), var.numpy(), atol=0.1)
+    else:
+        np.testing.assert_array_equal(extra.numpy(), 0)  # reset after the second step
+        assert int(opt.iterations.numpy()) == 1
+
+
+# ---- tf.train.Checkpoint across state formats (Note [state checkpoints]) -------
+
+
+def _slot_values(opt, model):
+    """{(layer, slot name): float32 values} of an optimizer's slots, whatever
+    their format (int8 dequantized with its absmax)."""
+    out = {}
+    for i, layer in enumerate(model.layers):
+        for w in layer.trainable_weights:
+            prefix = w.path.replace("/", "_")
+            for v in opt.variables:
+                if not v.path.startswith(opt.name + "/" + prefix + "_") or \
+                        v.path.endswith("_absmax"):
+                    continue
+                slot = v.path[len(opt.name + "/" + prefix + "_"):]
+                key = (i, w.name, slot)
+                if v.dtype == "uint8":
+                    (a,) = [x for x in opt.variables if x.path == v.path + "_absmax"]
+                    out[key] = (v.numpy(), a.numpy())
+                else:
+                    out[key] = tf.cast(v, tf.float32).numpy()
+    return out
+
+
+def _model_like(seed):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(96, activation="relu"),
+                             keras.layers.Dense(4)])
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["built", "deferred"])
+@pytest.mark.parametrize("source", ["keras", "fused"])
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_a_float32_checkpoint_restores_into_low_precision_state(tmp_path, state_dtype, source,
+                                                                deferred):
+    """tf.train.Checkpoint: float32 state (the built-in's or a fused float32
+    optimizer's) restores into bfloat16 or int8 state converted as from_keras
+    converts it (rounded; quantized with its absmax), before or after the
+    optimizer is built, and assert_consumed holds."""
+    first = (keras.optimizers.Adam if source == "keras" else fk.Adam)(1e-3)
+    model, _ = _fit(first, epochs=1)
+    path = tf.train.Checkpoint(optimizer=first, model=model).write(str(tmp_path / "ck"))
+    want = fk.from_keras(first, state_dtype=state_dtype) if source == "keras" else None
+    restored = _model_like(7)
+    opt = fk.Adam(1e-3, state_dtype=state_dtype)
+    if not deferred:
+        opt.build(restored.trainable_variables)
+    status = tf.train.Checkpoint(optimizer=opt, model=restored).read(path)
+    if deferred:
+        opt.build(restored.trainable_variables)
+    status.assert_consumed()
+    assert int(opt.iterations.numpy()) == int(first.iterations.numpy()) > 0
+    for w, r in zip(model.weights, restored.weights):
+        np.testing.assert_array_equal(w.numpy(), r.numpy())
+    source_slots = _slot_values(first, model)
+    got = _slot_values(opt, restored)
+    assert got.keys() == source_slots.keys() and len(got) == 8
+    quantized = 0
+    for key, f32 in source_slots.items():
+        if isinstance(got[key], tuple):  # int8: the codes and absmax of quantize()
+            quantized += 1
+            codes, absmax = state.quantize(f32, signed=key[2] == "momentum")
+            np.testing.assert_array_equal(got[key][0], codes, err_msg=str(key))
+            np.testing.assert_array_equal(got[key][1], absmax, err_msg=str(key))
+        elif state_dtype == "bfloat16":  # rounded to nearest
+            np.testing.assert_array_equal(
+                got[key], tf.cast(tf.cast(f32, tf.bfloat16), tf.float32).numpy())
+        else:  # (variables under MIN_QUANTIZED_ELEMENTS keep float32 state)
+            np.testing.assert_array_equal(got[key], f32)
+    assert quantized == (2 if state_dtype == "int8" else 0)
+    if want is not None:
+        # The same state as from_keras' conversion.
+        converted = _slot_values(want, model)
+        assert converted.keys() == got.keys()
+        for key, value in converted.items():
+            pairs = zip(value, got[key]) if isinstance(value, tuple) else [(value, got[key])]
+            for a, b in pairs:
+                np.testing.assert_array_equal(a, b, err_msg=str(key))
+    # Training goes on from the restored state.
+    x, y = _digits_like(2)
+    restored.compile(opt, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    restored.fit(x, y, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_low_precision_checkpoints_round_trip_bit_exact(tmp_path, state_dtype):
+    opt = fk.Adam(1e-3, state_dtype=state_dtype)
+    model, _ = _fit(opt, epochs=1)
+    path = tf.train.Checkpoint(optimizer=opt, model=model).write(str(tmp_path / "ck"))
+    keys = [k for k, _ in tf.train.list_variables(path) if k.startswith("optimizer/_variables")]
+    suffix = "_int8/.ATTRIBUTES/codes" if state_dtype == "int8" else "_bfloat16/.ATTRIBUTES"
+    assert any(suffix in k for k in keys), keys
+    saved = [v.numpy().copy() for v in opt.variables]
+    x, y = _digits_like(1)
+    model.fit(x, y, epochs=1, verbose=0)
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(saved, opt.variables))
+    # Into the same optimizer, and into a new one restored before its build.
+    tf.train.Checkpoint(optimizer=opt, model=model).read(path).assert_consumed()
+    for a, v in zip(saved, opt.variables):
+        np.testing.assert_array_equal(a, v.numpy())
+    fresh_model = _model_like(5)
+    fresh = fk.Adam(1e-3, state_dtype=state_dtype)
+    status = tf.train.Checkpoint(optimizer=fresh, model=fresh_model).read(path)
+    fresh.build(fresh_model.trainable_variables)
+    status.assert_consumed()
+    assert [v.dtype for v in fresh.variables] == [v.dtype for v in opt.variables]
+    for a, v in zip(saved, fresh.variables):
+        np.testing.assert_array_equal(a, v.numpy())
+
+
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+def test_a_low_precision_checkpoint_restores_into_float32_state_widened(tmp_path, state_dtype):
+    """The reverse: a fused optimizer with float32 state reads bfloat16 state
+    widened and int8 state dequantized; a built-in optimizer cannot read the
+    low-precision slots, which assert_consumed says."""
+    opt = fk.Adam(1e-3, state_dtype=state_dtype)
+    model, _ = _fit(opt, epochs=1)
+    path = tf.train.Checkpoint(optimizer=opt, model=model).write(str(tmp_path / "ck"))
+    restored = _model_like(3)
+    f32 = fk.Adam(1e-3)
+    f32.build(restored.trainable_variables)
+    tf.train.Checkpoint(optimizer=f32, model=restored).read(path).assert_consumed()
+    got = _slot_values(f32, restored)
+    for key, saved in _slot_values(opt, model).items():
+        if isinstance(saved, tuple):
+            saved = state.dequantize(*saved, signed=key[2] == "momentum")
+        assert got[key].dtype == np.float32
+        np.testing.assert_array_equal(got[key], saved, err_msg=str(key))
+    builtin = keras.optimizers.Adam(1e-3)
+    builtin.build(restored.trainable_variables)
+    with pytest.raises(AssertionError):
+        tf.train.Checkpoint(optimizer=builtin, model=restored).read(path).assert_consumed()
+
+
+# ---- IndexedSlices gradients of rank-1 int8 variables (Note [densified int8 gradients])
+
+
+@pytest.mark.parametrize("mode", ["exact", "lazy"])
+@pytest.mark.parametrize("name,kwargs", [("Adam", dict(learning_rate=1e-2)),
+                                         ("SGD", dict(learning_rate=0.05, momentum=0.9)),
+                                         ("Adagrad", dict(learning_rate=0.05)),
+                                         ("RMSprop", dict(learning_rate=1e-2, momentum=0.5))],
+                         ids=["Adam", "SGD", "Adagrad", "RMSprop"])
+def test_rank1_int8_variables_train_from_indexed_slices(name, kwargs, mode):
+    """A rank-1 variable over MIN_QUANTIZED_ELEMENTS with an IndexedSlices
+    gradient (a tf.gather of a bias vector) trains with int8 state: the
+    numbers of the dense int8 update on the densified gradient, bit for bit,
+    beside a rank-2 variable whose IndexedSlices stay sparse."""
+    rng = np.random.default_rng()
+    n = 5000
+    init = {"bias": rng.standard_normal(n).astype(np.float32),
+            "table": rng.standard_normal((40, 300)).astype(np.float32),
+            "w": rng.standard_normal((80, 80)).astype(np.float32)}
+    cls = getattr(fk, name)
+
+    def setup():
+        variables = {k: keras.Variable(v, name=k) for k, v in init.items()}
+        opt = cls(**kwargs, state_dtype="int8", sparse_mode=mode)
+        opt.build(list(variables.values()))
+        bias_slots = [v for v in opt.variables
+                      if v.path.startswith(f"{opt.name}/bias_") and not v.path.endswith("absmax")]
+        assert bias_slots and all(v.dtype == "uint8" for v in bias_slots)
+        return variables, opt
+
+    sparse_vars, sparse_opt = setup()
+    dense_vars, dense_opt = setup()
+
+    def grads(variables, step):
+        idx = tf.constant(np.concatenate([rng.integers(0, n, 300), [7, 7, 7]]))
+        rows = tf.constant([3, 17, 3, 39, step % 40])
+        with tf.GradientTape() as tape:
+            loss = (tf.reduce_sum(tf.sin(tf.gather(variables["bias"].value, idx)))
+                    + tf.reduce_sum(tf.gather(variables["table"].value, rows) ** 2)
+                    + tf.reduce_sum(variables["w"].value ** 3))
+        return tape.gradient(loss, [v.value for v in variables.values()])
+
+    def trainer(opt, variables):
+        return tf.function(lambda g: opt.apply_gradients(zip(g, variables.values())))
+
+    train_sparse, train_dense = trainer(sparse_opt, sparse_vars), trainer(dense_opt, dense_vars)
+    for step in range(4):
+        g = grads(sparse_vars, step)
+        assert isinstance(g[0], tf.IndexedSlices) and isinstance(g[1], tf.IndexedSlices)
+        with warnings.catch_warnings():
+            # (lazy: "no lazy sparse update", once per process)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            train_sparse(g)
+        train_dense([tf.convert_to_tensor(g[0])] + g[1:])
+    for k in init:
+        np.testing.assert_array_equal(sparse_vars[k].numpy(), dense_vars[k].numpy(), err_msg=k)
+        assert not np.array_equal(sparse_vars[k].numpy(), init[k])
+    for a, b in zip(sparse_opt.variables, dense_opt.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_rank1_int8_indexed_slices_indices_are_checked():
+    """A densified IndexedSlices' indices are checked as the sparse ops check
+    them: a bad index raises and nothing changes."""
+    var = keras.Variable(np.ones(5000, np.float32))
+    other = keras.Variable(np.ones((80, 80), np.float32))
+    opt = fk.Adam(1e-2, state_dtype="int8")
+    opt.build([var, other])
+    before = [v.numpy().copy() for v in opt.variables]
+    # (A negative index: densifying alone would drop it silently.)
+    bad = tf.IndexedSlices(tf.ones([2]), tf.constant([1, -1]), tf.constant([5000]))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        opt.apply_gradients([(bad, var), (tf.ones((80, 80)), other)])
+    np.testing.assert_array_equal(var.numpy(), 1)
+    np.testing.assert_array_equal(other.numpy(), 1)
+    for a, v in zip(before, opt.variables):
+        np.testing.assert_array_equal(a, v.numpy())

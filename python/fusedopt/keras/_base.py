@@ -60,6 +60,18 @@ ops (their own group and call), with ``sparse_mode`` "exact" (default: the
 built-in's numbers) or "lazy" (only the rows present, as TF Addons' lazy
 optimizers update them).
 
+Note [densified int8 gradients]: int8 state's blocks run along a row of the
+first dimension, so a rank-1 variable's blocks span its elements, which
+are the rows of a sparse update, and the sparse kernels refuse it (Note
+[quantization blocks] in cc/rules/state_format.h). Its IndexedSlices
+gradients are densified as Keras' own update densifies them
+(``tf.convert_to_tensor``: duplicates summed) and join the dense group: the
+numbers of "exact" mode, and of the built-in. ``sparse_mode="lazy"`` has no
+such update (it would requantize blocks it leaves alone): those variables
+run the exact update, after a warning. Their indices are checked with the
+step's (Note [atomic steps]); clipping after aggregation clips the densified
+gradient, as it clips a dense one.
+
 Inside XLA compilation (jit_compile=True) the fused ops lower to an in-place
 custom call (Note [XLA lowering] in cc/tf/xla_ops.cc) for dense gradients of
 CPU variables; for GPU variables and IndexedSlices gradients the built-in code
@@ -79,10 +91,14 @@ from tensorflow.python.framework import ops as tf_ops
 
 from keras.src.optimizers import base_optimizer as _keras_base
 
+from tensorflow.python.trackable import base as _trackable
+from tensorflow.python.trackable import data_structures as _data_structures
+
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 from fusedopt import ops
 from fusedopt import state as _state
+from fusedopt.keras import _checkpoint
 
 
 @functools.lru_cache(maxsize=None)
@@ -190,10 +206,16 @@ def _scale_gradient(g, scale):
     return g * tf.cast(scale, g.dtype)
 
 
+# The names of the variables BaseOptimizer.build makes per model variable,
+# which are not the rule's slots: use_ema's averages, gradient_accumulation_steps'
+# accumulators.
+_KERAS_NON_SLOT_NAMES = ("average", "gradient_accumulator")
+
+
 class FusedOptimizerMixin:
     """Mixin placed before a built-in ``keras.optimizers.*`` class.
 
-    Adds two constructor arguments, each saved in the config only when it is
+    Adds constructor arguments, each saved in the config only when it is
     not the default, so configs equal the built-in's:
 
     * ``sparse_mode`` ("exact" or "lazy"): how IndexedSlices gradients update;
@@ -203,7 +225,30 @@ class FusedOptimizerMixin:
       tf_keras does, so N replicas train like one device; with False (the
       built-in's behaviour and numbers) each replica's partial gradient is
       clipped before the sum. It needs one of the three clipping options
-      (Note [clip after aggregation]).
+      (Note [clip after aggregation]);
+    * ``state_dtype`` ("float32", "bfloat16" or "int8"; the classes whose
+      rule has low-precision state, Note [low-precision state] and
+      ``fusedopt.state``): the slots' format. "bfloat16" keeps them in
+      bfloat16; "int8" as uint8 codes plus a float32 ``<slot>_absmax``
+      variable of one scale per block of 256 along a row (variables under
+      ``fusedopt.state.MIN_QUANTIZED_ELEMENTS`` elements keep float32
+      state). Keras' own per-variable state (EMA averages, gradient
+      accumulators) keeps the variable's dtype. IndexedSlices gradients of
+      rank-1 variables with int8 state run the dense update on the
+      densified gradient (Note [densified int8 gradients]);
+    * ``stochastic_rounding`` (bool): bfloat16 variables are stored with
+      stochastic rounding too (bfloat16 state always is); ``rounding_seed``
+      (int) seeds the rounding bits.
+
+    Saved state converts between formats: ``from_keras`` and ``.keras``
+    files (``load_own_variables``) convert float32 state, and a
+    ``tf.train.Checkpoint`` restores any format into any other, also before
+    the optimizer is built (Note [state checkpoints] in _checkpoint.py):
+    float32 values are rounded to bfloat16 or quantized, bfloat16 and int8
+    ones widened or dequantized, the same format is restored bit for bit.
+    A built-in optimizer cannot read bfloat16 or int8 slots from a
+    checkpoint (``assert_consumed`` says so); restore such a checkpoint into
+    the fused class with ``state_dtype="float32"`` first.
     """
 
     def __init__(self, *args, sparse_mode: str = "exact", clip_after_aggregation: bool = False,
@@ -224,6 +269,9 @@ class FusedOptimizerMixin:
         self.rounding_seed = int(rounding_seed)
         self._fused_absmax: dict[int, Any] = {}  # id(slot variable) -> its absmax variable
         self._fused_initial_values: dict[int, np.ndarray] = {}
+        with _trackable.no_automatic_dependency_tracking_scope(self):
+            # (Not a dependency of its own: it stands in for _variables.)
+            self._fused_checkpoint = _checkpoint.StateCheckpoint(self)
         self.sparse_mode = sparse_mode
         self.clip_after_aggregation = clip_after_aggregation
         if clip_after_aggregation and not self._clip_setting():
@@ -290,6 +338,9 @@ class FusedOptimizerMixin:
         super().build(variables)
         if self._fused_low_precision():
             self._fused_encode_initial_slots()
+        if self._fused_has_state_formats():
+            # A checkpoint restored before the build (Note [state checkpoints]).
+            self._fused_checkpoint.restore_deferred()
 
     def get_config(self):
         config = super().get_config()
@@ -368,9 +419,10 @@ class FusedOptimizerMixin:
         """Keras' slot creation; with ``state_dtype`` "bfloat16" a bfloat16
         slot, with "int8" a uint8 slot of codes plus a float32 ``<name>_absmax``
         variable of one value per block (fusedopt.state), holding the
-        initializer's values quantized."""
+        initializer's values quantized. Keras' own per-variable state (the
+        EMA's averages, gradient accumulators) keeps the variable's dtype."""
         fmt = self._fused_state_of(reference_variable)
-        if fmt == "float32":
+        if fmt == "float32" or name in _KERAS_NON_SLOT_NAMES:
             return super().add_variable_from_reference(reference_variable, name, initializer)
         shape = tuple(reference_variable.shape)
         init = keras.initializers.get(initializer)
@@ -379,8 +431,10 @@ class FusedOptimizerMixin:
         path = reference_variable.path.replace("/", "_")
         slot_name = f"{path}_{name}"
         if fmt == "bfloat16":
-            return self.add_variable(shape=shape, dtype="bfloat16", name=slot_name,
+            slot = self.add_variable(shape=shape, dtype="bfloat16", name=slot_name,
                                      initializer=lambda s, dtype=None: tf.cast(values, tf.bfloat16))
+            self._fused_checkpoint.register(slot, reference_variable.dtype)
+            return slot
         # Which code a slot takes (signed, or unsigned for non-negative
         # values) is the op's, known once build() has filled the slot lists:
         # zeros are code 0 in both; other initial values (an
@@ -392,6 +446,7 @@ class FusedOptimizerMixin:
                                   name=f"{slot_name}_absmax",
                                   initializer=lambda s, dtype=None: tf.constant(absmax))
         self._fused_absmax[id(slot)] = scale
+        self._fused_checkpoint.register(slot, reference_variable.dtype)
         if np.any(values != 0):
             self._fused_initial_values[id(slot)] = values
         return slot
@@ -437,17 +492,92 @@ class FusedOptimizerMixin:
         pending, self._fused_initial_values = self._fused_initial_values, {}
         if not pending:
             return
+        for slot in self._fused_op_slots().values():
+            values = pending.get(id(slot))
+            if values is not None:
+                self._fused_write_slot(slot, values)
+
+    def _fused_has_state_formats(self) -> bool:
+        """Whether the class has low-precision state (its rule's op takes it):
+        then its checkpoints go through StateCheckpoint (Note [state
+        checkpoints]), whatever this instance's state_dtype."""
+        call = self._fused_call
+        return call is not None and call.rule in _low_precision_rules()
+
+    def _fused_op_slots(self) -> dict[int, Any]:
+        """id -> slot variable of every slot the op takes (once build() has
+        filled the slot lists)."""
+        call = self._fused_call
+        slots: dict[int, Any] = {}
+        if call is None:
+            return slots
+        for source in call.slots.values():
+            attribute = source[0] if isinstance(source, tuple) else source
+            for slot in getattr(self, attribute, None) or []:
+                if slot is not None:
+                    slots[id(slot)] = slot
+        return slots
+
+    def _fused_slot_signed(self, slot) -> bool:
+        """Whether an int8 ``slot`` takes the signed code (not one of its
+        rule's non-negative slots)."""
         call = self._fused_call
         nonneg = set(_low_precision_rules()[call.rule])
         for keyword, source in call.slots.items():
             attribute = source[0] if isinstance(source, tuple) else source
-            for slot in getattr(self, attribute, None) or []:
-                values = pending.get(id(slot))
-                if values is not None:
-                    codes, absmax = _state.quantize(values, signed=keyword not in nonneg)
-                    with tf.init_scope():
-                        slot.assign(codes)
-                        self._fused_absmax[id(slot)].assign(absmax)
+            if any(s is slot for s in getattr(self, attribute, None) or []):
+                return keyword not in nonneg
+        raise ValueError(f"{slot.path} is not a slot of {type(self).__name__}'s op")
+
+    def _fused_write_slot(self, slot, values: np.ndarray) -> None:
+        """Stores float32 ``values`` into ``slot`` in its format: quantized
+        (int8, with its absmax), rounded to nearest (bfloat16) or cast."""
+        with tf.init_scope():
+            if id(slot) in self._fused_absmax and slot.dtype == "uint8":
+                codes, absmax = _state.quantize(values, signed=self._fused_slot_signed(slot))
+                slot.assign(codes)
+                self._fused_absmax[id(slot)].assign(absmax)
+            else:
+                slot.assign(tf.cast(np.asarray(values, np.float32), slot.dtype))
+
+    # ---- tf.train.Checkpoint (Note [state checkpoints] in _checkpoint.py) ----
+
+    def _fused_is_state_list(self, child) -> bool:
+        """Whether a tracked data structure holds this optimizer's variables
+        (a slot list such as ``_momentums``): those are checkpointed by
+        position, through StateCheckpoint, only."""
+        if not isinstance(child, _data_structures.TrackableDataStructure):
+            return False
+        mine = {id(v) for v in getattr(self, "_variables", ())}
+        return bool(mine) and any(id(c) in mine for c in child._trackable_children(
+            save_type=_trackable.SaveType.CHECKPOINT).values())
+
+    def _trackable_children(self, save_type=_trackable.SaveType.CHECKPOINT, **kwargs):
+        children = super()._trackable_children(save_type, **kwargs)
+        if save_type != _trackable.SaveType.CHECKPOINT or not self._fused_has_state_formats():
+            return children
+        out = {}
+        for name, child in children.items():
+            if name == "_variables":
+                out[name] = self._fused_checkpoint
+            elif not name.startswith("_fused_") and not self._fused_is_state_list(child):
+                out[name] = child
+        return out
+
+    def _lookup_dependency(self, name, cached_dependencies=None):
+        # (Called without cached_dependencies when an attribute is tracked:
+        # Keras' own dependencies then.)
+        if cached_dependencies is None or not self._fused_has_state_formats():
+            return super()._lookup_dependency(name, cached_dependencies)
+        return cached_dependencies.get(name)
+
+    def _handle_deferred_dependencies(self, name, trackable):
+        if self._fused_is_state_list(trackable) and self._fused_has_state_formats():
+            # A checkpoint's slot list (Keras' _momentums, ...): its variables
+            # are restored by position, converted (Note [state checkpoints]).
+            self._deferred_dependencies.pop(name, None)
+            return
+        super()._handle_deferred_dependencies(name, trackable)
 
     def _fused_state_options(self, key, call: FusedCall, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The fusedopt.ops state arguments of one group's call."""
@@ -602,6 +732,20 @@ class FusedOptimizerMixin:
             return  # fused into this step's update op (Note [fused Keras step])
         super()._apply_weight_decay(variables)
 
+    def _fused_densifies(self, var, grad) -> bool:
+        """Whether an IndexedSlices ``grad`` of ``var`` runs the dense update
+        on its densified sum instead of the sparse kernels: for a rank-1
+        variable with int8 state (Note [densified int8 gradients])."""
+        if not isinstance(grad, tf.IndexedSlices) or len(var.shape) > 1 or \
+                self._fused_state_of(var) != "int8":
+            return False
+        if self.sparse_mode == "lazy":
+            _ctx.warn_fallback_once(
+                "a rank-1 variable with int8 state has no lazy sparse update (its "
+                "quantization blocks span the elements a lazy update would leave alone): its "
+                "IndexedSlices gradients run the exact update, densified")
+        return True
+
     def _group_key(self, var, grad) -> GroupKey:
         """A GroupKey, or for classes that need more a named tuple with its
         fields and others (e.g. a class with two update paths: its path); one
@@ -683,16 +827,21 @@ class FusedOptimizerMixin:
     def _fused_distributed_update(self, distribution, grads_and_vars, learning_rate,
                                   clip_options=None):
         groups: dict[GroupKey, list[tuple[Any, Any]]] = {}
+        densified = False
         for grad, var in grads_and_vars:
             # Under a strategy a gradient is a distributed value: its kind
             # (dense or IndexedSlices) is its components'.
             kind = (distribution.experimental_local_results(grad)[0]
                     if tf.distribute.has_strategy() else grad)
+            if self._fused_densifies(var, kind):
+                densified = True
+                kind = None  # a dense group's (Note [densified int8 gradients])
             groups.setdefault(self._group_key(var, kind), []).append((grad, var))
         # Note [atomic steps]: with several groups every pair is checked before
-        # any group writes (one op checks all of its own inputs first).
+        # any group writes (one op checks all of its own inputs first); so are
+        # densified IndexedSlices, whose indices no op sees.
         checks = []
-        if len(groups) > 1:
+        if len(groups) > 1 or densified:
             local = (distribution.experimental_local_results if tf.distribute.has_strategy()
                      else None)
             checks = _atomic.step_checks(grads_and_vars, local)
@@ -713,6 +862,10 @@ class FusedOptimizerMixin:
                             wd=weight_decay, sparse=sparse, key=key):
                 # Inside the update context, v.handle is this replica's component.
                 group_grads = [_cast_grad(g, v, dtype) for g, v in zip(group_grads, variables)]
+                if not sparse:
+                    # (Note [densified int8 gradients]: Keras' own densification.)
+                    group_grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices)
+                                   else g for g in group_grads]
                 arithmetic, folding = _ctx.grappler_rewrites()
                 options = {"grappler_form": arithmetic, "grappler_constant_folding": folding,
                            **clip}

@@ -39,11 +39,13 @@ def _fused_doc(name: str, op: str) -> str:
 
 
 _EXTRA_ARGS = (
-    "Two arguments beyond the built-in's (in ``get_config()`` only when not default):\n"
+    "Arguments beyond the built-in's (in ``get_config()`` only when not default):\n"
     "``sparse_mode`` (\"exact\" or \"lazy\") for IndexedSlices gradients, and\n"
     "``clip_after_aggregation`` (default False): True clips the gradient summed over a\n"
     "strategy's replicas (with ``clipnorm``, ``global_clipnorm`` or ``clipvalue``) instead\n"
-    "of each replica's part, as tf_keras does (see ``FusedOptimizerMixin``).\n"
+    "of each replica's part, as tf_keras does; for the classes with low-precision state,\n"
+    "``state_dtype`` (\"float32\", \"bfloat16\" or \"int8\"), ``stochastic_rounding`` and\n"
+    "``rounding_seed`` (see ``FusedOptimizerMixin``).\n"
 )
 
 
@@ -56,8 +58,9 @@ class SGD(FusedOptimizerMixin, keras.optimizers.SGD):
     each training step makes one ``Fusedopt>ApplySGD`` call per
     (device, dtype) group of variables, with weight decay fused in.
 
-    Two arguments beyond the built-in's (in ``get_config()`` only when not
-    default): ``sparse_mode`` and ``clip_after_aggregation`` (see
+    Arguments beyond the built-in's (in ``get_config()`` only when not
+    default): ``sparse_mode``, ``clip_after_aggregation``, ``state_dtype``,
+    ``stochastic_rounding`` and ``rounding_seed`` (see
     ``FusedOptimizerMixin``).
     """
 
