@@ -36,7 +36,7 @@ low-precision state take ``state_dtype`` ("float32", "bfloat16", "int8"),
   codes plus a float32 ``<slot>_absmax`` slot of one value per block
   (``fusedopt.state.num_blocks``), ordinary slot variables, so checkpoints,
   ``get_weights`` and strategies handle them as any slot; an initial value
-  other than zero (Adagrad's accumulator) is quantized with the op slot's
+  other than zero (a constant initial accumulator) is quantized with the op slot's
   code. Variables of other dtypes than float32 and bfloat16 keep slots of
   their own dtype, and (int8) variables under MIN_QUANTIZED_ELEMENTS
   elements float32 ones, as in fusedopt.keras;
