@@ -54,16 +54,18 @@ CASES = [
      dict(_f32(lr=1e-3, **ADAM), schedule_decay=0.004), True),
     ("adamax", "Adamax", dict(learning_rate=1e-3), "adamax", {"m": "m", "v": "u"},
      _f32(lr=1e-3, **ADAM), True),
-    ("rmsprop", "RMSprop", dict(learning_rate=1e-3), "rmsprop", {"rms": "velocity"},
-     _f32(lr=1e-3, rho=0.9, epsilon=1e-7, epsilon_outside_sqrt=True), False),
-    ("rmsprop_momentum", "RMSprop", dict(learning_rate=1e-3, momentum=0.5), "rmsprop",
-     {"rms": "velocity", "momentum": "momenta"},
-     _f32(lr=1e-3, rho=0.9, epsilon=1e-7, momentum=0.5), False),
-    ("rmsprop_centered", "RMSprop", dict(learning_rate=1e-3, centered=True), "rmsprop",
-     {"rms": "velocity", "mg": "average_gradient"},
-     _f32(lr=1e-3, rho=0.9, epsilon=1e-7, epsilon_outside_sqrt=True), False),
-    ("adagrad", "Adagrad", dict(learning_rate=0.05), "adagrad",
-     {"accumulator": "accumulator"}, _f32(lr=0.05, epsilon=1e-7, epsilon_outside_sqrt=True),
+    # (A large epsilon: where it goes, inside or outside the square root, shows.)
+    ("rmsprop", "RMSprop", dict(learning_rate=1e-3, epsilon=0.01), "rmsprop",
+     {"rms": "velocity"}, _f32(lr=1e-3, rho=0.9, epsilon=0.01, epsilon_outside_sqrt=True),
+     False),
+    ("rmsprop_momentum", "RMSprop", dict(learning_rate=1e-3, momentum=0.5, epsilon=0.01),
+     "rmsprop", {"rms": "velocity", "momentum": "momenta"},
+     _f32(lr=1e-3, rho=0.9, epsilon=0.01, momentum=0.5), False),
+    ("rmsprop_centered", "RMSprop", dict(learning_rate=1e-3, centered=True, epsilon=0.01),
+     "rmsprop", {"rms": "velocity", "mg": "average_gradient"},
+     _f32(lr=1e-3, rho=0.9, epsilon=0.01, epsilon_outside_sqrt=True), False),
+    ("adagrad", "Adagrad", dict(learning_rate=0.05, epsilon=0.01), "adagrad",
+     {"accumulator": "accumulator"}, _f32(lr=0.05, epsilon=0.01, epsilon_outside_sqrt=True),
      False),
     ("lion", "Lion", dict(learning_rate=1e-4), "lion", {"m": "m"},
      _f32(lr=1e-4, beta_1=0.9, beta_2=0.99), False),
@@ -135,15 +137,18 @@ def test_steps_follow_the_float64_reference(rng, case, state_dtype):
                 elif fmt == "bfloat16":
                     assert slot.dtype == tf.bfloat16
                     got = tf.cast(slot, tf.float32).numpy()
-                    # Stochastic rounding: one of the two bfloat16 neighbours.
+                    # Stochastic rounding: one of the two bfloat16 neighbours
+                    # (of the float32 value, which float32 cancellation in
+                    # the update can move by a few ulps of the largest terms).
+                    floor = 2e-6 * np.abs(got_want).max() + 1e-30
                     np.testing.assert_array_less(
-                        np.abs(got - got_want), np.abs(got_want) * 2.0 ** -7 + 1e-30,
+                        np.abs(got - got_want), np.abs(got_want) * 2.0 ** -7 + floor,
                         err_msg=f"{cls} {name} step {t}")
                 else:
                     assert slot.dtype == tf.float32
                     assert f"{name}_absmax" not in opt._slots[_var_key(var)]
                     np.testing.assert_allclose(slot.numpy(), got_want, rtol=3e-6,
-                                               atol=1e-7 * np.abs(got_want).max() + 1e-30)
+                                               atol=1e-6 * np.abs(got_want).max() + 1e-30)
 
 
 def _var_key(var):

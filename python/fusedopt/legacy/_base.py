@@ -87,6 +87,11 @@ def _low_precision_rules() -> dict[str, tuple[str, ...]]:
     return {rule: tuple(v["nonneg_slots"]) for rule, v in info.items()}
 
 
+def _true_dtype(var: Any) -> tf.DType:
+    """A variable's own dtype (an AutoCastVariable's, not the cast one)."""
+    return tf.as_dtype(getattr(var, "true_dtype", var.dtype)).base_dtype
+
+
 class GroupKey(NamedTuple):
     """The variables of one fused call share a key (``_distributed_apply``)."""
 
@@ -241,8 +246,7 @@ class FusedLegacyMixin:
         elements."""
         if getattr(self, "state_dtype", "float32") == "float32":
             return "float32"
-        dtype = tf.as_dtype(getattr(var, "true_dtype", var.dtype)).base_dtype
-        if dtype not in (tf.float32, tf.bfloat16) or not self._fused_state_slots():
+        if _true_dtype(var) not in (tf.float32, tf.bfloat16) or not self._fused_state_slots():
             return "float32"
         if self.state_dtype == "int8":
             elements = int(np.prod(var.shape.as_list(), dtype=np.int64)) if var.shape.rank else 1
@@ -255,8 +259,8 @@ class FusedLegacyMixin:
         low-precision slots, or a bfloat16 variable rounded stochastically."""
         if self._fused_state_of(var) != "float32":
             return True
-        return bool(getattr(self, "stochastic_rounding", False)) and tf.as_dtype(
-            var.dtype).base_dtype == tf.bfloat16
+        return bool(getattr(self, "stochastic_rounding", False)) and _true_dtype(
+            var) == tf.bfloat16
 
     def _fused_refuse_unfused(self, variables: Sequence[Any], why: str) -> None:
         """tf_keras' own update cannot run on low-precision slots (nor round
@@ -390,8 +394,7 @@ class FusedLegacyMixin:
             # The step folded into the seed: new bits each step (as fusedopt.keras).
             "rounding_seed": tf.cast(self.iterations, tf.int64) + _atomic.constant(
                 self.rounding_seed * 0x9E3779B97F4A7C15 % (1 << 63), tf.int64)}
-        if self.stochastic_rounding and tf.as_dtype(
-                variables[0].dtype).base_dtype == tf.bfloat16:
+        if self.stochastic_rounding and _true_dtype(variables[0]) == tf.bfloat16:
             options["stochastic_rounding"] = True
         if state_dtype == "int8":
             slot_of = {kw: name for name, kw in self._fused_state_slots().items()}
