@@ -26,23 +26,70 @@ variable rows) keeps tf_keras' own ops unless ``sparse_mode`` is given
 Inside XLA compilation the fused ops lower to an in-place custom call for dense
 gradients of CPU variables (Note [XLA lowering] in cc/tf/xla_ops.cc); elsewhere
 under XLA the built-in ops run (a warning says so once).
+
+Note [legacy low-precision state] (issue #31; Note [low-precision state] in
+docs/ARCHITECTURE.md, ``fusedopt.state``): the classes whose rule has
+low-precision state take ``state_dtype`` ("float32", "bfloat16", "int8"),
+``stochastic_rounding`` and ``rounding_seed``, as ``fusedopt.keras`` does:
+
+* ``add_slot`` makes their moment and accumulator slots bfloat16, or uint8
+  codes plus a float32 ``<slot>_absmax`` slot of one value per block
+  (``fusedopt.state.num_blocks``), ordinary slot variables, so checkpoints,
+  ``get_weights`` and strategies handle them as any slot; an initial value
+  other than zero (a constant initial accumulator) is quantized with the op slot's
+  code. Variables of other dtypes than float32 and bfloat16 keep slots of
+  their own dtype, and (int8) variables under MIN_QUANTIZED_ELEMENTS
+  elements float32 ones, as in fusedopt.keras;
+* a group with low-precision slots (or bfloat16 variables with
+  ``stochastic_rounding``) runs the Keras form of the class's rule
+  (``_fused_state_call``: the same formula without the built-in's operation
+  order, which only float32 slots can reproduce bit for bit; float32 groups
+  keep the built-in's numbers) and passes the state inputs;
+* IndexedSlices of such variables take the built-in's sparse semantics where
+  a fused mode has them (``_fused_state_sparse_mode``), else the step raises
+  and asks for a ``sparse_mode``. int8 slots of a rank-1 variable cannot take
+  a sparse update (their blocks span the whole vector): with the "exact"
+  mode, or a rule for which a zero gradient changes nothing (so "lazy" is
+  "exact"), the gradient is densified first; otherwise the step raises;
+* tf_keras' own update cannot run on such slots: where the class would fall
+  back to it (XLA, GPU variables fusedopt's kernels cannot serve), the step
+  raises instead.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
+import numpy as np
 import tensorflow as tf
 from tf_keras.src import backend
+from tf_keras.src import initializers as tf_keras_initializers
 from tf_keras.src.optimizers.legacy import optimizer_v2
 from tf_keras.src.utils import tf_utils
 
 from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 from fusedopt import ops
+from fusedopt import state as _state
 from fusedopt.legacy import _parameter_server
 
 _SPARSE_MODES = (None, "exact", "lazy")
+
+
+@functools.lru_cache(maxsize=None)
+def _low_precision_rules() -> dict[str, tuple[str, ...]]:
+    """The rules with low-precision state and each one's non-negative slots
+    (the op library's build info, from the rule registry)."""
+    import fusedopt
+
+    info = fusedopt.build_info().get("low_precision_state", {})
+    return {rule: tuple(v["nonneg_slots"]) for rule, v in info.items()}
+
+
+def _true_dtype(var: Any) -> tf.DType:
+    """A variable's own dtype (an AutoCastVariable's, not the cast one)."""
+    return tf.as_dtype(getattr(var, "true_dtype", var.dtype)).base_dtype
 
 
 class GroupKey(NamedTuple):
@@ -51,6 +98,8 @@ class GroupKey(NamedTuple):
     device: str
     dtype: tf.DType
     sparse: bool  # IndexedSlices gradients
+    state: str = "float32"  # the slots' state_dtype (Note [legacy low-precision state])
+    sparse_mode: str | None = None  # of IndexedSlices gradients ("exact", "lazy")
 
 
 class FusedCall(NamedTuple):
@@ -87,7 +136,7 @@ class FusedCall(NamedTuple):
 class FusedLegacyMixin:
     """Mixin placed before an OptimizerV2 class.
 
-    Adds two constructor arguments, saved in the config only when not default
+    Adds constructor arguments, saved in the config only when not default
     (so configs equal the built-in's):
 
     * ``sparse_mode``: None (default) updates IndexedSlices gradients with the
@@ -95,6 +144,13 @@ class FusedLegacyMixin:
       "lazy" touches only the listed rows.
     * ``multi_tensor``: True (default) makes one fused call per (device,
       dtype) group; False one per variable, through the standard hooks.
+    * ``state_dtype`` ("float32" default, "bfloat16", "int8"),
+      ``stochastic_rounding`` (bool) and ``rounding_seed`` (int): optimizer
+      state in fewer bytes, for the classes whose rule has it (Note [legacy
+      low-precision state]; ``fusedopt.state``). ``stochastic_rounding``
+      rounds the updated values of bfloat16 variables stochastically;
+      bfloat16 state always is. ``rounding_seed`` (with the step) seeds the
+      rounding bits.
     """
 
     # What sparse_mode=None means for this class: "exact", "lazy", or None for
@@ -102,12 +158,22 @@ class FusedLegacyMixin:
     _builtin_sparse_mode: str | None = "exact"
 
     def __init__(self, *args: Any, sparse_mode: str | None = None, multi_tensor: bool = True,
-                 **kwargs: Any):
+                 state_dtype: str = "float32", stochastic_rounding: bool = False,
+                 rounding_seed: int = 0, **kwargs: Any):
         if sparse_mode not in _SPARSE_MODES:
             raise ValueError(f"sparse_mode must be None, 'exact' or 'lazy', got {sparse_mode!r}")
+        if not isinstance(stochastic_rounding, (bool, np.bool_)):
+            raise TypeError("stochastic_rounding must be True or False, got "
+                            f"{stochastic_rounding!r}")
+        if isinstance(rounding_seed, bool) or not isinstance(rounding_seed, (int, np.integer)):
+            raise TypeError(f"rounding_seed must be an int, got {rounding_seed!r}")
         super().__init__(*args, **kwargs)
         self.sparse_mode = sparse_mode
         self.multi_tensor = bool(multi_tensor)
+        self._fused_check_state_options(state_dtype, bool(stochastic_rounding))
+        self.state_dtype = state_dtype
+        self.stochastic_rounding = bool(stochastic_rounding)
+        self.rounding_seed = int(rounding_seed)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -115,7 +181,226 @@ class FusedLegacyMixin:
             config["sparse_mode"] = self.sparse_mode
         if not self.multi_tensor:
             config["multi_tensor"] = False
+        if self.state_dtype != "float32":
+            config["state_dtype"] = self.state_dtype
+        if self.stochastic_rounding:
+            config["stochastic_rounding"] = True
+        if self.rounding_seed:
+            config["rounding_seed"] = self.rounding_seed
         return config
+
+    # ---- Low-precision state (Note [legacy low-precision state]) -------------
+
+    def _fused_check_state_options(self, state_dtype: str, stochastic_rounding: bool) -> None:
+        if state_dtype not in _state.STATE_DTYPES:
+            raise ValueError(f"state_dtype must be one of {list(_state.STATE_DTYPES)}, got "
+                             f"{state_dtype!r}")
+        if state_dtype == "float32" and not stochastic_rounding:
+            return
+        rules = _low_precision_rules()
+        call = self._fused_call
+        if call is None or call.rule not in rules:
+            what = (f"state_dtype={state_dtype!r}" if state_dtype != "float32"
+                    else "stochastic_rounding=True")
+            raise ValueError(f"{what}: {type(self).__name__} has no low-precision state; "
+                             f"the classes of the rules {sorted(rules)} have it")
+        refusal = self._fused_int8_refusal() if state_dtype == "int8" else None
+        if refusal is not None:
+            raise ValueError(f"state_dtype='int8': {refusal}; use state_dtype='bfloat16'")
+
+    def _fused_int8_refusal(self) -> str | None:
+        """Why this configuration of the class cannot have int8 state (None:
+        it can)."""
+        return None
+
+    # Whether a zero gradient leaves a variable and its slots unchanged (so
+    # that the lazy sparse update is the exact one: Note [legacy low-precision
+    # state], rank-1 int8 variables).
+    _zero_gradient_is_identity = False
+
+    def _fused_state_sparse_mode(self) -> str | None:
+        """The fused sparse mode with the built-in's sparse semantics, for a
+        class whose default sparse update is the built-in's own ops
+        (``_effective_sparse_mode`` None), which low-precision slots cannot
+        run; None: neither fused mode has them."""
+        return None
+
+    def _fused_state_slots(self) -> dict[str, str]:
+        """{slot name: op keyword} of the slots this optimizer's
+        configuration has (those its FusedCall passes)."""
+        call = self._fused_call
+        if call is None:
+            return {}
+        out = {}
+        for keyword, source in call.slots.items():
+            name, condition = source if isinstance(source, tuple) else (source, None)
+            if condition is None or condition(self):
+                out[name] = keyword
+        return out
+
+    def _fused_state_of(self, var: Any) -> str:
+        """The state_dtype of ``var``'s slots: this optimizer's, except
+        float32 (slots of the variable's dtype, as the built-in's) for
+        variables of other dtypes than float32/bfloat16, for a configuration
+        without slots, and (int8) for variables under MIN_QUANTIZED_ELEMENTS
+        elements."""
+        if getattr(self, "state_dtype", "float32") == "float32":
+            return "float32"
+        if _true_dtype(var) not in (tf.float32, tf.bfloat16) or not self._fused_state_slots():
+            return "float32"
+        if self.state_dtype == "int8":
+            elements = int(np.prod(var.shape.as_list(), dtype=np.int64)) if var.shape.rank else 1
+            if elements < _state.MIN_QUANTIZED_ELEMENTS:
+                return "float32"
+        return self.state_dtype
+
+    def _fused_needs_state(self, var: Any) -> bool:
+        """Whether ``var``'s update needs the fused kernels' state inputs:
+        low-precision slots, or a bfloat16 variable rounded stochastically."""
+        if self._fused_state_of(var) != "float32":
+            return True
+        return bool(getattr(self, "stochastic_rounding", False)) and _true_dtype(
+            var) == tf.bfloat16
+
+    def _fused_refuse_unfused(self, variables: Sequence[Any], why: str) -> None:
+        """tf_keras' own update cannot run on low-precision slots (nor round
+        stochastically): where this class would fall back to it, it raises."""
+        if any(self._fused_needs_state(v) for v in variables):
+            raise NotImplementedError(
+                f"{type(self).__name__}(state_dtype={self.state_dtype!r}, stochastic_rounding="
+                f"{self.stochastic_rounding}) runs only the fused kernels, and {why}; use "
+                "state_dtype='float32' there")
+
+    def _fused_sparse_route(self, var: Any) -> tuple[str | None, bool]:
+        """(sparse mode, densify) of an IndexedSlices gradient of ``var``:
+        the class's mode (None: the built-in's own ops), and whether the
+        gradient is densified first (int8 slots of a rank-1 variable)."""
+        mode = self._effective_sparse_mode()
+        if not self._fused_needs_state(var):
+            return mode, False
+        if mode is None:
+            mode = self._fused_state_sparse_mode()
+            if mode is None:
+                raise NotImplementedError(
+                    f"{type(self).__name__}'s built-in sparse update (tf_keras' own ops) cannot "
+                    f"run on state_dtype={self.state_dtype!r} slots and no fused sparse mode has "
+                    f"its semantics: pass sparse_mode='exact' (the densified gradient's update) "
+                    f"or 'lazy' (only the listed rows) for the IndexedSlices gradient of "
+                    f"{var.name}")
+        if self._fused_state_of(var) == "int8" and var.shape.rank < 2:
+            if mode == "exact" or self._zero_gradient_is_identity:
+                return mode, True
+            raise NotImplementedError(
+                f"{var.name} has rank 1: the int8 state's blocks span the whole vector, so it "
+                f"takes no sparse update, and {type(self).__name__}'s sparse_mode={mode!r} "
+                "updates only the listed elements (a densified gradient would decay the "
+                "others): use sparse_mode='exact' or state_dtype='bfloat16'")
+        return mode, False
+
+    def add_slot(self, var: Any, slot_name: str, initializer: Any = "zeros",
+                 shape: Any = None) -> tf.Variable:
+        """OptimizerV2's slot creation; with low-precision state a slot the
+        rule keeps in it is made bfloat16, or (int8) uint8 codes plus a float32
+        ``<slot_name>_absmax`` slot of one value per block (fusedopt.state),
+        holding the initializer's values rounded or quantized."""
+        fmt = self._fused_state_of(var)
+        slots = self._fused_state_slots()
+        base = slot_name[:-len("_absmax")] if slot_name.endswith("_absmax") else None
+        if fmt == "float32" or (slot_name not in slots and (base not in slots or fmt != "int8")):
+            return super().add_slot(var, slot_name, initializer, shape)
+        existing = self._slots.get(optimizer_v2._var_key(var), {}).get(slot_name)
+        if existing is not None:
+            return existing
+        restoring = isinstance(initializer, tf.__internal__.tracking.CheckpointInitialValueCallable)
+        if base is not None:  # (restored before its codes: made with them otherwise)
+            dtype = tf.float32
+            blocks = (_state.num_blocks(tuple(var.shape.as_list())),)
+            initial = (functools.partial(initializer, shape=shape or blocks, dtype=dtype)
+                       if restoring else lambda: tf.zeros(blocks, dtype))
+            return self._fused_new_slot(var, slot_name, dtype, initial)
+        dtype = tf.bfloat16 if fmt == "bfloat16" else tf.uint8
+        if restoring:
+            return self._fused_new_slot(var, slot_name, dtype, functools.partial(
+                initializer, shape=shape if shape is not None else var.shape, dtype=dtype))
+        init = tf_keras_initializers.get(initializer) if isinstance(initializer, str) or callable(
+            initializer) else (lambda shape, dtype: tf.cast(initializer, dtype))
+        slot_shape = tuple(var.shape.as_list()) if shape is None else tuple(shape)
+        values = init(shape=slot_shape, dtype=tf.float32)
+        if fmt == "bfloat16":
+            return self._fused_new_slot(var, slot_name, dtype,
+                                        lambda: tf.cast(values, tf.bfloat16))
+        signed = slots[slot_name] not in _low_precision_rules()[self._fused_call.rule]
+        if tf.executing_eagerly():  # (slots are made in an init_scope)
+            codes, absmax = _state.quantize(np.asarray(values), signed=signed)
+            codes, absmax = tf.constant(codes), tf.constant(absmax)
+        else:  # a TF1 graph
+            codes, absmax = tf.numpy_function(
+                lambda x: _state.quantize(x, signed=signed), [values], [tf.uint8, tf.float32])
+            codes.set_shape(slot_shape)
+            absmax.set_shape([_state.num_blocks(slot_shape)])
+        weight = self._fused_new_slot(var, slot_name, dtype, lambda: codes)
+        # (An absmax slot made by a restore before its codes is kept.)
+        self._fused_new_slot(var, f"{slot_name}_absmax", tf.float32, lambda: absmax)
+        return weight
+
+    def _fused_new_slot(self, var: Any, slot_name: str, dtype: tf.DType,
+                        initial_value: Any) -> tf.Variable:
+        """A slot variable as OptimizerV2.add_slot makes one (colocated with
+        ``var``, tracked, restored when a checkpoint has it pending), of
+        ``dtype``; an existing one is returned as it is."""
+        if slot_name not in self._slot_names:
+            self._slot_names.append(slot_name)
+        slot_dict = self._slots.setdefault(optimizer_v2._var_key(var), {})
+        weight = slot_dict.get(slot_name)
+        if weight is not None:
+            return weight
+        with self._distribution_strategy_scope():
+            strategy = tf.distribute.get_strategy()
+            if not strategy.extended.variable_created_in_scope(var):
+                raise ValueError(
+                    "Trying to create optimizer slot variable under the scope for "
+                    f"tf.distribute.Strategy ({strategy}), which is different from the scope "
+                    f"used for the original variable ({var}). Make sure the slot variables are "
+                    "created under the same strategy scope. This may happen if you're "
+                    "restoring from a checkpoint outside the scope.")
+            with strategy.extended.colocate_vars_with(var):
+                weight = tf.Variable(name=f"{var._shared_name}/{slot_name}", dtype=dtype,
+                                     trainable=False, initial_value=initial_value)
+        backend.track_variable(weight)
+        slot_dict[slot_name] = weight
+        self._restore_slot_variable(slot_name=slot_name, variable=var, slot_variable=weight)
+        self._weights.append(weight)
+        return weight
+
+    def _fused_state_call(self, call: FusedCall) -> FusedCall:
+        """The Keras form of ``call``, which low-precision state takes (the
+        same formula; the built-in's operation order, ``tf_training_op_form``
+        and tf_keras' sparse order, is for float32 slots only)."""
+        drop = "tf_training_op_form"
+        return call._replace(flags={k: v for k, v in call.flags.items() if k != drop},
+                             hypers={k: v for k, v in call.hypers.items() if k != drop},
+                             sparse_form=False)
+
+    def _fused_state_options(self, variables: Sequence[Any], call: FusedCall,
+                             kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The fusedopt.ops state arguments of one call over ``variables``
+        (which share a state format and dtype)."""
+        formats = {self._fused_state_of(v) for v in variables}
+        if len(formats) != 1:
+            raise ValueError(f"one fused call takes one state format, got {sorted(formats)}")
+        state_dtype = formats.pop()
+        options: dict[str, Any] = {
+            "state_dtype": state_dtype,
+            # The step folded into the seed: new bits each step (as fusedopt.keras).
+            "rounding_seed": tf.cast(self.iterations, tf.int64) + _atomic.constant(
+                self.rounding_seed * 0x9E3779B97F4A7C15 % (1 << 63), tf.int64)}
+        if self.stochastic_rounding and _true_dtype(variables[0]) == tf.bfloat16:
+            options["stochastic_rounding"] = True
+        if state_dtype == "int8":
+            slot_of = {kw: name for name, kw in self._fused_state_slots().items()}
+            options["absmax"] = {kw: slots(self, variables, f"{slot_of[kw]}_absmax")
+                                 for kw in call.slots if kwargs.get(kw)}
+        return options
 
     # ---- what each class provides ------------------------------------------
 
@@ -145,6 +430,9 @@ class FusedLegacyMixin:
         holds ``sparse_mode`` for IndexedSlices gradients.
         """
         call = self._fused_call_for(options)
+        low_precision = any(self._fused_needs_state(v) for v in variables)
+        if low_precision:
+            call = self._fused_state_call(call)
         c = coefficients
         kwargs: dict[str, Any] = {}
         for keyword, source in call.slots.items():
@@ -157,6 +445,8 @@ class FusedLegacyMixin:
             kwargs[keyword] = c[source] if isinstance(source, str) else source(self, c)
         if call.sparse_form:
             options = self._sparse_options(options)
+        if low_precision:
+            options = dict(options, **self._fused_state_options(variables, call, kwargs))
         op = getattr(ops, call.op)
         return op(variables, grads, c["lr_t"], **kwargs, **{**options, **call.flags})
 
@@ -220,10 +510,13 @@ class FusedLegacyMixin:
     def _resource_apply_dense(self, grad, var, apply_state=None):
         if not _fused_dtype(var):
             return self._unfused_dense(grad, var, apply_state)
-        if _ctx.in_xla_context() and not _ctx.xla_lowering_available([grad], [var]):
-            _ctx.warn_xla_once("tf_keras' built-in update ops")
-            return self._unfused_dense(grad, var, apply_state)
+        if _ctx.in_xla_context():
+            self._fused_refuse_unfused([var], _NO_XLA_STATE)
+            if not _ctx.xla_lowering_available([grad], [var]):
+                _ctx.warn_xla_once("tf_keras' built-in update ops")
+                return self._unfused_dense(grad, var, apply_state)
         if _gpu_fallback([var]):
+            self._fused_refuse_unfused([var], _NO_GPU_STATE)
             return self._unfused_dense(grad, var, apply_state)
         c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
         return self._fused_update([var], [grad], c)
@@ -232,7 +525,11 @@ class FusedLegacyMixin:
         apply_state = kwargs.get("apply_state")
         if not _fused_dtype(var):
             return self._unfused_sparse(grad, var, indices, apply_state)
-        mode = self._effective_sparse_mode()
+        if _ctx.in_xla_context():
+            self._fused_refuse_unfused([var], _NO_XLA_STATE)
+        # (Low-precision state: the fused mode with the built-in's semantics;
+        # rank-1 int8 variables densified. Note [legacy low-precision state].)
+        mode, dense_first = self._fused_sparse_route(var)
         # Under XLA an explicit "exact" runs fused on the densified gradient;
         # the default mode runs the built-in's sparse ops (its bits, compiled).
         if _ctx.in_xla_context() and self.sparse_mode == "exact" and _ctx.xla_lowering_available(
@@ -246,8 +543,11 @@ class FusedLegacyMixin:
                 _ctx.warn_xla_once("tf_keras' built-in update ops")
             return self._unfused_sparse(grad, var, indices, apply_state)
         if _gpu_fallback([var]):
+            self._fused_refuse_unfused([var], _NO_GPU_STATE)
             return self._unfused_sparse(grad, var, indices, apply_state)
         c = self._coefficients(var.device, var.dtype.base_dtype, apply_state)
+        if dense_first:
+            return self._fused_update([var], [densify(grad, var, indices)], c)
         # The fused sparse ops sum duplicate indices themselves (deterministically).
         return self._fused_update([var], [tf.IndexedSlices(grad, indices)], c, sparse_mode=mode)
 
@@ -263,7 +563,8 @@ class FusedLegacyMixin:
             # Note [parameter servers] (_parameter_server.py)
             _parameter_server.check_servers(distribution)
         grads_and_vars = list(grads_and_vars)
-        mode = self._effective_sparse_mode()
+        if _ctx.in_xla_context():
+            self._fused_refuse_unfused([v for _, v in grads_and_vars], _NO_XLA_STATE)
         # Note [sparse under XLA] (_tf_context.densify_for_xla): an explicit
         # "exact" runs the dense lowering on the IndexedSlices' sum (without a
         # strategy); the default mode the built-in's sparse ops (its bits).
@@ -299,19 +600,27 @@ class FusedLegacyMixin:
                 )
             if sparse and _ctx.in_xla_context():  # (densify: no fallback here)
                 grad, sparse = _ctx.densify_for_xla(grad, var), False
+            mode = None
+            if sparse and _fused_dtype(var):
+                # (Low-precision state: Note [legacy low-precision state]; a
+                # group densifies rank-1 int8 variables' IndexedSlices.)
+                mode, dense_first = self._fused_sparse_route(var)
+                sparse = not dense_first
             if (sparse and mode is None) or not _fused_dtype(var):
                 # (Dtypes without kernels, complex ones: the built-in's update.)
                 per_variable.append((grad, var))
             else:
-                key = GroupKey(device=var.device, dtype=var.dtype.base_dtype, sparse=sparse)
+                key = GroupKey(device=var.device, dtype=var.dtype.base_dtype, sparse=sparse,
+                               state=self._fused_state_of(var),
+                               sparse_mode=mode if sparse else None)
                 groups.setdefault(key, []).append((grad, var))
 
         with _atomic.step_scope():  # Note [one check per kind] (fusedopt/_atomic.py)
             return self._fused_distributed_apply(distribution, groups, per_variable,
-                                                 grads_and_vars, apply_state, name, mode)
+                                                 grads_and_vars, apply_state, name)
 
     def _fused_distributed_apply(self, distribution, groups, per_variable, grads_and_vars,
-                                 apply_state, name, mode):
+                                 apply_state, name):
         # Note [atomic steps] (fusedopt/_atomic.py): with several update calls
         # every pair is checked before any of them writes; they wait for the
         # checks (a single fused op checks all of its own inputs first).
@@ -332,16 +641,21 @@ class FusedLegacyMixin:
         with optimizer_v2.name_scope_only_in_function_or_graph(name or self._name), \
                 tf.control_dependencies(checks):
             for key, items in groups.items():
-                dtype, sparse = key.dtype, key.sparse
+                dtype, sparse, mode = key.dtype, key.sparse, key.sparse_mode
                 variables = [v for _, v in items]
                 group_grads = [g for g, _ in items]
 
-                def apply_group(first, grads, variables=variables, dtype=dtype, sparse=sparse):
+                def apply_group(first, grads, variables=variables, dtype=dtype, sparse=sparse,
+                                mode=mode):
                     # Inside the update context each variable (and slot) resolves
                     # to this replica's component; `first` is variables[0]'s.
                     c = self._coefficients(first.device, dtype, apply_state)
                     options = {"sparse_mode": mode} if sparse else {}
                     grads = [_atomic.with_dense_shape_of(g, v) for g, v in zip(grads, variables)]
+                    if not sparse:  # (rank-1 int8 variables' IndexedSlices: densified)
+                        grads = [densify(g.values, v, g.indices)
+                                 if isinstance(g, tf.IndexedSlices) else g
+                                 for g, v in zip(grads, variables)]
                     op = self._fused_update(variables, grads, c, **options)
                     constrained = [v for v in variables if v.constraint is not None]
                     if not constrained:
@@ -384,6 +698,12 @@ class FusedLegacyMixin:
                     with tf.control_dependencies([tf.group(update_ops + finish)]):
                         return self.iterations.assign_add(1, read_value=False)
             return self.iterations.assign_add(1)
+
+
+_NO_XLA_STATE = ("fusedopt's low-precision state has no XLA lowering yet (this step is "
+                 "compiled with XLA)")
+_NO_GPU_STATE = ("fusedopt's CUDA kernels cannot run in this process for these GPU variables "
+                 "(see the warning above)")
 
 
 def _flat_ops(results: Sequence[Any]) -> list[Any]:

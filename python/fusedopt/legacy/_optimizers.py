@@ -38,7 +38,7 @@ def _register(cls):
     return tf_keras.saving.register_keras_serializable(package="fusedopt")(cls)
 
 
-def _doc(name: str, op: str, builtin: str | None) -> str:
+def _doc(name: str, op: str, builtin: str | None, state: bool = False) -> str:
     base = (f"Drop-in for ``tf_keras.optimizers.legacy.{name}`` running fused kernels.\n\n"
             f"Same constructor, ``get_config()``, slot names and numbers as the built-in;\n"
             if builtin else
@@ -49,12 +49,20 @@ def _doc(name: str, op: str, builtin: str | None) -> str:
         "Extra arguments (kept out of the config when default): ``sparse_mode`` (None: the\n"
         "built-in's sparse semantics; \"exact\" or \"lazy\") and ``multi_tensor`` (False:\n"
         "one fused call per variable).\n"
-    )
+    ) + (
+        "\nLow-precision optimizer state (issue #31; ``fusedopt.state``): ``state_dtype``\n"
+        "(\"float32\" default; \"bfloat16\"; \"int8\": uint8 codes plus a float32\n"
+        "``<slot>_absmax`` slot per block of 256, for variables of 4096 elements or more),\n"
+        "``stochastic_rounding`` (bool: bfloat16 variables rounded stochastically) and\n"
+        "``rounding_seed`` (int). Low-precision slots run Keras' form of the rule (the same\n"
+        "formula, not the built-in's bits) and only the fused CPU kernels (no XLA)\n"
+        "(Note [legacy low-precision state] in ``fusedopt.legacy._base``).\n"
+        if state else "")
 
 
 @_register
 class SGD(FusedLegacyMixin, gradient_descent.SGD):
-    __doc__ = _doc("SGD", "Fusedopt>ApplySGD", "SGD")
+    __doc__ = _doc("SGD", "Fusedopt>ApplySGD", "SGD", state=True)
 
     def _effective_sparse_mode(self):
         if self.sparse_mode is not None:
@@ -64,6 +72,11 @@ class SGD(FusedLegacyMixin, gradient_descent.SGD):
         # is one ResourceScatterAdd of -g * lr that adds duplicate rows one by
         # one, whose bits a summed row cannot give: that op itself runs.
         return "lazy" if self._momentum else None
+
+    def _fused_state_sparse_mode(self):
+        # (Without momentum, for bfloat16 variables rounded stochastically:
+        # the listed rows move by -lr * g, as ResourceScatterAdd moves them.)
+        return "lazy"
 
     def _unfused_sparse(self, grad, var, indices, apply_state):
         if not self._momentum:  # (no duplicate summing: ResourceScatterAdd)
@@ -81,7 +94,7 @@ class SGD(FusedLegacyMixin, gradient_descent.SGD):
 
 @_register
 class Adam(FusedLegacyMixin, adam.Adam):
-    __doc__ = _doc("Adam", "Fusedopt>ApplyAdam", "Adam")
+    __doc__ = _doc("Adam", "Fusedopt>ApplyAdam", "Adam", state=True)
     _builtin_sparse_mode = "exact"  # decays every m, v row and moves every var row
 
     _fused_call = FusedCall(
@@ -99,7 +112,7 @@ class _NoAssign:
 
 @_register
 class Nadam(FusedLegacyMixin, nadam.Nadam):
-    __doc__ = _doc("Nadam", "Fusedopt>ApplyNadam", "Nadam")
+    __doc__ = _doc("Nadam", "Fusedopt>ApplyNadam", "Nadam", state=True)
     # The built-in's sparse update decays all slot rows but moves only the
     # listed var rows, which neither fused mode does: its own ops by default.
     _builtin_sparse_mode = None
@@ -163,7 +176,7 @@ class Nadam(FusedLegacyMixin, nadam.Nadam):
 
 @_register
 class Adamax(FusedLegacyMixin, adamax.Adamax):
-    __doc__ = _doc("Adamax", "Fusedopt>ApplyAdamax", "Adamax")
+    __doc__ = _doc("Adamax", "Fusedopt>ApplyAdamax", "Adamax", state=True)
     _builtin_sparse_mode = "lazy"
 
     _fused_call = FusedCall(
@@ -178,7 +191,7 @@ class Adamax(FusedLegacyMixin, adamax.Adamax):
 
 @_register
 class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
-    __doc__ = _doc("RMSprop", "Fusedopt>ApplyRmsprop", "RMSprop")
+    __doc__ = _doc("RMSprop", "Fusedopt>ApplyRmsprop", "RMSprop", state=True)
 
     def _effective_sparse_mode(self):
         if self.sparse_mode is not None:
@@ -189,6 +202,16 @@ class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
         # rows, whose packet rsqrt per row the kernels do not reproduce: that
         # op runs (sparse_mode="lazy" runs the fused kernel instead).
         return None if self._momentum else "exact"
+
+    def _fused_state_sparse_mode(self):
+        # With momentum the built-in's op updates the listed rows: "lazy".
+        return "lazy"
+
+    def _fused_int8_refusal(self):
+        if self.centered:
+            return ("centered=True: its denominator velocity - average_gradient^2 cancels, and "
+                    "8-bit errors of the two turn it negative")
+        return None
 
     _fused_call = FusedCall(
         "apply_rmsprop",
@@ -219,8 +242,10 @@ class RMSprop(FusedLegacyMixin, rmsprop.RMSprop):
 
 @_register
 class Adagrad(FusedLegacyMixin, adagrad.Adagrad):
-    __doc__ = _doc("Adagrad", "Fusedopt>ApplyAdagrad", "Adagrad")
+    __doc__ = _doc("Adagrad", "Fusedopt>ApplyAdagrad", "Adagrad", state=True)
     _builtin_sparse_mode = "lazy"
+    # A zero gradient adds 0 to the accumulator and moves nothing (epsilon > 0).
+    _zero_gradient_is_identity = True
 
     _fused_call = FusedCall("apply_adagrad", slots={"accumulator": "accumulator"},
                             hypers={"epsilon": "epsilon"}, flags={"epsilon_outside_sqrt": True})
@@ -331,7 +356,7 @@ class _NewOptimizer(FusedLegacyMixin, optimizer_v2.OptimizerV2):
 
 @_register
 class AdamW(_NewOptimizer):
-    __doc__ = _doc("AdamW", "Fusedopt>ApplyAdam", None)
+    __doc__ = _doc("AdamW", "Fusedopt>ApplyAdam", None, state=True)
 
     def __init__(self, learning_rate: Any = 0.001, weight_decay: Any = 0.004,
                  beta_1: Any = 0.9, beta_2: Any = 0.999, epsilon: float = 1e-7,
@@ -370,7 +395,7 @@ class AdamW(_NewOptimizer):
 
 @_register
 class Lion(_NewOptimizer):
-    __doc__ = _doc("Lion", "Fusedopt>ApplyLion", None)
+    __doc__ = _doc("Lion", "Fusedopt>ApplyLion", None, state=True)
 
     def __init__(self, learning_rate: Any = 0.001, beta_1: Any = 0.9, beta_2: Any = 0.99,
                  weight_decay: Any = 0.0, name: str = "Lion", **kwargs: Any):
