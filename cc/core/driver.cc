@@ -157,6 +157,10 @@ CallStatus RunCuda(const Operands& ops, const Plan& plan, Rule rule, int dt, voi
     }
     return CallStatus{};
   }
+  if (plan.LowPrecision()) {
+    return CudaError(RunStateCuda(ops, plan, info.rule, dt, decay != 0, stream),
+                     std::string("the ") + info.name + " kernel with low-precision state");
+  }
   return CudaError(RunElementwiseCuda(ops, plan, info.rule, dt, decay != 0, stream),
                    std::string("the ") + info.name + " kernel");
 }
@@ -354,11 +358,6 @@ CallStatus RunSparseCall(const CallDesc& d, const Plan& plan, Operands* ops, con
 CallStatus RunDenseCall(const CallDesc& d, const Plan& plan, Operands* ops, const CallHooks& hooks,
                         bool* skipped) {
   *skipped = false;
-  if (plan.LowPrecision() && d.device != CallDevice::kCpu) {
-    return CallStatus{CallStatus::kUnavailable,
-                      "low-precision state (state_format, stochastic_rounding) has CPU kernels "
-                      "only so far; nothing was updated"};
-  }
   if (plan.state_format == StateFormat::kInt8 && static_cast<int>(ops->layouts.size()) != ops->n) {
     return CallStatus{CallStatus::kInternal, "int8 state without its layouts"};
   }

@@ -12,6 +12,7 @@
 
 #include "cc/cpu/kernels.h"
 #include "cc/rules/registry.h"
+#include "cc/rules/state_update.h"
 
 #ifndef FUSEDOPT_ISA
 #error "FUSEDOPT_ISA must be defined by the build (baseline, avx2 or avx512)"
@@ -360,24 +361,6 @@ void Triad(float* __restrict a, const float* __restrict b, float s, int64_t begi
 
 // ---- Low-precision state (Note [low-precision state]) -------------------------
 
-// A slot's storage type in format F for variables of type T.
-template <StateFormat F, typename T>
-using SlotStorage = std::conditional_t<F == StateFormat::kSame, T,
-                                       std::conditional_t<F == StateFormat::kBFloat16, BFloat16,
-                                                          uint8_t>>;
-
-// Stores an updated variable element: stochastically rounded (W, bfloat16
-// variables: hash B's high bits) or to nearest.
-template <typename T, bool W>
-inline T StoreVar(opmath_t<T> v, uint32_t key_b, int64_t idx) {
-  if constexpr (W) {
-    static_assert(std::is_same_v<T, BFloat16>, "stochastic weights are bfloat16");
-    return StochasticBFloat16(v, VarRoundingBits(RoundingBits(key_b, idx)));
-  } else {
-    return Store<T>(v);
-  }
-}
-
 // Formats kSame (with W) and kBFloat16: element by element.
 template <typename Rule, typename T, int V, bool D, StateFormat F, bool W>
 void StateElementwise(const Coeffs& hc, const GradXform& gx, const StateArgs& sa, void* var_p,
@@ -403,13 +386,11 @@ void StateElementwise(const Coeffs& hc, const GradXform& gx, const StateArgs& sa
   for (int64_t i = begin; i < end; ++i) {
     const int64_t idx = sa.offset + i;
     M v = Load(var[i]);
-    if constexpr (D) v = Decay(c, v);
     M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
     if constexpr (K > 0) s[0] = Load(s0[i]);
     if constexpr (K > 1) s[1] = Load(s1[i]);
     if constexpr (K > 2) s[2] = Load(s2[i]);
-    const M g = TransformGrad(Load(grad[i]), gscale, gclip);
-    Rule::template Apply<V>(c, v, s, g);
+    UpdateRegisters<Rule, V, D>(c, gscale, gclip, v, s, Load(grad[i]));
     // Hash A only with slot 0 or 1 rounded, B with slot 2 or the variable.
     const uint32_t ha = (kSr && K > 0) ? RoundingBits(ka, idx) : 0u;
     const uint32_t hb = ((kSr && K > 2) || W) ? RoundingBits(kb, idx) : 0u;
@@ -429,9 +410,6 @@ void StateElementwise(const Coeffs& hc, const GradXform& gx, const StateArgs& sa
     }
   }
 }
-
-template <typename Rule, int k>
-constexpr bool kNonNeg = ((Rule::kNonNegSlots >> k) & 1u) != 0;
 
 // Decodes one block of codes into values (decode(code) * absmax).
 template <bool Unsigned>
@@ -495,13 +473,11 @@ void StateElementwiseInt8(const Coeffs& hc, const GradXform& gx, const StateArgs
     uint32_t m0 = 0, m1 = 0, m2 = 0;
     for (int j = 0; j < n; ++j) {
       M v = Load(vb[j]);
-      if constexpr (D) v = Decay(c, v);
       M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
       if constexpr (K > 0) s[0] = b0[j];
       if constexpr (K > 1) s[1] = b1[j];
       if constexpr (K > 2) s[2] = b2[j];
-      const M g = TransformGrad(Load(gb[j]), gscale, gclip);
-      Rule::template Apply<V>(c, v, s, g);
+      UpdateRegisters<Rule, V, D>(c, gscale, gclip, v, s, Load(gb[j]));
       vb[j] = StoreVar<T, W>(v, kb, sa.offset + i + j);
       if constexpr (K > 0) {
         b0[j] = s[0];

@@ -4,6 +4,7 @@
 #include <atomic>
 
 #include "cc/cuda/elementwise.cuh"
+#include "cc/cuda/state.cuh"
 #include "cc/cuda/launchers.h"
 
 namespace fusedopt {
@@ -40,9 +41,57 @@ int Dispatch(int rule, int dtype, int variant, const LaunchArgs& a) {
   return static_cast<int>(cudaErrorInvalidValue);
 }
 
+int DispatchState(int rule, int dtype, int variant, const StateLaunchArgs& a) {
+  switch (static_cast<Rule>(rule)) {
+#define FUSEDOPT_DISPATCH_STATE_RULE(ID, ...) \
+  case Rule::ID:                              \
+    return LaunchStateFor<Rule::ID>(dtype, variant, a);
+    FUSEDOPT_FOR_EACH_RULE(FUSEDOPT_DISPATCH_STATE_RULE)
+#undef FUSEDOPT_DISPATCH_STATE_RULE
+  }
+  return static_cast<int>(cudaErrorInvalidValue);
+}
+
 }  // namespace
 }  // namespace cuda
 }  // namespace fusedopt
+
+extern "C" int fusedopt_cuda_state_multi(int rule, int dtype, int variant, int decay,
+                                         const double* coeffs, int state_format,
+                                         int stochastic_weights, uint64_t seed, int num_tensors,
+                                         void* const* vars, void* const* slots,
+                                         float* const* absmax, const void* const* grads,
+                                         const int64_t* sizes, const int64_t* row_sizes,
+                                         const int* tensors, const double* grad_scales,
+                                         const double* clip_values, void* stream) {
+  using namespace fusedopt;
+  if (num_tensors < 0 || state_format < 0 || state_format >= kNumStateFormats ||
+      (num_tensors > 0 && (vars == nullptr || slots == nullptr || grads == nullptr ||
+                           sizes == nullptr ||
+                           (state_format == static_cast<int>(StateFormat::kInt8) &&
+                            absmax == nullptr))) ||
+      ((grad_scales == nullptr) != (clip_values == nullptr))) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  cuda::StateLaunchArgs a{};
+  for (int k = 0; k < kMaxCoeffs; ++k) a.c.c[k] = coeffs[k];
+  a.decay = decay != 0;
+  a.format = static_cast<StateFormat>(state_format);
+  a.stochastic_weights = stochastic_weights != 0;
+  a.seed = seed;
+  a.num = num_tensors;
+  a.vars = vars;
+  a.slots = slots;
+  a.absmax = absmax;
+  a.grads = grads;
+  a.sizes = sizes;
+  a.row_sizes = row_sizes;
+  a.tensors = tensors;
+  a.scales = grad_scales;
+  a.clips = clip_values;
+  a.stream = static_cast<cudaStream_t>(stream);
+  return cuda::DispatchState(rule, dtype, variant, a);
+}
 
 extern "C" int fusedopt_cuda_elementwise_multi(int rule, int dtype, int variant, int decay,
                                                const double* coeffs, int transform,

@@ -50,6 +50,25 @@ int fusedopt_cuda_elementwise_multi(int rule, int dtype, int variant, int decay,
                                     const double* grad_scales, const double* clip_values,
                                     void* stream);
 
+// Low-precision state (Note [low-precision state], cc/cuda/state.cuh): one
+// rule with a state variant (the rules with kStateVariants) over num_tensors
+// float32 or bfloat16 (dtype) tensors. state_format: fusedopt::StateFormat
+// (0 the variables' dtype: only with stochastic_weights, bfloat16 variables;
+// 1 bfloat16 slots; 2 int8: uint8 codes, absmax[3 * i + k] the float32 absmax
+// of slot k of tensor i, one per block of QuantLayout: row_sizes[i] elements
+// a row (NULL or <= 0: one row), blocks of at most 256 along rows).
+// stochastic_weights: bfloat16 variables stored with stochastic rounding.
+// seed: the call's rounding seed (the step folded in, as the CPU's);
+// tensors[i] (NULL: i): tensor i's position in the call for the rounding
+// keys. grad_scales and clip_values: both NULL (no transform) or both given.
+// The bits are the CPU loops'.
+int fusedopt_cuda_state_multi(int rule, int dtype, int variant, int decay, const double* coeffs,
+                              int state_format, int stochastic_weights, uint64_t seed,
+                              int num_tensors, void* const* vars, void* const* slots,
+                              float* const* absmax, const void* const* grads,
+                              const int64_t* sizes, const int64_t* row_sizes, const int* tensors,
+                              const double* grad_scales, const double* clip_values, void* stream);
+
 // Note [device coefficients]: a rule's coefficients computed on the device
 // from scalars in device memory, with the host's code. scalars[k] points at
 // the rule's k-th scalar (RuleInfo::scalars order) of type scalar_types[k]
