@@ -39,7 +39,10 @@ low-precision state take ``state_dtype`` ("float32", "bfloat16", "int8"),
   other than zero (a constant initial accumulator) is quantized with the op slot's
   code. Variables of other dtypes than float32 and bfloat16 keep slots of
   their own dtype, and (int8) variables under MIN_QUANTIZED_ELEMENTS
-  elements float32 ones, as in fusedopt.keras;
+  elements float32 ones, as in fusedopt.keras. A checkpoint saved in one
+  format restores into any other (float32 quantized or rounded to nearest,
+  int8 dequantized, bfloat16 widened: Note [legacy state checkpoints] in
+  _checkpoint.py), the same format bit for bit;
 * a group with low-precision slots (or bfloat16 variables with
   ``stochastic_rounding``) runs the Keras form of the class's rule
   (``_fused_state_call``: the same formula without the built-in's operation

@@ -29,16 +29,22 @@ compare the saved dtype of a slot of the rule's with the slot's own (``source``)
   ``<slot>_absmax``, found through the optimizer's slot list in the
   checkpoint's object graph); bfloat16 values are widened. A saved
   ``<slot>_absmax`` the optimizer has no use for (its slot is not int8) binds
-  to a ``SlotRestore`` that writes nothing, so ``assert_consumed`` holds.
+  to a ``SlotRestore`` that writes nothing (and waits, where it waits, for the
+  slot it belongs to), so ``assert_consumed`` holds.
   Where TensorFlow would make the slot with the checkpoint's value, the
   optimizer makes it (its initial value, then overwritten by the restore);
   where TensorFlow would wait, the position waits the same way and
   ``_restore_slot_variable`` restores it through a ``SlotRestore``.
 
-The conversions are TensorFlow ops (``tf.numpy_function`` for the codes), so
-a TF1 graph's restore builds them as it builds any restore op. A
-``SlotRestore`` lives on the optimizer (TensorFlow's checkpoint keeps the
-objects it restored only weakly) and is used again by later restores.
+Once a ``SlotRestore`` has written, the slot itself (and an int8 slot's
+absmax, which a checkpoint of another format has no object for: an entry of
+its own beside the nodes' ids) takes its place among the checkpoint's restored
+objects, so ``assert_consumed`` and ``assert_existing_objects_matched`` see the
+slots restored (this writes TensorFlow's private restore bookkeeping,
+``object_by_proto_id`` and ``all_python_objects``, as the restore hooks it
+overrides are private too: tests/test_legacy_state.py asserts both). The conversions are TensorFlow ops (``tf.numpy_function``
+for the codes), so a TF1 graph's restore builds them as it builds any
+restore op.
 """
 
 from __future__ import annotations
