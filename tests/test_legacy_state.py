@@ -324,6 +324,177 @@ def _all_state(opt, variables):
     return out
 
 
+# ---- tf.train.Checkpoint across state formats (Note [legacy state checkpoints]) -----
+
+# (class, constructor arguments, {slot: signed code})
+CONVERT_CASES = [("Adam", dict(learning_rate=1e-3), {"m": True, "v": False}),
+                 ("Adagrad", dict(learning_rate=0.05, initial_accumulator_value=0.3),
+                  {"accumulator": False})]
+WHEN = ["built", "restore_on_create", "deferred"]
+
+
+def _saved_state(cls, kwargs, state_dtype, rng, tmp_path):
+    """(checkpoint path, variables' initial values, optimizer, variables) after
+    two steps of ``cls`` with ``state_dtype`` state ("builtin": tf_keras' own)."""
+    x = [rng.standard_normal(s).astype(np.float32) for s in (BIG, SMALL)]
+    vs = [tf.Variable(v) for v in x]
+    opt = (getattr(tf_keras.optimizers.legacy, cls)(**kwargs) if state_dtype == "builtin"
+           else getattr(fl, cls)(**kwargs, state_dtype=state_dtype))
+    for _ in range(2):
+        opt.apply_gradients([(tf.constant(rng.standard_normal(v.shape).astype(np.float32)), v)
+                             for v in vs])
+    path = tf.train.Checkpoint(optimizer=opt, vars=vs).write(str(tmp_path / state_dtype))
+    return path, x, opt, vs
+
+
+def _restore(opt, vs, path, when):
+    """Restores ``path`` into ``opt`` with its slots made before the restore
+    ("built"), by it (restore-on-create) or after it (deferred: a variable
+    creator scope makes OptimizerV2 wait for add_slot); assert_consumed holds
+    (after a step, which makes the iterations, where the restore made them)."""
+    if when == "built":
+        opt._create_all_weights(vs)
+    ckpt = tf.train.Checkpoint(optimizer=opt, vars=vs)
+    if when == "deferred":
+        with tf.variable_creator_scope(lambda next_creator, **kw: next_creator(**kw)):
+            status = ckpt.read(path)
+        assert not opt.weights
+        opt._create_all_weights(vs)
+    else:
+        status = ckpt.read(path)
+    if when == "built":
+        status.assert_consumed()
+    else:
+        status.assert_existing_objects_matched()
+    return status
+
+
+def _float_state(opt, var, name, signed):
+    """A slot's values as float32 (int8: dequantized)."""
+    slot = opt.get_slot(var, name)
+    if slot.dtype == tf.uint8:
+        return state.dequantize(slot.numpy(), opt.get_slot(var, f"{name}_absmax").numpy(),
+                                signed=signed)
+    return tf.cast(slot, tf.float32).numpy()
+
+
+def _assert_converted(opt, var, name, signed, values, state_dtype):
+    """``var``'s slot ``name`` holds float32 ``values`` converted into
+    ``state_dtype``: the codes and absmax of fusedopt.state.quantize, rounded
+    to nearest, or the values themselves."""
+    slot = opt.get_slot(var, name)
+    if state_dtype == "int8":
+        codes, absmax = state.quantize(values, signed=signed)
+        assert slot.dtype == tf.uint8, name
+        np.testing.assert_array_equal(slot.numpy(), codes, err_msg=name)
+        np.testing.assert_array_equal(opt.get_slot(var, f"{name}_absmax").numpy(), absmax,
+                                      err_msg=name)
+    elif state_dtype == "bfloat16":
+        assert slot.dtype == tf.bfloat16, name
+        np.testing.assert_array_equal(
+            tf.cast(slot, tf.float32).numpy(),
+            tf.cast(tf.cast(values, tf.bfloat16), tf.float32).numpy(), err_msg=name)
+    else:
+        assert slot.dtype == tf.float32, name
+        np.testing.assert_array_equal(slot.numpy(), values, err_msg=name)
+
+
+@pytest.mark.parametrize("when", WHEN)
+@pytest.mark.parametrize("source", ["builtin", "float32"])
+@pytest.mark.parametrize("state_dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("cls,kwargs,signed", CONVERT_CASES, ids=[c[0] for c in CONVERT_CASES])
+def test_a_float32_checkpoint_restores_into_low_precision_state(rng, tmp_path, cls, kwargs,
+                                                                signed, state_dtype, source,
+                                                                when):
+    """A float32 checkpoint (tf_keras' built-in's, or the fused class's with
+    float32 state) restores into bfloat16 state rounded to nearest and into
+    int8 state quantized as fusedopt.state quantizes it (Adagrad's
+    accumulator with the unsigned code), with its slots made before, by or
+    after the restore; variables under MIN_QUANTIZED_ELEMENTS keep float32
+    slots (the values as saved). Training goes on from there."""
+    path, x, first, first_vs = _saved_state(cls, kwargs, source, rng, tmp_path)
+    opt, vs = getattr(fl, cls)(**kwargs, state_dtype=state_dtype), [tf.Variable(v) for v in x]
+    status = _restore(opt, vs, path, when)
+    for var, saved_var in zip(vs, first_vs):
+        np.testing.assert_array_equal(var.numpy(), saved_var.numpy())
+        fmt = state_dtype if var.shape == BIG or state_dtype == "bfloat16" else "float32"
+        for name, sign in signed.items():
+            _assert_converted(opt, var, name, sign, first.get_slot(saved_var, name).numpy(), fmt)
+    opt.apply_gradients([(tf.ones(v.shape), v) for v in vs])
+    status.assert_consumed()
+    assert int(opt.iterations.numpy()) == 3
+
+
+@pytest.mark.parametrize("when", WHEN)
+@pytest.mark.parametrize("saved,restored", [("bfloat16", "float32"), ("int8", "float32"),
+                                            ("int8", "bfloat16"), ("bfloat16", "int8")])
+@pytest.mark.parametrize("cls,kwargs,signed", CONVERT_CASES, ids=[c[0] for c in CONVERT_CASES])
+def test_a_low_precision_checkpoint_restores_into_another_format(rng, tmp_path, cls, kwargs,
+                                                                 signed, saved, restored, when):
+    """The reverse, and between the two: int8 state is dequantized (with its
+    code), bfloat16 state widened; then stored in the optimizer's format
+    (float32 exactly, bfloat16 rounded to nearest, int8 quantized). A saved
+    absmax the optimizer has no slot for is consumed (assert_consumed)."""
+    path, x, first, first_vs = _saved_state(cls, kwargs, saved, rng, tmp_path)
+    opt, vs = getattr(fl, cls)(**kwargs, state_dtype=restored), [tf.Variable(v) for v in x]
+    status = _restore(opt, vs, path, when)
+    for var, saved_var in zip(vs, first_vs):
+        big = var.shape == BIG
+        fmt = restored if big or restored == "bfloat16" else "float32"
+        for name, sign in signed.items():
+            values = _float_state(first, saved_var, name, sign)
+            _assert_converted(opt, var, name, sign, values, fmt)
+        if restored != "int8":
+            assert not [n for n in opt._slots[_var_key(var)] if n.endswith("_absmax")]
+    opt.apply_gradients([(tf.ones(v.shape), v) for v in vs])
+    status.assert_consumed()
+
+
+def test_float32_state_checkpoints_keep_the_builtins_keys(rng, tmp_path):
+    """Saving is tf_keras' own: float32 state writes the built-in's keys and
+    dtypes; int8 state the codes under the slot's key plus a <slot>_absmax."""
+    keys = {}
+    for source in ("builtin", "float32", "int8"):
+        path, *_ = _saved_state("Adam", dict(learning_rate=1e-3), source, rng,
+                                tmp_path / source)
+        keys[source] = {k: tuple(s) for k, s in tf.train.list_variables(path)}
+    assert keys["float32"] == keys["builtin"]
+    extra = set(keys["int8"]) - set(keys["builtin"])
+    assert extra == {f"vars/0/.OPTIMIZER_SLOT/optimizer/{n}_absmax/.ATTRIBUTES/VARIABLE_VALUE"
+                     for n in ("m", "v")}
+
+
+def test_a_checkpoint_of_another_format_restores_in_a_tf1_graph(rng, tmp_path):
+    """The conversions are graph ops: a TF1 graph's restore runs them."""
+    path, x, first, first_vs = _saved_state("Adam", dict(learning_rate=1e-3), "float32", rng,
+                                            tmp_path)
+    m = first.get_slot(first_vs[0], "m").numpy()
+    with tf.Graph().as_default():
+        var = tf.Variable(x[0])
+        opt = fl.Adam(1e-3, state_dtype="int8")
+        status = tf.train.Checkpoint(optimizer=opt, vars=[var]).read(path)
+        opt._create_all_weights([var])  # (the slots made after the restore)
+        with tf.compat.v1.Session() as session:
+            status.initialize_or_restore(session)
+            codes, absmax = session.run([opt.get_slot(var, "m"), opt.get_slot(var, "m_absmax")])
+    want_codes, want_absmax = state.quantize(m, signed=True)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_array_equal(absmax, want_absmax)
+
+
+def test_a_checkpoint_of_another_model_is_refused(rng, tmp_path):
+    """A converted slot's shape is checked before anything is restored."""
+    var = tf.Variable(rng.standard_normal((12, 900)).astype(np.float32))
+    first = fl.Adam(1e-3)
+    first.apply_gradients([(tf.ones_like(var), var)])
+    path = tf.train.Checkpoint(optimizer=first, vars=[var]).write(str(tmp_path / "ck"))
+    other = tf.Variable(tf.zeros((6, 1800)))
+    opt = fl.Adam(1e-3, state_dtype="int8")
+    opt._create_all_weights([other])
+    with pytest.raises(ValueError, match=r"has shape \(12, 900\), the variable has shape"):
+        tf.train.Checkpoint(optimizer=opt, vars=[other]).read(path)
+
+
 # ---- Sparse gradients ---------------------------------------------------------
 
 

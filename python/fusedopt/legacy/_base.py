@@ -39,7 +39,10 @@ low-precision state take ``state_dtype`` ("float32", "bfloat16", "int8"),
   other than zero (a constant initial accumulator) is quantized with the op slot's
   code. Variables of other dtypes than float32 and bfloat16 keep slots of
   their own dtype, and (int8) variables under MIN_QUANTIZED_ELEMENTS
-  elements float32 ones, as in fusedopt.keras;
+  elements float32 ones, as in fusedopt.keras. A checkpoint saved in one
+  format restores into any other (float32 quantized or rounded to nearest,
+  int8 dequantized, bfloat16 widened: Note [legacy state checkpoints] in
+  _checkpoint.py), the same format bit for bit;
 * a group with low-precision slots (or bfloat16 variables with
   ``stochastic_rounding``) runs the Keras form of the class's rule
   (``_fused_state_call``: the same formula without the built-in's operation
@@ -72,6 +75,7 @@ from fusedopt import _atomic
 from fusedopt import _tf_context as _ctx
 from fusedopt import ops
 from fusedopt import state as _state
+from fusedopt.legacy import _checkpoint
 from fusedopt.legacy import _parameter_server
 
 _SPARSE_MODES = (None, "exact", "lazy")
@@ -329,7 +333,7 @@ class FusedLegacyMixin:
         if fmt == "bfloat16":
             return self._fused_new_slot(var, slot_name, dtype,
                                         lambda: tf.cast(values, tf.bfloat16))
-        signed = slots[slot_name] not in _low_precision_rules()[self._fused_call.rule]
+        signed = self._fused_slot_signed(slot_name)
         if tf.executing_eagerly():  # (slots are made in an init_scope)
             codes, absmax = _state.quantize(np.asarray(values), signed=signed)
             codes, absmax = tf.constant(codes), tf.constant(absmax)
@@ -338,16 +342,29 @@ class FusedLegacyMixin:
                 lambda x: _state.quantize(x, signed=signed), [values], [tf.uint8, tf.float32])
             codes.set_shape(slot_shape)
             absmax.set_shape([_state.num_blocks(slot_shape)])
-        weight = self._fused_new_slot(var, slot_name, dtype, lambda: codes)
+        weight = self._fused_new_slot(var, slot_name, dtype, lambda: codes, restore=False)
         # (An absmax slot made by a restore before its codes is kept.)
-        self._fused_new_slot(var, f"{slot_name}_absmax", tf.float32, lambda: absmax)
+        self._fused_new_slot(var, f"{slot_name}_absmax", tf.float32, lambda: absmax,
+                             restore=False)
+        # Restored once both exist: a restore from another format writes both
+        # (Note [legacy state checkpoints]).
+        for name in (slot_name, f"{slot_name}_absmax"):
+            self._restore_slot_variable(slot_name=name, variable=var,
+                                        slot_variable=self._slots[optimizer_v2._var_key(var)][name])
         return weight
 
+    def _fused_slot_signed(self, slot_name: str) -> bool:
+        """Whether the int8 code of the slot ``slot_name`` is the signed one
+        (not one of its rule's non-negative slots)."""
+        return self._fused_state_slots()[slot_name] not in _low_precision_rules()[
+            self._fused_call.rule]
+
     def _fused_new_slot(self, var: Any, slot_name: str, dtype: tf.DType,
-                        initial_value: Any) -> tf.Variable:
+                        initial_value: Any, restore: bool = True) -> tf.Variable:
         """A slot variable as OptimizerV2.add_slot makes one (colocated with
-        ``var``, tracked, restored when a checkpoint has it pending), of
-        ``dtype``; an existing one is returned as it is."""
+        ``var``, tracked, restored when a checkpoint has it pending, unless
+        ``restore`` is False), of ``dtype``; an existing one is returned as it
+        is."""
         if slot_name not in self._slot_names:
             self._slot_names.append(slot_name)
         slot_dict = self._slots.setdefault(optimizer_v2._var_key(var), {})
@@ -368,9 +385,101 @@ class FusedLegacyMixin:
                                      trainable=False, initial_value=initial_value)
         backend.track_variable(weight)
         slot_dict[slot_name] = weight
-        self._restore_slot_variable(slot_name=slot_name, variable=var, slot_variable=weight)
+        if restore:
+            self._restore_slot_variable(slot_name=slot_name, variable=var, slot_variable=weight)
         self._weights.append(weight)
         return weight
+
+    # ---- Checkpoints of other state formats (Note [legacy state checkpoints]) --
+
+    def _fused_checkpoint_source(self, position: Any, slot_name: str,
+                                 variable: Any) -> "_checkpoint.Source | None":
+        """What a checkpoint's slot ``slot_name`` of ``variable`` holds, when
+        that is not the slot's own format (None: TensorFlow's own restore)."""
+        call = self._fused_call
+        if call is None or call.rule not in _low_precision_rules():
+            return None
+        if not position.is_simple_variable():
+            return None
+        saved = _checkpoint.saved_dtype(position)
+        if saved is None:
+            return None
+        state_slots = self._fused_state_slots()
+        fmt = self._fused_state_of(variable)
+        if slot_name.endswith(_checkpoint.ABSMAX):
+            base = slot_name[:-len(_checkpoint.ABSMAX)]
+            if base not in state_slots or fmt == "int8":
+                return None
+            # (An int8 checkpoint's absmax, which its codes' restore reads.)
+            return _checkpoint.Source(position, saved, companion=True)
+        if slot_name not in state_slots:
+            return None
+        existing = self._slots.get(optimizer_v2._var_key(variable), {}).get(slot_name)
+        own = (existing.dtype.base_dtype if existing is not None else
+               {"int8": tf.uint8, "bfloat16": tf.bfloat16}.get(fmt, _true_dtype(variable)))
+        if saved == own:
+            return None
+        shape = tuple(variable.shape.as_list())
+        saved_shape = position.value_shape()
+        what = f"optimizer slot {slot_name!r} of {variable.name}"
+        if saved_shape is not None and tuple(saved_shape) != shape:
+            raise ValueError(
+                f"the checkpoint's {what} has shape {tuple(saved_shape)}, the variable has "
+                f"shape {shape}: the checkpoint was written for another model")
+        if saved != tf.uint8:
+            return _checkpoint.Source(position, saved)
+        absmax = _checkpoint.sibling(position, slot_name + _checkpoint.ABSMAX)
+        blocks = absmax.value_shape() if absmax is not None else None
+        if blocks is None or tuple(blocks) != (_state.num_blocks(shape),):
+            raise ValueError(
+                f"the checkpoint's {what} holds uint8 codes without a "
+                f"'{slot_name}{_checkpoint.ABSMAX}' slot of {_state.num_blocks(shape)} values "
+                "(int8 state): it cannot be read as optimizer state")
+        return _checkpoint.Source(position, saved, absmax=absmax,
+                                  signed=self._fused_slot_signed(slot_name))
+
+    def _create_or_restore_slot_variable(self, slot_variable_position, slot_name, variable,
+                                         **kwargs):
+        source = self._fused_checkpoint_source(slot_variable_position, slot_name, variable)
+        if source is None:
+            return super()._create_or_restore_slot_variable(
+                slot_variable_position=slot_variable_position, slot_name=slot_name,
+                variable=variable, **kwargs)
+        var_key = optimizer_v2._var_key(variable)
+        base = slot_name[:-len(_checkpoint.ABSMAX)] if source.companion else slot_name
+        if base not in self._slots.get(var_key, {}):
+            # Made now where OptimizerV2 makes a slot with the checkpoint's
+            # value (restore-on-create); else restored when add_slot makes it.
+            if not (tf.executing_eagerly() and (
+                    not tf.compat.v1.get_default_graph()._variable_creator_stack
+                    or self._distribution_strategy)):
+                self._deferred_slot_restorations.setdefault(slot_name, {}).setdefault(
+                    var_key, []).append(slot_variable_position)
+                return None
+            self.add_slot(variable, base)
+        return _checkpoint.SlotRestore(self, var_key, slot_name, source)
+
+    def _restore_slot_variable(self, slot_name, variable, slot_variable):
+        var_key = optimizer_v2._var_key(variable)
+        deferred = self._deferred_slot_restorations
+        pending = [(p, slot_name, self._fused_checkpoint_source(p, slot_name, variable))
+                   for p in deferred.get(slot_name, {}).get(var_key, [])]
+        # (An int8 checkpoint's absmax positions wait for their codes' slot.)
+        absmax_name = slot_name + _checkpoint.ABSMAX
+        companions = [(p, absmax_name, self._fused_checkpoint_source(p, absmax_name, variable))
+                      for p in deferred.get(absmax_name, {}).get(var_key, [])]
+        companions = [c for c in companions if c[2] is not None]
+        if not companions and all(source is None for _, _, source in pending):
+            return super()._restore_slot_variable(slot_name, variable, slot_variable)
+        deferred.get(slot_name, {}).pop(var_key, None)
+        if companions:
+            deferred[absmax_name].pop(var_key)
+        # Each one, the newest last (OptimizerV2 restores the newest only: a
+        # slot skips restores older than its last; a SlotRestore is new each time).
+        for position, name, source in sorted(pending + companions,
+                                             key=lambda p: p[0].restore_uid):
+            position.restore(slot_variable if source is None else
+                             _checkpoint.SlotRestore(self, var_key, name, source))
 
     def _fused_state_call(self, call: FusedCall) -> FusedCall:
         """The Keras form of ``call``, which low-precision state takes (the

@@ -56,7 +56,9 @@ def _doc(name: str, op: str, builtin: str | None, state: bool = False) -> str:
         "``stochastic_rounding`` (bool: bfloat16 variables rounded stochastically) and\n"
         "``rounding_seed`` (int). Low-precision slots run Keras' form of the rule (the same\n"
         "formula, not the built-in's bits) and only the fused CPU kernels (no XLA)\n"
-        "(Note [legacy low-precision state] in ``fusedopt.legacy._base``).\n"
+        "(Note [legacy low-precision state] in ``fusedopt.legacy._base``). A\n"
+        "``tf.train.Checkpoint`` of any state format restores into any other (float32\n"
+        "quantized or rounded to nearest; int8 dequantized, bfloat16 widened).\n"
         if state else "")
 
 
