@@ -432,7 +432,7 @@ void ElementwiseCall(std::mt19937_64& rng, bool sparse) {
         break;
       case 7:
         if (state != FUSEDOPT_STATE_BFLOAT16) {
-          if (!int8 || sparse || sizes[i] < 2) break;
+          if (!int8 || sparse || sizes[i] < 2 || sizes[i] > 4096) break;  // (not a huge mutated size)
           mutation += " + row_sizes that do not divide the size";
           state_rows[i] = sizes[i] + 1 + pick(3);
           t.row_sizes = state_rows.data();
