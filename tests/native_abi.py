@@ -42,6 +42,10 @@ class Call(ctypes.Structure):
         ("global_clip_norm", ctypes.c_double),
         ("skip_nonfinite", ctypes.c_int),
         ("tf_training_op_form", ctypes.c_int),
+        # ABI version 2: low-precision state.
+        ("state_format", ctypes.c_int),
+        ("stochastic_rounding", ctypes.c_int),
+        ("rounding_seed", ctypes.c_uint64),
     ]
 
 
@@ -54,7 +58,12 @@ class Tensors(ctypes.Structure):
         ("grads", ctypes.POINTER(ctypes.c_void_p)),
         ("sizes", c_i64p),
         ("rank0", ctypes.POINTER(ctypes.c_ubyte)),
+        # ABI version 2: int8 state's absmax [n][3] and rows.
+        ("absmax", ctypes.POINTER(ctypes.c_void_p)),
+        ("row_sizes", c_i64p),
     ]
+
+ABI_VERSION = 2  # FUSEDOPT_NATIVE_ABI_VERSION, which these structs follow
 
 
 class Sparse(ctypes.Structure):
@@ -74,6 +83,10 @@ def library() -> ctypes.CDLL:
     errbuf = [ctypes.c_char_p, ctypes.c_size_t]
     lib.fusedopt_call_init.argtypes = [ctypes.c_void_p]
     lib.fusedopt_call_init.restype = None
+    lib.fusedopt_native_abi_version.restype = ctypes.c_int
+    if lib.fusedopt_native_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"the library's C ABI is version {lib.fusedopt_native_abi_version()}, "
+                           f"these bindings follow version {ABI_VERSION}")
     lib.fusedopt_rule_index.argtypes = [ctypes.c_char_p]
     lib.fusedopt_rule_num_scalars.argtypes = [ctypes.c_int]
     lib.fusedopt_apply.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
@@ -138,6 +151,22 @@ class DenseCall:
         self.t.grads = self.grads
         self.t.slots = self.slots
         self.t.sizes = self.sizes
+
+    def set_state(self, state_format: int, absmax=None, row_sizes=None, seed: int = 0):
+        """Low-precision state (ABI version 2): `absmax` per tensor a list in
+        the rule's slot order (float32 arrays or None), `row_sizes` per tensor."""
+        self.call.state_format = state_format
+        self.call.rounding_seed = seed
+        if absmax is not None:
+            self.absmax_arrays = absmax  # keeps them alive
+            flat = []
+            for row in absmax:
+                flat += [ptr(a) for a in row] + [None] * (3 - len(row))
+            self.absmax = voidp_array(flat)
+            self.t.absmax = self.absmax
+        if row_sizes is not None:
+            self.row_size_array = i64_array(row_sizes)
+            self.t.row_sizes = self.row_size_array
 
     def run(self, call=True, tensors=True) -> tuple[int, str, int]:
         err = ctypes.create_string_buffer(512)

@@ -167,6 +167,13 @@ Status CheckRuleOptions(const fusedopt_call* call, Rule rule, const RuleInfo& in
     std::snprintf(v, sizeof(v), "%.17g", call->schedule_decay);
     return refuse("schedule_decay", v, with_attr(kAttrScheduleDecay).c_str());
   }
+  // (state_format and stochastic_rounding of a rule without state: MakeCallPlan's
+  // message, the TensorFlow ops'.)
+  if (call->rounding_seed != 0 && NumStateVariants(rule) == 0) {
+    return refuse("rounding_seed", std::to_string(call->rounding_seed),
+                  rules_with([](const RuleInfo& r) { return NumStateVariants(r.rule) > 0; })
+                      .c_str());
+  }
   if (call->step != 0 && !info.has_step) {
     const std::string stepped =
         "the bias-corrected rules (" + rules_with([](const RuleInfo& r) { return r.has_step; });
@@ -223,6 +230,10 @@ Status PlanCall(const fusedopt_call* call, const fusedopt_tensors* t, bool rank0
   if (call->device != FUSEDOPT_DEVICE_CPU && call->device != FUSEDOPT_DEVICE_CUDA) {
     return Invalid("unknown device code " + std::to_string(call->device));
   }
+  if (call->state_format < 0 || call->state_format >= kNumStateFormats) {
+    return Invalid("unknown state_format code " + std::to_string(call->state_format) +
+                   " (0 the variables' dtype, 1 bfloat16, 2 int8)");
+  }
   if (call->num_scalars != info.num_scalars) {
     return Invalid(std::string(info.name) + " takes " + std::to_string(info.num_scalars) +
                    " hyperparameters, got " + std::to_string(call->num_scalars));
@@ -244,6 +255,9 @@ Status PlanCall(const fusedopt_call* call, const fusedopt_tensors* t, bool rank0
   in.attrs.epsilon_outside_sqrt = call->epsilon_outside_sqrt != 0;
   in.attrs.tf_training_op_form = call->tf_training_op_form != 0;
   in.attrs.schedule_decay = call->schedule_decay;
+  in.attrs.state_format = static_cast<StateFormat>(call->state_format);
+  in.attrs.stochastic_rounding = call->stochastic_rounding != 0;
+  in.rounding_seed = call->rounding_seed;
   in.scalars.assign(call->scalars, call->scalars + info.num_scalars);
   in.step = call->step;
   for (int k = 0; k < info.num_slots; ++k) {
@@ -266,7 +280,7 @@ Status PlanCall(const fusedopt_call* call, const fusedopt_tensors* t, bool rank0
   options->skip_nonfinite = call->skip_nonfinite != 0;
   std::string err = ValidateGradOptions(*options);
   if (!err.empty()) return Invalid(err);
-  err = MakeCallPlan(rule, in, rank0_plan, plan);
+  err = MakeCallPlan(rule, in, rank0_plan, plan, call->dtype);
   if (!err.empty()) return Invalid(err);
   return Status{};
 }
@@ -316,10 +330,12 @@ Status CheckDisjoint(std::vector<Span>* spans, const NameOf& name) {
 // `name(tag)` turns into a message's words.
 struct BufferSpans {
   explicit BufferSpans(int elem_bytes) : eb(elem_bytes) {}
+  // elem_bytes: the buffer's element size (0: eb).
   template <typename NameOf>
   Status Add(const void* p, int64_t elements, int tensor, int role, bool written,
-             const NameOf& name) {
+             const NameOf& name, int elem_bytes = 0) {
     if (elements == 0) return Status{};
+    const int eb = elem_bytes > 0 ? elem_bytes : this->eb;
     roles.emplace_back(tensor, role);
     const int tag = static_cast<int>(roles.size()) - 1;
     const uintptr_t begin = reinterpret_cast<uintptr_t>(p);
@@ -418,13 +434,19 @@ class CallScope {
 
 // The operands of a call: pointers checked (non-NULL where there are
 // elements, aligned to the element size) and the written buffers (variables,
-// slots) disjoint from each other and from the gradients. *spans: the
-// call's buffers, sorted (Note [concurrent calls]).
+// slots, int8 state's absmax) disjoint from each other and from the
+// gradients. `layouts`: int8 state's, one per tensor (else empty); slots hold
+// elements of the call's state format. *spans: the call's buffers, sorted
+// (Note [concurrent calls]).
 Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
-                      const std::vector<int64_t>& grad_elements, Operands* ops,
+                      const std::vector<int64_t>& grad_elements,
+                      const std::vector<QuantLayout>& layouts, Operands* ops,
                       std::vector<Span>* spans) {
   const RuleInfo& info = InfoOf(static_cast<Rule>(call->rule));
   const int eb = ElemBytesOf(call->dtype);
+  const StateFormat format = static_cast<StateFormat>(call->state_format);
+  const bool int8 = format == StateFormat::kInt8;
+  const int slot_eb = SlotElemBytes(format, eb);
   const int n = t->n;
   if (n > 0 && (t->vars == nullptr || t->grads == nullptr || t->sizes == nullptr)) {
     return Invalid("vars, grads and sizes must not be NULL");
@@ -434,40 +456,100 @@ Status GatherOperands(const fusedopt_call* call, const fusedopt_tensors* t,
     if (t->slot_given[k]) given.push_back(k);
   }
   if (n > 0 && !given.empty() && t->slots == nullptr) return Invalid("slots must not be NULL");
+  if (!int8 && t->absmax != nullptr) {
+    return Invalid(std::string("absmax is for state_format int8 (") +
+                   StateFormatName(StateFormat::kInt8) + "), got state_format " +
+                   StateFormatName(format) + "; pass NULL");
+  }
+  if (int8 && n > 0 && !given.empty() && t->absmax == nullptr) {
+    return Invalid("int8 state needs absmax: one float32 array per slot of every tensor, one "
+                   "entry per quantization block");
+  }
   ops->n = n;
   ops->num_slots = static_cast<int>(given.size());
   // Buffers by (tensor, role); names are built only for an error message.
   // A span's tag indexes `roles`: (tensor, role), role -2 variable, -1
-  // gradient, k >= 0 slot list k.
+  // gradient, k in [0, kMaxSlots) slot list k, kMaxSlots + k its absmax.
   BufferSpans buffers(eb);
   auto name = [&](int tag) {
     const auto [tensor, role] = buffers.roles[tag];
     const std::string t = "tensor " + std::to_string(tensor);
     if (role == -2) return "the variable of " + t;
     if (role == -1) return "the gradient of " + t;
+    if (role >= kMaxSlots) {
+      return std::string("the absmax of slot '") + info.slots[role - kMaxSlots].name + "' of " + t;
+    }
     return std::string("slot '") + info.slots[role].name + "' of " + t;
   };
-  auto check = [&](const void* p, int64_t elements, int tensor, int role) {
-    return buffers.Add(p, elements, tensor, role, /*written=*/role != -1, name);
+  auto check = [&](const void* p, int64_t elements, int tensor, int role, int elem_bytes) {
+    return buffers.Add(p, elements, tensor, role, /*written=*/role != -1, name, elem_bytes);
   };
   for (int i = 0; i < n; ++i) {
     if (t->sizes[i] < 0) return Invalid("sizes[" + std::to_string(i) + "] is negative");
     void* var = t->vars[i];
-    RETURN_IF_ERROR(check(var, t->sizes[i], i, -2));
-    RETURN_IF_ERROR(check(t->grads[i], grad_elements[i], i, -1));
+    RETURN_IF_ERROR(check(var, t->sizes[i], i, -2, eb));
+    RETURN_IF_ERROR(check(t->grads[i], grad_elements[i], i, -1, eb));
     std::array<void*, kMaxSlots> s{};
+    std::array<float*, kMaxSlots> a{};
     for (size_t j = 0; j < given.size(); ++j) {
       s[j] = t->slots[kMaxSlots * i + given[j]];
-      RETURN_IF_ERROR(check(s[j], t->sizes[i], i, given[j]));
+      RETURN_IF_ERROR(check(s[j], t->sizes[i], i, given[j], slot_eb));
+      if (int8) {
+        // Note [quantization blocks]: one float32 per block of the layout.
+        a[j] = t->absmax[kMaxSlots * i + given[j]];
+        RETURN_IF_ERROR(check(a[j], layouts[i].NumBlocks(), i, kMaxSlots + given[j],
+                              static_cast<int>(sizeof(float))));
+      }
     }
     ops->vars.push_back(var);
     ops->slots.push_back(s);
+    if (int8) ops->absmax.push_back(a);
     ops->grads.push_back(t->grads[i]);
     ops->rank0.push_back(t->rank0 != nullptr && t->rank0[i] != 0 ? 1 : 0);
   }
+  if (int8) ops->layouts = layouts;
   RETURN_IF_ERROR(CheckDisjoint(&buffers.spans, name));
   *spans = std::move(buffers.spans);
   return Status{};
+}
+
+// Note [quantization blocks] in the C ABI: a dense call's int8 layouts, the
+// TensorFlow op's QuantLayoutOf(shape) from the flat sizes and the caller's
+// row_sizes (rows of the first dimension; NULL: one row each). Checked before
+// GatherOperands reads a size.
+Status DenseLayouts(const fusedopt_tensors* t, std::vector<QuantLayout>* layouts) {
+  for (int i = 0; i < t->n; ++i) {
+    const int64_t size = t->sizes[i];
+    if (size < 0) return Invalid("sizes[" + std::to_string(i) + "] is negative");
+    QuantLayout l;
+    l.rows = 1;
+    l.row_size = size;
+    if (t->row_sizes != nullptr) {
+      const int64_t r = t->row_sizes[i];
+      const std::string which = "row_sizes[" + std::to_string(i) + "]";
+      if (r < 0) return Invalid(which + " is negative");
+      if (size > 0 && (r == 0 || size % r != 0)) {
+        return Invalid(which + " (" + std::to_string(r) + ") does not divide tensor " +
+                       std::to_string(i) + "'s " + std::to_string(size) +
+                       " elements into rows (the elements per row of its first dimension)");
+      }
+      if (size > 0) {
+        l.rows = size / r;
+        l.row_size = r;
+      }
+    }
+    layouts->push_back(l);
+  }
+  return Status{};
+}
+
+// Low-precision state has no CUDA kernels in the native layer yet: a CUDA
+// call is refused before any of its arrays is read.
+Status RefuseCudaState(const fusedopt_call* call, const Plan& plan) {
+  if (call->device != FUSEDOPT_DEVICE_CUDA || !plan.LowPrecision()) return Status{};
+  return Status{FUSEDOPT_UNAVAILABLE,
+                "low-precision state (state_format, stochastic_rounding) runs on the CPU only "
+                "for now (device 0); nothing was updated"};
 }
 
 // A status of the call pipeline (cc/core/driver.h), whose codes are ours.
@@ -484,11 +566,14 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
   GradOptions options;
   RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/true, strict, &plan, &options));
   const Rule rule = static_cast<Rule>(call->rule);
+  RETURN_IF_ERROR(RefuseCudaState(call, plan));
   Operands ops;
   if (t->n > 0 && t->sizes == nullptr) return Invalid("sizes must not be NULL");
   std::vector<int64_t> sizes(t->sizes, t->sizes + t->n);
+  std::vector<QuantLayout> layouts;
+  if (plan.state_format == StateFormat::kInt8) RETURN_IF_ERROR(DenseLayouts(t, &layouts));
   std::vector<Span> spans;
-  RETURN_IF_ERROR(GatherOperands(call, t, sizes, &ops, &spans));
+  RETURN_IF_ERROR(GatherOperands(call, t, sizes, layouts, &ops, &spans));
   ops.sizes = sizes;
   CallDesc d;
   d.rule = rule;
@@ -518,6 +603,7 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/false, /*strict=*/true, &plan, &options));
   plan.rsqrt_forms = false;  // Keras' sparse updates are other ops: no rsqrt form
   const Rule rule = static_cast<Rule>(call->rule);
+  RETURN_IF_ERROR(RefuseCudaState(call, plan));
   if (sp == nullptr) return Invalid("the sparse description must not be NULL");
   CallDesc d;
   d.rule = rule;
@@ -533,6 +619,8 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
     return Invalid("sizes, indices, counts, rows and row_sizes must not be NULL");
   }
   std::vector<int64_t> grad_elements(n);
+  std::vector<QuantLayout> layouts;
+  const bool int8 = plan.state_format == StateFormat::kInt8;
   for (int i = 0; i < n; ++i) {
     const std::string label = "tensor " + std::to_string(i);
     if (sp->rows[i] < 0 || sp->row_sizes[i] < 0 || sp->counts[i] < 0) {
@@ -550,6 +638,21 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
                      std::to_string(sp->counts[i]) + ") x row_size (" +
                      std::to_string(sp->row_sizes[i]) + ") elements: more than int64 counts");
     }
+    if (int8) {
+      // Note [quantization blocks]: the blocks follow the sparse rows.
+      if (t->row_sizes != nullptr && t->row_sizes[i] != sp->row_sizes[i] && elements > 0) {
+        return Invalid("row_sizes[" + std::to_string(i) + "] (" +
+                       std::to_string(t->row_sizes[i]) + ") differs from the sparse row_size (" +
+                       std::to_string(sp->row_sizes[i]) + ") of " + label +
+                       ": int8 blocks follow the rows");
+      }
+      QuantLayout l;
+      if (sp->rows[i] > 0) {
+        l.rows = sp->rows[i];
+        l.row_size = sp->row_sizes[i];
+      }
+      layouts.push_back(l);
+    }
     desc.indices.push_back(sp->indices[i]);
     desc.counts.push_back(sp->counts[i]);
     desc.rows.push_back(sp->rows[i]);
@@ -558,7 +661,7 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   }
   Operands ops;
   std::vector<Span> spans;
-  RETURN_IF_ERROR(GatherOperands(call, t, grad_elements, &ops, &spans));
+  RETURN_IF_ERROR(GatherOperands(call, t, grad_elements, layouts, &ops, &spans));
   // The pipeline sums the duplicates into compact buffers, registered (Note
   // [concurrent calls]); nothing is written before its index checks.
   const CallScope scope(&spans);
@@ -796,8 +899,16 @@ int fusedopt_rule_takes_option(int rule, const char* option, int sparse) {
       return fusedopt::TakesAttr(InfoOf(static_cast<Rule>(rule)), o.attr, sparse != 0) ? 1 : 0;
     }
   }
+  // Low-precision state: the rules with state loops, dense and sparse.
+  for (const char* state_option : {"state_format", "stochastic_rounding", "rounding_seed"}) {
+    if (std::strcmp(option, state_option) == 0) {
+      return fusedopt::NumStateVariants(static_cast<Rule>(rule)) > 0 ? 1 : 0;
+    }
+  }
   return -1;
 }
+
+int fusedopt_native_abi_version(void) { return FUSEDOPT_NATIVE_ABI_VERSION; }
 
 void fusedopt_call_init(fusedopt_call* call) {
   if (call == nullptr) return;

@@ -46,6 +46,22 @@ enum {
 
 enum { FUSEDOPT_DEVICE_CPU = 0, FUSEDOPT_DEVICE_CUDA = 1 };
 
+/* The ABI's version. fusedopt_call and fusedopt_tensors grow at their ends
+ * when an ABI version adds fields, so a caller built against another
+ * version's header passes structs of another size: it checks at load time
+ * that fusedopt_native_abi_version() is the FUSEDOPT_NATIVE_ABI_VERSION it
+ * was built with. Version 2 added low-precision state (state_format,
+ * stochastic_rounding, rounding_seed; absmax, row_sizes). */
+#define FUSEDOPT_NATIVE_ABI_VERSION 2
+int fusedopt_native_abi_version(void);
+
+/* Storage formats of a rule's slots (Note [low-precision state];
+ * fusedopt_call.state_format): the variables' dtype; bfloat16 (stochastic
+ * rounding); int8 codes (uint8) in blocks of at most 256 elements along the
+ * rows of the variable's first dimension, one float32 absmax per block
+ * (fusedopt_tensors.absmax, row_sizes). */
+enum { FUSEDOPT_STATE_SAME = 0, FUSEDOPT_STATE_BFLOAT16 = 1, FUSEDOPT_STATE_INT8 = 2 };
+
 /* dtype codes: 0 float16, 1 bfloat16, 2 float32, 3 float64. */
 
 /* The rule table: names, hyperparameter (scalar) names in call order, slot
@@ -61,7 +77,9 @@ const char* fusedopt_rule_slot_name(int rule, int k);
 int fusedopt_rule_slot_optional(int rule, int k);
 int fusedopt_rule_has_step(int rule);
 /* Whether the rule's calls take an option of fusedopt_call ("nesterov",
- * "epsilon_outside_sqrt", "schedule_decay", "tf_training_op_form"): 1 or 0,
+ * "epsilon_outside_sqrt", "schedule_decay", "tf_training_op_form", and the
+ * low-precision state's "state_format", "stochastic_rounding" and
+ * "rounding_seed", which the rules with state take): 1 or 0,
  * -1 for an unknown rule or option. sparse: 0 for fusedopt_apply, 1 for
  * fusedopt_sparse_apply. A call that sets an option its rule does not take
  * (away from fusedopt_call_init's default) is refused. */
@@ -89,6 +107,12 @@ typedef struct fusedopt_call {
   double clip_value, clip_norm, global_clip_norm; /* > 0; +inf: off; at most one finite */
   int skip_nonfinite;
   int tf_training_op_form; /* a rule option: TF's ResourceApply* arithmetic, tf_keras' forms */
+  /* ABI version 2. Low-precision state (the rules that take "state_format";
+   * float32 or bfloat16 variables, Keras' forms; CPU only: a CUDA call is
+   * FUSEDOPT_UNAVAILABLE): */
+  int state_format;        /* FUSEDOPT_STATE_*: how the slots are stored */
+  int stochastic_rounding; /* bfloat16 variables stored with stochastic rounding */
+  uint64_t rounding_seed;  /* seeds the rounding bits (bfloat16 stores): fold the step into it */
 } fusedopt_call;
 
 void fusedopt_call_init(fusedopt_call* call);
@@ -97,7 +121,21 @@ void fusedopt_call_init(fusedopt_call* call);
  * at slots[3 * i + k], in the rule's slot order; slot_given[k] says whether
  * list k was given (an optional list may be absent; its entries are then
  * ignored). Dense calls: grads[i] has sizes[i] elements, like vars[i].
- * rank0[i] (may be NULL): tensor i is a scalar variable (Note [Grappler form]). */
+ * rank0[i] (may be NULL): tensor i is a scalar variable (Note [Grappler form]).
+ * Slots hold sizes[i] elements of the variables' dtype, or of the
+ * call's state_format: bfloat16, or uint8 codes for int8.
+ *
+ * int8 state (ABI version 2; memset the struct to 0 first, so that older
+ * callers' fields read as NULL): absmax is row-major [n][3] like slots, the
+ * float32 absmax of slot list k of tensor i at absmax[3 * i + k], one per
+ * quantization block (NULL for other formats). The blocks follow the rows of
+ * a variable's first dimension: row_sizes[i] is the elements per row, the
+ * product of the dimensions after the first for rank >= 2 (fusedopt.state.
+ * layout), a divisor of sizes[i]; row_sizes NULL (or, for a rank-0 or rank-1
+ * variable, row_sizes[i] = sizes[i]) makes a tensor one row. A row of r
+ * elements has ceil(r / 256) blocks, so absmax[3 * i + k] holds
+ * sizes[i] / r * ceil(r / 256) floats. fusedopt_sparse_apply's blocks follow
+ * its rows (fusedopt_sparse.row_sizes; row_sizes, if given, must agree). */
 typedef struct fusedopt_tensors {
   int n;
   int slot_given[3];
@@ -106,6 +144,8 @@ typedef struct fusedopt_tensors {
   const void* const* grads;
   const int64_t* sizes;
   const unsigned char* rank0;
+  float* const* absmax;     /* ABI version 2: int8 state's absmax, [n][3] */
+  const int64_t* row_sizes; /* ABI version 2: int8 state's rows (NULL: one row each) */
 } fusedopt_tensors;
 
 /* A dense update. *skipped is set to 1 when skip_nonfinite found an inf or
@@ -117,7 +157,12 @@ int fusedopt_apply(const fusedopt_call* call, const fusedopt_tensors* t, int* sk
  * rows of row_sizes[i] elements (sizes[i] = rows * row_size); grads[i] holds
  * counts[i] gradient rows for the rows indices[i][0..counts[i]) (int64; any
  * order, duplicates summed). exact: 1 updates every row (gradient-less rows
- * with a zero gradient), 0 only the rows with a gradient (lazy). */
+ * with a zero gradient), 0 only the rows with a gradient (lazy). With int8
+ * state the quantization blocks follow these rows, so an update rewrites the
+ * codes and absmax of the rows it updates only (Note [quantization blocks]);
+ * a rank-1 variable's rows are single elements, whose blocks are not its
+ * dense layout's (one row): give rank-1 variables with int8 state dense
+ * updates (the TensorFlow ops and fusedopt._native refuse sparse ones). */
 typedef struct fusedopt_sparse {
   const int64_t* const* indices;
   const int64_t* counts;

@@ -6,11 +6,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <map>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cc/core/checked_size.h"
@@ -49,9 +51,14 @@ struct DLManagedTensor {
   void (*deleter)(DLManagedTensor*);
 };
 constexpr int kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLCUDAManaged = 13;
-constexpr int kDLFloat = 2, kDLBfloat = 4;
+constexpr int kDLUInt = 1, kDLFloat = 2, kDLBfloat = 4;
 
-const char* const kDTypeNames[4] = {"float16", "bfloat16", "float32", "float64"};
+// The C ABI's dtype codes, and the module's own code for uint8 arrays: int8
+// state's codes (FUSEDOPT_STATE_INT8), never a variable or gradient.
+constexpr int kUint8 = 4;
+const char* const kDTypeNames[5] = {"float16", "bfloat16", "float32", "float64", "uint8"};
+
+int BufElemBytes(int dtype) { return dtype == kUint8 ? 1 : fusedopt::ElemBytesOf(dtype); }
 
 // One array argument, resolved to a pointer.
 struct Buf {
@@ -123,6 +130,7 @@ Buf FromNumpy(const py::array& given, const Label& what, bool writable) {
   else if (kind == 'f' && itemsize == 4) b.dtype = 2;
   else if (kind == 'f' && itemsize == 8) b.dtype = 3;
   else if (itemsize == 2 && std::string(py::str(dt.attr("name"))) == "bfloat16") b.dtype = 1;
+  else if (kind == 'u' && itemsize == 1) b.dtype = kUint8;
   else Fail(what.str() + " has dtype " + std::string(py::str(dt.attr("name"))) +
             "; use float16, bfloat16, float32 or float64");
   if (!(a.flags() & py::array::c_style)) {
@@ -144,6 +152,7 @@ int CaiDtype(const py::dict& cai) {
   if (typestr == "<f2") return 0;
   if (typestr == "<f4") return 2;
   if (typestr == "<f8") return 3;
+  if (typestr == "|u1" || typestr == "<u1") return kUint8;
   return -1;
 }
 
@@ -213,7 +222,7 @@ Buf FromCudaArrayInterface(const py::object& obj, const py::dict& cai, const Lab
            " strides for " + std::to_string(b.shape.size()) + " dimensions");
     }
     std::vector<int64_t> strides;
-    const int64_t item = fusedopt::ElemBytesOf(b.dtype);
+    const int64_t item = BufElemBytes(b.dtype);
     for (const int64_t bytes : byte_strides) {
       if (bytes % item != 0) Fail(what.str() + " has strides that are not whole elements");
       strides.push_back(bytes / item);
@@ -246,6 +255,7 @@ Buf FromDlpack(const py::object& obj, const Label& what) {
   else if (t.dtype.code == kDLBfloat && t.dtype.bits == 16) b.dtype = 1;
   else if (t.dtype.code == kDLFloat && t.dtype.bits == 32) b.dtype = 2;
   else if (t.dtype.code == kDLFloat && t.dtype.bits == 64) b.dtype = 3;
+  else if (t.dtype.code == kDLUInt && t.dtype.bits == 8) b.dtype = kUint8;
   else Fail(what.str() + " has a DLPack dtype (code " + std::to_string(t.dtype.code) + ", " +
             std::to_string(t.dtype.bits) + " bits) other than float16/bfloat16/float32/float64");
   b.shape.assign(t.shape, t.shape + t.ndim);
@@ -272,6 +282,7 @@ bool FromTorchCuda(const py::object& obj, const Label& what, Buf* b) {
   else if (dt == "torch.bfloat16") b->dtype = 1;
   else if (dt == "torch.float32") b->dtype = 2;
   else if (dt == "torch.float64") b->dtype = 3;
+  else if (dt == "torch.uint8") b->dtype = kUint8;
   else Fail(what.str() + " has dtype " + dt + "; use float16, bfloat16, float32 or float64");
   if (!obj.attr("is_contiguous")().cast<bool>()) {
     Fail(what.str() + " is not C-contiguous; pass a contiguous tensor (.contiguous() copies, "
@@ -289,9 +300,13 @@ Buf ToBufUnchecked(const py::handle& h, const Label& what, bool writable);
 
 // An array argument, with its shape checked (Note [checked sizes]): no
 // negative dimension, and an element count that int64 holds (a device
-// array's interface can claim any shape).
-Buf ToBuf(const py::handle& h, const Label& what, bool writable) {
+// array's interface can claim any shape). uint8 arrays (int8 state's codes)
+// only where allow_uint8.
+Buf ToBuf(const py::handle& h, const Label& what, bool writable, bool allow_uint8 = false) {
   Buf b = ToBufUnchecked(h, what, writable);
+  if (b.dtype == kUint8 && !allow_uint8) {
+    Fail(what.str() + " has dtype uint8; use float16, bfloat16, float32 or float64");
+  }
   int64_t n = 0;
   if (!fusedopt::CheckedElementCount(b.shape.data(), static_cast<int>(b.shape.size()), &n)) {
     Fail(what.str() + " has shape " + ShapeStr(b.shape) +
@@ -388,6 +403,12 @@ struct Prepared {
   std::vector<const void*> grad_ptrs;
   std::vector<int64_t> sizes;
   std::vector<unsigned char> rank0;
+  // int8 state: absmax arrays [rule slot][tensor], their pointers [n][3],
+  // and the rows of each variable's blocks.
+  std::vector<std::vector<Buf>> absmax;
+  std::vector<std::string> absmax_labels;  // "absmax['m']", [rule slot]
+  std::vector<float*> absmax_ptrs;
+  std::vector<int64_t> row_sizes;
   fusedopt_tensors tensors;
 };
 
@@ -401,7 +422,59 @@ struct Options {
   uintptr_t stream;
   int threads;
   bool tf_training_op_form = false;
+  // Low-precision state (Note [low-precision state]).
+  std::string state_dtype = "float32";
+  py::object absmax = py::none();
+  py::object rounding_seed = py::int_(0);
+  bool stochastic_rounding = false;
 };
+
+// state_dtype's codes (fusedopt.ops' names: "float32" keeps the variables'
+// dtype, the ops' "same").
+int StateFormatOf(const std::string& state_dtype) {
+  if (state_dtype == "float32") return FUSEDOPT_STATE_SAME;
+  if (state_dtype == "bfloat16") return FUSEDOPT_STATE_BFLOAT16;
+  if (state_dtype == "int8") return FUSEDOPT_STATE_INT8;
+  Fail("state_dtype must be one of 'bfloat16', 'float32', 'int8', got '" + state_dtype + "'");
+}
+
+// Any Python integer (or NumPy integer) as its low 64 bits, as fusedopt.ops
+// takes rounding_seed.
+uint64_t SeedBits(const py::object& seed) {
+  if (py::isinstance<py::float_>(seed)) Fail("rounding_seed must be an integer, got a float");
+  PyObject* index = PyNumber_Index(seed.ptr());
+  if (index == nullptr) {
+    PyErr_Clear();
+    Fail("rounding_seed must be an integer, got a " +
+         std::string(py::str(py::type::of(seed).attr("__name__"))));
+  }
+  const py::object i = py::reinterpret_steal<py::object>(index);
+  const py::object low = i & py::int_(static_cast<unsigned long long>(~uint64_t{0}));
+  return low.cast<uint64_t>();
+}
+
+// The rules with low-precision state, "a, b and c".
+std::string StateRules() {
+  std::vector<std::string> names;
+  for (int r = 0; r < fusedopt_rule_count(); ++r) {
+    if (fusedopt_rule_takes_option(r, "state_format", 0) == 1) names.push_back(fusedopt_rule_name(r));
+  }
+  std::string out;
+  for (size_t k = 0; k < names.size(); ++k) {
+    out += (k == 0 ? "" : (k + 1 == names.size() ? " and " : ", ")) + names[k];
+  }
+  return out;
+}
+
+// The int8 blocks' layout of a variable of `shape` (fusedopt.state.layout):
+// (rows, row_size), rows of the first dimension for rank >= 2.
+std::pair<int64_t, int64_t> QuantRows(const std::vector<int64_t>& shape) {
+  int64_t elements = 1;
+  for (int64_t d : shape) elements *= d;
+  if (shape.size() >= 2 && shape[0] > 0) return {shape[0], elements / shape[0]};
+  return {1, elements};
+}
+constexpr int64_t kQuantBlock = 256;  // cc/rules/state_format.h
 
 void Prepare(const std::string& rule_name, const py::list& vars, const py::list& grads,
              const py::object& slots_obj, const py::dict& hparams, const Options& o,
@@ -448,6 +521,21 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
   p->call.skip_nonfinite = o.skip_nonfinite;
   p->call.stream = reinterpret_cast<void*>(o.stream);
   p->call.num_threads = o.threads;
+  // Low-precision state: the slots' dtype follows state_dtype.
+  const int state = StateFormatOf(o.state_dtype);
+  p->call.state_format = state;
+  p->call.stochastic_rounding = o.stochastic_rounding ? 1 : 0;
+  p->call.rounding_seed = SeedBits(o.rounding_seed);
+  if ((state != FUSEDOPT_STATE_SAME || o.stochastic_rounding) &&
+      fusedopt_rule_takes_option(rule, "state_format", sparse ? 1 : 0) != 1) {
+    Fail((state != FUSEDOPT_STATE_SAME ? "state_dtype='" + o.state_dtype + "'"
+                                       : std::string("stochastic_rounding")) +
+         " is for the rules " + StateRules() + "; " + rule_name + " has none");
+  }
+  const bool int8 = state == FUSEDOPT_STATE_INT8;
+  if (!int8 && !o.absmax.is_none() && !(py::isinstance<py::dict>(o.absmax) && py::len(o.absmax) == 0)) {
+    Fail("absmax is for state_dtype='int8', got state_dtype='" + o.state_dtype + "'");
+  }
 
   const int n = static_cast<int>(vars.size());
   if (static_cast<int>(grads.size()) != n) {
@@ -493,7 +581,62 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
     }
     p->tensors.slot_given[k] = 1;
     for (int i = 0; i < n; ++i) {
-      p->slots[k].push_back(ToBuf(list[i], Label{fusedopt_rule_slot_name(rule, k), i}, true));
+      p->slots[k].push_back(
+          ToBuf(list[i], Label{fusedopt_rule_slot_name(rule, k), i}, true,
+                /*allow_uint8=*/state != FUSEDOPT_STATE_SAME));
+    }
+  }
+  // int8 state's absmax: {slot name: list of float32 arrays, one per
+  // variable}, for every slot list given (fusedopt.ops' absmax).
+  p->absmax.resize(nslots);
+  p->absmax_labels.resize(nslots);
+  if (int8) {
+    if (!o.absmax.is_none() && !py::isinstance<py::dict>(o.absmax)) {
+      Fail("absmax must be a dict {slot name: list of float32 arrays, one per variable}, got a " +
+           std::string(py::str(py::type::of(o.absmax).attr("__name__"))));
+    }
+    const py::dict absmax = o.absmax.is_none() ? py::dict() : o.absmax.cast<py::dict>();
+    std::vector<std::string> given_names, missing, extra;
+    for (int k = 0; k < nslots; ++k) {
+      if (!p->slots[k].empty()) given_names.push_back(fusedopt_rule_slot_name(rule, k));
+    }
+    auto has = [](const std::vector<std::string>& v, const std::string& x) {
+      return std::find(v.begin(), v.end(), x) != v.end();
+    };
+    for (const std::string& k : given_names) {
+      if (!absmax.contains(k.c_str()) || absmax[k.c_str()].is_none()) missing.push_back(k);
+    }
+    for (auto item : absmax) {
+      const std::string key = py::str(item.first);
+      if (!has(given_names, key) && !item.second.is_none()) extra.push_back(key);
+    }
+    if (!missing.empty() || !extra.empty()) {
+      auto show = [](const std::vector<std::string>& v) {
+        std::string out = "[";
+        for (size_t k = 0; k < v.size(); ++k) out += (k ? ", '" : "'") + v[k] + "'";
+        return out + "]";
+      };
+      Fail("int8 state takes one absmax list per slot list given (" + show(given_names) +
+           "): missing " + show(missing) + ", unexpected " + show(extra) +
+           " (make them with fusedopt.state.num_blocks)");
+    }
+    for (int k = 0; k < nslots; ++k) {
+      if (p->slots[k].empty()) continue;
+      const std::string name = fusedopt_rule_slot_name(rule, k);
+      p->absmax_labels[k] = "absmax['" + name + "']";
+      const py::object given_list = absmax[name.c_str()];
+      if (!py::isinstance<py::list>(given_list) && !py::isinstance<py::tuple>(given_list)) {
+        Fail(p->absmax_labels[k] + " must be a list of float32 arrays, one per variable, got a " +
+             std::string(py::str(py::type::of(given_list).attr("__name__"))));
+      }
+      const py::list list(given_list);
+      if (static_cast<int>(list.size()) != n) {
+        Fail(p->absmax_labels[k] + " has " + std::to_string(list.size()) +
+             " entries but there are " + std::to_string(n) + " variables");
+      }
+      for (int i = 0; i < n; ++i) {
+        p->absmax[k].push_back(ToBuf(list[i], Label{p->absmax_labels[k].c_str(), i}, true));
+      }
     }
   }
   // One dtype, one device, matching shapes.
@@ -518,24 +661,64 @@ void Prepare(const std::string& rule_name, const py::list& vars, const py::list&
     for (int k = 0; k < nslots; ++k) {
       if (p->slots[k].empty()) continue;
       const Label what{fusedopt_rule_slot_name(rule, k), i};
-      same(p->slots[k][i], what);
-      if (p->slots[k][i].shape != p->vars[i].shape) {
-        Fail(what.str() + " has shape " + ShapeStr(p->slots[k][i].shape) + " but " +
+      const Buf& slot = p->slots[k][i];
+      if (state == FUSEDOPT_STATE_SAME) {
+        same(slot, what);
+      } else {
+        // bfloat16 slots, or int8 state's uint8 codes.
+        const int want = int8 ? kUint8 : 1;
+        if (slot.dtype != want) {
+          Fail(what.str() + " is " + kDTypeNames[slot.dtype] + " but state_dtype='" +
+               o.state_dtype + "' stores slots as " + kDTypeNames[want]);
+        }
+        Buf as_var = slot;
+        as_var.dtype = first->dtype;
+        same(as_var, what);  // the device
+      }
+      if (slot.shape != p->vars[i].shape) {
+        Fail(what.str() + " has shape " + ShapeStr(slot.shape) + " but " +
              Label{"vars", i}.str() + " has shape " + ShapeStr(p->vars[i].shape));
+      }
+      if (!int8) continue;
+      const Label awhat{p->absmax_labels[k].c_str(), i};
+      const Buf& a = p->absmax[k][i];
+      if (a.dtype != 2) {
+        Fail(awhat.str() + " is " + kDTypeNames[a.dtype] + "; absmax arrays are float32");
+      }
+      Buf as_var = a;
+      as_var.dtype = first->dtype;
+      same(as_var, awhat);  // the device
+      const auto [rows, row_size] = QuantRows(p->vars[i].shape);
+      const int64_t per_row = (row_size + kQuantBlock - 1) / kQuantBlock;
+      const int64_t blocks = rows * per_row;
+      if (a.shape != std::vector<int64_t>{blocks}) {
+        Fail(awhat.str() + " has shape " + ShapeStr(a.shape) + " but " + Label{"vars", i}.str() +
+             " of shape " + ShapeStr(p->vars[i].shape) + " has " + std::to_string(blocks) +
+             " int8 blocks (" + std::to_string(rows) + " rows of " + std::to_string(per_row) +
+             " blocks of at most 256 elements): pass shape (" + std::to_string(blocks) +
+             ",) (fusedopt.state.num_blocks)");
       }
     }
   }
   p->call.dtype = first != nullptr ? first->dtype : 2;
   p->call.device = first != nullptr ? first->device : FUSEDOPT_DEVICE_CPU;
   p->slot_ptrs.assign(static_cast<size_t>(3) * n, nullptr);
+  if (int8) p->absmax_ptrs.assign(static_cast<size_t>(3) * n, nullptr);
   for (int i = 0; i < n; ++i) {
     p->var_ptrs.push_back(p->vars[i].ptr);
     p->grad_ptrs.push_back(p->grads[i].ptr);
     p->sizes.push_back(p->vars[i].size());
     p->rank0.push_back(p->vars[i].shape.empty() ? 1 : 0);
+    if (int8) p->row_sizes.push_back(QuantRows(p->vars[i].shape).second);
     for (int k = 0; k < nslots; ++k) {
-      if (!p->slots[k].empty()) p->slot_ptrs[3 * i + k] = p->slots[k][i].ptr;
+      if (p->slots[k].empty()) continue;
+      p->slot_ptrs[3 * i + k] = p->slots[k][i].ptr;
+      if (int8) p->absmax_ptrs[3 * i + k] = static_cast<float*>(p->absmax[k][i].ptr);
     }
+  }
+  if (int8) {
+    p->tensors.absmax = p->absmax_ptrs.data();
+    p->tensors.row_sizes = p->row_sizes.data();
   }
   p->tensors.n = n;
   p->tensors.vars = p->var_ptrs.data();
@@ -587,6 +770,10 @@ bool SparseApply(const std::string& rule, const py::list& vars, const py::list& 
     idx_ptrs.push_back(idx.back().data());
     const Buf& v = p.vars[i];
     if (v.shape.empty()) Fail("vars" + s + " is a scalar; sparse updates need rank >= 1");
+    if (p.call.state_format == FUSEDOPT_STATE_INT8 && v.shape.size() < 2) {
+      Fail("vars" + s + " has rank 1: int8 state's blocks span a rank-1 variable's elements, so "
+           "its sparse updates need rank >= 2 (use a dense update)");
+    }
     std::vector<int64_t> want = v.shape;
     want[0] = raw.shape(0);
     if (p.grads[i].shape != want) {
@@ -736,6 +923,9 @@ py::dict Rules() {
     }
     d["options"] = options;
     d["sparse_options"] = sparse_options;
+    // Whether apply and sparse_apply take state_dtype, absmax, rounding_seed
+    // and stochastic_rounding for the rule (Note [low-precision state]).
+    d["state"] = fusedopt_rule_takes_option(r, "state_format", 0) == 1;
     out[fusedopt_rule_name(r)] = d;
   }
   return out;
@@ -805,7 +995,17 @@ in the rule's scalars (weight_decay defaults to 0); step: the 1-based step of
 bias-corrected rules. The options mean what they mean in fusedopt.ops. stream:
 a cudaStream_t as int (0: the legacy default stream); threads: CPU worker
 threads (0: one per core). Raises ValueError for bad input and RuntimeError for
-CUDA failures; nothing is written when it raises.)doc";
+CUDA failures; nothing is written when it raises.
+
+Low-precision state (the rules whose rules() entry has 'state': True; float32
+or bfloat16 variables; CPU only): state_dtype 'bfloat16' takes bfloat16 slots
+(stored with stochastic rounding), 'int8' uint8 slots (codes) plus absmax, a
+dict {slot name: list of float32 arrays of shape
+(fusedopt.state.num_blocks(var.shape),), one per variable}, for every slot
+list given. stochastic_rounding stores bfloat16 variables stochastically;
+rounding_seed (any int, as its 64 bits) seeds the rounding: fold the step into
+it. The TensorFlow ops' (fusedopt.ops' state_dtype, absmax, rounding_seed,
+stochastic_rounding) bits.)doc";
   m.def(
       "apply",
       [](const std::string& rule, const py::list& vars, const py::list& grads,
@@ -813,12 +1013,17 @@ CUDA failures; nothing is written when it raises.)doc";
          bool epsilon_outside_sqrt, double schedule_decay, bool grappler_form,
          bool constant_folding, double grad_scale, double clip_value, double clip_norm,
          double global_clip_norm, bool skip_nonfinite, uintptr_t stream, int threads,
-         bool tf_training_op_form) {
-        return Apply(rule, vars, grads, slots, hparams,
-                     Options{step, nesterov, epsilon_outside_sqrt, schedule_decay, grappler_form,
-                             constant_folding, grad_scale, clip_value, clip_norm,
-                             global_clip_norm, skip_nonfinite, stream, threads,
-                             tf_training_op_form});
+         bool tf_training_op_form, const std::string& state_dtype, const py::object& absmax,
+         const py::object& rounding_seed, bool stochastic_rounding) {
+        Options o{step, nesterov, epsilon_outside_sqrt, schedule_decay, grappler_form,
+                  constant_folding, grad_scale, clip_value, clip_norm,
+                  global_clip_norm, skip_nonfinite, stream, threads,
+                  tf_training_op_form};
+        o.state_dtype = state_dtype;
+        o.absmax = absmax;
+        o.rounding_seed = rounding_seed;
+        o.stochastic_rounding = stochastic_rounding;
+        return Apply(rule, vars, grads, slots, hparams, o);
       },
       py::arg("rule"), py::arg("vars"), py::arg("grads"), py::arg("slots") = py::none(),
       py::arg("hparams") = py::dict(), py::kw_only(), py::arg("step") = 0,
@@ -827,18 +1032,26 @@ CUDA failures; nothing is written when it raises.)doc";
       py::arg("constant_folding") = false, py::arg("grad_scale") = 1.0,
       py::arg("clip_value") = inf, py::arg("clip_norm") = inf, py::arg("global_clip_norm") = inf,
       py::arg("skip_nonfinite") = false, py::arg("stream") = 0, py::arg("threads") = 0,
-      py::arg("tf_training_op_form") = false, apply_doc);
+      py::arg("tf_training_op_form") = false, py::arg("state_dtype") = "float32",
+      py::arg("absmax") = py::none(), py::arg("rounding_seed") = 0,
+      py::arg("stochastic_rounding") = false, apply_doc);
   m.def(
       "sparse_apply",
       [](const std::string& rule, const py::list& vars, const py::list& values,
          const py::list& indices, const py::object& slots, const py::dict& hparams,
          const std::string& mode, int64_t step, bool nesterov, bool epsilon_outside_sqrt,
          double schedule_decay, double grad_scale, double clip_value, double clip_norm,
-         double global_clip_norm, bool skip_nonfinite, int threads, bool tf_training_op_form) {
-        return SparseApply(rule, vars, values, indices, slots, hparams, mode,
-                           Options{step, nesterov, epsilon_outside_sqrt, schedule_decay, false,
-                                   false, grad_scale, clip_value, clip_norm, global_clip_norm,
-                                   skip_nonfinite, 0, threads, tf_training_op_form});
+         double global_clip_norm, bool skip_nonfinite, int threads, bool tf_training_op_form,
+         const std::string& state_dtype, const py::object& absmax,
+         const py::object& rounding_seed, bool stochastic_rounding) {
+        Options o{step, nesterov, epsilon_outside_sqrt, schedule_decay, false,
+                  false, grad_scale, clip_value, clip_norm, global_clip_norm,
+                  skip_nonfinite, 0, threads, tf_training_op_form};
+        o.state_dtype = state_dtype;
+        o.absmax = absmax;
+        o.rounding_seed = rounding_seed;
+        o.stochastic_rounding = stochastic_rounding;
+        return SparseApply(rule, vars, values, indices, slots, hparams, mode, o);
       },
       py::arg("rule"), py::arg("vars"), py::arg("grad_values"), py::arg("grad_indices"),
       py::arg("slots") = py::none(), py::arg("hparams") = py::dict(), py::kw_only(),
@@ -847,12 +1060,16 @@ CUDA failures; nothing is written when it raises.)doc";
       py::arg("grad_scale") = 1.0, py::arg("clip_value") = inf, py::arg("clip_norm") = inf,
       py::arg("global_clip_norm") = inf, py::arg("skip_nonfinite") = false,
       py::arg("threads") = 0, py::arg("tf_training_op_form") = false,
+      py::arg("state_dtype") = "float32", py::arg("absmax") = py::none(),
+      py::arg("rounding_seed") = 0, py::arg("stochastic_rounding") = false,
       R"doc(
 A sparse (IndexedSlices) step, CPU only for now: grad_values[i] holds one row
 per entry of grad_indices[i] (NumPy int32/int64, any order, duplicates summed)
 for vars[i] (rank >= 1). mode 'exact' updates every row (rows without a
 gradient see a zero gradient, as Keras' densified update), 'lazy' only the rows
-with one. A bad index raises ValueError and nothing is written.)doc");
+with one. A bad index raises ValueError and nothing is written. Low-precision
+state as in apply; with state_dtype='int8' only the updated rows' codes and
+absmax change (lazy), and variables need rank >= 2.)doc");
   m.def("adafactor_apply", &AdafactorApply, py::arg("vars"), py::arg("grads"), py::arg("r"),
         py::arg("c"), py::arg("v"), py::kw_only(), py::arg("lr"), py::arg("step"),
         py::arg("beta_2_decay") = -0.8, py::arg("epsilon_1") = 1e-30,
@@ -871,9 +1088,11 @@ shape. step counts from 1. Raises ValueError for bad input (nothing written).)do
         "Per-array sums of squares (double, deterministic) and whether any element is inf/NaN.");
   m.def("rules", &Rules,
         "The rules: {name: {'scalars': [...], 'slots': [(name, optional)], 'step': bool, "
-        "'options': [...], 'sparse_options': [...]}}; options: the keywords among nesterov, "
-        "epsilon_outside_sqrt, schedule_decay and tf_training_op_form that apply takes for "
-        "the rule (sparse_options: sparse_apply; another rule's option is refused).");
+        "'options': [...], 'sparse_options': [...], 'state': bool}}; options: the keywords "
+        "among nesterov, epsilon_outside_sqrt, schedule_decay and tf_training_op_form that "
+        "apply takes for the rule (sparse_options: sparse_apply; another rule's option is "
+        "refused); state: whether it takes low-precision state (state_dtype, absmax, "
+        "rounding_seed, stochastic_rounding).");
   m.def("cuda_built", [] { return fusedopt_native_cuda_built() != 0; },
         "Whether this build has the CUDA kernels.");
   m.def("cuda_available", [] { return CudaStatus() == "ok"; },
@@ -905,6 +1124,7 @@ shape. step counts from 1. Raises ValueError for bad input (nothing written).)do
   m.def("build_info", [] {
     py::dict d;
     d["version"] = std::string(fusedopt_native_version());
+    d["abi_version"] = fusedopt_native_abi_version();
     d["cuda"] = fusedopt_native_cuda_built() != 0;
     d["cuda_archs"] = std::string(fusedopt_native_cuda_archs());
     d["cuda_runtime_version"] = fusedopt_native_cuda_runtime_version();

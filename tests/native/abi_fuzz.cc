@@ -87,6 +87,7 @@ struct Stats {
 
 Stats g_stats;
 uint64_t g_seed = 0;
+int64_t g_state_ok = 0;  // calls with low-precision state that succeeded
 
 void Fail(const std::string& kind, const std::string& what, int64_t call) {
   ++g_stats.failed;
@@ -168,31 +169,63 @@ void ElementwiseCall(std::mt19937_64& rng, bool sparse) {
   const int n = 1 + pick(3);
   const int nslots = fusedopt_rule_num_slots(rule);
   const bool is_lamb = std::string(fusedopt_rule_name(rule)) == "lamb";
+  // Low-precision state (ABI version 2): now and then, for a rule with state
+  // and float32 or bfloat16 variables, bfloat16 or int8 slots (int8: a
+  // float32 absmax per block, rows from row_sizes or the sparse rows).
+  const bool state_rule = fusedopt_rule_takes_option(rule, "state_format", sparse ? 1 : 0) == 1;
+  int state = FUSEDOPT_STATE_SAME;
+  if (state_rule && (dtype == 1 || dtype == 2) && pick(3) == 0) state = 1 + pick(2);
+  const bool int8 = state == FUSEDOPT_STATE_INT8;
+  const int slot_eb = state == FUSEDOPT_STATE_SAME ? eb : (int8 ? 1 : 2);
+  const bool give_rows = pick(2) == 0;
 
   std::vector<int64_t> rows(n), row_sizes(n), sizes(n), counts(n);
   std::vector<std::vector<int64_t>> indices(n);
-  std::vector<Buffer> vars(n), grads(n), slots(n * 3);
+  std::vector<Buffer> vars(n), grads(n), slots(n * 3), absmax(n * 3);
+  std::vector<int64_t> state_rows(n), blocks(n);
   for (int i = 0; i < n; ++i) {
     rows[i] = pick(6);
-    row_sizes[i] = pick(40);
+    row_sizes[i] = pick(sparse ? 40 : 600);
     sizes[i] = sparse ? rows[i] * row_sizes[i] : pick(300);
     counts[i] = sparse && rows[i] > 0 ? pick(8) : 0;
     for (int64_t c = 0; c < counts[i]; ++c) indices[i].push_back(pick(static_cast<int>(rows[i])));
     vars[i].Make(sizes[i] * eb, rng, dtype);
     grads[i].Make((sparse ? counts[i] * row_sizes[i] : sizes[i]) * eb, rng, dtype);
-    for (int k = 0; k < nslots; ++k) slots[3 * i + k].Make(sizes[i] * eb, rng, dtype);
+    for (int k = 0; k < nslots; ++k) {
+      slots[3 * i + k].Make(sizes[i] * slot_eb, rng, state == FUSEDOPT_STATE_BFLOAT16 ? 1 : dtype);
+    }
+    // int8 blocks: a dense tensor's rows of row_sizes[i] (a divisor of its
+    // size) or one row; a sparse tensor's sparse rows.
+    int64_t block_rows = 1, row = sizes[i];
+    if (sparse) {
+      state_rows[i] = row_sizes[i];
+      if (rows[i] > 0) block_rows = rows[i], row = row_sizes[i];
+    } else {
+      int64_t r = sizes[i] > 0 ? 1 + pick(static_cast<int>(sizes[i])) : pick(3);
+      while (sizes[i] > 0 && sizes[i] % r != 0) --r;
+      state_rows[i] = r;
+      if (give_rows && sizes[i] > 0) block_rows = sizes[i] / r, row = r;
+    }
+    blocks[i] = block_rows * ((row + 255) / 256);
+    if (int8) {
+      for (int k = 0; k < nslots; ++k) absmax[3 * i + k].Make(blocks[i] * 4, rng, 2);
+    }
   }
   // Moments and accumulators must not be negative for every rule to accept
   // them at run time: keep slot values as made (float16 in [1, 2) is
   // positive; others may be negative, which only changes numbers).
   std::vector<void*> var_ptrs(n), slot_ptrs(3 * n, nullptr);
+  std::vector<float*> absmax_ptrs(3 * n, nullptr);
   std::vector<const void*> grad_ptrs(n);
   std::vector<const int64_t*> index_ptrs(n);
   for (int i = 0; i < n; ++i) {
     var_ptrs[i] = vars[i].data();
     grad_ptrs[i] = grads[i].data();
     index_ptrs[i] = indices[i].empty() ? nullptr : indices[i].data();
-    for (int k = 0; k < nslots; ++k) slot_ptrs[3 * i + k] = slots[3 * i + k].data();
+    for (int k = 0; k < nslots; ++k) {
+      slot_ptrs[3 * i + k] = slots[3 * i + k].data();
+      if (int8) absmax_ptrs[3 * i + k] = reinterpret_cast<float*>(absmax[3 * i + k].data());
+    }
   }
   std::vector<double> scalars;
   for (int k = 0; k < fusedopt_rule_num_scalars(rule); ++k) {
@@ -206,6 +239,9 @@ void ElementwiseCall(std::mt19937_64& rng, bool sparse) {
   call.scalars = scalars.data();
   call.num_scalars = static_cast<int>(scalars.size());
   call.step = fusedopt_rule_has_step(rule) ? 1 + pick(5) : 0;
+  call.state_format = state;
+  call.stochastic_rounding = dtype == 1 && state_rule ? pick(2) : 0;
+  call.rounding_seed = state_rule ? rng() : 0;
   fusedopt_tensors t;
   std::memset(&t, 0, sizeof(t));
   t.n = n;
@@ -214,6 +250,8 @@ void ElementwiseCall(std::mt19937_64& rng, bool sparse) {
   t.slots = slot_ptrs.data();
   t.grads = grad_ptrs.data();
   t.sizes = sizes.data();
+  if (int8) t.absmax = absmax_ptrs.data();
+  if (give_rows) t.row_sizes = state_rows.data();
   fusedopt_sparse sp{index_ptrs.data(), counts.data(), rows.data(), row_sizes.data(), pick(2)};
 
   // The mutation: must_fail says whether the contract makes it invalid.
@@ -342,10 +380,79 @@ void ElementwiseCall(std::mt19937_64& rng, bool sparse) {
   }
   if (sparse && is_lamb && sp.exact == 0) must_fail = true;  // LAMB has no lazy mode
 
+  // A second mutation, of the state fields, now and then.
+  if (pick(4) == 0) {
+    int with_blocks = -1;  // a tensor and slot list whose absmax holds blocks
+    for (int j = 0; j < n && int8; ++j) {
+      if (blocks[j] > 0 && nslots > 0 && sizes[j] > 0) with_blocks = j;
+    }
+    const bool float_state_dtype = dtype == 1 || dtype == 2;
+    switch (pick(8)) {
+      case 0:
+        mutation += " + state_format out of range";
+        call.state_format = pick(2) ? -1 : 3;
+        must_fail = true;
+        break;
+      case 1:
+        if (state_rule) break;
+        mutation += " + state for a rule without it";
+        call.state_format = 1 + pick(2);
+        must_fail = true;
+        break;
+      case 2:
+        if (state_rule) break;
+        mutation += " + a rounding seed for a rule without state";
+        call.rounding_seed = 1 + rng() % 1000;
+        must_fail = true;
+        break;
+      case 3:
+        if (!state_rule || float_state_dtype) break;
+        mutation += " + state for float16/float64 variables";
+        call.state_format = 1 + pick(2);
+        must_fail = true;
+        break;
+      case 4:
+        if (with_blocks < 0) break;
+        mutation += " + absmax NULL";
+        if (pick(2)) t.absmax = nullptr; else absmax_ptrs[3 * with_blocks] = nullptr;
+        must_fail = true;
+        break;
+      case 5:
+        if (with_blocks < 0) break;
+        mutation += " + a misaligned absmax";
+        absmax_ptrs[3 * with_blocks] =
+            reinterpret_cast<float*>(absmax[3 * with_blocks].data() + 1 + pick(3));
+        must_fail = true;
+        break;
+      case 6:
+        if (with_blocks < 0) break;
+        mutation += " + an absmax that overlaps a slot";
+        absmax_ptrs[3 * with_blocks] = reinterpret_cast<float*>(slots[3 * with_blocks].data());
+        must_fail = true;
+        break;
+      case 7:
+        if (state != FUSEDOPT_STATE_BFLOAT16) {
+          if (!int8 || sparse || sizes[i] < 2 || sizes[i] > 4096) break;  // (not a huge mutated size)
+          mutation += " + row_sizes that do not divide the size";
+          state_rows[i] = sizes[i] + 1 + pick(3);
+          t.row_sizes = state_rows.data();
+          must_fail = true;
+          break;
+        }
+        mutation += " + absmax with bfloat16 state";
+        t.absmax = absmax_ptrs.data();
+        must_fail = true;
+        break;
+    }
+  }
+
   std::vector<Buffer*> all;
   for (auto& b : vars) all.push_back(&b);
   for (auto& b : grads) all.push_back(&b);
   for (auto& b : slots) {
+    if (!b.mem.empty()) all.push_back(&b);
+  }
+  for (auto& b : absmax) {
     if (!b.mem.empty()) all.push_back(&b);
   }
   std::vector<std::vector<unsigned char>> before;
@@ -358,6 +465,7 @@ void ElementwiseCall(std::mt19937_64& rng, bool sparse) {
   const fusedopt_tensors* tt = null_args && c != nullptr ? nullptr : &t;
   const int rc = sparse ? fusedopt_sparse_apply(c, tt, &sp, &skipped, err, sizeof(err))
                         : fusedopt_apply(c, tt, &skipped, err, sizeof(err));
+  if (rc == FUSEDOPT_OK && call.state_format != FUSEDOPT_STATE_SAME) ++g_state_ok;
   Judge(sparse ? "sparse_apply" : "apply", mutation, must_fail, rc, err, sizeof(err), all, before);
 }
 
@@ -495,10 +603,11 @@ int main(int argc, char** argv) {
     if (g_stats.failed > 20) break;
   }
   std::printf("calls: %lld apply, %lld sparse_apply, %lld grad_stats, %lld adafactor_apply; "
-              "%lld succeeded, %lld refused\n",
+              "%lld succeeded (%lld with low-precision state), %lld refused\n",
               static_cast<long long>(dense), static_cast<long long>(sparse),
               static_cast<long long>(stats), static_cast<long long>(ada),
-              static_cast<long long>(g_stats.ok), static_cast<long long>(g_stats.errors));
+              static_cast<long long>(g_stats.ok), static_cast<long long>(g_state_ok),
+              static_cast<long long>(g_stats.errors));
   std::printf("%d passed, %d failed\n", g_stats.passed, g_stats.failed);
   return g_stats.failed == 0 && g_stats.ok > 0 && g_stats.errors > 0 ? 0 : 1;
 }
