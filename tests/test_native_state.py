@@ -488,9 +488,16 @@ def test_c_abi_bad_state_fields_write_nothing(rng):
     check(lambda c: c.set_state(1), A.INVALID_ARGUMENT, "absmax is for state_format int8")
     check(lambda c: setattr(c.call, "dtype", 3), A.INVALID_ARGUMENT,
           "needs float32 or bfloat16 variables, got float64")
-    # A CUDA call with state: refused before any array is read.
-    check(lambda c: setattr(c.call, "device", 1), A.UNAVAILABLE,
-          "low-precision state (state_format, stochastic_rounding) runs on the CPU only")
+    # A CUDA call with state on host arrays: refused, nothing written (no
+    # CUDA build or device here: unavailable; on a GPU machine: not device
+    # memory). Dense state runs on CUDA (tests/gpu checks its bits).
+    call, arrays = _abi_sgd_int8(lib, rng)
+    before = _snapshot(arrays)
+    call.call.device = 1
+    rc, msg, _ = call.run()
+    assert (rc == A.UNAVAILABLE and ("CUDA" in msg or "cuda" in msg)) or \
+        (rc == A.INVALID_ARGUMENT and "is not CUDA device memory" in msg), (rc, msg)
+    _assert_unchanged(arrays, before)
 
 
 def test_c_abi_sparse_row_sizes_must_agree(rng):

@@ -67,6 +67,12 @@ CallStatus CudaDeviceOf(const Operands& ops, int* device) {
     if (static_cast<size_t>(i) < ops.slots.size()) {
       for (int k = 0; k < ops.num_slots; ++k) RETURN_IF_ERROR(visit(ops.slots[i][k], i, "a slot"));
     }
+    // int8 state (Note [low-precision state]): the slots' absmax arrays.
+    if (static_cast<size_t>(i) < ops.absmax.size()) {
+      for (int k = 0; k < ops.num_slots; ++k) {
+        RETURN_IF_ERROR(visit(ops.absmax[i][k], i, "a slot's absmax"));
+      }
+    }
   }
   if (*device >= 0) RETURN_IF_ERROR(CudaError(fusedopt_cuda_set_device(*device), "cudaSetDevice"));
   return CallStatus{};

@@ -543,13 +543,13 @@ Status DenseLayouts(const fusedopt_tensors* t, std::vector<QuantLayout>* layouts
   return Status{};
 }
 
-// Low-precision state has no CUDA kernels in the native layer yet: a CUDA
-// call is refused before any of its arrays is read.
-Status RefuseCudaState(const fusedopt_call* call, const Plan& plan) {
+// Low-precision state has CUDA kernels for dense calls (cc/cuda/state.cuh);
+// a sparse CUDA call with state is refused before any of its arrays is read.
+Status RefuseCudaSparseState(const fusedopt_call* call, const Plan& plan) {
   if (call->device != FUSEDOPT_DEVICE_CUDA || !plan.LowPrecision()) return Status{};
   return Status{FUSEDOPT_UNAVAILABLE,
-                "low-precision state (state_format, stochastic_rounding) runs on the CPU only "
-                "for now (device 0); nothing was updated"};
+                "sparse updates with low-precision state (state_format, stochastic_rounding) "
+                "run on the CPU only for now (device 0); nothing was updated"};
 }
 
 // A status of the call pipeline (cc/core/driver.h), whose codes are ours.
@@ -566,7 +566,6 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
   GradOptions options;
   RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/true, strict, &plan, &options));
   const Rule rule = static_cast<Rule>(call->rule);
-  RETURN_IF_ERROR(RefuseCudaState(call, plan));
   Operands ops;
   if (t->n > 0 && t->sizes == nullptr) return Invalid("sizes must not be NULL");
   std::vector<int64_t> sizes(t->sizes, t->sizes + t->n);
@@ -603,7 +602,7 @@ Status SparseApply(const fusedopt_call* call, const fusedopt_tensors* t, const f
   RETURN_IF_ERROR(PlanCall(call, t, /*rank0_plan=*/false, /*strict=*/true, &plan, &options));
   plan.rsqrt_forms = false;  // Keras' sparse updates are other ops: no rsqrt form
   const Rule rule = static_cast<Rule>(call->rule);
-  RETURN_IF_ERROR(RefuseCudaState(call, plan));
+  RETURN_IF_ERROR(RefuseCudaSparseState(call, plan));
   if (sp == nullptr) return Invalid("the sparse description must not be NULL");
   CallDesc d;
   d.rule = rule;
