@@ -233,6 +233,7 @@ summary = {
                                "expected_identical", "differing_elements", "max_ulp")}
         for r in parity.get("not_identical", [])],
     "bench_rows": bench.get("rows"),
+    "bench_state_rows": bench.get("state_rows"),
     "copy_bandwidth_gb_per_s": (bench.get("meta") or {}).get("copy", {}).get("gb_per_s"),
     "failed": failed == "1",
     "seconds": int(seconds),

@@ -109,3 +109,67 @@ def test_bench_smoke_run_on_the_cpu_checks_and_writes_every_row(tmp_path):
     assert all(x["check"] == "ok" and x["median_ms"] > 0 and x["gb_per_s"] > 0 for x in rows)
     assert out["meta"]["copy"]["gb_per_s"] > 0
     assert "| adam | float32 |" in (tmp_path / "b.md").read_text()
+
+
+def test_bench_state_rows_on_the_cpu(tmp_path):
+    """The low-precision state rows (--device cpu): fusedopt's float32,
+    bfloat16 and int8 state checked against the CPU's bits and timed; the
+    third-party 8-bit optimizers "not installed" or skipped, never a failure."""
+    pytest.importorskip("fusedopt._native")
+    from fusedopt import state
+    from fusedopt.bench import gpu
+
+    r = _bench(tmp_path, "--device", "cpu", "--scale", "1e-4", "--repeats", "2", "--warmup", "1",
+               "--dtypes", "float32", "--algorithms", gpu.STATE_SPEC.name, "--no-torch-optim",
+               "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads((tmp_path / "b.json").read_text())
+    n = out["meta"]["state"]["elements"]
+    assert n == int(gpu.SINGLE_ELEMENTS * 1e-4)
+    rows = {(x["contender"], x["state"]): x for x in out["state_rows"]}
+    ours = {fmt: rows[("fusedopt", fmt)] for fmt in gpu.STATE_FORMATS}
+    have_bf16 = gpu._ml_bfloat16() is not None
+    for fmt, row in ours.items():
+        slots = len(gpu.STATE_SPEC.slots)
+        assert row["bytes_per_element"] == pytest.approx(
+            12 + 2 * state.bytes_per_element(fmt, slots, (n,)))
+        if fmt == "bfloat16" and not have_bf16:
+            assert row["check"].startswith("skipped"), row
+            continue
+        assert row["check"] == "ok", row
+        assert row["median_ms"] > 0 and row["gb_per_s"] > 0 and row["speed_vs_float32_state"] > 0
+    assert ours["float32"]["speed_vs_float32_state"] == pytest.approx(1.0)
+    # At 64M elements: 28, 20 and 16 + 1/16 bytes per element.
+    assert [gpu.state_bytes_per_element(f, 2, gpu.SINGLE_ELEMENTS) for f in gpu.STATE_FORMATS] \
+        == [28, 20, 16.0625]
+    others = [x for x in out["state_rows"] if x["contender"] != "fusedopt"]
+    assert {x["state"] for x in others} <= {"int8", "float32"} and len(others) >= 2
+    assert all(x["check"] == "not installed" or x["check"].startswith("skipped")
+               for x in others), others
+    md = (tmp_path / "b.md").read_text()
+    assert f"## Low-precision state ({gpu.STATE_SPEC.name}, {n:,} elements)" in md
+    assert "| fusedopt | int8 | ok | 16." in md
+
+
+def test_bench_state_rows_fail_when_the_device_differs(monkeypatch):
+    """A "device" whose float32 inputs differ by one ulp from the CPU's: every
+    fusedopt state row is WRONG (and fails the suite), none is timed."""
+    nat = pytest.importorskip("fusedopt._native")
+    import argparse
+
+    from fusedopt.bench import gpu
+
+    device = gpu.StateIO.device
+
+    def off_by_one_ulp(self, x, kind):
+        d = device(self, x, kind)
+        if kind == "float32" and d.size:
+            d.reshape(-1).view(np.uint32)[0] += 1
+        return d
+
+    monkeypatch.setattr(gpu.StateIO, "device", off_by_one_ulp)
+    args = argparse.Namespace(seed=0, repeats=2, warmup=1, no_torch_optim=True)
+    rows = gpu.state_rows(nat, gpu.NumpyArrays(), gpu.STATE_SPEC, 5000, args, 1.0)
+    ours = [r for r in rows if r.contender == "fusedopt" and not r.check.startswith("skipped")]
+    assert ours and all(r.failed and r.check.startswith("WRONG") and r.median_ms is None
+                        for r in ours), ours

@@ -305,6 +305,20 @@ class TorchOptim(NamedTuple):
     args: Mapping[str, str | tuple[str, ...]]
 
 
+class LowBitOptim(NamedTuple):
+    """A third-party optimizer with 8-bit state (a torch.optim-style class)
+    computing a configuration: ``<module>.<cls>(params, **{its argument: the
+    configuration's scalar, as TorchOptim.args}, **fixed)``, the first of
+    ``modules`` that imports and has ``cls`` (libraries move classes between
+    versions). ``library`` is the distribution's name, for "not installed"."""
+
+    library: str
+    modules: tuple[str, ...]
+    cls: str
+    args: Mapping[str, str | tuple[str, ...]]
+    fixed: Mapping[str, Any] = {}
+
+
 class Case(NamedTuple):
     """A configuration the benchmark times: the op's hyperparameters by
     registry name (``lr`` included; the others default to the reference's)
@@ -314,6 +328,9 @@ class Case(NamedTuple):
     hparams: Mapping[str, float]
     slots: tuple[str, ...]
     torch: TorchOptim | None = None  # torch.optim's implementation, where it has one
+    # The gpu suite's low-precision state rows (the featured rule's first gpu
+    # case): third-party optimizers with 8-bit state of the same configuration.
+    low_bit: tuple[LowBitOptim, ...] = ()
 
 
 class BenchCases(NamedTuple):
@@ -403,7 +420,12 @@ RULES: dict[str, Reference] = {
             dense=(Case("Adam", dict(lr=1e-3), ("m", "v")),
                    Case("AMSGrad", dict(lr=1e-3), ("m", "v", "vhat"))),
             gpu=(Case("adam", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8), ("m", "v"),
-                      TorchOptim("Adam", _TORCH_ADAM)),
+                      TorchOptim("Adam", _TORCH_ADAM),
+                      low_bit=(LowBitOptim("bitsandbytes", ("bitsandbytes.optim",), "Adam8bit",
+                                           _TORCH_ADAM, {"weight_decay": 0.0}),
+                               LowBitOptim("torchao", ("torchao.optim",
+                                                       "torchao.prototype.low_bit_optim"),
+                                           "AdamW8bit", _TORCH_ADAM, {"weight_decay": 0.0}))),
                  Case("adamw", dict(lr=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
                                     weight_decay=0.01), ("m", "v"),
                       TorchOptim("AdamW", dict(_TORCH_ADAM, weight_decay="weight_decay")))),

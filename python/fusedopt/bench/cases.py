@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fusedopt import reference as ref
-from fusedopt.reference import TorchOptim, TrainingOp
+from fusedopt.reference import LowBitOptim, TorchOptim, TrainingOp
 
 # ---- the table suites (sizes, many, models, sparse, fit) --------------------------------
 
@@ -101,11 +101,14 @@ class GpuCase:
     hparams: dict
     slots: tuple[str, ...]
     torch: TorchOptim | None = None
+    low_bit: tuple[LowBitOptim, ...] = ()  # third-party 8-bit-state optimizers of it
 
 
 GPU: list[GpuCase] = [
-    GpuCase(c.label, rule, dict(c.hparams), tuple(c.slots), c.torch)
+    GpuCase(c.label, rule, dict(c.hparams), tuple(c.slots), c.torch, tuple(c.low_bit))
     for rule, r in ref.RULES.items() for c in r.bench.gpu]
+# The gpu suite's low-precision state rows: the featured rule's first gpu case.
+GPU_STATE: GpuCase | None = next((c for c in GPU if c.rule == DEFAULT_ALGORITHM), None)
 
 
 # ---- the ps suite -------------------------------------------------------------------------

@@ -138,6 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--backend", choices=["cupy", "torch"], default=None,
                    help="array library (default: CuPy if importable, else PyTorch)")
     g.add_argument("--no-torch-optim", action="store_true", help="skip the torch.optim rows")
+    g.add_argument("--no-state", action="store_true",
+                   help="skip the low-precision state rows (float32, bfloat16 and int8 slots)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: a smoke test of the suite on tiny CPU arrays, not a benchmark")

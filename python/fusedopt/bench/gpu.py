@@ -27,8 +27,21 @@ compared with the float64 NumPy reference (fusedopt.reference; sampled
 elements of large tensors, whole-tensor rules in full): a contender that fails is marked
 WRONG in the output and not timed.
 
-Progress goes to stderr. Exit status: 0, 1 if a contender was wrong, 2 if
+Progress goes to stderr. Exit status: 0, 1 if a contender was wrong (a
+state row WRONG or ERROR included), 2 if
 there is no usable GPU (or no CUDA build of fusedopt._native).
+
+Low-precision state (issue #31): the featured rule's case
+(fusedopt.bench.cases.GPU_STATE, Adam) on one tensor of the single workload's
+size with its slots in float32, bfloat16 and int8 (fusedopt.state), beside
+torch.optim's fused float32 and, where installed, bitsandbytes' Adam8bit and
+torchao's AdamW8bit (weight decay 0): every contender checked first
+(fusedopt's formats against the CPU's bits through fusedopt._native, the
+torch-based ones loosely against the float64 reference), then all timed in
+interleaved rounds (at most 10), with bytes per element (28, 20, 16.06), GB/s,
+% of copy and speed relative to fusedopt's float32 state (section
+"low-precision state" below; --no-state leaves it out). A third-party
+optimizer that is not installed, or raises, is reported, not failed.
 
 ``--device cpu`` runs the same pipeline on tiny CPU arrays (PyTorch CPU
 tensors or NumPy): a smoke test of this script, not a benchmark.
@@ -401,6 +414,7 @@ class RuleSpec:
     extra_accesses: int = 0
     options: dict = field(default_factory=dict)
     torch: cases.TorchOptim | None = None  # torch.optim's implementation, if it has one
+    low_bit: tuple = ()  # third-party 8-bit-state optimizers of it (cases.LowBitOptim)
 
     @property
     def bytes_per_element(self) -> int:
@@ -416,7 +430,8 @@ class RuleSpec:
 def _spec(case: cases.GpuCase) -> RuleSpec:
     whole = ref.RULES[case.rule].whole_tensor
     return RuleSpec(case.name, case.rule, dict(case.hparams), list(case.slots),
-                    extra_accesses=1 + len(case.slots) if whole else 0, torch=case.torch)
+                    extra_accesses=1 + len(case.slots) if whole else 0, torch=case.torch,
+                    low_bit=tuple(case.low_bit))
 
 
 # Per rule of fusedopt.reference: the cases this suite times, or Skip(why).
@@ -425,6 +440,8 @@ CASES: dict[str, list[RuleSpec] | Skip] = {
     for rule in ref.RULES}
 # The cases by the bench's name, in fusedopt.bench.cases.GPU's order.
 RULES: dict[str, RuleSpec] = {c.name: _spec(c) for c in cases.GPU}
+# The low-precision state rows' case (fusedopt.bench.cases.GPU_STATE).
+STATE_SPEC: RuleSpec | None = _spec(cases.GPU_STATE) if cases.GPU_STATE else None
 
 
 def check_rules() -> None:
@@ -654,7 +671,410 @@ def copy_bandwidth(arrays, nbytes: int, warmup: int, repeats: int) -> dict:
             "note": "device-to-device copy; read + write counted"}
 
 
-def run(args) -> tuple[dict, list[Row]]:
+# --- low-precision state (issue #31) ---------------------------------------------------------
+#
+# One tensor of the single workload's size, the featured rule's gpu case
+# (cases.GPU_STATE) with its slots in each state format of fusedopt.state
+# (float32, bfloat16, int8) beside torch.optim's fused float32 and the
+# third-party optimizers with 8-bit state of the case (bitsandbytes, torchao),
+# where installed. The contenders share the variable and gradient buffers and
+# are timed in interleaved rounds (fusedopt.bench.timing), so their ratios come
+# from one run. Checks before timing: fusedopt's formats give the CPU's bits
+# (fusedopt._native on host copies of the same inputs: three steps over small
+# tensors of several blocks and rows, then one step of the timed tensor); the
+# torch-based optimizers' first step is within LOW_BIT_TOLERANCE x lr of the
+# float64 reference on sampled elements (from zero state, the step uses the
+# moments before they are quantized: a loose check that they compute the rule).
+
+STATE_FORMATS = ("float32", "bfloat16", "int8")
+# Small tensors of the bit check: rows of several blocks with a short last
+# one, one row of several blocks, a single short block.
+STATE_CHECK_SHAPES = [(3, 700), (4097,), (300,)]
+STATE_CHECK_STEPS = 3
+LOW_BIT_TOLERANCE = 0.02  # of lr, per element: the update of one step
+
+
+def state_bytes_per_element(fmt: str, num_slots: int, elements: int) -> float:
+    """Bytes a step moves per element of a float32 variable with ``num_slots``
+    slots in ``fmt``: the variable read and written, the gradient read, each
+    slot (int8: with its share of the absmax) read and written."""
+    from fusedopt import state
+
+    return 2 * 4 + 4 + 2 * state.bytes_per_element(fmt, num_slots, (elements,), 4)
+
+
+@dataclass
+class StateRow:
+    contender: str  # "fusedopt", "torch.optim (fused)", "bitsandbytes Adam8bit", ...
+    state: str  # the slots' format: float32, bfloat16, int8
+    elements: int
+    bytes_per_element: float
+    check: str  # ok, WRONG: ..., ERROR: ... (both fail the suite), skipped: ..., not installed
+    median_ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    gb_per_s: float | None = None
+    fraction_of_copy: float | None = None
+    # fusedopt's float32-state median over this one (> 1: faster).
+    speed_vs_float32_state: float | None = None
+    kernel_ms: float | None = None
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.check.startswith(("WRONG", "ERROR"))
+
+
+def _ml_bfloat16():
+    try:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    except ImportError:
+        return None
+
+
+class StateIO:
+    """Arrays of the state rows from NumPy bits and back, on the device of
+    ``arrays`` (the suite's PyTorch, CuPy or NumPy arrays) and on the host
+    (NumPy; bfloat16 as ml_dtypes, else PyTorch CPU tensors). bfloat16
+    values travel as their uint16 bits."""
+
+    def __init__(self, arrays):
+        self.a = arrays
+        self.host_bf16 = _ml_bfloat16()
+        self.torch = None
+        try:
+            import torch
+
+            self.torch = torch
+        except ImportError:
+            pass
+
+    def bfloat16_on_device(self) -> str | None:
+        """Why bfloat16 state cannot run here, or None."""
+        if self.a.name == "cupy":
+            return "CuPy has no bfloat16 (PyTorch is not installed)"
+        if self.a.name == "numpy" and self.host_bf16 is None:
+            return "NumPy arrays need ml_dtypes for bfloat16"
+        if self.host_bf16 is None and self.torch is None:
+            return "the CPU check needs ml_dtypes or PyTorch for bfloat16"
+        return None
+
+    def _torch_dtype(self, kind: str):
+        t = self.torch
+        return {"float32": t.float32, "uint8": t.uint8, "bfloat16": t.bfloat16}[kind]
+
+    def device(self, x: np.ndarray, kind: str):
+        """A device array with the bits of x (kind: float32, uint8 or bfloat16)."""
+        x = np.ascontiguousarray(x)
+        if self.a.name == "torch":
+            t = self.torch
+            if kind == "bfloat16":
+                return t.from_numpy(x.view(np.int16).copy()).to(self.a.device).view(t.bfloat16)
+            return t.from_numpy(x.copy()).to(self.a.device)
+        if self.a.name == "cupy":
+            return self.a.cp.asarray(x)
+        return self.host(x, kind)
+
+    def set(self, dst, x: np.ndarray) -> None:
+        """Copies the float32 host array x into the device array dst."""
+        if self.a.name == "numpy":
+            np.copyto(dst, x)
+        else:
+            self.a.copy(dst, self.device(x, "float32"))
+
+    def device_zeros(self, n: int, kind: str):
+        if self.a.name == "torch":
+            return self.torch.zeros(n, dtype=self._torch_dtype(kind), device=self.a.device)
+        if self.a.name == "cupy":
+            return self.a.cp.zeros(n, {"float32": np.float32, "uint8": np.uint8}[kind])
+        return self.host(np.zeros(n, np.uint16 if kind == "bfloat16" else kind), kind)
+
+    def host(self, x: np.ndarray, kind: str):
+        """A CPU array for fusedopt._native with the bits of x."""
+        x = np.ascontiguousarray(x).copy()
+        if kind != "bfloat16":
+            return x
+        if self.host_bf16 is not None:
+            return x.view(self.host_bf16)
+        t = self.torch
+        return t.from_numpy(x.view(np.int16)).view(t.bfloat16)
+
+    def bits(self, d) -> np.ndarray:
+        """The bytes of a device or host array, as uint8."""
+        t = self.torch
+        if t is not None and isinstance(d, t.Tensor):
+            if d.dtype == t.bfloat16:
+                d = d.view(t.int16)
+            return d.detach().cpu().contiguous().numpy().reshape(-1).view(np.uint8)
+        if self.a.name == "cupy" and not isinstance(d, np.ndarray):
+            d = self.a.cp.asnumpy(d)
+        return np.ascontiguousarray(d).reshape(-1).view(np.uint8)
+
+
+class StateSet:
+    """The slots (and int8 absmax) of one format for variables of ``shapes``,
+    zero, made by ``zeros(n, kind)``."""
+
+    def __init__(self, fmt: str, slot_names, shapes, zeros):
+        from fusedopt import state
+
+        self.fmt = fmt
+        kind = {"float32": "float32", "bfloat16": "bfloat16", "int8": "uint8"}[fmt]
+        sizes = [int(np.prod(s)) for s in shapes]
+        self.slots = {k: [zeros(n, kind).reshape(s) for n, s in zip(sizes, shapes)]
+                      for k in slot_names}
+        self.absmax = None if fmt != "int8" else {
+            k: [zeros(state.num_blocks(s), "float32") for s in shapes] for k in slot_names}
+
+    def arrays(self) -> list:
+        out = [x for xs in self.slots.values() for x in xs]
+        return out + [x for xs in (self.absmax or {}).values() for x in xs]
+
+
+def state_apply(nat, spec: RuleSpec, fmt: str, vars_, grads, st: StateSet, t: int, seed: int,
+                stream: int) -> None:
+    """One fusedopt step with ``st``'s slots (the rounding seed folds in the step)."""
+    kw = dict(spec.options)
+    if spec.step:
+        kw["step"] = t
+    if fmt != "float32":
+        kw.update(state_dtype=fmt, absmax=st.absmax,
+                  rounding_seed=(seed * 0x9E3779B97F4A7C15 + t) % (1 << 64))
+    nat.apply(spec.rule, vars_, grads, st.slots, spec.hparams, stream=stream, **kw)
+
+
+def check_state_bits(nat, io: StateIO, spec: RuleSpec, fmt: str, var0: np.ndarray,
+                     grad: np.ndarray, dev_var, dev_grad, seed: int) -> str:
+    """fusedopt with ``fmt`` state on the device against the CPU: 'ok' or
+    what differs. First STATE_CHECK_STEPS steps over STATE_CHECK_SHAPES, then
+    one step of the timed tensor (dev_var is set to var0 first; its slots are
+    made and freed here)."""
+    rng = np.random.default_rng(seed + 17)
+    shapes = STATE_CHECK_SHAPES
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+    def away_from_zero(g):
+        return g + np.sign(g) * np.float32(0.1)
+
+    grads = [[away_from_zero(rng.standard_normal(s).astype(np.float32)) for s in shapes]
+             for _ in range(STATE_CHECK_STEPS)]
+
+    def run(put, zeros, stream):
+        vs = [put(x, "float32") for x in init]
+        st = StateSet(fmt, spec.slots, shapes, zeros)
+        for k in range(STATE_CHECK_STEPS):
+            state_apply(nat, spec, fmt, vs, [put(g, "float32") for g in grads[k]], st, k + 1,
+                        seed, stream)
+        io.a.synchronize()
+        return [io.bits(x) for x in vs + st.arrays()]
+
+    def host_zeros(n, kind):
+        return io.host(np.zeros(n, np.uint16 if kind == "bfloat16" else kind), kind)
+
+    dev = run(io.device, io.device_zeros, io.a.stream)
+    cpu = run(io.host, host_zeros, 0)
+    bad = [i for i, (x, y) in enumerate(zip(dev, cpu)) if not np.array_equal(x, y)]
+    if bad:
+        return (f"WRONG: {len(bad)} of {len(dev)} arrays differ from the CPU's bits after "
+                f"{STATE_CHECK_STEPS} steps over {shapes}")
+    n = var0.size
+    io.set(dev_var, var0)
+    st = StateSet(fmt, spec.slots, [(n,)], io.device_zeros)
+    state_apply(nat, spec, fmt, [dev_var], [dev_grad], st, 1, seed, io.a.stream)
+    io.a.synchronize()
+    dev = [io.bits(x) for x in [dev_var] + st.arrays()]
+    st = None  # noqa: F841 - frees the device's slots before the CPU's are made
+    io.a.release()
+    hv = var0.copy()
+    hst = StateSet(fmt, spec.slots, [(n,)], host_zeros)
+    state_apply(nat, spec, fmt, [hv], [grad], hst, 1, seed, 0)
+    cpu = [io.bits(x) for x in [hv] + hst.arrays()]
+    names = ["var"] + [f"{k}" for k in spec.slots] + (
+        [f"absmax[{k}]" for k in spec.slots] if fmt == "int8" else [])
+    bad = [nm for nm, x, y in zip(names, dev, cpu) if not np.array_equal(x, y)]
+    if bad:
+        return f"WRONG: one step of {n:,} elements: {', '.join(bad)} differ from the CPU's bits"
+    return "ok"
+
+
+def _import_low_bit(opt) -> tuple[Any, str] | None:
+    """(class, 'module.cls') of a cases.LowBitOptim, or None if not importable."""
+    import importlib
+
+    for mod in opt.modules:
+        try:
+            m = importlib.import_module(mod)
+        except Exception:  # noqa: BLE001 - not installed, or an install that does not import
+            continue
+        if hasattr(m, opt.cls):
+            return getattr(m, opt.cls), f"{mod}.{opt.cls}"
+    return None
+
+
+def check_update(spec: RuleSpec, before_v, before_g, after_v) -> str:
+    """The loose check of a torch-based contender's first step (slots zero):
+    every sampled element's update within LOW_BIT_TOLERANCE x lr (plus the
+    variable's float32 rounding) of the float64 reference's."""
+    zeros = np.zeros_like(before_v)
+    want, _ = reference_step(spec, before_v, before_g, {k: zeros for k in spec.slots}, 1)
+    lr = float(spec.hparams["lr"])
+    tol = LOW_BIT_TOLERANCE * lr + 2.0 ** -22 * float(np.max(np.abs(before_v)))
+    err = np.abs((after_v - before_v) - (want - before_v))
+    worst = float(np.max(err)) if err.size else 0.0
+    if not np.all(np.isfinite(after_v)) or worst > tol:
+        return (f"WRONG: the first step's update is off by {worst:.3g} "
+                f"(tolerance {tol:.3g}: {LOW_BIT_TOLERANCE} x lr)")
+    return "ok"
+
+
+def state_rows(nat, arrays, spec: RuleSpec, elements: int, args, copy_gbs: float
+               ) -> list[StateRow]:
+    """The low-precision state rows (see above), on ``arrays`` (PyTorch
+    where it is installed: the bfloat16 state and the torch-based contenders
+    need it)."""
+    io = StateIO(arrays)
+    n = elements
+    seed = args.seed + 31
+    rng = np.random.default_rng(seed)
+    var0 = rng.standard_normal(n, dtype=np.float32)
+    grad_h = rng.standard_normal(n, dtype=np.float32)
+    grad_h += np.sign(grad_h) * np.float32(0.1)
+    dev_var, dev_grad = io.device(var0, "float32"), io.device(grad_h, "float32")
+    sample = None if n <= 65_536 else np.sort(rng.choice(n, 65_536, replace=False))
+    before_v, before_g = (var0, grad_h) if sample is None else (var0[sample], grad_h[sample])
+    before_v, before_g = before_v.astype(np.float64), before_g.astype(np.float64)
+    rows: list[StateRow] = []
+    timed: dict[str, Callable[[], None]] = {}  # row label -> one step
+    keep: list = []  # the contenders' state, alive until the timing ends
+    st = param = opt_ = fn = None
+
+    def label(row):
+        return f"{row.contender} / {row.state}"
+
+    for fmt in STATE_FORMATS:
+        row = StateRow("fusedopt", fmt, n, state_bytes_per_element(fmt, len(spec.slots), n),
+                       "ok")
+        rows.append(row)
+        why = io.bfloat16_on_device() if fmt == "bfloat16" else None
+        if why:
+            row.check = f"skipped: {why}"
+            continue
+        try:
+            row.check = check_state_bits(nat, io, spec, fmt, var0, grad_h, dev_var, dev_grad,
+                                         seed)
+        except Exception as e:  # noqa: BLE001 - a call that raises: the row fails
+            row.check = f"ERROR: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        if row.check != "ok":
+            continue
+        st = StateSet(fmt, spec.slots, [(n,)], io.device_zeros)
+        keep.append(st)
+        steps = itertools.count(2)
+        timed[label(row)] = (lambda st=st, fmt=fmt, steps=steps: state_apply(
+            nat, spec, fmt, [dev_var], [dev_grad], st, next(steps), seed, io.a.stream))
+
+    # torch-based contenders: torch.optim's fused float32 Adam, the 8-bit optimizers.
+    torch_like = []
+    if spec.torch is not None and not args.no_torch_optim:
+        torch_like.append(("torch.optim (fused)", "float32", ("torch.optim",), spec.torch.cls,
+                           spec.torch.args, {"fused": True}, "torch"))
+    for opt in spec.low_bit:
+        torch_like.append((opt.library, "int8", opt.modules, opt.cls, opt.args,
+                           dict(opt.fixed), opt.library))
+    for name, fmt, modules, cls, arg_map, fixed, library in torch_like:
+        row = StateRow(name, fmt, n, state_bytes_per_element(fmt, len(spec.slots), n),
+                       "not installed")
+        rows.append(row)
+        found = _import_low_bit(cases.LowBitOptim(library, modules, cls, arg_map))
+        if found is None:
+            row.note = f"{library} is not importable"
+            continue
+        klass, where = found
+        row.contender = where if library != "torch" else name
+        if not io.a.is_cuda or io.a.name != "torch":
+            row.check = "skipped: needs PyTorch CUDA tensors"
+            continue
+        if fmt == "int8":
+            row.note = "bytes per element as fusedopt's int8 (blocks of 256)"
+        try:
+            torch = io.torch
+            io.set(dev_var, var0)
+            param = torch.nn.Parameter(dev_var)  # shares the buffer
+            param.grad = dev_grad
+            hp = spec.hparams
+            kw = {k: tuple(hp[x] for x in v) if isinstance(v, tuple) else hp[v]
+                  for k, v in arg_map.items()}
+            opt_ = klass([param], **kw, **fixed)
+            opt_.step()
+            io.a.synchronize()
+            after = io.a.gather_f64(dev_var, sample)
+            row.check = check_update(spec, before_v, before_g, after)
+        except Exception as e:  # noqa: BLE001 - a third-party optimizer that does not run here
+            row.check = f"skipped: it raised {type(e).__name__}: {str(e).splitlines()[0][:160]}" \
+                if library != "torch" else f"ERROR: {type(e).__name__}: {e}"
+            continue
+        if row.check == "ok":
+            keep.append((param, opt_))
+            timed[label(row)] = opt_.step
+
+    if timed:
+        reps = max(1, min(args.repeats, 10))
+        times = timing.rounds(timed, reps, args.warmup, clock=io.a.timer(),
+                              settle=io.a.synchronize)
+        for row in rows:
+            ms = times.get(label(row))
+            if not ms:
+                continue
+            row.median_ms, row.min_ms, row.max_ms = timing.median(ms), min(ms), max(ms)
+            row.gb_per_s = row.bytes_per_element * n / (row.median_ms * 1e-3) / 1e9
+            row.fraction_of_copy = row.gb_per_s / copy_gbs
+            fn = timed[label(row)]
+            row.kernel_ms = kernel_ms_per_step(io.a, lambda t, fn=fn: fn(), 3)
+        base = next((r.median_ms for r in rows if r.contender == "fusedopt"
+                     and r.state == "float32" and r.median_ms), None)
+        for row in rows:
+            if base and row.median_ms:
+                row.speed_vs_float32_state = base / row.median_ms
+    for row in rows:
+        log(f"state {row.contender:34s} {row.state:8s} {row.check[:60]:12s} "
+            + (f"{row.median_ms:8.3f} ms {row.gb_per_s:7.1f} GB/s "
+               f"({100 * row.fraction_of_copy:.0f}% of copy)" if row.median_ms else ""))
+    # Frees the device memory (the loops' last contender included).
+    timed = keep = dev_var = dev_grad = st = param = opt_ = fn = None  # noqa: F841
+    io.a.release()
+    return rows
+
+
+def state_markdown(meta: dict, rows: list[StateRow]) -> list[str]:
+    s = meta.get("state") or {}
+    lines = [
+        "",
+        f"## Low-precision state ({s.get('rule')}, {s.get('elements', 0):,} elements)",
+        "",
+        "One float32 variable; the slots in each format (fusedopt.state), checked against the "
+        "CPU's bits before timing; torch-based contenders checked loosely (the first step's "
+        f"update within {LOW_BIT_TOLERANCE} x lr of the float64 reference). Interleaved rounds; "
+        "GB/s = bytes per element x elements / median; speed = fusedopt float32 state's "
+        "median / this one's.",
+        "",
+        "| contender | state | check | bytes/el. | median ms | GB/s | % of copy "
+        "| speed vs float32 state | kernel ms |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        timed = r.median_ms is not None
+        lines.append(
+            f"| {r.contender} | {r.state} | {r.check} | {r.bytes_per_element:.2f} | "
+            f"{f'{r.median_ms:.3f}' if timed else '-'} | "
+            f"{f'{r.gb_per_s:.1f}' if timed else '-'} | "
+            f"{f'{100 * r.fraction_of_copy:.0f}%' if timed else '-'} | "
+            f"{f'{r.speed_vs_float32_state:.2f}x' if r.speed_vs_float32_state else '-'} | "
+            f"{f'{r.kernel_ms:.3f}' if r.kernel_ms else '-'} |")
+    return lines
+
+
+def run(args) -> tuple[dict, list[Row], list[StateRow]]:
     import fusedopt._native as nat
 
     check_rules()
@@ -713,6 +1133,12 @@ def run(args) -> tuple[dict, list[Row]]:
                 arrays.release()
                 if torch_arrays is not None:
                     torch_arrays.release()
+    srows: list[StateRow] = []
+    if (STATE_SPEC is not None and STATE_SPEC.name in args.rules
+            and not getattr(args, "no_state", False)):
+        log(f"low-precision state: {STATE_SPEC.name}, one tensor of {single[0][0]:,} elements")
+        srows = state_rows(nat, torch_arrays or main_arrays, STATE_SPEC, single[0][0], args,
+                           copy["gb_per_s"])
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": main_arrays.device_name(),
@@ -727,11 +1153,18 @@ def run(args) -> tuple[dict, list[Row]]:
         "copy": copy,
         "method": "CUDA events around each host call (nat.apply / optimizer.step); median of "
                   "repeats after warm-up; GB/s = rule bytes/element x elements / median time",
+        "state": None if not srows else {
+            "rule": STATE_SPEC.name, "elements": single[0][0],
+            "repeats": max(1, min(args.repeats, 10)),
+            "method": "one float32 variable, the slots in each format; contenders share the "
+                      "variable and gradient and run in interleaved rounds; fusedopt checked "
+                      "against the CPU's bits, torch-based contenders' first step within "
+                      f"{LOW_BIT_TOLERANCE} x lr of the float64 reference"},
     }
-    return meta, rows
+    return meta, rows, srows
 
 
-def markdown(meta: dict, rows: list[Row]) -> str:
+def markdown(meta: dict, rows: list[Row], srows: list[StateRow] = ()) -> str:
     lines = [
         f"# fusedopt._native GPU benchmark ({meta['date']})",
         "",
@@ -761,6 +1194,8 @@ def markdown(meta: dict, rows: list[Row]) -> str:
             f"{f'{100 * r.fraction_of_copy:.0f}%' if timed else '-'} | "
             f"{f'{r.kernel_ms:.3f}' if k else '-'} | "
             f"{f'{100 * r.kernel_gb_per_s / copy_gbs:.0f}%' if k else '-'} |")
+    if srows:
+        lines += state_markdown(meta, list(srows))
     return "\n".join(lines) + "\n"
 
 
@@ -795,14 +1230,15 @@ def run_suite(args) -> int:
         log(why)
         return 2
     t0 = time.time()
-    meta, rows = run(args)
+    meta, rows, srows = run(args)
     meta["seconds"] = round(time.time() - t0, 1)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": [asdict(r) for r in rows]}, f, indent=1,
+            json.dump({"meta": meta, "rows": [asdict(r) for r in rows],
+                       "state_rows": [asdict(r) for r in srows]}, f, indent=1,
                       default=lambda o: o if not isinstance(o, float) or math.isfinite(o) else None)
         log(f"wrote {args.json}")
-    md = markdown(meta, rows)
+    md = markdown(meta, rows, srows)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(md)
@@ -812,5 +1248,8 @@ def run_suite(args) -> int:
     wrong = [r for r in rows if r.check != "ok"]
     for r in wrong:
         log(f"{r.rule} {r.dtype} {r.workload} {r.contender}: {r.check}")
-    return 1 if wrong else 0
+    failed = [r for r in srows if r.failed]
+    for r in failed:
+        log(f"low-precision state: {r.contender} {r.state}: {r.check}")
+    return 1 if wrong or failed else 0
 
