@@ -32,10 +32,11 @@ state row WRONG or ERROR included), 2 if
 there is no usable GPU (or no CUDA build of fusedopt._native).
 
 Low-precision state (issue #31): the featured rule's case
-(fusedopt.bench.cases.GPU_STATE, Adam) on one tensor of the single workload's
+(fusedopt.bench.cases.GPU_STATE) on one tensor of the single workload's
 size with its slots in float32, bfloat16 and int8 (fusedopt.state), beside
-torch.optim's fused float32 and, where installed, bitsandbytes' Adam8bit and
-torchao's AdamW8bit (weight decay 0): every contender checked first
+torch.optim's fused float32 and, where installed, the 8-bit optimizers of
+bitsandbytes and torchao (weight decay 0; reference.LowBitOptim names
+them): every contender checked first
 (fusedopt's formats against the CPU's bits through fusedopt._native, the
 torch-based ones loosely against the float64 reference), then all timed in
 interleaved rounds (at most 10), with bytes per element (28, 20, 16.06), GB/s,
@@ -705,7 +706,7 @@ def state_bytes_per_element(fmt: str, num_slots: int, elements: int) -> float:
 
 @dataclass
 class StateRow:
-    contender: str  # "fusedopt", "torch.optim (fused)", "bitsandbytes Adam8bit", ...
+    contender: str  # "fusedopt", "torch.optim (fused)", a bitsandbytes or torchao class, ...
     state: str  # the slots' format: float32, bfloat16, int8
     elements: int
     bytes_per_element: float
@@ -974,7 +975,7 @@ def state_rows(nat, arrays, spec: RuleSpec, elements: int, args, copy_gbs: float
         timed[label(row)] = (lambda st=st, fmt=fmt, steps=steps: state_apply(
             nat, spec, fmt, [dev_var], [dev_grad], st, next(steps), seed, io.a.stream))
 
-    # torch-based contenders: torch.optim's fused float32 Adam, the 8-bit optimizers.
+    # torch-based contenders: torch.optim's fused float32 rule, the 8-bit optimizers.
     torch_like = []
     if spec.torch is not None and not args.no_torch_optim:
         torch_like.append(("torch.optim (fused)", "float32", ("torch.optim",), spec.torch.cls,
