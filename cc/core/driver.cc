@@ -237,6 +237,9 @@ CallStatus RunDenseOnCuda(const CallDesc& d, const Plan& plan, Operands* ops, co
     RETURN_IF_ERROR(h.prepare_for_write(ops));
     RETURN_IF_ERROR(CudaDeviceOf(*ops, &device));
   }
+  if (plan.state_format == StateFormat::kInt8 && static_cast<int>(ops->absmax.size()) != ops->n) {
+    return CallStatus{CallStatus::kInternal, "int8 state without its absmax operands"};
+  }
   return RunCuda(*ops, plan, d.rule, d.dt, d.stream);
 }
 #endif
