@@ -367,6 +367,12 @@ CallStatus RunSparseCall(const CallDesc& d, const Plan& plan, Operands* ops, con
 CallStatus RunDenseCall(const CallDesc& d, const Plan& plan, Operands* ops, const CallHooks& hooks,
                         bool* skipped) {
   *skipped = false;
+  if (plan.LowPrecision() && d.device != CallDevice::kCpu && !d.cuda_state) {
+    return CallStatus{CallStatus::kUnavailable,
+                      "low-precision state (state_format, stochastic_rounding) on the GPU runs "
+                      "through fusedopt._native only until its CUDA kernels have run on a GPU "
+                      "(docs/gpu.md); nothing was updated"};
+  }
   if (plan.state_format == StateFormat::kInt8 && static_cast<int>(ops->layouts.size()) != ops->n) {
     return CallStatus{CallStatus::kInternal, "int8 state without its layouts"};
   }

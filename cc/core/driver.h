@@ -60,6 +60,11 @@ struct CallDesc {
   void* stream = nullptr;  // kCuda: the cudaStream_t to run on
   PlanInput in;            // scalars, step, attributes, slot lists given
   GradOptions options;
+  // kCuda with low-precision state: the CUDA kernels of cc/cuda/state.cuh
+  // have not run on a GPU yet (docs/gpu.md), so only the native layer, which
+  // scripts/gpu_check.sh verifies them through, lets such a call reach them;
+  // the TF ops' GPU kernels refuse it.
+  bool cuda_state = false;
 };
 
 // What the run needs from its adapter.

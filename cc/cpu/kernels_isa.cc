@@ -378,36 +378,44 @@ void StateElementwise(const Coeffs& hc, const GradXform& gx, const StateArgs& sa
   S* __restrict s0 = SlotPtr<S>(slots, 0, K);
   S* __restrict s1 = SlotPtr<S>(slots, 1, K);
   S* __restrict s2 = SlotPtr<S>(slots, 2, K);
-  // Keys per 2^32 elements (RoundingKey); a chunk never straddles 2^32.
-  const uint32_t hi = static_cast<uint32_t>(static_cast<uint64_t>(sa.offset + begin) >> 32);
-  const uint32_t ka = RoundingKey(sa.seed, sa.tensor, kStreamA, hi);
-  const uint32_t kb = RoundingKey(sa.seed, sa.tensor, kStreamB, hi);
+  // Keys per 2^32 elements of the tensor (RoundingKey): dense chunks never
+  // straddle 2^32, a sparse item (a row) may, so [begin, end) runs in
+  // segments of one key each (one segment almost always).
   constexpr bool kSr = F == StateFormat::kBFloat16;
-  for (int64_t i = begin; i < end; ++i) {
-    const int64_t idx = sa.offset + i;
-    M v = Load(var[i]);
-    M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
-    if constexpr (K > 0) s[0] = Load(s0[i]);
-    if constexpr (K > 1) s[1] = Load(s1[i]);
-    if constexpr (K > 2) s[2] = Load(s2[i]);
-    UpdateRegisters<Rule, V, D>(c, gscale, gclip, v, s, Load(grad[i]));
-    // Hash A only with slot 0 or 1 rounded, B with slot 2 or the variable.
-    const uint32_t ha = (kSr && K > 0) ? RoundingBits(ka, idx) : 0u;
-    const uint32_t hb = ((kSr && K > 2) || W) ? RoundingBits(kb, idx) : 0u;
-    if constexpr (W) {
-      var[i] = StochasticBFloat16(v, VarRoundingBits(hb));
-    } else {
-      var[i] = Store<T>(v);
+  for (int64_t first = begin; first < end;) {
+    const uint64_t at = static_cast<uint64_t>(sa.offset + first);
+    const uint32_t hi = static_cast<uint32_t>(at >> 32);
+    const int64_t last = std::min<int64_t>(
+        end, static_cast<int64_t>(((uint64_t{hi} + 1) << 32) - static_cast<uint64_t>(sa.offset)));
+    const uint32_t ka = RoundingKey(sa.seed, sa.tensor, kStreamA, hi);
+    const uint32_t kb = RoundingKey(sa.seed, sa.tensor, kStreamB, hi);
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t idx = sa.offset + i;
+      M v = Load(var[i]);
+      M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
+      if constexpr (K > 0) s[0] = Load(s0[i]);
+      if constexpr (K > 1) s[1] = Load(s1[i]);
+      if constexpr (K > 2) s[2] = Load(s2[i]);
+      UpdateRegisters<Rule, V, D>(c, gscale, gclip, v, s, Load(grad[i]));
+      // Hash A only with slot 0 or 1 rounded, B with slot 2 or the variable.
+      const uint32_t ha = (kSr && K > 0) ? RoundingBits(ka, idx) : 0u;
+      const uint32_t hb = ((kSr && K > 2) || W) ? RoundingBits(kb, idx) : 0u;
+      if constexpr (W) {
+        var[i] = StochasticBFloat16(v, VarRoundingBits(hb));
+      } else {
+        var[i] = Store<T>(v);
+      }
+      if constexpr (kSr) {
+        if constexpr (K > 0) s0[i] = StochasticBFloat16(s[0], SlotRoundingBits(0, ha, hb));
+        if constexpr (K > 1) s1[i] = StochasticBFloat16(s[1], SlotRoundingBits(1, ha, hb));
+        if constexpr (K > 2) s2[i] = StochasticBFloat16(s[2], SlotRoundingBits(2, ha, hb));
+      } else {
+        if constexpr (K > 0) s0[i] = Store<T>(s[0]);
+        if constexpr (K > 1) s1[i] = Store<T>(s[1]);
+        if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+      }
     }
-    if constexpr (kSr) {
-      if constexpr (K > 0) s0[i] = StochasticBFloat16(s[0], SlotRoundingBits(0, ha, hb));
-      if constexpr (K > 1) s1[i] = StochasticBFloat16(s[1], SlotRoundingBits(1, ha, hb));
-      if constexpr (K > 2) s2[i] = StochasticBFloat16(s[2], SlotRoundingBits(2, ha, hb));
-    } else {
-      if constexpr (K > 0) s0[i] = Store<T>(s[0]);
-      if constexpr (K > 1) s1[i] = Store<T>(s[1]);
-      if constexpr (K > 2) s2[i] = Store<T>(s[2]);
-    }
+    first = last;
   }
 }
 
@@ -447,8 +455,11 @@ void StateElementwiseInt8(const Coeffs& hc, const GradXform& gx, const StateArgs
   uint8_t* __restrict q0 = SlotPtr<uint8_t>(slots, 0, K);
   uint8_t* __restrict q1 = SlotPtr<uint8_t>(slots, 1, K);
   uint8_t* __restrict q2 = SlotPtr<uint8_t>(slots, 2, K);
-  const uint32_t hi = static_cast<uint32_t>(static_cast<uint64_t>(sa.offset + begin) >> 32);
-  const uint32_t kb = RoundingKey(sa.seed, sa.tensor, kStreamB, hi);
+  // Stochastic weights (W): hash B's key per 2^32 elements of the tensor; an
+  // item of whole blocks (a row, or rows) may straddle 2^32, so the update
+  // loop runs in segments of one key each.
+  uint32_t key_hi = static_cast<uint32_t>(static_cast<uint64_t>(sa.offset + begin) >> 32);
+  uint32_t kb = W ? RoundingKey(sa.seed, sa.tensor, kStreamB, key_hi) : 0u;
   alignas(64) float b0[kQuantBlock], b1[kQuantBlock], b2[kQuantBlock];
   // The item starts at a block start: find the first block of [begin, end).
   int64_t block = 0;
@@ -471,26 +482,40 @@ void StateElementwiseInt8(const Coeffs& hc, const GradXform& gx, const StateArgs
     T* __restrict vb = var + i;
     const T* __restrict gb = grad + i;
     uint32_t m0 = 0, m1 = 0, m2 = 0;
-    for (int j = 0; j < n; ++j) {
-      M v = Load(vb[j]);
-      M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
-      if constexpr (K > 0) s[0] = b0[j];
-      if constexpr (K > 1) s[1] = b1[j];
-      if constexpr (K > 2) s[2] = b2[j];
-      UpdateRegisters<Rule, V, D>(c, gscale, gclip, v, s, Load(gb[j]));
-      vb[j] = StoreVar<T, W>(v, kb, sa.offset + i + j);
-      if constexpr (K > 0) {
-        b0[j] = s[0];
-        m0 = std::max(m0, AbsOrderBits(s[0]));
+    for (int j0 = 0; j0 < n;) {
+      int j1 = n;
+      if constexpr (W) {
+        const uint64_t at = static_cast<uint64_t>(sa.offset + i + j0);
+        const uint32_t hi = static_cast<uint32_t>(at >> 32);
+        if (hi != key_hi) {
+          key_hi = hi;
+          kb = RoundingKey(sa.seed, sa.tensor, kStreamB, hi);
+        }
+        const uint64_t next = (uint64_t{hi} + 1) << 32;
+        if (at + static_cast<uint64_t>(n - j0) > next) j1 = j0 + static_cast<int>(next - at);
       }
-      if constexpr (K > 1) {
-        b1[j] = s[1];
-        m1 = std::max(m1, AbsOrderBits(s[1]));
+      for (int j = j0; j < j1; ++j) {
+        M v = Load(vb[j]);
+        M s[kMaxSlots + 1] = {M(0), M(0), M(0), M(0)};
+        if constexpr (K > 0) s[0] = b0[j];
+        if constexpr (K > 1) s[1] = b1[j];
+        if constexpr (K > 2) s[2] = b2[j];
+        UpdateRegisters<Rule, V, D>(c, gscale, gclip, v, s, Load(gb[j]));
+        vb[j] = StoreVar<T, W>(v, kb, sa.offset + i + j);
+        if constexpr (K > 0) {
+          b0[j] = s[0];
+          m0 = std::max(m0, AbsOrderBits(s[0]));
+        }
+        if constexpr (K > 1) {
+          b1[j] = s[1];
+          m1 = std::max(m1, AbsOrderBits(s[1]));
+        }
+        if constexpr (K > 2) {
+          b2[j] = s[2];
+          m2 = std::max(m2, AbsOrderBits(s[2]));
+        }
       }
-      if constexpr (K > 2) {
-        b2[j] = s[2];
-        m2 = std::max(m2, AbsOrderBits(s[2]));
-      }
+      j0 = j1;
     }
     if constexpr (K > 0) EncodeBlock<kNonNeg<Rule, 0>>(b0, q0 + i, n, m0, &sa.absmax[0][block]);
     if constexpr (K > 1) EncodeBlock<kNonNeg<Rule, 1>>(b1, q1 + i, n, m1, &sa.absmax[1][block]);

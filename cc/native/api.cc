@@ -588,6 +588,7 @@ Status Apply(const fusedopt_call* call, const fusedopt_tensors* t, int* skipped,
   } else {
     d.device = CallDevice::kCuda;
     d.stream = call->stream;
+    d.cuda_state = true;  // (the path scripts/gpu_check.sh verifies the state kernels on)
     RETURN_IF_ERROR(FromCall(RunDenseCall(d, plan, &ops, hooks, &skip)));
   }
   if (skipped != nullptr) *skipped = skip ? 1 : 0;

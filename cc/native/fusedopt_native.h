@@ -108,8 +108,9 @@ typedef struct fusedopt_call {
   int skip_nonfinite;
   int tf_training_op_form; /* a rule option: TF's ResourceApply* arithmetic, tf_keras' forms */
   /* ABI version 2. Low-precision state (the rules that take "state_format";
-   * float32 or bfloat16 variables, Keras' forms; CPU only: a CUDA call is
-   * FUSEDOPT_UNAVAILABLE): */
+   * float32 or bfloat16 variables, Keras' forms; dense calls on the CPU and on
+   * CUDA (kernels not yet run on a GPU: docs/gpu.md), sparse calls on the CPU
+   * only: a sparse CUDA call is FUSEDOPT_UNAVAILABLE): */
   int state_format;        /* FUSEDOPT_STATE_*: how the slots are stored */
   int stochastic_rounding; /* bfloat16 variables stored with stochastic rounding */
   uint64_t rounding_seed;  /* seeds the rounding bits (bfloat16 stores): fold the step into it */

@@ -998,7 +998,8 @@ threads (0: one per core). Raises ValueError for bad input and RuntimeError for
 CUDA failures; nothing is written when it raises.
 
 Low-precision state (the rules whose rules() entry has 'state': True; float32
-or bfloat16 variables; CPU only): state_dtype 'bfloat16' takes bfloat16 slots
+or bfloat16 variables; dense calls on the CPU and CUDA, whose kernels have not
+run on a GPU yet, sparse calls on the CPU only): state_dtype 'bfloat16' takes bfloat16 slots
 (stored with stochastic rounding), 'int8' uint8 slots (codes) plus absmax, a
 dict {slot name: list of float32 arrays of shape
 (fusedopt.state.num_blocks(var.shape),), one per variable}, for every slot

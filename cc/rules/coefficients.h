@@ -434,12 +434,15 @@ FUSEDOPT_HDI int FirstBadScalar(AdamRule, const double* s, const CoeffForm& f) {
 FUSEDOPT_HDI int FirstBadScalar(NadamRule, const double* s, const CoeffForm& f) {
   return f.tf_form && s[4] != 0 ? 4 : -1;  // tf_keras' legacy Nadam: no decay
 }
-FUSEDOPT_HDI int FirstBadScalar(FtrlRule, const double* s, const CoeffForm&) {
+FUSEDOPT_HDI int FirstBadScalar(FtrlRule, const double* s, const CoeffForm& f) {
   for (int k = 2; k <= 4; ++k) {
     if (!(s[k] >= 0)) return k;  // l1, l2, l2_shrinkage
   }
   if (s[0] <= 0) return 0;
   if (s[1] > 0) return 1;
+  // The variant (a square root for -0.5) was chosen from the value the plan
+  // saw; another value needs another variant (the host plans never trip this).
+  if ((s[1] == -0.5) != f.sqrt_power) return 1;
   return -1;
 }
 FUSEDOPT_HDI int FirstBadScalar(LionRule, const double* s, const CoeffForm&) {
@@ -615,6 +618,7 @@ inline std::string Of(AdadeltaRule r, const PlanInput& in, Plan* p) {
 inline std::string Of(FtrlRule r, const PlanInput& in, Plan* p) {
   const std::vector<double>& s = in.scalars;
   p->form.minimize_broadcasts = in.MinimizeBroadcasts();
+  p->form.sqrt_power = s[1] == -0.5;
   switch (coeffs::FirstBadScalar(r, s.data(), p->form)) {
     case 2:
       return NotBelowZero(in, 2, "l1");

@@ -8,7 +8,10 @@
 // coefficients with the host's own code (coeffs::CoeffsIn, FirstBadScalar),
 // so a device thread computes what the host's plan would. The host still
 // chooses everything that depends on attributes and slot lists (the variant
-// and the CoeffForm, in MakeCallPlan); only values are read here.
+// and the CoeffForm, in MakeCallPlan); only values are read here. One variant
+// depends on a value (Ftrl's square root for learning_rate_power -0.5): the
+// form records it and a device reading another value refuses the call
+// (kOutOfRange on that scalar) instead of running the wrong variant.
 //
 // No TensorFlow header: nvcc compiles this in header-free .cu files.
 #ifndef FUSEDOPT_CC_RULES_DEVICE_COEFFS_H_

@@ -63,6 +63,9 @@ struct CoeffForm {
   bool tf_form = false;               // tf_keras' legacy Nadam
   bool epsilon_outside_sqrt = false;  // tf_keras' x / (sqrt(y) + eps)
   bool constant_folding = false;      // Grappler's reciprocals
+  // Ftrl: learning_rate_power was -0.5 (its square-root variant): a value the
+  // variant depends on, so a device reading another refuses it.
+  bool sqrt_power = false;
   double schedule_decay = 1.0;        // tf_keras' legacy Nadam schedule
 };
 

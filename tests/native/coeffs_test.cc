@@ -11,7 +11,11 @@
 //     scalar when both refuse one for its value);
 //   * its coefficients, and its rank-0 ones (the form Grappler leaves rank-0
 //     variables), have the host's bits.
-// The GPU half (CUDA's pow against the C library's) runs in tests/gpu.
+// The host's coefficients come from the same CoeffsOf, so the bits check
+// covers the reading of typed scalars and the forms the plans record; the
+// verdicts are the independent half. Ftrl's variant depends on a value: a
+// device reading another learning_rate_power than the plan's must refuse.
+// (CUDA's pow against the C library's needs a GPU run: not yet written.)
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -92,7 +96,8 @@ double StoreAs(double x, ScalarType type, void* slot) {
 bool SameForm(const CoeffForm& a, const CoeffForm& b) {
   return a.minimize_broadcasts == b.minimize_broadcasts && a.tf_keras_sparse == b.tf_keras_sparse &&
          a.tf_form == b.tf_form && a.epsilon_outside_sqrt == b.epsilon_outside_sqrt &&
-         a.constant_folding == b.constant_folding && a.schedule_decay == b.schedule_decay;
+         a.constant_folding == b.constant_folding && a.schedule_decay == b.schedule_decay &&
+         a.sqrt_power == b.sqrt_power;
 }
 
 bool SameBits(const Coeffs& a, const Coeffs& b) { return std::memcmp(&a, &b, sizeof(a)) == 0; }
@@ -100,6 +105,7 @@ bool SameBits(const Coeffs& a, const Coeffs& b) { return std::memcmp(&a, &b, siz
 struct Counts {
   int accepted = 0, refused = 0, bits_differ = 0, verdict_differs = 0, scalar_differs = 0;
   int form_differs = 0;
+  int power_changes = 0;  // Ftrl calls whose learning_rate_power changed variant
 };
 
 void RunRule(const RuleInfo& info, bool f64, std::mt19937_64& rng, int draws, Counts* n) {
@@ -167,7 +173,10 @@ void RunRule(const RuleInfo& info, bool f64, std::mt19937_64& rng, int draws, Co
     Plan plan;
     const std::string err = MakeCallPlan(info.rule, in, true, &plan, f64 ? 3 : 2);
     const CoeffForm form = valid.form, rank0_form = valid.rank0_form;
-    if (err.empty() && !(SameForm(plan.form, form) && SameForm(plan.rank0_form, rank0_form))) {
+    // (Ftrl's form also records whether its learning_rate_power is -0.5.)
+    CoeffForm expect = form, expect0 = rank0_form;
+    if (info.rule == Rule::kFtrl) expect.sqrt_power = expect0.sqrt_power = in.scalars[1] == -0.5;
+    if (err.empty() && !(SameForm(plan.form, expect) && SameForm(plan.rank0_form, expect0))) {
       ++n->form_differs;
     }
     Coeffs c{}, c0{};
@@ -175,6 +184,15 @@ void RunRule(const RuleInfo& info, bool f64, std::mt19937_64& rng, int draws, Co
     const CoeffResult r0 = DeviceCoeffs(info.rule, f64, dev, rank0_form, &c0);
     const bool host_ok = err.empty();
     const bool dev_ok = r.status == CoeffStatus::kOk && r0.status == CoeffStatus::kOk;
+    // Ftrl's variant was chosen for the valid call's learning_rate_power; a
+    // wild value that changes it (to or from -0.5) must be refused by the
+    // device (the host plans the new value's variant).
+    if (info.rule == Rule::kFtrl && host_ok &&
+        (in.scalars[1] == -0.5) != valid.form.sqrt_power) {
+      ++n->power_changes;
+      if (!(r.status == CoeffStatus::kOutOfRange && r.scalar == 1)) ++n->verdict_differs;
+      continue;
+    }
     if (host_ok != dev_ok) {
       ++n->verdict_differs;
       if (n->verdict_differs <= 5) {
@@ -226,8 +244,12 @@ void RunCoeffsTests(void (*check)(bool, const std::string&)) {
       const std::string what = std::string(info.name) + (f64 ? " (double)" : " (float)");
       check(n.verdict_differs == 0, what + ": the device accepts exactly what the host accepts");
       check(n.scalar_differs == 0, what + ": the device names the scalar the host refuses");
-      check(n.form_differs == 0, what + ": the form depends on the attributes only");
+      check(n.form_differs == 0, what + ": the form depends on the attributes only (and Ftrl's power)");
       check(n.bits_differ == 0, what + ": the device's coefficients have the host's bits");
+      if (info.rule == Rule::kFtrl) {
+        check(n.power_changes >= 5, what + ": calls whose learning_rate_power changes the variant (" +
+                                        std::to_string(n.power_changes) + ") are refused");
+      }
       check(n.accepted >= 1500 && n.refused >= 50,
             what + ": enough accepted (" + std::to_string(n.accepted) + ") and refused (" +
                 std::to_string(n.refused) + ") calls");

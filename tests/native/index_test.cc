@@ -142,6 +142,78 @@ void TestElementwiseAtLargeOffsets(const fusedopt::cpu::KernelTable& k) {
         std::string(k.isa) + ": LAMB at offset beyond 2^32");
 }
 
+// Note [low-precision state]: rounding keys change every 2^32 elements of a
+// tensor. One call over an item that crosses 2^32 must give the bits of two
+// calls split there (each starting in its own 2^32 block): stochastic
+// bfloat16 state and weights element by element, and int8 state with
+// stochastic weights over rows of one block each, the 2^32 boundary between
+// two rows of one item (a sparse item, or a dense item of whole rows).
+void TestStateKeysAcross2To32(const fusedopt::cpu::KernelTable& k) {
+  using namespace fusedopt;
+  const int dt = static_cast<int>(DType::kBFloat16);
+  const Coeffs c = coeffs::Sgd(0.1, 0.9, 0.0);
+  const GradXform gx{1.0, INFINITY};
+  constexpr int64_t n = 64, before = 24;  // the boundary after element `before`
+  const int64_t offset = (int64_t{1} << 32) - before;
+  std::mt19937 gen(11);
+  std::normal_distribution<float> normal;
+  std::vector<BFloat16> var0(n), grad(n), mom0(n);
+  for (int64_t i = 0; i < n; ++i) {
+    var0[i] = FloatToBFloat16(normal(gen));
+    grad[i] = FloatToBFloat16(normal(gen));
+    mom0[i] = FloatToBFloat16(normal(gen));
+  }
+  // bfloat16 state: one call vs two.
+  const cpu::StateElementwiseFn bf =
+      k.StateElementwise(Rule::kSgd, dt, 1, StateFormat::kBFloat16, true, false);
+  std::vector<BFloat16> v1 = var0, m1 = mom0, v2 = var0, m2 = mom0;
+  cpu::StateArgs sa;
+  sa.seed = 0x1234567890abcdefull;
+  sa.tensor = 3;
+  sa.offset = offset;
+  void* one[3] = {m1.data(), nullptr, nullptr};
+  bf(c, gx, sa, v1.data(), one, grad.data(), 0, n);
+  void* two[3] = {m2.data(), nullptr, nullptr};
+  bf(c, gx, sa, v2.data(), two, grad.data(), 0, before);
+  cpu::StateArgs sb = sa;
+  sb.offset = offset + before;
+  void* two_b[3] = {m2.data() + before, nullptr, nullptr};
+  bf(c, gx, sb, v2.data() + before, two_b, grad.data() + before, 0, n - before);
+  Check(std::memcmp(v1.data(), v2.data(), n * 2) == 0 &&
+            std::memcmp(m1.data(), m2.data(), n * 2) == 0,
+        std::string(k.isa) + ": bfloat16 state: one call across 2^32 = two calls split there");
+  // int8 state, stochastic bfloat16 weights, rows of 8 (one block each).
+  const cpu::StateElementwiseFn q =
+      k.StateElementwise(Rule::kSgd, dt, 1, StateFormat::kInt8, true, false);
+  std::vector<uint8_t> codes0(n);
+  // Codes of either sign below the NaN code (0x7f, 0xff).
+  for (int64_t i = 0; i < n; ++i) codes0[i] = static_cast<uint8_t>((gen() % 0x7f) | (gen() & 0x80));
+  std::vector<float> amax0(n / 8, 0.5f);
+  std::vector<BFloat16> w1 = var0, w2 = var0;
+  std::vector<uint8_t> q1 = codes0, q2 = codes0;
+  std::vector<float> a1 = amax0, a2 = amax0;
+  cpu::StateArgs ia;
+  ia.seed = sa.seed;
+  ia.tensor = 3;
+  ia.offset = offset;
+  ia.row_size = 8;
+  ia.absmax[0] = a1.data();
+  void* qs1[3] = {q1.data(), nullptr, nullptr};
+  q(c, gx, ia, w1.data(), qs1, grad.data(), 0, n);
+  cpu::StateArgs ib = ia;
+  ib.absmax[0] = a2.data();
+  void* qs2[3] = {q2.data(), nullptr, nullptr};
+  q(c, gx, ib, w2.data(), qs2, grad.data(), 0, before);
+  cpu::StateArgs ic = ia;
+  ic.offset = offset + before;
+  ic.absmax[0] = a2.data() + before / 8;
+  void* qs3[3] = {q2.data() + before, nullptr, nullptr};
+  q(c, gx, ic, w2.data() + before, qs3, grad.data() + before, 0, n - before);
+  Check(std::memcmp(w1.data(), w2.data(), n * 2) == 0 && q1 == q2 &&
+            std::memcmp(a1.data(), a2.data(), a1.size() * sizeof(float)) == 0,
+        std::string(k.isa) + ": int8 state, stochastic weights: one call across 2^32 = two calls");
+}
+
 }  // namespace
 
 void RunCoeffsTests(void (*check)(bool, const std::string&));  // coeffs_test.cc
@@ -155,6 +227,7 @@ int main() {
     if (k == nullptr) continue;  // not supported by this CPU
     ++isas;
     TestElementwiseAtLargeOffsets(*k);
+    TestStateKeysAcross2To32(*k);
   }
   Check(isas >= 1, "at least the baseline ISA ran");
   std::printf("%d passed, %d failed\n", passed, failed);
