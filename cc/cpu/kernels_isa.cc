@@ -381,7 +381,6 @@ void StateElementwise(const Coeffs& hc, const GradXform& gx, const StateArgs& sa
   // Keys per 2^32 elements of the tensor (RoundingKey): dense chunks never
   // straddle 2^32, a sparse item (a row) may, so [begin, end) runs in
   // segments of one key each (one segment almost always).
-  constexpr bool kSr = F == StateFormat::kBFloat16;
   for (int64_t first = begin; first < end;) {
     const uint64_t at = static_cast<uint64_t>(sa.offset + first);
     const uint32_t hi = static_cast<uint32_t>(at >> 32);
@@ -397,23 +396,7 @@ void StateElementwise(const Coeffs& hc, const GradXform& gx, const StateArgs& sa
       if constexpr (K > 1) s[1] = Load(s1[i]);
       if constexpr (K > 2) s[2] = Load(s2[i]);
       UpdateRegisters<Rule, V, D>(c, gscale, gclip, v, s, Load(grad[i]));
-      // Hash A only with slot 0 or 1 rounded, B with slot 2 or the variable.
-      const uint32_t ha = (kSr && K > 0) ? RoundingBits(ka, idx) : 0u;
-      const uint32_t hb = ((kSr && K > 2) || W) ? RoundingBits(kb, idx) : 0u;
-      if constexpr (W) {
-        var[i] = StochasticBFloat16(v, VarRoundingBits(hb));
-      } else {
-        var[i] = Store<T>(v);
-      }
-      if constexpr (kSr) {
-        if constexpr (K > 0) s0[i] = StochasticBFloat16(s[0], SlotRoundingBits(0, ha, hb));
-        if constexpr (K > 1) s1[i] = StochasticBFloat16(s[1], SlotRoundingBits(1, ha, hb));
-        if constexpr (K > 2) s2[i] = StochasticBFloat16(s[2], SlotRoundingBits(2, ha, hb));
-      } else {
-        if constexpr (K > 0) s0[i] = Store<T>(s[0]);
-        if constexpr (K > 1) s1[i] = Store<T>(s[1]);
-        if constexpr (K > 2) s2[i] = Store<T>(s[2]);
-      }
+      StoreStateElement<T, F, W, K>(var, s0, s1, s2, i, idx, v, s, ka, kb);
     }
     first = last;
   }

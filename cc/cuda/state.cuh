@@ -84,7 +84,6 @@ __global__ void __launch_bounds__(kThreads)
   static_assert(F != StateFormat::kInt8);
   using S = SlotStorage<F, T>;
   constexpr int K = SlotsOf<Rule>(V);
-  constexpr bool kSr = F == StateFormat::kBFloat16;
   for (int64_t u = blockIdx.x; u < total; u += gridDim.x) {
     const int t = StateTensorOf(p, u);
     const int64_t begin = (u - (t == 0 ? 0 : p.work_end[t - 1])) * kStateUnit;
@@ -107,22 +106,7 @@ __global__ void __launch_bounds__(kThreads)
       if constexpr (K > 1) s[1] = Load(s1[i]);
       if constexpr (K > 2) s[2] = Load(s2[i]);
       UpdateRegisters<Rule, V, D>(oc.c, gscale, gclip, v, s, Load(grad[i]));
-      const uint32_t ha = (kSr && K > 0) ? RoundingBits(ka, i) : 0u;
-      const uint32_t hb = ((kSr && K > 2) || W) ? RoundingBits(kb, i) : 0u;
-      if constexpr (W) {
-        var[i] = StochasticBFloat16(v, VarRoundingBits(hb));
-      } else {
-        var[i] = Store<T>(v);
-      }
-      if constexpr (kSr) {
-        if constexpr (K > 0) s0[i] = StochasticBFloat16(s[0], SlotRoundingBits(0, ha, hb));
-        if constexpr (K > 1) s1[i] = StochasticBFloat16(s[1], SlotRoundingBits(1, ha, hb));
-        if constexpr (K > 2) s2[i] = StochasticBFloat16(s[2], SlotRoundingBits(2, ha, hb));
-      } else {
-        if constexpr (K > 0) s0[i] = Store<T>(s[0]);
-        if constexpr (K > 1) s1[i] = Store<T>(s[1]);
-        if constexpr (K > 2) s2[i] = Store<T>(s[2]);
-      }
+      StoreStateElement<T, F, W, K>(var, s0, s1, s2, i, i, v, s, ka, kb);
     }
   }
 }

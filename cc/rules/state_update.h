@@ -46,6 +46,37 @@ FUSEDOPT_HD void UpdateRegisters(const M* c, M gscale, M gclip, M& v, M* s, M g)
   Rule::template Apply<V>(c, v, s, TransformGrad(g, gscale, gclip));
 }
 
+// Stores one updated element in the element formats (kSame with W, and
+// kBFloat16): the variable (stochastically with W) and its K slots
+// (stochastically in kBFloat16). idx: the element's index in its tensor (its
+// rounding bits); i: its index in the arrays given. Hash A only with slot 0
+// or 1 rounded, hash B with slot 2 or the variable.
+template <typename T, StateFormat F, bool W, int K>
+FUSEDOPT_HD void StoreStateElement(T* __restrict__ var, SlotStorage<F, T>* __restrict__ s0,
+                                   SlotStorage<F, T>* __restrict__ s1,
+                                   SlotStorage<F, T>* __restrict__ s2, int64_t i, int64_t idx,
+                                   opmath_t<T> v, const opmath_t<T>* s, uint32_t ka,
+                                   uint32_t kb) {
+  static_assert(F != StateFormat::kInt8, "int8 slots are encoded per block");
+  constexpr bool kSr = F == StateFormat::kBFloat16;
+  const uint32_t ha = (kSr && K > 0) ? RoundingBits(ka, idx) : 0u;
+  const uint32_t hb = ((kSr && K > 2) || W) ? RoundingBits(kb, idx) : 0u;
+  if constexpr (W) {
+    var[i] = StochasticBFloat16(v, VarRoundingBits(hb));
+  } else {
+    var[i] = Store<T>(v);
+  }
+  if constexpr (kSr) {
+    if constexpr (K > 0) s0[i] = StochasticBFloat16(s[0], SlotRoundingBits(0, ha, hb));
+    if constexpr (K > 1) s1[i] = StochasticBFloat16(s[1], SlotRoundingBits(1, ha, hb));
+    if constexpr (K > 2) s2[i] = StochasticBFloat16(s[2], SlotRoundingBits(2, ha, hb));
+  } else {
+    if constexpr (K > 0) s0[i] = Store<T>(s[0]);
+    if constexpr (K > 1) s1[i] = Store<T>(s[1]);
+    if constexpr (K > 2) s2[i] = Store<T>(s[2]);
+  }
+}
+
 }  // namespace fusedopt
 
 #endif  // FUSEDOPT_CC_RULES_STATE_UPDATE_H_
