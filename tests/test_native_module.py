@@ -719,7 +719,7 @@ def test_empty_arrays_with_any_strides_are_accepted():
 # --- every compiled ISA gives the same bits ------------------------------------------------
 
 _ISA_SCRIPT = r"""
-import json, sys
+import hashlib, json, sys
 sys.path[:0] = json.loads(sys.argv[1])
 import numpy as np
 import native_harness as H
@@ -748,6 +748,44 @@ for case in H.CASES:
                 nat.sparse_apply(case.rule, st.vars, [vals], [idx], st.slots, p.hparams(k),
                                  mode=mode, **p.kwargs(k))
             out["hashes"][f"{case.name}/sparse/{mode}"] = H.hash_state(st)
+# Low-precision state (Note [low-precision state]): every rule with state, both formats
+# (int8: the SIMD codes of Note [int8 codes in AVX-512]), dense and sparse, and int8 codes
+# of extreme values (SGD with momentum 0, Adagrad from zero).
+import test_native_state as NS
+for name in NS.STATE_CASES:
+    case = H.CASE_BY_NAME[name]
+    for sd in ("int8", "bfloat16"):
+        if (sd == "bfloat16" and not H.HAVE_ML_DTYPES) or (
+                sd == "int8" and name not in NS.INT8_CASES):
+            continue
+        p = H.make_problem(case, "float32", NS.SHAPES + [(70001,)], rng, 0.01, False, steps=2)
+        bits = NS._run_native(p, sd, "float32", False)
+        out["hashes"][f"state/{name}/{sd}"] = hashlib.sha256(
+            b"".join(bits[k] for k in sorted(bits))).hexdigest()
+        q = H.make_problem(case, "float32", [(37, 300)], rng, 0.01, False, steps=1)
+        slots, absmax = NS._state_arrays(q.slots, sd)
+        var = H.to_storage(q.init[0], "float32")
+        for mode in ("exact", "lazy"):
+            nat.sparse_apply(case.rule, [var], [H.to_storage(H.random_array(rng, (20, 300),
+                             "float32"), "float32")], [rng.integers(0, 37, 20)], slots,
+                             q.hparams(0), mode=mode, **q.kwargs(0), state_dtype=sd,
+                             absmax=absmax, rounding_seed=7)
+        bits = NS._bits([var], slots, absmax)
+        out["hashes"][f"state/{name}/{sd}/sparse"] = hashlib.sha256(
+            b"".join(bits[k] for k in sorted(bits))).hexdigest()
+for shape in [(9, 700), (70001,), (40, 5)]:
+    g = NS.extreme_values(rng, shape)
+    for rule, slot, hp in [("sgd", "momenta", {"lr": 1.0, "momentum": 0.0}),
+                           ("adagrad", "accumulator", {"lr": 0.01, "epsilon": 1e-7})]:
+        var = np.zeros(shape, np.float32)
+        codes = np.zeros(shape, np.uint8)
+        amax = np.zeros(NS.state.num_blocks(shape), np.float32)
+        with np.errstate(all="ignore"):
+            for grad in (g, np.zeros(shape, np.float32)):
+                nat.apply(rule, [var], [grad], {slot: [codes]}, hp, state_dtype="int8",
+                          absmax={slot: [amax]})
+        out["hashes"][f"state/extreme/{rule}/{shape}"] = hashlib.sha256(
+            codes.tobytes() + amax.tobytes() + var.tobytes()).hexdigest()
 sums = nat.grad_stats([H.to_storage(H.random_array(rng, (300001,), "float32"), "float32")])
 out["hashes"]["grad_stats"] = repr(sums)
 print(json.dumps(out))
@@ -761,17 +799,24 @@ def test_every_compiled_isa_gives_the_same_bits():
     seed = int(np.random.SeedSequence().entropy % 2**31)
     print(f"seed {seed}, ISAs {isas}")
     results = {}
-    for isa in isas:
-        env = dict(os.environ, FUSEDOPT_CPU_ISA=isa)
+    # avx512 twice: with and without the VBMI code lookups (Note [int8 codes in
+    # AVX-512]; FUSEDOPT_CPU_VBMI=0 turns them off, a CPU without VBMI never
+    # takes them).
+    runs = [(isa, {}) for isa in isas]
+    if "avx512" in isas:
+        runs.append(("avx512", {"FUSEDOPT_CPU_VBMI": "0"}))
+    for isa, extra in runs:
+        env = dict(os.environ, FUSEDOPT_CPU_ISA=isa, **extra)
         r = subprocess.run([sys.executable, "-c", _ISA_SCRIPT, path, str(seed)], env=env,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"{isa}: {r.stderr[-3000:]}"
         got = json.loads(r.stdout.strip().splitlines()[-1])
         assert got["isa"] == isa, f"FUSEDOPT_CPU_ISA={isa} ran {got['isa']}"
-        results[isa] = got["hashes"]
+        results[isa + ("/no-vbmi" if extra else "")] = got["hashes"]
     base = results[isas[0]]
     assert len(base) > 100
-    for isa in isas[1:]:
+    assert sum(k.startswith("state/") for k in base) >= 25
+    for isa in list(results)[1:]:
         differ = sorted(k for k in base if results[isa][k] != base[k])
         assert not differ, f"{isa} differs from {isas[0]} in {differ}"
 

@@ -203,6 +203,116 @@ def test_int8_sgd_momentum_is_the_numpy_model_bit_for_bit(rng, shape):
         np.testing.assert_array_equal(absmax, want_a)
 
 
+def extreme_values(rng: np.random.Generator, shape) -> np.ndarray:
+    """float32 values whose magnitudes span 2^-60..2^20 (so codes from the
+    subnormal range up to 1.0, and blocks flushing small values to 0), both
+    signs, with +-0, float32 subnormals, and infinities and NaN in a few
+    blocks. Shared with test_native_module's ISA comparison."""
+    x = rng.standard_normal(shape) * 2.0 ** rng.uniform(-60, 20, shape)
+    flat = x.reshape(-1)
+    flat[::37] = 0.0
+    flat[5::41] = -0.0
+    flat[3::53] = 1e-40
+    if flat.size > 2000:
+        flat[700], flat[1500], flat[1900] = np.inf, np.nan, -np.inf
+    # Exact ties of the signed code (round half to even): in every third
+    # block, an absmax of 2^s and values halfway between two codes, normal
+    # ((1 + (2k + 1) / 16) 2^(s - e)) and subnormal ((2f + 1) 2^(s - 18)).
+    rows, row_size = state.layout(x.shape)
+    x2 = x.reshape(rows, row_size)
+    for r in range(rows):
+        for b in range(0, row_size, state.BLOCK):
+            n = min(state.BLOCK, row_size - b)
+            if (r + b // state.BLOCK) % 3 != 1 or n < 2:
+                continue
+            s = int(rng.integers(-30, 10))
+            k = rng.integers(0, 8, n - 1)
+            e = rng.integers(1, 14, n - 1)
+            ties = (1 + (2 * k + 1) / 16) * 2.0 ** (s - e)
+            sub = rng.random(n - 1) < 0.3
+            ties[sub] = (2 * k[sub] + 1) * 2.0 ** (s - 18)
+            x2[r, b] = 2.0 ** s
+            x2[r, b + 1:b + n] = ties * rng.choice([-1.0, 1.0], n - 1)
+    return x.astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(9, 700), (70001,), (40, 5)],
+                         ids=["rows_of_3_blocks", "rank1_short_tail", "rows_of_5"])
+def test_int8_codes_of_extreme_values_are_the_numpy_quantizer(rng, shape):
+    """The kernels' encoding and decoding (Note [int8 codes in AVX-512] on
+    CPUs with AVX-512) against fusedopt.state's NumPy quantizer, bit for bit,
+    signed and unsigned: SGD with momentum 0 stores -lr * g, Adagrad from
+    zero stores g * g; a second step that keeps the slot re-encodes what it
+    decoded."""
+    g = extreme_values(rng, shape)
+    var = np.zeros(shape, np.float32)
+    zeros = lambda: (np.zeros(shape, np.uint8), np.zeros(state.num_blocks(shape), np.float32))
+    m, am = zeros()
+    with np.errstate(all="ignore"):
+        assert nat.apply("sgd", [var], [g], {"momenta": [m]}, {"lr": 1.0, "momentum": 0.0},
+                         state_dtype="int8", absmax={"momenta": [am]}) is False
+        # m * momentum - g * lr in float32: 0 - g (+0 for a zero g of either sign).
+        want_m, want_am = state.quantize(np.float32(0) - g, signed=True)
+        np.testing.assert_array_equal(m, want_m)
+        np.testing.assert_array_equal(am.view(np.uint32), want_am.view(np.uint32))
+        # momentum 1, lr 0: the slot keeps its decoded values.
+        want_m, want_am = state.quantize(state.dequantize(m, am, signed=True), signed=True)
+        assert nat.apply("sgd", [var], [np.ones(shape, np.float32)], {"momenta": [m]},
+                         {"lr": 0.0, "momentum": 1.0}, state_dtype="int8",
+                         absmax={"momenta": [am]}) is False
+        np.testing.assert_array_equal(m, want_m)
+        np.testing.assert_array_equal(am.view(np.uint32), want_am.view(np.uint32))
+
+        a, aa = zeros()
+        var[...] = 0
+        hp = {"lr": 0.01, "epsilon": 1e-7}
+        assert nat.apply("adagrad", [var], [g], {"accumulator": [a]}, hp, state_dtype="int8",
+                         absmax={"accumulator": [aa]}) is False
+        want_a, want_aa = state.quantize(g * g, signed=False)
+        np.testing.assert_array_equal(a, want_a)
+        np.testing.assert_array_equal(aa.view(np.uint32), want_aa.view(np.uint32))
+        want_a, want_aa = state.quantize(state.dequantize(a, aa, signed=False), signed=False)
+        assert nat.apply("adagrad", [var], [np.zeros(shape, np.float32)], {"accumulator": [a]},
+                         hp, state_dtype="int8", absmax={"accumulator": [aa]}) is False
+        np.testing.assert_array_equal(a, want_a)
+        np.testing.assert_array_equal(aa.view(np.uint32), want_aa.view(np.uint32))
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+@pytest.mark.parametrize("name", STATE_CASES)
+def test_state_calls_apply_the_gradient_transform(rng, name, state_dtype):
+    """Note [gradient transform] with low-precision state: a call with
+    grad_scale and clip_value (the loops' transform variant) gives the bits of
+    the same call given the transformed gradient (the variant without); and
+    the transform changes the result."""
+    if state_dtype == "int8" and name not in INT8_CASES:
+        pytest.skip("centered RMSprop takes bfloat16 state only")
+    if state_dtype == "bfloat16":
+        _need_bf16()
+    case = H.CASE_BY_NAME[name]
+    p = H.make_problem(case, "float32", [(5, 613), (700,)], rng, 0.01, True, steps=2)
+
+    def run(mode: str) -> dict:
+        variables = [H.to_storage(H.rounded(x, "float32"), "float32") for x in p.init]
+        slots, absmax = _state_arrays(p.slots, state_dtype)
+        for k in range(p.steps):
+            grads = [H.to_storage(H.rounded(g, "float32"), "float32") for g in p.grads[k]]
+            kw = p.kwargs(k)
+            if mode != "transform":
+                kw = {o: v for o, v in kw.items() if o not in H.TRANSFORM}
+            if mode == "pre-transformed":
+                # g * 0.5 is exact, so this is the kernels' clip(g * scale, +-clip_value).
+                grads = [p.effective_grad(g).astype(np.float32) for g in grads]
+            assert nat.apply(p.case.rule, variables, grads, slots, p.hparams(k), **kw,
+                             state_dtype=state_dtype, absmax=absmax, rounding_seed=_seed(k),
+                             stochastic_rounding=False) is False
+        return _bits(variables, slots, absmax)
+
+    with_transform = run("transform")
+    assert _differ(with_transform, run("pre-transformed")) == []
+    assert _differ(with_transform, run("raw")) != []
+
+
 @pytest.mark.parametrize("weights", ["float32", "bfloat16"])
 def test_bfloat16_sgd_momentum_is_the_numpy_model_bit_for_bit(rng, weights):
     """Stochastic rounding with the rounding bits of (seed, tensor position,

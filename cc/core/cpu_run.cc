@@ -61,10 +61,11 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
   };
   if (plan.LowPrecision()) {
     // Note [low-precision state]: Keras' forms only (no rsqrt forms, no TF
-    // forms), the gradient transform always applied (identity without one).
+    // forms); the gradient transform only where the call has one, as below.
     const cpu::KernelTable& table = cpu::SelectedKernels();
-    const cpu::StateElementwiseFn fn = table.StateElementwise(
-        rule, dt, plan.variant, plan.state_format, plan.stochastic_weights, plan.Decays());
+    const cpu::StateElementwiseFn fn =
+        table.StateElementwise(rule, dt, plan.variant, plan.state_format,
+                               plan.stochastic_weights, plan.Decays(), ops.transform);
     const int bytes = elem_bytes * 3 + 2 * slot_bytes * ops.num_slots;
     pfor(chunks, bytes, [&](const cpu::Chunk& c) {
       const Item& it = items[c.tensor];
@@ -83,7 +84,6 @@ void RunItemsCpu(const ParallelFor& pfor, const std::vector<Item>& items, const 
         for (int k = 0; k < ops.num_slots; ++k) sa.absmax[k] = ops.absmax[it.tensor][k] + first_block;
       }
       const bool rank0 = ops.IsRank0(it.tensor);
-      // (Without a transform the call's xforms are the identity, {1, inf}.)
       fn(plan.For(rank0), ops.xforms[it.tensor], sa, var, slots.data(), it.grad, 0, it.length);
     });
     return;

@@ -109,10 +109,10 @@ struct KernelTable {
   AdafactorUpdateFn adafactor_update[kNumDTypes][2];  // [dtype][decay]
   TriadFn triad;
   // [kStateVariantOffsets[rule] + variant][StateDTypeIndex][StateFormat]
-  // [stochastic weights][decay]: the rules with low-precision state
-  // (registry.h), their Keras variants; read through StateElementwise(). The
-  // gradient transform always runs (identity without one).
-  StateElementwiseFn state_elementwise[kNumStateTableVariants][2][kNumStateFormats][2][2];
+  // [stochastic weights][decay][gradient transform]: the rules with
+  // low-precision state (registry.h), their Keras variants; read through
+  // StateElementwise().
+  StateElementwiseFn state_elementwise[kNumStateTableVariants][2][kNumStateFormats][2][2][2];
 
   // The loop of `rule`'s variant (null: no such variant, or an internal one).
   ElementwiseFn Elementwise(Rule rule, int dt, int variant, bool decay, bool transform) const {
@@ -122,11 +122,11 @@ struct KernelTable {
   // The low-precision-state loop (null: the rule, variant, dtype or
   // combination has none).
   StateElementwiseFn StateElementwise(Rule rule, int dt, int variant, StateFormat format,
-                                      bool stochastic_weights, bool decay) const {
+                                      bool stochastic_weights, bool decay, bool transform) const {
     const int d = StateDTypeIndex(dt);
     if (d < 0 || variant < 0 || variant >= NumStateVariants(rule)) return nullptr;
     return state_elementwise[kStateVariantOffsets.at[static_cast<int>(rule)] + variant][d]
-                            [static_cast<int>(format)][stochastic_weights][decay];
+                            [static_cast<int>(format)][stochastic_weights][decay][transform];
   }
 };
 

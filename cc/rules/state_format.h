@@ -187,13 +187,14 @@ FUSEDOPT_HD uint32_t VarRoundingBits(uint32_t b) { return b >> 16; }
 // (the carry rounds into the exponent; the largest finite values may round up
 // to infinity, as any unbiased rounding must). Inf and NaN are kept (NaN
 // quiet).
+// Only NaN needs its own path: adding fewer than 2^16 to an infinity's bits
+// leaves its high half (0x7f80 or 0xff80) as it is, so infinities take the
+// rounding path unchanged; a NaN's payload could carry into the sign.
 FUSEDOPT_HD BFloat16 StochasticBFloat16(float x, uint32_t r) {
   const uint32_t u = FloatBits(x);
-  const bool special = (u & 0x7f800000u) == 0x7f800000u;
   const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
   const uint32_t rounded = (u + (r & 0xffffu)) >> 16;
-  const uint32_t kept = is_nan ? ((u >> 16) | 0x40u) : (u >> 16);
-  return BFloat16{static_cast<uint16_t>(SelectBits(special, kept, rounded))};
+  return BFloat16{static_cast<uint16_t>(SelectBits(is_nan, (u >> 16) | 0x40u, rounded))};
 }
 
 }  // namespace fusedopt

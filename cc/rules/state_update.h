@@ -38,12 +38,14 @@ template <typename Rule, int k>
 constexpr bool kNonNeg = ((Rule::kNonNegSlots >> k) & 1u) != 0;
 
 // One element's update on registers: v the variable (loaded), s the slots
-// (decoded), g the raw gradient; the decay, the gradient transform and the
-// rule, in the order of the float32-state loops.
-template <typename Rule, int V, bool D, typename M>
+// (decoded), g the raw gradient; the decay, the gradient transform (X: the
+// call has one; without, the gradient as it is, as the float32-state loops
+// do) and the rule, in the order of the float32-state loops.
+template <typename Rule, int V, bool D, bool X = true, typename M>
 FUSEDOPT_HD void UpdateRegisters(const M* c, M gscale, M gclip, M& v, M* s, M g) {
   if constexpr (D) v = Decay(c, v);
-  Rule::template Apply<V>(c, v, s, TransformGrad(g, gscale, gclip));
+  if constexpr (X) g = TransformGrad(g, gscale, gclip);
+  Rule::template Apply<V>(c, v, s, g);
 }
 
 // Stores one updated element in the element formats (kSame with W, and

@@ -165,7 +165,7 @@ void TestStateKeysAcross2To32(const fusedopt::cpu::KernelTable& k) {
   }
   // bfloat16 state: one call vs two.
   const cpu::StateElementwiseFn bf =
-      k.StateElementwise(Rule::kSgd, dt, 1, StateFormat::kBFloat16, true, false);
+      k.StateElementwise(Rule::kSgd, dt, 1, StateFormat::kBFloat16, true, false, true);
   std::vector<BFloat16> v1 = var0, m1 = mom0, v2 = var0, m2 = mom0;
   cpu::StateArgs sa;
   sa.seed = 0x1234567890abcdefull;
@@ -184,7 +184,7 @@ void TestStateKeysAcross2To32(const fusedopt::cpu::KernelTable& k) {
         std::string(k.isa) + ": bfloat16 state: one call across 2^32 = two calls split there");
   // int8 state, stochastic bfloat16 weights, rows of 8 (one block each).
   const cpu::StateElementwiseFn q =
-      k.StateElementwise(Rule::kSgd, dt, 1, StateFormat::kInt8, true, false);
+      k.StateElementwise(Rule::kSgd, dt, 1, StateFormat::kInt8, true, false, true);
   std::vector<uint8_t> codes0(n);
   // Codes of either sign below the NaN code (0x7f, 0xff).
   for (int64_t i = 0; i < n; ++i) codes0[i] = static_cast<uint8_t>((gen() % 0x7f) | (gen() & 0x80));
