@@ -44,11 +44,21 @@ def test_state_suite_quick(tmp_path):
         assert x["seeds"] == [0] and len(x["runs"]) == 1
         assert 0 < x["loss"] and 0 < x["accuracy"] <= 1
         assert x["within_1pct"] == (abs(x["rel_loss"]) <= 0.01 and abs(x["rel_accuracy"]) <= 0.01)
+        assert x["rel_loss_se"] == 0 and x["rel_accuracy_se"] == 0  # one seed: no estimate
         if x["state_dtype"] == "float32":
             assert x["rel_loss"] == 0 and x["low_precision_fraction"] == 0
         else:  # the large variables' slots are low-precision
             assert x["low_precision_fraction"] > 0.9
             assert x["state_bytes_per_parameter"] < 8 * 0.6
+
+
+def test_standard_error_of_a_difference_of_means():
+    from fusedopt.bench import state as bench_state
+
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0]
+    # stdev 1 over 3 runs, stdev sqrt(2) over 2 runs: sqrt(1/3 + 2/2).
+    assert bench_state._se_of_difference(a, b) == pytest.approx((1 / 3 + 1) ** 0.5)
+    assert bench_state._se_of_difference([1.0], [2.0]) == 0
 
 
 def test_state_suite_bad_input_exits_2(tmp_path):

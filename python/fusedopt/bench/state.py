@@ -232,6 +232,11 @@ def _spread(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
+def _se_of_difference(a: list[float], b: list[float]) -> float:
+    """The standard error of mean(a) - mean(b) (independent runs)."""
+    return (_spread(a) ** 2 / len(a) + _spread(b) ** 2 / len(b)) ** 0.5
+
+
 def quality(tasks: list[Task], make_optimizer, seeds: list[int], quick: bool) -> list[dict]:
     """Every task under every state_dtype and seed: one row per task and
     state_dtype (means over seeds and the comparison with float32 state)."""
@@ -251,12 +256,21 @@ def quality(tasks: list[Task], make_optimizer, seeds: list[int], quick: bool) ->
             loss = statistics.mean(r["loss"] for r in rs)
             acc = statistics.mean(r["accuracy"] for r in rs)
             rel_loss, rel_acc = loss / base_loss - 1, acc / base_acc - 1
+            # The seed-to-seed noise of those differences: the standard error
+            # of a difference of two means over the seeds, relative to float32
+            # state's mean (0 with one seed: no estimate).
+            se_loss = _se_of_difference([r["loss"] for r in rs],
+                                        [r["loss"] for r in runs["float32"]]) / base_loss
+            se_acc = _se_of_difference([r["accuracy"] for r in rs],
+                                       [r["accuracy"] for r in runs["float32"]]) / base_acc
             rows.append(dict(
                 task=task.name, description=task.description, epochs=epochs,
                 state_dtype=state_dtype, seeds=list(seeds),
                 loss=loss, loss_std=_spread([r["loss"] for r in rs]),
                 accuracy=acc, accuracy_std=_spread([r["accuracy"] for r in rs]),
                 rel_loss=rel_loss, rel_accuracy=rel_acc,
+                rel_loss_se=0.0 if state_dtype == "float32" else se_loss,
+                rel_accuracy_se=0.0 if state_dtype == "float32" else se_acc,
                 within_1pct=abs(rel_loss) <= TOLERANCE and abs(rel_acc) <= TOLERANCE,
                 parameters=rs[0]["parameters"],
                 low_precision_fraction=rs[0]["low_precision_fraction"],
@@ -439,18 +453,22 @@ def _pct(x: float) -> str:
 
 def print_quality(rows: list[dict], label: str) -> None:
     print(f"\nQuality: {label}, mean over seeds {rows[0]['seeds']} (std in parentheses); "
-          f"criterion: loss and accuracy within {TOLERANCE:.0%} of float32 state")
+          f"criterion: loss and accuracy within {TOLERANCE:.0%} of float32 state; "
+          f"se: the seeds' noise in that difference (standard error of the difference of "
+          f"the means; a difference within 2 se is not resolved)")
     header = (f"{'task':<16}{'state':<10}{'epochs':>6}{'train loss':>20}{'test acc':>18}"
-              f"{'d loss':>9}{'d acc':>9}{'  1%':<6}{'low-prec':>9}{'B/param':>9}")
+              f"{'d loss':>9}{'se':>7}{'d acc':>9}{'se':>7}{'  1%':<6}{'low-prec':>9}"
+              f"{'B/param':>9}")
     _header(header)
     for r in rows:
         base = r["state_dtype"] == "float32"
         verdict = "-" if base else ("pass" if r["within_1pct"] else "MISS")
+        se = (lambda x: "" if base or len(r["seeds"]) < 2 else f"{x * 100:.1f}%")
         print(f"{r['task']:<16}{r['state_dtype']:<10}{r['epochs']:>6}"
               f"{r['loss']:>10.4f} ({r['loss_std']:.4f}){r['accuracy']:>10.4f} "
               f"({r['accuracy_std']:.4f})"
-              f"{'' if base else _pct(r['rel_loss']):>9}"
-              f"{'' if base else _pct(r['rel_accuracy']):>9}"
+              f"{'' if base else _pct(r['rel_loss']):>9}{se(r['rel_loss_se']):>7}"
+              f"{'' if base else _pct(r['rel_accuracy']):>9}{se(r['rel_accuracy_se']):>7}"
               f"  {verdict:<4}{r['low_precision_fraction'] * 100:>8.1f}%"
               f"{r['state_bytes_per_parameter']:>9.3f}")
 
