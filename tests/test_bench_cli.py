@@ -69,6 +69,25 @@ def test_many_suite_and_other_dtypes(tmp_path):
     assert all(not x["check"].startswith("WRONG") for x in data["rows"])
 
 
+def test_sizes_suite_every_algorithm_with_the_per_variable_contender(tmp_path):
+    """--algorithms all without --quick: every rule's "fusedopt per-variable"
+    contender (one op call per variable) runs whole steps, rule state
+    included (Nadam's u_product from _fused_prepare_step), checked and timed."""
+    from fusedopt.bench.algorithms import ALGORITHMS
+
+    r, data = bench(tmp_path, "--suite", "sizes", "--sizes", "1000", "--algorithms", "all",
+                    "--repeats", "1", "--warmup", "0", "--no-xla")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = data["rows"]
+    assert {x["algorithm"] for x in rows} == set(ALGORITHMS)
+    per_variable = {x["algorithm"]: x for x in rows if x["contender"] == "fusedopt per-variable"}
+    assert set(per_variable) == set(ALGORITHMS)
+    for x in per_variable.values():
+        assert x["check"] == "ok" and x["ms"] > 0, x
+    assert all(x["check"] == "ok" or x["check"] == "n/a" for x in rows), [
+        (x["algorithm"], x["contender"], x["check"]) for x in rows]
+
+
 def test_models_suite(tmp_path):
     r, data = bench(tmp_path, "--suite", "models", "--models", "resnet50", "--repeats", "1",
                     "--warmup", "0", "--no-xla")

@@ -44,6 +44,7 @@ from rich.progress import Progress  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 import fusedopt.ops as fops  # noqa: E402
+from fusedopt import _atomic  # noqa: E402
 from fusedopt.bench import cases  # noqa: E402
 from fusedopt.bench import shapes as model_shapes  # noqa: E402
 from fusedopt.bench import timing  # noqa: E402
@@ -140,11 +141,27 @@ class Case:
         grads, k = self.grads, self.k
         tvars = [v.value for v in variables]
 
+        def step():
+            # One optimizer step as _backend_update_step makes it, but one op
+            # call per variable instead of one per group: the rule's per-step
+            # state (a running product some rules' calls take as a scalar) is
+            # computed before the calls and assigned after them
+            # (_fused_prepare_step, _fused_finish_step), and the step counter
+            # advances, so step t runs the rule's step t.
+            with _atomic.step_scope():
+                opt._fused_prepare_step()
+                updates = [opt._fused_apply([v], [g], opt.learning_rate, 0.0)
+                           for v, g in zip(tvars, grads)]
+                done = [u for u in tf.nest.flatten(updates)
+                        if isinstance(u, (tf.Tensor, tf.Operation))]
+                opt._fused_finish_step(done)
+                with tf.control_dependencies(done):
+                    opt.iterations.assign_add(1)
+
         @tf.function
         def run(steps):
             for _ in tf.range(steps):
-                for v, g in zip(tvars, grads):
-                    opt._fused_apply([v], [g], opt.learning_rate, 0.0)
+                step()
 
         self.contenders["fusedopt per-variable"] = dict(
             run=lambda: run(k), step=lambda: run(ONE), vars=variables,
