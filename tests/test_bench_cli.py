@@ -88,6 +88,34 @@ def test_sizes_suite_every_algorithm_with_the_per_variable_contender(tmp_path):
         (x["algorithm"], x["contender"], x["check"]) for x in rows]
 
 
+def test_raw_ops_contender_in_float64_and_float16(tmp_path):
+    """The tf.raw_ops loop passes TF's training ops every scalar in the
+    variable's dtype (an op takes var, lr and its other scalars as one type):
+    it runs, is checked and timed for float64 and float16 as for float32."""
+    from fusedopt.bench.algorithms import ALGORITHMS
+
+    with_raw = {name for name, a in ALGORITHMS.items() if a.raw is not None}
+    r, data = bench(tmp_path, "--suite", "sizes", "--sizes", "1000", "--algorithms", "all",
+                    "--dtypes", "float64,float16", "--repeats", "1", "--warmup", "0",
+                    "--no-xla", "--quick")
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert data is not None, r.stderr[-3000:]
+    rows = data["rows"]
+    assert {(x["algorithm"], x["dtype"]) for x in rows} == {
+        (a, d) for a in ALGORITHMS for d in ("float64", "float16")}
+    raw = {(x["algorithm"], x["dtype"]): x for x in rows if x["contender"] == "tf.raw_ops loop"}
+    assert set(raw) == {(a, d) for a in with_raw for d in ("float64", "float16")}
+    for (algorithm, dtype), x in raw.items():
+        # float64: the op's numbers are the reference's (its scalars are the
+        # reference's float32 values). float16: the op computes in float16,
+        # as Keras' built-in does, whose verdict it may share.
+        assert x["check"] == "ok" or dtype == "float16" and x["check"].startswith("WRONG"), x
+        assert (x["ms"] is not None) == (x["check"] == "ok"), x
+    for x in rows:
+        if x["contender"] == "fusedopt" and x["algorithm"] in with_raw and x["ms"] is not None:
+            assert x["speedup_vs_raw"] or raw[(x["algorithm"], x["dtype"])]["ms"] is None, x
+
+
 def test_models_suite(tmp_path):
     r, data = bench(tmp_path, "--suite", "models", "--models", "resnet50", "--repeats", "1",
                     "--warmup", "0", "--no-xla")

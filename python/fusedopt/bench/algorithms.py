@@ -39,7 +39,8 @@ class Algorithm:
     slot_attrs: dict[str, str]
     # reference(var, grad, slots(dict registry slot -> array), lr, step) -> (var, slots)
     reference: Callable
-    # raw(var, slots(list of tf.Variable), grad, lr, step) -> op; None if TF has no raw op
+    # raw(var, slots(list of tf.Variable), grad, lr, step) -> op, lr a scalar tensor of the
+    # variable's dtype; None if TF has no raw op
     raw: Callable | None = None
     # Element accesses beyond one read and write of var and each slot and one
     # read of grad (a whole-tensor rule's second pass reads var and every slot
@@ -68,10 +69,6 @@ class Algorithm:
     @property
     def step(self) -> bool:
         return registry()[self.name].step
-
-
-def _c(x):
-    return tf.constant(x, tf.float32)
 
 
 def _f32(x):
@@ -133,10 +130,19 @@ def _algorithm(rule: str, case: cases.TableCase) -> Algorithm | Skip:
         slot_names = list(slot_attrs)
 
         def raw(var, slots, g, lr, t):
+            # TF's training ops take var, lr and every other scalar as one
+            # type T (no float32 scalars with a float64 or float16 var): each
+            # scalar in lr's dtype, the variable's, with the value the
+            # reference takes (rounded to float32, as Keras' learning rate).
+            dtype = lr.dtype
+
+            def c(k):
+                return tf.constant(f32_hp[k], dtype)
+
             return op.call(tf.raw_ops, var.handle, g,
                            {k: v.handle for k, v in zip(slot_names, slots)},
-                           scalar=lambda k: lr if k == "lr" else _c(hp[k]),
-                           power=lambda k: tf.pow(_c(hp[k]), tf.cast(t, tf.float32)))
+                           scalar=lambda k: lr if k == "lr" else c(k),
+                           power=lambda k: tf.pow(c(k), tf.cast(t, dtype)))
 
     whole = ref.RULES[rule].whole_tensor
     return Algorithm(rule, cls, cls._fused_builtin(), dict(case.config), slot_attrs, reference,

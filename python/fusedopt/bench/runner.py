@@ -173,7 +173,8 @@ class Case:
         holder.build(variables)
         slots = self._slot_lists(holder, variables)
         grads, k, raw = self.grads, self.k, self.algo.raw
-        lr = float(self.algo.config["learning_rate"])
+        # (The float32 learning rate of the Keras contenders and the check.)
+        lr = float(np.float32(self.algo.config["learning_rate"]))
         dt = tf.as_dtype(self.dtype)
 
         @tf.function
