@@ -143,6 +143,36 @@ def compare_to_single(mirrored_named, single_named):
     return differ
 
 
+def training_report(named, opt, losses, steps):
+    \"\"\"replica_report of named, with the losses, each replica's iteration
+    count and the number of steps taken.\"\"\"
+    res = replica_report(named)
+    res.update(losses=losses, iterations=[int(c.numpy()) for c in components(opt.iterations)],
+               steps=steps)
+    return res
+
+
+def train_custom_loop(model, opt, batch_loss, steps):
+    \"\"\"steps steps of strategy.run(apply_gradients) on the global batches of
+    (X, Y), each replica on its half; batch_loss(y, logits) is a replica's
+    loss. Returns the global losses.\"\"\"
+    data = mirrored.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((X, Y)).repeat().batch(BATCH))
+
+    @tf.function
+    def step(xb, yb):
+        def replica(xb, yb):
+            with tf.GradientTape() as tape:
+                loss = batch_loss(yb, model(xb, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+        return mirrored.reduce("SUM", mirrored.run(replica, args=(xb, yb)), axis=None)
+
+    it = iter(data)
+    return [float(step(*next(it))) for _ in range(steps)]
+
+
 def exact_run(make_variable, make_optimizer, named_state, cfg, weights, other_seed):
     \"\"\"The bit-exactness run of one configuration: EXACT_STEPS steps under
     MirroredStrategy, each replica given half of each gradient, against the
@@ -221,28 +251,10 @@ def custom_loop(name, cfg, steps=6, dtype="float32"):
         model = make_model(dtype)
         opt = cls(**kw, **cfg)
         opt.build(model.trainable_variables)
-    data = mirrored.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices((X, Y)).repeat().batch(BATCH))
-
-    @tf.function
-    def step(xb, yb):
-        def replica(xb, yb):
-            with tf.GradientTape() as tape:
-                # (Under a strategy a Keras loss divides each replica's mean
-                # by the number of replicas: the sum over replicas is the
-                # global batch's mean.)
-                loss = LOSS(yb, model(xb, training=True))
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-        return mirrored.reduce("SUM", mirrored.run(replica, args=(xb, yb)), axis=None)
-
-    it = iter(data)
-    losses = [float(step(*next(it))) for _ in range(steps)]
-    res = replica_report(named_state(model.weights, opt))
-    res.update(losses=losses, iterations=[int(c.numpy()) for c in components(opt.iterations)],
-               steps=steps)
-    return res
+    # (Under a strategy a Keras loss divides each replica's mean by the number
+    # of replicas: the sum over replicas is the global batch's mean.)
+    losses = train_custom_loop(model, opt, LOSS, steps)
+    return training_report(named_state(model.weights, opt), opt, losses, steps)
 
 
 def fit(name, cfg, epochs=2):
@@ -252,11 +264,8 @@ def fit(name, cfg, epochs=2):
         opt = cls(**kw, **cfg)
         model.compile(optimizer=opt, loss=LOSS)
     history = model.fit(X, Y, batch_size=BATCH, epochs=epochs, verbose=0, shuffle=False)
-    res = replica_report(named_state(model.weights, opt))
-    res.update(losses=history.history["loss"],
-               iterations=[int(c.numpy()) for c in components(opt.iterations)],
-               steps=epochs * len(X) // BATCH)
-    return res
+    return training_report(named_state(model.weights, opt), opt, history.history["loss"],
+                           epochs * len(X) // BATCH)
 
 
 def exact(name, cfg, weights, other_seed=False):
@@ -314,24 +323,10 @@ def custom_loop(cfg, steps=6):
     with mirrored.scope():
         model = make_model()
         opt = fl.Adam(1e-2, **cfg)
-    data = mirrored.experimental_distribute_dataset(
-        tf.data.Dataset.from_tensor_slices((X, Y)).repeat().batch(BATCH))
-
-    @tf.function
-    def step(xb, yb):
-        def replica(xb, yb):
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(LOSS(yb, model(xb, training=True))) / BATCH
-            grads = tape.gradient(loss, model.trainable_variables)
-            opt.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
-        return mirrored.reduce("SUM", mirrored.run(replica, args=(xb, yb)), axis=None)
-
-    it = iter(data)
-    losses = [float(step(*next(it))) for _ in range(steps)]
-    res = replica_report(named_state(model.weights, opt))
-    res.update(losses=losses, iterations=[int(c.numpy()) for c in components(opt.iterations)],
-               steps=steps, n_slots=len(opt.variables()))
+    losses = train_custom_loop(
+        model, opt, lambda y, logits: tf.reduce_sum(LOSS(y, logits)) / BATCH, steps)
+    res = training_report(named_state(model.weights, opt), opt, losses, steps)
+    res["n_slots"] = len(opt.variables())
     return res
 
 
@@ -342,11 +337,8 @@ def fit(cfg, epochs=2):
         model.compile(optimizer=opt, loss=tf_keras.losses.SparseCategoricalCrossentropy(
             from_logits=True))
     history = model.fit(X, Y, batch_size=BATCH, epochs=epochs, verbose=0, shuffle=False)
-    res = replica_report(named_state(model.weights, opt))
-    res.update(losses=history.history["loss"],
-               iterations=[int(c.numpy()) for c in components(opt.iterations)],
-               steps=epochs * len(X) // BATCH)
-    return res
+    return training_report(named_state(model.weights, opt), opt, history.history["loss"],
+                           epochs * len(X) // BATCH)
 
 
 def exact(cfg, weights, other_seed=False):
